@@ -1,0 +1,70 @@
+"""The exceptions flask-reflectsync raises.
+
+Every error is a :class:`SyncError`. Each class carries the HTTP ``status`` it
+maps to when it crosses the wire, so the blueprint turns any of them into the
+JSON envelope ``{"ok": false, "error": "...", "status": N}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SyncError(Exception):
+    """Base class of every error raised by flask-reflectsync.
+
+    :param message: one sentence a person can act on.
+    """
+
+    #: HTTP status used when this error is answered by the server.
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON error envelope for this error."""
+        return {"ok": False, "error": self.message, "status": self.status}
+
+
+class ConfigurationError(SyncError, RuntimeError):
+    """The extension or a model is set up in a way that cannot work."""
+
+
+class TrackingError(SyncError):
+    """A change to a tracked model cannot be recorded, so it was refused.
+
+    Raised instead of letting a change escape the operations log, for example
+    for a raw bulk statement whose affected keys cannot be known.
+    """
+
+    status = 400
+
+
+class ValidationError(SyncError):
+    """A request or message is malformed; nothing was written."""
+
+    status = 400
+
+
+class AuthenticationError(SyncError):
+    """The request is not signed by a registered node, or the signature is bad."""
+
+    status = 401
+
+
+class NotFoundError(SyncError):
+    """The requested object does not exist."""
+
+    status = 404
+
+
+__all__ = [
+    "SyncError",
+    "ConfigurationError",
+    "TrackingError",
+    "ValidationError",
+    "AuthenticationError",
+    "NotFoundError",
+]

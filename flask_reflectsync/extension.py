@@ -1,0 +1,170 @@
+"""The :class:`ReflectSync` extension object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from flask import Flask, current_app
+
+from .blueprints.api import install_prefix_error_handler, make_blueprint
+from .tracking import (
+    LogTables,
+    OperationLog,
+    define_tables,
+    start_tracking,
+    stop_tracking,
+    track,
+)
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+T = TypeVar("T", bound=type)
+
+EXTENSION_KEY = "reflectsync"
+
+#: Every configuration key with its default. Documented in ``docs/config.rst``;
+#: a test checks that each one is.
+CONFIG_DEFAULTS: dict[str, Any] = {
+    "REFLECTSYNC_URL_PREFIX": "/sync",
+    "REFLECTSYNC_BLUEPRINT_NAME": "reflectsync",
+    "REFLECTSYNC_TRACK_CHANGES": True,
+}
+
+# Keyword options of ReflectSync(...) and the config key each one defaults.
+_OPTIONS = {key.removeprefix("REFLECTSYNC_").lower(): key for key in CONFIG_DEFAULTS}
+
+
+@dataclass
+class AppState:
+    """What the extension keeps for one application, in
+    ``app.extensions["reflectsync"]``.
+
+    :param extension: the :class:`ReflectSync` that was registered.
+    :param db: the app's Flask-SQLAlchemy object.
+    :param tables: the extension's tables on ``db.metadata``.
+    :param log: the operations log ``db.session`` writes to.
+    :param config: the ``REFLECTSYNC_*`` values as they were at ``init_app``.
+    """
+
+    extension: ReflectSync
+    db: SQLAlchemy
+    tables: LogTables
+    log: OperationLog
+    config: dict[str, Any]
+
+
+class ReflectSync:
+    """Offline-first sync and database reflection for a Flask app.
+
+    ::
+
+        db = SQLAlchemy()
+        sync = ReflectSync()
+
+        def create_app():
+            app = Flask(__name__)
+            db.init_app(app)
+            sync.init_app(app, db)
+            return app
+
+    One object can serve several apps; each keeps its own state in
+    ``app.extensions["reflectsync"]``.
+
+    :param app: an app to register now (calls :meth:`init_app`).
+    :param db: the app's :class:`~flask_sqlalchemy.SQLAlchemy`. If not given
+        here or to :meth:`init_app`, the one registered on the app is used.
+    :param options: defaults for configuration keys, named without the
+        ``REFLECTSYNC_`` prefix in lower case (``url_prefix="/api/sync"``).
+        The app's config wins over them.
+    """
+
+    def __init__(
+        self, app: Flask | None = None, db: SQLAlchemy | None = None, **options: Any
+    ) -> None:
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"Unknown ReflectSync option(s): {', '.join(unknown)}. "
+                f"Known options: {', '.join(sorted(_OPTIONS))}."
+            )
+        self.db = db
+        self.options = {_OPTIONS[name]: value for name, value in options.items()}
+        if db is not None:
+            define_tables(db.metadata)
+        if app is not None:
+            self.init_app(app, db)
+
+    @staticmethod
+    def track(cls: T) -> T:
+        """Same as :func:`flask_reflectsync.track`."""
+        return track(cls)
+
+    def init_app(self, app: Flask, db: SQLAlchemy | None = None) -> None:
+        """Register the extension on ``app``.
+
+        Sets the ``REFLECTSYNC_*`` defaults, defines the extension's tables on
+        ``db.metadata``, starts logging changes made through ``db.session`` and
+        mounts the blueprint at ``REFLECTSYNC_URL_PREFIX``. Configuration
+        changed after this call is ignored.
+
+        :param app: the Flask application.
+        :param db: the app's :class:`~flask_sqlalchemy.SQLAlchemy`; defaults to
+            the one given to the constructor, then to the one registered on
+            the app.
+        :raises RuntimeError: if the extension is already registered on
+            ``app``, or no Flask-SQLAlchemy object can be found.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "A ReflectSync extension is already registered on this app; "
+                "call init_app only once per application."
+            )
+        db = db or self.db or app.extensions.get("sqlalchemy")
+        if db is None:
+            raise RuntimeError(
+                "ReflectSync needs the app's Flask-SQLAlchemy object: call "
+                "db.init_app(app) first, or pass it as init_app(app, db)."
+            )
+        for key, default in CONFIG_DEFAULTS.items():
+            app.config.setdefault(key, self.options.get(key, default))
+        config = {key: app.config[key] for key in CONFIG_DEFAULTS}
+
+        tables = define_tables(db.metadata)
+        log = OperationLog(tables=tables, assign_versions=True)
+        if config["REFLECTSYNC_TRACK_CHANGES"]:
+            start_tracking(db.session, log)
+
+        url_prefix = config["REFLECTSYNC_URL_PREFIX"]
+        app.register_blueprint(
+            make_blueprint(config["REFLECTSYNC_BLUEPRINT_NAME"]),
+            url_prefix=url_prefix,
+        )
+        install_prefix_error_handler(app, url_prefix)
+
+        app.extensions[EXTENSION_KEY] = AppState(
+            extension=self, db=db, tables=tables, log=log, config=config
+        )
+
+    def get_state(self, app: Flask | None = None) -> AppState:
+        """The per-app state of ``app`` (default: the current app).
+
+        :raises RuntimeError: if the extension is not registered on the app.
+        """
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is None or state.extension is not self:
+            raise RuntimeError(
+                "The ReflectSync extension is not registered on this app; "
+                "did you call sync.init_app(app, db)?"
+            )
+        return state  # type: ignore[no-any-return]
+
+    def stop_tracking(self, app: Flask | None = None) -> None:
+        """Stop logging changes made through the app's ``db.session``.
+
+        Listeners are per ``db``: apps sharing one ``db`` share them too.
+        """
+        stop_tracking(self.get_state(app).db.session)

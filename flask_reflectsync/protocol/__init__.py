@@ -1,0 +1,1 @@
+"""Wire messages, signing and server-side handlers (framework-free)."""

@@ -1,0 +1,1 @@
+"""Catalog models, per-backend catalog snapshots and their diff."""

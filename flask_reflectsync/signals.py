@@ -1,0 +1,101 @@
+"""Signals sent by flask-reflectsync.
+
+Every signal lives in one private :class:`blinker.Namespace`. The sender is
+always the Flask application (the real object, never the ``current_app``
+proxy) and every payload is passed as keyword arguments, so a receiver looks
+like this::
+
+    from flask_reflectsync import signals
+
+    @signals.table_created.connect_via(app)
+    def on_table_created(sender, table, **extra):
+        print("new table", table.name)
+
+Receivers are held weakly by default: a lambda or a function defined inside
+another function disappears as soon as nothing else refers to it. Connect those
+with ``weak=False``.
+
+Receivers should accept ``**extra``: later versions may add keyword arguments.
+"""
+
+from __future__ import annotations
+
+from blinker import Namespace
+
+_signals = Namespace()
+
+# -- reflection ---------------------------------------------------------------
+
+#: A schema appeared in the database.
+#: Sender: the app. Keyword arguments: ``schema`` (the catalog schema object).
+schema_created = _signals.signal("schema-created")
+
+#: A schema disappeared from the database.
+#: Sender: the app. Keyword arguments: ``schema`` (the catalog schema object,
+#: now marked ``deleted``).
+schema_dropped = _signals.signal("schema-dropped")
+
+#: A schema kept its identity but changed its name.
+#: Sender: the app. Keyword arguments: ``schema``, ``old_name``, ``new_name``.
+schema_renamed = _signals.signal("schema-renamed")
+
+#: A table, view or materialized view appeared.
+#: Sender: the app. Keyword arguments: ``table`` (the catalog table object).
+table_created = _signals.signal("table-created")
+
+#: A table, view or materialized view disappeared.
+#: Sender: the app. Keyword arguments: ``table`` (the catalog table object, now
+#: marked ``deleted``).
+table_dropped = _signals.signal("table-dropped")
+
+#: A table kept its identity but changed its name.
+#: Sender: the app. Keyword arguments: ``table``, ``old_name``, ``new_name``.
+table_renamed = _signals.signal("table-renamed")
+
+#: The columns or constraints of a table changed.
+#: Sender: the app. Keyword arguments: ``table`` and ``changes``, a list of
+#: column change records (added, dropped, renamed, altered).
+table_altered = _signals.signal("table-altered")
+
+# -- synchronisation ----------------------------------------------------------
+
+#: A node registered with this server.
+#: Sender: the app. Keyword arguments: ``node`` (the node's id and name).
+node_registered = _signals.signal("node-registered")
+
+#: A push was applied and created a version.
+#: Sender: the app. Keyword arguments: ``node`` (the node id), ``version``
+#: (the version number it created), ``operations`` (how many operations).
+push_accepted = _signals.signal("push-accepted")
+
+#: A push was refused; nothing it carried was written.
+#: Sender: the app. Keyword arguments: ``node`` (the node id), ``reason`` (the
+#: error message sent back), ``status`` (the HTTP status).
+push_rejected = _signals.signal("push-rejected")
+
+#: A page of a pull was served to a node.
+#: Sender: the app. Keyword arguments: ``node`` (the node id), ``since`` (the
+#: version the node had), ``until`` (the last version in the page),
+#: ``operations`` (how many operations the page holds).
+pull_served = _signals.signal("pull-served")
+
+#: A conflict between a node's changes and the server's was resolved.
+#: Sender: the app on the server, the :class:`~flask_reflectsync.client.SyncClient`
+#: on a node. Keyword arguments: ``conflict`` (a record naming the kind, the
+#: model, the primary key and the resolution).
+conflict_resolved = _signals.signal("conflict-resolved")
+
+__all__ = [
+    "schema_created",
+    "schema_dropped",
+    "schema_renamed",
+    "table_created",
+    "table_dropped",
+    "table_renamed",
+    "table_altered",
+    "node_registered",
+    "push_accepted",
+    "push_rejected",
+    "pull_served",
+    "conflict_resolved",
+]

@@ -1,0 +1,601 @@
+"""Session listeners that write the operations log in the change's transaction.
+
+How it works, and why:
+
+* ``after_flush`` sees the flushed objects (``session.new``, ``dirty`` and
+  ``deleted`` still hold their pre-flush state) and writes one operation per
+  changed tracked row with a single executemany on the session's own
+  connection. The operations therefore commit or roll back with the data,
+  including a SAVEPOINT rollback.
+* The first operation of a transaction also inserts its ``reflectsync_versions``
+  row. Its ``number`` (the version) is handed out in ``before_commit``, after a
+  final flush, by incrementing the one-row counter table. The counter's row
+  lock is held until COMMIT, so version N+1 can only be handed out after N has
+  committed: readers always see versions appear in order, without gaps. The
+  lock is held only for the few milliseconds between ``before_commit`` and
+  COMMIT, not for the whole transaction.
+* ``do_orm_execute`` captures bulk ``insert()``, ``update()`` and ``delete()``
+  run through ``session.execute``, which bypass flush events.
+* ``after_soft_rollback`` forgets the transaction's version row when the
+  savepoint or transaction that created it is rolled back.
+
+Listeners are module-level functions registered on one sessionmaker (or
+scoped session, or Session subclass), never on the global ``Session`` class.
+"""
+
+from __future__ import annotations
+
+import datetime
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import (
+    InstanceState,
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    scoped_session,
+    sessionmaker,
+)
+from sqlalchemy.orm.attributes import NO_VALUE
+
+from ..errors import ConfigurationError, TrackingError
+from .keys import encode_key
+from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
+from .tables import DELETE, INSERT, UPDATE, LogTables
+
+#: Key in ``session.info`` under which a caller may put extra column values
+#: for the transaction's ``reflectsync_versions`` row (the sync server puts the
+#: pushing node and push id there).
+VERSION_ROW_VALUES = "reflectsync.version_row_values"
+
+_TX_KEY = "reflectsync.tx"
+_ORIGINALS_KEY = "reflectsync.originals"
+_COMMITTING_KEY = "reflectsync.committing"
+
+
+@dataclass
+class OperationLog:
+    """Where and how one set of sessions logs operations.
+
+    :param tables: the log tables (see :func:`~.tables.define_tables`).
+    :param assign_versions: number each committed transaction (the server).
+        A node leaves its versions unnumbered: they are its push queue.
+    """
+
+    tables: LogTables
+    assign_versions: bool = True
+
+
+@dataclass
+class _TransactionLog:
+    """Per-transaction state kept in ``session.info``."""
+
+    # The savepoint or root transaction whose rollback undoes the version row.
+    owner: SessionTransaction
+    version_id: int
+    numbered: bool = False
+    checked_binds: set[Any] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class _Op:
+    info: TrackedTable
+    key: tuple[Any, ...]
+    command: str
+
+
+_logs: weakref.WeakKeyDictionary[type[Session], OperationLog] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _session_class(target: Any) -> type[Session]:
+    if isinstance(target, scoped_session):
+        target = target.session_factory
+    if isinstance(target, sessionmaker):
+        target = target.class_
+    if not (isinstance(target, type) and issubclass(target, Session)):
+        raise ConfigurationError(
+            f"Cannot track changes on {target!r}: pass a sessionmaker, a "
+            "scoped_session or a Session subclass."
+        )
+    if target is Session:
+        raise ConfigurationError(
+            "Refusing to listen on the global Session class; pass the app's "
+            "db.session or your own sessionmaker so listeners stay scoped."
+        )
+    return target
+
+
+_LISTENERS = (
+    ("before_flush", "_before_flush"),
+    ("after_flush", "_after_flush"),
+    ("before_commit", "_before_commit"),
+    ("after_soft_rollback", "_after_soft_rollback"),
+    ("after_transaction_end", "_after_transaction_end"),
+    ("do_orm_execute", "_do_orm_execute"),
+)
+
+
+def start_tracking(target: Any, log: OperationLog) -> None:
+    """Log changes to tracked models made through ``target``'s sessions.
+
+    Calling it again for the same target replaces the log and adds no
+    listener twice.
+
+    :param target: a :class:`~sqlalchemy.orm.sessionmaker`, a
+        :class:`~sqlalchemy.orm.scoped_session` (such as ``db.session``) or a
+        :class:`~sqlalchemy.orm.Session` subclass.
+    :param log: where operations go.
+    """
+    cls = _session_class(target)
+    # Our own (weak) record decides, not event.contains(): the event registry
+    # keys listeners by id(), and a new class can reuse a collected one's id.
+    if cls not in _logs:
+        for name, function in _LISTENERS:
+            event.listen(cls, name, globals()[function])
+    _logs[cls] = log
+
+
+def stop_tracking(target: Any) -> None:
+    """Remove the listeners :func:`start_tracking` installed on ``target``."""
+    cls = _session_class(target)
+    if _logs.pop(cls, None) is not None:
+        for name, function in _LISTENERS:
+            event.remove(cls, name, globals()[function])
+
+
+def _log_for(session: Session) -> OperationLog | None:
+    for klass in type(session).__mro__:
+        log = _logs.get(klass)
+        if log is not None:
+            return log
+    return None
+
+
+# -- flush-time capture ---------------------------------------------------------
+
+
+def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
+    # A column set on an expired object records no original value, so the ORM
+    # cannot tell whether it really changed. Read those originals now, one
+    # query per model, so "an update that changes nothing logs nothing" holds
+    # for them too. Objects whose attributes were loaded cost nothing here.
+    if _log_for(session) is None:
+        return
+    wanted: dict[TrackedTable, list[tuple[InstanceState[Any], list[str]]]] = {}
+    for obj in session.dirty:
+        state: InstanceState[Any] = sa.inspect(obj)
+        if state.key is None:
+            continue
+        info = tracked_table_for(state.mapper)
+        if info is None:
+            continue
+        column_keys = state.mapper.column_attrs.keys()
+        unknown = [
+            key for key, value in state.committed_state.items()
+            if value is NO_VALUE and key in column_keys
+        ]
+        if unknown:
+            wanted.setdefault(info, []).append((state, unknown))
+    if not wanted:
+        return
+    originals: dict[InstanceState[Any], dict[str, Any]] = {}
+    for info, items in wanted.items():
+        mapper = items[0][0].mapper
+        keys = sorted({k for _, unknown in items for k in unknown})
+        columns = [mapper.column_attrs[k].columns[0] for k in keys]
+        by_key: dict[tuple[Any, ...], InstanceState[Any]] = {
+            tuple(state.key[1]): state for state, _ in items if state.key
+        }
+        query = sa.select(*info.pk_columns, *columns).where(
+            _key_filter(list(info.pk_columns), list(by_key))
+        )
+        width = len(info.pk_columns)
+        connection = session.connection(bind_arguments={"mapper": mapper})
+        for row in connection.execute(query):
+            state = by_key.get(tuple(row[:width]))
+            if state is not None:
+                originals[state] = dict(zip(keys, row[width:], strict=True))
+    session.info[_ORIGINALS_KEY] = originals
+
+
+def _after_flush(session: Session, flush_context: Any) -> None:
+    log = _log_for(session)
+    if log is None:
+        return
+    originals = session.info.pop(_ORIGINALS_KEY, None) or {}
+    ops = _collect(session, originals)
+    if ops:
+        _write(session, log, ops)
+
+
+def _collect(
+    session: Session, originals: Mapping[InstanceState[Any], Mapping[str, Any]]
+) -> list[_Op]:
+    # Deletes first, then inserts, then updates: a "row switch" (delete an
+    # object and add another with the same key in one flush) must read as
+    # delete + insert, which compresses to an update.
+    ops: list[_Op] = []
+    for obj in session.deleted:
+        state: InstanceState[Any] = sa.inspect(obj)
+        info = tracked_table_for(state.mapper)
+        if info is not None:
+            ops.append(_Op(info, _identity(state, info), DELETE))
+    for obj in session.new:
+        state = sa.inspect(obj)
+        info = tracked_table_for(state.mapper)
+        if info is not None:
+            ops.append(_Op(info, _current_key(state, info), INSERT))
+    for obj in session.dirty:
+        state = sa.inspect(obj)
+        info = tracked_table_for(state.mapper)
+        if info is None or not _columns_changed(state, originals.get(state, {})):
+            continue
+        old_key = _identity(state, info)
+        new_key = _current_key(state, info)
+        if old_key == new_key:
+            ops.append(_Op(info, new_key, UPDATE))
+        else:  # the primary key itself changed: the old row is gone
+            ops.append(_Op(info, old_key, DELETE))
+            ops.append(_Op(info, new_key, INSERT))
+    return ops
+
+
+def _identity(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ...]:
+    if state.key is not None:
+        return tuple(state.key[1])
+    return _current_key(state, info)
+
+
+def _current_key(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ...]:
+    values = tuple(state.dict.get(attr) for attr in info.pk_attrs)
+    if any(v is None for v in values):
+        raise TrackingError(
+            f"A flushed {info.mapper.class_.__name__} has no primary key value, "
+            "so its change cannot be logged."
+        )
+    return values
+
+
+def _columns_changed(state: InstanceState[Any], loaded: Mapping[str, Any]) -> bool:
+    # Only attributes with recorded history can have changed; compare their
+    # values so that setting a column to the value it had logs nothing.
+    column_keys = state.mapper.column_attrs.keys()
+    for key, original in state.committed_state.items():
+        if key not in column_keys:
+            continue
+        if original is NO_VALUE:
+            original = loaded.get(key, NO_VALUE)
+        if original is NO_VALUE or not _equal(original, state.dict.get(key)):
+            return True
+    return False
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # incomparable values: count as changed
+        return False
+
+
+# -- writing ----------------------------------------------------------------------
+
+
+def _write(session: Session, log: OperationLog, ops: Sequence[_Op]) -> None:
+    tables = log.tables
+    connection = session.connection(bind_arguments={"clause": tables.operations})
+    tx = _transaction_log(session, log, connection)
+    _check_binds(session, connection, tx, ops)
+    connection.execute(
+        tables.operations.insert(),
+        [
+            {
+                "version_id": tx.version_id,
+                "table_name": op.info.name,
+                "row_key": encode_key(op.key),
+                "command": op.command,
+            }
+            for op in ops
+        ],
+    )
+    if session.info.get(_COMMITTING_KEY) and not tx.numbered:
+        # Written by a flush that ran after before_commit (another listener
+        # added objects): number it now, the commit follows.
+        _assign_number(connection, log, tx)
+
+
+def _transaction_log(
+    session: Session, log: OperationLog, connection: sa.Connection
+) -> _TransactionLog:
+    tx = session.info.get(_TX_KEY)
+    if tx is not None:
+        return tx  # type: ignore[no-any-return]
+    values: dict[str, Any] = {"created_at": datetime.datetime.now(datetime.UTC)}
+    values.update(session.info.get(VERSION_ROW_VALUES) or {})
+    result = connection.execute(log.tables.versions.insert().values(**values))
+    (version_id,) = result.inserted_primary_key
+    owner = session.get_nested_transaction() or session.get_transaction()
+    assert owner is not None
+    tx = _TransactionLog(owner=owner, version_id=version_id)
+    session.info[_TX_KEY] = tx
+    return tx
+
+
+def _check_binds(
+    session: Session,
+    connection: sa.Connection,
+    tx: _TransactionLog,
+    ops: Iterable[_Op],
+) -> None:
+    # The operations must commit with the data, so both must live in the same
+    # database and go through the same connection.
+    for mapper in {op.info.mapper for op in ops}:
+        if mapper in tx.checked_binds:
+            continue
+        if session.get_bind(mapper=mapper) is not connection.engine:
+            raise ConfigurationError(
+                f"{mapper.class_.__name__} is stored in another database than "
+                "the operations log; tracked models must share the bind of the "
+                "extension's tables."
+            )
+        tx.checked_binds.add(mapper)
+
+
+def _assign_number(
+    connection: sa.Connection, log: OperationLog, tx: _TransactionLog
+) -> None:
+    counter = log.tables.counter
+    bump = (
+        sa.update(counter)
+        .where(counter.c.id == 1)
+        .values(value=counter.c.value + 1)
+    )
+    if connection.dialect.update_returning:
+        number = connection.execute(bump.returning(counter.c.value)).scalar()
+    else:
+        updated = connection.execute(bump).rowcount
+        number = (
+            connection.execute(
+                sa.select(counter.c.value).where(counter.c.id == 1)
+            ).scalar()
+            if updated
+            else None
+        )
+    if number is None:
+        # The counter row is created by create_all; a table created by a
+        # migration may lack it. (Two first writers racing here make one fail
+        # loudly on the primary key, never hand out a number twice.)
+        connection.execute(sa.insert(counter).values(id=1, value=1))
+        number = 1
+    versions = log.tables.versions
+    connection.execute(
+        sa.update(versions)
+        .where(versions.c.id == tx.version_id)
+        .values(number=number)
+    )
+    tx.numbered = True
+
+
+# -- transaction boundaries --------------------------------------------------------
+
+
+def _before_commit(session: Session) -> None:
+    if session.get_nested_transaction() is not None:
+        return  # releasing a savepoint, not committing
+    log = _log_for(session)
+    if log is None or not log.assign_versions:
+        return
+    # The commit's own final flush runs after this hook; flush now so every
+    # operation of the transaction exists before its version is numbered.
+    session.flush()
+    session.info[_COMMITTING_KEY] = True
+    tx = session.info.get(_TX_KEY)
+    if tx is not None and not tx.numbered:
+        connection = session.connection(
+            bind_arguments={"clause": log.tables.operations}
+        )
+        _assign_number(connection, log, tx)
+
+
+def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:
+    tx: _TransactionLog | None = session.info.get(_TX_KEY)
+    if tx is None:
+        return
+    # The database rolled back to the nearest savepoint or to the start of the
+    # root transaction; if our version row was created inside it, it is gone.
+    boundary: SessionTransaction | None = previous
+    while boundary is not None and not (boundary.nested or boundary.parent is None):
+        boundary = boundary.parent
+    owner: SessionTransaction | None = tx.owner
+    while owner is not None:
+        if owner is boundary:
+            session.info.pop(_TX_KEY, None)
+            session.info.pop(_COMMITTING_KEY, None)
+            return
+        owner = owner.parent
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:
+        session.info.pop(_TX_KEY, None)
+        session.info.pop(_COMMITTING_KEY, None)
+
+
+# -- bulk statements ---------------------------------------------------------------
+
+
+def _do_orm_execute(state: ORMExecuteState) -> Any:
+    if not (state.is_insert or state.is_update or state.is_delete):
+        return None
+    log = _log_for(state.session)
+    if log is None:
+        return None
+    info = _statement_target(state)
+    if info is None:
+        return None
+    if state.is_insert:
+        return _bulk_insert(state, log, info)
+    return _bulk_update_or_delete(state, log, info)
+
+
+def _statement_target(state: ORMExecuteState) -> TrackedTable | None:
+    mapper = state.bind_mapper
+    if mapper is not None:
+        return tracked_table_for(mapper)
+    table = getattr(state.statement, "table", None)
+    if table is None:
+        return None
+    deannotate = getattr(table, "_deannotate", None)
+    return tracked_table_by_table(deannotate() if deannotate else table)
+
+
+def _row_key(
+    row: Mapping[Any, Any], info: TrackedTable
+) -> tuple[Any, ...] | None:
+    values = []
+    for attr, column in zip(info.pk_attrs, info.pk_columns, strict=True):
+        for name in (attr, column.key, column.name):
+            if name in row:
+                values.append(row[name])
+                break
+        else:
+            return None
+    return tuple(values)
+
+
+def _parameter_rows(state: ORMExecuteState) -> list[Mapping[str, Any]]:
+    params = state.parameters
+    if params is None:
+        return []
+    if isinstance(params, list):
+        return list(params)
+    return [params] if params else []
+
+
+def _statement_values(statement: Any) -> list[Mapping[str, Any]]:
+    # ``insert().values(...)``: single and multi-row forms. Keys may be
+    # strings, Columns or ORM attributes; normalise them to names.
+    rows: list[Mapping[str, Any]] = []
+    multi = getattr(statement, "_multi_values", ()) or ()
+    for group in multi:
+        for row in group:
+            if isinstance(row, Mapping):
+                rows.append({_name(k): v for k, v in row.items()})
+    single = getattr(statement, "_values", None)
+    if single:
+        rows.append({_name(k): v for k, v in single.items()})
+    return rows
+
+
+def _name(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    return str(getattr(key, "key", None) or getattr(key, "name", key))
+
+
+def _bulk_insert(state: ORMExecuteState, log: OperationLog, info: TrackedTable) -> Any:
+    statement = state.statement
+    class_name = info.mapper.class_.__name__
+    if getattr(statement, "_post_values_clause", None) is not None:
+        raise TrackingError(
+            f"An upsert (ON CONFLICT / ON DUPLICATE KEY) into tracked {class_name} "
+            "cannot be logged; add or merge the objects through the session."
+        )
+    rows = _parameter_rows(state) or _statement_values(statement)
+    keys = [_row_key(row, info) for row in rows]
+    if rows and all(k is not None and None not in k for k in keys):
+        result = state.invoke_statement()
+        _write(state.session, log, [_Op(info, k, INSERT) for k in keys if k])
+        return result
+
+    # The keys are generated by the database: ask for them back.
+    dialect = state.session.get_bind(mapper=info.mapper).dialect
+    supported = (
+        dialect.insert_executemany_returning if state.is_executemany
+        else dialect.insert_returning
+    )
+    if getattr(statement, "_returning", ()) or not supported:
+        raise TrackingError(
+            f"Bulk INSERT into tracked {class_name} without primary key values "
+            "cannot be logged here; give the keys in the parameters, or add "
+            "the objects through the session."
+        )
+    returning = [getattr(info.mapper.class_, a) for a in info.pk_attrs]
+    result = state.invoke_statement(statement=statement.returning(*returning))
+    frozen = result.freeze()
+    generated = [tuple(row) for row in frozen().all()]
+    _write(state.session, log, [_Op(info, k, INSERT) for k in generated])
+    return frozen()
+
+
+def _bulk_update_or_delete(
+    state: ORMExecuteState, log: OperationLog, info: TrackedTable
+) -> Any:
+    statement = state.statement
+    class_name = info.mapper.class_.__name__
+    command = UPDATE if state.is_update else DELETE
+    if state.is_update:
+        assigned = {name for row in _statement_values(statement) for name in row}
+        ordered = getattr(statement, "_ordered_values", None) or ()
+        assigned |= {_name(k) for k, _ in ordered}
+        pk_names = set(info.pk_attrs) | {c.key for c in info.pk_columns}
+        if assigned & pk_names:
+            raise TrackingError(
+                f"A bulk UPDATE that changes the primary key of tracked {class_name} "
+                "cannot be logged; change the key through the session."
+            )
+
+    if state.is_executemany:
+        # ORM "bulk UPDATE by primary key": the keys are in the parameters.
+        keys = [_row_key(row, info) for row in _parameter_rows(state)]
+        if not all(k is not None for k in keys):
+            raise TrackingError(
+                f"A bulk {'UPDATE' if state.is_update else 'DELETE'} of tracked "
+                f"{class_name} with parameter sets must name the primary key "
+                "in every set to be logged."
+            )
+        result = state.invoke_statement()
+        _write(state.session, log, [_Op(info, k, command) for k in keys if k])
+        return result
+
+    # Lock and read the keys the statement will touch, then restrict the
+    # statement to exactly those keys: what is logged is what changed, even
+    # if another transaction inserts a matching row in between.
+    pk_columns = list(info.pk_columns)
+    select = sa.select(*pk_columns)
+    if statement.whereclause is not None:
+        select = select.where(statement.whereclause)
+    keys = [
+        tuple(row)
+        for row in state.session.execute(
+            select.with_for_update(), execution_options={"autoflush": True}
+        )
+    ]
+    restricted = statement.where(_key_filter(pk_columns, keys))
+    result = state.invoke_statement(statement=restricted)
+    if keys:
+        _write(state.session, log, [_Op(info, k, command) for k in keys])
+    return result
+
+
+def _key_filter(
+    pk_columns: Sequence[sa.Column[Any]], keys: Sequence[tuple[Any, ...]]
+) -> sa.ColumnElement[bool]:
+    # literal_execute renders the values inline, so no backend's limit on the
+    # number of bound parameters applies however many rows are touched.
+    if len(pk_columns) == 1:
+        values = [k[0] for k in keys]
+        return pk_columns[0].in_(
+            sa.bindparam("reflectsync_keys", values, expanding=True,
+                         literal_execute=True)
+        )
+    return sa.tuple_(*pk_columns).in_(
+        sa.bindparam("reflectsync_keys", list(keys), expanding=True,
+                     literal_execute=True)
+    )

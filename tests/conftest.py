@@ -1,0 +1,179 @@
+"""Shared fixtures.
+
+Tests run on SQLite (a fresh file per test) unless
+``REFLECTSYNC_TEST_DATABASE_URL`` names another database, for example
+``postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_test`` or
+``mysql+pymysql://root@127.0.0.1:3306/reflectsync_test``. A database that was
+named but cannot be reached stops the run with an error; it never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from flask_reflectsync import ReflectSync, track
+
+SERVER_URL = os.environ.get("REFLECTSYNC_TEST_DATABASE_URL") or None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _reachable_database() -> None:
+    if SERVER_URL is None:
+        return
+    engine = sa.create_engine(SERVER_URL)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+    except Exception as error:  # pragma: no cover - the point is to fail loudly
+        pytest.exit(
+            f"REFLECTSYNC_TEST_DATABASE_URL={SERVER_URL} cannot be reached: {error}",
+            returncode=1,
+        )
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def database_url(tmp_path: Any) -> str:
+    return SERVER_URL or f"sqlite:///{tmp_path / 'test.db'}"
+
+
+@pytest.fixture
+def backend(database_url: str) -> str:
+    """``sqlite``, ``postgresql`` or ``mysql``."""
+    return sa.make_url(database_url).get_backend_name()
+
+
+class PlainBase(DeclarativeBase):
+    """A plain SQLAlchemy declarative base, not Flask-SQLAlchemy's."""
+
+
+@track
+class Reading(PlainBase):
+    """A tracked model on plain declarative, not db.Model."""
+
+    __tablename__ = "plain_reading"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    value: Mapped[float]
+
+
+@dataclass
+class Models:
+    """The models of one test app, defined on its own ``db``."""
+
+    Country: Any
+    City: Any
+    Note: Any
+    Tag: Any
+    Translation: Any
+
+
+def define_models(db: SQLAlchemy) -> Models:
+    @track
+    class Country(db.Model):  # type: ignore[name-defined]
+        __tablename__ = "country"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(100))
+        cities: Mapped[list[City]] = relationship(back_populates="country")
+
+    @track
+    class City(db.Model):  # type: ignore[name-defined]
+        __tablename__ = "city"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(100))
+        population: Mapped[int] = mapped_column(default=0)
+        country_id: Mapped[int | None] = mapped_column(sa.ForeignKey("country.id"))
+        country: Mapped[Country | None] = relationship(back_populates="cities")
+
+    class Note(db.Model):  # type: ignore[name-defined]
+        """Same shape as City, not tracked."""
+
+        __tablename__ = "note"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(100))
+        population: Mapped[int] = mapped_column(default=0)
+
+    @track
+    class Tag(db.Model):  # type: ignore[name-defined]
+        __tablename__ = "tag"
+        id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True,
+                                              default=uuid.uuid4)
+        label: Mapped[str] = mapped_column(sa.String(50))
+
+    @track
+    class Translation(db.Model):  # type: ignore[name-defined]
+        __tablename__ = "translation"
+        city_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        lang: Mapped[str] = mapped_column(sa.String(8), primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(100))
+
+    return Models(Country, City, Note, Tag, Translation)
+
+
+@dataclass
+class AppEnv:
+    app: Flask
+    db: SQLAlchemy
+    sync: ReflectSync
+    models: Models
+
+
+AppFactory = Callable[..., AppEnv]
+
+
+@pytest.fixture
+def make_app(database_url: str) -> Iterator[AppFactory]:
+    """Build an app with its own ``db``, models and extension; tables are
+    created fresh and dropped afterwards."""
+    built: list[AppEnv] = []
+
+    def factory(**config: Any) -> AppEnv:
+        app = Flask(f"test_app_{len(built)}")
+        app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 10} if (
+            not database_url.startswith("sqlite")
+        ) else {}
+        app.config.update(config)
+        db = SQLAlchemy()
+        db.init_app(app)
+        models = define_models(db)
+        sync = ReflectSync()
+        sync.init_app(app, db)
+        with app.app_context():
+            _drop_everything(db)
+            db.create_all()
+            PlainBase.metadata.create_all(db.engine)
+        item = AppEnv(app, db, sync, models)
+        built.append(item)
+        return item
+
+    yield factory
+
+    for item in built:
+        with item.app.app_context():
+            item.db.session.remove()
+            _drop_everything(item.db)
+            item.db.engine.dispose()
+
+
+def _drop_everything(db: SQLAlchemy) -> None:
+    PlainBase.metadata.drop_all(db.engine)
+    db.drop_all()
+
+
+@pytest.fixture
+def env(make_app: AppFactory) -> Iterator[AppEnv]:
+    """One app, inside its app context."""
+    item = make_app()
+    with item.app.app_context():
+        yield item
