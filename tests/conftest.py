@@ -106,8 +106,9 @@ def define_models(db: SQLAlchemy) -> Models:
     @track
     class Tag(db.Model):  # type: ignore[name-defined]
         __tablename__ = "tag"
-        id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True,
-                                              default=uuid.uuid4)
+        id: Mapped[uuid.UUID] = mapped_column(
+            sa.Uuid, primary_key=True, default=uuid.uuid4
+        )
         label: Mapped[str] = mapped_column(sa.String(50))
 
     @track
@@ -140,9 +141,9 @@ def make_app(database_url: str) -> Iterator[AppFactory]:
     def factory(**config: Any) -> AppEnv:
         app = Flask(f"test_app_{len(built)}")
         app.config["SQLALCHEMY_DATABASE_URI"] = database_url
-        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 10} if (
-            not database_url.startswith("sqlite")
-        ) else {}
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = (
+            {"pool_size": 10} if (not database_url.startswith("sqlite")) else {}
+        )
         app.config.update(config)
         db = SQLAlchemy()
         db.init_app(app)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from flask_reflectsync.errors import ConfigurationError
 
-from .conftest import Reading, AppEnv
+from .conftest import AppEnv, Reading
 from .oplog import commands, logged, version_numbers
 
 

@@ -84,7 +84,7 @@ def untrack(cls: type) -> None:
 
 def is_tracked(cls: type) -> bool:
     """Whether instances of ``cls`` are logged."""
-    mapper = sa.inspect(cls, raiseerr=False)
+    mapper: Mapper[Any] | None = sa.inspect(cls, raiseerr=False)
     if mapper is None:
         return bool(cls.__dict__.get(TRACK_ATTRIBUTE, False))
     return tracked_table_for(mapper) is not None
@@ -122,7 +122,7 @@ def _describe(mapper: Mapper[Any]) -> TrackedTable | None:
             f"{owner.class_.__name__}; joined-table inheritance is not supported. "
             "Track the subclass's table as a model of its own."
         )
-    pk_columns = tuple(owner.primary_key)
+    pk_columns = tuple(table.c[c.key] for c in owner.primary_key)
     pk_attrs = tuple(owner.get_property_by_column(c).key for c in pk_columns)
     return TrackedTable(
         mapper=owner,
@@ -143,7 +143,7 @@ def tracked_tables(metadata: sa.MetaData | None = None) -> Iterator[TrackedTable
     """The tracked tables, optionally only those on ``metadata``."""
     seen: set[int] = set()
     for cls in tracked_classes():
-        mapper = sa.inspect(cls, raiseerr=False)
+        mapper: Mapper[Any] | None = sa.inspect(cls, raiseerr=False)
         if mapper is None:
             continue
         info = tracked_table_for(mapper)

@@ -67,13 +67,21 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
     versions = sa.Table(
         PREFIX + "versions",
         metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                  primary_key=True, autoincrement=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
         # NULL while the transaction is in flight; set under the counter lock
         # right before COMMIT, so numbers become visible in commit order.
         sa.Column("number", sa.BigInteger, nullable=True, unique=True),
-        sa.Column("node_id", sa.Integer,
-                  sa.ForeignKey(nodes.c.id, ondelete="SET NULL"), nullable=True),
+        sa.Column(
+            "node_id",
+            sa.Integer,
+            sa.ForeignKey(nodes.c.id, ondelete="SET NULL"),
+            nullable=True,
+        ),
         # The node-chosen id of the push that created this version, so a retried
         # push is answered from here and applied once.
         sa.Column("push_id", sa.String(64), nullable=True, unique=True),
@@ -82,17 +90,26 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
     operations = sa.Table(
         PREFIX + "operations",
         metadata,
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
-                  primary_key=True, autoincrement=True),
-        sa.Column("version_id", sa.BigInteger,
-                  sa.ForeignKey(versions.c.id, ondelete="CASCADE"),
-                  nullable=False, index=True),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            primary_key=True,
+            autoincrement=True,
+        ),
+        sa.Column(
+            "version_id",
+            sa.BigInteger,
+            sa.ForeignKey(versions.c.id, ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
         sa.Column("table_name", sa.String(255), nullable=False),
         # The primary key as canonical JSON (see tracking.keys).
         sa.Column("row_key", sa.Text, nullable=False),
         sa.Column("command", sa.String(1), nullable=False),
-        sa.CheckConstraint("command IN ('i', 'u', 'd')",
-                           name=PREFIX + "operations_command"),
+        sa.CheckConstraint(
+            "command IN ('i', 'u', 'd')", name=PREFIX + "operations_command"
+        ),
     )
     counter = sa.Table(
         PREFIX + "version_counter",
@@ -101,10 +118,12 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
         sa.Column("value", sa.BigInteger, nullable=False),
     )
     sa.event.listen(counter, "after_create", _insert_counter_row)
-    return LogTables(nodes=nodes, versions=versions, operations=operations,
-                     counter=counter)
+    return LogTables(
+        nodes=nodes, versions=versions, operations=operations, counter=counter
+    )
 
 
-def _insert_counter_row(target: sa.Table, connection: sa.Connection,
-                        **kw: object) -> None:
+def _insert_counter_row(
+    target: sa.Table, connection: sa.Connection, **kw: object
+) -> None:
     connection.execute(target.insert().values(id=1, value=0))

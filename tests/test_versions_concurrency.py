@@ -1,0 +1,96 @@
+"""Versions become visible in commit order, without gaps, under concurrent
+writers: a reader that pulled "since N" never misses a version."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import sqlalchemy as sa
+
+from flask_reflectsync.sqlite import use_immediate_transactions
+
+from .conftest import AppEnv, AppFactory
+
+WRITERS = 6
+TRANSACTIONS_PER_WRITER = 15
+
+
+def test_concurrent_writers_never_expose_version_n_plus_1_before_n(
+    make_app: AppFactory,
+) -> None:
+    env: AppEnv = make_app()
+    app, db, City = env.app, env.db, env.models.City
+    versions = db.metadata.tables["reflectsync_versions"]
+    with app.app_context():
+        # SQLite needs writers to queue for the write lock (see the docs).
+        use_immediate_transactions(db.engine)
+    errors: list[BaseException] = []
+    done = threading.Event()
+    start = threading.Barrier(WRITERS + 1)
+
+    def writer(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            with app.app_context():
+                start.wait()
+                for i in range(TRANSACTIONS_PER_WRITER):
+                    db.session.add(City(name=f"w{n}-{i}"))
+                    db.session.flush()
+                    # Hold the transaction open a little so commits interleave
+                    # differently from the order versions rows were created.
+                    time.sleep(rng.uniform(0, 0.004))
+                    db.session.commit()
+                db.session.remove()
+        except BaseException as error:  # noqa: B036 - reported by the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
+    for thread in threads:
+        thread.start()
+
+    # The reader pulls like a node: "what is after the last version I saw?"
+    seen_until = 0
+    reads = 0
+    with app.app_context():
+        start.wait()
+        reader = db.engine
+        while True:
+            finished = done.is_set()
+            with reader.connect() as connection:
+                numbers = list(
+                    connection.execute(
+                        sa.select(versions.c.number)
+                        .where(versions.c.number > seen_until)
+                        .order_by(versions.c.number)
+                    ).scalars()
+                )
+            reads += 1
+            expected = list(range(seen_until + 1, seen_until + 1 + len(numbers)))
+            assert numbers == expected, (
+                f"after version {seen_until} the reader saw {numbers}: "
+                "a later version became visible before an earlier one"
+            )
+            if numbers:
+                seen_until = numbers[-1]
+            if finished:
+                break
+            if not any(t.is_alive() for t in threads):
+                done.set()
+    for thread in threads:
+        thread.join()
+
+    assert not errors, errors
+    total = WRITERS * TRANSACTIONS_PER_WRITER
+    assert seen_until == total
+    assert reads > 1
+    with app.app_context(), db.engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(versions.c.number, sa.func.count())
+            .select_from(versions)
+            .join(db.metadata.tables["reflectsync_operations"])
+            .group_by(versions.c.number)
+        ).all()
+    # exactly one version per committed transaction, one insert in each
+    assert sorted(rows) == [(n, 1) for n in range(1, total + 1)]
