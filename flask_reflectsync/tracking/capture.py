@@ -41,12 +41,12 @@ from sqlalchemy.orm import (
     scoped_session,
     sessionmaker,
 )
-from sqlalchemy.orm.base import NO_VALUE
+from sqlalchemy.orm.base import NO_VALUE, instance_state
 
 from ..errors import ConfigurationError, TrackingError
-from .keys import encode_key
 from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
 from .tables import DELETE, INSERT, UPDATE, LogTables
+from .writer import insert_operations
 
 #: Key in ``session.info`` under which a caller may put extra column values
 #: for the transaction's ``reflectsync_versions`` row (the sync server puts the
@@ -224,17 +224,22 @@ def _collect(
     # delete + insert, which compresses to an update.
     ops: list[_Op] = []
     for obj in session.deleted:
-        state: InstanceState[Any] = sa.inspect(obj)
+        state: InstanceState[Any] = instance_state(obj)
         info = tracked_table_for(state.mapper)
         if info is not None:
             ops.append(_Op(info, _identity(state, info), DELETE))
+    # The hot loop of capture (one pass per inserted row): keep it lean.
+    last_mapper: Any = None
+    info = None
     for obj in session.new:
-        state = sa.inspect(obj)
-        info = tracked_table_for(state.mapper)
+        state = instance_state(obj)
+        if state.mapper is not last_mapper:
+            last_mapper = state.mapper
+            info = tracked_table_for(last_mapper)
         if info is not None:
             ops.append(_Op(info, _current_key(state, info), INSERT))
     for obj in session.dirty:
-        state = sa.inspect(obj)
+        state = instance_state(obj)
         info = tracked_table_for(state.mapper)
         if info is None or not _columns_changed(state, originals.get(state, {})):
             continue
@@ -255,8 +260,9 @@ def _identity(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ...]:
 
 
 def _current_key(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ...]:
-    values = tuple(state.dict.get(attr) for attr in info.pk_attrs)
-    if any(v is None for v in values):
+    data = state.dict
+    values = tuple([data.get(attr) for attr in info.pk_attrs])
+    if None in values:
         raise TrackingError(
             f"A flushed {info.mapper.class_.__name__} has no primary key value, "
             "so its change cannot be logged."
@@ -293,17 +299,11 @@ def _write(session: Session, log: OperationLog, ops: Sequence[_Op]) -> None:
     connection = session.connection(bind_arguments={"clause": tables.operations})
     tx = _transaction_log(session, log, connection)
     _check_binds(session, connection, tx, ops)
-    connection.execute(
-        tables.operations.insert(),
-        [
-            {
-                "version_id": tx.version_id,
-                "table_name": op.info.name,
-                "row_key": encode_key(op.key),
-                "command": op.command,
-            }
-            for op in ops
-        ],
+    insert_operations(
+        connection,
+        tables.operations,
+        tx.version_id,
+        [(op.info.name, op.info.encode_key(op.key), op.command) for op in ops],
     )
     if session.info.get(_COMMITTING_KEY) and not tx.numbered:
         # Written by a flush that ran after before_commit (another listener

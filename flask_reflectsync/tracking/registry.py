@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapper
 
 from ..errors import ConfigurationError
+from .keys import encode_key
 
 T = TypeVar("T", bound=type)
 
@@ -44,6 +45,15 @@ class TrackedTable:
     name: str
     pk_columns: tuple[sa.Column[Any], ...]
     pk_attrs: tuple[str, ...]
+    integer_key: bool = False
+
+    def encode_key(self, values: tuple[Any, ...]) -> str:
+        """The canonical text of a key of this table (see :mod:`.keys`)."""
+        # Integer keys are the common case and are encoded on every captured
+        # row: format them directly (same text as the JSON encoder).
+        if self.integer_key and all(type(v) is int for v in values):
+            return "[" + ",".join(map(str, values)) + "]"
+        return encode_key(values)
 
 
 def track(cls: T) -> T:
@@ -130,6 +140,7 @@ def _describe(mapper: Mapper[Any]) -> TrackedTable | None:
         name=table.fullname,
         pk_columns=pk_columns,
         pk_attrs=pk_attrs,
+        integer_key=all(isinstance(c.type, sa.Integer) for c in pk_columns),
     )
 
 

@@ -1,0 +1,1 @@
+"""A small field-survey server built on flask-reflectsync (see demo.py)."""
