@@ -129,3 +129,50 @@ def test_bulk_changes_roll_back_with_their_operations(env: AppEnv) -> None:
     db.session.rollback()
     assert len(logged(db)) == 1
     assert db.session.scalars(sa.select(City.name)).all() == ["Lima"]
+
+
+def test_bulk_update_with_uuid_and_composite_keys(env: AppEnv) -> None:
+    db, m = env.db, env.models
+    red = m.Tag(label="red")
+    db.session.add_all(
+        [
+            red,
+            m.Tag(label="blue"),
+            m.Translation(city_id=1, lang="fr", text="a"),
+            m.Translation(city_id=1, lang="es", text="b"),
+        ]
+    )
+    db.session.commit()
+    db.session.execute(sa.update(m.Tag).where(m.Tag.label == "red").values(label="r"))
+    db.session.execute(sa.delete(m.Translation).where(m.Translation.lang == "es"))
+    db.session.commit()
+
+    assert commands(db)[4:] == [
+        ("tag", [str(red.id)], "u"),
+        ("translation", [1, "es"], "d"),
+    ]
+    assert db.session.scalars(sa.select(m.Tag.label).order_by(m.Tag.label)).all() == [
+        "blue",
+        "r",
+    ]
+    assert db.session.scalars(sa.select(m.Translation.lang)).all() == ["fr"]
+
+
+def test_upsert_is_refused(env: AppEnv, backend: str) -> None:
+    db, City = env.db, env.models.City
+    if backend == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif backend == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    else:
+        from sqlalchemy.dialects.mysql import insert  # type: ignore[assignment]
+    statement = insert(City).values(id=1, name="Lima")
+    if backend == "mysql":
+        statement = statement.on_duplicate_key_update(name="Lima")  # type: ignore[attr-defined]
+    else:
+        statement = statement.on_conflict_do_nothing()  # type: ignore[attr-defined]
+    with pytest.raises(TrackingError, match="upsert"):
+        db.session.execute(statement)
+    db.session.rollback()
+    assert db.session.scalars(sa.select(City)).all() == []
+    assert logged(db) == []
