@@ -1,0 +1,201 @@
+"""The sync routes: thin views over :mod:`flask_reflectsync.protocol`.
+
+``POST /register``, ``POST /push``, ``POST /pull``, ``GET /repair``,
+``GET /query`` and ``GET /openapi.json`` under ``REFLECTSYNC_URL_PREFIX``.
+Everything but registration and the OpenAPI document needs a signed request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+
+from .. import signals
+from ..errors import (
+    PayloadTooLargeError,
+    PushRejectedError,
+    SyncError,
+    ValidationError,
+)
+from ..protocol import nodes
+from ..protocol.messages import PROTOCOL_VERSION
+from ..protocol.openapi import openapi_document
+from ..protocol.pull import pull, repair_stream
+from ..protocol.push import push
+from ..protocol.query import query
+from ..protocol.schema import TrackedSchema
+from ..protocol.settings import ServerSettings, define_protocol_tables
+from .api import ok_response
+
+
+def add_sync_routes(blueprint: Blueprint) -> None:
+    """Add the sync routes to ``blueprint`` (before it is registered)."""
+    blueprint.add_url_rule("/register", view_func=_register, methods=["POST"])
+    blueprint.add_url_rule("/push", view_func=_push, methods=["POST"])
+    blueprint.add_url_rule("/pull", view_func=_pull, methods=["POST"])
+    blueprint.add_url_rule("/repair", view_func=_repair, methods=["GET"])
+    blueprint.add_url_rule("/query", view_func=_query, methods=["GET"])
+    blueprint.add_url_rule("/openapi.json", view_func=_openapi, methods=["GET"])
+    blueprint.register_error_handler(PushRejectedError, _rejected)
+
+
+def _rejected(error: PushRejectedError) -> tuple[Response, int]:
+    return jsonify(error.to_dict()), error.status
+
+
+# -- request plumbing ---------------------------------------------------------------
+
+
+def _state() -> Any:
+    return current_app.extensions["reflectsync"]
+
+
+def _app() -> Flask:
+    return current_app._get_current_object()  # type: ignore[attr-defined,no-any-return]
+
+
+def _settings() -> ServerSettings:
+    state = _state()
+    return ServerSettings.from_config(
+        {**state.config, "SECRET_KEY": current_app.config.get("SECRET_KEY")}
+    )
+
+
+def _answer(**payload: Any) -> Response:
+    return ok_response(protocol=PROTOCOL_VERSION, **payload)
+
+
+def _body(settings: ServerSettings) -> bytes:
+    limit = settings.max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLargeError(
+            f"The request body has {request.content_length} bytes; the server "
+            f"accepts at most {limit} (REFLECTSYNC_MAX_BODY_SIZE)."
+        )
+    request.max_content_length = limit  # also bounds bodies sent in chunks
+    return request.get_data(cache=True)
+
+
+def _message(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError("The request body is not valid JSON.") from None
+
+
+def _authenticate(settings: ServerSettings, body: bytes) -> int:
+    state = _state()
+    return nodes.authenticate(
+        state.db.session,
+        state.tables,
+        define_protocol_tables(state.db.metadata),
+        settings,
+        method=request.method,
+        path=request.script_root + request.path,
+        query=request.query_string.decode("latin-1"),
+        headers=request.headers,
+        body=body,
+    )
+
+
+def _schema() -> TrackedSchema:
+    return TrackedSchema.of(_state().db.metadata)
+
+
+# -- views ------------------------------------------------------------------------
+
+
+def _register() -> Response:
+    state = _state()
+    settings = _settings()
+    message = _message(_body(settings))
+    node = nodes.register_node(
+        state.db.session,
+        state.tables,
+        message,
+        settings,
+        state.extension.registration_checks,
+    )
+    signals.node_registered.send(_app(), node={"id": node["id"], "name": node["name"]})
+    return _answer(node=node)
+
+
+def _push() -> Response:
+    state = _state()
+    settings = _settings()
+    body = _body(settings)
+    node_id = _authenticate(settings, body)
+    message = _message(body) if body else None
+    try:
+        outcome = push(state.db.session, state.tables, _schema(), node_id, message)
+    except SyncError as error:
+        push_id = message.get("push_id") if isinstance(message, dict) else None
+        signals.push_rejected.send(
+            _app(),
+            node=node_id,
+            push_id=push_id if isinstance(push_id, str) else None,
+            reason=error.message,
+            status=error.status,
+        )
+        raise
+    if outcome.applied:
+        signals.push_accepted.send(_app(), node=node_id, **outcome.answer)
+    return _answer(**outcome.answer)
+
+
+def _pull() -> Response:
+    state = _state()
+    settings = _settings()
+    body = _body(settings)
+    node_id = _authenticate(settings, body)
+    message = _message(body)
+    page = pull(
+        state.db.session,
+        state.tables,
+        _schema(),
+        node_id,
+        message,
+        page_size=settings.pull_page_size,
+    )
+    signals.pull_served.send(
+        _app(),
+        node=node_id,
+        since=message["since"],
+        until=page["until"],
+        operations=len(page["operations"]),
+        more=page["cursor"] is not None,
+    )
+    return _answer(**page)
+
+
+def _repair() -> Response:
+    state = _state()
+    settings = _settings()
+    _authenticate(settings, _body(settings))
+    pieces = repair_stream(
+        state.db.engine,
+        state.tables,
+        _schema(),
+        chunk_rows=settings.repair_chunk_rows,
+    )
+    return Response(pieces, mimetype="application/json")
+
+
+def _query() -> Response:
+    state = _state()
+    settings = _settings()
+    _authenticate(settings, _body(settings))
+    answer = query(
+        state.db.session,
+        _schema(),
+        {name: values for name, values in request.args.lists()},
+        page_size=settings.query_page_size,
+    )
+    return _answer(**answer)
+
+
+def _openapi() -> Response:
+    prefix = request.script_root + _state().config["REFLECTSYNC_URL_PREFIX"]
+    return jsonify(openapi_document(prefix))

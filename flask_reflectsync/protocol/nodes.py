@@ -1,0 +1,229 @@
+"""Registering nodes and authenticating their signed requests.
+
+A node's secret is never stored. Registration draws a random salt from
+:mod:`secrets` and stores ``hmac-sha256$<salt>`` in
+``reflectsync_nodes.secret_digest``; the secret is
+``HMAC-SHA256(server key, node id + salt)``, recomputed on every request. A
+copy of the database alone therefore cannot sign requests, and rotating the
+server key revokes every node at once.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..errors import AuthenticationError, RegistrationRefusedError
+from ..tracking import LogTables
+from .messages import validate
+from .settings import ServerSettings
+from .signing import (
+    HEADER_NODE,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    HEADER_TIMESTAMP,
+    canonical_request,
+    signature_matches,
+    signed_headers,
+)
+
+#: Decides whether a registration may go ahead; receives the validated
+#: registration message.
+RegistrationCheck = Callable[[Mapping[str, Any]], Any]
+
+_SCHEME = "hmac-sha256"
+_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+
+
+def derive_secret(key: bytes, node_id: int, salt: str) -> str:
+    """The secret of node ``node_id`` whose stored salt is ``salt``."""
+    material = f"reflectsync-node-secret|{node_id}|{salt}".encode()
+    digest = hmac.new(key, material, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def register_node(
+    session: Session,
+    tables: LogTables,
+    message: Any,
+    settings: ServerSettings,
+    checks: Iterable[RegistrationCheck] = (),
+    *,
+    now: datetime.datetime | None = None,
+) -> dict[str, Any]:
+    """Create a node if the registration gates let it in.
+
+    The gates: with ``open_registration`` anyone may register. Otherwise at
+    least one gate must be configured and every configured one must pass: the
+    registration token must match (compared in constant time), and every
+    check must return a true value.
+
+    :return: ``{"id", "name", "secret"}``; the secret is shown only here.
+    :raises RegistrationRefusedError: (403) when a gate says no.
+    :raises AuthenticationError: (401) when a token is required but missing.
+    """
+    registration = validate(message, "RegisterRequest")
+    checks = list(checks)
+    key = settings.require_secret_key()
+    if not settings.open_registration:
+        _admit(registration, settings, checks)
+
+    salt = secrets.token_hex(16)
+    name = registration.get("name", "")
+    result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        sa.insert(tables.nodes).values(
+            name=name,
+            secret_digest=f"{_SCHEME}${salt}",
+            registered_at=now or _now(),
+            last_pulled_version=0,
+        )
+    )
+    assert result.inserted_primary_key is not None
+    (node_id,) = result.inserted_primary_key
+    session.commit()
+    return {"id": node_id, "name": name, "secret": derive_secret(key, node_id, salt)}
+
+
+def _admit(
+    registration: Mapping[str, Any],
+    settings: ServerSettings,
+    checks: list[RegistrationCheck],
+) -> None:
+    token = settings.registration_token
+    if token is None and not checks:
+        raise RegistrationRefusedError(
+            "Registration is closed: the server sets neither "
+            "REFLECTSYNC_REGISTRATION_TOKEN nor a registration check, and "
+            "REFLECTSYNC_OPEN_REGISTRATION is off."
+        )
+    if token is not None:
+        presented = registration.get("token")
+        if presented is None:
+            raise AuthenticationError(
+                "This server needs a registration token: register with "
+                "register(token=...)."
+            )
+        if not hmac.compare_digest(presented.encode(), str(token).encode()):
+            raise RegistrationRefusedError("The registration token is wrong.")
+    for check in checks:
+        if not check(registration):
+            raise RegistrationRefusedError(
+                "The server's registration check refused this node."
+            )
+
+
+def authenticate(
+    session: Session,
+    tables: LogTables,
+    nonces: sa.Table,
+    settings: ServerSettings,
+    *,
+    method: str,
+    path: str,
+    query: str,
+    headers: Mapping[str, str] | Any,
+    body: bytes,
+    now: datetime.datetime | None = None,
+) -> int:
+    """Check a signed request and remember its nonce.
+
+    The nonce is recorded and committed before the request is served, so a
+    replay is refused by every process sharing the database.
+
+    :return: the id of the node that signed the request.
+    :raises AuthenticationError: (401) for an unsigned, mis-signed, expired
+        or replayed request, or an unknown node. Nothing else is written.
+    """
+    found = signed_headers(headers)
+    if found is None:
+        raise AuthenticationError(
+            "This route needs a signed request (headers "
+            f"{HEADER_NODE}, {HEADER_TIMESTAMP}, {HEADER_NONCE}, "
+            f"{HEADER_SIGNATURE}); register the node first."
+        )
+    moment = now or _now()
+    node_text, stamp, nonce = (
+        found[HEADER_NODE],
+        found[HEADER_TIMESTAMP],
+        found[HEADER_NONCE],
+    )
+    if not (node_text.isdigit() and stamp.isdigit() and len(stamp) <= 12):
+        raise AuthenticationError("The signature headers are malformed.")
+    if not _NONCE.match(nonce):
+        raise AuthenticationError(
+            "The nonce must be 16 to 64 letters, digits, '-' or '_'."
+        )
+    age = abs(moment.timestamp() - int(stamp))
+    if age > settings.signature_max_age:
+        raise AuthenticationError(
+            "The request's timestamp is too far from the server's clock; "
+            "check the node's clock and sign the request again."
+        )
+    node_id = int(node_text)
+    stored = session.execute(
+        sa.select(tables.nodes.c.secret_digest).where(tables.nodes.c.id == node_id)
+    ).scalar()
+    key = settings.require_secret_key()
+    scheme, _, salt = (stored or "").partition("$")
+    if scheme != _SCHEME:
+        session.rollback()
+        raise AuthenticationError("Unknown node; register it first.")
+    message = canonical_request(method, path, query, stamp, nonce, body)
+    if not signature_matches(
+        derive_secret(key, node_id, salt), message, found[HEADER_SIGNATURE]
+    ):
+        session.rollback()
+        raise AuthenticationError(
+            "The request signature does not match; it was altered or signed "
+            "with another secret."
+        )
+    _remember_nonce(session, tables, nonces, settings, node_id, nonce, moment)
+    return node_id
+
+
+def _remember_nonce(
+    session: Session,
+    tables: LogTables,
+    nonces: sa.Table,
+    settings: ServerSettings,
+    node_id: int,
+    nonce: str,
+    moment: datetime.datetime,
+) -> None:
+    try:
+        session.execute(
+            sa.insert(nonces).values(node_id=node_id, nonce=nonce, created_at=moment)
+        )
+    except sa.exc.IntegrityError:
+        session.rollback()
+        raise AuthenticationError(
+            "This request was already received (replayed nonce); sign each "
+            "request with a new nonce."
+        ) from None
+    # Nonces older than the signature window can never be replayed (their
+    # timestamp would be refused), so they are dropped as we go.
+    expired = moment - datetime.timedelta(seconds=2 * settings.signature_max_age)
+    session.execute(
+        sa.delete(nonces).where(
+            nonces.c.node_id == node_id, nonces.c.created_at < expired
+        )
+    )
+    session.execute(
+        sa.update(tables.nodes)
+        .where(tables.nodes.c.id == node_id)
+        .values(last_seen_at=moment)
+    )
+    session.commit()
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)

@@ -1,0 +1,244 @@
+"""Serving changes to nodes: paged pulls and the streamed full repair.
+
+A pull page holds at most ``limit`` logged operations after the node's
+version, compressed to one per row, with the rows' *current* payloads read
+from the live tables. Pages are cut by ``(version, operation id)``, so a node
+far behind resumes exactly where the last page ended (``cursor``), and any
+server process can serve the next page. An insert or update whose row is gone
+by the time the page is served is sent as a delete: the payload is always the
+row's latest state, and a later page repeats nothing that matters.
+
+The node's own versions are left out: it already has those changes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..errors import ValidationError
+from ..tracking import (
+    DELETE,
+    LogTables,
+    TrackedTable,
+    compress,
+    decode_key,
+    encode_key,
+)
+from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from .messages import PROTOCOL_VERSION, validate
+from .push import KEY_BATCH, batches, current_version, key_filter
+from .schema import TrackedSchema
+
+
+@dataclass(frozen=True)
+class _LoggedOperation:
+    table_name: str
+    row_key: str
+    command: str
+
+
+def pull(
+    session: Session,
+    tables: LogTables,
+    schema: TrackedSchema,
+    node_id: int,
+    message: Any,
+    *,
+    page_size: int,
+) -> dict[str, Any]:
+    """One page of the changes after the node's version.
+
+    :param page_size: the most operations a page may hold; a request's
+        ``limit`` can only lower it.
+    :return: ``{"operations", "payloads", "until", "version", "cursor"}``.
+    """
+    request = validate(message, "PullRequest")
+    since: int = request["since"]
+    limit = min(request.get("limit", page_size), page_size)
+    after = _parse_cursor(request.get("cursor"), since)
+    current = current_version(session, tables)
+    if since > current:
+        raise ValidationError(
+            f"since {since} is newer than the server's latest version "
+            f"{current}; the node must repair from this server."
+        )
+
+    versions, operations = tables.versions, tables.operations
+    query = (
+        sa.select(
+            versions.c.number,
+            operations.c.id,
+            operations.c.table_name,
+            operations.c.row_key,
+            operations.c.command,
+        )
+        .join(versions, versions.c.id == operations.c.version_id)
+        .where(
+            sa.or_(
+                versions.c.number > after[0],
+                sa.and_(versions.c.number == after[0], operations.c.id > after[1]),
+            ),
+            versions.c.number <= current,
+            sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
+        )
+        .order_by(versions.c.number, operations.c.id)
+        .limit(limit + 1)
+    )
+    rows = session.execute(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    if more:
+        last_number, last_id = rows[-1][0], rows[-1][1]
+        # The last version may continue on the next page.
+        until = max(since, last_number - 1)
+        cursor: str | None = f"{last_number}:{last_id}"
+    else:
+        until, cursor = current, None
+
+    aware = stores_time_zones(session.get_bind(clause=operations).dialect)
+    logged = compress(
+        _LoggedOperation(table_name, row_key, command)
+        for _, _, table_name, row_key, command in rows
+        if schema.get(table_name) is not None
+    )
+    wire_ops, payloads = _with_payloads(session, schema, logged, aware)
+    session.execute(
+        sa.update(tables.nodes)
+        .where(tables.nodes.c.id == node_id)
+        .values(
+            last_pulled_version=until,
+            last_seen_at=datetime.datetime.now(datetime.timezone.utc),
+        )
+    )
+    session.commit()
+    return {
+        "operations": wire_ops,
+        "payloads": payloads,
+        "until": until,
+        "version": current,
+        "cursor": cursor,
+    }
+
+
+def _parse_cursor(cursor: str | None, since: int) -> tuple[int, int]:
+    if cursor is None:
+        return since, 0
+    number, _, op_id = cursor.partition(":")
+    position = int(number), int(op_id)
+    if position[0] < since:
+        raise ValidationError("cursor points before since; start the pull again.")
+    return position
+
+
+def _with_payloads(
+    session: Session,
+    schema: TrackedSchema,
+    logged: list[_LoggedOperation],
+    aware: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    by_table: dict[str, list[_LoggedOperation]] = {}
+    for op in logged:
+        by_table.setdefault(op.table_name, []).append(op)
+
+    current_rows: dict[tuple[str, str], list[Any]] = {}
+    payloads: dict[str, Any] = {}
+    codecs_by_table: dict[str, list[ColumnCodec]] = {}
+    for name, ops in by_table.items():
+        info = schema.tables[name]
+        codecs = list(table_codecs(info.table, aware_storage=aware).values())
+        codecs_by_table[name] = codecs
+        pk_codecs = _pk_codecs(info, codecs)
+        wanted = [
+            key_from_log(decode_key(op.row_key), pk_codecs)
+            for op in ops
+            if op.command != DELETE
+        ]
+        rows = []
+        pk = list(info.pk_columns)
+        positions = [list(info.table.columns).index(c) for c in pk]
+        for batch in batches(wanted, KEY_BATCH):
+            query = sa.select(info.table).where(key_filter(pk, batch))
+            for row in session.execute(query):
+                encoded = [c.to_json(v) for c, v in zip(codecs, row, strict=True)]
+                key_text = encode_key([row[p] for p in positions])
+                current_rows[(name, key_text)] = encoded
+                rows.append(encoded)
+        if rows:
+            payloads[name] = {"columns": [c.name for c in codecs], "rows": rows}
+
+    wire_ops = []
+    for op in logged:
+        info = schema.tables[op.table_name]
+        codecs = codecs_by_table[op.table_name]
+        pk_codecs = _pk_codecs(info, codecs)
+        key = key_from_log(decode_key(op.row_key), pk_codecs)
+        command = op.command
+        if command != DELETE and (op.table_name, op.row_key) not in current_rows:
+            command = DELETE  # the row is gone since
+        wire_ops.append(
+            {
+                "table": op.table_name,
+                "key": [c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)],
+                "command": command,
+            }
+        )
+    return wire_ops, payloads
+
+
+def _pk_codecs(info: TrackedTable, codecs: list[ColumnCodec]) -> list[ColumnCodec]:
+    columns = list(info.table.columns)
+    return [codecs[columns.index(c)] for c in info.pk_columns]
+
+
+# -- repair -----------------------------------------------------------------------
+
+
+def repair_stream(
+    engine: sa.Engine,
+    tables: LogTables,
+    schema: TrackedSchema,
+    *,
+    chunk_rows: int,
+) -> Iterator[str]:
+    """The full content of every tracked table, as JSON text in pieces.
+
+    The version is read first and each table is read with a server-side
+    cursor ``chunk_rows`` rows at a time, so memory stays flat however large
+    the tables are. Rows committed after the version was read may already be
+    included; a node that pulls from that version afterwards converges,
+    because pulls carry current payloads.
+
+    :return: an iterator of text pieces making up one JSON object,
+        ``{"ok": true, "protocol": 1, "version": N, "tables": {name:
+        {"columns": [...], "rows": [[...], ...]}}}``.
+    """
+    with engine.connect() as connection:
+        version = current_version(connection, tables)
+        aware = stores_time_zones(connection.dialect)
+        yield (
+            f'{{"ok":true,"protocol":{PROTOCOL_VERSION},"version":{version},"tables":{{'
+        )
+        for number, (name, info) in enumerate(schema.tables.items()):
+            codecs = list(table_codecs(info.table, aware_storage=aware).values())
+            columns = json.dumps([c.name for c in codecs])
+            separator = "," if number else ""
+            yield f'{separator}{json.dumps(name)}:{{"columns":{columns},"rows":['
+            query = sa.select(info.table).order_by(*info.pk_columns)
+            result = connection.execution_options(yield_per=chunk_rows).execute(query)
+            first = True
+            for partition in result.partitions():
+                piece = ",".join(
+                    json.dumps([c.to_json(v) for c, v in zip(codecs, row, strict=True)])
+                    for row in partition
+                )
+                yield piece if first else "," + piece
+                first = False
+            yield "]}"
+        yield "}}"

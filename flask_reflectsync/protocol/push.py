@@ -1,0 +1,573 @@
+"""Applying a node's push: validate everything, then write it in one transaction.
+
+The order of work, and why:
+
+1. The message is checked against the schema, then every table, column,
+   key and value against the tracked models, before any write. A bad push
+   leaves the database exactly as it was.
+2. A push id already stored in ``reflectsync_versions.push_id`` is answered
+   from there: a retry after a lost answer applies nothing.
+3. Rows are written through the app's session, one executemany per table and
+   kind (inserts parents first, then updates, then deletes children first),
+   so the tracking listeners log them into one new version that records the
+   node and the push id.
+4. The version counter row is locked, and only then the log is searched for
+   versions the node has not seen that touched the same rows (see
+   :func:`find_conflicts`). Taking the lock after the writes keeps the lock
+   order of every other writer (rows first, counter at commit), so pushes do
+   not deadlock with the app; holding it makes "check, then commit" atomic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.exc import StaleDataError
+
+from ..errors import (
+    PushRejectedError,
+    ServiceBusyError,
+    UniqueConstraintError,
+    ValidationError,
+)
+from ..tracking import DELETE, INSERT, LogTables, TrackedTable, compress
+from ..tracking.capture import VERSION_ROW_VALUES
+from ..tracking.keys import encode_key
+from .codec import ColumnCodec, stores_time_zones, table_codecs
+from .messages import validate
+from .schema import TrackedSchema
+
+#: How many keys go into one ``IN (...)`` list.
+KEY_BATCH = 1000
+#: How many rows in conflict an error lists.
+MAX_LISTED = 50
+
+
+@dataclass(frozen=True)
+class PushedOperation:
+    """One operation of a push, decoded."""
+
+    table_name: str
+    row_key: str
+    command: str
+    key: tuple[Any, ...]
+
+
+@dataclass
+class _TableChanges:
+    info: TrackedTable
+    codecs: dict[str, ColumnCodec]
+    columns: list[str] = field(default_factory=list)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    inserts: list[PushedOperation] = field(default_factory=list)
+    updates: list[PushedOperation] = field(default_factory=list)
+    deletes: list[PushedOperation] = field(default_factory=list)
+
+    def wire_key(self, key: Sequence[Any]) -> list[Any]:
+        pk = self.info.pk_columns
+        return [self.codecs[c.name].to_json(v) for c, v in zip(pk, key, strict=True)]
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """What :func:`push` did.
+
+    :param answer: ``{"push_id", "version", "operations"}``, the same for
+        every retry of the push id.
+    :param applied: whether this call wrote the push (``False`` for a retry
+        of a push already applied, and for a push that changes nothing).
+    """
+
+    answer: dict[str, Any]
+    applied: bool
+
+
+def stored_push_id(node_id: int, push_id: str) -> str:
+    """Push ids are chosen by nodes, so they are stored per node."""
+    return f"{node_id}:{push_id}"
+
+
+def push(
+    session: Session,
+    tables: LogTables,
+    schema: TrackedSchema,
+    node_id: int,
+    message: Any,
+) -> PushOutcome:
+    """Apply one push atomically and exactly once.
+
+    :param session: the app's tracked session, with no transaction begun.
+    :param tables: the log tables.
+    :param schema: the tracked tables the server accepts.
+    :param node_id: the authenticated node.
+    :param message: the decoded request body.
+    :return: the answer and whether this call applied the push.
+    :raises ValidationError: (4xx) for a malformed push; nothing written.
+    :raises PushRejectedError: (409) for a conflict or a constraint
+        violation; nothing written.
+    """
+    request = validate(message, "PushRequest")
+    push_id: str = request["push_id"]
+    stored = stored_push_id(node_id, push_id)
+    dialect = session.get_bind(clause=tables.versions).dialect
+    if dialect.name != "sqlite":
+        # Later reads must see what other transactions committed meanwhile,
+        # in particular after the counter lock (MySQL defaults to snapshots).
+        session.connection(
+            bind_arguments={"clause": tables.versions},
+            execution_options={"isolation_level": "READ COMMITTED"},
+        )
+    answer = _answer_for(session, tables, stored, push_id)
+    if answer is not None:
+        session.rollback()
+        return PushOutcome(answer, applied=False)
+
+    changes = _decode(request, schema, aware=stores_time_zones(dialect))
+    last_version: int = request["last_version"]
+    if not any(c.inserts or c.updates or c.deletes for c in changes.values()):
+        session.rollback()
+        return PushOutcome(
+            {"push_id": push_id, "version": None, "operations": 0}, applied=False
+        )
+
+    try:
+        _check_version(session, tables, last_version)
+        _check_updated_rows_exist(session, changes)
+        session.info[VERSION_ROW_VALUES] = {"node_id": node_id, "push_id": stored}
+        _apply(session, schema, changes)
+        _lock_counter(session, tables)
+        conflicts = find_conflicts(session, tables, changes, node_id, last_version)
+        if conflicts:
+            raise _conflict_error(conflicts)
+        session.commit()
+    except (sa.exc.IntegrityError, StaleDataError) as error:
+        session.rollback()
+        answer = _answer_for(session, tables, stored, push_id)
+        if answer is not None:  # the same push, retried concurrently, won
+            session.rollback()
+            return PushOutcome(answer, applied=False)
+        raise _explain_integrity_error(
+            session, tables, changes, node_id, last_version, error
+        ) from None
+    except sa.exc.OperationalError:
+        session.rollback()
+        raise ServiceBusyError(
+            "The database is busy (lock timeout or deadlock); nothing was "
+            "written. Send the same push again."
+        ) from None
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.info.pop(VERSION_ROW_VALUES, None)
+
+    answer = _answer_for(session, tables, stored, push_id)
+    session.rollback()
+    assert answer is not None
+    return PushOutcome(answer, applied=True)
+
+
+def _answer_for(
+    session: Session, tables: LogTables, stored: str, push_id: str
+) -> dict[str, Any] | None:
+    versions, operations = tables.versions, tables.operations
+    row = session.execute(
+        sa.select(versions.c.id, versions.c.number).where(versions.c.push_id == stored)
+    ).first()
+    if row is None:
+        return None
+    count = session.execute(
+        sa.select(sa.func.count())
+        .select_from(operations)
+        .where(operations.c.version_id == row.id)
+    ).scalar()
+    return {"push_id": push_id, "version": row.number, "operations": count}
+
+
+# -- decoding ---------------------------------------------------------------------
+
+
+def _decode(
+    request: Mapping[str, Any], schema: TrackedSchema, *, aware: bool
+) -> dict[str, _TableChanges]:
+    changes: dict[str, _TableChanges] = {}
+
+    def table_changes(name: str, where: str) -> _TableChanges:
+        found = changes.get(name)
+        if found is None:
+            info = schema.get(name)
+            if info is None:
+                raise ValidationError(
+                    f"{where}: unknown table {name!r}; the server accepts "
+                    f"{', '.join(sorted(schema.tables)) or 'no tables'}."
+                )
+            found = _TableChanges(info, table_codecs(info.table, aware_storage=aware))
+            changes[name] = found
+        return found
+
+    for name, payload in (request.get("payloads") or {}).items():
+        _decode_rows(table_changes(name, f"payloads.{name}"), name, payload)
+
+    operations: list[PushedOperation] = []
+    for index, item in enumerate(request["operations"]):
+        where = f"operations[{index}]"
+        target = table_changes(item["table"], where)
+        key = _decode_key(target, item["key"], where)
+        operations.append(
+            PushedOperation(item["table"], encode_key(key), item["command"], key)
+        )
+
+    for op in compress(operations):
+        target = changes[op.table_name]
+        if op.command == DELETE:
+            target.deletes.append(op)
+        elif op.row_key not in target.rows:
+            raise ValidationError(
+                f"The {'insert' if op.command == INSERT else 'update'} of "
+                f"{op.table_name} {op.row_key} has no row in payloads."
+            )
+        else:
+            (target.inserts if op.command == INSERT else target.updates).append(op)
+
+    for name, target in changes.items():
+        used = {op.row_key for op in target.inserts + target.updates}
+        unused = [k for k in target.rows if k not in used]
+        if unused:
+            raise ValidationError(
+                f"payloads.{name} has a row for {unused[0]} but no insert or "
+                "update of it."
+            )
+    return changes
+
+
+def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -> None:
+    columns: list[str] = payload["columns"]
+    for column in columns:
+        if column not in target.codecs:
+            raise ValidationError(
+                f"payloads.{name}: unknown column {column!r} in table {name!r}."
+            )
+    if len(set(columns)) != len(columns):
+        raise ValidationError(f"payloads.{name}: a column is named twice.")
+    missing = [c.name for c in target.info.pk_columns if c.name not in columns]
+    if missing:
+        raise ValidationError(
+            f"payloads.{name}: the primary key column(s) {', '.join(missing)} "
+            "must be sent."
+        )
+    target.columns = columns
+    codecs = [target.codecs[c] for c in columns]
+    pk_names = [c.name for c in target.info.pk_columns]
+    width = len(columns)
+    for number, values in enumerate(payload["rows"]):
+        where = f"payloads.{name}.rows[{number}]"
+        if len(values) != width:
+            raise ValidationError(
+                f"{where} has {len(values)} values for {width} columns."
+            )
+        row = {}
+        for codec, value in zip(codecs, values, strict=True):
+            if value is None and not codec.nullable:
+                raise ValidationError(f"{where}: column {codec.name!r} cannot be null.")
+            row[codec.name] = codec.to_db(value, where)
+        row_key = encode_key([row[c] for c in pk_names])
+        if row_key in target.rows:
+            raise ValidationError(f"{where}: a second row for key {row_key}.")
+        target.rows[row_key] = row
+
+
+def _decode_key(
+    target: _TableChanges, values: list[Any], where: str
+) -> tuple[Any, ...]:
+    pk = target.info.pk_columns
+    if len(values) != len(pk):
+        raise ValidationError(
+            f"{where}: table {target.info.name!r} has a key of {len(pk)} "
+            f"column(s), got {len(values)} value(s)."
+        )
+    key = []
+    for column, value in zip(pk, values, strict=True):
+        if value is None:
+            raise ValidationError(f"{where}: a key value cannot be null.")
+        key.append(target.codecs[column.name].to_db(value, where))
+    return tuple(key)
+
+
+# -- applying ---------------------------------------------------------------------
+
+
+def _check_version(session: Session, tables: LogTables, last_version: int) -> None:
+    current = current_version(session, tables)
+    if last_version > current:
+        raise ValidationError(
+            f"last_version {last_version} is newer than the server's latest "
+            f"version {current}; the node must repair from this server."
+        )
+
+
+def current_version(session: Session | sa.Connection, tables: LogTables) -> int:
+    """The latest committed version number (0 before the first)."""
+    counter = tables.counter
+    value = session.execute(
+        sa.select(counter.c.value).where(counter.c.id == 1)
+    ).scalar()
+    return int(value or 0)
+
+
+def _check_updated_rows_exist(
+    session: Session, changes: Mapping[str, _TableChanges]
+) -> None:
+    missing: list[dict[str, Any]] = []
+    for name, target in changes.items():
+        wanted = {op.key for op in target.updates}
+        found = set(existing_keys(session, target.info, wanted))
+        missing += [
+            {"table": name, "key": target.wire_key(k), "reason": "deleted"}
+            for k in wanted - found
+        ]
+    if missing:
+        raise PushRejectedError(
+            "The push updates rows that no longer exist on the server; pull, "
+            "merge and push again.",
+            missing[:MAX_LISTED],
+        )
+
+
+def existing_keys(
+    session: Session, info: TrackedTable, keys: Iterable[tuple[Any, ...]]
+) -> Iterator[tuple[Any, ...]]:
+    """Which of ``keys`` exist in ``info``'s table, with batched IN queries."""
+    pk = list(info.pk_columns)
+    for batch in batches(list(keys), KEY_BATCH):
+        query = sa.select(*pk).where(key_filter(pk, batch))
+        for row in session.execute(query):
+            yield tuple(row)
+
+
+def key_filter(
+    pk: Sequence[sa.Column[Any]], keys: Sequence[tuple[Any, ...]]
+) -> sa.ColumnElement[bool]:
+    """``pk IN keys`` for a single or composite primary key."""
+    if len(pk) == 1:
+        return pk[0].in_([k[0] for k in keys])
+    return sa.tuple_(*pk).in_(list(keys))
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of at most ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _apply(
+    session: Session, schema: TrackedSchema, changes: Mapping[str, _TableChanges]
+) -> None:
+    ordered = schema.in_dependency_order(changes)
+    for name in ordered:
+        target = changes[name]
+        if target.inserts:
+            table = target.info.table
+            keys = {c.name: c.key for c in table.columns}
+            session.execute(
+                sa.insert(table),
+                [
+                    {keys[c]: v for c, v in target.rows[op.row_key].items()}
+                    for op in target.inserts
+                ],
+            )
+    for name in ordered:
+        target = changes[name]
+        if target.updates:
+            # ORM "bulk UPDATE by primary key": the tracking listener reads
+            # the keys from the parameters and logs one update per row.
+            mapper = target.info.mapper
+            attrs = {
+                c.name: mapper.get_property_by_column(c).key
+                for c in target.info.table.columns
+            }
+            session.execute(
+                sa.update(mapper.class_),
+                [
+                    {attrs[c]: v for c, v in target.rows[op.row_key].items()}
+                    for op in target.updates
+                ],
+            )
+    for name in reversed(ordered):
+        target = changes[name]
+        mapper = target.info.mapper
+        pk = list(target.info.pk_columns)
+        for batch in batches([op.key for op in target.deletes], KEY_BATCH):
+            session.execute(
+                sa.delete(mapper.class_).where(key_filter(pk, batch)),
+                execution_options={"synchronize_session": False},
+            )
+
+
+def _lock_counter(session: Session, tables: LogTables) -> None:
+    counter = tables.counter
+    session.execute(
+        sa.select(counter.c.value).where(counter.c.id == 1).with_for_update()
+    )
+
+
+# -- conflicts ----------------------------------------------------------------------
+
+
+def find_conflicts(
+    session: Session,
+    tables: LogTables,
+    changes: Mapping[str, _TableChanges],
+    node_id: int,
+    last_version: int,
+) -> list[dict[str, Any]]:
+    """Rows of the push that another writer changed after ``last_version``.
+
+    Only the same rows count: a version the node has not pulled that touched
+    other rows does not block the push. The node's own versions never count.
+    The scan reads the operations of the versions after ``last_version``
+    once, so its cost grows with how far behind the node is, not with the
+    size of the log.
+    """
+    pushed: dict[tuple[str, str], tuple[str, tuple[Any, ...]]] = {}
+    for name, target in changes.items():
+        for op in target.inserts + target.updates + target.deletes:
+            pushed[(name, op.row_key)] = (name, op.key)
+    versions, operations = tables.versions, tables.operations
+    query = (
+        sa.select(operations.c.table_name, operations.c.row_key, versions.c.number)
+        .join(versions, versions.c.id == operations.c.version_id)
+        .where(
+            versions.c.number > last_version,
+            sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
+            operations.c.table_name.in_(list(changes)),
+        )
+        .execution_options(yield_per=5000)
+    )
+    found: dict[tuple[str, str], int] = {}
+    for table_name, row_key, number in session.execute(query):
+        if (table_name, row_key) in pushed:
+            found[(table_name, row_key)] = number
+    conflicts = []
+    for ident, number in found.items():
+        name, key = pushed[ident]
+        conflicts.append(
+            {"table": name, "key": changes[name].wire_key(key), "version": number}
+        )
+    return conflicts
+
+
+def _conflict_error(conflicts: list[dict[str, Any]]) -> PushRejectedError:
+    return PushRejectedError(
+        f"The server changed {len(conflicts)} of the pushed row(s) in versions "
+        "the node has not pulled; pull, merge and push again.",
+        conflicts[:MAX_LISTED],
+    )
+
+
+def _explain_integrity_error(
+    session: Session,
+    tables: LogTables,
+    changes: Mapping[str, _TableChanges],
+    node_id: int,
+    last_version: int,
+    error: Exception,
+) -> PushRejectedError:
+    try:
+        conflicts = find_conflicts(session, tables, changes, node_id, last_version)
+        if conflicts:
+            return _conflict_error(conflicts)
+        entries = unique_violations(session, changes)
+    finally:
+        session.rollback()
+    if entries:
+        first = entries[0]
+        return UniqueConstraintError(
+            f"The push breaks a unique constraint: {first['table']} "
+            f"{first['key']} on ({', '.join(first['columns'])}); "
+            f"{len(entries)} row(s) in all.",
+            entries[:MAX_LISTED],
+        )
+    if isinstance(error, StaleDataError):
+        return PushRejectedError(
+            "The push updates rows that no longer exist on the server; pull, "
+            "merge and push again."
+        )
+    detail = str(getattr(error, "orig", error)).strip().splitlines()[0]
+    return PushRejectedError(
+        f"The database refused the push ({detail}); nothing was written."
+    )
+
+
+def unique_violations(
+    session: Session, changes: Mapping[str, _TableChanges]
+) -> list[dict[str, Any]]:
+    """Pushed rows that collide on a unique constraint, with each other or
+    with rows already in the database."""
+    entries: list[dict[str, Any]] = []
+    for name, target in changes.items():
+        written = target.inserts + target.updates
+        if not written:
+            continue
+        pk_names = tuple(c.name for c in target.info.pk_columns)
+        for columns in _unique_column_sets(target.info.table):
+            if not set(columns) <= set(target.columns):
+                continue
+            is_pk = columns == pk_names
+            holders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+            probe = [op for op in written if not is_pk or op.command == INSERT]
+            for op in probe:
+                values = tuple(target.rows[op.row_key][c] for c in columns)
+                if None in values:
+                    continue
+                if values in holders:
+                    entries.append(_entry(target, name, op.key, columns, None))
+                holders.setdefault(values, op.key)
+            table = target.info.table
+            selected = [table.c[c] for c in columns]
+            pk = list(target.info.pk_columns)
+            for batch in batches(list(holders), KEY_BATCH):
+                query = sa.select(*pk, *selected).where(key_filter(selected, batch))
+                for row in session.execute(query):
+                    existing = tuple(row[: len(pk)])
+                    values = tuple(row[len(pk) :])
+                    pushed_key = holders.get(values)
+                    if pushed_key is not None and (is_pk or pushed_key != existing):
+                        entries.append(
+                            _entry(target, name, pushed_key, columns, existing)
+                        )
+    return entries
+
+
+def _entry(
+    target: _TableChanges,
+    name: str,
+    key: tuple[Any, ...],
+    columns: tuple[str, ...],
+    existing: tuple[Any, ...] | None,
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "table": name,
+        "key": target.wire_key(key),
+        "columns": list(columns),
+    }
+    if existing is not None:
+        entry["existing_key"] = target.wire_key(existing)
+    return entry
+
+
+def _unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:
+    sets: list[tuple[str, ...]] = [tuple(c.name for c in table.primary_key.columns)]
+    for constraint in table.constraints:
+        if isinstance(constraint, sa.UniqueConstraint):
+            sets.append(tuple(c.name for c in constraint.columns))
+    for index in table.indexes:
+        if index.unique:
+            sets.append(tuple(c.name for c in index.columns))
+    for column in table.columns:
+        if column.unique:
+            sets.append((column.name,))
+    return list(dict.fromkeys(sets))

@@ -1,0 +1,134 @@
+"""Reading rows of one tracked model with simple filters.
+
+``model=<table>`` names a tracked table; every other parameter is a filter
+``<column>=<value>`` (equality) or ``<column>__<op>=<value>`` with ``op`` one
+of ``ne``, ``lt``, ``lte``, ``gt``, ``gte``, ``in`` (comma-separated values)
+and ``isnull`` (``true``/``false``). ``limit`` and ``offset`` page through the
+rows in primary-key order. Untracked tables and unknown columns are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..errors import NotFoundError, ValidationError
+from .codec import ColumnCodec, stores_time_zones, table_codecs
+from .schema import TrackedSchema
+
+#: Query parameters that are not filters.
+RESERVED = ("model", "limit", "offset")
+
+_OPERATORS: dict[str, Callable[[sa.ColumnElement[Any], Any], Any]] = {
+    "eq": lambda column, value: column == value,
+    "ne": lambda column, value: column != value,
+    "lt": lambda column, value: column < value,
+    "lte": lambda column, value: column <= value,
+    "gt": lambda column, value: column > value,
+    "gte": lambda column, value: column >= value,
+    "in": lambda column, values: column.in_(values),
+    "isnull": lambda column, flag: column.is_(None) if flag else column.isnot(None),
+}
+
+
+def query(
+    session: Session,
+    schema: TrackedSchema,
+    params: Mapping[str, Sequence[str]],
+    *,
+    page_size: int,
+) -> dict[str, Any]:
+    """Rows of one tracked model matching every filter.
+
+    :param params: the query string, each name with all its values.
+    :param page_size: the largest ``limit`` allowed (and the default).
+    :return: ``{"model", "rows", "next_offset"}``; ``rows`` are objects by
+        column name in the codec's JSON form, ``next_offset`` is ``null`` on
+        the last page.
+    :raises NotFoundError: (404) if ``model`` is not a tracked table.
+    :raises ValidationError: (400) for unknown columns, operators or values.
+    """
+    values = {name: list(items) for name, items in params.items()}
+    for name, items in values.items():
+        if len(items) != 1:
+            raise ValidationError(
+                f"Parameter {name!r} is given {len(items)} times; give it once "
+                "(use <column>__in=a,b for several values)."
+            )
+    single = {name: items[0] for name, items in values.items()}
+    model = single.get("model")
+    if not model:
+        raise ValidationError("Name the table to read: ?model=<table>.")
+    info = schema.get(model)
+    if info is None:
+        raise NotFoundError(
+            f"No tracked model {model!r}; the server serves "
+            f"{', '.join(sorted(schema.tables)) or 'no tables'}."
+        )
+    limit = _count(single.get("limit"), "limit", page_size)
+    if not 1 <= limit <= page_size:
+        raise ValidationError(f"limit must be between 1 and {page_size}.")
+    offset = _count(single.get("offset"), "offset", 0)
+    if offset < 0:
+        raise ValidationError("offset cannot be negative.")
+
+    aware = stores_time_zones(session.get_bind(clause=info.table).dialect)
+    codecs = table_codecs(info.table, aware_storage=aware)
+    statement = sa.select(info.table)
+    for name, text in single.items():
+        if name not in RESERVED:
+            statement = statement.where(_condition(info.table, codecs, name, text))
+    statement = statement.order_by(*info.pk_columns).limit(limit + 1).offset(offset)
+    rows = session.execute(statement).all()
+    session.rollback()
+    more = len(rows) > limit
+    encoded = [
+        {
+            codec.name: codec.to_json(value)
+            for codec, value in zip(codecs.values(), row, strict=True)
+        }
+        for row in rows[:limit]
+    ]
+    return {
+        "model": model,
+        "rows": encoded,
+        "next_offset": offset + limit if more else None,
+    }
+
+
+def _count(text: str | None, name: str, default: int) -> int:
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer, got {text!r}.") from None
+
+
+def _condition(
+    table: sa.Table, codecs: Mapping[str, ColumnCodec], name: str, text: str
+) -> Any:
+    column_name, operator = name, "eq"
+    head, separator, tail = name.rpartition("__")
+    if separator and tail in _OPERATORS:
+        column_name, operator = head, tail
+    codec = codecs.get(column_name)
+    if codec is None:
+        raise ValidationError(
+            f"Unknown column {column_name!r} in table {table.name!r}; it has "
+            f"{', '.join(codecs)}."
+        )
+    where = f"filter {name}"
+    value: Any
+    if operator == "isnull":
+        value = {"true": True, "false": False}.get(text.lower())
+        if value is None:
+            raise ValidationError(f"{where} must be true or false.")
+    elif operator == "in":
+        value = [codec.parse_text(part, where) for part in text.split(",")]
+    else:
+        value = codec.parse_text(text, where)
+    return _OPERATORS[operator](table.c[column_name], value)

@@ -1,0 +1,37 @@
+"""The tracked tables a server exposes, looked up by their logged name."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ..tracking import TrackedTable, tracked_tables
+
+
+@dataclass(frozen=True)
+class TrackedSchema:
+    """The tracked tables on one metadata, by name, in dependency order.
+
+    :param tables: tracked tables by their logged name (``schema.name`` when
+        the table has a schema), parents before children.
+    """
+
+    tables: dict[str, TrackedTable]
+
+    @classmethod
+    def of(cls, metadata: sa.MetaData) -> TrackedSchema:
+        """The tracked tables defined on ``metadata``."""
+        found = {info.table: info for info in tracked_tables(metadata)}
+        ordered = [found[t] for t in metadata.sorted_tables if t in found]
+        return cls({info.name: info for info in ordered})
+
+    def get(self, name: str) -> TrackedTable | None:
+        """The tracked table called ``name``, or ``None``."""
+        return self.tables.get(name)
+
+    def in_dependency_order(self, names: Iterable[str]) -> list[str]:
+        """``names`` sorted parents first (foreign keys point backwards)."""
+        wanted = set(names)
+        return [name for name in self.tables if name in wanted]

@@ -1,0 +1,100 @@
+"""The server's settings, read from ``REFLECTSYNC_*`` configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import ConfigurationError
+
+#: The configuration keys of the sync server and their defaults.
+SERVER_CONFIG_DEFAULTS: dict[str, Any] = {
+    "REFLECTSYNC_SECRET_KEY": None,
+    "REFLECTSYNC_REGISTRATION_TOKEN": None,
+    "REFLECTSYNC_OPEN_REGISTRATION": False,
+    "REFLECTSYNC_SIGNATURE_MAX_AGE": 300,
+    "REFLECTSYNC_MAX_BODY_SIZE": 64 * 1024 * 1024,
+    "REFLECTSYNC_PULL_PAGE_SIZE": 5000,
+    "REFLECTSYNC_QUERY_PAGE_SIZE": 100,
+    "REFLECTSYNC_REPAIR_CHUNK_ROWS": 1000,
+}
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the protocol handlers need to know of the configuration.
+
+    :param secret_key: derives node secrets (``REFLECTSYNC_SECRET_KEY``, else
+        the app's ``SECRET_KEY``). Changing it invalidates every node.
+    :param registration_token: the token a node must present to register.
+    :param open_registration: anyone may register (explicit opt-in).
+    :param signature_max_age: seconds a signed request stays valid.
+    :param max_body_size: largest request body accepted, in bytes.
+    :param pull_page_size: most operations in one pull page.
+    :param query_page_size: most rows in one query page.
+    :param repair_chunk_rows: rows read per database round trip by repair.
+    """
+
+    secret_key: bytes | None
+    registration_token: str | None = None
+    open_registration: bool = False
+    signature_max_age: int = 300
+    max_body_size: int = 64 * 1024 * 1024
+    pull_page_size: int = 5000
+    query_page_size: int = 100
+    repair_chunk_rows: int = 1000
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ServerSettings:
+        """Build the settings from a Flask config (missing keys: defaults)."""
+
+        def get(key: str) -> Any:
+            return config.get(key, SERVER_CONFIG_DEFAULTS[key])
+
+        key = get("REFLECTSYNC_SECRET_KEY") or config.get("SECRET_KEY")
+        return cls(
+            secret_key=key.encode("utf-8") if isinstance(key, str) else key,
+            registration_token=get("REFLECTSYNC_REGISTRATION_TOKEN"),
+            open_registration=bool(get("REFLECTSYNC_OPEN_REGISTRATION")),
+            signature_max_age=int(get("REFLECTSYNC_SIGNATURE_MAX_AGE")),
+            max_body_size=int(get("REFLECTSYNC_MAX_BODY_SIZE")),
+            pull_page_size=int(get("REFLECTSYNC_PULL_PAGE_SIZE")),
+            query_page_size=int(get("REFLECTSYNC_QUERY_PAGE_SIZE")),
+            repair_chunk_rows=int(get("REFLECTSYNC_REPAIR_CHUNK_ROWS")),
+        )
+
+    def require_secret_key(self) -> bytes:
+        """The key node secrets derive from.
+
+        :raises ConfigurationError: if neither key is configured.
+        """
+        if not self.secret_key:
+            raise ConfigurationError(
+                "The sync server needs a key to derive node secrets: set "
+                "REFLECTSYNC_SECRET_KEY or the app's SECRET_KEY."
+            )
+        return self.secret_key
+
+
+NONCES_TABLE = "reflectsync_nonces"
+
+
+def define_protocol_tables(metadata: sa.MetaData) -> sa.Table:
+    """Define the server's nonce table on ``metadata`` (or return it).
+
+    One row per signed request seen within the signature window, so a
+    replayed request is refused by every worker process.
+    """
+    existing = metadata.tables.get(NONCES_TABLE)
+    if existing is not None:
+        return existing
+    return sa.Table(
+        NONCES_TABLE,
+        metadata,
+        sa.Column("node_id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("nonce", sa.String(64), primary_key=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    )

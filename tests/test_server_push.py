@@ -1,0 +1,466 @@
+"""POST /push over real HTTP: validated before writing, atomic, exactly once,
+rejected on conflicts."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from flask_reflectsync import signals
+
+from .conftest import AppFactory
+from .http_server import (
+    ServerEnv,
+    TestNode,
+    database_state,
+    insert,
+    server_env,
+    without_nonces,
+)
+from .oplog import logged
+
+
+@pytest.fixture
+def server(make_app: AppFactory) -> Iterator[ServerEnv]:
+    with server_env(make_app) as found:
+        yield found
+
+
+def _versions(server: ServerEnv) -> list[tuple[Any, ...]]:
+    versions = server.env.db.metadata.tables["reflectsync_versions"]
+    with server.env.db.engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.execute(
+                sa.select(versions.c.number, versions.c.node_id, versions.c.push_id)
+                .where(versions.c.number.isnot(None))
+                .order_by(versions.c.number)
+            )
+        ]
+
+
+def _rows(server: ServerEnv, table: str) -> list[tuple[Any, ...]]:
+    return [row for row in database_state(server.env)[table]]
+
+
+def _country_and_cities() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    operations = [
+        {"table": "city", "key": [11], "command": "i"},
+        {"table": "city", "key": [12], "command": "i"},
+        {"table": "country", "key": [1], "command": "i"},
+    ]
+    payloads = {
+        # children listed before parents: the server orders by foreign keys
+        "city": {
+            "columns": ["id", "name", "population", "country_id"],
+            "rows": [[11, "Lima", 10, 1], [12, "Cusco", 5, 1]],
+        },
+        "country": {"columns": ["id", "name"], "rows": [[1, "Peru"]]},
+    }
+    return operations, payloads
+
+
+def test_push_applies_every_table_in_one_version(server: ServerEnv) -> None:
+    node = server.node()
+    answer = node.push(*_country_and_cities(), push_id="first")
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "ok": True,
+        "protocol": 1,
+        "push_id": "first",
+        "version": 1,
+        "operations": 3,
+    }
+    assert _rows(server, "country") == [(1, "Peru")]
+    assert _rows(server, "city") == [(11, "Lima", 10, 1), (12, "Cusco", 5, 1)]
+    assert sorted(logged(server.env.db)) == [
+        (1, "city", [11], "i"),
+        (1, "city", [12], "i"),
+        (1, "country", [1], "i"),
+    ]
+    assert _versions(server) == [(1, node.id, f"{node.id}:first")]
+
+
+def test_push_updates_and_deletes(server: ServerEnv) -> None:
+    node = server.node()
+    assert node.push(*_country_and_cities()).status_code == 200
+    node.last_version = 1
+    answer = node.push(
+        [
+            {"table": "city", "key": [11], "command": "u"},
+            {"table": "city", "key": [12], "command": "d"},
+        ],
+        {"city": {"columns": ["id", "population"], "rows": [[11, 99]]}},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == 2
+    assert _rows(server, "city") == [(11, "Lima", 99, 1)]
+    assert logged(server.env.db)[3:] == [(2, "city", [11], "u"), (2, "city", [12], "d")]
+
+
+def test_a_push_whose_answer_is_lost_is_applied_once(server: ServerEnv) -> None:
+    node = server.node()
+    operations, payloads = _country_and_cities()
+    first = node.push(operations, payloads, push_id="retry-me")
+    # The answer never reached the node: it signs and sends the push again.
+    again = node.push(operations, payloads, push_id="retry-me")
+
+    assert again.status_code == 200
+    assert again.json() == first.json()
+    assert _rows(server, "city") == [(11, "Lima", 10, 1), (12, "Cusco", 5, 1)]
+    assert len(logged(server.env.db)) == 3
+    assert [number for number, *_ in _versions(server)] == [1]
+
+
+def test_push_ids_belong_to_their_node(server: ServerEnv) -> None:
+    first, second = server.node(), server.node()
+    op, payload = insert("country", {"id": 1, "name": "Peru"})
+    assert first.push([op], payload, push_id="same").json()["version"] == 1
+    op, payload = insert("country", {"id": 2, "name": "Chile"})
+    answer = second.push([op], payload, push_id="same")
+    assert answer.json()["version"] == 2
+    assert len(_rows(server, "country")) == 2
+
+
+def test_push_accepted_signal(server: ServerEnv) -> None:
+    received: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        assert sender is server.env.app
+        received.append(kwargs)
+
+    node = server.node()
+    signals.push_accepted.connect(receiver, server.env.app)
+    try:
+        node.push(*_country_and_cities(), push_id="p1")
+        node.push(*_country_and_cities(), push_id="p1")  # a retry: not again
+    finally:
+        signals.push_accepted.disconnect(receiver, server.env.app)
+    assert received == [
+        {"node": node.id, "push_id": "p1", "version": 1, "operations": 3}
+    ]
+
+
+def test_a_push_without_operations_creates_no_version(server: ServerEnv) -> None:
+    node = server.node()
+    answer = node.push([])
+    assert answer.json()["version"] is None
+    assert _versions(server) == []
+
+
+# -- validation: a 4xx naming the problem, and the database untouched ---------------
+
+CITY_COLUMNS = ["id", "name", "population", "country_id"]
+
+
+def _city_push(**changes: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "protocol": 1,
+        "push_id": "bad",
+        "last_version": 0,
+        "operations": [{"table": "city", "key": [5], "command": "i"}],
+        "payloads": {"city": {"columns": CITY_COLUMNS, "rows": [[5, "Lima", 1, None]]}},
+    }
+    message.update(changes)
+    return message
+
+
+BAD_PUSHES = {
+    "unknown table": (
+        _city_push(operations=[{"table": "note", "key": [5], "command": "i"}]),
+        "unknown table 'note'",
+    ),
+    "unknown column": (
+        _city_push(
+            payloads={"city": {"columns": ["id", "nme"], "rows": [[5, "Lima"]]}}
+        ),
+        "unknown column 'nme'",
+    ),
+    "wrong type": (
+        _city_push(
+            payloads={
+                "city": {"columns": CITY_COLUMNS, "rows": [[5, "Lima", "many", None]]}
+            }
+        ),
+        "column 'population' expects an integer",
+    ),
+    "string too long": (
+        _city_push(
+            payloads={
+                "city": {"columns": CITY_COLUMNS, "rows": [[5, "x" * 101, 1, None]]}
+            }
+        ),
+        "column 'name' holds at most 100 characters",
+    ),
+    "null in a non-null column": (
+        _city_push(
+            payloads={"city": {"columns": CITY_COLUMNS, "rows": [[5, None, 1, None]]}}
+        ),
+        "column 'name' cannot be null",
+    ),
+    "missing key column": (
+        _city_push(payloads={"city": {"columns": ["name"], "rows": [["Lima"]]}}),
+        "primary key column(s) id must be sent",
+    ),
+    "row of the wrong width": (
+        _city_push(payloads={"city": {"columns": CITY_COLUMNS, "rows": [[5, "L"]]}}),
+        "has 2 values for 4 columns",
+    ),
+    "insert without payload": (
+        _city_push(payloads={}),
+        "has no row in payloads",
+    ),
+    "payload without operation": (
+        _city_push(operations=[]),
+        "but no insert or update of it",
+    ),
+    "bad command": (
+        _city_push(operations=[{"table": "city", "key": [5], "command": "x"}]),
+        "message.operations[0].command must be one of",
+    ),
+    "key of the wrong length": (
+        _city_push(operations=[{"table": "city", "key": [5, 6], "command": "i"}]),
+        "has a key of 1 column(s), got 2",
+    ),
+    "unknown field": (_city_push(extra=1), "unknown field 'extra'"),
+    "missing push id": (
+        {k: v for k, v in _city_push().items() if k != "push_id"},
+        "required field 'push_id'",
+    ),
+    "other protocol": (_city_push(protocol=2), "Unsupported protocol version 2"),
+    "future version": (_city_push(last_version=7), "newer than the server's"),
+    "not an object": ([1, 2], "must be a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_PUSHES), ids=list(BAD_PUSHES))
+def test_an_invalid_push_is_refused_and_writes_nothing(
+    server: ServerEnv, case: str
+) -> None:
+    message, expected = BAD_PUSHES[case]
+    node = server.node()
+    before = without_nonces(database_state(server.env))
+    answer = node.call("POST", "/push", json=message)
+
+    assert answer.status_code == 400, answer.text
+    body = answer.json()
+    assert body["ok"] is False and body["status"] == 400
+    assert expected in body["error"]
+    assert without_nonces(database_state(server.env)) == before
+
+
+def test_malformed_json_is_refused(server: ServerEnv) -> None:
+    node = server.node()
+    before = without_nonces(database_state(server.env))
+    answer = node.call("POST", "/push", content=b'{"protocol": 1,')
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "The request body is not valid JSON."
+    assert without_nonces(database_state(server.env)) == before
+
+
+def test_an_oversized_body_is_refused(make_app: AppFactory) -> None:
+    with server_env(make_app, REFLECTSYNC_MAX_BODY_SIZE=2000) as server:
+        node = server.node()
+        before = database_state(server.env)
+        rows = [[n, f"city {n}", n, None] for n in range(100)]
+        answer = node.push(
+            [{"table": "city", "key": [n], "command": "i"} for n in range(100)],
+            {"city": {"columns": CITY_COLUMNS, "rows": rows}},
+        )
+        assert answer.status_code == 413
+        assert "REFLECTSYNC_MAX_BODY_SIZE" in answer.json()["error"]
+        assert database_state(server.env) == before
+
+
+def test_a_failing_push_is_all_or_nothing(server: ServerEnv) -> None:
+    # Valid as a message; the second city points at a country that does not
+    # exist, so the database refuses it after the first rows were written.
+    node = server.node()
+    before = without_nonces(database_state(server.env))
+    answer = node.push(
+        [
+            {"table": "country", "key": [1], "command": "i"},
+            {"table": "city", "key": [1], "command": "i"},
+            {"table": "city", "key": [2], "command": "i"},
+        ],
+        {
+            "country": {"columns": ["id", "name"], "rows": [[1, "Peru"]]},
+            "city": {
+                "columns": CITY_COLUMNS,
+                "rows": [[1, "Lima", 1, 1], [2, "Nowhere", 1, 999]],
+            },
+        },
+    )
+    if server.env.db.engine.dialect.name == "sqlite":
+        # SQLite does not enforce foreign keys unless asked to.
+        pytest.skip("SQLite accepts the dangling foreign key")
+    assert answer.status_code == 409, answer.text
+    assert "nothing was written" in answer.json()["error"]
+    assert without_nonces(database_state(server.env)) == before
+
+
+# -- conflicts ----------------------------------------------------------------------
+
+
+def test_push_touching_rows_changed_since_last_version_is_rejected(
+    server: ServerEnv,
+) -> None:
+    writer, stale = server.node(), server.node()
+    assert writer.push(*_country_and_cities()).status_code == 200  # version 1
+    stale.last_version = 1
+    assert (
+        writer.push(
+            [{"table": "city", "key": [11], "command": "u"}],
+            {"city": {"columns": ["id", "population"], "rows": [[11, 20]]}},
+            last_version=1,
+        ).status_code
+        == 200
+    )  # version 2 changes city 11
+    before = without_nonces(database_state(server.env))
+    rejected: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        rejected.append(kwargs)
+
+    signals.push_rejected.connect(receiver, server.env.app)
+    try:
+        answer = stale.push(
+            [{"table": "city", "key": [11], "command": "u"}],
+            {"city": {"columns": ["id", "population"], "rows": [[11, 30]]}},
+            push_id="stale",
+        )
+    finally:
+        signals.push_rejected.disconnect(receiver, server.env.app)
+
+    assert answer.status_code == 409
+    body = answer.json()
+    assert body["ok"] is False and body["status"] == 409
+    assert body["conflicts"] == [{"table": "city", "key": [11], "version": 2}]
+    assert "pull" in body["error"]
+    assert without_nonces(database_state(server.env)) == before
+    assert rejected == [
+        {
+            "node": stale.id,
+            "push_id": "stale",
+            "reason": body["error"],
+            "status": 409,
+        }
+    ]
+
+
+def test_newer_versions_on_other_rows_do_not_block_a_push(server: ServerEnv) -> None:
+    writer, behind = server.node(), server.node()
+    assert writer.push(*_country_and_cities()).status_code == 200  # version 1
+    behind.last_version = 1
+    op, payload = insert("country", {"id": 2, "name": "Chile"})
+    assert writer.push([op], payload, last_version=1).status_code == 200
+    answer = behind.push(
+        [{"table": "city", "key": [12], "command": "u"}],
+        {"city": {"columns": ["id", "name"], "rows": [[12, "Cuzco"]]}},
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["version"] == 3
+
+
+def test_changes_made_by_the_app_on_the_server_conflict_too(server: ServerEnv) -> None:
+    node = server.node()
+    assert node.push(*_country_and_cities()).status_code == 200
+    node.last_version = 1
+    env = server.env
+    with env.app.app_context():
+        env.db.session.get(env.models.City, 12).name = "Qosqo"
+        env.db.session.commit()
+    answer = node.push([{"table": "city", "key": [12], "command": "d"}])
+    assert answer.status_code == 409
+    assert answer.json()["conflicts"][0]["key"] == [12]
+
+
+def test_a_node_own_pushes_never_conflict_with_it(server: ServerEnv) -> None:
+    node = server.node()
+    assert node.push(*_country_and_cities()).status_code == 200
+    answer = node.push(  # still at last_version 0: version 1 is its own
+        [{"table": "city", "key": [11], "command": "d"}]
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_updating_a_row_the_server_does_not_have_is_rejected(
+    server: ServerEnv,
+) -> None:
+    node = server.node()
+    before = without_nonces(database_state(server.env))
+    answer = node.push(
+        [{"table": "city", "key": [404], "command": "u"}],
+        {"city": {"columns": ["id", "name"], "rows": [[404, "Atlantis"]]}},
+    )
+    assert answer.status_code == 409
+    assert answer.json()["conflicts"] == [
+        {"table": "city", "key": [404], "reason": "deleted"}
+    ]
+    assert without_nonces(database_state(server.env)) == before
+
+
+def test_unique_violation_names_table_key_and_columns(server: ServerEnv) -> None:
+    node = server.node()
+    first, payload = insert("sample", {"id": 1, "code": "A-1"})
+    assert node.push([first], payload).status_code == 200
+    node.last_version = 1
+    before = without_nonces(database_state(server.env))
+    answer = node.push(
+        [
+            {"table": "sample", "key": [2], "command": "i"},
+            {"table": "sample", "key": [3], "command": "i"},
+        ],
+        {"sample": {"columns": ["id", "code"], "rows": [[2, "B-2"], [3, "A-1"]]}},
+    )
+    assert answer.status_code == 409, answer.text
+    body = answer.json()
+    assert body["conflicts"] == [
+        {"table": "sample", "key": [3], "columns": ["code"], "existing_key": [1]}
+    ]
+    assert "unique constraint" in body["error"]
+    assert without_nonces(database_state(server.env)) == before
+
+
+def test_inserting_an_existing_key_is_a_unique_violation(server: ServerEnv) -> None:
+    node = server.node()
+    op, payload = insert("country", {"id": 1, "name": "Peru"})
+    assert node.push([op], payload).status_code == 200
+    node.last_version = 1
+    op, payload = insert("country", {"id": 1, "name": "Peru again"})
+    answer = node.push([op], payload)
+    assert answer.status_code == 409
+    assert answer.json()["conflicts"] == [
+        {"table": "country", "key": [1], "columns": ["id"], "existing_key": [1]}
+    ]
+
+
+def test_push_body_is_compact_json(server: ServerEnv) -> None:
+    # The node may send any JSON spacing; what is signed is the exact bytes.
+    node = server.node()
+    operations, payloads = _country_and_cities()
+    message = {
+        "protocol": 1,
+        "push_id": uuid.uuid4().hex,
+        "last_version": 0,
+        "operations": operations,
+        "payloads": payloads,
+    }
+    content = json.dumps(message, indent=4).encode()
+    answer = node.call("POST", "/push", content=content)
+    assert answer.status_code == 200, answer.text
+
+
+def test_push_needs_a_node(server: ServerEnv) -> None:
+    stranger = TestNode(server.base)
+    answer = stranger.client.post(
+        server.base + "/push", json=_city_push(push_id="anonymous")
+    )
+    assert answer.status_code == 401
+    assert _rows(server, "city") == []
