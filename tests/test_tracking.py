@@ -9,6 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync.errors import ConfigurationError
+from flask_reflectsync.sqlite import use_immediate_transactions
+from flask_reflectsync.tracking import start_tracking, stop_tracking
 
 from .conftest import AppEnv, Reading
 from .oplog import commands, logged, version_numbers
@@ -227,3 +229,33 @@ def test_listening_on_the_global_session_class_is_refused() -> None:
     log = OperationLog(define_tables(sa.MetaData()))
     with pytest.raises(ConfigurationError, match="global Session"):
         start_tracking(sa.orm.Session, log)
+
+
+def test_session_bound_to_an_outer_connection(env: AppEnv) -> None:
+    # The usual test-suite pattern: a session joined to a connection's
+    # transaction, rolled back at the end.
+    db, City = env.db, env.models.City
+    maker = sa.orm.sessionmaker()
+    # pysqlite's own transaction handling breaks a SAVEPOINT that comes
+    # first in a transaction; this also fixes that.
+    use_immediate_transactions(db.engine)
+    start_tracking(maker, env.app.extensions["reflectsync"].log)
+    try:
+        with db.engine.connect() as connection:
+            outer = connection.begin()
+            with maker(
+                bind=connection, join_transaction_mode="create_savepoint"
+            ) as session:
+                session.add(City(name="inside"))
+                session.commit()
+                ops = db.metadata.tables["reflectsync_operations"]
+                assert (
+                    connection.execute(
+                        sa.select(sa.func.count()).select_from(ops)
+                    ).scalar()
+                    == 1
+                )
+            outer.rollback()
+    finally:
+        stop_tracking(maker)
+    assert logged(db) == []

@@ -166,6 +166,7 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
     # cannot tell whether it really changed. Read those originals now, one
     # query per model, so "an update that changes nothing logs nothing" holds
     # for them too. Objects whose attributes were loaded cost nothing here.
+    session.info.pop(_ORIGINALS_KEY, None)  # left over by a failed flush
     if _log_for(session) is None:
         return
     wanted: dict[TrackedTable, list[tuple[InstanceState[Any], list[str]]]] = {}
@@ -342,7 +343,8 @@ def _check_binds(
     for mapper in {op.info.mapper for op in ops}:
         if mapper in tx.checked_binds:
             continue
-        if session.get_bind(mapper=mapper) is not connection.engine:
+        # Compare engines: a session may be bound to a Connection.
+        if session.get_bind(mapper=mapper).engine is not connection.engine:
             raise ConfigurationError(
                 f"{mapper.class_.__name__} is stored in another database than "
                 "the operations log; tracked models must share the bind of the "
