@@ -60,6 +60,22 @@ class NotFoundError(SyncError):
     status = 404
 
 
+class ForbiddenError(SyncError):
+    """The app's access check refused the request."""
+
+    status = 403
+
+
+class GoneError(SyncError):
+    """The requested object existed but has been dropped from the database."""
+
+    status = 410
+
+
+class CatalogAccessWarning(UserWarning):
+    """The reflection catalog routes are served without an access check."""
+
+
 __all__ = [
     "SyncError",
     "ConfigurationError",
@@ -67,4 +83,7 @@ __all__ = [
     "ValidationError",
     "AuthenticationError",
     "NotFoundError",
+    "ForbiddenError",
+    "GoneError",
+    "CatalogAccessWarning",
 ]

@@ -1,0 +1,265 @@
+"""MariaDB / MySQL: the connected database is the one schema; identities are
+names.
+
+MySQL has no schemas inside a database and no stable object ids that an
+ordinary role can read, so the catalog shows the database named in the URL as
+its only schema, a table's identity is its name and a column's identity is
+its name. A renamed table is therefore reported as a dropped table and a new
+one (with a new catalog id); a renamed column as a dropped and an added column.
+
+The fingerprint of the tables is one aggregate over ``information_schema``
+(counts and checksums of the rows describing tables, columns and keys), so
+that an unchanged database is confirmed without transferring it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+
+from .snapshot import (
+    TABLE,
+    VIEW,
+    ColumnSnapshot,
+    ForeignKey,
+    SchemaSnapshot,
+    TableSnapshot,
+    UniqueConstraint,
+)
+
+_KINDS = {"BASE TABLE": TABLE, "SYSTEM VERSIONED": TABLE, "VIEW": VIEW}
+_LOCK_NAME = "reflectsync_catalog"
+_LOCK_TIMEOUT_SECONDS = 30
+
+
+def _checksum(columns: str, rows: str) -> str:
+    return (
+        f"(SELECT CONCAT(COUNT(*), ':', COALESCE(SUM(CRC32(CONCAT_WS('|', {columns})"
+        f")), 0)) {rows})"
+    )
+
+
+_FINGERPRINT = sa.text(
+    "SELECT CONCAT_WS('/', "
+    + ", ".join(
+        [
+            _checksum(
+                "TABLE_NAME, TABLE_TYPE, TABLE_COMMENT",
+                "FROM information_schema.TABLES WHERE TABLE_SCHEMA = :schema",
+            ),
+            _checksum(
+                "TABLE_NAME, COLUMN_NAME, ORDINAL_POSITION, COLUMN_TYPE,"
+                " IS_NULLABLE, COALESCE(COLUMN_DEFAULT, '<none>'), COLUMN_COMMENT",
+                "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = :schema",
+            ),
+            _checksum(
+                "TABLE_NAME, CONSTRAINT_NAME, COLUMN_NAME, ORDINAL_POSITION,"
+                " COALESCE(REFERENCED_TABLE_SCHEMA, ''),"
+                " COALESCE(REFERENCED_TABLE_NAME, ''),"
+                " COALESCE(REFERENCED_COLUMN_NAME, '')",
+                "FROM information_schema.KEY_COLUMN_USAGE WHERE TABLE_SCHEMA = :schema",
+            ),
+            _checksum(
+                "TABLE_NAME, CONSTRAINT_NAME, UPDATE_RULE, DELETE_RULE",
+                "FROM information_schema.REFERENTIAL_CONSTRAINTS"
+                " WHERE CONSTRAINT_SCHEMA = :schema",
+            ),
+        ]
+    )
+    + ")"
+)
+
+_TABLES = (
+    "SELECT TABLE_NAME AS name, TABLE_TYPE AS type, TABLE_COMMENT AS comment"
+    " FROM information_schema.TABLES WHERE TABLE_SCHEMA = :schema"
+)
+_COLUMNS = (
+    "SELECT TABLE_NAME AS tbl, COLUMN_NAME AS name, COLUMN_TYPE AS type,"
+    " IS_NULLABLE AS nullable, COLUMN_DEFAULT AS dflt, COLUMN_COMMENT AS comment"
+    " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = :schema"
+)
+_KEYS = (
+    "SELECT k.TABLE_NAME AS tbl, k.CONSTRAINT_NAME AS name,"
+    " t.CONSTRAINT_TYPE AS type, k.COLUMN_NAME AS col,"
+    " k.REFERENCED_TABLE_SCHEMA AS rschema, k.REFERENCED_TABLE_NAME AS rtable,"
+    " k.REFERENCED_COLUMN_NAME AS rcol, r.UPDATE_RULE AS onupd,"
+    " r.DELETE_RULE AS ondel"
+    " FROM information_schema.KEY_COLUMN_USAGE k"
+    " JOIN information_schema.TABLE_CONSTRAINTS t"
+    "  ON t.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND t.TABLE_SCHEMA = k.TABLE_SCHEMA"
+    "  AND t.TABLE_NAME = k.TABLE_NAME AND t.CONSTRAINT_NAME = k.CONSTRAINT_NAME"
+    " LEFT JOIN information_schema.REFERENTIAL_CONSTRAINTS r"
+    "  ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA AND r.TABLE_NAME = k.TABLE_NAME"
+    "  AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME"
+    " WHERE k.TABLE_SCHEMA = :schema"
+    "  AND t.CONSTRAINT_TYPE IN ('PRIMARY KEY', 'UNIQUE', 'FOREIGN KEY')"
+)
+
+
+class MySQLReader:
+    """:class:`~.snapshot.CatalogReader` for MariaDB and MySQL."""
+
+    dialect = "mysql"
+
+    def schemas_fingerprint(self, connection: sa.Connection) -> str:
+        return ",".join(schema.name for schema in self.read_schemas(connection))
+
+    def read_schemas(self, connection: sa.Connection) -> list[SchemaSnapshot]:
+        name = connection.execute(sa.text("SELECT DATABASE()")).scalar_one()
+        return [] if name is None else [SchemaSnapshot(oid=name, name=name)]
+
+    def tables_fingerprint(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> str | None:
+        if not self._present(connection, schema):
+            return None
+        found = connection.execute(_FINGERPRINT, {"schema": schema.name})
+        return str(found.scalar_one())
+
+    def read_tables(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> list[TableSnapshot] | None:
+        if not self._present(connection, schema):
+            return None
+        return self._read(connection, schema, None)
+
+    def read_table(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
+    ) -> TableSnapshot | None:
+        if not self._present(connection, schema):
+            return None
+        found = self._read(connection, schema, oid)
+        return found[0] if found else None
+
+    def lock(self, connection: sa.Connection) -> None:
+        acquired = connection.execute(
+            sa.text("SELECT GET_LOCK(:name, :timeout)"),
+            {"name": _LOCK_NAME, "timeout": _LOCK_TIMEOUT_SECONDS},
+        ).scalar_one()
+        if acquired != 1:
+            from ..errors import SyncError
+
+            raise SyncError(
+                "Another process has been refreshing the reflection catalog for "
+                f"{_LOCK_TIMEOUT_SECONDS} seconds; try again later."
+            )
+        # GET_LOCK is held by the session, not the transaction: end the
+        # transaction so that the next reads take a fresh REPEATABLE READ view.
+        connection.commit()
+
+    def unlock(self, connection: sa.Connection) -> None:
+        connection.execute(sa.text("SELECT RELEASE_LOCK(:name)"), {"name": _LOCK_NAME})
+        connection.commit()
+
+    def _present(self, connection: sa.Connection, schema: SchemaSnapshot) -> bool:
+        return any(found.name == schema.name for found in self.read_schemas(connection))
+
+    def _read(
+        self, connection: sa.Connection, schema: SchemaSnapshot, name: str | None
+    ) -> list[TableSnapshot]:
+        params = {"schema": schema.name, "table": name}
+        one = " AND TABLE_NAME = :table" if name is not None else ""
+        tables = connection.execute(
+            sa.text(_TABLES + one + " ORDER BY TABLE_NAME"), params
+        ).all()
+        columns: dict[str, list[Any]] = defaultdict(list)
+        for row in connection.execute(
+            sa.text(_COLUMNS + one + " ORDER BY TABLE_NAME, ORDINAL_POSITION"), params
+        ):
+            columns[row.tbl].append(row)
+        keys: dict[str, list[Any]] = defaultdict(list)
+        key_filter = " AND k.TABLE_NAME = :table" if name is not None else ""
+        for row in connection.execute(
+            sa.text(
+                _KEYS + key_filter
+                + " ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION"
+            ),
+            params,
+        ):
+            keys[row.tbl].append(row)
+        mariadb = connection.dialect.name == "mariadb" or getattr(
+            connection.dialect, "is_mariadb", False
+        )
+        snapshots = []
+        for table in tables:
+            kind = _KINDS.get(table.type)
+            if kind is None:  # sequences and other table-like objects
+                continue
+            snapshots.append(
+                _table(table, kind, columns[table.name], keys[table.name], schema,
+                       mariadb)
+            )
+        return snapshots
+
+
+def _default(value: str | None, mariadb: bool) -> str | None:
+    # MariaDB reports an implicit DEFAULT NULL as the text NULL (a string
+    # default 'NULL' comes back quoted, so this is unambiguous).
+    if mariadb and value == "NULL":
+        return None
+    return value
+
+
+def _table(
+    table: Any,
+    kind: str,
+    columns: list[Any],
+    keys: list[Any],
+    schema: SchemaSnapshot,
+    mariadb: bool,
+) -> TableSnapshot:
+    by_constraint: dict[str, list[Any]] = defaultdict(list)
+    for row in keys:
+        by_constraint[row.name].append(row)
+    primary_key: tuple[str, ...] = ()
+    uniques = []
+    foreign_keys = []
+    for constraint, parts in by_constraint.items():
+        first = parts[0]
+        names = tuple(part.col for part in parts)
+        if first.type == "PRIMARY KEY":
+            primary_key = names
+        elif first.type == "UNIQUE":
+            uniques.append(UniqueConstraint(name=constraint, columns=names))
+        else:
+            foreign_keys.append(
+                ForeignKey(
+                    name=constraint,
+                    columns=names,
+                    referred_schema=(
+                        None if first.rschema == schema.name else first.rschema
+                    ),
+                    referred_table=first.rtable,
+                    referred_columns=tuple(part.rcol for part in parts),
+                    on_update=_action(first.onupd),
+                    on_delete=_action(first.ondel),
+                )
+            )
+    comment = table.comment or None
+    return TableSnapshot(
+        oid=table.name,
+        name=table.name,
+        kind=kind,
+        comment=None if kind == VIEW else comment,
+        columns=tuple(
+            ColumnSnapshot(
+                oid=row.name,
+                name=row.name,
+                position=position,
+                type=row.type,
+                nullable=row.nullable == "YES",
+                default=_default(row.dflt, mariadb),
+                comment=row.comment or None,
+            )
+            for position, row in enumerate(columns, start=1)
+        ),
+        primary_key=primary_key,
+        foreign_keys=tuple(sorted(foreign_keys, key=lambda k: k.name or "")),
+        unique_constraints=tuple(sorted(uniques, key=lambda u: u.name or "")),
+    )
+
+
+def _action(value: str | None) -> str | None:
+    return None if value in (None, "NO ACTION") else value

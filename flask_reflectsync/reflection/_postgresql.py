@@ -1,0 +1,257 @@
+"""PostgreSQL: identities are oids, read from ``pg_catalog`` in one round trip.
+
+The fingerprint of a schema's tables is built from the row versions
+(``xmin``) and counts of the catalog rows that describe them: ``pg_class``,
+``pg_attribute``, ``pg_attrdef``, ``pg_constraint`` and ``pg_description``.
+Every DDL statement that changes what the catalog shows inserts, updates or
+deletes one of those rows, and an update always writes a new ``xmin``; the
+in-place updates PostgreSQL does itself (``VACUUM``, ``ANALYZE`` statistics)
+keep it. A change that touches none of them (renaming a type that a column
+uses, renaming a table in *another* schema that a foreign key refers to) is
+seen at the next change of the schema or by :meth:`ReflectSync.reflect`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+
+from .snapshot import (
+    FOREIGN_TABLE,
+    MATERIALIZED_VIEW,
+    PARTITIONED_TABLE,
+    TABLE,
+    VIEW,
+    ColumnSnapshot,
+    ForeignKey,
+    SchemaSnapshot,
+    TableSnapshot,
+    UniqueConstraint,
+    column_names,
+)
+
+_KINDS = {
+    "r": TABLE,
+    "p": PARTITIONED_TABLE,
+    "v": VIEW,
+    "m": MATERIALIZED_VIEW,
+    "f": FOREIGN_TABLE,
+}
+_RELKINDS = "('r', 'p', 'v', 'm', 'f')"
+_ACTIONS = {
+    "a": None,  # NO ACTION, the default
+    "r": "RESTRICT",
+    "c": "CASCADE",
+    "n": "SET NULL",
+    "d": "SET DEFAULT",
+}
+# pg_advisory_xact_lock key: "reflectsync catalog" folded to a bigint.
+_LOCK_KEY = 0x5245464C_43415401
+
+_USER_SCHEMAS = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema'"
+
+_SCHEMAS_FINGERPRINT = sa.text(
+    "SELECT (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0)"
+    "        FROM pg_namespace)"
+    " || '/' || (SELECT count(*) || ':' || coalesce(sum(xmin::text::bigint), 0)"
+    "        FROM pg_description"
+    "        WHERE classoid = 'pg_namespace'::regclass)"
+)
+
+_SCHEMAS = sa.text(
+    "SELECT n.oid::bigint AS oid, n.nspname AS name, d.description AS comment"
+    " FROM pg_namespace n"
+    " LEFT JOIN pg_description d ON d.objoid = n.oid"
+    "  AND d.classoid = 'pg_namespace'::regclass AND d.objsubid = 0"
+    f" WHERE {_USER_SCHEMAS}"
+    " ORDER BY n.nspname"
+)
+
+
+def _versions(rows: str) -> str:
+    return f"(SELECT count(*) || ':' || coalesce(sum(x.xmin::text::bigint), 0) {rows})"
+
+
+_SCHEMA_RELATIONS = (
+    f"SELECT oid FROM pg_class WHERE relnamespace = :schema AND relkind IN {_RELKINDS}"
+)
+
+_TABLES_FINGERPRINT = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE oid = :schema) AS present, "
+    + " || '/' || ".join(
+        [
+            _versions(
+                "FROM pg_class x WHERE x.relnamespace = :schema"
+                f" AND x.relkind IN {_RELKINDS}"
+            ),
+            _versions(
+                "FROM pg_attribute x JOIN pg_class c ON c.oid = x.attrelid"
+                f" WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}"
+                " AND x.attnum > 0"
+            ),
+            _versions(f"FROM pg_attrdef x WHERE x.adrelid IN ({_SCHEMA_RELATIONS})"),
+            _versions(
+                "FROM pg_constraint x WHERE x.connamespace = :schema"
+                " AND x.contype IN ('p', 'u', 'f')"
+            ),
+            _versions(
+                "FROM pg_description x WHERE x.classoid = 'pg_class'::regclass"
+                f" AND x.objoid IN ({_SCHEMA_RELATIONS})"
+            ),
+        ]
+    )
+    + " AS fingerprint"
+)
+
+# One row per relation, its columns and constraints aggregated as JSON so the
+# whole schema arrives in a single round trip.
+_TABLES_SELECT = f"""
+SELECT c.oid::bigint AS oid, c.relname AS name, c.relkind AS relkind,
+  td.description AS comment,
+  (SELECT json_agg(json_build_array(
+            a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
+            a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
+          ORDER BY a.attnum)
+     FROM pg_attribute a
+     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+     LEFT JOIN pg_description cd ON cd.objoid = a.attrelid
+       AND cd.classoid = 'pg_class'::regclass AND cd.objsubid = a.attnum
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
+  (SELECT json_agg(json_build_array(
+            con.conname, con.contype, con.conkey, fn.nspname, fc.relname,
+            (SELECT array_agg(fa.attname ORDER BY k.i)
+               FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, i)
+               JOIN pg_attribute fa ON fa.attrelid = con.confrelid
+                AND fa.attnum = k.attnum),
+            con.confupdtype, con.confdeltype)
+          ORDER BY con.conname)
+     FROM pg_constraint con
+     LEFT JOIN pg_class fc ON fc.oid = con.confrelid
+     LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+    WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f')) AS constraints
+FROM pg_class c
+LEFT JOIN pg_description td ON td.objoid = c.oid
+  AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
+WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
+"""
+
+#: The statement that reads a whole schema (also the benchmark's baseline).
+TABLES_QUERY = sa.text(_TABLES_SELECT + " ORDER BY c.relname")
+_TABLE = sa.text(_TABLES_SELECT + " AND c.oid = :oid")
+_SCHEMA_PRESENT = sa.text("SELECT 1 FROM pg_namespace WHERE oid = :schema")
+
+
+class PostgresReader:
+    """:class:`~.snapshot.CatalogReader` for PostgreSQL."""
+
+    dialect = "postgresql"
+
+    def schemas_fingerprint(self, connection: sa.Connection) -> str:
+        return str(connection.execute(_SCHEMAS_FINGERPRINT).scalar_one())
+
+    def read_schemas(self, connection: sa.Connection) -> list[SchemaSnapshot]:
+        return [
+            SchemaSnapshot(oid=str(row.oid), name=row.name, comment=row.comment)
+            for row in connection.execute(_SCHEMAS)
+        ]
+
+    def tables_fingerprint(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> str | None:
+        row = connection.execute(
+            _TABLES_FINGERPRINT, {"schema": int(schema.oid)}
+        ).one()
+        return str(row.fingerprint) if row.present else None
+
+    def read_tables(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> list[TableSnapshot] | None:
+        rows = connection.execute(TABLES_QUERY, {"schema": int(schema.oid)}).all()
+        if not rows and not self._schema_present(connection, schema):
+            return None
+        return [_table(row, schema) for row in rows]
+
+    def read_table(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
+    ) -> TableSnapshot | None:
+        row = connection.execute(
+            _TABLE, {"schema": int(schema.oid), "oid": int(oid)}
+        ).one_or_none()
+        return None if row is None else _table(row, schema)
+
+    def lock(self, connection: sa.Connection) -> None:
+        # Released by the COMMIT that ends the refresh; READ COMMITTED makes
+        # every later statement see what the previous holder committed.
+        connection.execute(
+            sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}
+        )
+
+    def unlock(self, connection: sa.Connection) -> None:
+        """Nothing to do: the transaction-level lock ended with the commit."""
+
+    def _schema_present(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> bool:
+        found = connection.execute(_SCHEMA_PRESENT, {"schema": int(schema.oid)})
+        return found.first() is not None
+
+
+def _json(value: Any) -> Any:
+    # psycopg decodes json itself; other drivers may hand over text.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _table(row: Any, schema: SchemaSnapshot) -> TableSnapshot:
+    columns = tuple(
+        ColumnSnapshot(
+            oid=str(attnum),
+            name=name,
+            position=position,
+            type=type_,
+            nullable=not notnull,
+            default=default,
+            comment=comment,
+        )
+        for position, (attnum, name, type_, notnull, default, comment) in enumerate(
+            _json(row.columns) or [], start=1
+        )
+    )
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: list[ForeignKey] = []
+    uniques: list[UniqueConstraint] = []
+    for name, contype, conkey, fschema, ftable, fcolumns, onupd, ondel in (
+        _json(row.constraints) or []
+    ):
+        keys = column_names(columns, conkey or [])
+        if contype == "p":
+            primary_key = keys
+        elif contype == "u":
+            uniques.append(UniqueConstraint(name=name, columns=keys))
+        else:
+            foreign_keys.append(
+                ForeignKey(
+                    name=name,
+                    columns=keys,
+                    referred_schema=None if fschema == schema.name else fschema,
+                    referred_table=ftable,
+                    referred_columns=tuple(fcolumns or ()),
+                    on_update=_ACTIONS.get(onupd),
+                    on_delete=_ACTIONS.get(ondel),
+                )
+            )
+    return TableSnapshot(
+        oid=str(row.oid),
+        name=row.name,
+        kind=_KINDS[row.relkind],
+        comment=row.comment,
+        columns=columns,
+        primary_key=primary_key,
+        foreign_keys=tuple(sorted(foreign_keys, key=_sort_key)),
+        unique_constraints=tuple(sorted(uniques, key=_sort_key)),
+    )
+
+
+def _sort_key(item: ForeignKey | UniqueConstraint) -> tuple[str, tuple[str, ...]]:
+    return (item.name or "", item.columns)

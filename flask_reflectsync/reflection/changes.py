@@ -1,0 +1,125 @@
+"""The change records :meth:`ReflectSync.reflect` returns, one per signal.
+
+Each record carries the catalog object as it is *after* the change and
+knows the signal that announces it; :meth:`Change.send` sends that signal
+with the record's fields as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from blinker import NamedSignal
+
+from .. import signals
+from .diff import ColumnChange
+from .models import CatalogSchema, CatalogTable
+
+
+@dataclass(frozen=True)
+class Change:
+    """Base class of change records."""
+
+    #: The signal that announces this change.
+    signal: ClassVar[NamedSignal]
+
+    def payload(self) -> dict[str, Any]:
+        """The keyword arguments the signal is sent with."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+    def send(self, sender: Any) -> None:
+        """Send :attr:`signal` with :meth:`payload`.
+
+        :param sender: the Flask app (the real object, not the proxy).
+        """
+        self.signal.send(sender, **self.payload())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data: the signal name and the payload."""
+        data: dict[str, Any] = {"event": self.signal.name.replace("-", "_")}
+        for name, value in self.payload().items():
+            if isinstance(value, CatalogSchema | CatalogTable):
+                data[name] = value.to_dict()
+            elif isinstance(value, tuple):
+                data[name] = [_plain(item) for item in value]
+            else:
+                data[name] = value
+        return data
+
+
+def _plain(value: Any) -> Any:
+    return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+@dataclass(frozen=True)
+class SchemaCreated(Change):
+    """A schema appeared. Sent as :data:`~flask_reflectsync.signals.schema_created`."""
+
+    signal = signals.schema_created
+    schema: CatalogSchema
+
+
+@dataclass(frozen=True)
+class SchemaDropped(Change):
+    """A schema disappeared; ``schema.deleted`` is true.
+    Sent as :data:`~flask_reflectsync.signals.schema_dropped`."""
+
+    signal = signals.schema_dropped
+    schema: CatalogSchema
+
+
+@dataclass(frozen=True)
+class SchemaRenamed(Change):
+    """A schema kept its identity and changed its name.
+    Sent as :data:`~flask_reflectsync.signals.schema_renamed`."""
+
+    signal = signals.schema_renamed
+    schema: CatalogSchema
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True)
+class TableCreated(Change):
+    """A table, view or materialized view appeared.
+    Sent as :data:`~flask_reflectsync.signals.table_created`."""
+
+    signal = signals.table_created
+    table: CatalogTable
+
+
+@dataclass(frozen=True)
+class TableDropped(Change):
+    """A table disappeared; ``table.deleted`` is true.
+    Sent as :data:`~flask_reflectsync.signals.table_dropped`."""
+
+    signal = signals.table_dropped
+    table: CatalogTable
+
+
+@dataclass(frozen=True)
+class TableRenamed(Change):
+    """A table kept its identity and changed its name.
+    Sent as :data:`~flask_reflectsync.signals.table_renamed`."""
+
+    signal = signals.table_renamed
+    table: CatalogTable
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True)
+class TableAltered(Change):
+    """A table's columns or other attributes changed.
+    Sent as :data:`~flask_reflectsync.signals.table_altered`.
+
+    ``changes`` lists the column changes; ``attributes`` names the other
+    attributes that changed (``kind``, ``comment``, ``primary_key``,
+    ``foreign_keys``, ``unique_constraints``).
+    """
+
+    signal = signals.table_altered
+    table: CatalogTable
+    changes: tuple[ColumnChange, ...]
+    attributes: tuple[str, ...]

@@ -1,0 +1,265 @@
+"""The catalog: tables on the application's metadata that remember what the
+database looked like, and the plain records read from them.
+
+The catalog lives in the database, not in a process, so every worker serving
+the app shares it. All names start with ``reflectsync_catalog_``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+PREFIX = "reflectsync_catalog_"
+
+
+@dataclass(frozen=True)
+class CatalogTables:
+    """The catalog's tables.
+
+    :param schemas: one row per schema ever seen; dropped ones are kept with
+        ``deleted`` set, so their ids keep answering "gone" rather than
+        "never existed".
+    :param tables: one row per table, view or materialized view, likewise.
+    :param columns: one row per column of a catalog table.
+    :param probes: the last fingerprint seen per scope (``"schemas"``, or
+        ``"tables:<schema id>"``), so an unchanged level is not re-read.
+    """
+
+    schemas: sa.Table
+    tables: sa.Table
+    columns: sa.Table
+    probes: sa.Table
+
+
+def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
+    """Define the catalog tables on ``metadata``, or return them if already
+    there.
+
+    :param metadata: usually ``db.metadata``.
+    """
+    if PREFIX + "schemas" in metadata.tables:
+        return CatalogTables(
+            schemas=metadata.tables[PREFIX + "schemas"],
+            tables=metadata.tables[PREFIX + "tables"],
+            columns=metadata.tables[PREFIX + "columns"],
+            probes=metadata.tables[PREFIX + "probes"],
+        )
+    when = sa.DateTime(timezone=True)
+    schemas = sa.Table(
+        PREFIX + "schemas",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("oid", sa.String(255), nullable=False, index=True),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("comment", sa.Text, nullable=True),
+        sa.Column("last_synced", when, nullable=False),
+        sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    )
+    tables = sa.Table(
+        PREFIX + "tables",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(
+            "schema_id",
+            sa.Integer,
+            sa.ForeignKey(schemas.c.id, ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("oid", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        sa.Column("comment", sa.Text, nullable=True),
+        sa.Column("primary_key", sa.JSON, nullable=False),
+        sa.Column("foreign_keys", sa.JSON, nullable=False),
+        sa.Column("unique_constraints", sa.JSON, nullable=False),
+        # TableSnapshot.digest() of what was stored: equal means unchanged.
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("rename_hint", sa.String(64), nullable=True),
+        sa.Column("last_synced", when, nullable=False),
+        sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+        sa.Index(PREFIX + "tables_schema", "schema_id", "deleted"),
+    )
+    columns = sa.Table(
+        PREFIX + "columns",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(
+            "table_id",
+            sa.Integer,
+            sa.ForeignKey(tables.c.id, ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
+        sa.Column("oid", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.Column("type", sa.Text, nullable=False),
+        sa.Column("nullable", sa.Boolean, nullable=False),
+        sa.Column("default", sa.Text, nullable=True),
+        sa.Column("primary_key", sa.Boolean, nullable=False),
+        sa.Column("comment", sa.Text, nullable=True),
+        sa.Column("last_synced", when, nullable=False),
+        sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    )
+    probes = sa.Table(
+        PREFIX + "probes",
+        metadata,
+        sa.Column("scope", sa.String(100), primary_key=True),
+        sa.Column("fingerprint", sa.Text, nullable=False),
+        sa.Column("checked_at", when, nullable=False),
+    )
+    return CatalogTables(schemas=schemas, tables=tables, columns=columns, probes=probes)
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` as an aware UTC datetime. SQLite and MySQL hand back the
+    naive UTC datetimes the catalog stored.
+
+    :param value: a datetime read from a catalog table.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class CatalogSchema:
+    """A schema as the catalog remembers it.
+
+    :param id: catalog id, stable for as long as the schema keeps its identity.
+    :param oid: the backend's identity (see :mod:`.snapshot`).
+    :param name: its name when last seen.
+    :param comment: its comment.
+    :param last_synced: when reflection last compared it with the database.
+    :param deleted: whether it has been dropped.
+    """
+
+    id: int
+    oid: str
+    name: str
+    comment: str | None
+    last_synced: datetime
+    deleted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data, as served by ``GET /schemas``."""
+        return {
+            "id": self.id,
+            "oid": self.oid,
+            "name": self.name,
+            "comment": self.comment,
+            "last_synced": _iso(self.last_synced),
+            "deleted": self.deleted,
+        }
+
+
+@dataclass(frozen=True)
+class CatalogColumn:
+    """A column as the catalog remembers it.
+
+    :param id: catalog id.
+    :param oid: identity within the table (``attnum`` on PostgreSQL, the name
+        elsewhere).
+    :param name: column name.
+    :param position: 1-based position among live columns.
+    :param type: type as the database spells it.
+    :param nullable: whether NULL is allowed.
+    :param default: default expression as SQL text.
+    :param primary_key: whether it is part of the primary key.
+    :param comment: column comment.
+    :param last_synced: when reflection last compared it with the database.
+    :param deleted: whether it has been dropped.
+    """
+
+    id: int
+    oid: str
+    name: str
+    position: int
+    type: str
+    nullable: bool
+    default: str | None
+    primary_key: bool
+    comment: str | None
+    last_synced: datetime
+    deleted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data."""
+        return {
+            "id": self.id,
+            "oid": self.oid,
+            "name": self.name,
+            "position": self.position,
+            "type": self.type,
+            "nullable": self.nullable,
+            "default": self.default,
+            "primary_key": self.primary_key,
+            "comment": self.comment,
+            "last_synced": _iso(self.last_synced),
+            "deleted": self.deleted,
+        }
+
+
+@dataclass(frozen=True)
+class CatalogTable:
+    """A table, view or materialized view as the catalog remembers it.
+
+    :param id: catalog id, stable for as long as the table keeps its identity.
+    :param schema_id: catalog id of its schema.
+    :param schema_name: name of its schema.
+    :param oid: the backend's identity (see :mod:`.snapshot`).
+    :param name: its name.
+    :param kind: ``table``, ``view``, ``materialized_view``,
+        ``partitioned_table`` or ``foreign_table``.
+    :param comment: table comment.
+    :param primary_key: primary key column names, in key order.
+    :param foreign_keys: foreign keys as dicts (see
+        :meth:`.snapshot.ForeignKey.to_dict`).
+    :param unique_constraints: unique constraints as dicts.
+    :param last_synced: when reflection last compared it with the database.
+    :param deleted: whether it has been dropped.
+    :param columns: live columns in position order; ``None`` when only the
+        summary was loaded (listings).
+    """
+
+    id: int
+    schema_id: int
+    schema_name: str
+    oid: str
+    name: str
+    kind: str
+    comment: str | None
+    primary_key: tuple[str, ...]
+    foreign_keys: tuple[dict[str, Any], ...]
+    unique_constraints: tuple[dict[str, Any], ...]
+    last_synced: datetime
+    deleted: bool
+    columns: tuple[CatalogColumn, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data; ``columns`` only when they were loaded."""
+        data: dict[str, Any] = {
+            "id": self.id,
+            "schema_id": self.schema_id,
+            "schema": self.schema_name,
+            "oid": self.oid,
+            "name": self.name,
+            "kind": self.kind,
+            "comment": self.comment,
+            "primary_key": list(self.primary_key),
+            "foreign_keys": list(self.foreign_keys),
+            "unique_constraints": list(self.unique_constraints),
+            "last_synced": _iso(self.last_synced),
+            "deleted": self.deleted,
+        }
+        if self.columns is not None:
+            data["columns"] = [column.to_dict() for column in self.columns]
+        return data

@@ -1,0 +1,707 @@
+"""Keep the catalog true to the database and announce what changed.
+
+:class:`Catalog` is the whole reflection feature without Flask: give it an
+engine, the catalog tables and a signal sender. Every read goes through a
+cheap probe first; only a level whose fingerprint changed is read in full,
+diffed against what the catalog remembers, written back and announced.
+
+Refreshes are serialised across processes by the reader's lock (an advisory
+lock, ``GET_LOCK`` or SQLite's write lock) and re-probe once they hold it, so
+two workers noticing the same change apply it, and signal it, once. Signals
+are sent after the commit, so receivers see the catalog as it now is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from fnmatch import fnmatchcase
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import GoneError, NotFoundError
+from .changes import (
+    Change,
+    SchemaCreated,
+    SchemaDropped,
+    SchemaRenamed,
+    TableAltered,
+    TableCreated,
+    TableDropped,
+    TableRenamed,
+)
+from .diff import Changed, Created, Dropped, diff_schemas, diff_tables
+from .models import (
+    CatalogColumn,
+    CatalogSchema,
+    CatalogTable,
+    CatalogTables,
+    as_utc,
+)
+from .snapshot import (
+    CatalogReader,
+    ColumnSnapshot,
+    ForeignKey,
+    SchemaSnapshot,
+    TableSnapshot,
+    UniqueConstraint,
+    reader_for,
+)
+
+SCHEMAS_SCOPE = "schemas"
+
+
+def _tables_scope(schema_id: int) -> str:
+    return f"tables:{schema_id}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Catalog:
+    """The reflection catalog of one database.
+
+    :param engine: the database to reflect; the catalog tables live there too.
+    :param tables: the catalog tables (:func:`.models.define_catalog_tables`).
+    :param sender: the sender of every signal (the Flask app).
+    :param exclude: :func:`fnmatch.fnmatchcase` patterns of table names the
+        catalog ignores.
+    :param reader: the catalog reader; chosen from the engine's dialect by
+        default.
+    """
+
+    def __init__(
+        self,
+        engine: sa.Engine,
+        tables: CatalogTables,
+        *,
+        sender: Any = None,
+        exclude: Sequence[str] = (),
+        reader: CatalogReader | None = None,
+    ) -> None:
+        self.engine = engine
+        self.t = tables
+        self.sender = sender
+        self.exclude = tuple(exclude)
+        self.reader = reader or reader_for(engine.dialect.name)
+
+    # -- public -----------------------------------------------------------------
+
+    def reflect(self, *, force: bool = False) -> list[Change]:
+        """Bring the whole catalog up to date now and announce the changes.
+
+        :param force: read every level in full even if its probe says nothing
+            changed.
+        :returns: the changes, in the order their signals were sent.
+        """
+        with self.engine.connect() as connection:
+            changes = self._refresh_schemas(connection, force=force)
+            for schema in self._schemas(connection, include_deleted=False):
+                changes += self._refresh_tables(connection, schema, force=force)
+        self._send(changes)
+        return changes
+
+    def list_schemas(self, *, include_deleted: bool = False) -> list[CatalogSchema]:
+        """The schemas, refreshed if the probe says they changed.
+
+        :param include_deleted: also list dropped schemas.
+        """
+        with self.engine.connect() as connection:
+            changes = self._refresh_schemas(connection, force=False)
+            schemas = self._schemas(connection, include_deleted=include_deleted)
+        self._send(changes)
+        return schemas
+
+    def list_tables(
+        self, schema_id: int, *, include_deleted: bool = False
+    ) -> list[CatalogTable]:
+        """The tables of a schema (without columns), refreshed if the probe
+        says they changed.
+
+        :param schema_id: catalog id of the schema.
+        :param include_deleted: also list dropped tables.
+        :raises NotFoundError: if the catalog never had this schema.
+        :raises GoneError: if the schema has been dropped.
+        """
+        with self.engine.connect() as connection:
+            schema = self._schema(connection, schema_id)
+            changes = self._refresh_tables(connection, schema, force=False)
+            schema = self._schema(connection, schema_id, allow_deleted=True)
+            tables = self._tables(
+                connection,
+                sa.and_(
+                    self.t.tables.c.schema_id == schema_id,
+                    sa.true() if include_deleted else sa.not_(self.t.tables.c.deleted),
+                ),
+                with_columns=False,
+            )
+        self._send(changes)
+        if schema.deleted:
+            raise GoneError(_gone_schema(schema))
+        return tables
+
+    def get_table(self, table_id: int) -> CatalogTable:
+        """A table with its columns, from the catalog.
+
+        The cached table is served when the database still has it exactly so
+        (one small query checks); otherwise its schema is refreshed first.
+
+        :param table_id: catalog id of the table.
+        :raises NotFoundError: if the catalog never had this table.
+        :raises GoneError: if the table (or its schema) has been dropped.
+        """
+        changes: list[Change] = []
+        with self.engine.connect() as connection:
+            table = self._table(connection, table_id)
+            schema = self._schema(connection, table.schema_id, allow_deleted=True)
+            if not table.deleted and not schema.deleted:
+                live = self.reader.read_table(
+                    connection, _schema_snapshot(schema), table.oid
+                )
+                stored = connection.execute(
+                    sa.select(self.t.tables.c.digest).where(
+                        self.t.tables.c.id == table_id
+                    )
+                ).scalar_one()
+                if live is None or live.digest() != stored:
+                    changes = self._refresh_tables(connection, schema, force=True)
+                    table = self._table(connection, table_id)
+            successor = self._successor(connection, table) if table.deleted else None
+        self._send(changes)
+        if table.deleted:
+            raise GoneError(_gone_table(table, successor))
+        return table
+
+    # -- probing and locking ----------------------------------------------------
+
+    def _probe(self, connection: sa.Connection, scope: str) -> str | None:
+        probes = self.t.probes
+        found = connection.execute(
+            sa.select(probes.c.fingerprint).where(probes.c.scope == scope)
+        )
+        return found.scalar_one_or_none()
+
+    def _store_probe(
+        self, connection: sa.Connection, scope: str, fingerprint: str, now: datetime
+    ) -> None:
+        probes = self.t.probes
+        values = {"fingerprint": fingerprint, "checked_at": now}
+        updated = connection.execute(
+            probes.update().where(probes.c.scope == scope).values(**values)
+        )
+        if updated.rowcount == 0:
+            connection.execute(probes.insert().values(scope=scope, **values))
+
+    @contextmanager
+    def _locked(self, connection: sa.Connection) -> Iterator[None]:
+        self.reader.lock(connection)
+        try:
+            yield
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+        finally:
+            self.reader.unlock(connection)
+
+    def _refresh_schemas(
+        self, connection: sa.Connection, *, force: bool
+    ) -> list[Change]:
+        live = self.reader.schemas_fingerprint(connection)
+        if not force and live == self._probe(connection, SCHEMAS_SCOPE):
+            return []
+        with self._locked(connection):
+            return self._sync_schemas(connection, force=force)
+
+    def _refresh_tables(
+        self, connection: sa.Connection, schema: CatalogSchema, *, force: bool
+    ) -> list[Change]:
+        live = self.reader.tables_fingerprint(connection, _schema_snapshot(schema))
+        if (
+            not force
+            and live is not None
+            and live == self._probe(connection, _tables_scope(schema.id))
+        ):
+            return []
+        with self._locked(connection):
+            return self._sync_tables(connection, schema.id, force=force)
+
+    def _send(self, changes: Iterable[Change]) -> None:
+        for change in changes:
+            change.send(self.sender)
+
+    # -- schemas ----------------------------------------------------------------
+
+    def _sync_schemas(self, connection: sa.Connection, *, force: bool) -> list[Change]:
+        """Compare and write the schema level; the lock is held."""
+        s = self.t.schemas
+        now = _now()
+        fingerprint = self.reader.schemas_fingerprint(connection)
+        if not force and fingerprint == self._probe(connection, SCHEMAS_SCOPE):
+            return []  # another process did it while we waited for the lock
+        live = self.reader.read_schemas(connection)
+        old = {
+            row.id: SchemaSnapshot(oid=row.oid, name=row.name, comment=row.comment)
+            for row in connection.execute(sa.select(s).where(sa.not_(s.c.deleted)))
+        }
+        created: list[int] = []
+        renamed: list[tuple[int, str, str]] = []
+        dropped: list[int] = []
+        for difference in diff_schemas(old, live):
+            if isinstance(difference, Created):
+                new = difference.new
+                inserted = connection.execute(
+                    s.insert().values(oid=new.oid, name=new.name, comment=new.comment,
+                                      last_synced=now, deleted=False)
+                )
+                created.append(_inserted_id(inserted))
+            elif isinstance(difference, Changed):
+                new = difference.new
+                connection.execute(
+                    s.update().where(s.c.id == difference.catalog_id)
+                    .values(name=new.name, comment=new.comment)
+                )
+                if difference.renamed:
+                    renamed.append((difference.catalog_id, difference.old.name,
+                                    new.name))
+            elif isinstance(difference, Dropped):
+                dropped.append(difference.catalog_id)
+        connection.execute(
+            s.update().where(sa.not_(s.c.deleted)).values(last_synced=now)
+        )
+        table_drops: list[Change] = []
+        if dropped:
+            connection.execute(
+                s.update().where(s.c.id.in_(dropped)).values(deleted=True)
+            )
+            t = self.t.tables
+            lost = [
+                row.id
+                for row in connection.execute(
+                    sa.select(t.c.id).where(
+                        t.c.schema_id.in_(dropped), sa.not_(t.c.deleted)
+                    )
+                )
+            ]
+            table_drops = self._drop_tables(connection, lost, now)
+        self._store_probe(connection, SCHEMAS_SCOPE, fingerprint, now)
+
+        by_id = {
+            schema.id: schema
+            for schema in self._schemas(connection, include_deleted=True)
+        }
+        changes: list[Change] = [SchemaCreated(by_id[i]) for i in created]
+        changes += [SchemaRenamed(by_id[i], old, new) for i, old, new in renamed]
+        changes += table_drops
+        changes += [SchemaDropped(by_id[i]) for i in dropped]
+        return changes
+
+    def _schemas(
+        self, connection: sa.Connection, *, include_deleted: bool
+    ) -> list[CatalogSchema]:
+        s = self.t.schemas
+        query = sa.select(s).order_by(s.c.name, s.c.id)
+        if not include_deleted:
+            query = query.where(sa.not_(s.c.deleted))
+        return [_catalog_schema(row) for row in connection.execute(query)]
+
+    def _schema(
+        self, connection: sa.Connection, schema_id: int, *, allow_deleted: bool = False
+    ) -> CatalogSchema:
+        s = self.t.schemas
+        row = connection.execute(sa.select(s).where(s.c.id == schema_id)).first()
+        if row is None:
+            raise NotFoundError(f"There is no schema with id {schema_id}.")
+        schema = _catalog_schema(row)
+        if schema.deleted and not allow_deleted:
+            raise GoneError(_gone_schema(schema))
+        return schema
+
+    # -- tables -----------------------------------------------------------------
+
+    def _sync_tables(
+        self, connection: sa.Connection, schema_id: int, *, force: bool
+    ) -> list[Change]:
+        """Compare and write one schema's tables; the lock is held."""
+        schema = self._schema(connection, schema_id, allow_deleted=True)
+        if schema.deleted:
+            return []
+        snapshot = _schema_snapshot(schema)
+        scope = _tables_scope(schema.id)
+        fingerprint = self.reader.tables_fingerprint(connection, snapshot)
+        if fingerprint is None:
+            return self._sync_schemas(connection, force=True)
+        if not force and fingerprint == self._probe(connection, scope):
+            return []
+        live_tables = self.reader.read_tables(connection, snapshot)
+        if live_tables is None:
+            return self._sync_schemas(connection, force=True)
+        now = _now()
+        t = self.t.tables
+
+        live = {
+            (table.oid, table.digest()): table
+            for table in live_tables
+            if not any(fnmatchcase(table.name, pattern) for pattern in self.exclude)
+        }
+        stored = connection.execute(
+            sa.select(t.c.id, t.c.oid, t.c.digest).where(
+                t.c.schema_id == schema.id, sa.not_(t.c.deleted)
+            )
+        ).all()
+        unchanged = {(row.oid, row.digest) for row in stored} & live.keys()
+        stale = [row.id for row in stored if (row.oid, row.digest) not in unchanged]
+        old = self._snapshots(connection, stale)
+        new = [table for key, table in live.items() if key not in unchanged]
+
+        created: list[TableSnapshot] = []
+        renamed: list[tuple[int, str, str]] = []
+        altered: list[Changed[TableSnapshot]] = []
+        dropped: list[int] = []
+        for difference in diff_tables(old, new):
+            if isinstance(difference, Created):
+                created.append(difference.new)
+            elif isinstance(difference, Changed):
+                self._update_table(connection, difference.catalog_id, difference.new,
+                                   now)
+                if difference.renamed:
+                    renamed.append((difference.catalog_id, difference.old.name,
+                                    difference.new.name))
+                if difference.altered:
+                    altered.append(difference)
+            elif isinstance(difference, Dropped):
+                dropped.append(difference.catalog_id)
+        created_ids = self._insert_tables(connection, schema.id, created, now)
+        table_drops = self._drop_tables(connection, dropped, now)
+        self._touch(connection, schema.id, now)
+        self._store_probe(connection, scope, fingerprint, now)
+
+        loaded = {
+            table.id: table
+            for table in self._tables(
+                connection,
+                t.c.id.in_(created_ids + [i for i, _, _ in renamed]
+                           + [d.catalog_id for d in altered]),
+                with_columns=True,
+            )
+        }
+        changes: list[Change] = [TableCreated(loaded[i]) for i in created_ids]
+        changes += [TableRenamed(loaded[i], old, new) for i, old, new in renamed]
+        changes += [
+            TableAltered(loaded[d.catalog_id], d.columns, d.attributes)
+            for d in altered
+        ]
+        return changes + table_drops
+
+    def _insert_tables(
+        self,
+        connection: sa.Connection,
+        schema_id: int,
+        tables: Sequence[TableSnapshot],
+        now: datetime,
+    ) -> list[int]:
+        if not tables:
+            return []
+        t = self.t.tables
+        connection.execute(
+            t.insert(),
+            [
+                {"schema_id": schema_id, **_table_values(table, now)}
+                for table in tables
+            ],
+        )
+        oids = [table.oid for table in tables]
+        ids: dict[str, int] = {}
+        # Looked up rather than RETURNING so that every backend does the same.
+        for start in range(0, len(oids), 500):
+            chunk = oids[start:start + 500]
+            for row in connection.execute(
+                sa.select(t.c.id, t.c.oid).where(
+                    t.c.schema_id == schema_id,
+                    sa.not_(t.c.deleted),
+                    t.c.oid.in_(chunk),
+                )
+            ):
+                ids[row.oid] = row.id
+        rows = [
+            _column_values(ids[table.oid], column, table, now)
+            for table in tables
+            for column in table.columns
+        ]
+        if rows:
+            connection.execute(self.t.columns.insert(), rows)
+        return [ids[oid] for oid in oids]
+
+    def _update_table(
+        self, connection: sa.Connection, table_id: int, table: TableSnapshot,
+        now: datetime,
+    ) -> None:
+        t, c = self.t.tables, self.t.columns
+        connection.execute(
+            t.update().where(t.c.id == table_id).values(**_table_values(table, now))
+        )
+        existing = {
+            row.oid: row.id
+            for row in connection.execute(
+                sa.select(c.c.id, c.c.oid).where(
+                    c.c.table_id == table_id, sa.not_(c.c.deleted)
+                )
+            )
+        }
+        inserts = []
+        for column in table.columns:
+            values = _column_values(table_id, column, table, now)
+            column_id = existing.pop(column.oid, None)
+            if column_id is None:
+                inserts.append(values)
+            else:
+                connection.execute(c.update().where(c.c.id == column_id).values(values))
+        if inserts:
+            connection.execute(c.insert(), inserts)
+        if existing:
+            connection.execute(
+                c.update().where(c.c.id.in_(list(existing.values())))
+                .values(deleted=True, last_synced=now)
+            )
+
+    def _drop_tables(
+        self, connection: sa.Connection, table_ids: list[int], now: datetime
+    ) -> list[Change]:
+        if not table_ids:
+            return []
+        t = self.t.tables
+        connection.execute(
+            t.update().where(t.c.id.in_(table_ids))
+            .values(deleted=True, last_synced=now)
+        )
+        return [
+            TableDropped(table)
+            for table in self._tables(connection, t.c.id.in_(table_ids),
+                                      with_columns=True)
+        ]
+
+    def _touch(self, connection: sa.Connection, schema_id: int, now: datetime) -> None:
+        """Record that every live table of the schema was just compared."""
+        t, c = self.t.tables, self.t.columns
+        live = sa.and_(t.c.schema_id == schema_id, sa.not_(t.c.deleted))
+        connection.execute(t.update().where(live).values(last_synced=now))
+        connection.execute(
+            c.update()
+            .where(c.c.table_id.in_(sa.select(t.c.id).where(live).scalar_subquery()),
+                   sa.not_(c.c.deleted))
+            .values(last_synced=now)
+        )
+
+    def _snapshots(
+        self, connection: sa.Connection, table_ids: Sequence[int]
+    ) -> dict[int, TableSnapshot]:
+        """What the catalog remembers of these tables, as snapshots."""
+        if not table_ids:
+            return {}
+        t = self.t.tables
+        where = t.c.id.in_(table_ids)
+        hints = dict(
+            connection.execute(sa.select(t.c.id, t.c.rename_hint).where(where)).all()
+        )
+        return {
+            table.id: _table_snapshot(table, hints.get(table.id))
+            for table in self._tables(connection, where, with_columns=True)
+        }
+
+    def _table(self, connection: sa.Connection, table_id: int) -> CatalogTable:
+        found = self._tables(connection, self.t.tables.c.id == table_id,
+                             with_columns=True)
+        if not found:
+            raise NotFoundError(f"There is no table with id {table_id}.")
+        return found[0]
+
+    def _successor(
+        self, connection: sa.Connection, table: CatalogTable
+    ) -> CatalogTable | None:
+        """A live table with the dropped table's name in the same schema."""
+        t = self.t.tables
+        found = self._tables(
+            connection,
+            sa.and_(t.c.schema_id == table.schema_id, t.c.name == table.name,
+                    sa.not_(t.c.deleted)),
+            with_columns=False,
+        )
+        return found[0] if found else None
+
+    def _tables(
+        self,
+        connection: sa.Connection,
+        where: sa.ColumnElement[bool],
+        *,
+        with_columns: bool,
+    ) -> list[CatalogTable]:
+        t, s, c = self.t.tables, self.t.schemas, self.t.columns
+        rows = connection.execute(
+            sa.select(t, s.c.name.label("schema_name"))
+            .join(s, s.c.id == t.c.schema_id)
+            .where(where)
+            .order_by(t.c.name, t.c.id)
+        ).all()
+        columns: dict[int, list[CatalogColumn]] = {}
+        if with_columns and rows:
+            ids = [row.id for row in rows]
+            for start in range(0, len(ids), 500):
+                for column in connection.execute(
+                    sa.select(c)
+                    .where(c.c.table_id.in_(ids[start:start + 500]),
+                           sa.not_(c.c.deleted))
+                    .order_by(c.c.table_id, c.c.position)
+                ):
+                    columns.setdefault(column.table_id, []).append(
+                        _catalog_column(column)
+                    )
+        return [
+            _catalog_table(
+                row, tuple(columns.get(row.id, ())) if with_columns else None
+            )
+            for row in rows
+        ]
+
+
+# -- conversions ----------------------------------------------------------------
+
+
+def _inserted_id(result: sa.CursorResult[Any]) -> int:
+    key = result.inserted_primary_key
+    assert key is not None
+    return int(key[0])
+
+
+def _schema_snapshot(schema: CatalogSchema) -> SchemaSnapshot:
+    return SchemaSnapshot(oid=schema.oid, name=schema.name, comment=schema.comment)
+
+
+def _catalog_schema(row: Any) -> CatalogSchema:
+    return CatalogSchema(
+        id=row.id,
+        oid=row.oid,
+        name=row.name,
+        comment=row.comment,
+        last_synced=as_utc(row.last_synced),
+        deleted=bool(row.deleted),
+    )
+
+
+def _catalog_column(row: Any) -> CatalogColumn:
+    return CatalogColumn(
+        id=row.id,
+        oid=row.oid,
+        name=row.name,
+        position=row.position,
+        type=row.type,
+        nullable=bool(row.nullable),
+        default=row.default,
+        primary_key=bool(row.primary_key),
+        comment=row.comment,
+        last_synced=as_utc(row.last_synced),
+        deleted=bool(row.deleted),
+    )
+
+
+def _catalog_table(row: Any, columns: tuple[CatalogColumn, ...] | None) -> CatalogTable:
+    return CatalogTable(
+        id=row.id,
+        schema_id=row.schema_id,
+        schema_name=row.schema_name,
+        oid=row.oid,
+        name=row.name,
+        kind=row.kind,
+        comment=row.comment,
+        primary_key=tuple(row.primary_key),
+        foreign_keys=tuple(row.foreign_keys),
+        unique_constraints=tuple(row.unique_constraints),
+        last_synced=as_utc(row.last_synced),
+        deleted=bool(row.deleted),
+        columns=columns,
+    )
+
+
+def _table_values(table: TableSnapshot, now: datetime) -> dict[str, Any]:
+    return {
+        "oid": table.oid,
+        "name": table.name,
+        "kind": table.kind,
+        "comment": table.comment,
+        "primary_key": list(table.primary_key),
+        "foreign_keys": [key.to_dict() for key in table.foreign_keys],
+        "unique_constraints": [u.to_dict() for u in table.unique_constraints],
+        "digest": table.digest(),
+        "rename_hint": table.rename_hint,
+        "last_synced": now,
+        "deleted": False,
+    }
+
+
+def _column_values(
+    table_id: int, column: ColumnSnapshot, table: TableSnapshot, now: datetime
+) -> dict[str, Any]:
+    return {
+        "table_id": table_id,
+        "oid": column.oid,
+        "name": column.name,
+        "position": column.position,
+        "type": column.type,
+        "nullable": column.nullable,
+        "default": column.default,
+        "primary_key": column.name in table.primary_key,
+        "comment": column.comment,
+        "last_synced": now,
+        "deleted": False,
+    }
+
+
+def _table_snapshot(
+    table: CatalogTable, rename_hint: str | None = None
+) -> TableSnapshot:
+    return TableSnapshot(
+        oid=table.oid,
+        name=table.name,
+        kind=table.kind,
+        comment=table.comment,
+        columns=tuple(
+            ColumnSnapshot(
+                oid=column.oid,
+                name=column.name,
+                position=column.position,
+                type=column.type,
+                nullable=column.nullable,
+                default=column.default,
+                comment=column.comment,
+            )
+            for column in table.columns or ()
+        ),
+        primary_key=table.primary_key,
+        foreign_keys=tuple(ForeignKey.from_dict(key) for key in table.foreign_keys),
+        unique_constraints=tuple(
+            UniqueConstraint.from_dict(u) for u in table.unique_constraints
+        ),
+        rename_hint=rename_hint,
+    )
+
+
+def _gone_schema(schema: CatalogSchema) -> str:
+    return (
+        f"Schema {schema.name!r} (id {schema.id}) has been dropped from the "
+        "database; list the schemas again to see what exists now."
+    )
+
+
+def _gone_table(table: CatalogTable, successor: CatalogTable | None) -> str:
+    message = (
+        f"Table {table.schema_name}.{table.name} (id {table.id}) has been dropped "
+        "from the database"
+    )
+    if successor is not None:
+        return (
+            f"{message}; the table now named {successor.name!r} is a different "
+            f"object with id {successor.id}."
+        )
+    return f"{message}; list the schema's tables again to see what exists now."

@@ -1,0 +1,278 @@
+"""What the database says right now: plain, immutable snapshots of schemas,
+tables and columns, and the per-backend readers that take them.
+
+A reader answers four questions on a :class:`~sqlalchemy.engine.Connection`:
+which schemas exist, a cheap *fingerprint* of one schema's tables (equal
+fingerprints mean nothing changed), the full snapshot of one schema's tables,
+and the snapshot of one table. Readers know nothing of the catalog tables or
+of Flask.
+
+Identities (``oid``) are strings on every backend:
+
+- PostgreSQL: the ``pg_namespace`` / ``pg_class`` oid; a column's identity is
+  its ``attnum``.
+- SQLite and MariaDB/MySQL: the name. See :mod:`.diff` for how renames are
+  recognised there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+
+#: The ``kind`` of a table-like object.
+TABLE = "table"
+VIEW = "view"
+MATERIALIZED_VIEW = "materialized_view"
+PARTITIONED_TABLE = "partitioned_table"
+FOREIGN_TABLE = "foreign_table"
+KINDS = (TABLE, VIEW, MATERIALIZED_VIEW, PARTITIONED_TABLE, FOREIGN_TABLE)
+
+
+@dataclass(frozen=True)
+class SchemaSnapshot:
+    """A schema as the database reports it.
+
+    :param oid: the backend's identity of the schema.
+    :param name: its name.
+    :param comment: its comment, if the backend has them.
+    """
+
+    oid: str
+    name: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True)
+class ColumnSnapshot:
+    """A column as the database reports it.
+
+    :param oid: identity within its table (``attnum`` on PostgreSQL, the name
+        elsewhere).
+    :param name: column name.
+    :param position: 1-based position among the table's live columns.
+    :param type: the type as the database spells it (``character varying(100)``).
+    :param nullable: whether NULL is allowed.
+    :param default: the default expression as SQL text, or ``None``.
+    :param comment: the column comment, or ``None``.
+    """
+
+    oid: str
+    name: str
+    position: int
+    type: str
+    nullable: bool
+    default: str | None = None
+    comment: str | None = None
+
+    #: Attributes compared to decide that a column was altered (``position``
+    #: is not: dropping an earlier column moves it without altering it).
+    COMPARED = ("type", "nullable", "default", "comment")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The column as JSON-ready data."""
+        return {
+            "oid": self.oid,
+            "name": self.name,
+            "position": self.position,
+            "type": self.type,
+            "nullable": self.nullable,
+            "default": self.default,
+            "comment": self.comment,
+        }
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """A foreign key constraint.
+
+    :param name: constraint name (``None`` where the backend has none).
+    :param columns: the constrained columns, in order.
+    :param referred_schema: schema of the referred table (``None``: the same).
+    :param referred_table: name of the referred table.
+    :param referred_columns: the referred columns, in order.
+    :param on_update: referential action, upper case (``CASCADE``), or ``None``
+        for the default (``NO ACTION``).
+    :param on_delete: as ``on_update``.
+    """
+
+    name: str | None
+    columns: tuple[str, ...]
+    referred_schema: str | None
+    referred_table: str
+    referred_columns: tuple[str, ...]
+    on_update: str | None = None
+    on_delete: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constraint as JSON-ready data."""
+        return {
+            "name": self.name,
+            "columns": list(self.columns),
+            "referred_schema": self.referred_schema,
+            "referred_table": self.referred_table,
+            "referred_columns": list(self.referred_columns),
+            "on_update": self.on_update,
+            "on_delete": self.on_delete,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ForeignKey:
+        """The inverse of :meth:`to_dict`."""
+        return cls(
+            name=data["name"],
+            columns=tuple(data["columns"]),
+            referred_schema=data["referred_schema"],
+            referred_table=data["referred_table"],
+            referred_columns=tuple(data["referred_columns"]),
+            on_update=data["on_update"],
+            on_delete=data["on_delete"],
+        )
+
+
+@dataclass(frozen=True)
+class UniqueConstraint:
+    """A unique constraint (not a bare unique index).
+
+    :param name: constraint name, ``None`` where the backend makes one up.
+    :param columns: the constrained columns, in order.
+    """
+
+    name: str | None
+    columns: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constraint as JSON-ready data."""
+        return {"name": self.name, "columns": list(self.columns)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> UniqueConstraint:
+        """The inverse of :meth:`to_dict`."""
+        return cls(name=data["name"], columns=tuple(data["columns"]))
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """A table, view or materialized view as the database reports it.
+
+    :param oid: the backend's identity of the table.
+    :param name: its name.
+    :param kind: one of :data:`KINDS`.
+    :param comment: the table comment, or ``None``.
+    :param columns: live columns in position order.
+    :param primary_key: primary key column names in key order (empty: none).
+    :param foreign_keys: foreign keys, sorted.
+    :param unique_constraints: unique constraints, sorted.
+    :param rename_hint: on backends whose identity is the name, something a
+        rename keeps and a new table almost never shares (SQLite: the root
+        page); ``None`` where there is nothing of the sort.
+    """
+
+    oid: str
+    name: str
+    kind: str
+    comment: str | None
+    columns: tuple[ColumnSnapshot, ...]
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+    unique_constraints: tuple[UniqueConstraint, ...] = ()
+    rename_hint: str | None = field(default=None, compare=False)
+
+    def digest(self) -> str:
+        """A short hash of everything a user sees of the table.
+
+        Equal digests mean equal snapshots (the rename hint aside), so the
+        catalog can tell that a table is unchanged without loading it.
+        """
+        described = repr(
+            (
+                self.oid,
+                self.name,
+                self.kind,
+                self.comment,
+                [astuple(column) for column in self.columns],
+                self.primary_key,
+                [astuple(key) for key in self.foreign_keys],
+                [astuple(unique) for unique in self.unique_constraints],
+            )
+        )
+        return hashlib.sha1(described.encode("utf-8")).hexdigest()
+
+
+class CatalogReader(Protocol):
+    """Reads one backend's system catalog. Every method is one short
+    conversation with the database; none of them writes."""
+
+    #: The SQLAlchemy dialect name this reader serves.
+    dialect: str
+
+    def schemas_fingerprint(self, connection: sa.Connection) -> str:
+        """Changes whenever a schema is created, renamed or dropped."""
+
+    def read_schemas(self, connection: sa.Connection) -> list[SchemaSnapshot]:
+        """Every user schema, sorted by name."""
+
+    def tables_fingerprint(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> str | None:
+        """Changes whenever a table of ``schema`` is created, renamed, altered
+        or dropped; ``None`` if the schema itself is gone."""
+
+    def read_tables(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> list[TableSnapshot] | None:
+        """Every table, view and materialized view of ``schema``, sorted by
+        name; ``None`` if the schema itself is gone."""
+
+    def read_table(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
+    ) -> TableSnapshot | None:
+        """The table of ``schema`` whose identity is ``oid``, or ``None``."""
+
+    def lock(self, connection: sa.Connection) -> None:
+        """Serialise catalog refreshes across processes until
+        :meth:`unlock`; afterwards reads see everything committed before."""
+
+    def unlock(self, connection: sa.Connection) -> None:
+        """Release what :meth:`lock` took (after the commit)."""
+
+
+def reader_for(dialect: str) -> CatalogReader:
+    """The catalog reader of a SQLAlchemy dialect.
+
+    :param dialect: ``engine.dialect.name``.
+    :raises flask_reflectsync.errors.ConfigurationError: for other backends.
+    """
+    from ..errors import ConfigurationError
+
+    if dialect == "postgresql":
+        from ._postgresql import PostgresReader
+
+        return PostgresReader()
+    if dialect == "sqlite":
+        from ._sqlite import SQLiteReader
+
+        return SQLiteReader()
+    if dialect in ("mysql", "mariadb"):
+        from ._mysql import MySQLReader
+
+        return MySQLReader()
+    raise ConfigurationError(
+        f"Reflection supports PostgreSQL, SQLite and MariaDB/MySQL, not {dialect!r}."
+    )
+
+
+def column_names(
+    columns: Sequence[ColumnSnapshot], oids: Sequence[Any]
+) -> tuple[str, ...]:
+    """Names of the columns whose identities are ``oids``, in that order.
+
+    :param columns: a table's columns.
+    :param oids: column identities (compared as strings).
+    """
+    by_oid = {column.oid: column.name for column in columns}
+    return tuple(by_oid[str(oid)] for oid in oids if str(oid) in by_oid)

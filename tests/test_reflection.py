@@ -1,0 +1,666 @@
+"""Reflection: the catalog follows DDL made by other programs.
+
+Every change here is made through a separate engine and connection, the way
+psql or a migration would make it, and then observed through the catalog
+routes, ``sync.reflect()`` and the signals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_reflectsync import ReflectSync, signals
+from flask_reflectsync.errors import CatalogAccessWarning
+from flask_reflectsync.reflection import (
+    SchemaCreated,
+    TableAltered,
+    TableCreated,
+)
+
+from .conftest import AppEnv, AppFactory
+
+PREFIX = "/sync"
+# In an order that drops referencing tables first.
+TABLES = ("rs_child", "rs_renamed", "rs_item", "rs_parent")
+PG_SCHEMAS = ("rs_extra", "rs_extra_renamed")
+
+REFLECTION_SIGNALS = {
+    "schema_created": signals.schema_created,
+    "schema_dropped": signals.schema_dropped,
+    "schema_renamed": signals.schema_renamed,
+    "table_created": signals.table_created,
+    "table_dropped": signals.table_dropped,
+    "table_renamed": signals.table_renamed,
+    "table_altered": signals.table_altered,
+}
+
+
+@dataclass
+class Recorder:
+    """Every reflection signal the app sent, with its payload."""
+
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def named(self, name: str) -> list[dict[str, Any]]:
+        return [payload for event, payload in self.events if event == name]
+
+    def about(self, name: str, table: str) -> list[dict[str, Any]]:
+        return [p for p in self.named(name) if p["table"].name == table]
+
+    def clear(self) -> None:
+        self.events.clear()
+
+
+class Psql:
+    """A separate connection to the same database, like a psql session."""
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url)
+        self.backend = self.engine.dialect.name
+
+    def run(self, *statements: str) -> None:
+        with self.engine.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+
+    def cleanup(self) -> None:
+        with self.engine.begin() as connection:
+            if self.backend == "postgresql":
+                for schema in PG_SCHEMAS:
+                    connection.exec_driver_sql(
+                        f"DROP SCHEMA IF EXISTS {schema} CASCADE"
+                    )
+                connection.exec_driver_sql("DROP MATERIALIZED VIEW IF EXISTS rs_mat")
+            connection.exec_driver_sql("DROP VIEW IF EXISTS rs_item_view")
+            for table in TABLES:
+                connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+
+
+@pytest.fixture
+def psql(database_url: str) -> Iterator[Psql]:
+    other = Psql(database_url)
+    other.cleanup()
+    try:
+        yield other
+    finally:
+        other.cleanup()
+        other.engine.dispose()
+
+
+@pytest.fixture
+def cat(make_app: AppFactory, psql: Psql) -> Iterator[AppEnv]:
+    """An app whose catalog routes are open to everyone (a check that says
+    yes), inside its app context."""
+    item = make_app()
+    item.sync.catalog_access(lambda: True)
+    with item.app.app_context():
+        yield item
+
+
+@pytest.fixture
+def recorder(cat: AppEnv) -> Iterator[Recorder]:
+    found = Recorder()
+    receivers = []
+    for name, signal in REFLECTION_SIGNALS.items():
+
+        def receive(sender: Any, _name: str = name, **payload: Any) -> None:
+            assert sender is cat.app
+            found.events.append((_name, payload))
+
+        receivers.append(receive)
+        signal.connect(receive, sender=cat.app)
+    try:
+        yield found
+    finally:
+        for signal, receive in zip(REFLECTION_SIGNALS.values(), receivers, strict=True):
+            signal.disconnect(receive, sender=cat.app)
+
+
+def get_ok(client: FlaskClient, path: str) -> dict[str, Any]:
+    response = client.get(PREFIX + path)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["ok"] is True
+    return body  # type: ignore[no-any-return]
+
+
+def the_schema(
+    client: FlaskClient, psql: Psql, name: str | None = None
+) -> dict[str, Any]:
+    """The listed schema called ``name`` (default: where tables go by default)."""
+    wanted = name or {"postgresql": "public", "sqlite": "main"}.get(
+        psql.backend, psql.engine.url.database
+    )
+    schemas = get_ok(client, "/schemas")["schemas"]
+    found = [schema for schema in schemas if schema["name"] == wanted]
+    assert len(found) == 1, schemas
+    return found[0]
+
+
+def tables_of(client: FlaskClient, schema_id: int, **query: str) -> dict[str, Any]:
+    suffix = "?" + "&".join(f"{k}={v}" for k, v in query.items()) if query else ""
+    listed = get_ok(client, f"/schemas/{schema_id}/tables{suffix}")["tables"]
+    by_name = {table["name"]: table for table in listed if not table["deleted"]}
+    return by_name
+
+
+def column(table: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [c for c in table["columns"] if c["name"] == name]
+    assert len(found) == 1, table["columns"]
+    return found[0]
+
+
+def create_family(psql: Psql) -> None:
+    psql.run(
+        "CREATE TABLE rs_parent (id INTEGER PRIMARY KEY, code VARCHAR(12) NOT NULL,"
+        " label VARCHAR(40) DEFAULT 'none', CONSTRAINT rs_parent_code UNIQUE (code))",
+        "CREATE TABLE rs_child (id INTEGER PRIMARY KEY, parent_id INTEGER,"
+        " CONSTRAINT rs_child_parent FOREIGN KEY (parent_id)"
+        " REFERENCES rs_parent (id) ON DELETE CASCADE)",
+    )
+
+
+# -- listing and get-by-id -------------------------------------------------------
+
+
+def test_created_tables_are_listed_and_served_with_their_columns(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    client = cat.app.test_client()
+    schema = the_schema(client, psql)
+    assert {"id", "name", "oid", "last_synced", "deleted"} <= schema.keys()
+    tables_of(client, schema["id"])
+    recorder.clear()
+
+    create_family(psql)
+    listed = tables_of(client, schema["id"])
+
+    assert {"rs_parent", "rs_child"} <= listed.keys()
+    parent = listed["rs_parent"]
+    assert parent["kind"] == "table"
+    assert parent["deleted"] is False
+    assert {"id", "name", "oid", "last_synced", "deleted"} <= parent.keys()
+    assert "columns" not in parent  # listings are summaries
+
+    created = {p["table"].name: p["table"] for p in recorder.named("table_created")}
+    assert set(created) == {"rs_parent", "rs_child"}
+    assert created["rs_parent"].id == parent["id"]
+    assert [c.name for c in created["rs_parent"].columns] == ["id", "code", "label"]
+
+    detail = get_ok(client, f"/tables/{parent['id']}")["table"]
+    assert [c["name"] for c in detail["columns"]] == ["id", "code", "label"]
+    assert detail["primary_key"] == ["id"]
+    assert column(detail, "id")["primary_key"] is True
+    assert column(detail, "code")["nullable"] is False
+    assert column(detail, "label")["nullable"] is True
+    assert "varchar" in column(detail, "code")["type"].lower().replace(
+        "character varying", "varchar"
+    )
+    assert "'none'" in column(detail, "label")["default"]
+    assert [u["columns"] for u in detail["unique_constraints"]] == [["code"]]
+
+    child = get_ok(client, f"/tables/{listed['rs_child']['id']}")["table"]
+    (key,) = child["foreign_keys"]
+    assert key["columns"] == ["parent_id"]
+    assert key["referred_table"] == "rs_parent"
+    assert key["referred_columns"] == ["id"]
+    assert key["on_delete"] == "CASCADE"
+
+
+def test_the_extensions_own_tables_are_not_listed(cat: AppEnv, psql: Psql) -> None:
+    client = cat.app.test_client()
+    listed = tables_of(client, the_schema(client, psql)["id"])
+    assert "city" in listed  # the app's models are
+    assert not [name for name in listed if name.startswith("reflectsync_")]
+
+
+def test_views_are_listed_with_their_kind(cat: AppEnv, psql: Psql) -> None:
+    psql.run(
+        "CREATE TABLE rs_item (id INTEGER PRIMARY KEY, price INTEGER)",
+        "CREATE VIEW rs_item_view AS SELECT id, price FROM rs_item",
+    )
+    if psql.backend == "postgresql":
+        psql.run("CREATE MATERIALIZED VIEW rs_mat AS SELECT id FROM rs_item")
+    client = cat.app.test_client()
+    listed = tables_of(client, the_schema(client, psql)["id"])
+
+    assert listed["rs_item"]["kind"] == "table"
+    assert listed["rs_item_view"]["kind"] == "view"
+    view = get_ok(client, f"/tables/{listed['rs_item_view']['id']}")["table"]
+    assert [c["name"] for c in view["columns"]] == ["id", "price"]
+    if psql.backend == "postgresql":
+        assert listed["rs_mat"]["kind"] == "materialized_view"
+
+
+def test_comments_are_reflected(cat: AppEnv, psql: Psql) -> None:
+    if psql.backend == "sqlite":
+        pytest.skip("SQLite has no comments")
+    if psql.backend == "postgresql":
+        psql.run(
+            "CREATE TABLE rs_item (id INTEGER PRIMARY KEY, price INTEGER)",
+            "COMMENT ON TABLE rs_item IS 'Things we sell'",
+            "COMMENT ON COLUMN rs_item.price IS 'In cents'",
+        )
+    else:
+        psql.run(
+            "CREATE TABLE rs_item (id INTEGER PRIMARY KEY,"
+            " price INTEGER COMMENT 'In cents') COMMENT 'Things we sell'"
+        )
+    client = cat.app.test_client()
+    listed = tables_of(client, the_schema(client, psql)["id"])
+    detail = get_ok(client, f"/tables/{listed['rs_item']['id']}")["table"]
+    assert detail["comment"] == "Things we sell"
+    assert column(detail, "price")["comment"] == "In cents"
+
+
+def test_unknown_ids_are_404_json(cat: AppEnv, psql: Psql) -> None:
+    client = cat.app.test_client()
+    for path in ("/tables/999999", "/schemas/999999/tables"):
+        response = client.get(PREFIX + path)
+        assert response.status_code == 404
+        body = response.get_json()
+        assert body["ok"] is False and body["status"] == 404
+        assert "999999" in body["error"]
+
+
+# -- the probe: unchanged means nothing rebuilt ------------------------------------
+
+
+@pytest.fixture
+def writes(cat: AppEnv) -> Iterator[list[str]]:
+    """Every INSERT/UPDATE/DELETE the app's engine runs."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.lstrip().split(" ", 1)[0].upper() in (
+            "INSERT",
+            "UPDATE",
+            "DELETE",
+        ):
+            seen.append(statement)
+
+    sa.event.listen(cat.db.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(cat.db.engine, "before_cursor_execute", record)
+
+
+def test_listing_an_unchanged_schema_rebuilds_nothing(
+    cat: AppEnv, psql: Psql, recorder: Recorder, writes: list[str]
+) -> None:
+    create_family(psql)
+    client = cat.app.test_client()
+    schema = the_schema(client, psql)
+    first = tables_of(client, schema["id"])
+    writes.clear()
+    recorder.clear()
+
+    assert the_schema(client, psql) == schema
+    again = tables_of(client, schema["id"])
+    detail = get_ok(client, f"/tables/{first['rs_parent']['id']}")["table"]
+
+    assert again == first
+    assert detail["name"] == "rs_parent"
+    assert writes == []
+    assert recorder.events == []
+
+
+def test_get_by_id_serves_the_cached_table_until_it_changes(
+    cat: AppEnv, psql: Psql, recorder: Recorder, writes: list[str]
+) -> None:
+    create_family(psql)
+    client = cat.app.test_client()
+    parent_id = tables_of(client, the_schema(client, psql)["id"])["rs_parent"]["id"]
+    writes.clear()
+    get_ok(client, f"/tables/{parent_id}")
+    assert writes == []
+
+    psql.run("ALTER TABLE rs_parent ADD COLUMN extra INTEGER")
+    detail = get_ok(client, f"/tables/{parent_id}")["table"]
+
+    assert [c["name"] for c in detail["columns"]] == ["id", "code", "label", "extra"]
+    (altered,) = recorder.about("table_altered", "rs_parent")
+    assert [(c.kind, c.name) for c in altered["changes"]] == [("added", "extra")]
+
+
+# -- renames, alters, drops --------------------------------------------------------
+
+
+def test_table_rename(cat: AppEnv, psql: Psql, recorder: Recorder) -> None:
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    before = tables_of(client, schema_id)["rs_child"]
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_child RENAME TO rs_renamed")
+    after = tables_of(client, schema_id)
+
+    assert "rs_child" not in after
+    renamed = after["rs_renamed"]
+    if psql.backend in ("postgresql", "sqlite"):
+        # PostgreSQL: same oid. SQLite: same root page and columns.
+        assert renamed["id"] == before["id"]
+        (event,) = recorder.named("table_renamed")
+        assert (event["old_name"], event["new_name"]) == ("rs_child", "rs_renamed")
+        assert event["table"].id == before["id"]
+        assert event["table"].name == "rs_renamed"
+        assert recorder.named("table_dropped") == []
+        assert (
+            get_ok(client, f"/tables/{before['id']}")["table"]["name"] == "rs_renamed"
+        )
+    else:
+        # MariaDB/MySQL: identity is the name, so a rename is a drop + create.
+        assert renamed["id"] != before["id"]
+        assert [p["table"].name for p in recorder.named("table_dropped")] == [
+            "rs_child"
+        ]
+        assert [p["table"].name for p in recorder.named("table_created")] == [
+            "rs_renamed"
+        ]
+        assert client.get(f"{PREFIX}/tables/{before['id']}").status_code == 410
+
+
+def test_table_alter_reports_column_changes(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    parent = tables_of(client, schema_id)["rs_parent"]
+    before = get_ok(client, f"/tables/{parent['id']}")["table"]
+    recorder.clear()
+
+    statements = [
+        "ALTER TABLE rs_parent ADD COLUMN weight INTEGER",
+        "ALTER TABLE rs_parent RENAME COLUMN label TO title",
+    ]
+    if psql.backend == "postgresql":
+        statements.append("ALTER TABLE rs_parent ALTER COLUMN weight SET NOT NULL")
+    elif psql.backend == "mysql":
+        statements.append("ALTER TABLE rs_parent MODIFY weight INTEGER NOT NULL")
+    psql.run(*statements)
+    listed = tables_of(client, schema_id)
+
+    assert listed["rs_parent"]["id"] == parent["id"]
+    (event,) = recorder.named("table_altered")
+    assert event["table"].id == parent["id"]
+    assert [c.name for c in event["table"].columns] == ["id", "code", "title", "weight"]
+    changes = {(c.kind, c.name, c.old_name) for c in event["changes"]}
+    if psql.backend == "postgresql":
+        # Columns keep their attnum across a rename.
+        assert changes == {("added", "weight", None), ("renamed", "title", "label")}
+        (rename,) = [c for c in event["changes"] if c.kind == "renamed"]
+        assert rename.fields == ()
+        title = column(get_ok(client, f"/tables/{parent['id']}")["table"], "title")
+        assert title["id"] == column(before, "label")["id"]
+    else:
+        # Name identity: a renamed column is a dropped and an added one.
+        assert changes == {
+            ("added", "weight", None),
+            ("added", "title", None),
+            ("dropped", "label", None),
+        }
+    detail = get_ok(client, f"/tables/{parent['id']}")["table"]
+    assert column(detail, "weight")["nullable"] is (psql.backend == "sqlite")
+    assert recorder.named("table_renamed") == []
+
+
+def test_alter_type_and_nullability(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    if psql.backend == "sqlite":
+        pytest.skip("SQLite cannot alter a column in place")
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    tables_of(client, schema_id)
+    recorder.clear()
+
+    if psql.backend == "postgresql":
+        psql.run(
+            "ALTER TABLE rs_parent ALTER COLUMN label TYPE VARCHAR(80),"
+            " ALTER COLUMN label SET NOT NULL"
+        )
+    else:
+        psql.run(
+            "ALTER TABLE rs_parent MODIFY label VARCHAR(80) NOT NULL DEFAULT 'none'"
+        )
+    tables_of(client, schema_id)
+
+    (event,) = recorder.named("table_altered")
+    (change,) = event["changes"]
+    assert (change.kind, change.name) == ("altered", "label")
+    assert set(change.fields) == {"type", "nullable"}
+    assert change.before.nullable is True and change.after.nullable is False
+    assert "80" in change.after.type
+
+
+def test_constraint_changes_are_attributes(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    if psql.backend == "sqlite":
+        pytest.skip("SQLite cannot add constraints to an existing table")
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    tables_of(client, schema_id)
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_parent ADD CONSTRAINT rs_parent_label UNIQUE (label)")
+    tables_of(client, schema_id)
+
+    (event,) = recorder.named("table_altered")
+    assert event["attributes"] == ("unique_constraints",)
+    assert event["changes"] == ()
+    uniques = event["table"].unique_constraints
+    assert sorted(u["columns"] for u in uniques) == [["code"], ["label"]]
+
+
+def test_dropped_table_is_gone_by_id_and_signalled(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    child = tables_of(client, schema_id)["rs_child"]
+    recorder.clear()
+
+    psql.run("DROP TABLE rs_child")
+    # Asked by id first, without listing: the answer must already know.
+    response = client.get(f"{PREFIX}/tables/{child['id']}")
+
+    assert response.status_code == 410
+    body = response.get_json()
+    assert body == {"ok": False, "error": body["error"], "status": 410}
+    assert "rs_child" in body["error"] and "dropped" in body["error"]
+    (event,) = recorder.named("table_dropped")
+    assert event["table"].id == child["id"]
+    assert event["table"].deleted is True
+    assert "rs_child" not in tables_of(client, schema_id)
+    with_deleted = get_ok(client, f"/schemas/{schema_id}/tables?include_deleted=1")
+    (gone,) = [t for t in with_deleted["tables"] if t["id"] == child["id"]]
+    assert gone["deleted"] is True
+
+
+def test_drop_and_recreate(cat: AppEnv, psql: Psql, recorder: Recorder) -> None:
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    child = tables_of(client, schema_id)["rs_child"]
+    recorder.clear()
+
+    psql.run(
+        "DROP TABLE rs_child",
+        "CREATE TABLE rs_child (id INTEGER PRIMARY KEY, note VARCHAR(10))",
+    )
+    response = client.get(f"{PREFIX}/tables/{child['id']}")
+    listed = tables_of(client, schema_id)
+
+    if psql.backend == "postgresql":
+        # A new oid: a new object, and the old id says where to look.
+        assert response.status_code == 410
+        new_id = listed["rs_child"]["id"]
+        assert new_id != child["id"]
+        assert f"id {new_id}" in response.get_json()["error"]
+        assert [p["table"].id for p in recorder.named("table_dropped")] == [child["id"]]
+        assert [p["table"].id for p in recorder.named("table_created")] == [new_id]
+    else:
+        # Identity is the name: the same table, altered.
+        assert response.status_code == 200
+        assert listed["rs_child"]["id"] == child["id"]
+        assert [c["name"] for c in response.get_json()["table"]["columns"]] == [
+            "id",
+            "note",
+        ]
+        (event,) = recorder.named("table_altered")
+        assert {(c.kind, c.name) for c in event["changes"]} == {
+            ("added", "note"),
+            ("dropped", "parent_id"),
+        }
+        assert event["attributes"] == ("foreign_keys",)
+
+
+# -- schemas (PostgreSQL) --------------------------------------------------------
+
+
+def test_schema_create_rename_drop(cat: AppEnv, psql: Psql, recorder: Recorder) -> None:
+    if psql.backend != "postgresql":
+        pytest.skip("only PostgreSQL has schemas inside a database")
+    client = cat.app.test_client()
+    get_ok(client, "/schemas")
+    recorder.clear()
+
+    psql.run("CREATE SCHEMA rs_extra", "CREATE TABLE rs_extra.rs_item (id INTEGER)")
+    extra = the_schema(client, psql, "rs_extra")
+    (created,) = recorder.named("schema_created")
+    assert created["schema"].id == extra["id"]
+    item = tables_of(client, extra["id"])["rs_item"]
+    assert item["schema"] == "rs_extra"
+
+    psql.run("ALTER SCHEMA rs_extra RENAME TO rs_extra_renamed")
+    renamed = the_schema(client, psql, "rs_extra_renamed")
+    assert renamed["id"] == extra["id"] and renamed["oid"] == extra["oid"]
+    (event,) = recorder.named("schema_renamed")
+    assert (event["old_name"], event["new_name"]) == ("rs_extra", "rs_extra_renamed")
+    assert event["schema"].name == "rs_extra_renamed"
+    # Tables keep their identity too.
+    assert tables_of(client, extra["id"])["rs_item"]["id"] == item["id"]
+
+    psql.run("DROP SCHEMA rs_extra_renamed CASCADE")
+    response = client.get(f"{PREFIX}/schemas/{extra['id']}/tables")
+    assert response.status_code == 410
+    assert "rs_extra_renamed" in response.get_json()["error"]
+    (dropped,) = recorder.named("schema_dropped")
+    assert dropped["schema"].deleted is True
+    assert [p["table"].id for p in recorder.named("table_dropped")] == [item["id"]]
+    assert client.get(f"{PREFIX}/tables/{item['id']}").status_code == 410
+    names = [s["name"] for s in get_ok(client, "/schemas")["schemas"]]
+    assert "rs_extra_renamed" not in names
+
+
+# -- reflect() -------------------------------------------------------------------
+
+
+def test_reflect_returns_typed_changes_in_signal_order(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    first = cat.sync.reflect()
+    assert any(isinstance(change, SchemaCreated) for change in first)
+    assert cat.sync.reflect() == []  # nothing changed since
+    recorder.clear()
+
+    create_family(psql)
+    psql.run("CREATE TABLE rs_item (id INTEGER PRIMARY KEY)")
+    changes = cat.sync.reflect()
+
+    assert all(isinstance(change, TableCreated) for change in changes)
+    assert sorted(c.table.name for c in changes) == ["rs_child", "rs_item", "rs_parent"]
+    assert [name for name, _ in recorder.events] == ["table_created"] * 3
+    data = changes[0].to_dict()
+    assert data["event"] == "table_created"
+    assert data["table"]["columns"]
+
+    psql.run("ALTER TABLE rs_item ADD COLUMN size INTEGER")
+    (altered,) = cat.sync.reflect()
+    assert isinstance(altered, TableAltered)
+    assert altered.to_dict()["changes"][0]["after"]["name"] == "size"
+
+
+def test_catalog_is_shared_by_processes(
+    cat: AppEnv, psql: Psql, recorder: Recorder, database_url: str
+) -> None:
+    """A second app (another worker) on the same database sees the same ids
+    and does not announce changes the first one already announced."""
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    listed = tables_of(client, schema_id)
+
+    other_app = Flask("other_worker")
+    other_app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    other_db = SQLAlchemy()
+    other_db.init_app(other_app)
+    other_sync = ReflectSync(other_app, other_db)
+    other_sync.catalog_access(lambda: True)
+    heard: list[str] = []
+
+    def hear(sender: Any, **payload: Any) -> None:
+        heard.append("event")
+
+    signals.table_created.connect(hear, sender=other_app)
+    try:
+        with other_app.app_context():
+            other = other_app.test_client()
+            assert tables_of(other, schema_id) == listed
+            psql.run("CREATE TABLE rs_item (id INTEGER PRIMARY KEY)")
+            item = tables_of(other, schema_id)["rs_item"]
+            other_db.engine.dispose()
+    finally:
+        signals.table_created.disconnect(hear, sender=other_app)
+    assert heard == ["event"]
+    recorder.clear()
+    assert tables_of(client, schema_id)["rs_item"]["id"] == item["id"]
+    assert recorder.events == []
+
+
+# -- access ----------------------------------------------------------------------
+
+
+def test_routes_without_a_check_warn_once(make_app: AppFactory, psql: Psql) -> None:
+    env = make_app()
+    client = env.app.test_client()
+    with pytest.warns(CatalogAccessWarning, match="catalog_access"):
+        assert client.get(PREFIX + "/schemas").status_code == 200
+    # Once per app: the next request is quiet (warnings are errors here).
+    assert client.get(PREFIX + "/schemas").status_code == 200
+
+
+def test_access_check_refusal_is_403_json(make_app: AppFactory, psql: Psql) -> None:
+    env = make_app()
+    allowed = {"value": False}
+
+    @env.sync.catalog_access
+    def may_browse() -> bool:
+        return allowed["value"]
+
+    client = env.app.test_client()
+    for path in ("/schemas", "/schemas/1/tables", "/tables/1"):
+        response = client.get(PREFIX + path)
+        assert response.status_code == 403
+        assert response.get_json() == {
+            "ok": False,
+            "error": "You are not allowed to browse the database catalog.",
+            "status": 403,
+        }
+    allowed["value"] = True
+    assert client.get(PREFIX + "/schemas").status_code == 200
