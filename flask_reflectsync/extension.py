@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app
 
 from .blueprints.api import install_prefix_error_handler, make_blueprint
+from .blueprints.catalog import catalog_for, setup_catalog
 from .tracking import (
     LogTables,
     OperationLog,
@@ -19,6 +21,8 @@ from .tracking import (
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
+
+    from .reflection import Change
 
 T = TypeVar("T", bound=type)
 
@@ -137,10 +141,10 @@ class ReflectSync:
             start_tracking(db.session, log)
 
         url_prefix = config["REFLECTSYNC_URL_PREFIX"]
-        app.register_blueprint(
-            make_blueprint(config["REFLECTSYNC_BLUEPRINT_NAME"]),
-            url_prefix=url_prefix,
-        )
+        blueprint = make_blueprint(config["REFLECTSYNC_BLUEPRINT_NAME"])
+        # -- reflection catalog: tables on db.metadata, routes on the blueprint
+        setup_catalog(db, blueprint)
+        app.register_blueprint(blueprint, url_prefix=url_prefix)
         install_prefix_error_handler(app, url_prefix)
 
         app.extensions[EXTENSION_KEY] = AppState(
@@ -161,6 +165,47 @@ class ReflectSync:
                 "did you call sync.init_app(app, db)?"
             )
         return state  # type: ignore[no-any-return]
+
+    # -- reflection catalog ------------------------------------------------------
+
+    #: The check registered with :meth:`catalog_access`, or ``None``.
+    catalog_access_check: Callable[[], bool] | None = None
+
+    def catalog_access(self, check: Callable[[], bool]) -> Callable[[], bool]:
+        """Register the check that decides who may use the catalog routes.
+
+        The check is called with no arguments inside the request (use
+        :data:`flask.request`, or ``current_user`` from Flask-Login) and
+        returns whether the request may proceed; ``False`` is answered with a
+        403 JSON error. Without a check the routes are open and a
+        :class:`~flask_reflectsync.errors.CatalogAccessWarning` says so once.
+        Use it as a decorator::
+
+            @sync.catalog_access
+            def may_browse_catalog() -> bool:
+                return current_user.is_authenticated and current_user.is_admin
+
+        :param check: the callable; returned unchanged.
+        """
+        self.catalog_access_check = check
+        return check
+
+    def reflect(self, *, force: bool = False, app: Flask | None = None) -> list[Change]:
+        """Reflect the database now: refresh every schema and its tables whose
+        probe says it changed, send a signal per change and return them.
+
+        Needs an app context (of ``app`` if given, else the current one).
+
+        :param force: read every level in full, even where the probe says
+            nothing changed.
+        :param app: the app whose database to reflect (default: current app).
+        :returns: the change records, in the order their signals were sent.
+        """
+        if app is None:
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        self.get_state(app)
+        with app.app_context():
+            return catalog_for(app).reflect(force=force)
 
     def stop_tracking(self, app: Flask | None = None) -> None:
         """Stop logging changes made through the app's ``db.session``.
