@@ -81,10 +81,7 @@ def pull(
         )
         .join(versions, versions.c.id == operations.c.version_id)
         .where(
-            sa.or_(
-                versions.c.number > after[0],
-                sa.and_(versions.c.number == after[0], operations.c.id > after[1]),
-            ),
+            _after(versions.c.number, operations.c.id, since, after),
             versions.c.number <= current,
             sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
         )
@@ -127,14 +124,26 @@ def pull(
     }
 
 
-def _parse_cursor(cursor: str | None, since: int) -> tuple[int, int]:
+def _parse_cursor(cursor: str | None, since: int) -> tuple[int, int] | None:
     if cursor is None:
-        return since, 0
+        return None
     number, _, op_id = cursor.partition(":")
     position = int(number), int(op_id)
-    if position[0] < since:
+    if position[0] <= since:
         raise ValidationError("cursor points before since; start the pull again.")
     return position
+
+
+def _after(
+    number: sa.ColumnElement[Any],
+    op_id: sa.ColumnElement[Any],
+    since: int,
+    after: tuple[int, int] | None,
+) -> sa.ColumnElement[bool]:
+    """Operations after version ``since``, or after the cursor's operation."""
+    if after is None:
+        return number > since
+    return sa.or_(number > after[0], sa.and_(number == after[0], op_id > after[1]))
 
 
 def _with_payloads(
