@@ -342,8 +342,9 @@ class Catalog:
         now = _now()
         t = self.t.tables
 
+        digests = {table.oid: table.digest() for table in live_tables}
         live = {
-            (table.oid, table.digest()): table
+            (table.oid, digests[table.oid]): table
             for table in live_tables
             if not any(fnmatchcase(table.name, pattern) for pattern in self.exclude)
         }
@@ -366,7 +367,7 @@ class Catalog:
                 created.append(difference.new)
             elif isinstance(difference, Changed):
                 self._update_table(connection, difference.catalog_id, difference.new,
-                                   now)
+                                   digests[difference.new.oid], now)
                 if difference.renamed:
                     renamed.append((difference.catalog_id, difference.old.name,
                                     difference.new.name))
@@ -374,7 +375,8 @@ class Catalog:
                     altered.append(difference)
             elif isinstance(difference, Dropped):
                 dropped.append(difference.catalog_id)
-        created_ids = self._insert_tables(connection, schema.id, created, now)
+        created_ids = self._insert_tables(connection, schema.id, created, digests,
+                                          now)
         table_drops = self._drop_tables(connection, dropped, now)
         self._touch(connection, schema.id, now)
         self._store_probe(connection, scope, fingerprint, now)
@@ -401,21 +403,22 @@ class Catalog:
         connection: sa.Connection,
         schema_id: int,
         tables: Sequence[TableSnapshot],
+        digests: dict[str, str],
         now: datetime,
     ) -> list[int]:
         if not tables:
             return []
         t = self.t.tables
-        connection.execute(
-            t.insert(),
-            [
-                {"schema_id": schema_id, **_table_values(table, now)}
-                for table in tables
-            ],
-        )
+        rows = [
+            {"schema_id": schema_id, **_table_values(table, digests[table.oid], now)}
+            for table in tables
+        ]
         oids = [table.oid for table in tables]
         ids: dict[str, int] = {}
-        # Looked up rather than RETURNING so that every backend does the same.
+        # Plain executemany and a lookup rather than RETURNING: psycopg's
+        # pipelined executemany beats SQLAlchemy's multi-row INSERTs here, and
+        # every backend takes the same path.
+        connection.execute(t.insert(), rows)
         for start in range(0, len(oids), 500):
             chunk = oids[start:start + 500]
             for row in connection.execute(
@@ -426,22 +429,36 @@ class Catalog:
                 )
             ):
                 ids[row.oid] = row.id
-        rows = [
-            _column_values(ids[table.oid], column, table, now)
-            for table in tables
-            for column in table.columns
-        ]
-        if rows:
-            connection.execute(self.t.columns.insert(), rows)
+        self._insert_columns(
+            connection,
+            [
+                _column_values(ids[table.oid], column, table, now)
+                for table in tables
+                for column in table.columns
+            ],
+        )
         return [ids[oid] for oid in oids]
 
+    def _insert_columns(
+        self, connection: sa.Connection, rows: list[dict[str, Any]]
+    ) -> None:
+        if not rows:
+            return
+        connection.execute(self.t.columns.insert(), rows)
+
     def _update_table(
-        self, connection: sa.Connection, table_id: int, table: TableSnapshot,
+        self,
+        connection: sa.Connection,
+        table_id: int,
+        table: TableSnapshot,
+        digest: str,
         now: datetime,
     ) -> None:
         t, c = self.t.tables, self.t.columns
         connection.execute(
-            t.update().where(t.c.id == table_id).values(**_table_values(table, now))
+            t.update()
+            .where(t.c.id == table_id)
+            .values(**_table_values(table, digest, now))
         )
         existing = {
             row.oid: row.id
@@ -459,8 +476,7 @@ class Catalog:
                 inserts.append(values)
             else:
                 connection.execute(c.update().where(c.c.id == column_id).values(values))
-        if inserts:
-            connection.execute(c.insert(), inserts)
+        self._insert_columns(connection, inserts)
         if existing:
             connection.execute(
                 c.update().where(c.c.id.in_(list(existing.values())))
@@ -624,7 +640,9 @@ def _catalog_table(row: Any, columns: tuple[CatalogColumn, ...] | None) -> Catal
     )
 
 
-def _table_values(table: TableSnapshot, now: datetime) -> dict[str, Any]:
+def _table_values(
+    table: TableSnapshot, digest: str, now: datetime
+) -> dict[str, Any]:
     return {
         "oid": table.oid,
         "name": table.name,
@@ -633,7 +651,7 @@ def _table_values(table: TableSnapshot, now: datetime) -> dict[str, Any]:
         "primary_key": list(table.primary_key),
         "foreign_keys": [key.to_dict() for key in table.foreign_keys],
         "unique_constraints": [u.to_dict() for u in table.unique_constraints],
-        "digest": table.digest(),
+        "digest": digest,
         "rename_hint": table.rename_hint,
         "last_synced": now,
         "deleted": False,

@@ -1,0 +1,181 @@
+"""Reflection on PostgreSQL: catalog listings against their baselines.
+
+Creates a schema with many tables, then measures in the same run, several
+times each:
+
+- ``MetaData.reflect()`` of the schema (SQLAlchemy's own reflection);
+- the one ``pg_catalog`` query the catalog reader uses, executed raw;
+- a cold listing (empty catalog: read, diff, write everything);
+- a warm listing (nothing changed: the probe, then the cached rows);
+- a listing after one ``ALTER TABLE`` (probe, read, diff, write one table).
+
+Prints medians and the ratios the design promises (cold <= 0.1x
+``MetaData.reflect``; warm <= 1.5x the raw catalog query)::
+
+    python benchmarks/reflection.py --tables 1000 --runs 5
+
+The database comes from ``--url`` or ``REFLECTSYNC_BENCH_DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import sqlalchemy as sa
+
+from flask_reflectsync.reflection import Catalog, define_catalog_tables
+from flask_reflectsync.reflection._postgresql import TABLES_QUERY
+
+DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_test"
+SCHEMA = "rs_bench"
+
+
+def timed(action: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    action()
+    return time.perf_counter() - start
+
+
+def drop_schema(engine: sa.Engine) -> None:
+    # In slices: one transaction dropping 1,000 tables runs out of lock slots.
+    with engine.connect() as connection:
+        names = (
+            connection.exec_driver_sql(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %(schema)s"
+                " ORDER BY tablename DESC",
+                {"schema": SCHEMA},
+            )
+            .scalars()
+            .all()
+        )
+    for start in range(0, len(names), 100):
+        with engine.begin() as connection:
+            for name in names[start : start + 100]:
+                connection.exec_driver_sql(
+                    f"DROP TABLE IF EXISTS {SCHEMA}.{name} CASCADE"
+                )
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
+
+
+def create_schema(engine: sa.Engine, count: int) -> None:
+    drop_schema(engine)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
+    for start in range(0, count, 100):
+        with engine.begin() as connection:
+            create_tables(connection, range(start, min(start + 100, count)))
+
+
+def create_tables(connection: sa.Connection, numbers: range) -> None:
+    for number in numbers:
+        reference = (
+            f", parent_id INTEGER REFERENCES {SCHEMA}.t{number - 1:04d} (id)"
+            if number % 10
+            else ""
+        )
+        connection.exec_driver_sql(
+            f"CREATE TABLE {SCHEMA}.t{number:04d} ("
+            " id SERIAL PRIMARY KEY,"
+            " code VARCHAR(20) NOT NULL UNIQUE,"
+            " label VARCHAR(100) DEFAULT 'none',"
+            " amount NUMERIC(12, 2) NOT NULL DEFAULT 0,"
+            " created_at TIMESTAMPTZ NOT NULL DEFAULT now()"
+            f"{reference})"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--url", default=os.environ.get("REFLECTSYNC_BENCH_DATABASE_URL", DEFAULT_URL)
+    )
+    parser.add_argument("--tables", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+
+    engine = sa.create_engine(args.url)
+    if engine.dialect.name != "postgresql":
+        raise SystemExit("This benchmark needs PostgreSQL.")
+    metadata = sa.MetaData()
+    tables = define_catalog_tables(metadata)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    print(f"creating {args.tables} tables in schema {SCHEMA} ...")
+    create_schema(engine, args.tables)
+    catalog = Catalog(engine, tables, exclude=("reflectsync_*",))
+    try:
+        (schema,) = [s for s in catalog.list_schemas() if s.name == SCHEMA]
+        with engine.connect() as connection:
+            connection.exec_driver_sql("ANALYZE")
+
+        def forget() -> None:
+            with engine.begin() as connection:
+                for table in (tables.columns, tables.tables, tables.probes):
+                    connection.execute(table.delete())
+
+        def reflect_metadata() -> None:
+            sa.MetaData().reflect(engine, schema=SCHEMA)
+
+        def raw_query() -> None:
+            with engine.connect() as connection:
+                connection.execute(TABLES_QUERY, {"schema": int(schema.oid)}).all()
+
+        def listing() -> None:
+            listed = catalog.list_tables(schema.id)
+            assert len(listed) == args.tables, len(listed)
+
+        results: dict[str, list[float]] = {
+            "MetaData.reflect()": [],
+            "raw pg_catalog query": [],
+            "cold listing": [],
+            "warm listing": [],
+            "listing after one change": [],
+        }
+        for run in range(args.runs):
+            results["MetaData.reflect()"].append(timed(reflect_metadata))
+            results["raw pg_catalog query"].append(timed(raw_query))
+            forget()
+            results["cold listing"].append(timed(listing))
+            listing()  # let the probe settle
+            results["warm listing"].append(timed(listing))
+            with engine.begin() as connection:
+                connection.exec_driver_sql(
+                    f"ALTER TABLE {SCHEMA}.t0500 ADD COLUMN extra_{run} INTEGER"
+                )
+            results["listing after one change"].append(timed(listing))
+
+        median = {name: statistics.median(times) for name, times in results.items()}
+        print(
+            f"\n{args.tables} tables, median of {args.runs} runs "
+            f"(PostgreSQL {engine.dialect.server_version_info}):"
+        )
+        for name, value in median.items():
+            print(f"  {name:28s} {value * 1000:9.1f} ms")
+        reflect = median["MetaData.reflect()"]
+        raw = median["raw pg_catalog query"]
+        print("\nratios:")
+        print(
+            f"  cold / MetaData.reflect      {median['cold listing'] / reflect:6.3f}x"
+            "  (target <= 0.1x)"
+        )
+        print(
+            f"  warm / raw catalog query     {median['warm listing'] / raw:6.3f}x"
+            "  (target <= 1.5x)"
+        )
+        print(
+            f"  one change / raw query       "
+            f"{median['listing after one change'] / raw:6.3f}x"
+        )
+    finally:
+        drop_schema(engine)
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
