@@ -199,6 +199,13 @@ def _remember_nonce(
     nonce: str,
     moment: datetime.datetime,
 ) -> None:
+    # The node's row is locked first, so concurrent requests of one node
+    # queue here instead of deadlocking on the nonce index.
+    session.execute(
+        sa.update(tables.nodes)
+        .where(tables.nodes.c.id == node_id)
+        .values(last_seen_at=moment)
+    )
     try:
         session.execute(
             sa.insert(nonces).values(node_id=node_id, nonce=nonce, created_at=moment)
@@ -209,20 +216,30 @@ def _remember_nonce(
             "This request was already received (replayed nonce); sign each "
             "request with a new nonce."
         ) from None
-    # Nonces older than the signature window can never be replayed (their
-    # timestamp would be refused), so they are dropped as we go.
-    expired = moment - datetime.timedelta(seconds=2 * settings.signature_max_age)
-    session.execute(
-        sa.delete(nonces).where(
-            nonces.c.node_id == node_id, nonces.c.created_at < expired
-        )
-    )
-    session.execute(
-        sa.update(tables.nodes)
-        .where(tables.nodes.c.id == node_id)
-        .values(last_seen_at=moment)
-    )
     session.commit()
+    _forget_old_nonces(session, nonces, settings, node_id, moment)
+
+
+def _forget_old_nonces(
+    session: Session,
+    nonces: sa.Table,
+    settings: ServerSettings,
+    node_id: int,
+    moment: datetime.datetime,
+) -> None:
+    # Nonces older than the signature window can never be replayed (their
+    # timestamp would be refused). Dropping them is housekeeping in its own
+    # transaction: if it loses a lock race, the next request does it.
+    expired = moment - datetime.timedelta(seconds=2 * settings.signature_max_age)
+    try:
+        session.execute(
+            sa.delete(nonces).where(
+                nonces.c.node_id == node_id, nonces.c.created_at < expired
+            )
+        )
+        session.commit()
+    except sa.exc.OperationalError:
+        session.rollback()
 
 
 def _now() -> datetime.datetime:

@@ -1,0 +1,167 @@
+"""Every answer under the prefix is the JSON envelope, and openapi.json
+describes the routes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from flask_reflectsync.protocol.messages import SCHEMAS, validate
+
+from .conftest import AppFactory
+from .http_server import ServerEnv, TestNode, server_env
+
+SYNC_ROUTES = {
+    "/register": "POST",
+    "/push": "POST",
+    "/pull": "POST",
+    "/repair": "GET",
+    "/query": "GET",
+}
+
+
+@pytest.fixture
+def server(make_app: AppFactory) -> Iterator[ServerEnv]:
+    with server_env(make_app) as found:
+        yield found
+
+
+def _assert_envelope(answer: httpx.Response) -> dict[str, Any]:
+    assert answer.headers["content-type"].startswith("application/json")
+    body = answer.json()
+    assert isinstance(body, dict)
+    if answer.status_code < 400:
+        assert body["ok"] is True
+    else:
+        assert body["ok"] is False
+        assert body["status"] == answer.status_code
+        assert isinstance(body["error"], str) and body["error"]
+        assert set(body) <= {"ok", "error", "status", "conflicts"}
+    return body
+
+
+def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
+    """(label, request, expected status) for every route and failure kind."""
+    push = {
+        "protocol": 1,
+        "push_id": "e",
+        "last_version": 0,
+        "operations": [{"table": "country", "key": [1], "command": "i"}],
+        "payloads": {"country": {"columns": ["id", "name"], "rows": [[1, "Peru"]]}},
+    }
+    signed = node.sign
+    return [
+        ("register ok", node.build("POST", "/register", json={"protocol": 1}), 200),
+        ("register bad", node.build("POST", "/register", json={"x": 1}), 400),
+        ("register not json", node.build("POST", "/register", content=b"{"), 400),
+        ("push ok", signed(node.build("POST", "/push", json=push)), 200),
+        ("push unsigned", node.build("POST", "/push", json=push), 401),
+        ("push invalid", signed(node.build("POST", "/push", json={"a": 1})), 400),
+        (
+            "push conflict",
+            signed(node.build("POST", "/push", json={**push, "push_id": "f"})),
+            409,
+        ),
+        (
+            "pull ok",
+            signed(node.build("POST", "/pull", json={"protocol": 1, "since": 0})),
+            200,
+        ),
+        ("pull unsigned", node.build("POST", "/pull", json={"since": 0}), 401),
+        ("pull invalid", signed(node.build("POST", "/pull", json={"since": -1})), 400),
+        ("repair unsigned", node.build("GET", "/repair"), 401),
+        ("repair ok", signed(node.build("GET", "/repair")), 200),
+        (
+            "query ok",
+            signed(node.build("GET", "/query", params={"model": "city"})),
+            200,
+        ),
+        (
+            "query unknown",
+            signed(node.build("GET", "/query", params={"model": "nope"})),
+            404,
+        ),
+        ("query unsigned", node.build("GET", "/query", params={"model": "x"}), 401),
+        ("not found", node.build("GET", "/nowhere"), 404),
+        ("prefix itself", node.build("GET", ""), 404),
+        ("openapi wrong method", node.build("POST", "/openapi.json"), 405),
+        *[
+            (
+                f"{route} wrong method",
+                node.build("DELETE" if method == "GET" else "GET", route),
+                405,
+            )
+            for route, method in SYNC_ROUTES.items()
+        ],
+    ]
+
+
+def test_every_route_answers_the_envelope(server: ServerEnv) -> None:
+    node = server.node()
+    seen_routes = set()
+    for label, request, status in _requests(node):
+        answer = node.send(request)
+        assert answer.status_code == status, (label, answer.text)
+        _assert_envelope(answer)
+        seen_routes.add(request.url.path.removeprefix("/sync"))
+    assert set(SYNC_ROUTES) <= seen_routes
+
+
+def test_successful_answers_match_their_schemas(server: ServerEnv) -> None:
+    node = server.node()
+    message = node.register().json()
+    validate(message, "RegisterResponse")
+    for route, schema, kwargs in [
+        (
+            "/push",
+            "PushResponse",
+            {
+                "json": {
+                    "protocol": 1,
+                    "push_id": "s",
+                    "last_version": 0,
+                    "operations": [],
+                }
+            },
+        ),
+        ("/pull", "PullResponse", {"json": {"protocol": 1, "since": 0}}),
+    ]:
+        validate(node.call("POST", route, **kwargs).json(), schema)
+    validate(node.call("GET", "/repair").json(), "RepairResponse")
+    validate(
+        node.call("GET", "/query", params={"model": "city"}).json(), "QueryResponse"
+    )
+
+
+def test_the_rest_of_the_app_keeps_its_own_error_pages(server: ServerEnv) -> None:
+    answer = httpx.get(server.url + "/elsewhere")
+    assert answer.status_code == 404
+    assert not answer.headers["content-type"].startswith("application/json")
+
+
+def test_openapi_describes_the_routes_and_messages(server: ServerEnv) -> None:
+    answer = httpx.get(server.base + "/openapi.json")
+    assert answer.status_code == 200
+    document = answer.json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    for route, method in SYNC_ROUTES.items():
+        operation = paths["/sync" + route][method.lower()]
+        assert operation["summary"]
+        assert "200" in operation["responses"]
+        for status, response in operation["responses"].items():
+            if status != "200":
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/Error"}
+    assert document["components"]["schemas"] == SCHEMAS
+    assert "security" not in paths["/sync/register"]["post"]
+    assert "security" in paths["/sync/push"]["post"]
+
+
+def test_openapi_follows_the_url_prefix(make_app: AppFactory) -> None:
+    with server_env(make_app, REFLECTSYNC_URL_PREFIX="/api/v1/sync") as server:
+        document = httpx.get(server.url + "/api/v1/sync/openapi.json").json()
+        assert "/api/v1/sync/push" in document["paths"]
