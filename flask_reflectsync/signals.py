@@ -53,8 +53,12 @@ table_dropped = _signals.signal("table-dropped")
 table_renamed = _signals.signal("table-renamed")
 
 #: The columns or constraints of a table changed.
-#: Sender: the app. Keyword arguments: ``table`` and ``changes``, a list of
-#: column change records (added, dropped, renamed, altered).
+#: Sender: the app. Keyword arguments: ``table`` (the catalog table, with its
+#: columns as they now are), ``changes`` (a tuple of
+#: :class:`~flask_reflectsync.reflection.ColumnChange`: added, dropped,
+#: renamed, altered) and ``attributes`` (the names of other table attributes
+#: that changed: ``kind``, ``comment``, ``primary_key``, ``foreign_keys``,
+#: ``unique_constraints``).
 table_altered = _signals.signal("table-altered")
 
 # -- synchronisation ----------------------------------------------------------
