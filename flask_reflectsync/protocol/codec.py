@@ -42,6 +42,9 @@ Encoder = Callable[[Any], Any]
 
 _UTC = datetime.timezone.utc
 
+#: What a codec's ``decode`` raises for a value that does not fit.
+DECODE_ERRORS = (ValueError, TypeError, ArithmeticError, binascii.Error)
+
 
 @dataclass(frozen=True)
 class ColumnCodec:
@@ -73,11 +76,13 @@ class ColumnCodec:
         :param where: names the value in the error message (``"city row 3"``).
         :raises ValidationError: if the value does not fit the column.
         """
+        if not self.nullable and value is None:
+            raise ValidationError(f"{where}: column {self.name!r} cannot be null.")
         if value is None:
             return None
         try:
             decoded = self.decode(value)
-        except (ValueError, TypeError, ArithmeticError, binascii.Error):
+        except DECODE_ERRORS:
             raise ValidationError(
                 f"{where}: column {self.name!r} expects {self.kind}, "
                 f"got {_show(value)}."
@@ -103,7 +108,7 @@ class ColumnCodec:
             raise ValidationError(f"{where}: column {self.name!r} cannot be filtered.")
         try:
             return self.from_text(text)
-        except (ValueError, TypeError, ArithmeticError, binascii.Error):
+        except DECODE_ERRORS:
             raise ValidationError(
                 f"{where}: column {self.name!r} expects {self.kind}, got {text!r}."
             ) from None

@@ -15,8 +15,7 @@ checked by the handlers against the tracked tables, after this layer.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from functools import cache
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ValidationError
@@ -251,69 +250,172 @@ def validate(value: Any, schema_name: str) -> dict[str, Any]:
             f"Unsupported protocol version {protocol!r}; this server speaks "
             f"protocol {PROTOCOL_VERSION}."
         )
-    _check(value, SCHEMAS[schema_name], "message")
+    _VALIDATORS[schema_name](value, "message")
     return value
 
 
-def _check(value: Any, schema: Mapping[str, Any], where: str) -> None:
+# Where a value sits, built lazily as nested pairs (parent, key) so that a
+# valid message of many rows formats no path strings at all.
+Path = Any
+Validator = Callable[[Any, Path], None]
+
+
+def _show(where: Path) -> str:
+    parts: list[Any] = []
+    while isinstance(where, tuple):
+        where, key = where
+        parts.append(key)
+    text = str(where)
+    for key in reversed(parts):
+        text += f"[{key}]" if isinstance(key, int) else f".{key}"
+    return text
+
+
+def _compile(schema: Mapping[str, Any]) -> Validator:
+    """Turn a schema into one function, so that checking a message of many
+    rows looks up no keyword at run time."""
+    checks: list[Validator] = []
     expected = schema.get("type")
     if expected is not None:
-        names = [expected] if isinstance(expected, str) else expected
-        if not any(_is(value, name) for name in names):
-            raise ValidationError(f"{where} must be {' or '.join(names)}.")
-    if "enum" in schema and value not in schema["enum"]:
-        allowed = ", ".join(repr(v) for v in schema["enum"])
-        raise ValidationError(f"{where} must be one of {allowed}.")
-    if isinstance(value, str):
-        _check_string(value, schema, where)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            raise ValidationError(f"{where} must be at least {schema['minimum']}.")
-        if "maximum" in schema and value > schema["maximum"]:
-            raise ValidationError(f"{where} must be at most {schema['maximum']}.")
-    elif isinstance(value, list):
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            raise ValidationError(
-                f"{where} needs at least {schema['minItems']} item(s)."
-            )
-        items = schema.get("items")
-        if items is not None:
-            for index, item in enumerate(value):
-                _check(item, items, f"{where}[{index}]")
-    elif isinstance(value, dict):
-        _check_object(value, schema, where)
+        checks.append(_type_check(expected))
+    if "enum" in schema:
+        allowed = schema["enum"]
+        shown = ", ".join(repr(v) for v in allowed)
+
+        def check_enum(value: Any, where: Path) -> None:
+            if value not in allowed:
+                raise ValidationError(f"{_show(where)} must be one of {shown}.")
+
+        checks.append(check_enum)
+    checks += _string_checks(schema) + _number_checks(schema)
+    checks += _array_checks(schema) + _object_checks(schema)
+
+    def check(value: Any, where: Path) -> None:
+        for one in checks:
+            one(value, where)
+
+    return checks[0] if len(checks) == 1 else check
 
 
-def _is(value: Any, name: str) -> bool:
-    if name in ("integer", "number") and isinstance(value, bool):
-        return False
-    return isinstance(value, _TYPES[name])
+def _type_check(expected: str | list[str]) -> Validator:
+    names = [expected] if isinstance(expected, str) else list(expected)
+    types = tuple(t for name in names for t in _TYPES[name])
+    bool_ok = "boolean" in names
+    message = f"must be {' or '.join(names)}."
+
+    def check_type(value: Any, where: Path) -> None:
+        if (
+            not isinstance(value, types)
+            or (value is True or value is False)
+            and not bool_ok
+        ):
+            raise ValidationError(f"{_show(where)} {message}")
+
+    return check_type
 
 
-def _check_string(value: str, schema: Mapping[str, Any], where: str) -> None:
-    if "maxLength" in schema and len(value) > schema["maxLength"]:
-        raise ValidationError(
-            f"{where} must be at most {schema['maxLength']} characters."
-        )
-    if "pattern" in schema and not _pattern(schema["pattern"]).match(value):
-        raise ValidationError(f"{where} must match {schema['pattern']}.")
+def _string_checks(schema: Mapping[str, Any]) -> list[Validator]:
+    checks: list[Validator] = []
+    if "maxLength" in schema:
+        longest = schema["maxLength"]
+
+        def check_length(value: Any, where: Path) -> None:
+            if isinstance(value, str) and len(value) > longest:
+                raise ValidationError(
+                    f"{_show(where)} must be at most {longest} characters."
+                )
+
+        checks.append(check_length)
+    if "pattern" in schema:
+        pattern = re.compile(schema["pattern"])
+
+        def check_pattern(value: Any, where: Path) -> None:
+            if isinstance(value, str) and not pattern.match(value):
+                raise ValidationError(f"{_show(where)} must match {pattern.pattern}.")
+
+        checks.append(check_pattern)
+    return checks
 
 
-@cache
-def _pattern(text: str) -> re.Pattern[str]:
-    return re.compile(text)
+def _number_checks(schema: Mapping[str, Any]) -> list[Validator]:
+    checks: list[Validator] = []
+    if "minimum" in schema:
+        least = schema["minimum"]
+
+        def check_minimum(value: Any, where: Path) -> None:
+            if _is_number(value) and value < least:
+                raise ValidationError(f"{_show(where)} must be at least {least}.")
+
+        checks.append(check_minimum)
+    if "maximum" in schema:
+        most = schema["maximum"]
+
+        def check_maximum(value: Any, where: Path) -> None:
+            if _is_number(value) and value > most:
+                raise ValidationError(f"{_show(where)} must be at most {most}.")
+
+        checks.append(check_maximum)
+    return checks
 
 
-def _check_object(value: dict[str, Any], schema: Mapping[str, Any], where: str) -> None:
-    for name in schema.get("required", ()):
-        if name not in value:
-            raise ValidationError(f"{where} lacks the required field {name!r}.")
-    properties: Mapping[str, Any] = schema.get("properties", {})
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _array_checks(schema: Mapping[str, Any]) -> list[Validator]:
+    checks: list[Validator] = []
+    if "minItems" in schema:
+        fewest = schema["minItems"]
+
+        def check_min_items(value: Any, where: Path) -> None:
+            if isinstance(value, list) and len(value) < fewest:
+                raise ValidationError(
+                    f"{_show(where)} needs at least {fewest} item(s)."
+                )
+
+        checks.append(check_min_items)
+    if "items" in schema:
+        item_check = _compile(schema["items"])
+
+        def check_items(value: Any, where: Path) -> None:
+            if isinstance(value, list):
+                for index, item in enumerate(value):
+                    item_check(item, (where, index))
+
+        checks.append(check_items)
+    return checks
+
+
+def _object_checks(schema: Mapping[str, Any]) -> list[Validator]:
+    required = tuple(schema.get("required", ()))
+    properties = {
+        name: _compile(sub) for name, sub in schema.get("properties", {}).items()
+    }
     extra = schema.get("additionalProperties", True)
-    for name, item in value.items():
-        if name in properties:
-            _check(item, properties[name], f"{where}.{name}")
-        elif extra is False:
-            raise ValidationError(f"{where} has an unknown field {name!r}.")
-        elif isinstance(extra, dict):
-            _check(item, extra, f"{where}.{name}")
+    extra_check = _compile(extra) if isinstance(extra, dict) else None
+    if not (required or properties or extra is not True):
+        return []
+
+    def check_object(value: Any, where: Path) -> None:
+        if not isinstance(value, dict):
+            return
+        for name in required:
+            if name not in value:
+                raise ValidationError(
+                    f"{_show(where)} lacks the required field {name!r}."
+                )
+        for name, item in value.items():
+            known = properties.get(name)
+            if known is not None:
+                known(item, (where, name))
+            elif extra_check is not None:
+                extra_check(item, (where, name))
+            elif extra is False:
+                raise ValidationError(f"{_show(where)} has an unknown field {name!r}.")
+
+    return [check_object]
+
+
+_VALIDATORS: dict[str, Validator] = {
+    name: _compile(schema) for name, schema in SCHEMAS.items()
+}

@@ -37,7 +37,7 @@ from ..errors import (
 from ..tracking import DELETE, INSERT, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES
 from ..tracking.keys import encode_key
-from .codec import ColumnCodec, stores_time_zones, table_codecs
+from .codec import DECODE_ERRORS, ColumnCodec, stores_time_zones, table_codecs
 from .messages import validate
 from .schema import TrackedSchema
 
@@ -49,12 +49,11 @@ MAX_LISTED = 50
 
 @dataclass(frozen=True)
 class PushedOperation:
-    """One operation of a push, decoded."""
+    """One operation of a push, decoded. ``row_key`` is the typed key."""
 
     table_name: str
-    row_key: str
+    row_key: tuple[Any, ...]
     command: str
-    key: tuple[Any, ...]
 
 
 @dataclass
@@ -62,7 +61,7 @@ class _TableChanges:
     info: TrackedTable
     codecs: dict[str, ColumnCodec]
     columns: list[str] = field(default_factory=list)
-    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
     inserts: list[PushedOperation] = field(default_factory=list)
     updates: list[PushedOperation] = field(default_factory=list)
     deletes: list[PushedOperation] = field(default_factory=list)
@@ -217,9 +216,7 @@ def _decode(
         where = f"operations[{index}]"
         target = table_changes(item["table"], where)
         key = _decode_key(target, item["key"], where)
-        operations.append(
-            PushedOperation(item["table"], encode_key(key), item["command"], key)
-        )
+        operations.append(PushedOperation(item["table"], key, item["command"]))
 
     for op in compress(operations):
         target = changes[op.table_name]
@@ -228,7 +225,7 @@ def _decode(
         elif op.row_key not in target.rows:
             raise ValidationError(
                 f"The {'insert' if op.command == INSERT else 'update'} of "
-                f"{op.table_name} {op.row_key} has no row in payloads."
+                f"{op.table_name} {encode_key(op.row_key)} has no row in payloads."
             )
         else:
             (target.inserts if op.command == INSERT else target.updates).append(op)
@@ -238,7 +235,8 @@ def _decode(
         unused = [k for k in target.rows if k not in used]
         if unused:
             raise ValidationError(
-                f"payloads.{name} has a row for {unused[0]} but no insert or "
+                f"payloads.{name} has a row for {encode_key(unused[0])} but no "
+                "insert or "
                 "update of it."
             )
     return changes
@@ -261,23 +259,46 @@ def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -
         )
     target.columns = columns
     codecs = [target.codecs[c] for c in columns]
-    pk_names = [c.name for c in target.info.pk_columns]
+    decoders = [codec.decode for codec in codecs]
+    # Columns whose decoded values need more than the type check.
+    strict = [
+        (index, codec)
+        for index, codec in enumerate(codecs)
+        if not codec.nullable or codec.max_length is not None
+    ]
+    positions = [columns.index(c.name) for c in target.info.pk_columns]
     width = len(columns)
     for number, values in enumerate(payload["rows"]):
-        where = f"payloads.{name}.rows[{number}]"
         if len(values) != width:
             raise ValidationError(
-                f"{where} has {len(values)} values for {width} columns."
+                f"payloads.{name}.rows[{number}] has {len(values)} values for "
+                f"{width} columns."
             )
-        row = {}
-        for codec, value in zip(codecs, values, strict=True):
-            if value is None and not codec.nullable:
-                raise ValidationError(f"{where}: column {codec.name!r} cannot be null.")
-            row[codec.name] = codec.to_db(value, where)
-        row_key = encode_key([row[c] for c in pk_names])
+        try:
+            decoded = [
+                None if value is None else decode(value)
+                for decode, value in zip(decoders, values, strict=True)
+            ]
+            for index, codec in strict:
+                value = decoded[index]
+                if value is None:
+                    if not codec.nullable:
+                        raise ValueError(codec.name)
+                elif codec.max_length is not None and len(value) > codec.max_length:
+                    raise ValueError(codec.name)
+        except DECODE_ERRORS:
+            # Again, slowly, for a message naming the value and the column.
+            where = f"payloads.{name}.rows[{number}]"
+            for codec, value in zip(codecs, values, strict=True):
+                codec.to_db(value, where)
+            raise
+        row_key = tuple([decoded[p] for p in positions])
         if row_key in target.rows:
-            raise ValidationError(f"{where}: a second row for key {row_key}.")
-        target.rows[row_key] = row
+            raise ValidationError(
+                f"payloads.{name}.rows[{number}]: a second row for key "
+                f"{encode_key(row_key)}."
+            )
+        target.rows[row_key] = dict(zip(columns, decoded, strict=True))
 
 
 def _decode_key(
@@ -323,7 +344,7 @@ def _check_updated_rows_exist(
 ) -> None:
     missing: list[dict[str, Any]] = []
     for name, target in changes.items():
-        wanted = {op.key for op in target.updates}
+        wanted = {op.row_key for op in target.updates}
         found = set(existing_keys(session, target.info, wanted))
         missing += [
             {"table": name, "key": target.wire_key(k), "reason": "deleted"}
@@ -371,14 +392,11 @@ def _apply(
         target = changes[name]
         if target.inserts:
             table = target.info.table
-            keys = {c.name: c.key for c in table.columns}
-            session.execute(
-                sa.insert(table),
-                [
-                    {keys[c]: v for c, v in target.rows[op.row_key].items()}
-                    for op in target.inserts
-                ],
-            )
+            rows = [target.rows[op.row_key] for op in target.inserts]
+            keys = {c.name: c.key for c in table.columns if c.name != c.key}
+            if keys:
+                rows = [{keys.get(c, c): v for c, v in row.items()} for row in rows]
+            session.execute(sa.insert(table), rows)
     for name in ordered:
         target = changes[name]
         if target.updates:
@@ -400,7 +418,7 @@ def _apply(
         target = changes[name]
         mapper = target.info.mapper
         pk = list(target.info.pk_columns)
-        for batch in batches([op.key for op in target.deletes], KEY_BATCH):
+        for batch in batches([op.row_key for op in target.deletes], KEY_BATCH):
             session.execute(
                 sa.delete(mapper.class_).where(key_filter(pk, batch)),
                 execution_options={"synchronize_session": False},
@@ -432,10 +450,6 @@ def find_conflicts(
     once, so its cost grows with how far behind the node is, not with the
     size of the log.
     """
-    pushed: dict[tuple[str, str], tuple[str, tuple[Any, ...]]] = {}
-    for name, target in changes.items():
-        for op in target.inserts + target.updates + target.deletes:
-            pushed[(name, op.row_key)] = (name, op.key)
     versions, operations = tables.versions, tables.operations
     query = (
         sa.select(operations.c.table_name, operations.c.row_key, versions.c.number)
@@ -447,17 +461,25 @@ def find_conflicts(
         )
         .execution_options(yield_per=5000)
     )
-    found: dict[tuple[str, str], int] = {}
+    # Pushed keys are encoded like the log's only for tables the scan meets:
+    # a node that is up to date pays nothing here.
+    encoded: dict[str, dict[str, tuple[Any, ...]]] = {}
+    found: dict[tuple[str, tuple[Any, ...]], int] = {}
     for table_name, row_key, number in session.execute(query):
-        if (table_name, row_key) in pushed:
-            found[(table_name, row_key)] = number
-    conflicts = []
-    for ident, number in found.items():
-        name, key = pushed[ident]
-        conflicts.append(
-            {"table": name, "key": changes[name].wire_key(key), "version": number}
-        )
-    return conflicts
+        keys = encoded.get(table_name)
+        if keys is None:
+            target = changes[table_name]
+            ops = target.inserts + target.updates + target.deletes
+            keys = encoded[table_name] = {
+                encode_key(op.row_key): op.row_key for op in ops
+            }
+        key = keys.get(row_key)
+        if key is not None:
+            found[(table_name, key)] = number
+    return [
+        {"table": name, "key": changes[name].wire_key(key), "version": number}
+        for (name, key), number in found.items()
+    ]
 
 
 def _conflict_error(conflicts: list[dict[str, Any]]) -> PushRejectedError:
@@ -524,8 +546,8 @@ def unique_violations(
                 if None in values:
                     continue
                 if values in holders:
-                    entries.append(_entry(target, name, op.key, columns, None))
-                holders.setdefault(values, op.key)
+                    entries.append(_entry(target, name, op.row_key, columns, None))
+                holders.setdefault(values, op.row_key)
             table = target.info.table
             selected = [table.c[c] for c in columns]
             pk = list(target.info.pk_columns)
