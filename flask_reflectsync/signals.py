@@ -63,24 +63,31 @@ table_altered = _signals.signal("table-altered")
 
 # -- synchronisation ----------------------------------------------------------
 
-#: A node registered with this server.
-#: Sender: the app. Keyword arguments: ``node`` (the node's id and name).
+#: A node registered with this server (``POST /register`` succeeded).
+#: Sender: the app. Keyword arguments: ``node``, a dict with the new node's
+#: ``id`` and ``name`` (never its secret).
 node_registered = _signals.signal("node-registered")
 
-#: A push was applied and created a version.
-#: Sender: the app. Keyword arguments: ``node`` (the node id), ``version``
-#: (the version number it created), ``operations`` (how many operations).
+#: A push was applied and created a version. Not sent again when a retry of
+#: the same push id is answered from the stored version.
+#: Sender: the app. Keyword arguments: ``node`` (the node id), ``push_id``
+#: (the node-chosen id), ``version`` (the version number it created),
+#: ``operations`` (how many operations were applied).
 push_accepted = _signals.signal("push-accepted")
 
-#: A push was refused; nothing it carried was written.
-#: Sender: the app. Keyword arguments: ``node`` (the node id), ``reason`` (the
+#: A push from an authenticated node was refused; nothing it carried was
+#: written (validation errors, conflicts, constraint violations). Requests
+#: that fail authentication send nothing.
+#: Sender: the app. Keyword arguments: ``node`` (the node id), ``push_id``
+#: (the node-chosen id, or ``None`` if the message had none), ``reason`` (the
 #: error message sent back), ``status`` (the HTTP status).
 push_rejected = _signals.signal("push-rejected")
 
 #: A page of a pull was served to a node.
 #: Sender: the app. Keyword arguments: ``node`` (the node id), ``since`` (the
-#: version the node had), ``until`` (the last version in the page),
-#: ``operations`` (how many operations the page holds).
+#: version the node had), ``until`` (the version the node has after applying
+#: the page), ``operations`` (how many operations the page holds), ``more``
+#: (whether another page follows).
 pull_served = _signals.signal("pull-served")
 
 #: A conflict between a node's changes and the server's was resolved.
