@@ -76,6 +76,63 @@ class CatalogAccessWarning(UserWarning):
     """The reflection catalog routes are served without an access check."""
 
 
+class RegistrationRefusedError(SyncError):
+    """The server does not let this node register (bad token, or the app's
+    registration check said no, or registration is closed)."""
+
+    status = 403
+
+
+class PayloadTooLargeError(ValidationError):
+    """The request body is larger than ``REFLECTSYNC_MAX_BODY_SIZE``."""
+
+    status = 413
+
+
+class PushRejectedError(SyncError):
+    """The push conflicts with the server's data; nothing it carried was written.
+
+    Usually the server holds changes to the same rows that the node has not
+    pulled yet: pull, merge, and push again.
+
+    :param message: one sentence a person can act on.
+    :param conflicts: the rows in conflict, each ``{"table": ..., "key": [...]}``
+        with the key in its wire form, plus any detail the server adds.
+    """
+
+    status = 409
+
+    def __init__(
+        self, message: str, conflicts: list[dict[str, Any]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.conflicts = conflicts or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "conflicts": self.conflicts}
+
+
+class UniqueConstraintError(PushRejectedError):
+    """A pushed row would break a unique constraint (the primary key included).
+
+    :param entries: one ``{"table", "key", "columns"}`` per offending row:
+        the table, the pushed row's primary key, and the columns of the
+        constraint it breaks (``"existing_key"`` names the row already
+        holding those values, when there is one).
+    """
+
+    def __init__(self, message: str, entries: list[dict[str, Any]]) -> None:
+        super().__init__(message, entries)
+        self.entries = entries
+
+
+class ServiceBusyError(SyncError):
+    """The database could not serve the request right now (a deadlock or a
+    lock timeout); nothing was written and the same request may be retried."""
+
+    status = 503
+
+
 __all__ = [
     "SyncError",
     "ConfigurationError",

@@ -10,6 +10,9 @@ from flask import Flask, current_app
 
 from .blueprints.api import install_prefix_error_handler, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
+from .blueprints.sync import add_sync_routes
+from .protocol.nodes import RegistrationCheck
+from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
 from .tracking import (
     LogTables,
     OperationLog,
@@ -34,6 +37,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "REFLECTSYNC_URL_PREFIX": "/sync",
     "REFLECTSYNC_BLUEPRINT_NAME": "reflectsync",
     "REFLECTSYNC_TRACK_CHANGES": True,
+    # -- sync server (docs/protocol.rst) --
+    **SERVER_CONFIG_DEFAULTS,
 }
 
 # Keyword options of ReflectSync(...) and the config key each one defaults.
@@ -94,6 +99,8 @@ class ReflectSync:
                 f"Known options: {', '.join(sorted(_OPTIONS))}."
             )
         self.db = db
+        #: The checks registered with :meth:`registration_check`.
+        self.registration_checks: list[RegistrationCheck] = []
         self.options = {_OPTIONS[name]: value for name, value in options.items()}
         if db is not None:
             define_tables(db.metadata)
@@ -144,6 +151,9 @@ class ReflectSync:
         blueprint = make_blueprint(config["REFLECTSYNC_BLUEPRINT_NAME"])
         # -- reflection catalog: tables on db.metadata, routes on the blueprint
         setup_catalog(db, blueprint)
+        # -- sync server: nonce table on db.metadata, routes on the blueprint
+        define_protocol_tables(db.metadata)
+        add_sync_routes(blueprint)
         app.register_blueprint(blueprint, url_prefix=url_prefix)
         install_prefix_error_handler(app, url_prefix)
 
@@ -206,6 +216,27 @@ class ReflectSync:
         self.get_state(app)
         with app.app_context():
             return catalog_for(app).reflect(force=force)
+
+    # -- sync server ----------------------------------------------------------------
+
+    def registration_check(self, check: RegistrationCheck) -> RegistrationCheck:
+        """Register a check that decides whether a node may register.
+
+        The check is called inside the ``POST /register`` request with the
+        registration message (``name``, ``token``, ``info``) and returns
+        whether the node may register; ``False`` is answered with a 403 JSON
+        error. Every registered check must pass, as must the
+        ``REFLECTSYNC_REGISTRATION_TOKEN`` when one is set. Use it as a
+        decorator::
+
+            @sync.registration_check
+            def known_device(registration) -> bool:
+                return registration.get("info", {}).get("serial") in SERIALS
+
+        :param check: the callable; returned unchanged.
+        """
+        self.registration_checks.append(check)
+        return check
 
     def stop_tracking(self, app: Flask | None = None) -> None:
         """Stop logging changes made through the app's ``db.session``.
