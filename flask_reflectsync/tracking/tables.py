@@ -101,7 +101,6 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
             sa.BigInteger,
             sa.ForeignKey(versions.c.id, ondelete="CASCADE"),
             nullable=False,
-            index=True,
         ),
         sa.Column("table_name", sa.String(255), nullable=False),
         # The primary key as canonical JSON (see tracking.keys).
@@ -110,6 +109,9 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
         sa.CheckConstraint(
             "command IN ('i', 'u', 'd')", name=PREFIX + "operations_command"
         ),
+        # Pulls read operations by version, in order, and resume inside a
+        # large version by id: one index serves both.
+        sa.Index(PREFIX + "operations_version", "version_id", "id"),
     )
     counter = sa.Table(
         PREFIX + "version_counter",
