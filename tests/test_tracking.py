@@ -259,3 +259,15 @@ def test_session_bound_to_an_outer_connection(env: AppEnv) -> None:
     finally:
         stop_tracking(maker)
     assert logged(db) == []
+
+
+def test_string_keys_with_quotes_backslashes_and_unicode(env: AppEnv) -> None:
+    db, Translation = env.db, env.models.Translation
+    awkward = ["it's", 'a"b', "c\\d", "été", "日本"]
+    db.session.add_all(
+        [Translation(city_id=n, lang=lang, text="x") for n, lang in enumerate(awkward)]
+    )
+    db.session.commit()
+    assert sorted(key for _, key, _ in commands(db)) == sorted(
+        [n, lang] for n, lang in enumerate(awkward)
+    )

@@ -82,11 +82,28 @@ class _TransactionLog:
     checked_binds: set[Any] = field(default_factory=set)
 
 
-@dataclass(frozen=True)
-class _Op:
-    info: TrackedTable
-    key: tuple[Any, ...]
-    command: str
+@dataclass
+class _Batch:
+    """Operations ready for the driver, and the tracked tables they touch."""
+
+    # Parallel lists of strings rather than a list of tuples: strings are not
+    # tracked by the garbage collector (see _collect_inserts).
+    names: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    tables: set[TrackedTable] = field(default_factory=set)
+
+    def add(self, info: TrackedTable, key: tuple[Any, ...], command: str) -> None:
+        self.names.append(info.name)
+        self.keys.append(info.encode_key(key))
+        self.commands.append(command)
+        self.tables.add(info)
+
+    def extend(
+        self, info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str
+    ) -> None:
+        for key in keys:
+            self.add(info, key, command)
 
 
 _logs: weakref.WeakKeyDictionary[type[Session], OperationLog] = (
@@ -212,33 +229,24 @@ def _after_flush(session: Session, flush_context: Any) -> None:
     if log is None:
         return
     originals = session.info.pop(_ORIGINALS_KEY, None) or {}
-    ops = _collect(session, originals)
-    if ops:
-        _write(session, log, ops)
+    batch = _collect(session, originals)
+    if batch.keys:
+        _write(session, log, batch)
 
 
 def _collect(
     session: Session, originals: Mapping[InstanceState[Any], Mapping[str, Any]]
-) -> list[_Op]:
+) -> _Batch:
     # Deletes first, then inserts, then updates: a "row switch" (delete an
     # object and add another with the same key in one flush) must read as
     # delete + insert, which compresses to an update.
-    ops: list[_Op] = []
+    batch = _Batch()
     for obj in session.deleted:
         state: InstanceState[Any] = instance_state(obj)
         info = tracked_table_for(state.mapper)
         if info is not None:
-            ops.append(_Op(info, _identity(state, info), DELETE))
-    # The hot loop of capture (one pass per inserted row): keep it lean.
-    last_mapper: Any = None
-    info = None
-    for obj in session.new:
-        state = instance_state(obj)
-        if state.mapper is not last_mapper:
-            last_mapper = state.mapper
-            info = tracked_table_for(last_mapper)
-        if info is not None:
-            ops.append(_Op(info, _current_key(state, info), INSERT))
+            batch.add(info, _identity(state, info), DELETE)
+    _collect_inserts(session, batch)
     for obj in session.dirty:
         state = instance_state(obj)
         info = tracked_table_for(state.mapper)
@@ -247,11 +255,42 @@ def _collect(
         old_key = _identity(state, info)
         new_key = _current_key(state, info)
         if old_key == new_key:
-            ops.append(_Op(info, new_key, UPDATE))
+            batch.add(info, new_key, UPDATE)
         else:  # the primary key itself changed: the old row is gone
-            ops.append(_Op(info, old_key, DELETE))
-            ops.append(_Op(info, new_key, INSERT))
-    return ops
+            batch.add(info, old_key, DELETE)
+            batch.add(info, new_key, INSERT)
+    return batch
+
+
+def _collect_inserts(session: Session, batch: _Batch) -> None:
+    # The hot loop of capture: one pass per inserted row. It allocates one
+    # string per row and no container, because container allocations here
+    # trigger garbage-collector passes over all of the session's objects,
+    # which cost more than the loop itself.
+    names, keys, commands = batch.names, batch.keys, batch.commands
+    last_mapper: Any = None
+    info: TrackedTable | None = None
+    attr = ""
+    single = False
+    for obj in session.new:
+        state = instance_state(obj)
+        if state.mapper is not last_mapper:
+            last_mapper = state.mapper
+            info = tracked_table_for(last_mapper)
+            if info is not None:
+                batch.tables.add(info)
+                single = info.integer_key and len(info.pk_attrs) == 1
+                attr = info.pk_attrs[0]
+        if info is None:
+            continue
+        names.append(info.name)
+        commands.append(INSERT)
+        if single:
+            value = state.dict.get(attr)
+            if type(value) is int:
+                keys.append(f"[{value}]")
+                continue
+        keys.append(info.encode_key(_current_key(state, info)))
 
 
 def _identity(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ...]:
@@ -295,16 +334,18 @@ def _equal(a: Any, b: Any) -> bool:
 # -- writing ----------------------------------------------------------------------
 
 
-def _write(session: Session, log: OperationLog, ops: Sequence[_Op]) -> None:
+def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
     tables = log.tables
     connection = session.connection(bind_arguments={"clause": tables.operations})
     tx = _transaction_log(session, log, connection)
-    _check_binds(session, connection, tx, ops)
+    _check_binds(session, connection, tx, batch.tables)
     insert_operations(
         connection,
         tables.operations,
         tx.version_id,
-        [(op.info.name, op.info.encode_key(op.key), op.command) for op in ops],
+        batch.names,
+        batch.keys,
+        batch.commands,
     )
     if session.info.get(_COMMITTING_KEY) and not tx.numbered:
         # Written by a flush that ran after before_commit (another listener
@@ -336,11 +377,11 @@ def _check_binds(
     session: Session,
     connection: sa.Connection,
     tx: _TransactionLog,
-    ops: Iterable[_Op],
+    touched: Iterable[TrackedTable],
 ) -> None:
     # The operations must commit with the data, so both must live in the same
     # database and go through the same connection.
-    for mapper in {op.info.mapper for op in ops}:
+    for mapper in {info.mapper for info in touched}:
         if mapper in tx.checked_binds:
             continue
         # Compare engines: a session may be bound to a Connection.
@@ -509,7 +550,7 @@ def _bulk_insert(state: ORMExecuteState, log: OperationLog, info: TrackedTable) 
     keys = [_row_key(row, info) for row in rows]
     if rows and all(k is not None and None not in k for k in keys):
         result = state.invoke_statement()
-        _write(state.session, log, [_Op(info, k, INSERT) for k in keys if k])
+        _write(state.session, log, _batch(info, [k for k in keys if k], INSERT))
         return result
 
     # The keys are generated by the database: ask for them back.
@@ -529,7 +570,7 @@ def _bulk_insert(state: ORMExecuteState, log: OperationLog, info: TrackedTable) 
     result = state.invoke_statement(statement=statement.returning(*returning))
     frozen = result.freeze()
     generated = [tuple(row) for row in frozen().all()]
-    _write(state.session, log, [_Op(info, k, INSERT) for k in generated])
+    _write(state.session, log, _batch(info, generated, INSERT))
     return frozen()
 
 
@@ -560,7 +601,7 @@ def _bulk_update_or_delete(
                 "in every set to be logged."
             )
         result = state.invoke_statement()
-        _write(state.session, log, [_Op(info, k, command) for k in named if k])
+        _write(state.session, log, _batch(info, [k for k in named if k], command))
         return result
 
     # Lock and read the keys the statement will touch, then restrict the
@@ -579,8 +620,14 @@ def _bulk_update_or_delete(
     restricted = statement.where(_key_filter(pk_columns, keys))
     result = state.invoke_statement(statement=restricted)
     if keys:
-        _write(state.session, log, [_Op(info, k, command) for k in keys])
+        _write(state.session, log, _batch(info, keys, command))
     return result
+
+
+def _batch(info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str) -> _Batch:
+    batch = _Batch()
+    batch.extend(info, keys, command)
+    return batch
 
 
 def _key_filter(

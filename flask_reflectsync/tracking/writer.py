@@ -6,61 +6,90 @@ So the rows go straight to the driver, bypassing SQLAlchemy's per-parameter
 processing (every value is already a plain ``int`` or ``str``):
 
 * PostgreSQL: one ``INSERT ... SELECT FROM unnest(arrays)`` statement;
-* SQLite and MySQL/MariaDB: the driver's ``executemany`` with positional
+* MySQL 8 / MariaDB 10.6+: one ``INSERT ... SELECT FROM JSON_TABLE(doc)``
+  statement with the operations as one JSON document;
+* SQLite (and older MySQL): the driver's ``executemany`` with positional
   tuples (PyMySQL rewrites it into multi-row inserts);
 * any other backend: a Core executemany.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 
-#: One operation as written: (table name, encoded key, command).
-OperationRow = tuple[str, str, str]
-
 _COLUMNS = ("version_id", "table_name", "row_key", "command")
+
+_json = json.JSONEncoder(ensure_ascii=False).encode
+
+
+def _has_json_table(dialect: sa.Dialect) -> bool:
+    # JSON_TABLE: MariaDB 10.6+, MySQL 8.0.4+.
+    version = getattr(dialect, "server_version_info", None) or ()
+    if getattr(dialect, "is_mariadb", False):
+        return tuple(version[:2]) >= (10, 6)
+    return tuple(version[:3]) >= (8, 0, 4)
 
 
 def insert_operations(
     connection: sa.Connection,
     table: sa.Table,
     version_id: int,
-    rows: Sequence[OperationRow],
+    names: Sequence[str],
+    keys: Sequence[str],
+    commands: Sequence[str],
 ) -> None:
-    """Insert ``rows`` into the operations ``table`` for one version row.
+    """Insert operations into the operations ``table`` for one version row.
+
+    The operations come as three parallel sequences, in order.
 
     :param connection: the session's connection, inside its transaction.
     :param table: ``reflectsync_operations``.
     :param version_id: the ``reflectsync_versions.id`` they belong to.
-    :param rows: the operations, in order.
+    :param names: the table name of each operation.
+    :param keys: the encoded primary key of each operation.
+    :param commands: the command of each operation.
     """
-    if not rows:
+    if not keys:
         return
     dialect = connection.dialect
     preparer = dialect.identifier_preparer
     target = preparer.format_table(table)
     columns = ", ".join(preparer.quote(name) for name in _COLUMNS)
     if dialect.name == "postgresql" and dialect.paramstyle in ("pyformat", "format"):
-        names, keys, commands = zip(*rows, strict=True)
         connection.exec_driver_sql(
             f"INSERT INTO {target} ({columns}) "
             "SELECT %s, n, k, c FROM unnest(%s::text[], %s::text[], %s::text[]) "
             "AS t(n, k, c)",
             (version_id, list(names), list(keys), list(commands)),
         )
+    elif dialect.name == "mysql" and _has_json_table(dialect):
+        # One JSON document instead of 4 x N parameters: the driver escapes a
+        # single string, and no per-row tuple is built.
+        document = ",".join(
+            f'[{_json(n)},{_json(k)},"{c}"]'
+            for n, k, c in zip(names, keys, commands, strict=True)
+        )
+        connection.exec_driver_sql(
+            f"INSERT INTO {target} ({columns}) SELECT %s, j.n, j.k, j.c "
+            "FROM JSON_TABLE(%s, '$[*]' COLUMNS ("
+            "n VARCHAR(255) PATH '$[0]', k LONGTEXT PATH '$[1]', "
+            "c VARCHAR(1) PATH '$[2]')) AS j",
+            (version_id, f"[{document}]"),
+        )
     elif dialect.paramstyle in ("qmark", "format"):
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         connection.exec_driver_sql(
             f"INSERT INTO {target} ({columns}) VALUES ({mark}, {mark}, {mark}, {mark})",
-            [(version_id, name, key, command) for name, key, command in rows],
+            list(zip([version_id] * len(keys), names, keys, commands, strict=True)),
         )
     else:
         connection.execute(
             table.insert(),
             [
                 {"version_id": version_id, "table_name": n, "row_key": k, "command": c}
-                for n, k, c in rows
+                for n, k, c in zip(names, keys, commands, strict=True)
             ],
         )
