@@ -11,6 +11,7 @@ from flask import Flask, current_app
 from .blueprints.api import install_prefix_error_handler, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
+from .cli import cli
 from .protocol.nodes import RegistrationCheck
 from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
 from .tracking import (
@@ -37,6 +38,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "REFLECTSYNC_URL_PREFIX": "/sync",
     "REFLECTSYNC_BLUEPRINT_NAME": "reflectsync",
     "REFLECTSYNC_TRACK_CHANGES": True,
+    "REFLECTSYNC_CLI_GROUP": "reflectsync",
     # -- sync server (docs/protocol.rst) --
     **SERVER_CONFIG_DEFAULTS,
 }
@@ -156,6 +158,8 @@ class ReflectSync:
         add_sync_routes(blueprint)
         app.register_blueprint(blueprint, url_prefix=url_prefix)
         install_prefix_error_handler(app, url_prefix)
+        if config["REFLECTSYNC_CLI_GROUP"]:
+            app.cli.add_command(cli, name=config["REFLECTSYNC_CLI_GROUP"])
 
         app.extensions[EXTENSION_KEY] = AppState(
             extension=self, db=db, tables=tables, log=log, config=config

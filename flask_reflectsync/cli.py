@@ -1,0 +1,193 @@
+"""``flask reflectsync ...``: the server's command line.
+
+The group is added to ``app.cli`` by ``init_app`` under the name in
+``REFLECTSYNC_CLI_GROUP`` (default ``reflectsync``). Every command runs inside
+an app context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import AppGroup
+
+from .reflection.changes import (
+    Change,
+    SchemaCreated,
+    SchemaDropped,
+    SchemaRenamed,
+    TableAltered,
+    TableCreated,
+    TableDropped,
+    TableRenamed,
+)
+
+cli = AppGroup(
+    "reflectsync",
+    help="Inspect the reflected catalog and the sync server's nodes.",
+)
+
+
+def _state() -> Any:
+    state = current_app.extensions.get("reflectsync")
+    if state is None:
+        raise click.ClickException(
+            "The ReflectSync extension is not registered on this app; "
+            "call sync.init_app(app, db) in the app factory."
+        )
+    return state
+
+
+def describe_change(change: Change) -> str:
+    """One line a person can read for a reflection change record."""
+    if isinstance(change, SchemaCreated):
+        return f"schema created: {change.schema.name}"
+    if isinstance(change, SchemaDropped):
+        return f"schema dropped: {change.schema.name}"
+    if isinstance(change, SchemaRenamed):
+        return f"schema renamed: {change.old_name} -> {change.new_name}"
+    if isinstance(change, TableCreated):
+        return f"{change.table.kind} created: {_qualified(change.table)}"
+    if isinstance(change, TableDropped):
+        return f"{change.table.kind} dropped: {_qualified(change.table)}"
+    if isinstance(change, TableRenamed):
+        schema = change.table.schema_name
+        return (
+            f"table renamed: {schema}.{change.old_name} -> {schema}.{change.new_name}"
+        )
+    if isinstance(change, TableAltered):
+        parts = []
+        for column in change.changes:
+            if column.kind == "renamed":
+                parts.append(f"column {column.old_name} renamed to {column.name}")
+            elif column.kind == "altered":
+                parts.append(f"column {column.name} {', '.join(column.fields)} changed")
+            else:
+                parts.append(f"column {column.name} {column.kind}")
+        parts += [f"{attribute} changed" for attribute in change.attributes]
+        return f"table altered: {_qualified(change.table)} ({'; '.join(parts)})"
+    return repr(change)  # pragma: no cover - every record type is handled above
+
+
+def _qualified(table: Any) -> str:
+    return f"{table.schema_name}.{table.name}"
+
+
+@cli.command("reflect")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Compare everything, even if the probe says nothing changed.",
+)
+def reflect_command(force: bool) -> None:
+    """Reflect the database now and print the changes found."""
+    state = _state()
+    changes = state.extension.reflect(force=force)
+    if not changes:
+        click.echo("No changes.")
+    for change in changes:
+        click.echo(describe_change(change))
+
+
+@cli.command("schemas")
+@click.option("--deleted", is_flag=True, help="Also list dropped schemas.")
+def schemas_command(deleted: bool) -> None:
+    """List the schemas (refreshing them first, like GET /schemas)."""
+    from .blueprints.catalog import catalog_for
+
+    schemas = catalog_for(current_app._get_current_object()).list_schemas(  # type: ignore[attr-defined]
+        include_deleted=deleted
+    )
+    rows = [
+        (str(s.id), s.name, s.oid, _when(s.last_synced), "yes" if s.deleted else "")
+        for s in schemas
+    ]
+    _table(("id", "name", "oid", "last synced", "deleted"), rows)
+
+
+@cli.command("tables")
+@click.argument("schema")
+@click.option("--deleted", is_flag=True, help="Also list dropped tables.")
+def tables_command(schema: str, deleted: bool) -> None:
+    """List the tables of SCHEMA (a name or a catalog id), refreshing them first."""
+    from .blueprints.catalog import catalog_for
+    from .errors import SyncError
+
+    catalog = catalog_for(current_app._get_current_object())  # type: ignore[attr-defined]
+    schemas = catalog.list_schemas(include_deleted=True)
+    match = [s for s in schemas if str(s.id) == schema or s.name == schema]
+    live = [s for s in match if not s.deleted]
+    if not match:
+        names = ", ".join(s.name for s in schemas if not s.deleted)
+        raise click.ClickException(f"No schema {schema!r}; the schemas are: {names}.")
+    try:
+        tables = catalog.list_tables((live or match)[0].id, include_deleted=deleted)
+    except SyncError as error:
+        raise click.ClickException(error.message) from error
+    rows = [
+        (
+            str(t.id),
+            t.name,
+            t.kind,
+            t.oid,
+            _when(t.last_synced),
+            "yes" if t.deleted else "",
+        )
+        for t in tables
+    ]
+    _table(("id", "name", "kind", "oid", "last synced", "deleted"), rows)
+
+
+@cli.command("nodes")
+def nodes_command() -> None:
+    """List registered nodes: when each was last seen and how far behind it is."""
+    state = _state()
+    nodes, versions = state.tables.nodes, state.tables.versions
+    with state.db.engine.connect() as connection:
+        current = connection.execute(sa.select(sa.func.max(versions.c.number))).scalar()
+        found = connection.execute(
+            sa.select(
+                nodes.c.id,
+                nodes.c.name,
+                nodes.c.registered_at,
+                nodes.c.last_seen_at,
+                nodes.c.last_pulled_version,
+            ).order_by(nodes.c.id)
+        ).all()
+    current = current or 0
+    if not found:
+        click.echo("No registered nodes.")
+        return
+    rows = [
+        (
+            str(node_id),
+            name or "",
+            _when(registered),
+            _when(seen) if seen else "never",
+            str(pulled),
+            str(current - pulled),
+        )
+        for node_id, name, registered, seen, pulled in found
+    ]
+    _table(("id", "name", "registered", "last seen", "pulled up to", "behind"), rows)
+    click.echo(f"Server version: {current}")
+
+
+def _when(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    if not rows:
+        click.echo("Nothing to list.")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for line in (header, *rows):
+        click.echo(
+            "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
+        )
