@@ -156,7 +156,7 @@ def test_openapi_describes_the_routes_and_messages(server: ServerEnv) -> None:
             if status != "200":
                 schema = response["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/Error"}
-    assert document["components"]["schemas"] == SCHEMAS
+    assert SCHEMAS.items() <= document["components"]["schemas"].items()
     assert "security" not in paths["/sync/register"]["post"]
     assert "security" in paths["/sync/push"]["post"]
 
@@ -165,3 +165,75 @@ def test_openapi_follows_the_url_prefix(make_app: AppFactory) -> None:
     with server_env(make_app, REFLECTSYNC_URL_PREFIX="/api/v1/sync") as server:
         document = httpx.get(server.url + "/api/v1/sync/openapi.json").json()
         assert "/api/v1/sync/push" in document["paths"]
+
+
+CATALOG_ROUTES = ["/schemas", "/schemas/{schema_id}/tables", "/tables/{table_id}"]
+
+
+def test_catalog_routes_answer_the_envelope_and_their_schemas(
+    server: ServerEnv,
+) -> None:
+    allowed = {"value": True}
+    server.env.sync.catalog_access(lambda: allowed["value"])
+    node = server.node()
+
+    schemas = node.call("GET", "/schemas")
+    assert schemas.status_code == 200
+    body = _assert_envelope(schemas)
+    validate_catalog(body, "SchemasResponse")
+    schema_id = body["schemas"][0]["id"]
+    tables = node.call("GET", f"/schemas/{schema_id}/tables")
+    body = _assert_envelope(tables)
+    validate_catalog(body, "TablesResponse")
+    table_id = body["tables"][0]["id"]
+    table = node.call("GET", f"/tables/{table_id}")
+    validate_catalog(_assert_envelope(table), "TableResponse")
+
+    for path, status in [
+        ("/schemas/999999/tables", 404),
+        ("/tables/999999", 404),
+        ("/tables/not-a-number", 404),
+    ]:
+        answer = node.call("GET", path)
+        assert answer.status_code == status, (path, answer.text)
+        _assert_envelope(answer)
+    for path in ("/schemas", f"/tables/{table_id}"):
+        answer = node.call("POST", path)
+        assert answer.status_code == 405
+        _assert_envelope(answer)
+
+    allowed["value"] = False
+    refused = node.call("GET", "/schemas")
+    assert refused.status_code == 403
+    _assert_envelope(refused)
+
+
+def validate_catalog(body: dict[str, Any], name: str) -> None:
+    """Check a catalog answer against the schema the OpenAPI document gives."""
+    from flask_reflectsync.protocol.openapi import CATALOG_SCHEMAS
+
+    def check(value: Any, schema: dict[str, Any]) -> None:
+        if "$ref" in schema:
+            schema = CATALOG_SCHEMAS[schema["$ref"].rsplit("/", 1)[1]]
+        kinds = schema.get("type")
+        if kinds == "object":
+            assert isinstance(value, dict)
+            assert set(schema.get("required", ())) <= set(value), (name, value)
+            for key, item in value.items():
+                if key in schema.get("properties", {}):
+                    check(item, schema["properties"][key])
+        elif kinds == "array":
+            assert isinstance(value, list)
+            for item in value:
+                check(item, schema.get("items", {}))
+
+    check(body, CATALOG_SCHEMAS[name])
+
+
+def test_openapi_describes_the_catalog_routes(server: ServerEnv) -> None:
+    document = httpx.get(server.base + "/openapi.json").json()
+    for route in CATALOG_ROUTES:
+        operation = document["paths"]["/sync" + route]["get"]
+        assert operation["summary"]
+        assert "security" not in operation  # no node signatures
+        assert "403" in operation["responses"]

@@ -1,4 +1,5 @@
-"""The OpenAPI document of the sync routes, built from the message schemas."""
+"""The OpenAPI document of the extension's routes: the sync routes, built from
+the message schemas, and the reflection catalog routes."""
 
 from __future__ import annotations
 
@@ -62,14 +63,157 @@ def _operation(
     return operation
 
 
+_STAMP = {"type": "string", "description": "ISO 8601, UTC."}
+_TEXT_OR_NULL = {"type": ["string", "null"]}
+
+#: Schemas of the catalog answers (``GET /schemas`` and below).
+CATALOG_SCHEMAS: dict[str, Any] = {
+    "CatalogSchema": {
+        "type": "object",
+        "required": ["id", "oid", "name", "last_synced", "deleted"],
+        "properties": {
+            "id": {"type": "integer"},
+            "oid": {"type": "string", "description": "The backend's identity."},
+            "name": {"type": "string"},
+            "comment": _TEXT_OR_NULL,
+            "last_synced": _STAMP,
+            "deleted": {"type": "boolean"},
+        },
+    },
+    "CatalogColumn": {
+        "type": "object",
+        "required": ["id", "oid", "name", "position", "type", "nullable"],
+        "properties": {
+            "id": {"type": "integer"},
+            "oid": {"type": "string"},
+            "name": {"type": "string"},
+            "position": {"type": "integer"},
+            "type": {"type": "string"},
+            "nullable": {"type": "boolean"},
+            "default": _TEXT_OR_NULL,
+            "primary_key": {"type": "boolean"},
+            "comment": _TEXT_OR_NULL,
+            "last_synced": _STAMP,
+            "deleted": {"type": "boolean"},
+        },
+    },
+    "CatalogTable": {
+        "type": "object",
+        "required": [
+            "id",
+            "schema_id",
+            "oid",
+            "name",
+            "kind",
+            "last_synced",
+            "deleted",
+        ],
+        "properties": {
+            "id": {"type": "integer"},
+            "schema_id": {"type": "integer"},
+            "schema": {"type": "string"},
+            "oid": {"type": "string"},
+            "name": {"type": "string"},
+            "kind": {
+                "type": "string",
+                "description": "table, view or materialized_view.",
+            },
+            "comment": _TEXT_OR_NULL,
+            "primary_key": {"type": "array", "items": {"type": "string"}},
+            "foreign_keys": {"type": "array", "items": {"type": "object"}},
+            "unique_constraints": {"type": "array", "items": {"type": "object"}},
+            "last_synced": _STAMP,
+            "deleted": {"type": "boolean"},
+            "columns": {
+                "type": "array",
+                "items": _ref("CatalogColumn"),
+                "description": "Only in GET /tables/<id>.",
+            },
+        },
+    },
+    "SchemasResponse": {
+        "type": "object",
+        "required": ["ok", "schemas"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "schemas": {"type": "array", "items": _ref("CatalogSchema")},
+        },
+    },
+    "TablesResponse": {
+        "type": "object",
+        "required": ["ok", "tables"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "tables": {"type": "array", "items": _ref("CatalogTable")},
+        },
+    },
+    "TableResponse": {
+        "type": "object",
+        "required": ["ok", "table"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "table": _ref("CatalogTable"),
+        },
+    },
+}
+
+
+def _catalog_paths(base: str) -> dict[str, Any]:
+    def listing(summary: str, answer: str, errors: tuple[int, ...]) -> dict[str, Any]:
+        operation = _operation(summary, answer, (), signed=False)
+        operation["responses"].update(
+            {
+                str(status): {"description": reason, "content": _json("Error")}
+                for status, reason in {
+                    403: "Refused by the app's catalog_access check.",
+                    404: "No such object in the catalog.",
+                    410: "The object was dropped.",
+                }.items()
+                if status in errors
+            }
+        )
+        operation["parameters"] = [
+            {
+                "name": "include_deleted",
+                "in": "query",
+                "required": False,
+                "description": "1 to list dropped objects too.",
+                "schema": {"type": "integer", "enum": [0, 1]},
+            }
+        ]
+        return operation
+
+    table = listing(
+        "One table with its columns, from the catalog (not re-reflected).",
+        "TableResponse",
+        (403, 404, 410),
+    )
+    del table["parameters"]
+    return {
+        f"{base}/schemas": {
+            "get": listing(
+                "The schemas, renewed when they changed.", "SchemasResponse", (403,)
+            )
+        },
+        f"{base}/schemas/{{schema_id}}/tables": {
+            "get": listing(
+                "The tables of one schema, renewed when they changed.",
+                "TablesResponse",
+                (403, 404, 410),
+            )
+        },
+        f"{base}/tables/{{table_id}}": {"get": table},
+    }
+
+
 def openapi_document(prefix: str) -> dict[str, Any]:
-    """The OpenAPI 3.1 document of the sync routes mounted at ``prefix``."""
+    """The OpenAPI 3.1 document of the routes mounted at ``prefix``."""
     base = prefix.rstrip("/")
     auth = (401, 413, 503)
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "flask-reflectsync sync protocol",
+            "title": "flask-reflectsync",
             "version": str(PROTOCOL_VERSION),
             "description": 'Every answer is {"ok": true, ...} or '
             '{"ok": false, "error": "...", "status": N}.',
@@ -119,9 +263,10 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     ],
                 )
             },
+            **_catalog_paths(base),
         },
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **CATALOG_SCHEMAS},
             "securitySchemes": {
                 "node": _header(HEADER_NODE, "The node id."),
                 "timestamp": _header(HEADER_TIMESTAMP, "Seconds since the epoch."),
