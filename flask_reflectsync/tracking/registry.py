@@ -29,7 +29,9 @@ _mapper_cache: weakref.WeakKeyDictionary[Mapper[Any], TrackedTable | None] = (
 )
 
 
-@dataclass(frozen=True)
+# eq=False: one instance per mapper (cached below), hashed by identity, which
+# is cheap; capture puts them in sets on hot paths.
+@dataclass(frozen=True, eq=False)
 class TrackedTable:
     """What the operations log records for one tracked mapped class.
 
