@@ -314,6 +314,48 @@ def test_listing_an_unchanged_schema_rebuilds_nothing(
     assert recorder.events == []
 
 
+def test_a_refresh_moves_last_synced_of_every_compared_table_only(
+    cat: AppEnv, psql: Psql, writes: list[str]
+) -> None:
+    create_family(psql)
+    psql.run("CREATE TABLE rs_item (id INTEGER PRIMARY KEY, price INTEGER)")
+    client = cat.app.test_client()
+    schema = the_schema(client, psql)
+    first = tables_of(client, schema["id"])
+    psql.run("DROP TABLE rs_item")
+    tables_of(client, schema["id"])
+    dropped = tables_of(client, schema["id"], include_deleted="1")
+    gone = [t for t in get_ok(client, f"/schemas/{schema['id']}/tables"
+                              "?include_deleted=1")["tables"]
+            if t["name"] == "rs_item" and t["deleted"]]
+    assert len(gone) == 1
+    writes.clear()
+
+    psql.run("ALTER TABLE rs_parent ADD COLUMN extra INTEGER")
+    after = tables_of(client, schema["id"])
+
+    # Every live table was compared: all share the comparison's time, later
+    # than before; only the altered table's rows were written.
+    synced = {table["last_synced"] for table in after.values()}
+    assert len(synced) == 1
+    assert synced.pop() >= first["rs_child"]["last_synced"]
+    assert dropped.keys() == after.keys()
+    detail = get_ok(client, f"/tables/{after['rs_child']['id']}")["table"]
+    assert {c["last_synced"] for c in detail["columns"]} == {
+        after["rs_child"]["last_synced"]
+    }
+    tables_written = [w for w in writes if "reflectsync_catalog_tables" in w
+                      and w.lstrip().upper().startswith("UPDATE")]
+    assert len(tables_written) == 1, tables_written
+    # The dropped table keeps the time it was found gone.
+    (still_gone,) = [
+        t for t in get_ok(client, f"/schemas/{schema['id']}/tables"
+                          "?include_deleted=1")["tables"]
+        if t["name"] == "rs_item" and t["deleted"]
+    ]
+    assert still_gone["last_synced"] == gone[0]["last_synced"]
+
+
 def test_get_by_id_serves_the_cached_table_until_it_changes(
     cat: AppEnv, psql: Psql, recorder: Recorder, writes: list[str]
 ) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .. import signals
 from ..errors import GoneError, NotFoundError
 from .changes import (
     Change,
@@ -49,6 +50,7 @@ from .snapshot import (
     UniqueConstraint,
     reader_for,
 )
+from .writer import insert_columns, insert_tables
 
 SCHEMAS_SCOPE = "schemas"
 
@@ -100,7 +102,8 @@ class Catalog:
         with self.engine.connect() as connection:
             changes = self._refresh_schemas(connection, force=force)
             for schema in self._schemas(connection, include_deleted=False):
-                changes += self._refresh_tables(connection, schema, force=force)
+                changes += self._refresh_tables(connection, schema, force=force,
+                                                records=True)
         self._send(changes)
         return changes
 
@@ -217,7 +220,12 @@ class Catalog:
             return self._sync_schemas(connection, force=force)
 
     def _refresh_tables(
-        self, connection: sa.Connection, schema: CatalogSchema, *, force: bool
+        self,
+        connection: sa.Connection,
+        schema: CatalogSchema,
+        *,
+        force: bool,
+        records: bool = False,
     ) -> list[Change]:
         live = self.reader.tables_fingerprint(connection, _schema_snapshot(schema))
         if (
@@ -227,7 +235,8 @@ class Catalog:
         ):
             return []
         with self._locked(connection):
-            return self._sync_tables(connection, schema.id, force=force)
+            return self._sync_tables(connection, schema.id, force=force,
+                                     records=records)
 
     def _send(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -323,9 +332,20 @@ class Catalog:
     # -- tables -----------------------------------------------------------------
 
     def _sync_tables(
-        self, connection: sa.Connection, schema_id: int, *, force: bool
+        self,
+        connection: sa.Connection,
+        schema_id: int,
+        *,
+        force: bool,
+        records: bool = False,
     ) -> list[Change]:
-        """Compare and write one schema's tables; the lock is held."""
+        """Compare and write one schema's tables; the lock is held.
+
+        :param records: return a :class:`TableCreated` for every new table
+            even when ``table_created`` has no receivers (loading thousands
+            of new tables back with their columns would be most of a cold
+            listing's cost, for records nobody reads).
+        """
         schema = self._schema(connection, schema_id, allow_deleted=True)
         if schema.deleted:
             return []
@@ -378,9 +398,10 @@ class Catalog:
         created_ids = self._insert_tables(connection, schema.id, created, digests,
                                           now)
         table_drops = self._drop_tables(connection, dropped, now)
-        self._touch(connection, schema.id, now)
         self._store_probe(connection, scope, fingerprint, now)
 
+        if not records and not signals.table_created.receivers:
+            created_ids = []
         loaded = {
             table.id: table
             for table in self._tables(
@@ -408,43 +429,11 @@ class Catalog:
     ) -> list[int]:
         if not tables:
             return []
-        t = self.t.tables
-        rows = [
-            {"schema_id": schema_id, **_table_values(table, digests[table.oid], now)}
-            for table in tables
-        ]
-        oids = [table.oid for table in tables]
-        ids: dict[str, int] = {}
-        # Plain executemany and a lookup rather than RETURNING: psycopg's
-        # pipelined executemany beats SQLAlchemy's multi-row INSERTs here, and
-        # every backend takes the same path.
-        connection.execute(t.insert(), rows)
-        for start in range(0, len(oids), 500):
-            chunk = oids[start:start + 500]
-            for row in connection.execute(
-                sa.select(t.c.id, t.c.oid).where(
-                    t.c.schema_id == schema_id,
-                    sa.not_(t.c.deleted),
-                    t.c.oid.in_(chunk),
-                )
-            ):
-                ids[row.oid] = row.id
-        self._insert_columns(
-            connection,
-            [
-                _column_values(ids[table.oid], column, table, now)
-                for table in tables
-                for column in table.columns
-            ],
-        )
-        return [ids[oid] for oid in oids]
-
-    def _insert_columns(
-        self, connection: sa.Connection, rows: list[dict[str, Any]]
-    ) -> None:
-        if not rows:
-            return
-        connection.execute(self.t.columns.insert(), rows)
+        ids = insert_tables(connection, self.t.tables, schema_id, tables, digests,
+                            now)
+        insert_columns(connection, self.t.columns,
+                       [(ids[table.oid], table) for table in tables], now)
+        return [ids[table.oid] for table in tables]
 
     def _update_table(
         self,
@@ -468,15 +457,18 @@ class Catalog:
                 )
             )
         }
-        inserts = []
+        added: set[str] = set()
         for column in table.columns:
-            values = _column_values(table_id, column, table, now)
             column_id = existing.pop(column.oid, None)
             if column_id is None:
-                inserts.append(values)
+                added.add(column.oid)
             else:
-                connection.execute(c.update().where(c.c.id == column_id).values(values))
-        self._insert_columns(connection, inserts)
+                connection.execute(
+                    c.update().where(c.c.id == column_id)
+                    .values(_column_values(table_id, column, table, now))
+                )
+        if added:
+            insert_columns(connection, c, [(table_id, table)], now, only=added)
         if existing:
             connection.execute(
                 c.update().where(c.c.id.in_(list(existing.values())))
@@ -498,18 +490,6 @@ class Catalog:
             for table in self._tables(connection, t.c.id.in_(table_ids),
                                       with_columns=True)
         ]
-
-    def _touch(self, connection: sa.Connection, schema_id: int, now: datetime) -> None:
-        """Record that every live table of the schema was just compared."""
-        t, c = self.t.tables, self.t.columns
-        live = sa.and_(t.c.schema_id == schema_id, sa.not_(t.c.deleted))
-        connection.execute(t.update().where(live).values(last_synced=now))
-        connection.execute(
-            c.update()
-            .where(c.c.table_id.in_(sa.select(t.c.id).where(live).scalar_subquery()),
-                   sa.not_(c.c.deleted))
-            .values(last_synced=now)
-        )
 
     def _snapshots(
         self, connection: sa.Connection, table_ids: Sequence[int]
@@ -561,9 +541,13 @@ class Catalog:
             .where(where)
             .order_by(t.c.name, t.c.id)
         ).all()
+        compared = self._compared_at(
+            connection, {row.schema_id for row in rows if not row.deleted}
+        )
         columns: dict[int, list[CatalogColumn]] = {}
         if with_columns and rows:
             ids = [row.id for row in rows]
+            schema_of = {row.id: row.schema_id for row in rows}
             for start in range(0, len(ids), 500):
                 for column in connection.execute(
                     sa.select(c)
@@ -571,15 +555,40 @@ class Catalog:
                            sa.not_(c.c.deleted))
                     .order_by(c.c.table_id, c.c.position)
                 ):
+                    floor = compared.get(schema_of[column.table_id])
                     columns.setdefault(column.table_id, []).append(
-                        _catalog_column(column)
+                        _catalog_column(column, floor)
                     )
         return [
             _catalog_table(
-                row, tuple(columns.get(row.id, ())) if with_columns else None
+                row,
+                tuple(columns.get(row.id, ())) if with_columns else None,
+                None if row.deleted else compared.get(row.schema_id),
             )
             for row in rows
         ]
+
+    def _compared_at(
+        self, connection: sa.Connection, schema_ids: set[int]
+    ) -> dict[int, datetime]:
+        """When each schema's tables were last compared in full.
+
+        A refresh writes ``last_synced`` only on the rows it changes and
+        records the time of the comparison once, on the schema's probe row;
+        a live table or column was last synced at the later of the two.
+        """
+        if not schema_ids:
+            return {}
+        probes = self.t.probes
+        scopes = {_tables_scope(i): i for i in schema_ids}
+        return {
+            scopes[scope]: as_utc(checked_at)
+            for scope, checked_at in connection.execute(
+                sa.select(probes.c.scope, probes.c.checked_at).where(
+                    probes.c.scope.in_(list(scopes))
+                )
+            )
+        }
 
 
 # -- conversions ----------------------------------------------------------------
@@ -606,7 +615,12 @@ def _catalog_schema(row: Any) -> CatalogSchema:
     )
 
 
-def _catalog_column(row: Any) -> CatalogColumn:
+def _synced(stored: datetime, compared: datetime | None) -> datetime:
+    stored = as_utc(stored)
+    return stored if compared is None or compared <= stored else compared
+
+
+def _catalog_column(row: Any, compared: datetime | None = None) -> CatalogColumn:
     return CatalogColumn(
         id=row.id,
         oid=row.oid,
@@ -617,12 +631,16 @@ def _catalog_column(row: Any) -> CatalogColumn:
         default=row.default,
         primary_key=bool(row.primary_key),
         comment=row.comment,
-        last_synced=as_utc(row.last_synced),
+        last_synced=_synced(row.last_synced, compared),
         deleted=bool(row.deleted),
     )
 
 
-def _catalog_table(row: Any, columns: tuple[CatalogColumn, ...] | None) -> CatalogTable:
+def _catalog_table(
+    row: Any,
+    columns: tuple[CatalogColumn, ...] | None,
+    compared: datetime | None = None,
+) -> CatalogTable:
     return CatalogTable(
         id=row.id,
         schema_id=row.schema_id,
@@ -634,7 +652,7 @@ def _catalog_table(row: Any, columns: tuple[CatalogColumn, ...] | None) -> Catal
         primary_key=tuple(row.primary_key),
         foreign_keys=tuple(row.foreign_keys),
         unique_constraints=tuple(row.unique_constraints),
-        last_synced=as_utc(row.last_synced),
+        last_synced=_synced(row.last_synced, compared),
         deleted=bool(row.deleted),
         columns=columns,
     )

@@ -1,0 +1,233 @@
+"""Writing new catalog tables and columns in as few statements as possible.
+
+A cold listing of a large schema writes thousands of catalog rows; sending
+them as an executemany of one dict per row made the write most of its cost.
+On PostgreSQL each level goes to the driver as one statement,
+``INSERT ... SELECT FROM unnest(arrays) RETURNING``, built from one list per
+catalog column rather than one container per row. Other backends use a Core
+executemany (and, for the table ids, one lookup by oid).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from .snapshot import TableSnapshot
+
+_json = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+
+_TABLE_COLUMNS = (
+    ("oid", "text"),
+    ("name", "text"),
+    ("kind", "text"),
+    ("comment", "text"),
+    ("primary_key", "json"),
+    ("foreign_keys", "json"),
+    ("unique_constraints", "json"),
+    ("digest", "text"),
+    ("rename_hint", "text"),
+)
+_COLUMN_COLUMNS = (
+    ("table_id", "int"),
+    ("oid", "text"),
+    ("name", "text"),
+    ("position", "int"),
+    ("type", "text"),
+    ("nullable", "bool"),
+    ("default", "text"),
+    ("primary_key", "bool"),
+    ("comment", "text"),
+)
+
+
+def _unnest_arrays(dialect: sa.Dialect) -> bool:
+    return dialect.name == "postgresql" and dialect.paramstyle == "pyformat"
+
+
+def _unnest_insert(
+    connection: sa.Connection,
+    table: sa.Table,
+    fixed: dict[str, Any],
+    columns: Sequence[tuple[str, str]],
+    arrays: Sequence[list[Any]],
+    returning: str = "",
+) -> sa.CursorResult[Any]:
+    """``INSERT INTO table (fixed..., columns...) SELECT %s..., a, b, ...
+    FROM unnest(%s::type[], ...)``: one statement, one array per column."""
+    preparer = connection.dialect.identifier_preparer
+    names = [*fixed, *(name for name, _ in columns)]
+    aliases = [f"c{i}" for i in range(len(columns))]
+    selected = [
+        f"%s::{_cast(table, name)}" for name in fixed
+    ] + [
+        f"{alias}::{'json' if kind == 'json' else _cast(table, name)}"
+        for alias, (name, kind) in zip(aliases, columns, strict=True)
+    ]
+    unnested = ", ".join(
+        f"%s::{'text' if kind == 'json' else kind}[]" for _, kind in columns
+    )
+    statement = (
+        f"INSERT INTO {preparer.format_table(table)} "
+        f"({', '.join(preparer.quote(name) for name in names)}) "
+        f"SELECT {', '.join(selected)} FROM unnest({unnested}) "
+        f"AS u({', '.join(aliases)}){returning}"
+    )
+    return connection.exec_driver_sql(statement, (*fixed.values(), *arrays))
+
+
+def _cast(table: sa.Table, name: str) -> str:
+    # What the catalog column is on PostgreSQL, for explicit casts.
+    type_ = table.c[name].type
+    if isinstance(type_, sa.DateTime):
+        return "timestamptz"
+    if isinstance(type_, sa.Boolean):
+        return "boolean"
+    if isinstance(type_, sa.Integer):
+        return "integer"
+    return "text"
+
+
+def insert_tables(
+    connection: sa.Connection,
+    table: sa.Table,
+    schema_id: int,
+    tables: Sequence[TableSnapshot],
+    digests: dict[str, str],
+    now: datetime,
+) -> dict[str, int]:
+    """Insert catalog rows for new live tables of one schema.
+
+    :param connection: inside the refresh's transaction.
+    :param table: ``reflectsync_catalog_tables``.
+    :param schema_id: catalog id of their schema.
+    :param tables: the snapshots to insert (their oids are unique).
+    :param digests: each table's digest, by oid.
+    :param now: their ``last_synced``.
+    :returns: the new catalog ids by oid.
+    """
+    if not tables:
+        return {}
+    if _unnest_arrays(connection.dialect):
+        arrays: list[list[Any]] = [
+            [t.oid for t in tables],
+            [t.name for t in tables],
+            [t.kind for t in tables],
+            [t.comment for t in tables],
+            [_json(list(t.primary_key)) for t in tables],
+            [_json([key.to_dict() for key in t.foreign_keys]) for t in tables],
+            [_json([u.to_dict() for u in t.unique_constraints]) for t in tables],
+            [digests[t.oid] for t in tables],
+            [t.rename_hint for t in tables],
+        ]
+        result = _unnest_insert(
+            connection,
+            table,
+            {"schema_id": schema_id, "last_synced": now, "deleted": False},
+            _TABLE_COLUMNS,
+            arrays,
+            returning=" RETURNING oid, id",
+        )
+        rows: Sequence[Any] = result.all()
+        return {str(oid): int(id_) for oid, id_ in rows}
+    connection.execute(
+        table.insert(),
+        [
+            {
+                "schema_id": schema_id,
+                "oid": t.oid,
+                "name": t.name,
+                "kind": t.kind,
+                "comment": t.comment,
+                "primary_key": list(t.primary_key),
+                "foreign_keys": [key.to_dict() for key in t.foreign_keys],
+                "unique_constraints": [u.to_dict() for u in t.unique_constraints],
+                "digest": digests[t.oid],
+                "rename_hint": t.rename_hint,
+                "last_synced": now,
+                "deleted": False,
+            }
+            for t in tables
+        ],
+    )
+    ids: dict[str, int] = {}
+    oids = [t.oid for t in tables]
+    for start in range(0, len(oids), 500):
+        for oid, id_ in connection.execute(
+            sa.select(table.c.oid, table.c.id).where(
+                table.c.schema_id == schema_id,
+                sa.not_(table.c.deleted),
+                table.c.oid.in_(oids[start : start + 500]),
+            )
+        ):
+            ids[oid] = id_
+    return ids
+
+
+def insert_columns(
+    connection: sa.Connection,
+    table: sa.Table,
+    owners: Sequence[tuple[int, TableSnapshot]],
+    now: datetime,
+    *,
+    only: set[str] | None = None,
+) -> None:
+    """Insert catalog rows for the live columns of tables.
+
+    :param connection: inside the refresh's transaction.
+    :param table: ``reflectsync_catalog_columns``.
+    :param owners: ``(catalog table id, snapshot)`` pairs.
+    :param now: their ``last_synced``.
+    :param only: insert only the columns with these oids (all by default).
+    """
+    if _unnest_arrays(connection.dialect):
+        arrays: list[list[Any]] = [[] for _ in _COLUMN_COLUMNS]
+        (ids, oids, names, positions, types, nullables, defaults, keys,
+         comments) = arrays
+        for table_id, owner in owners:
+            primary_key = owner.primary_key
+            for column in owner.columns:
+                if only is not None and column.oid not in only:
+                    continue
+                ids.append(table_id)
+                oids.append(column.oid)
+                names.append(column.name)
+                positions.append(column.position)
+                types.append(column.type)
+                nullables.append(column.nullable)
+                defaults.append(column.default)
+                keys.append(column.name in primary_key)
+                comments.append(column.comment)
+        if ids:
+            _unnest_insert(
+                connection,
+                table,
+                {"last_synced": now, "deleted": False},
+                _COLUMN_COLUMNS,
+                arrays,
+            )
+        return
+    rows = [
+        {
+            "table_id": table_id,
+            "oid": column.oid,
+            "name": column.name,
+            "position": column.position,
+            "type": column.type,
+            "nullable": column.nullable,
+            "default": column.default,
+            "primary_key": column.name in owner.primary_key,
+            "comment": column.comment,
+            "last_synced": now,
+            "deleted": False,
+        }
+        for table_id, owner in owners
+        for column in owner.columns
+        if only is None or column.oid in only
+    ]
+    if rows:
+        connection.execute(table.insert(), rows)
