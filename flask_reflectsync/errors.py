@@ -18,6 +18,9 @@ class SyncError(Exception):
 
     #: HTTP status used when this error is answered by the server.
     status: int = 500
+    #: Whether sending the same request again later may succeed (a node's
+    #: push id is kept, so a retried push is still applied once).
+    retryable: bool = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -131,6 +134,31 @@ class ServiceBusyError(SyncError):
     lock timeout); nothing was written and the same request may be retried."""
 
     status = 503
+    retryable = True
+
+
+class ServerUnreachableError(SyncError):
+    """A node could not reach the sync server, or lost its answer (connection
+    refused, timeout, broken connection). Retryable: a pending push keeps its
+    id, so sending it again applies it at most once."""
+
+    status = 503
+    retryable = True
+
+
+class ProtocolMismatchError(SyncError):
+    """The server does not speak this node's protocol, or the URL does not
+    point at a flask-reflectsync sync server (check ``base_url`` and its
+    prefix, and upgrade the older side)."""
+
+    status = 400
+
+
+class NotRegisteredError(SyncError):
+    """The node has not registered with the server yet; call
+    :meth:`~flask_reflectsync.client.SyncClient.register` first."""
+
+    status = 401
 
 
 __all__ = [
@@ -143,4 +171,12 @@ __all__ = [
     "ForbiddenError",
     "GoneError",
     "CatalogAccessWarning",
+    "RegistrationRefusedError",
+    "PayloadTooLargeError",
+    "PushRejectedError",
+    "UniqueConstraintError",
+    "ServiceBusyError",
+    "ServerUnreachableError",
+    "ProtocolMismatchError",
+    "NotRegisteredError",
 ]

@@ -142,6 +142,14 @@ def push(
         conflicts = find_conflicts(session, tables, changes, node_id, last_version)
         if conflicts:
             raise _conflict_error(conflicts)
+        broken = broken_references(session, schema, changes)
+        if broken:
+            raise PushRejectedError(
+                f"The push leaves {len(broken)} row(s) pointing at rows the "
+                "server does not have (a parent deleted on one side while "
+                "referenced on the other); pull, merge and push again.",
+                broken[:MAX_LISTED],
+            )
         session.commit()
     except (sa.exc.IntegrityError, StaleDataError) as error:
         session.rollback()
@@ -480,6 +488,69 @@ def find_conflicts(
         {"table": name, "key": changes[name].wire_key(key), "version": number}
         for (name, key), number in found.items()
     ]
+
+
+def broken_references(
+    session: Session, schema: TrackedSchema, changes: Mapping[str, _TableChanges]
+) -> list[dict[str, Any]]:
+    """Foreign keys between tracked tables that the push leaves dangling.
+
+    Checked by the server itself, after the push's writes and under the
+    counter lock, because SQLite (without ``PRAGMA foreign_keys``) would
+    accept them silently: a written row pointing at a missing tracked
+    parent, and a deleted row that tracked rows still point at.
+    """
+    found: list[dict[str, Any]] = []
+    by_table = {info.table: info for info in schema.tables.values()}
+    for name, target in changes.items():
+        table = target.info.table
+        written = [target.rows[op.row_key] for op in target.inserts + target.updates]
+        for constraint in table.foreign_key_constraints:
+            parent = by_table.get(constraint.referred_table)
+            if parent is None or not written:
+                continue
+            columns = [e.parent.name for e in constraint.elements]
+            if not set(columns) <= set(target.columns):
+                continue
+            wanted = {
+                tuple(row[c] for c in columns)
+                for row in written
+                if all(row[c] is not None for c in columns)
+            }
+            targets = [e.column for e in constraint.elements]
+            present: set[tuple[Any, ...]] = set()
+            for batch in batches(list(wanted), KEY_BATCH):
+                query = sa.select(*targets).where(key_filter(targets, batch))
+                present |= {tuple(row) for row in session.execute(query)}
+            found += [
+                {"table": name, "references": parent.name, "missing": list(values)}
+                for values in wanted - present
+            ]
+    for name, target in changes.items():
+        deleted = [op.row_key for op in target.deletes]
+        if not deleted:
+            continue
+        for child in schema.tables.values():
+            for constraint in child.table.foreign_key_constraints:
+                if constraint.referred_table is not target.info.table:
+                    continue
+                referred = [e.column.name for e in constraint.elements]
+                pk_names = [c.name for c in target.info.pk_columns]
+                if sorted(referred) != sorted(pk_names):
+                    continue
+                order = [referred.index(n) for n in pk_names]
+                pointing = [constraint.elements[i].parent for i in order]
+                for batch in batches(deleted, KEY_BATCH):
+                    query = sa.select(*pointing).where(key_filter(pointing, batch))
+                    for row in session.execute(query.distinct()):
+                        found.append(
+                            {
+                                "table": name,
+                                "key": target.wire_key(tuple(row)),
+                                "referenced_by": child.name,
+                            }
+                        )
+    return found
 
 
 def _conflict_error(conflicts: list[dict[str, Any]]) -> PushRejectedError:

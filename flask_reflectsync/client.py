@@ -1,0 +1,1154 @@
+"""The offline node: :class:`SyncClient`.
+
+A node keeps its own database (SQLite by default). Changes made through
+:attr:`SyncClient.Session` are logged in the node's operations log, in the
+change's transaction, by the same listeners the server uses; on a node the
+log's unnumbered versions are the *push queue*. :meth:`SyncClient.push`
+sends the queue, :meth:`SyncClient.pull` fetches the server's changes and
+merges them with the queue (see :mod:`flask_reflectsync.protocol.merge`),
+:meth:`SyncClient.synchronize` does both until the server accepts the push.
+
+No Flask is needed: the client works from any Python program with plain
+SQLAlchemy, and several clients and a server may live in one process.
+"""
+
+from __future__ import annotations
+
+import codecs
+import datetime
+import decimal
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapper, Session, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
+
+from . import signals
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ForbiddenError,
+    NotFoundError,
+    NotRegisteredError,
+    PayloadTooLargeError,
+    ProtocolMismatchError,
+    PushRejectedError,
+    RegistrationRefusedError,
+    ServerUnreachableError,
+    ServiceBusyError,
+    SyncError,
+    UniqueConstraintError,
+    ValidationError,
+)
+from .protocol.codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from .protocol.merge import (
+    Conflict,
+    MergeSchema,
+    Resolutions,
+    ServerChange,
+    Strategy,
+    merge_page,
+    read_rows,
+    row_key,
+    write_rows,
+)
+from .protocol.messages import PROTOCOL_VERSION
+from .protocol.signing import sign_request
+from .sqlite import use_immediate_transactions
+from .tracking import (
+    DELETE,
+    INSERT,
+    OperationLog,
+    TrackedTable,
+    compress,
+    decode_key,
+    define_tables,
+    start_tracking,
+    tracked_tables,
+)
+from .tracking.registry import tracked_table_for
+
+__all__ = ["SyncClient", "PushResult", "PullResult", "SyncResult", "Conflict"]
+
+M = TypeVar("M")
+
+#: The node's own tables live on a private metadata, never the app's.
+NODE_METADATA = sa.MetaData()
+NODE_LOG = define_tables(NODE_METADATA)
+#: One row (``id = 1``): who the node is and how far it has synchronised.
+NODE_STATE = sa.Table(
+    "reflectsync_node_state",
+    NODE_METADATA,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("server_url", sa.String(2000), nullable=True),
+    sa.Column("node_id", sa.Integer, nullable=True),
+    sa.Column("node_name", sa.String(200), nullable=True),
+    # The node must be able to sign requests, so it keeps its secret.
+    sa.Column("secret", sa.String(200), nullable=True),
+    sa.Column("registered_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("last_version", sa.BigInteger, nullable=False, default=0),
+    # The push in flight: its id and the version rows it covers (JSON list),
+    # kept until the server acknowledges it.
+    sa.Column("push_id", sa.String(64), nullable=True),
+    sa.Column("push_versions", sa.Text, nullable=True),
+)
+
+_BATCH = 500
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did.
+
+    :param push_id: the id the push was sent with (``None`` when the queue
+        was empty and nothing was sent).
+    :param version: the server version it created (``None`` if none).
+    :param operations: how many operations the server applied.
+    """
+
+    push_id: str | None
+    version: int | None
+    operations: int
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """What a pull did.
+
+    :param version: the server version the node now has.
+    :param operations: how many server changes were merged.
+    :param conflicts: every conflict found, with its resolution.
+    """
+
+    version: int
+    operations: int
+    conflicts: list[Conflict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What :meth:`SyncClient.synchronize` did.
+
+    :param pushed: the accepted push.
+    :param pulled: the pulls it ran, in order.
+    :param attempts: how many pushes it sent.
+    """
+
+    pushed: PushResult
+    pulled: list[PullResult]
+    attempts: int
+
+    @property
+    def conflicts(self) -> list[Conflict]:
+        """Every conflict resolved on the way."""
+        return [c for pull in self.pulled for c in pull.conflicts]
+
+
+@dataclass
+class _State:
+    server_url: str | None
+    node_id: int | None
+    node_name: str | None
+    secret: str | None
+    last_version: int
+    push_id: str | None
+    push_versions: list[int]
+
+
+class _NodeSessionmaker(sessionmaker[Session]):
+    """A sessionmaker that creates the node's tables before the first session."""
+
+    client: SyncClient
+
+    def __call__(self, **local_kw: Any) -> Session:
+        self.client._prepare()
+        return super().__call__(**local_kw)
+
+
+class SyncClient:
+    """An offline node of a flask-reflectsync server.
+
+    ::
+
+        engine = sa.create_engine("sqlite:///field.db")
+        Base.metadata.create_all(engine)
+        client = SyncClient("https://example.org/sync", engine)
+        client.register(token="...")
+        with client.Session() as session:
+            session.add(City(name="Lima"))
+            session.commit()          # logged in the node's push queue
+        client.synchronize()          # push, pull and merge
+
+    :param base_url: the server's URL with the sync prefix
+        (``http://host:5000/sync``).
+    :param engine: the node's database. On SQLite every transaction of this
+        engine is made to start with ``BEGIN IMMEDIATE`` (see
+        :func:`~flask_reflectsync.sqlite.use_immediate_transactions`), so
+        merges and the app's writes queue behind each other.
+    :param models: the tracked mapped classes this node synchronises;
+        default: every tracked class whose table exists in ``engine``'s
+        database.
+    :param name: a name for the node, sent when it registers.
+    :param resolution: the default conflict strategy: ``"last-pusher-wins"``
+        (default), ``"server-wins"``, ``"node-wins"`` or a callable (see
+        :doc:`/conflicts`).
+    :param resolutions: strategies for particular models, by mapped class.
+    :param timeout: seconds to wait for the server.
+    :param transport: an :mod:`httpx` transport (tests, proxies).
+    :param page_size: ask for at most this many operations per pull page.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        engine: sa.Engine,
+        models: Iterable[type] | None = None,
+        *,
+        name: str = "",
+        resolution: Strategy = "last-pusher-wins",
+        resolutions: Mapping[type, Strategy] | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        page_size: int | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.engine = engine
+        self.name = name
+        self.page_size = page_size
+        self.resolutions = Resolutions(resolution, resolutions)
+        self._models = list(models) if models is not None else None
+        self._schema: MergeSchema | None = None
+        self._lock = threading.RLock()
+        self._prepared = False
+        self._credentials: tuple[int, str] | None = None
+        self._http = httpx.Client(timeout=timeout, transport=transport)
+        self._log = OperationLog(tables=NODE_LOG, assign_versions=False)
+        use_immediate_transactions(engine)
+        #: Sessions whose changes to tracked models are logged for the push.
+        maker = _NodeSessionmaker(bind=engine)
+        maker.client = self
+        self.Session: sessionmaker[Session] = maker
+        start_tracking(self.Session, self._log)
+
+    # -- setup -------------------------------------------------------------------
+
+    def track_session(self, target: Any) -> None:
+        """Log changes made through another sessionmaker, scoped session or
+        Session subclass (for example a node app's Flask-SQLAlchemy
+        ``db.session``) into this node's queue. Its sessions must use this
+        client's engine.
+        """
+        self._prepare()
+        start_tracking(target, self._log)
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        with self._lock:
+            if self._prepared:
+                return
+            NODE_METADATA.create_all(self.engine, checkfirst=True)
+            with self.engine.begin() as connection:
+                found = connection.execute(
+                    sa.select(NODE_STATE.c.id).where(NODE_STATE.c.id == 1)
+                ).first()
+                if found is None:
+                    connection.execute(
+                        sa.insert(NODE_STATE).values(id=1, last_version=0)
+                    )
+            self._prepared = True
+
+    @property
+    def schema(self) -> MergeSchema:
+        """The tracked tables this node synchronises, parents first."""
+        if self._schema is None:
+            self._schema = MergeSchema.of(self._tracked())
+        return self._schema
+
+    def _tracked(self) -> list[TrackedTable]:
+        if self._models is not None:
+            infos = []
+            for model in self._models:
+                infos.append(self._model_table(model))
+            return infos
+        existing = set(sa.inspect(self.engine).get_table_names())
+        found: dict[str, TrackedTable] = {}
+        for info in tracked_tables():
+            if info.table.metadata is NODE_METADATA or info.name not in existing:
+                continue
+            if info.name in found and found[info.name].table is not info.table:
+                raise ConfigurationError(
+                    f"Several tracked classes are mapped to a table called "
+                    f"{info.name!r}; pass SyncClient(..., models=[...])."
+                )
+            found[info.name] = info
+        return list(found.values())
+
+    def set_resolution(self, model: type, strategy: Strategy) -> None:
+        """Resolve conflicts on rows of ``model`` with ``strategy``."""
+        self.resolutions.set(model, strategy)
+
+    def close(self) -> None:
+        """Close the HTTP connections (the engine is the caller's)."""
+        self._http.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -------------------------------------------------------------------
+
+    def _state(self, connection: sa.Connection | None = None) -> _State:
+        self._prepare()
+        if connection is None:
+            with self.engine.connect() as own:
+                return self._state(own)
+        row = connection.execute(
+            sa.select(NODE_STATE).where(NODE_STATE.c.id == 1)
+        ).one()
+        return _State(
+            server_url=row.server_url,
+            node_id=row.node_id,
+            node_name=row.node_name,
+            secret=row.secret,
+            last_version=int(row.last_version or 0),
+            push_id=row.push_id,
+            push_versions=json.loads(row.push_versions or "[]"),
+        )
+
+    def _set_state(self, connection: sa.Connection, **values: Any) -> None:
+        connection.execute(
+            sa.update(NODE_STATE).where(NODE_STATE.c.id == 1).values(**values)
+        )
+
+    @contextmanager
+    def _begin(self) -> Iterator[sa.Connection]:
+        """A write transaction on the node's database, logging nothing."""
+        with self.engine.begin() as connection:
+            if connection.dialect.name == "sqlite":
+                # Rows may point at parents restored later in the transaction.
+                connection.exec_driver_sql("PRAGMA defer_foreign_keys = ON")
+            yield connection
+
+    def _registered(self) -> _State:
+        state = self._state()
+        if state.node_id is None or state.secret is None:
+            raise NotRegisteredError(
+                "This node has not registered with the server yet; call "
+                "client.register() first."
+            )
+        return state
+
+    @property
+    def last_version(self) -> int:
+        """The last server version this node has pulled."""
+        return self._state().last_version
+
+    @property
+    def node_id(self) -> int | None:
+        """The id the server gave this node, or ``None`` before registering."""
+        return self._state().node_id
+
+    def pending_operations(self) -> int:
+        """How many logged operations wait to be pushed (before compression)."""
+        self._prepare()
+        versions, operations = NODE_LOG.versions, NODE_LOG.operations
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(
+                    sa.select(sa.func.count())
+                    .select_from(operations)
+                    .join(versions, versions.c.id == operations.c.version_id)
+                    .where(versions.c.number.is_(None))
+                ).scalar()
+                or 0
+            )
+
+    # -- HTTP --------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        route: str,
+        *,
+        message: Any = None,
+        params: Mapping[str, str] | None = None,
+        signed: bool = True,
+        stream: bool = False,
+    ) -> httpx.Response:
+        content = b"" if message is None else json.dumps(message).encode("utf-8")
+        request = self._http.build_request(
+            method,
+            self.base_url + route,
+            content=content or None,
+            params=params,
+            headers={"Content-Type": "application/json"} if content else None,
+        )
+        if signed:
+            # Read once and kept: signing happens inside merge transactions,
+            # where a second connection to the node's SQLite file would wait
+            # on the merge's own write lock.
+            if self._credentials is None:
+                state = self._registered()
+                assert state.node_id is not None and state.secret is not None
+                self._credentials = (state.node_id, state.secret)
+            node_id, secret = self._credentials
+            request.headers.update(
+                sign_request(
+                    node_id,
+                    secret,
+                    request.method,
+                    request.url.path,
+                    request.url.query.decode("latin-1"),
+                    content,
+                )
+            )
+        try:
+            answer = self._http.send(request, stream=stream)
+        except httpx.TransportError as error:
+            raise ServerUnreachableError(
+                f"Cannot reach the sync server at {self.base_url} ({error!s} "
+                f"[{type(error).__name__}]); check the network and try again."
+            ) from error
+        if answer.status_code != 200:
+            try:
+                if stream:
+                    answer.read()
+                raise _error_from(answer, route, self.base_url)
+            finally:
+                answer.close()
+        return answer
+
+    def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
+        answer = self._send(method, route, **kwargs)
+        try:
+            body = answer.json()
+        except ValueError:
+            raise ProtocolMismatchError(
+                f"{self.base_url}{route} did not answer JSON; is base_url the "
+                "sync server's URL with its prefix (for example "
+                "http://host:5000/sync)?"
+            ) from None
+        _check_protocol(body, self.base_url)
+        return body  # type: ignore[no-any-return]
+
+    # -- registration ---------------------------------------------------------------
+
+    def register(
+        self,
+        token: str | None = None,
+        *,
+        info: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> int:
+        """Register this node with the server (once) and keep its secret.
+
+        :param token: the server's ``REFLECTSYNC_REGISTRATION_TOKEN``, if it
+            has one.
+        :param info: anything the server's registration checks want to see.
+        :param force: register again even if already registered (the node
+            gets a new id; its queue is kept).
+        :return: the node id.
+        :raises RegistrationRefusedError: if the server refuses.
+        :raises AuthenticationError: if a token is needed and not given.
+        """
+        with self._lock:
+            state = self._state()
+            if state.node_id is not None and not force:
+                return state.node_id
+            message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "name": self.name}
+            if token is not None:
+                message["token"] = token
+            if info is not None:
+                message["info"] = dict(info)
+            answer = self._call("POST", "/register", message=message, signed=False)
+            node = answer["node"]
+            self._credentials = None
+            with self._begin() as connection:
+                self._set_state(
+                    connection,
+                    server_url=self.base_url,
+                    node_id=int(node["id"]),
+                    node_name=node.get("name", ""),
+                    secret=node["secret"],
+                    registered_at=datetime.datetime.now(datetime.timezone.utc),
+                )
+            return int(node["id"])
+
+    def is_registered(self) -> bool:
+        """Whether this node has registered (its id and secret are stored)."""
+        state = self._state()
+        return state.node_id is not None and state.secret is not None
+
+    # -- push ----------------------------------------------------------------------
+
+    def push(self) -> PushResult:
+        """Send the queued operations to the server, exactly once.
+
+        The queue's version rows are recorded, with a new push id, before
+        anything is sent; until the server acknowledges that push id, every
+        call sends the same id and the same versions again (the server
+        applies it once). Operations logged meanwhile stay queued for the
+        next push.
+
+        :return: what the server did (``push_id`` is ``None`` when there was
+            nothing to push).
+        :raises PushRejectedError: the server holds changes to the same rows
+            that the node has not pulled: :meth:`pull` and push again (or
+            call :meth:`synchronize`). The push id is dropped: nothing of it
+            was applied.
+        :raises ServerUnreachableError: the push may or may not have been
+            applied; the next call resends it with the same id.
+        """
+        with self._lock:
+            state = self._registered()
+            if state.push_id is None and not self._start_push():
+                return PushResult(None, None, 0)
+            return self._send_push()
+
+    def _start_push(self) -> bool:
+        versions = NODE_LOG.versions
+        with self._begin() as connection:
+            ids = list(
+                connection.execute(
+                    sa.select(versions.c.id)
+                    .where(versions.c.number.is_(None))
+                    .order_by(versions.c.id)
+                ).scalars()
+            )
+            if not ids:
+                return False
+            self._set_state(
+                connection, push_id=uuid.uuid4().hex, push_versions=json.dumps(ids)
+            )
+            return True
+
+    def _send_push(self) -> PushResult:
+        state = self._state()
+        assert state.push_id is not None
+        message = self._push_message(state)
+        if not message["operations"]:
+            self._acknowledge(state.push_versions)
+            return PushResult(state.push_id, None, 0)
+        try:
+            answer = self._call("POST", "/push", message=message)
+        except PushRejectedError:
+            with self._begin() as connection:
+                self._set_state(connection, push_id=None, push_versions=None)
+            raise
+        self._acknowledge(state.push_versions)
+        return PushResult(state.push_id, answer["version"], answer["operations"])
+
+    def _push_message(self, state: _State) -> dict[str, Any]:
+        schema = self.schema
+        operations = NODE_LOG.operations
+        aware = stores_time_zones(self.engine.dialect)
+        wire_ops: list[dict[str, Any]] = []
+        payloads: dict[str, Any] = {}
+        with self.engine.connect() as connection:
+            logged: list[tuple[int, int, str, str, str]] = []
+            for batch in _batches(state.push_versions, _BATCH):
+                logged += [
+                    (row[0], row[1], row[2], row[3], row[4])
+                    for row in connection.execute(
+                        sa.select(
+                            operations.c.version_id,
+                            operations.c.id,
+                            operations.c.table_name,
+                            operations.c.row_key,
+                            operations.c.command,
+                        ).where(operations.c.version_id.in_(batch))
+                    )
+                ]
+            logged.sort()
+            ops = compress(
+                _LoggedOp(table, key, command)
+                for _, _, table, key, command in logged
+                if table in schema.tables
+            )
+            by_table: dict[str, list[_LoggedOp]] = {}
+            for op in ops:
+                by_table.setdefault(op.table_name, []).append(op)
+            for name, items in by_table.items():
+                info = schema.tables[name]
+                codecs_ = list(table_codecs(info.table, aware_storage=aware).values())
+                pk_codecs = _pk_codecs(info, codecs_)
+                typed = {
+                    op.row_key: key_from_log(decode_key(op.row_key), pk_codecs)
+                    for op in items
+                }
+                wanted = [typed[op.row_key] for op in items if op.command != DELETE]
+                current = {
+                    row_key(info, found): found
+                    for found in read_rows(connection, info, wanted)
+                }
+                rows = []
+                for op in items:
+                    key = typed[op.row_key]
+                    command = op.command
+                    if command != DELETE:
+                        found = current.get(key)
+                        if found is None:  # deleted since: a later push says so
+                            if command == INSERT:
+                                continue
+                            command = DELETE
+                        else:
+                            rows.append([c.to_json(found[c.name]) for c in codecs_])
+                    wire_ops.append(
+                        {
+                            "table": name,
+                            "key": [
+                                c.to_json(v)
+                                for c, v in zip(pk_codecs, key, strict=True)
+                            ],
+                            "command": command,
+                        }
+                    )
+                if rows:
+                    payloads[name] = {
+                        "columns": [c.name for c in codecs_],
+                        "rows": rows,
+                    }
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "push_id": state.push_id,
+            "last_version": state.last_version,
+            "operations": wire_ops,
+            "payloads": payloads,
+        }
+
+    def _acknowledge(self, version_ids: Sequence[int]) -> None:
+        versions, operations = NODE_LOG.versions, NODE_LOG.operations
+        with self._begin() as connection:
+            for batch in _batches(list(version_ids), _BATCH):
+                connection.execute(
+                    sa.delete(operations).where(operations.c.version_id.in_(batch))
+                )
+                connection.execute(sa.delete(versions).where(versions.c.id.in_(batch)))
+            self._set_state(connection, push_id=None, push_versions=None)
+
+    def _settle_push(self) -> None:
+        """Resend a push whose answer was lost, before anything is merged:
+        merging must know whether those operations reached the server."""
+        if self._state().push_id is None:
+            return
+        try:
+            self._send_push()
+        except PushRejectedError:
+            pass  # not applied, and the push id is dropped: the ops stay queued
+
+    # -- pull ----------------------------------------------------------------------
+
+    def pull(self) -> PullResult:
+        """Fetch the server's changes since the last pull and merge them.
+
+        Every page is merged in one local transaction with the queued local
+        changes (see :doc:`/conflicts`); each resolved conflict sends
+        :data:`~flask_reflectsync.signals.conflict_resolved` with this client
+        as sender. A push whose answer was lost is first sent again.
+
+        :raises UniqueConstraintError: a local change holds unique values the
+            server gave another row; the page is not merged.
+        """
+        with self._lock:
+            state = self._registered()
+            self._settle_push()
+            since = state.last_version
+            cursor: str | None = None
+            conflicts: list[Conflict] = []
+            count = 0
+            version = since
+            while True:
+                message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "since": since}
+                if cursor is not None:
+                    message["cursor"] = cursor
+                if self.page_size is not None:
+                    message["limit"] = self.page_size
+                page = self._call("POST", "/pull", message=message)
+                changes = self._decode_page(page)
+                with self._begin() as connection:
+                    result = merge_page(
+                        connection,
+                        self.schema,
+                        NODE_LOG,
+                        changes,
+                        self.resolutions,
+                        self._fetch,
+                    )
+                    self._set_state(connection, last_version=page["until"])
+                for conflict in result.conflicts:
+                    signals.conflict_resolved.send(self, conflict=conflict)
+                conflicts += result.conflicts
+                count += len(changes)
+                version = page["until"]
+                cursor = page["cursor"]
+                if cursor is None:
+                    return PullResult(version, count, conflicts)
+
+    def _decode_page(self, page: Mapping[str, Any]) -> list[ServerChange]:
+        schema = self.schema
+        aware = stores_time_zones(self.engine.dialect)
+        rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        codecs_by_table: dict[str, dict[str, ColumnCodec]] = {}
+        for name, payload in (page.get("payloads") or {}).items():
+            info = schema.tables.get(name)
+            if info is None:
+                continue
+            codecs_ = codecs_by_table[name] = table_codecs(
+                info.table, aware_storage=aware
+            )
+            rows[name] = {
+                row_key(info, decoded): decoded
+                for decoded in _decode_rows(codecs_, payload)
+            }
+        changes = []
+        for op in page.get("operations") or []:
+            info = schema.tables.get(op["table"])
+            if info is None:
+                continue
+            codecs_ = codecs_by_table.get(info.name) or table_codecs(
+                info.table, aware_storage=aware
+            )
+            key = tuple(
+                codecs_[c.name].to_db(v, f"{info.name} key")
+                for c, v in zip(info.pk_columns, op["key"], strict=True)
+            )
+            row = None
+            if op["command"] != DELETE:
+                row = rows.get(info.name, {}).get(key)
+                if row is None:
+                    raise ProtocolMismatchError(
+                        f"The server sent a change of {info.name} {op['key']} "
+                        "without its row; the server and node versions differ."
+                    )
+            changes.append(ServerChange(info.name, key, op["command"], row))
+        return changes
+
+    def _fetch(
+        self, table: str, keys: Sequence[tuple[Any, ...]]
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        info = self.schema.tables[table]
+        found: dict[tuple[Any, ...], dict[str, Any]] = {}
+        codecs_ = table_codecs(info.table, aware_storage=True)
+        pk = [codecs_[c.name] for c in info.pk_columns]
+        if len(pk) == 1:
+            for batch in _batches(list(keys), 50):
+                values = ",".join(_text(pk[0].to_json(k[0])) for k in batch)
+                for row in self._server_rows(info, {f"{pk[0].name}__in": values}):
+                    found[row_key(info, row)] = row
+            return found
+        for key in keys:
+            filters = {
+                c.name: _text(c.to_json(v)) for c, v in zip(pk, key, strict=True)
+            }
+            for row in self._server_rows(info, filters):
+                found[row_key(info, row)] = row
+        return found
+
+    def _server_rows(
+        self, info: TrackedTable, filters: Mapping[str, str]
+    ) -> Iterator[dict[str, Any]]:
+        codecs_ = table_codecs(
+            info.table, aware_storage=stores_time_zones(self.engine.dialect)
+        )
+        offset: int | None = 0
+        while offset is not None:
+            params = {"model": info.name, **filters}
+            if offset:
+                params["offset"] = str(offset)
+            answer = self._call("GET", "/query", params=params)
+            for item in answer["rows"]:
+                yield {
+                    name: codecs_[name].to_db(value, f"{info.name} row")
+                    for name, value in item.items()
+                    if name in codecs_
+                }
+            offset = answer["next_offset"]
+
+    # -- synchronize -----------------------------------------------------------------
+
+    def synchronize(self, tries: int = 3) -> SyncResult:
+        """Push; when the server rejects the push, pull, merge and push again.
+        Ends with a pull, so the node also has every change of the others.
+
+        :param tries: how many pushes to send before giving up.
+        :raises PushRejectedError: if the push is still rejected after
+            ``tries`` attempts (the server kept changing the same rows).
+        """
+        with self._lock:
+            pulled: list[PullResult] = []
+            for attempt in range(1, tries + 1):
+                try:
+                    pushed = self.push()
+                except PushRejectedError:
+                    if attempt == tries:
+                        raise
+                    pulled.append(self.pull())
+                    continue
+                pulled.append(self.pull())
+                return SyncResult(pushed, pulled, attempt)
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- repair --------------------------------------------------------------------
+
+    def repair(self, progress: Callable[[str, int], Any] | None = None) -> int:
+        """Replace the node's tracked data with the server's copy.
+
+        The server streams every tracked table; rows are written in batches
+        as they arrive, in one local transaction, so memory stays flat. The
+        node's queued (unpushed) changes are discarded, and the node goes on
+        pulling from the version the copy was taken at.
+
+        :param progress: called as ``progress(table, rows_so_far)`` after each
+            batch of rows is written.
+        :return: how many rows were written.
+        """
+        with self._lock:
+            self._registered()
+            self._settle_push()
+            schema = self.schema
+            aware = stores_time_zones(self.engine.dialect)
+            total = 0
+            answer = self._send("GET", "/repair", stream=True)
+            try:
+                with self._begin() as connection:
+                    for tracked in reversed(list(schema.tables.values())):
+                        connection.execute(sa.delete(tracked.table))
+                    stream = _RepairStream(answer.iter_bytes(), self.base_url)
+                    for name, columns, rows in stream.tables():
+                        info = schema.tables.get(name)
+                        codecs_ = (
+                            table_codecs(info.table, aware_storage=aware)
+                            if info is not None
+                            else {}
+                        )
+                        done = 0
+                        batch: list[dict[str, Any]] = []
+                        for values in rows:
+                            if info is None:
+                                continue
+                            batch.append(_decode_row(codecs_, columns, values))
+                            if len(batch) >= 1000:
+                                write_rows(connection, info, batch, ())
+                                done += len(batch)
+                                batch = []
+                                if progress is not None:
+                                    progress(name, done)
+                        if batch and info is not None:
+                            write_rows(connection, info, batch, ())
+                            done += len(batch)
+                        if progress is not None and info is not None:
+                            progress(name, done)
+                        total += done
+                    versions, operations = NODE_LOG.versions, NODE_LOG.operations
+                    queued = sa.select(versions.c.id).where(versions.c.number.is_(None))
+                    connection.execute(
+                        sa.delete(operations).where(
+                            operations.c.version_id.in_(queued.scalar_subquery())
+                        )
+                    )
+                    connection.execute(
+                        sa.delete(versions).where(versions.c.number.is_(None))
+                    )
+                    self._set_state(
+                        connection,
+                        last_version=stream.header["version"],
+                        push_id=None,
+                        push_versions=None,
+                    )
+            finally:
+                answer.close()
+            return total
+
+    # -- query ---------------------------------------------------------------------
+
+    def query(self, model: type[M], **filters: Any) -> list[M]:
+        """Read rows of ``model`` from the server, not from the node.
+
+        Filters are ``column=value`` or ``column__op=value`` with ``op`` one
+        of ``ne``, ``lt``, ``lte``, ``gt``, ``gte``, ``in`` (a list) and
+        ``isnull`` (a bool). The instances are built from the server's rows
+        and added to no session.
+
+        :return: every matching row, in primary-key order.
+        """
+        mapper = sa.inspect(model)
+        info = self._model_table(model)
+        params: dict[str, str] = {}
+        for name, value in filters.items():
+            attribute, _, operator = name.partition("__")
+            prop = mapper.attrs.get(attribute)
+            column = (
+                prop.columns[0].name
+                if prop is not None and hasattr(prop, "columns")
+                else attribute
+            )
+            if operator == "in":
+                text = ",".join(_text(v) for v in value)
+            else:
+                text = _text(value)
+            params[f"{column}__{operator}" if operator else column] = text
+        names = {
+            c.name: mapper.get_property_by_column(c).key for c in info.table.columns
+        }
+        found: list[M] = []
+        for row in self._server_rows(info, params):
+            instance = mapper.class_manager.new_instance()
+            for column_name, value in row.items():
+                set_committed_value(instance, names[column_name], value)
+            found.append(instance)
+        return found
+
+    def _model_table(self, model: type) -> TrackedTable:
+        mapper: Mapper[Any] | None = sa.inspect(model, raiseerr=False)
+        info = tracked_table_for(mapper) if mapper is not None else None
+        if info is None:
+            raise ConfigurationError(
+                f"{getattr(model, '__name__', model)!r} is not a tracked mapped class."
+            )
+        return info
+
+
+# -- helpers --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LoggedOp:
+    table_name: str
+    row_key: str
+    command: str
+
+
+def _pk_codecs(info: TrackedTable, codecs_: list[ColumnCodec]) -> list[ColumnCodec]:
+    columns = list(info.table.columns)
+    return [codecs_[columns.index(c)] for c in info.pk_columns]
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _decode_rows(
+    codecs_: Mapping[str, ColumnCodec], payload: Mapping[str, Any]
+) -> Iterator[dict[str, Any]]:
+    columns = [c for c in payload["columns"]]
+    for values in payload["rows"]:
+        yield _decode_row(codecs_, columns, values)
+
+
+def _decode_row(
+    codecs_: Mapping[str, ColumnCodec], columns: Sequence[str], values: Sequence[Any]
+) -> dict[str, Any]:
+    row = {}
+    for name, value in zip(columns, values, strict=True):
+        codec = codecs_.get(name)
+        if codec is not None:  # a column only the server has is ignored
+            row[name] = None if value is None else codec.decode(value)
+    return row
+
+
+def _text(value: Any) -> str:
+    """A value as query-string text the server's codecs parse."""
+    if value is True or value is False:
+        return "true" if value else "false"
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):
+        return str(value)
+    return str(value)
+
+
+def _check_protocol(body: Any, base_url: str) -> None:
+    if not isinstance(body, dict) or body.get("ok") is not True:
+        raise ProtocolMismatchError(
+            f"{base_url} answered something that is not a sync server's answer."
+        )
+    if body.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolMismatchError(
+            f"The server at {base_url} speaks protocol {body.get('protocol')!r}; "
+            f"this node speaks {PROTOCOL_VERSION}. Upgrade the older side."
+        )
+
+
+def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    status = answer.status_code
+    if not isinstance(body, dict) or "error" not in body:
+        if status >= 500:
+            return ServiceBusyError(
+                f"The sync server at {base_url} failed with HTTP {status}; try "
+                "again later."
+            )
+        return ProtocolMismatchError(
+            f"{base_url}{route} answered HTTP {status} without a sync error; is "
+            "base_url the server's URL with its sync prefix?"
+        )
+    message = str(body["error"])
+    if status == 400 and "protocol" in message.lower():
+        return ProtocolMismatchError(message)
+    if status == 400:
+        return ValidationError(message)
+    if status == 401:
+        return AuthenticationError(message)
+    if status == 403:
+        if route == "/register":
+            return RegistrationRefusedError(message)
+        return ForbiddenError(message)
+    if status == 404:
+        if route == "/query":
+            return NotFoundError(message)
+        return ProtocolMismatchError(
+            f"{base_url}{route} does not exist ({message}); check base_url and "
+            "the server's REFLECTSYNC_URL_PREFIX."
+        )
+    if status == 409:
+        conflicts = list(body.get("conflicts") or [])
+        if conflicts and all("columns" in c for c in conflicts):
+            return UniqueConstraintError(message, conflicts)
+        return PushRejectedError(message, conflicts)
+    if status == 413:
+        return PayloadTooLargeError(message)
+    if status in (502, 503, 504):
+        return ServiceBusyError(message)
+    error = SyncError(message)
+    error.status = status
+    return error
+
+
+class _RepairStream:
+    """Reads the streamed ``GET /repair`` answer table by table, row by row,
+    holding only the current piece of text in memory."""
+
+    def __init__(self, chunks: Iterator[bytes], base_url: str) -> None:
+        self._chunks = chunks
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._json = json.JSONDecoder()
+        self._buffer = ""
+        self._pos = 0
+        self._base_url = base_url
+        self.header: dict[str, Any] = {}
+
+    def _more(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self._buffer = self._buffer[self._pos :] + self._decoder.decode(chunk)
+                self._pos = 0
+                return True
+        return False
+
+    def _broken(self) -> ProtocolMismatchError:
+        return ProtocolMismatchError(
+            f"The repair answer of {self._base_url} is cut or malformed; run "
+            "repair again."
+        )
+
+    def _peek(self) -> str:
+        while True:
+            while (
+                self._pos < len(self._buffer) and self._buffer[self._pos] in " \t\r\n"
+            ):
+                self._pos += 1
+            if self._pos < len(self._buffer):
+                return self._buffer[self._pos]
+            if not self._more():
+                raise self._broken()
+
+    def _expect(self, char: str) -> None:
+        if self._peek() != char:
+            raise self._broken()
+        self._pos += 1
+
+    def _value(self) -> Any:
+        self._peek()
+        while True:
+            try:
+                value, end = self._json.raw_decode(self._buffer, self._pos)
+            except ValueError:
+                if not self._more():
+                    raise self._broken() from None
+                continue
+            if end == len(self._buffer) and isinstance(value, (int, float)):
+                if self._more():  # a number may continue in the next chunk
+                    continue
+            self._pos = end
+            return value
+
+    def tables(self) -> Iterator[tuple[str, list[str], Iterator[list[Any]]]]:
+        """``(table, columns, rows)`` for each table; consume ``rows`` before
+        asking for the next table."""
+        self._expect("{")
+        while True:
+            name = self._value()
+            self._expect(":")
+            if name != "tables":
+                self.header[name] = self._value()
+            else:
+                yield from self._tables()
+            if self._peek() == ",":
+                self._pos += 1
+                continue
+            self._expect("}")
+            if self.header.get("ok") is not True or "version" not in self.header:
+                raise self._broken()
+            if self.header.get("protocol") != PROTOCOL_VERSION:
+                raise ProtocolMismatchError(
+                    f"The server speaks protocol {self.header.get('protocol')!r}; "
+                    f"this node speaks {PROTOCOL_VERSION}."
+                )
+            return
+
+    def _tables(self) -> Iterator[tuple[str, list[str], Iterator[list[Any]]]]:
+        self._expect("{")
+        if self._peek() == "}":
+            self._pos += 1
+            return
+        while True:
+            name = self._value()
+            self._expect(":")
+            self._expect("{")
+            columns: list[str] = []
+            while True:
+                field_name = self._value()
+                self._expect(":")
+                if field_name == "columns":
+                    columns = self._value()
+                elif field_name == "rows":
+                    yield name, columns, self._rows()
+                else:
+                    self._value()
+                if self._peek() == ",":
+                    self._pos += 1
+                    continue
+                self._expect("}")
+                break
+            if self._peek() == ",":
+                self._pos += 1
+                continue
+            self._expect("}")
+            return
+
+    def _rows(self) -> Iterator[list[Any]]:
+        self._expect("[")
+        if self._peek() == "]":
+            self._pos += 1
+            return
+        while True:
+            yield self._value()
+            if self._peek() == ",":
+                self._pos += 1
+                continue
+            self._expect("]")
+            return

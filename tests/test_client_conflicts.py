@@ -1,0 +1,426 @@
+"""Every conflict kind, end to end over HTTP with two or three SQLite nodes:
+detected, resolved by the model's strategy, announced, and converging to one
+state on the server and every node."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from flask_reflectsync import errors, signals
+from flask_reflectsync.client import Conflict, SyncClient
+
+from .conftest import AppFactory
+from .nodes import Cluster, cluster
+
+
+@pytest.fixture
+def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(make_app, tmp_path) as found:
+        yield found
+
+
+@pytest.fixture
+def resolved() -> Iterator[list[Conflict]]:
+    found: list[Conflict] = []
+
+    def receive(sender: Any, conflict: Conflict, **extra: Any) -> None:
+        assert isinstance(sender, SyncClient)
+        found.append(conflict)
+
+    signals.conflict_resolved.connect(receive)
+    try:
+        yield found
+    finally:
+        signals.conflict_resolved.disconnect(receive)
+
+
+def _seed(net: Cluster, *nodes: SyncClient) -> None:
+    """Country 1 with cities 1 and 2 everywhere."""
+    m = net.server.env.models
+    first = nodes[0]
+    with first.Session() as session:
+        session.add(m.Country(id=1, name="Peru"))
+        session.add(m.City(id=1, name="Lima", population=10, country_id=1))
+        session.add(m.City(id=2, name="Cusco", population=5, country_id=1))
+        session.commit()
+    first.synchronize()
+    for node in nodes[1:]:
+        node.synchronize()
+    net.assert_converged()
+
+
+def _set(node: SyncClient, model: Any, key: Any, **values: Any) -> None:
+    with node.Session() as session:
+        row = session.get(model, key)
+        for name, value in values.items():
+            setattr(row, name, value)
+        session.commit()
+
+
+def _delete(node: SyncClient, model: Any, key: Any) -> None:
+    with node.Session() as session:
+        session.delete(session.get(model, key))
+        session.commit()
+
+
+def _kinds(conflicts: list[Conflict]) -> list[tuple[str, str, str]]:
+    return [(c.kind, c.table, c.resolution) for c in conflicts]
+
+
+# -- direct conflicts ----------------------------------------------------------------
+
+
+def test_update_update_last_pusher_wins(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    _set(a, m.City, 1, population=100)
+    _set(b, m.City, 1, population=200)
+    a.synchronize()
+    result = b.synchronize()  # rejected, pulls, merges, pushes again
+    assert result.attempts == 2
+    assert _kinds(resolved) == [("update/update", "city", "node")]
+    conflict = resolved[0]
+    assert conflict.key == (1,)
+    assert conflict.local is not None and conflict.local["population"] == 200
+    assert conflict.server is not None and conflict.server["population"] == 100
+    net.settle()
+    rows = net.assert_converged()
+    assert (1, "Lima", 200, 1) in rows["city"]
+
+
+def test_update_update_server_wins(net: Cluster, resolved: list[Conflict]) -> None:
+    m = net.server.env.models
+    a = net.node()
+    b = net.node(resolutions={m.City: "server-wins"})
+    _seed(net, a, b)
+    _set(a, m.City, 1, population=100)
+    _set(b, m.City, 1, population=200)
+    a.synchronize()
+    b.synchronize()
+    assert _kinds(resolved) == [("update/update", "city", "server")]
+    net.settle()
+    assert (1, "Lima", 100, 1) in net.assert_converged()["city"]
+
+
+def test_update_update_with_a_callable(net: Cluster, resolved: list[Conflict]) -> None:
+    m = net.server.env.models
+
+    def add_up(conflict: Conflict) -> Any:
+        assert conflict.local is not None and conflict.server is not None
+        if conflict.kind != "update/update":
+            return None
+        return {"population": conflict.local["population"] + conflict.server["population"]}
+
+    a = net.node()
+    b = net.node(resolution=add_up)
+    _seed(net, a, b)
+    _set(a, m.City, 1, population=100)
+    _set(b, m.City, 1, population=200)
+    a.synchronize()
+    b.synchronize()
+    assert _kinds(resolved) == [("update/update", "city", "values")]
+    net.settle()
+    assert (1, "Lima", 300, 1) in net.assert_converged()["city"]
+
+
+def test_update_beats_a_concurrent_delete(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    _delete(a, m.City, 2)
+    _set(b, m.City, 2, population=50)
+    a.synchronize()
+    b.synchronize()
+    assert _kinds(resolved) == [("update/delete", "city", "node")]
+    net.settle()
+    assert (2, "Cusco", 50, 1) in net.assert_converged()["city"]
+
+
+def test_delete_loses_to_a_concurrent_update(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    _set(a, m.City, 2, population=50)
+    _delete(b, m.City, 2)
+    a.synchronize()
+    b.synchronize()
+    assert _kinds(resolved) == [("delete/update", "city", "server")]
+    net.settle()
+    assert (2, "Cusco", 50, 1) in net.assert_converged()["city"]
+
+
+def test_delete_wins_with_node_wins(net: Cluster, resolved: list[Conflict]) -> None:
+    m = net.server.env.models
+    a = net.node()
+    b = net.node(resolution="node-wins")
+    _seed(net, a, b)
+    _set(a, m.City, 2, population=50)
+    _delete(b, m.City, 2)
+    a.synchronize()
+    b.synchronize()
+    assert _kinds(resolved) == [("delete/update", "city", "node")]
+    net.settle()
+    assert [r[0] for r in net.assert_converged()["city"]] == [1]
+
+
+def test_delete_delete(net: Cluster, resolved: list[Conflict]) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    _delete(a, m.City, 2)
+    _delete(b, m.City, 2)
+    a.synchronize()
+    b.synchronize()
+    assert _kinds(resolved) == [("delete/delete", "city", "deleted")]
+    net.settle()
+    assert [r[0] for r in net.assert_converged()["city"]] == [1]
+
+
+# -- dependencies ------------------------------------------------------------------
+
+
+def test_server_deleted_parent_is_restored_by_a_local_child(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    # a removes Peru (its cities are detached by the ORM); b adds a city to it.
+    with a.Session() as session:
+        for city in session.scalars(sa.select(m.City)):
+            city.country_id = None
+        session.delete(session.get(m.Country, 1))
+        session.commit()
+    with b.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    assert ("dependency", "country", "node") in _kinds(resolved)
+    net.settle()
+    rows = net.assert_converged()
+    assert rows["country"] == [(1, "Peru")]
+    assert (3, "Arequipa", 1, 1) in rows["city"]
+
+
+def test_server_deleted_parent_takes_local_children_with_server_wins(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a = net.node()
+    b = net.node(resolution="server-wins")
+    _seed(net, a, b)
+    with a.Session() as session:
+        for city in session.scalars(sa.select(m.City)):
+            city.country_id = None
+        session.delete(session.get(m.Country, 1))
+        session.commit()
+    with b.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    assert ("dependency", "country", "server") in _kinds(resolved)
+    net.settle()
+    rows = net.assert_converged()
+    assert rows["country"] == []
+    assert [r[0] for r in rows["city"]] == [1, 2]
+
+
+def test_node_deleted_parent_is_restored_for_a_server_child(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    with a.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    with b.Session() as session:
+        for city in session.scalars(sa.select(m.City)):
+            city.country_id = None
+        session.delete(session.get(m.Country, 1))
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    assert ("reversed-dependency", "country", "server") in _kinds(resolved)
+    net.settle()
+    rows = net.assert_converged()
+    assert rows["country"] == [(1, "Peru")]
+    assert (3, "Arequipa", 1, 1) in rows["city"]
+    assert (1, "Lima", 10, None) in rows["city"]
+
+
+def test_node_deleted_parent_takes_server_children_with_node_wins(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a = net.node()
+    b = net.node(resolution="node-wins")
+    _seed(net, a, b)
+    with a.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    with b.Session() as session:
+        for city in session.scalars(sa.select(m.City)):
+            city.country_id = None
+        session.delete(session.get(m.Country, 1))
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    assert ("reversed-dependency", "country", "node") in _kinds(resolved)
+    net.settle()
+    rows = net.assert_converged()
+    assert rows["country"] == []
+    assert [r[0] for r in rows["city"]] == [1, 2]
+
+
+# -- keys --------------------------------------------------------------------------
+
+
+def test_colliding_integer_keys_both_survive(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a, b, c = net.node(), net.node(), net.node()
+    _seed(net, a, b, c)
+    for node, name in ((a, "Chile"), (b, "Bolivia")):
+        with node.Session() as session:
+            country = m.Country(name=name)  # the database picks id 2 on both
+            session.add(country)
+            session.flush()
+            assert country.id == 2
+            session.add(m.City(name=f"capital of {name}", country_id=country.id))
+            session.commit()
+    a.synchronize()
+    b.synchronize()
+    kinds = _kinds(resolved)
+    assert ("primary-key", "country", "rekeyed") in kinds
+    assert ("primary-key", "city", "rekeyed") in kinds
+    net.settle()
+    rows = net.assert_converged()
+    countries = {name: key for key, name in rows["country"]}
+    assert set(countries) == {"Peru", "Chile", "Bolivia"}
+    capitals = {name: country for _, name, _, country in rows["city"]}
+    # the foreign keys followed the re-keyed parent
+    assert capitals["capital of Bolivia"] == countries["Bolivia"]
+    assert capitals["capital of Chile"] == countries["Chile"]
+
+
+def test_composite_and_uuid_keys_converge(net: Cluster, resolved: list[Conflict]) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    with a.Session() as session:
+        session.add(m.Translation(city_id=1, lang="es", text="Lima"))
+        session.add(m.Tag(label="from a"))
+        session.commit()
+    with b.Session() as session:
+        session.add(m.Translation(city_id=1, lang="es", text="Lima!"))
+        session.add(m.Tag(label="from b"))
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    # the same natural key inserted twice is one row: last pusher wins
+    assert ("update/update", "translation", "node") in _kinds(resolved)
+    net.settle()
+    rows = net.assert_converged()
+    assert rows["translation"] == [(1, "es", "Lima!")]
+    assert sorted(r[1] for r in rows["tag"]) == ["from a", "from b"]
+
+
+# -- unique constraints ----------------------------------------------------------------
+
+
+def test_unresolved_unique_conflict_raises_and_changes_nothing(net: Cluster) -> None:
+    Sample = net.server.Sample
+    a, b = net.node(), net.node()
+    with a.Session() as session:
+        session.add(Sample(id=1, code="X"))
+        session.commit()
+    with b.Session() as session:
+        session.add(Sample(id=2, code="X"))
+        session.commit()
+    a.synchronize()
+    server_before = net.server_rows()
+    node_before = net.node_rows(b)
+    with pytest.raises(errors.UniqueConstraintError) as caught:
+        b.synchronize()
+    error = caught.value
+    assert isinstance(error, errors.SyncError)
+    assert error.entries[0]["model"] is Sample
+    assert error.entries[0]["key"] == (2,)
+    assert error.entries[0]["columns"] == ["code"]
+    assert "change the local row" in error.message
+    assert net.server_rows() == server_before
+    assert net.node_rows(b) == node_before
+    assert b.pending_operations() == 1
+
+    # The person fixes the row; the next synchronize converges.
+    _set(b, Sample, 2, code="Y")
+    b.synchronize()
+    net.settle()
+    codes = sorted(r[1] for r in net.assert_converged()["sample"])
+    assert codes == ["X", "Y"]
+
+
+def test_unique_conflict_resolved_by_a_callable(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    Sample = net.server.Sample
+
+    def rename(conflict: Conflict) -> Any:
+        if conflict.kind == "unique":
+            assert conflict.local is not None
+            return {"code": conflict.local["code"] + "-2"}
+        return None
+
+    a = net.node()
+    b = net.node(resolutions={Sample: rename})
+    with a.Session() as session:
+        session.add(Sample(id=1, code="X"))
+        session.commit()
+    with b.Session() as session:
+        session.add(Sample(id=2, code="X"))
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    assert ("unique", "sample", "values") in _kinds(resolved)
+    net.settle()
+    codes = sorted(r[1] for r in net.assert_converged()["sample"])
+    assert codes == ["X", "X-2"]
+
+
+def test_unique_conflict_server_wins_drops_the_local_insert(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    Sample = net.server.Sample
+    a = net.node()
+    b = net.node(resolution="server-wins")
+    with a.Session() as session:
+        session.add(Sample(id=1, code="X"))
+        session.commit()
+    with b.Session() as session:
+        session.add(Sample(id=2, code="X"))
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    assert ("unique", "sample", "server") in _kinds(resolved)
+    net.settle()
+    assert [r[:2] for r in net.assert_converged()["sample"]] == [(1, "X")]
+
+
+def test_unknown_strategy_is_refused(net: Cluster) -> None:
+    with pytest.raises(errors.ConfigurationError):
+        net.node(resolution="coin-toss")
