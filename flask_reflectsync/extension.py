@@ -14,6 +14,8 @@ from .blueprints.sync import add_sync_routes
 from .cli import cli
 from .protocol.nodes import RegistrationCheck
 from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
+from .reflection import event_trigger
+from .reflection.models import define_catalog_tables
 from .tracking import (
     LogTables,
     OperationLog,
@@ -220,6 +222,33 @@ class ReflectSync:
         self.get_state(app)
         with app.app_context():
             return catalog_for(app).reflect(force=force)
+
+    def install_event_trigger(self, app: Flask | None = None) -> None:
+        """Install PostgreSQL event triggers that tell the catalog about DDL.
+
+        Optional: without them a cheap fingerprint probe detects changes. With
+        them, a listing reads one row to learn whether anything changed, and
+        ``NOTIFY reflectsync_ddl`` is sent on every DDL statement. Needs a
+        role that may create event triggers (a superuser) and the catalog
+        tables (``db.create_all()``). Idempotent. See :doc:`reflection`.
+
+        :param app: the app whose database to use (default: current app).
+        :raises ConfigurationError: on another backend than PostgreSQL, or if
+            the role may not create event triggers.
+        """
+        state = self.get_state(app)
+        with state.db.engine.begin() as connection:
+            event_trigger.install(
+                connection, define_catalog_tables(state.db.metadata).probes
+            )
+
+    def uninstall_event_trigger(self, app: Flask | None = None) -> None:
+        """Remove what :meth:`install_event_trigger` created. Idempotent."""
+        state = self.get_state(app)
+        with state.db.engine.begin() as connection:
+            event_trigger.uninstall(
+                connection, define_catalog_tables(state.db.metadata).probes
+            )
 
     # -- sync server ----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from .. import signals
 from ..errors import GoneError, NotFoundError
+from . import event_trigger
 from .changes import (
     Change,
     SchemaCreated,
@@ -210,10 +211,26 @@ class Catalog:
         finally:
             self.reader.unlock(connection)
 
+    def _ddl_epoch(self, connection: sa.Connection) -> str | None:
+        """The DDL epoch kept by the event trigger, or ``None`` without it."""
+        return event_trigger.current_epoch(connection, self.t.probes)
+
+    def _as_probe(self, epoch: str | None, fingerprint: str) -> str:
+        # With the event trigger installed, every catalog change bumps the
+        # epoch in the DDL's own transaction: "same epoch" is then a complete
+        # and much cheaper answer to "did anything change?".
+        return f"ddl:{epoch}" if epoch is not None else fingerprint
+
+    def _schemas_probe(self, connection: sa.Connection) -> str:
+        epoch = self._ddl_epoch(connection)
+        if epoch is not None:
+            return self._as_probe(epoch, "")
+        return self.reader.schemas_fingerprint(connection)
+
     def _refresh_schemas(
         self, connection: sa.Connection, *, force: bool
     ) -> list[Change]:
-        live = self.reader.schemas_fingerprint(connection)
+        live = self._schemas_probe(connection)
         if not force and live == self._probe(connection, SCHEMAS_SCOPE):
             return []
         with self._locked(connection):
@@ -227,7 +244,12 @@ class Catalog:
         force: bool,
         records: bool = False,
     ) -> list[Change]:
-        live = self.reader.tables_fingerprint(connection, _schema_snapshot(schema))
+        epoch = self._ddl_epoch(connection)
+        live = (
+            self._as_probe(epoch, "")
+            if epoch is not None
+            else self.reader.tables_fingerprint(connection, _schema_snapshot(schema))
+        )
         if (
             not force
             and live is not None
@@ -248,7 +270,10 @@ class Catalog:
         """Compare and write the schema level; the lock is held."""
         s = self.t.schemas
         now = _now()
-        fingerprint = self.reader.schemas_fingerprint(connection)
+        # The epoch is read before the catalog: a change committing in between
+        # leaves a newer epoch behind, so the next probe looks again.
+        epoch = self._ddl_epoch(connection)
+        fingerprint = self._as_probe(epoch, self.reader.schemas_fingerprint(connection))
         if not force and fingerprint == self._probe(connection, SCHEMAS_SCOPE):
             return []  # another process did it while we waited for the lock
         live = self.reader.read_schemas(connection)
@@ -351,9 +376,11 @@ class Catalog:
             return []
         snapshot = _schema_snapshot(schema)
         scope = _tables_scope(schema.id)
-        fingerprint = self.reader.tables_fingerprint(connection, snapshot)
-        if fingerprint is None:
+        epoch = self._ddl_epoch(connection)
+        present = self.reader.tables_fingerprint(connection, snapshot)
+        if present is None:
             return self._sync_schemas(connection, force=True)
+        fingerprint = self._as_probe(epoch, present)
         if not force and fingerprint == self._probe(connection, scope):
             return []
         live_tables = self.reader.read_tables(connection, snapshot)
