@@ -252,14 +252,23 @@ def status(node: _Node) -> None:
         click.echo(f"Database: {node.database}")
 
 
+_OUTCOMES = {
+    "server": "the server's version was kept",
+    "node": "this node's version was kept",
+    "values": "merged values were written",
+    "rekeyed": "both rows were kept",
+    "deleted": "the row stays deleted",
+}
+
+
 def describe_conflict(conflict: Any) -> str:
     """One line a person can read for a resolved conflict."""
+    outcome = _OUTCOMES.get(conflict.resolution, conflict.resolution or "unresolved")
     line = (
-        f"{conflict.kind} conflict on {conflict.table} {list(conflict.key)}: "
-        f"{conflict.resolution or 'unresolved'}"
+        f"{conflict.kind} conflict on {conflict.table} {list(conflict.key)}: {outcome}"
     )
     if conflict.new_key is not None:
-        line += f", local row re-keyed to {list(conflict.new_key)}"
+        line += f" (the local row now has key {list(conflict.new_key)})"
     return line
 
 
