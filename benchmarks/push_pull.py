@@ -12,6 +12,10 @@ Then a second node pulls those N rows (all pages), for scale.
 
 Prints medians of several rounds, the push/raw ratio (target <= 3x) and the
 growth from N to 10 N (linear: about 10x).
+
+Last, the offline side: a fresh SQLite node (:class:`SyncClient`) pulls N rows
+and merges them into its database; the baseline is a raw executemany of the
+same rows into an identical table of the same node database (target <= 3x).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import logging
 import statistics
+import tempfile
 import threading
 import time
 import uuid
@@ -35,6 +40,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.serving import make_server
 
 from flask_reflectsync import ReflectSync, track
+from flask_reflectsync.client import SyncClient
 from flask_reflectsync.protocol.signing import sign_request
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_srv"
@@ -144,6 +150,28 @@ def pull(node: Node, since: int) -> tuple[float, int]:
             return time.perf_counter() - start, count
 
 
+def node_pull(base: str, models: list[Any], size: int, rounds: int) -> dict[str, float]:
+    """A fresh SQLite node pulls ``size`` rows; against a raw local executemany."""
+    pushed, raw = models[0].__table__, models[1].__table__
+    pulls, raws = [], []
+    with tempfile.TemporaryDirectory() as directory:
+        for number in range(rounds):
+            engine = sa.create_engine(f"sqlite:///{directory}/node{number}.db")
+            pushed.metadata.create_all(engine, tables=[pushed, raw])
+            client = SyncClient(base, engine, models=[models[0]])
+            client.register()
+            start = time.perf_counter()
+            result = client.pull()
+            pulls.append(time.perf_counter() - start)
+            assert result.operations == size, (result.operations, size)
+            with engine.connect() as connection:
+                rows = [list(r) for r in connection.execute(sa.select(pushed))]
+            raws.append(raw_insert(engine, raw, rows))
+            client.close()
+            engine.dispose()
+    return {"pull": median(pulls), "raw": median(raws)}
+
+
 def median(samples: list[float]) -> float:
     return statistics.median(samples)
 
@@ -196,6 +224,8 @@ def main() -> None:
         try:
             with served(app) as base, httpx.Client(timeout=600) as client:
                 pusher, puller = Node(client, base), Node(client, base)
+                push(pusher, rows_for(next_id(args.rows), args.rows))
+                offline = node_pull(base, models, args.rows, args.rounds)
                 push(pusher, rows_for(next_id(100), 100))  # warm up
                 small = measure(
                     args.rows,
@@ -234,6 +264,12 @@ def main() -> None:
         f"{large['pull'] / small['pull']:.1f}x (linear = 10x)"
     )
     print(f"medians of {args.rounds} rounds ({args.large_rounds} for the large size)")
+    print(
+        f"node pull of {args.rows} rows into a fresh SQLite node: "
+        f"{offline['pull'] * 1000:.0f}ms (HTTP, decode, merge, write); raw local "
+        f"executemany {offline['raw'] * 1000:.0f}ms; ratio "
+        f"{offline['pull'] / offline['raw']:.2f}x (target <= 3x)"
+    )
 
 
 if __name__ == "__main__":

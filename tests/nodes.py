@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.sqlite import use_immediate_transactions
@@ -66,11 +65,10 @@ class Cluster:
             for node in self.nodes:
                 node.synchronize(tries=5)
 
-    def server_session(self) -> Session:
-        return self.server.env.db.session  # type: ignore[no-any-return]
 
-
-def rows_of(engine: sa.Engine, tables: list[sa.Table]) -> dict[str, list[tuple[Any, ...]]]:
+def rows_of(
+    engine: sa.Engine, tables: list[sa.Table]
+) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of ``tables``, sorted, with values made comparable across
     backends (naive UTC datetimes, floats for decimals)."""
     state = {}

@@ -75,9 +75,7 @@ def _kinds(conflicts: list[Conflict]) -> list[tuple[str, str, str]]:
 # -- direct conflicts ----------------------------------------------------------------
 
 
-def test_update_update_last_pusher_wins(
-    net: Cluster, resolved: list[Conflict]
-) -> None:
+def test_update_update_last_pusher_wins(net: Cluster, resolved: list[Conflict]) -> None:
     m = net.server.env.models
     a, b = net.node(), net.node()
     _seed(net, a, b)
@@ -117,7 +115,9 @@ def test_update_update_with_a_callable(net: Cluster, resolved: list[Conflict]) -
         assert conflict.local is not None and conflict.server is not None
         if conflict.kind != "update/update":
             return None
-        return {"population": conflict.local["population"] + conflict.server["population"]}
+        return {
+            "population": conflict.local["population"] + conflict.server["population"]
+        }
 
     a = net.node()
     b = net.node(resolution=add_up)
@@ -319,7 +319,9 @@ def test_colliding_integer_keys_both_survive(
     assert capitals["capital of Chile"] == countries["Chile"]
 
 
-def test_composite_and_uuid_keys_converge(net: Cluster, resolved: list[Conflict]) -> None:
+def test_composite_and_uuid_keys_converge(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
     m = net.server.env.models
     a, b = net.node(), net.node()
     with a.Session() as session:
@@ -424,3 +426,42 @@ def test_unique_conflict_server_wins_drops_the_local_insert(
 def test_unknown_strategy_is_refused(net: Cluster) -> None:
     with pytest.raises(errors.ConfigurationError):
         net.node(resolution="coin-toss")
+
+
+def test_worked_example_of_the_docs(net: Cluster, resolved: list[Conflict]) -> None:
+    """docs/conflicts.rst, "A worked example"."""
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    with a.Session() as s:
+        s.get_one(m.City, 1).population = 100
+        s.delete(s.get(m.City, 2))
+        s.commit()
+    with b.Session() as s:
+        s.get_one(m.City, 1).population = 200
+        s.get_one(m.City, 2).population = 50
+        s.commit()
+    with a.Session() as s:
+        s.add(m.Country(name="Chile"))
+        s.commit()
+    with b.Session() as s:
+        bolivia = m.Country(name="Bolivia")
+        s.add(bolivia)
+        s.flush()
+        s.add(m.City(id=3, name="La Paz", country_id=bolivia.id))
+        s.commit()
+    a.synchronize()
+    b.synchronize()
+    assert [(c.kind, c.table, c.key, c.resolution) for c in resolved] == [
+        ("primary-key", "country", (2,), "rekeyed"),
+        ("update/update", "city", (1,), "node"),
+        ("update/delete", "city", (2,), "node"),
+    ]
+    a.synchronize()
+    rows = net.assert_converged()
+    assert rows["country"] == [(1, "Peru"), (2, "Chile"), (3, "Bolivia")]
+    assert rows["city"] == [
+        (1, "Lima", 200, 1),
+        (2, "Cusco", 50, 1),
+        (3, "La Paz", 0, 3),
+    ]

@@ -54,7 +54,7 @@ def test_repair_replaces_local_data_with_the_servers_copy(net: Cluster) -> None:
 
     # Pulling after the repair goes on from the copy's version.
     with a.Session() as session:
-        session.get(m.City, 1).population = 4
+        session.get_one(m.City, 1).population = 4
         session.commit()
     a.synchronize()
     assert b.pull().operations == 1
@@ -68,9 +68,11 @@ def test_repair_round_trips_every_column_type(net: Cluster) -> None:
         session.add(
             Sample(
                 id=1,
-                code="q\" ] b",
+                code='q" ] b',
                 day=datetime.date(2024, 2, 29),
-                moment=datetime.datetime(2024, 1, 1, 12, 30, tzinfo=datetime.timezone.utc),
+                moment=datetime.datetime(
+                    2024, 1, 1, 12, 30, tzinfo=datetime.timezone.utc
+                ),
                 amount=decimal.Decimal("12.3400"),
                 blob=b"\x00\xff",
                 ref=uuid.UUID("1b4e28ba-2fa1-11d2-883f-0016d3cca427"),
@@ -86,9 +88,9 @@ def test_repair_round_trips_every_column_type(net: Cluster) -> None:
 
 def test_repair_stream_reads_pieces_cut_anywhere() -> None:
     text = (
-        '{"ok":true,"protocol":1,"version":12345,"tables":{"t":{"columns":["id","s"],'
-        '"rows":[[1,"a, ]"],[22,"\\u00e9"]]},"u":{"columns":["id"],"rows":[]}}}'
-    ).encode()
+        b'{"ok":true,"protocol":1,"version":12345,"tables":{"t":{"columns":["id","s"],'
+        b'"rows":[[1,"a, ]"],[22,"\\u00e9"]]},"u":{"columns":["id"],"rows":[]}}}'
+    )
     for size in (1, 2, 3, 7, len(text)):
         pieces = iter([text[i : i + size] for i in range(0, len(text), size)])
         stream = _RepairStream(pieces, "http://x")
@@ -101,7 +103,9 @@ def test_repair_stream_reads_pieces_cut_anywhere() -> None:
 
 
 def test_cut_repair_stream_is_an_error() -> None:
-    stream = _RepairStream(iter([b'{"ok":true,"version":1,"tables":{"t":{"rows":[[1']), "x")
+    stream = _RepairStream(
+        iter([b'{"ok":true,"version":1,"tables":{"t":{"rows":[[1']), "x"
+    )
     with pytest.raises(errors.ProtocolMismatchError):
         for _, _, rows in stream.tables():
             list(rows)
@@ -113,7 +117,12 @@ def test_query_builds_detached_instances_from_server_rows(net: Cluster) -> None:
     with a.Session() as session:
         session.add(m.Country(id=1, name="Peru"))
         session.add_all(
-            m.City(id=i, name=f"city {i}", population=i * 10, country_id=1 if i % 2 else None)
+            m.City(
+                id=i,
+                name=f"city {i}",
+                population=i * 10,
+                country_id=1 if i % 2 else None,
+            )
             for i in range(1, 151)
         )
         session.commit()

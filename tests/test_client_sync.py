@@ -166,7 +166,12 @@ def test_lost_push_answer_is_resent_with_the_same_id_and_applied_once(
 
     versions = net.server.env.db.metadata.tables["reflectsync_versions"]
     with net.server.env.db.engine.connect() as connection:
-        assert connection.execute(sa.select(sa.func.count()).select_from(versions)).scalar() == 1
+        assert (
+            connection.execute(
+                sa.select(sa.func.count()).select_from(versions)
+            ).scalar()
+            == 1
+        )
     node.synchronize()
     assert [r[0] for r in net.server_rows()["country"]] == [1, 2]
     net.assert_converged()
@@ -234,7 +239,7 @@ def test_update_then_delete_while_queued_compresses(net: Cluster) -> None:
         session.add(m.Country(id=1, name="Peru"))
         session.commit()
     with node.Session() as session:
-        country = session.get(m.Country, 1)
+        country = session.get_one(m.Country, 1)
         country.name = "Perú"
         session.commit()
     with node.Session() as session:
@@ -243,9 +248,12 @@ def test_update_then_delete_while_queued_compresses(net: Cluster) -> None:
     assert node.push().push_id is not None
     assert net.server_rows()["country"] == []
     with node.engine.connect() as connection:
-        assert connection.execute(
-            sa.select(sa.func.count()).select_from(NODE_LOG.versions)
-        ).scalar() == 0
+        assert (
+            connection.execute(
+                sa.select(sa.func.count()).select_from(NODE_LOG.versions)
+            ).scalar()
+            == 0
+        )
 
 
 # -- errors -------------------------------------------------------------------------

@@ -1,0 +1,218 @@
+"""Random offline histories on three nodes converge (hypothesis).
+
+Each example starts from an empty server and three fresh SQLite nodes. The
+nodes insert, update and delete countries and cities (cities point at
+countries) while offline, and synchronise in a random order over a network
+that loses requests and answers. Then every node synchronises until quiet,
+and the test checks that
+
+* the server and every node hold exactly the same rows;
+* no row is duplicated (every row carries a unique tag in its name);
+* no committed change is lost: a row nobody deleted exists, and every
+  column holds a value somebody wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flask_reflectsync import errors
+from flask_reflectsync.client import SyncClient
+
+from .conftest import AppFactory
+from .nodes import Cluster, cluster
+
+
+class FlakyNetwork(httpx.BaseTransport):
+    """Loses a request before it is sent, or its answer after the server
+    acted on it, with probability ``loss`` each."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.loss = 0.0
+        self.random = random.Random(0)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.random.random() < self.loss:
+            raise httpx.ConnectError("request lost", request=request)
+        answer = self.inner.handle_request(request)
+        if self.random.random() < self.loss:
+            answer.read()
+            answer.close()
+            raise httpx.ReadError("answer lost", request=request)
+        return answer
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+ACTIONS = (
+    "add_country",
+    "add_city",
+    "rename_country",
+    "grow_city",
+    "move_city",
+    "drop_city",
+    "drop_country",
+    "sync",
+    "sync",
+)
+
+
+@dataclass
+class History:
+    """What the nodes wrote, by tag."""
+
+    written: dict[str, set[Any]] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+
+    def wrote(self, tag: str, value: Any) -> None:
+        self.written.setdefault(tag, set()).add(value)
+
+
+@pytest.fixture
+def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
+    with cluster(make_app, tmp_path) as found:
+        yield found
+
+
+def _reset(net: Cluster, example: int) -> tuple[list[SyncClient], list[FlakyNetwork]]:
+    for node in net.nodes:
+        node.close()
+        node.engine.dispose()
+    net.nodes.clear()
+    metadata = net.server.env.db.metadata
+    with net.server.env.db.engine.begin() as connection:
+        for name in (
+            "city",
+            "country",
+            "reflectsync_operations",
+            "reflectsync_versions",
+        ):
+            connection.execute(sa.delete(metadata.tables[name]))
+        counter = metadata.tables["reflectsync_version_counter"]
+        connection.execute(sa.update(counter).values(value=0))
+    networks = [FlakyNetwork() for _ in range(3)]
+    nodes = [net.node(f"e{example}n{i}", transport=networks[i]) for i in range(3)]
+    return nodes, networks
+
+
+def _tag(name: str) -> str:
+    return name.split("~")[0]
+
+
+def _act(
+    node: SyncClient,
+    name: str,
+    action: str,
+    number: int,
+    net: Cluster,
+    history: History,
+) -> None:
+    m = net.server.env.models
+    with node.Session() as session:
+        countries = session.scalars(sa.select(m.Country).order_by(m.Country.id)).all()
+        cities = session.scalars(sa.select(m.City).order_by(m.City.id)).all()
+        if action == "add_country":
+            tag = f"{name}-c"
+            session.add(m.Country(name=tag))
+            history.wrote(tag, tag)
+        elif action == "add_city":
+            parent = countries[number % len(countries)].id if countries else None
+            tag = f"{name}-t"
+            session.add(m.City(name=tag, population=number, country_id=parent))
+            history.wrote(tag, number)
+        elif action == "rename_country" and countries:
+            country = countries[number % len(countries)]
+            country.name = f"{_tag(country.name)}~{number}"
+            history.wrote(_tag(country.name), country.name)
+        elif action == "grow_city" and cities:
+            city = cities[number % len(cities)]
+            city.population = number
+            history.wrote(city.name, number)
+        elif action == "move_city" and cities and countries:
+            city = cities[number % len(cities)]
+            city.country_id = countries[number % len(countries)].id
+        elif action == "drop_city" and cities:
+            city = cities[number % len(cities)]
+            history.deleted.add(city.name)
+            session.delete(city)
+        elif action == "drop_country" and countries:
+            country = countries[number % len(countries)]
+            for city in cities:
+                if city.country_id == country.id:
+                    city.country_id = None
+            history.deleted.add(_tag(country.name))
+            session.delete(country)
+        session.commit()
+
+
+@settings(
+    # More with REFLECTSYNC_CONVERGENCE_EXAMPLES=500 (a few minutes).
+    max_examples=int(os.environ.get("REFLECTSYNC_CONVERGENCE_EXAMPLES", "30")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    steps=st.lists(
+        st.tuples(st.integers(0, 2), st.sampled_from(ACTIONS), st.integers(0, 10**6)),
+        min_size=4,
+        max_size=30,
+    ),
+    loss=st.sampled_from([0.0, 0.1, 0.3]),
+    seed=st.integers(0, 2**32),
+)
+def test_random_offline_histories_converge(
+    net: Cluster, steps: list[tuple[int, str, int]], loss: float, seed: int
+) -> None:
+    example = len(getattr(net, "examples", []))
+    net.examples = [*getattr(net, "examples", []), example]  # type: ignore[attr-defined]
+    nodes, networks = _reset(net, example)
+    for index, network in enumerate(networks):
+        network.random.seed(seed + index)
+        network.loss = loss
+    history = History()
+
+    for step, (index, action, number) in enumerate(steps):
+        node = nodes[index]
+        if action == "sync":
+            try:
+                node.synchronize(tries=2)
+            except (errors.ServerUnreachableError, errors.PushRejectedError):
+                pass  # lost on the network or still in conflict: later
+        else:
+            _act(node, f"e{example}n{index}s{step}", action, number, net, history)
+
+    for network in networks:
+        network.loss = 0.0
+    for _ in range(3):
+        for node in nodes:
+            node.synchronize(tries=5)
+    for node in nodes:
+        node.pull()
+
+    rows = net.assert_converged()
+    country_names = [name for _, name in rows["country"]]
+    city_names = [name for _, name, _, _ in rows["city"]]
+    tags = [_tag(n) for n in country_names] + city_names
+    assert len(tags) == len(set(tags)), "a row was duplicated"
+    for tag in history.written:
+        if tag not in history.deleted:
+            assert tag in tags, f"{tag} was lost"
+    for _, name in rows["country"]:
+        assert name in history.written[_tag(name)]
+    for _, name, population, country_id in rows["city"]:
+        assert population in history.written[name]
+        if country_id is not None:
+            assert country_id in {key for key, _ in rows["country"]}
