@@ -47,7 +47,13 @@ from .errors import (
     UniqueConstraintError,
     ValidationError,
 )
-from .protocol.codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from .protocol.codec import (
+    DECODE_ERRORS,
+    ColumnCodec,
+    key_from_log,
+    stores_time_zones,
+    table_codecs,
+)
 from .protocol.merge import (
     Conflict,
     MergeSchema,
@@ -718,10 +724,16 @@ class SyncClient:
             codecs_ = codecs_by_table.get(info.name) or table_codecs(
                 info.table, aware_storage=aware
             )
-            key = tuple(
-                codecs_[c.name].to_db(v, f"{info.name} key")
-                for c, v in zip(info.pk_columns, op["key"], strict=True)
-            )
+            try:
+                key = tuple(
+                    codecs_[c.name].decode(v)
+                    for c, v in zip(info.pk_columns, op["key"], strict=True)
+                )
+            except DECODE_ERRORS:
+                raise ProtocolMismatchError(
+                    f"The server sent a key {op['key']!r} that does not fit "
+                    f"{info.name}'s primary key; the schemas differ."
+                ) from None
             row = None
             if op["command"] != DELETE:
                 row = rows.get(info.name, {}).get(key)

@@ -367,6 +367,8 @@ class _Merge:
         return self.info(table).encode_key(key)
 
     def queued(self, table: str, key: tuple[Any, ...]) -> str | None:
+        if not self.queue.commands:  # a node with nothing queued: no lookup
+            return None
         return self.queue.get(table, self.text(table, key))
 
     def load(self, table: str, keys: Iterable[tuple[Any, ...]]) -> None:
@@ -439,13 +441,13 @@ class _Merge:
     def direct(self, change: ServerChange, incoming: set[Any]) -> None:
         table, key, row = change.table, change.key, change.row
         queued = self.queued(table, key)
-        text = self.text(table, key)
         if queued is None:
             if row is None:
                 self.delete(table, key)
             else:
                 self.write(table, key, row)
             return
+        text = self.text(table, key)
         if queued == INSERT:
             if row is None:
                 return  # another row, gone from the server: ours stays queued
@@ -795,10 +797,14 @@ class _Merge:
             if not rows:
                 continue
             info = self.info(table)
+            # Whether each row exists locally is known for the keys loaded at
+            # the start (the plan keeps that cache true); ask for the others.
+            unknown = [k for k in rows if (table, k) not in self.local]
             existing = {
                 row_key(info, found)
-                for found in read_rows(self.connection, info, list(rows))
+                for found in read_rows(self.connection, info, unknown)
             }
+            existing |= {k for k in rows if self.local.get((table, k)) is not None}
             updates = [r for k, r in rows.items() if k in existing]
             inserts = [r for k, r in rows.items() if k not in existing]
             write_rows(self.connection, info, inserts, updates)
