@@ -16,7 +16,7 @@ from flask_reflectsync import errors
 from flask_reflectsync.client import NODE_LOG, NODE_STATE, SyncClient
 
 from .conftest import AppFactory
-from .nodes import Cluster, cluster
+from .nodes import Cluster, cluster, rows_of
 
 
 @pytest.fixture
@@ -329,3 +329,45 @@ def test_error_tree() -> None:
     assert errors.ServerUnreachableError.retryable
     assert errors.ServiceBusyError.retryable
     assert not errors.PushRejectedError.retryable
+
+
+def test_flask_sqlalchemy_node_app_queues_db_session_changes(
+    net: Cluster, tmp_path: Path
+) -> None:
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from .conftest import define_models
+
+    app = Flask("node_app")
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'app.db'}"
+    db = SQLAlchemy()
+    db.init_app(app)
+    models = define_models(db)
+    server_engine = net.server.env.db.engine  # read in the server's app context
+    with app.app_context():
+        db.create_all()
+        client = SyncClient(
+            net.server.base,
+            db.engine,
+            models=[models.Country, models.City],
+            name="flask node",
+        )
+        client.track_session(db.session)
+        client.register()
+        db.session.add(models.Country(id=1, name="Peru"))
+        db.session.commit()
+        assert client.pending_operations() == 1
+        client.synchronize()
+        assert rows_of(server_engine, net.tables)["country"] == [(1, "Peru")]
+
+        other = net.node()
+        with other.Session() as session:
+            session.add(net.server.env.models.City(id=1, name="Lima", country_id=1))
+            session.commit()
+        other.synchronize()
+        client.pull()
+        assert [c.name for c in db.session.scalars(sa.select(models.City))] == ["Lima"]
+        db.session.remove()
+        client.close()
+        db.engine.dispose()
