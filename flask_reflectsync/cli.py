@@ -178,6 +178,66 @@ def nodes_command() -> None:
     click.echo(f"Server version: {current}")
 
 
+@cli.command("trim")
+@click.option(
+    "--through",
+    type=int,
+    metavar="VERSION",
+    help="Trim up to this version instead of the safe watermark; nodes "
+    "that have not pulled that far will have to repair.",
+)
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would be trimmed, change nothing."
+)
+def trim_command(through: int | None, dry_run: bool) -> None:
+    """Drop the logged operations every node has pulled.
+
+    By default up to the safe watermark: the lowest version any registered
+    node has pulled. The versions themselves are kept (they make retried
+    pushes exactly-once).
+    """
+    from .protocol import trim
+
+    state = _state()
+    tables = state.tables
+    with state.db.engine.begin() as connection:
+        current = (
+            connection.execute(
+                sa.select(tables.counter.c.value).where(tables.counter.c.id == 1)
+            ).scalar()
+            or 0
+        )
+        safe = trim.safe_watermark(connection, tables)
+        target = safe if through is None else through
+        if target > current:
+            raise click.ClickException(
+                f"Version {target} does not exist yet; the server is at {current}."
+            )
+        done = trim.trimmed_through(connection, tables)
+        behind = trim.nodes_behind(connection, tables, target)
+        if target <= done:
+            click.echo(
+                f"Nothing to trim: the log is already trimmed through "
+                f"version {done} (safe watermark: {safe})."
+            )
+            return
+        ops, versions = tables.operations, tables.versions
+        count = connection.execute(
+            sa.select(sa.func.count())
+            .select_from(ops.join(versions, versions.c.id == ops.c.version_id))
+            .where(versions.c.number <= target)
+        ).scalar()
+        verb = "Would trim" if dry_run else "Trimmed"
+        if not dry_run:
+            trim.trim(connection, tables, target)
+    click.echo(
+        f"{verb} {count} operation(s) through version {target} "
+        f"(safe watermark: {safe}, server version: {current})."
+    )
+    if behind:
+        click.echo(f"{behind} node(s) had not pulled that far and must repair.")
+
+
 def _when(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 

@@ -35,6 +35,7 @@ from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
 from .messages import PROTOCOL_VERSION, validate
 from .push import KEY_BATCH, batches, current_version, key_filter
 from .schema import TrackedSchema
+from .trim import check_not_trimmed
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def pull(
     since: int = request["since"]
     limit = min(request.get("limit", page_size), page_size)
     after = _parse_cursor(request.get("cursor"), since)
+    check_not_trimmed(session, tables, since, "last pulled version")
     current = current_version(session, tables)
     if since > current:
         raise ValidationError(

@@ -40,6 +40,7 @@ from ..tracking.keys import encode_key
 from .codec import DECODE_ERRORS, ColumnCodec, stores_time_zones, table_codecs
 from .messages import validate
 from .schema import TrackedSchema
+from .trim import check_not_trimmed
 
 #: How many keys go into one ``IN (...)`` list.
 KEY_BATCH = 1000
@@ -330,6 +331,8 @@ def _decode_key(
 
 
 def _check_version(session: Session, tables: LogTables, last_version: int) -> None:
+    # Conflicts are found in the log after last_version: it must still be there.
+    check_not_trimmed(session, tables, last_version, "last pulled version")
     current = current_version(session, tables)
     if last_version > current:
         raise ValidationError(
