@@ -464,3 +464,18 @@ def test_push_needs_a_node(server: ServerEnv) -> None:
     )
     assert answer.status_code == 401
     assert _rows(server, "city") == []
+
+
+def test_a_push_that_changes_nothing_is_still_recorded_once(server: ServerEnv) -> None:
+    # Deleting a row the server no longer has changes nothing, but the push
+    # must still be answered (not a 500) and a retry answered the same way.
+    node = server.node()
+    gone = [{"table": "city", "key": [404], "command": "d"}]
+    first = node.push(gone, {}, push_id="nothing")
+    assert first.status_code == 200, first.text
+    assert first.json()["operations"] == 0
+    assert first.json()["version"] == 1
+    again = node.push(gone, {}, push_id="nothing")
+    assert again.json() == first.json()
+    assert [number for number, *_ in _versions(server)] == [1]
+    assert logged(server.env.db) == []

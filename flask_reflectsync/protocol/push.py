@@ -35,7 +35,7 @@ from ..errors import (
     ValidationError,
 )
 from ..tracking import DELETE, INSERT, LogTables, TrackedTable, compress
-from ..tracking.capture import VERSION_ROW_VALUES
+from ..tracking.capture import VERSION_ROW_VALUES, ensure_version
 from ..tracking.keys import encode_key
 from .codec import DECODE_ERRORS, ColumnCodec, stores_time_zones, table_codecs
 from .messages import validate
@@ -139,6 +139,9 @@ def push(
         _check_updated_rows_exist(session, changes)
         session.info[VERSION_ROW_VALUES] = {"node_id": node_id, "push_id": stored}
         _apply(session, schema, changes)
+        # Recorded even when its operations changed nothing (deletes of rows
+        # already gone): the push id must stay, for retries to be answered.
+        ensure_version(session)
         _lock_counter(session, tables)
         conflicts = find_conflicts(session, tables, changes, node_id, last_version)
         if conflicts:

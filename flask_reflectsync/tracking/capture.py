@@ -356,6 +356,29 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
         _assign_number(connection, log, tx)
 
 
+def ensure_version(session: Session) -> int:
+    """Give the session's transaction its version row now, even if it logged
+    no operation, and return the row's id; it is numbered at commit.
+
+    The sync server calls it for every applied push, so that a push whose
+    operations changed nothing (deleting rows already gone) is still recorded
+    with its push id, and a retry is answered from it.
+
+    :param session: a tracked session, or a scoped session (``db.session``).
+    :raises ConfigurationError: if the session is not tracked.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
+    log = _log_for(session)
+    if log is None:
+        raise ConfigurationError(
+            "This session is not tracked; call start_tracking() on its "
+            "sessionmaker first."
+        )
+    connection = session.connection(bind_arguments={"clause": log.tables.operations})
+    return _transaction_log(session, log, connection).version_id
+
+
 def _transaction_log(
     session: Session, log: OperationLog, connection: sa.Connection
 ) -> _TransactionLog:
