@@ -26,3 +26,55 @@ def test_the_demo_runs_and_shows_what_merged() -> None:
     assert "Both tablets hold exactly the same rows: True." in out
     assert "signal table_created: main.weather_log" in out
     assert "Done." in out
+
+
+def test_the_node_program_records_offline_and_syncs(
+    tmp_path: Path, database_url: str
+) -> None:
+    from click.testing import CliRunner
+
+    from example_app import node, server
+
+    from .http_server import served
+
+    app = server.create_app(
+        {
+            "SQLALCHEMY_DATABASE_URI": database_url,
+            "SECRET_KEY": "example-node-test",
+            "REFLECTSYNC_OPEN_REGISTRATION": True,
+        }
+    )
+    with app.app_context():
+        server.db.drop_all()
+        server.db.create_all()
+    try:
+        with served(app) as url:
+
+            def tablet(name: str, *args: str) -> str:
+                options = [
+                    "--server",
+                    url + "/sync",
+                    "--name",
+                    name,
+                    "--database",
+                    f"sqlite:///{tmp_path / name}.db",
+                ]
+                result = CliRunner().invoke(node.cli, [*options, *args])
+                assert result.exit_code == 0, result.output
+                return str(result.output)
+
+            assert "2 change(s) wait" in tablet(
+                "a", "record", "North marsh", "heron", "3"
+            )
+            assert "Registered as node" in tablet("a", "sync")
+            tablet("b", "record", "Reed bed", "egret", "1")
+            assert "Pushed 2" in tablet("b", "sync")
+            tablet("a", "sync")
+            listing = tablet("a", "list")
+            assert "North marsh" in listing and "Reed bed" in listing
+            assert listing == tablet("b", "list")
+    finally:
+        with app.app_context():
+            server.db.session.remove()
+            server.db.drop_all()
+            server.db.engine.dispose()
