@@ -61,6 +61,12 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get(
         "SURVEY_DATABASE_URL", "sqlite:///survey.db"
     )
+    # Node secrets derive from the secret key; tablets register with the token.
+    # Both defaults are for trying the example only: set your own.
+    app.config["SECRET_KEY"] = os.environ.get("SURVEY_SECRET_KEY", "dev only")
+    app.config["REFLECTSYNC_REGISTRATION_TOKEN"] = os.environ.get(
+        "SURVEY_REGISTRATION_TOKEN", "survey"
+    )
     app.config.update(config or {})
     db.init_app(app)
     sync.init_app(app, db)
