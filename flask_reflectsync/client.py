@@ -63,6 +63,7 @@ from .protocol.merge import (
     merge_page,
     read_rows,
     row_key,
+    separate_replaced_rows,
     write_rows,
 )
 from .protocol.messages import PROTOCOL_VERSION
@@ -524,6 +525,8 @@ class SyncClient:
     def _start_push(self) -> bool:
         versions = NODE_LOG.versions
         with self._begin() as connection:
+            # A new row under a deleted row's key is pushed as a new row.
+            separate_replaced_rows(connection, self.schema, NODE_LOG)
             ids = list(
                 connection.execute(
                     sa.select(versions.c.id)
@@ -531,8 +534,6 @@ class SyncClient:
                     .order_by(versions.c.id)
                 ).scalars()
             )
-            if not ids:
-                return False
             self._set_state(
                 connection, push_id=uuid.uuid4().hex, push_versions=json.dumps(ids)
             )

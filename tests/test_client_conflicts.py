@@ -465,3 +465,64 @@ def test_worked_example_of_the_docs(net: Cluster, resolved: list[Conflict]) -> N
         (2, "Cusco", 50, 1),
         (3, "La Paz", 0, 3),
     ]
+
+
+def test_a_deleted_key_reused_by_a_new_local_row_keeps_both_rows(
+    net: Cluster,
+) -> None:
+    """The shrunk convergence failure: node b deletes the country node c
+    created and then adds a country, which SQLite gives the freed id; node c
+    renames the old country meanwhile. The new country is a new row, not an
+    update of the old one: it must survive whoever synchronises first."""
+    m = net.server.env.models
+    a, b, c = net.node(), net.node(), net.node()
+    with c.Session() as s:
+        s.add(m.Country(name="old"))
+        s.commit()
+    c.synchronize()
+    b.synchronize()
+    _delete(b, m.Country, 1)
+    _set(c, m.Country, 1, name="old renamed")
+    with b.Session() as s:
+        new = m.Country(name="new")
+        s.add(new)
+        s.flush()
+        assert new.id == 1  # the freed key, taken again
+        s.commit()
+    for _ in range(3):
+        for node in (a, b, c):
+            node.synchronize(tries=5)
+    for node in (a, b, c):
+        node.pull()
+    rows = net.assert_converged()
+    names = sorted(name for _, name in rows["country"])
+    # the rename beats the delete (last-pusher-wins); the new row survives
+    assert names == ["new", "old renamed"]
+
+
+def test_a_deleted_key_reused_before_pulling_the_other_update(
+    net: Cluster,
+) -> None:
+    """As above, with the node that reused the key synchronising before the
+    node that renamed the old row has pushed."""
+    m = net.server.env.models
+    b, c = net.node(), net.node()
+    with c.Session() as s:
+        s.add(m.Country(name="old"))
+        s.commit()
+    c.synchronize()
+    b.synchronize()
+    _delete(b, m.Country, 1)
+    with b.Session() as s:
+        s.add(m.Country(name="new"))
+        s.add(m.City(name="town", country_id=1))
+        s.commit()
+    _set(c, m.Country, 1, name="old renamed")
+    b.synchronize()
+    c.synchronize()
+    net.settle()
+    rows = net.assert_converged()
+    countries = {name: key for key, name in rows["country"]}
+    assert sorted(countries) == ["new", "old renamed"]
+    # the new row's children followed it
+    assert [(n, k) for _, n, _, k in rows["city"]] == [("town", countries["new"])]

@@ -40,7 +40,15 @@ from typing import Any, Literal, cast
 import sqlalchemy as sa
 
 from ..errors import ConfigurationError, UniqueConstraintError
-from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
+from ..tracking import (
+    DELETE,
+    INSERT,
+    UPDATE,
+    LogTables,
+    TrackedTable,
+    compress,
+    decode_key,
+)
 
 # -- conflicts and strategies -----------------------------------------------------
 
@@ -216,6 +224,19 @@ class LocalQueue:
         self.commands: dict[tuple[str, str], str] = {
             (op.table_name, op.row_key): op.command for op in compress(ops)
         }
+        #: Rows the node deleted and then inserted again under the same key
+        #: (SQLite gives a new row the highest freed id): compressed, that is
+        #: an update, although the row is a new one.
+        self.replaced: set[tuple[str, str]] = set()
+        first: dict[tuple[str, str], str] = {}
+        deleted: set[tuple[str, str]] = set()
+        for op in ops:
+            ident = (op.table_name, op.row_key)
+            first.setdefault(ident, op.command)
+            if op.command == DELETE:
+                deleted.add(ident)
+            elif op.command == INSERT and ident in deleted and first[ident] != INSERT:
+                self.replaced.add(ident)
         self._version_id: int | None = None
 
     def get(self, table: str, key_text: str) -> str | None:
@@ -234,6 +255,7 @@ class LocalQueue:
             )
         )
         self.commands.pop((table, key_text), None)
+        self.replaced.discard((table, key_text))
 
     def set(self, table: str, key_text: str, command: str) -> None:
         """Make ``command`` the row's only queued change."""
@@ -429,6 +451,7 @@ class _Merge:
         for table, items in by_table.items():
             self.load(table, [c.key for c in items])
         incoming = {(c.table, c.key) for c in changes}
+        self.separate_replaced(incoming)
         for table in self.schema.tables:
             for change in by_table.get(table, ()):
                 self.direct(change, incoming)
@@ -504,17 +527,49 @@ class _Merge:
             self.queue.drop(table, text)
             conflict.resolution = "deleted"
 
+    def separate_replaced(self, incoming: set[Any]) -> None:
+        """Give a new key to every local row inserted under the key of a row
+        the node deleted (and the server still has, as far as the node
+        knows): queued as the old row's delete and the new row's insert,
+        they stay two rows everywhere, whoever synchronises first."""
+        for table, text in sorted(self.queue.replaced):
+            if self.queue.get(table, text) != UPDATE:
+                continue  # deleted again (or already settled)
+            info = self.info(table) if table in self.schema.tables else None
+            if info is None or not (info.integer_key and len(info.pk_columns) == 1):
+                continue  # a natural key: the same row, replaced
+            key = _int_key(text)
+            if key is None:
+                continue
+            self.rekey(table, key, incoming, replaced=True)
+
     def rekey(
-        self, table: str, key: tuple[Any, ...], incoming: set[Any]
+        self,
+        table: str,
+        key: tuple[Any, ...],
+        incoming: set[Any],
+        *,
+        replaced: bool = False,
     ) -> tuple[Any, ...]:
-        """Move the local row ``key`` to a free key, with the references to it."""
+        """Move the local row ``key`` to a free key, with the references to it.
+
+        :param replaced: the node deleted the row the server knows under
+            ``key`` before inserting this one: queue that delete.
+        """
         info = self.info(table)
         column = info.pk_columns[0]
         highest = self.connection.execute(sa.select(sa.func.max(column))).scalar() or 0
         taken = [k[0] for t, k in incoming if t == table] + [
             k[0] for t, k in self.writes if t == table
         ]
-        new_key = (max([highest, *taken]) + 1,)
+        # Keys queued as deletes are no longer in the table, but the server
+        # has them: never move a row onto one.
+        queued = [
+            found[0]
+            for t, text in self.queue.commands
+            if t == table and (found := _int_key(text)) is not None
+        ]
+        new_key = (max([highest, *taken, *queued]) + 1,)
         old_text, new_text = self.text(table, key), self.text(table, new_key)
         self.connection.execute(
             sa.update(info.table)
@@ -526,7 +581,10 @@ class _Merge:
             moved[column.name] = new_key[0]
         self.local[(table, new_key)] = moved
         self.local[(table, key)] = None
-        self.queue.drop(table, old_text)
+        if replaced:
+            self.queue.set(table, old_text, DELETE)
+        else:
+            self.queue.drop(table, old_text)
         self.queue.set(table, new_text, INSERT)
         for ref in self.schema.referenced_by.get(table, ()):
             child = ref.child
@@ -835,6 +893,36 @@ def merge_page(
     """
     queue = LocalQueue(connection, tables)
     return _Merge(connection, schema, queue, resolutions, fetch).run(changes)
+
+
+def separate_replaced_rows(
+    connection: sa.Connection, schema: MergeSchema, tables: LogTables
+) -> None:
+    """Re-key the local rows inserted under the integer key of a row the node
+    deleted, in ``connection``'s transaction (see
+    :meth:`_Merge.separate_replaced`). The client calls it before a push;
+    :func:`merge_page` does it before merging."""
+    queue = LocalQueue(connection, tables)
+    if queue.replaced:
+        merge = _Merge(connection, schema, queue, Resolutions(), _no_fetch)
+        merge.separate_replaced(set())
+
+
+def _no_fetch(
+    table: str, keys: Sequence[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    raise AssertionError("re-keying a replaced row reads nothing from the server")
+
+
+def _int_key(text: str) -> tuple[int] | None:
+    """The integer key encoded as ``text`` (``"[7]"``), or ``None``."""
+    try:
+        values = decode_key(text)
+    except ValueError:
+        return None
+    if len(values) == 1 and type(values[0]) is int:
+        return (values[0],)
+    return None
 
 
 def _named(decision: Decision) -> str:
