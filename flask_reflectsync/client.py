@@ -534,6 +534,8 @@ class SyncClient:
                     .order_by(versions.c.id)
                 ).scalars()
             )
+            if not ids:
+                return False
             self._set_state(
                 connection, push_id=uuid.uuid4().hex, push_versions=json.dumps(ids)
             )
