@@ -657,13 +657,17 @@ class SyncClient:
 
     # -- pull ----------------------------------------------------------------------
 
-    def pull(self) -> PullResult:
+    def pull(self, progress: Callable[[int, int], Any] | None = None) -> PullResult:
         """Fetch the server's changes since the last pull and merge them.
 
         Every page is merged in one local transaction with the queued local
         changes (see :doc:`/conflicts`); each resolved conflict sends
         :data:`~flask_reflectsync.signals.conflict_resolved` with this client
         as sender. A push whose answer was lost is first sent again.
+
+        :param progress: called as ``progress(version, server_version)`` after
+            each page is merged: how far the node has got, and where the
+            server was when the page was served.
 
         :raises UniqueConstraintError: a local change holds unique values the
             server gave another row; the page is not merged.
@@ -700,6 +704,8 @@ class SyncClient:
                 count += len(changes)
                 version = page["until"]
                 cursor = page["cursor"]
+                if progress is not None:
+                    progress(version, int(page.get("version", version)))
                 if cursor is None:
                     return PullResult(version, count, conflicts)
 

@@ -168,9 +168,27 @@ def push(node: _Node) -> None:
 @cli.command()
 @click.pass_obj
 def pull(node: _Node) -> None:
-    """Fetch the server's changes and merge them."""
+    """Fetch the server's changes and merge them, page by page."""
     with node.client() as client:
-        result = client.pull()
+        start = client.last_version
+        bars: list[Any] = []
+
+        def progress(version: int, server_version: int) -> None:
+            if not bars:  # the total is known once the first page arrives
+                bar = click.progressbar(
+                    length=max(server_version - start, 1),
+                    label="Pulling versions",
+                    show_pos=True,
+                )
+                bar.__enter__()
+                bars.append(bar)
+            bars[0].update(version - start - bars[0].pos)
+
+        try:
+            result = client.pull(progress=progress)
+        finally:
+            for bar in bars:
+                bar.__exit__(None, None, None)
     click.echo(
         f"Merged {result.operations} change(s); now at version {result.version}."
     )

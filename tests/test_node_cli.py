@@ -24,6 +24,8 @@ def survey_url(database_url: str) -> Iterator[str]:
             "SQLALCHEMY_DATABASE_URI": database_url,
             "SECRET_KEY": "node-cli-test",
             "REFLECTSYNC_OPEN_REGISTRATION": True,
+            # small pages, so a pull takes several and shows its progress
+            "REFLECTSYNC_PULL_PAGE_SIZE": 1,
         }
     )
     with app.app_context():
@@ -86,7 +88,9 @@ def test_register_push_pull_status_and_repair(survey_url: str, node_url: str) ->
         session.commit()
     second.close()
     assert "Pushed 1 operation(s)" in ok(survey_url, other, "sync")
-    assert "Merged 1 change(s)" in ok(survey_url, node_url, "pull")
+    pulled = ok(survey_url, node_url, "pull")
+    assert "Merged 1 change(s)" in pulled
+    assert "Pulling versions" in pulled
     with engine.connect() as connection:
         species = connection.execute(sa.text("SELECT species FROM observation")).all()
     assert species == [("heron",)]
