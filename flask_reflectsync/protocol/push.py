@@ -35,7 +35,7 @@ from ..errors import (
     ValidationError,
 )
 from ..tracking import DELETE, INSERT, LogTables, TrackedTable, compress
-from ..tracking.capture import VERSION_ROW_VALUES, ensure_version
+from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
 from .codec import DECODE_ERRORS, ColumnCodec, stores_time_zones, table_codecs
 from .messages import validate
@@ -407,6 +407,8 @@ def _apply(
         if target.inserts:
             table = target.info.table
             rows = [target.rows[op.row_key] for op in target.inserts]
+            if _insert_with_arrays(session, target, rows):
+                continue
             keys = {c.name: c.key for c in table.columns if c.name != c.key}
             if keys:
                 rows = [{keys.get(c, c): v for c, v in row.items()} for row in rows]
@@ -437,6 +439,63 @@ def _apply(
                 sa.delete(mapper.class_).where(key_filter(pk, batch)),
                 execution_options={"synchronize_session": False},
             )
+
+
+# Column types whose Python values psycopg sends as a typed array as they are.
+_ARRAY_SAFE = (
+    sa.Integer,
+    sa.String,
+    sa.Float,
+    sa.Numeric,
+    sa.Boolean,
+    sa.Date,
+    sa.DateTime,
+    sa.Time,
+    sa.Uuid,
+    sa.LargeBinary,
+)
+
+
+def _insert_with_arrays(
+    session: Session, target: _TableChanges, rows: list[dict[str, Any]]
+) -> bool:
+    """Insert ``rows`` with one ``INSERT ... SELECT FROM unnest(arrays)`` on
+    PostgreSQL: a single statement instead of one per row, several times
+    faster for large pushes. The operations are logged explicitly (the
+    listeners do not see driver-level statements). Returns ``False`` when the
+    fast path does not apply (other backends, column types psycopg cannot
+    send as plain arrays, such as JSON, enums or collated strings).
+    """
+    table = target.info.table
+    connection = session.connection(bind_arguments={"clause": table})
+    dialect = connection.dialect
+    if dialect.name != "postgresql":
+        return False
+    columns = [table.c[name] for name in target.columns]
+    sent = set(target.columns)
+    if any(c.default is not None for c in table.columns if c.name not in sent):
+        return False  # Python-side defaults are applied by SQLAlchemy's path
+    for column in columns:
+        kind = column.type
+        if not isinstance(kind, _ARRAY_SAFE) or isinstance(kind, sa.Enum):
+            return False
+        if getattr(kind, "collation", None):
+            return False
+    preparer = dialect.identifier_preparer
+    casts = ", ".join(
+        f"%s::{column.type.compile(dialect=dialect)}[]" for column in columns
+    )
+    names = ", ".join(preparer.quote(column.name) for column in columns)
+    arrays = tuple([row.get(column.name) for row in rows] for column in columns)
+    connection.exec_driver_sql(
+        f"INSERT INTO {preparer.format_table(table)} ({names}) "
+        f"SELECT * FROM unnest({casts})",
+        arrays,
+    )
+    record_operations(
+        session, target.info, [op.row_key for op in target.inserts], INSERT
+    )
+    return True
 
 
 def _lock_counter(session: Session, tables: LogTables) -> None:

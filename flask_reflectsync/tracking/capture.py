@@ -356,6 +356,34 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
         _assign_number(connection, log, tx)
 
 
+def record_operations(
+    session: Session, info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str
+) -> None:
+    """Log operations for rows written in a way the listeners cannot see.
+
+    For code that writes tracked rows straight through the driver for speed
+    (the sync server applies large pushes so on PostgreSQL): it must call this
+    in the same transaction, with the keys it wrote.
+
+    :param session: the tracked session (or ``db.session``) whose transaction
+        wrote the rows.
+    :param info: the tracked table (:func:`.registry.tracked_table_for`).
+    :param keys: the primary keys written, in key-column order.
+    :param command: ``"i"``, ``"u"`` or ``"d"``.
+    """
+    if isinstance(session, scoped_session):
+        session = session()
+    log = _log_for(session)
+    if log is None:
+        raise ConfigurationError(
+            "This session is not tracked; call start_tracking() on its "
+            "sessionmaker first."
+        )
+    batch = _batch(info, keys, command)
+    if batch.keys:
+        _write(session, log, batch)
+
+
 def ensure_version(session: Session) -> int:
     """Give the session's transaction its version row now, even if it logged
     no operation, and return the row's id; it is numbered at commit.
