@@ -121,3 +121,26 @@ def test_an_unreachable_server_is_a_clear_error(node_url: str) -> None:
     result = run("http://127.0.0.1:9/sync", node_url, "register")
     assert result.exit_code == 1
     assert "Error:" in result.output and "127.0.0.1:9" in result.output
+
+
+def test_help_explains_every_command() -> None:
+    result = CliRunner().invoke(cli, ["--help"], env={})
+    assert result.exit_code == 0
+    for command in ("register", "push", "pull", "sync", "repair", "status"):
+        assert f"  {command}" in result.output
+        sub = CliRunner().invoke(cli, [command, "--help"], env={})
+        assert sub.exit_code == 0 and "Usage:" in sub.output
+
+
+def test_python_dash_m_runs_the_same_program() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "flask_reflectsync", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0
+    assert "reflectsync-node" in done.stdout and "repair" in done.stdout
