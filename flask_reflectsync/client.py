@@ -20,6 +20,7 @@ import decimal
 import json
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ from typing import Any, TypeVar
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy.orm import Mapper, Session, sessionmaker
+from sqlalchemy import event
+from sqlalchemy.orm import Mapper, Session, scoped_session, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import signals
@@ -56,14 +58,17 @@ from .protocol.codec import (
 )
 from .protocol.merge import (
     Conflict,
+    HighWater,
     MergeSchema,
     Resolutions,
     ServerChange,
     Strategy,
+    define_high_water_table,
     merge_page,
     read_rows,
     row_key,
     separate_replaced_rows,
+    single_integer_key,
     write_rows,
 )
 from .protocol.messages import PROTOCOL_VERSION
@@ -106,6 +111,10 @@ NODE_STATE = sa.Table(
     sa.Column("push_id", sa.String(64), nullable=True),
     sa.Column("push_versions", sa.Text, nullable=True),
 )
+
+#: Per tracked table with an integer key, the highest key the node has ever
+#: seen: new rows get keys above it (see :doc:`/conflicts`).
+NODE_KEYS = define_high_water_table(NODE_METADATA)
 
 _BATCH = 500
 
@@ -243,6 +252,7 @@ class SyncClient:
         maker.client = self
         self.Session: sessionmaker[Session] = maker
         start_tracking(self.Session, self._log)
+        _assign_keys_on(self.Session, self)
 
     # -- setup -------------------------------------------------------------------
 
@@ -254,6 +264,7 @@ class SyncClient:
         """
         self._prepare()
         start_tracking(target, self._log)
+        _assign_keys_on(target, self)
 
     def _prepare(self) -> None:
         if self._prepared:
@@ -526,7 +537,7 @@ class SyncClient:
         versions = NODE_LOG.versions
         with self._begin() as connection:
             # A new row under a deleted row's key is pushed as a new row.
-            separate_replaced_rows(connection, self.schema, NODE_LOG)
+            separate_replaced_rows(connection, self.schema, NODE_LOG, NODE_KEYS)
             ids = list(
                 connection.execute(
                     sa.select(versions.c.id)
@@ -696,6 +707,7 @@ class SyncClient:
                         changes,
                         self.resolutions,
                         self._fetch,
+                        NODE_KEYS,
                     )
                     self._set_state(connection, last_version=page["until"])
                 for conflict in result.conflicts:
@@ -880,6 +892,7 @@ class SyncClient:
                     connection.execute(
                         sa.delete(versions).where(versions.c.number.is_(None))
                     )
+                    HighWater(connection, NODE_KEYS).raise_to_tables(schema)
                     self._set_state(
                         connection,
                         last_version=stream.header["version"],
@@ -937,6 +950,99 @@ class SyncClient:
                 f"{getattr(model, '__name__', model)!r} is not a tracked mapped class."
             )
         return info
+
+
+# -- keys of new rows ------------------------------------------------------------------
+
+#: The client whose tables the sessions of each session class write.
+_key_clients: weakref.WeakKeyDictionary[type[Session], weakref.ref[SyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _assign_keys_on(target: Any, client: SyncClient) -> None:
+    """Make new rows flushed through ``target``'s sessions take integer keys
+    above the node's high water, and raise it to the keys they flush."""
+    if isinstance(target, scoped_session):
+        target = target.session_factory
+    if isinstance(target, sessionmaker):
+        target = target.class_
+    if not (isinstance(target, type) and issubclass(target, Session)):
+        return  # start_tracking has refused it already
+    if target not in _key_clients:
+        event.listen(target, "before_flush", _assign_new_keys)
+        event.listen(target, "after_flush", _raise_high_water)
+    _key_clients[target] = weakref.ref(client)
+
+
+def _key_client(session: Session) -> SyncClient | None:
+    for klass in type(session).__mro__:
+        ref = _key_clients.get(klass)
+        if ref is not None:
+            return ref()
+    return None
+
+
+def _key_table(client: SyncClient, obj: Any) -> TrackedTable | None:
+    """The tracked table of ``obj`` if the client syncs it and it has a
+    single integer key."""
+    mapper = sa.inspect(obj).mapper
+    info = tracked_table_for(mapper)
+    if info is None or not single_integer_key(info):
+        return None
+    mine = client.schema.tables.get(info.name)
+    if mine is None or mine.table is not info.table:
+        return None
+    return info
+
+
+def _assign_new_keys(session: Session, flush_context: Any, instances: Any) -> None:
+    """Give each new row without a key ``max(high water, max key) + 1``, in
+    turn: one query per table and flush. The high-water row is locked (and
+    raised) in the flush's transaction, so concurrent flushes wait for each
+    other; on SQLite the node's BEGIN IMMEDIATE serialises them anyway."""
+    client = _key_client(session)
+    if client is None or not session.new:
+        return
+    wanted: dict[str, tuple[TrackedTable, list[Any]]] = {}
+    for obj in session.new:
+        info = _key_table(client, obj)
+        if info is None or sa.inspect(obj).dict.get(info.pk_attrs[0]) is not None:
+            continue  # untracked, or an explicit key: the app's choice
+        wanted.setdefault(info.name, (info, []))[1].append(obj)
+    if not wanted:
+        return
+    water = HighWater(session.connection(), NODE_KEYS)
+    raised: dict[str, int] = {}
+    for name, (info, objects) in wanted.items():
+        key = water.next_key(info, lock=True)
+        for obj in objects:
+            setattr(obj, info.pk_attrs[0], key)
+            key += 1
+        raised[name] = key - 1
+    water.raise_to(raised)
+
+
+def _raise_high_water(session: Session, flush_context: Any) -> None:
+    """Raise the high water to the keys of the rows this flush inserted
+    (including keys the app chose) and deleted."""
+    client = _key_client(session)
+    if client is None or not (session.new or session.deleted):
+        return
+    highest: dict[str, int] = {}
+    for obj in [*session.new, *session.deleted]:
+        info = _key_table(client, obj)
+        if info is None:
+            continue
+        state = sa.inspect(obj)
+        if state.key is not None:  # deleted: its identity
+            value = state.key[1][0]
+        else:  # inserted: the key the flush gave it
+            value = state.dict.get(info.pk_attrs[0])
+        if type(value) is int and value > highest.get(info.name, 0):
+            highest[info.name] = value
+    if highest:
+        HighWater(session.connection(), NODE_KEYS).raise_to(highest)
 
 
 # -- helpers --------------------------------------------------------------------------

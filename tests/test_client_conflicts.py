@@ -473,7 +473,9 @@ def test_a_deleted_key_reused_by_a_new_local_row_keeps_both_rows(
     """The shrunk convergence failure: node b deletes the country node c
     created and then adds a country, which SQLite gives the freed id; node c
     renames the old country meanwhile. The new country is a new row, not an
-    update of the old one: it must survive whoever synchronises first."""
+    update of the old one: it must survive whoever synchronises first.
+    (The node itself never hands out a key it has seen, see
+    test_client_keys.py; here the app chooses the freed key.)"""
     m = net.server.env.models
     a, b, c = net.node(), net.node(), net.node()
     with c.Session() as s:
@@ -484,10 +486,10 @@ def test_a_deleted_key_reused_by_a_new_local_row_keeps_both_rows(
     _delete(b, m.Country, 1)
     _set(c, m.Country, 1, name="old renamed")
     with b.Session() as s:
-        new = m.Country(name="new")
+        new = m.Country(id=1, name="new")
         s.add(new)
         s.flush()
-        assert new.id == 1  # the freed key, taken again
+        assert new.id == 1  # the freed key, taken again by the app
         s.commit()
     for _ in range(3):
         for node in (a, b, c):
@@ -504,7 +506,7 @@ def test_a_deleted_key_reused_before_pulling_the_other_update(
     net: Cluster,
 ) -> None:
     """As above, with the node that reused the key synchronising before the
-    node that renamed the old row has pushed."""
+    node that renamed the old row has pushed (the app choosing the key)."""
     m = net.server.env.models
     b, c = net.node(), net.node()
     with c.Session() as s:
@@ -514,7 +516,7 @@ def test_a_deleted_key_reused_before_pulling_the_other_update(
     b.synchronize()
     _delete(b, m.Country, 1)
     with b.Session() as s:
-        s.add(m.Country(name="new"))
+        s.add(m.Country(id=1, name="new"))
         s.add(m.City(name="town", country_id=1))
         s.commit()
     _set(c, m.Country, 1, name="old renamed")

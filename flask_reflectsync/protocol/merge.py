@@ -25,6 +25,11 @@ the server agree with the node:
   :class:`~flask_reflectsync.errors.UniqueConstraintError` and the caller
   rolls the whole page back.
 
+A node never hands out an integer key at or below the highest key it has
+seen for the table (its *high water*, see :class:`HighWater`): a key the
+server once had, given to a new row, would reach other nodes as an update
+of the old row.
+
 Nothing here writes through a tracked session: the caller passes a plain
 connection, so applying server changes logs no local operations. The queue
 is rewritten explicitly through :class:`LocalQueue`.
@@ -289,6 +294,107 @@ class LocalQueue:
             self.commands.pop((table, key_text), None)
 
 
+# -- key high water -------------------------------------------------------------------
+
+
+def single_integer_key(info: TrackedTable) -> bool:
+    """Whether ``info``'s table has a one-column integer primary key."""
+    return info.integer_key and len(info.pk_columns) == 1
+
+
+def define_high_water_table(metadata: sa.MetaData) -> sa.Table:
+    """The node-private table keeping, per table, the highest integer key the
+    node has ever seen (inserted, pulled, repaired or re-keyed to)."""
+    return sa.Table(
+        "reflectsync_node_keys",
+        metadata,
+        sa.Column("table_name", sa.String(200), primary_key=True),
+        sa.Column("high_water", sa.BigInteger, nullable=False, default=0),
+    )
+
+
+class HighWater:
+    """Reads and raises the per-table high water in ``connection``'s
+    transaction. It never goes down.
+
+    :param connection: a connection of the node's engine, in a transaction.
+    :param table: the high-water table (see :func:`define_high_water_table`).
+    """
+
+    def __init__(self, connection: sa.Connection, table: sa.Table) -> None:
+        self.connection = connection
+        self.table = table
+
+    def get(self, name: str, *, lock: bool = False) -> int:
+        """The high water of table ``name`` (0 if none). With ``lock``, the
+        row is locked until the transaction ends (``FOR UPDATE``, where the
+        database has it), so concurrent writers hand out keys in turn."""
+        query = sa.select(self.table.c.high_water).where(
+            self.table.c.table_name == name
+        )
+        if lock:
+            query = query.with_for_update()
+        return int(self.connection.execute(query).scalar() or 0)
+
+    def next_key(self, info: TrackedTable, *, lock: bool = False) -> int:
+        """The lowest key above both the high water and the table's keys."""
+        column = info.pk_columns[0]
+        highest = self.connection.execute(sa.select(sa.func.max(column))).scalar()
+        return max(self.get(info.name, lock=lock), int(highest or 0)) + 1
+
+    def raise_to(self, keys: Mapping[str, int]) -> None:
+        """Raise the high water of each table to at least its key."""
+        if not keys:
+            return
+        c = self.table.c
+        known = {
+            name: int(value)
+            for name, value in self.connection.execute(
+                sa.select(c.table_name, c.high_water).where(
+                    c.table_name.in_(list(keys))
+                )
+            )
+        }
+        for name, key in keys.items():
+            if name not in known:
+                self.connection.execute(
+                    sa.insert(self.table).values(table_name=name, high_water=key)
+                )
+            elif known[name] < key:
+                self.connection.execute(
+                    sa.update(self.table)
+                    .where(c.table_name == name, c.high_water < key)
+                    .values(high_water=key)
+                )
+
+    def raise_to_keys(
+        self, schema: MergeSchema, keys: Iterable[tuple[str, tuple[Any, ...]]]
+    ) -> None:
+        """Raise the high water to the integer keys among ``(table, key)``."""
+        highest: dict[str, int] = {}
+        for name, key in keys:
+            info = schema.tables.get(name)
+            if info is None or not single_integer_key(info):
+                continue
+            value = key[0]
+            if type(value) is int and value > highest.get(name, 0):
+                highest[name] = value
+        self.raise_to(highest)
+
+    def raise_to_tables(self, schema: MergeSchema) -> None:
+        """Raise the high water to the highest key now in each table."""
+        highest: dict[str, int] = {}
+        for name, info in schema.tables.items():
+            if not single_integer_key(info):
+                continue
+            found = self.connection.execute(
+                sa.select(sa.func.max(info.pk_columns[0]))
+            ).scalar()
+            if found is not None and int(found) > 0:
+                highest[name] = int(found)
+        self.raise_to(highest)
+
+
 # -- the incoming page -----------------------------------------------------------------
 
 
@@ -368,12 +474,14 @@ class _Merge:
         queue: LocalQueue,
         resolutions: Resolutions,
         fetch: Fetcher,
+        high_water: HighWater | None = None,
     ) -> None:
         self.connection = connection
         self.schema = schema
         self.queue = queue
         self.resolutions = resolutions
         self.fetch = fetch
+        self.high_water = high_water
         self.result = MergeResult()
         # The plan: rows to write locally and rows to delete locally.
         self.writes: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
@@ -569,7 +677,11 @@ class _Merge:
             for t, text in self.queue.commands
             if t == table and (found := _int_key(text)) is not None
         ]
-        new_key = (max([highest, *taken, *queued]) + 1,)
+        # Nor onto a key the node has ever seen: the server may have had it.
+        seen = self.high_water.get(table) if self.high_water is not None else 0
+        new_key = (max([highest, seen, *taken, *queued]) + 1,)
+        if self.high_water is not None:
+            self.high_water.raise_to({table: new_key[0]})
         old_text, new_text = self.text(table, key), self.text(table, new_key)
         self.connection.execute(
             sa.update(info.table)
@@ -876,6 +988,7 @@ def merge_page(
     changes: Sequence[ServerChange],
     resolutions: Resolutions,
     fetch: Fetcher,
+    high_water: sa.Table | None = None,
 ) -> MergeResult:
     """Merge one pulled page into the node's database, in ``connection``'s
     transaction.
@@ -888,15 +1001,25 @@ def merge_page(
     :param resolutions: the strategy per model.
     :param fetch: reads rows from the server when a conflict needs the
         server's copy of a row the page does not carry.
+    :param high_water: the node's high-water table: raised to every integer
+        key of the page, and no row is re-keyed at or below it.
     :return: what was written and every conflict with its resolution.
     :raises UniqueConstraintError: for unique conflicts no strategy resolves.
     """
     queue = LocalQueue(connection, tables)
-    return _Merge(connection, schema, queue, resolutions, fetch).run(changes)
+    water = HighWater(connection, high_water) if high_water is not None else None
+    result = _Merge(connection, schema, queue, resolutions, fetch, water).run(changes)
+    if water is not None:
+        # Every key the server served is one it had: never hand it out again.
+        water.raise_to_keys(schema, ((c.table, c.key) for c in changes))
+    return result
 
 
 def separate_replaced_rows(
-    connection: sa.Connection, schema: MergeSchema, tables: LogTables
+    connection: sa.Connection,
+    schema: MergeSchema,
+    tables: LogTables,
+    high_water: sa.Table | None = None,
 ) -> None:
     """Re-key the local rows inserted under the integer key of a row the node
     deleted, in ``connection``'s transaction (see
@@ -904,7 +1027,8 @@ def separate_replaced_rows(
     :func:`merge_page` does it before merging."""
     queue = LocalQueue(connection, tables)
     if queue.replaced:
-        merge = _Merge(connection, schema, queue, Resolutions(), _no_fetch)
+        water = HighWater(connection, high_water) if high_water is not None else None
+        merge = _Merge(connection, schema, queue, Resolutions(), _no_fetch, water)
         merge.separate_replaced(set())
 
 
