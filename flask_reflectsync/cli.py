@@ -26,6 +26,7 @@ from .reflection.changes import (
     TableDropped,
     TableRenamed,
 )
+from .tracking.tables import current_version
 
 cli = AppGroup(
     "reflectsync",
@@ -147,9 +148,9 @@ def tables_command(schema: str, deleted: bool) -> None:
 def nodes_command() -> None:
     """List registered nodes: when each was last seen and how far behind it is."""
     state = _state()
-    nodes, versions = state.tables.nodes, state.tables.versions
+    nodes = state.tables.nodes
     with state.db.engine.connect() as connection:
-        current = connection.execute(sa.select(sa.func.max(versions.c.number))).scalar()
+        current = current_version(connection, state.tables)
         found = connection.execute(
             sa.select(
                 nodes.c.id,
@@ -159,7 +160,6 @@ def nodes_command() -> None:
                 nodes.c.last_pulled_version,
             ).order_by(nodes.c.id)
         ).all()
-    current = current or 0
     if not found:
         click.echo("No registered nodes.")
         return
@@ -201,12 +201,7 @@ def trim_command(through: int | None, dry_run: bool) -> None:
     state = _state()
     tables = state.tables
     with state.db.engine.begin() as connection:
-        current = (
-            connection.execute(
-                sa.select(tables.counter.c.value).where(tables.counter.c.id == 1)
-            ).scalar()
-            or 0
-        )
+        current = current_version(connection, tables)
         safe = trim.safe_watermark(connection, tables)
         target = safe if through is None else through
         if target > current:

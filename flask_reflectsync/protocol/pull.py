@@ -31,9 +31,10 @@ from ..tracking import (
     decode_key,
     encode_key,
 )
+from ..tracking.tables import current_version
 from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
 from .messages import PROTOCOL_VERSION, validate
-from .push import KEY_BATCH, batches, current_version, key_filter
+from .push import KEY_BATCH, batches, key_filter
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
 

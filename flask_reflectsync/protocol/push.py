@@ -37,6 +37,7 @@ from ..errors import (
 from ..tracking import DELETE, INSERT, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
+from ..tracking.tables import current_version
 from .codec import DECODE_ERRORS, ColumnCodec, stores_time_zones, table_codecs
 from .messages import validate
 from .schema import TrackedSchema
@@ -342,15 +343,6 @@ def _check_version(session: Session, tables: LogTables, last_version: int) -> No
             f"last_version {last_version} is newer than the server's latest "
             f"version {current}; the node must repair from this server."
         )
-
-
-def current_version(session: Session | sa.Connection, tables: LogTables) -> int:
-    """The latest committed version number (0 before the first)."""
-    counter = tables.counter
-    value = session.execute(
-        sa.select(counter.c.value).where(counter.c.id == 1)
-    ).scalar()
-    return int(value or 0)
 
 
 def _check_updated_rows_exist(

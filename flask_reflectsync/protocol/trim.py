@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from ..errors import GoneError
-from ..tracking.tables import LogTables
+from ..tracking.tables import LogTables, current_version
 
 #: The ``reflectsync_version_counter`` row that holds the trimmed-through
 #: version (row 1 is the version counter itself).
@@ -37,16 +37,13 @@ def trimmed_through(
 def safe_watermark(connection: sa.Connection, tables: LogTables) -> int:
     """The lowest version any registered node has pulled up to; with no node,
     the current version."""
-    nodes, counter = tables.nodes, tables.counter
+    nodes = tables.nodes
     lowest = connection.execute(
         sa.select(sa.func.min(nodes.c.last_pulled_version))
     ).scalar()
     if lowest is not None:
         return int(lowest)
-    current = connection.execute(
-        sa.select(counter.c.value).where(counter.c.id == 1)
-    ).scalar()
-    return int(current or 0)
+    return current_version(connection, tables)
 
 
 def nodes_behind(connection: sa.Connection, tables: LogTables, version: int) -> int:

@@ -38,6 +38,17 @@ def _check(connection: sa.Connection) -> None:
         )
 
 
+def _qualified_names(connection: sa.Connection, probes: sa.Table) -> tuple[str, str]:
+    """The schema-qualified, quoted names of the probes table and the trigger
+    function (which lives in the same schema)."""
+    preparer = connection.dialect.identifier_preparer
+    schema = (
+        probes.schema or connection.execute(sa.text("SELECT current_schema()")).scalar()
+    )
+    prefix = preparer.quote_identifier(str(schema))
+    return f"{prefix}.{preparer.quote(probes.name)}", f"{prefix}.{FUNCTION}"
+
+
 def install(connection: sa.Connection, probes: sa.Table) -> None:
     """Create the function and the event triggers, and start the epoch.
 
@@ -49,12 +60,7 @@ def install(connection: sa.Connection, probes: sa.Table) -> None:
         create event triggers.
     """
     _check(connection)
-    preparer = connection.dialect.identifier_preparer
-    schema = (
-        probes.schema or connection.execute(sa.text("SELECT current_schema()")).scalar()
-    )
-    table = f"{preparer.quote_identifier(str(schema))}.{preparer.quote(probes.name)}"
-    function = f"{preparer.quote_identifier(str(schema))}.{FUNCTION}"
+    table, function = _qualified_names(connection, probes)
     connection.exec_driver_sql(
         f"""
         CREATE OR REPLACE FUNCTION {function}() RETURNS event_trigger
@@ -113,13 +119,8 @@ def uninstall(connection: sa.Connection, probes: sa.Table) -> None:
     _check(connection)
     for name in TRIGGERS:
         connection.exec_driver_sql(f"DROP EVENT TRIGGER IF EXISTS {name}")
-    preparer = connection.dialect.identifier_preparer
-    schema = (
-        probes.schema or connection.execute(sa.text("SELECT current_schema()")).scalar()
-    )
-    connection.exec_driver_sql(
-        f"DROP FUNCTION IF EXISTS {preparer.quote_identifier(str(schema))}.{FUNCTION}()"
-    )
+    _, function = _qualified_names(connection, probes)
+    connection.exec_driver_sql(f"DROP FUNCTION IF EXISTS {function}()")
     connection.execute(probes.delete().where(probes.c.scope == DDL_SCOPE))
 
 

@@ -45,7 +45,7 @@ from sqlalchemy.orm.base import NO_VALUE, instance_state
 
 from ..errors import ConfigurationError, TrackingError
 from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
-from .tables import DELETE, INSERT, UPDATE, LogTables
+from .tables import DELETE, INSERT, UPDATE, VERSION_ROW, LogTables
 from .writer import insert_operations
 
 #: Key in ``session.info`` under which a caller may put extra column values
@@ -356,6 +356,20 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
         _assign_number(connection, log, tx)
 
 
+def _tracked(session: Session) -> tuple[Session, OperationLog]:
+    """The real session behind ``session`` (which may be ``db.session``) and
+    its log; for callers outside the listeners."""
+    if isinstance(session, scoped_session):
+        session = session()
+    log = _log_for(session)
+    if log is None:
+        raise ConfigurationError(
+            "This session is not tracked; call start_tracking() on its "
+            "sessionmaker first."
+        )
+    return session, log
+
+
 def record_operations(
     session: Session, info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str
 ) -> None:
@@ -371,14 +385,7 @@ def record_operations(
     :param keys: the primary keys written, in key-column order.
     :param command: ``"i"``, ``"u"`` or ``"d"``.
     """
-    if isinstance(session, scoped_session):
-        session = session()
-    log = _log_for(session)
-    if log is None:
-        raise ConfigurationError(
-            "This session is not tracked; call start_tracking() on its "
-            "sessionmaker first."
-        )
+    session, log = _tracked(session)
     batch = _batch(info, keys, command)
     if batch.keys:
         _write(session, log, batch)
@@ -395,14 +402,7 @@ def ensure_version(session: Session) -> int:
     :param session: a tracked session, or a scoped session (``db.session``).
     :raises ConfigurationError: if the session is not tracked.
     """
-    if isinstance(session, scoped_session):
-        session = session()
-    log = _log_for(session)
-    if log is None:
-        raise ConfigurationError(
-            "This session is not tracked; call start_tracking() on its "
-            "sessionmaker first."
-        )
+    session, log = _tracked(session)
     connection = session.connection(bind_arguments={"clause": log.tables.operations})
     return _transaction_log(session, log, connection).version_id
 
@@ -452,14 +452,18 @@ def _assign_number(
     connection: sa.Connection, log: OperationLog, tx: _TransactionLog
 ) -> None:
     counter = log.tables.counter
-    bump = sa.update(counter).where(counter.c.id == 1).values(value=counter.c.value + 1)
+    bump = (
+        sa.update(counter)
+        .where(counter.c.id == VERSION_ROW)
+        .values(value=counter.c.value + 1)
+    )
     if connection.dialect.update_returning:
         number = connection.execute(bump.returning(counter.c.value)).scalar()
     else:
         updated = connection.execute(bump).rowcount
         number = (
             connection.execute(
-                sa.select(counter.c.value).where(counter.c.id == 1)
+                sa.select(counter.c.value).where(counter.c.id == VERSION_ROW)
             ).scalar()
             if updated
             else None
@@ -468,7 +472,7 @@ def _assign_number(
         # The counter row is created by create_all; a table created by a
         # migration may lack it. (Two first writers racing here make one fail
         # loudly on the primary key, never hand out a number twice.)
-        connection.execute(sa.insert(counter).values(id=1, value=1))
+        connection.execute(sa.insert(counter).values(id=VERSION_ROW, value=1))
         number = 1
     versions = log.tables.versions
     connection.execute(

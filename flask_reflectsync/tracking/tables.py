@@ -125,7 +125,22 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
     )
 
 
+#: The row of ``reflectsync_version_counter`` that holds the last version.
+VERSION_ROW = 1
+
+
+def current_version(
+    connection: sa.Connection | sa.orm.Session, tables: LogTables
+) -> int:
+    """The latest committed version number (0 before the first)."""
+    counter = tables.counter
+    value = connection.execute(
+        sa.select(counter.c.value).where(counter.c.id == VERSION_ROW)
+    ).scalar()
+    return int(value or 0)
+
+
 def _insert_counter_row(
     target: sa.Table, connection: sa.Connection, **kw: object
 ) -> None:
-    connection.execute(target.insert().values(id=1, value=0))
+    connection.execute(target.insert().values(id=VERSION_ROW, value=0))
