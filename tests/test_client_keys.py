@@ -165,12 +165,6 @@ def test_sessions_added_with_track_session_take_new_keys(net: Cluster) -> None:
     assert a.pending_operations() == 4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the server serves no change for a key added and removed "
-    "between two pulls, so the node cannot know the key was taken; the "
-    "server would have to reject (or re-key) an insert of a key it once had",
-)
 def test_a_key_another_node_added_and_removed_is_not_reused(net: Cluster) -> None:
     """Node b never saw country 2 (a added and removed it between b's
     pulls), so it gives its new row key 2; c renamed the old country 2
@@ -190,7 +184,9 @@ def test_a_key_another_node_added_and_removed_is_not_reused(net: Cluster) -> Non
     a.synchronize()
     [new] = _add(b, m.Country(name="new"))
     assert new == 2  # b cannot know better yet
-    b.synchronize()
+    [conflict] = b.synchronize().conflicts  # the server's pull says 2 was taken
+    assert (conflict.kind, conflict.resolution) == ("primary-key", "rekeyed")
+    assert conflict.server is None and conflict.new_key == (3,)
     c.synchronize()
     net.settle()
     rows = net.assert_converged()
@@ -199,3 +195,88 @@ def test_a_key_another_node_added_and_removed_is_not_reused(net: Cluster) -> Non
         "new",
         "old renamed",
     ]
+
+
+def test_a_row_replaced_under_its_key_is_not_overwritten(net: Cluster) -> None:
+    """The server deleted country 2 and a new row took key 2 (here: a node
+    that repaired after the delete, so it never saw the key). Node c renamed
+    the old country 2 offline: the rename must not land on the new row."""
+    m = net.server.env.models
+    a, c = net.node("a"), net.node("c")
+    _add(a, m.Country(name="first"), m.Country(name="old"))
+    a.synchronize()
+    c.synchronize()
+    with c.Session() as s:
+        s.get(m.Country, 2).name = "old renamed"
+        s.commit()
+    _delete(a, m.Country, 2)
+    a.synchronize()
+    d = net.node("d")
+    d.repair()  # the table holds only country 1 now
+    [new] = _add(d, m.Country(name="new"))
+    assert new == 2
+    assert d.synchronize().conflicts == []  # d knew nothing of the old row
+    result = c.synchronize()
+    # the update beats the delete; the old row comes back beside the new one
+    assert sorted((k.kind, k.resolution) for k in result.conflicts) == [
+        ("primary-key", "rekeyed"),
+        ("update/delete", "node"),
+    ]
+    net.settle()
+    rows = net.assert_converged()
+    assert sorted(name for _, name in rows["country"]) == [
+        "first",
+        "new",
+        "old renamed",
+    ]
+    assert (2, "new") in rows["country"]
+
+
+def test_a_row_the_server_app_replaced_is_not_overwritten(net: Cluster) -> None:
+    """The server's own app deletes country 2 and inserts another row under
+    the same key in a later transaction; a node's offline update of the old
+    row neither overwrites the new one nor is lost."""
+    m = net.server.env.models
+    env = net.server.env
+    a = net.node("a")
+    _add(a, m.Country(name="first"), m.Country(name="old"))
+    a.synchronize()
+    with a.Session() as s:
+        s.get(m.Country, 2).name = "old renamed"
+        s.commit()
+    with env.app.app_context():
+        env.db.session.delete(env.db.session.get(m.Country, 2))
+        env.db.session.commit()
+        env.db.session.add(m.Country(id=2, name="replacement"))
+        env.db.session.commit()
+    a.synchronize()
+    net.settle()
+    rows = net.assert_converged()
+    assert (2, "replacement") in rows["country"]
+    assert sorted(name for _, name in rows["country"]) == [
+        "first",
+        "old renamed",
+        "replacement",
+    ]
+
+
+def test_a_row_deleted_and_inserted_again_in_one_page_reaches_a_clean_node(
+    net: Cluster,
+) -> None:
+    """Without local changes, a replaced row simply arrives with its new values."""
+    m = net.server.env.models
+    env = net.server.env
+    a, b = net.node("a"), net.node("b")
+    _add(a, m.Country(name="first"), m.Country(name="old"))
+    a.synchronize()
+    b.synchronize()
+    with env.app.app_context():
+        env.db.session.delete(env.db.session.get(m.Country, 2))
+        env.db.session.commit()
+        env.db.session.add(m.Country(id=2, name="replacement"))
+        env.db.session.commit()
+    result = b.synchronize()
+    assert result.conflicts == []
+    net.settle()
+    rows = net.assert_converged()
+    assert sorted(rows["country"]) == [(1, "first"), (2, "replacement")]

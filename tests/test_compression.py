@@ -32,6 +32,12 @@ def test_insert_then_delete_is_nothing() -> None:
     assert compress([Op("t", 1, "i"), Op("t", 1, "u"), Op("t", 1, "d")]) == []
 
 
+def test_insert_then_delete_is_reported_as_a_delete_for_pulls() -> None:
+    """A pull must tell nodes that a key was taken, even if the row is gone."""
+    ops = [Op("t", 1, "i"), Op("t", 1, "u"), Op("t", 1, "d"), Op("t", 2, "i", 7)]
+    assert _commands(compress(ops, report_vanished=True)) == [(1, "d"), (2, "i")]
+
+
 def test_update_then_update_is_an_update() -> None:
     assert _commands(compress([Op("t", 1, "u"), Op("t", 1, "u")])) == [(1, "u")]
 

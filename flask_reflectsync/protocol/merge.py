@@ -18,7 +18,9 @@ the server agree with the node:
   rows point at it, are *dependency* conflicts;
 * two inserts of the same integer key on two offline nodes are a
   *primary-key* collision: the local row is re-keyed, with every foreign key
-  pointing at it, so both rows survive;
+  pointing at it, so both rows survive; so is a local insert of a key the
+  server had and deleted since the node's last pull (pulls send such rows
+  as deletes), because nodes that knew the old row may still update it;
 * a server row whose unique values a queued local row already holds is a
   *unique* conflict; unless a callable supplies new values (or the model is
   ``server-wins``), it raises
@@ -580,10 +582,13 @@ class _Merge:
             return
         text = self.text(table, key)
         if queued == INSERT:
-            if row is None:
-                return  # another row, gone from the server: ours stays queued
             info = self.info(table)
-            if info.integer_key and len(info.pk_columns) == 1:
+            if row is None:
+                if single_integer_key(info):
+                    self.reused_key(table, key, incoming)
+                # A natural key: the node's row is pushed after the delete.
+                return
+            if single_integer_key(info):
                 conflict, decision = self.conflict(PRIMARY_KEY, table, key, row)
                 if decision == SERVER:
                     # The local row gives way; rows pointing at its key now
@@ -634,6 +639,26 @@ class _Merge:
             conflict, _ = self.conflict(DELETE_DELETE, table, key, None)
             self.queue.drop(table, text)
             conflict.resolution = "deleted"
+
+    def reused_key(
+        self, table: str, key: tuple[Any, ...], incoming: set[Any]
+    ) -> None:
+        """The node inserted ``key`` while the server had a row under it that
+        has gone since (added and removed by others between two pulls). Nodes
+        that knew the old row may still change it offline: the local row
+        moves to a new key so the two are never confused. Nothing is lost,
+        so no strategy is asked; the conflict is reported as re-keyed."""
+        conflict = Conflict(
+            kind=PRIMARY_KEY,
+            model=self.info(table).mapper.class_,
+            table=table,
+            key=key,
+            local=self.local_row(table, key),
+            server=None,
+        )
+        conflict.new_key = self.rekey(table, key, incoming)
+        conflict.resolution = "rekeyed"
+        self.result.conflicts.append(conflict)
 
     def separate_replaced(self, incoming: set[Any]) -> None:
         """Give a new key to every local row inserted under the key of a row
@@ -693,6 +718,9 @@ class _Merge:
             moved[column.name] = new_key[0]
         self.local[(table, new_key)] = moved
         self.local[(table, key)] = None
+        planned = self.writes.pop((table, key), None)
+        if planned is not None:  # values decided for the local row go with it
+            self.writes[(table, new_key)] = {**planned, column.name: new_key[0]}
         if replaced:
             self.queue.set(table, old_text, DELETE)
         else:

@@ -8,6 +8,11 @@ server process can serve the next page. An insert or update whose row is gone
 by the time the page is served is sent as a delete: the payload is always the
 row's latest state, and a later page repeats nothing that matters.
 
+Compression keeps two facts a node needs about integer keys: a row added
+and removed within the page is sent as a delete (the key was taken), and a
+row deleted and added again is sent as a delete and an insert (a new row
+under an old key), not as an update.
+
 The node's own versions are left out: it already has those changes.
 """
 
@@ -25,6 +30,8 @@ from sqlalchemy.orm import Session
 from ..errors import ValidationError
 from ..tracking import (
     DELETE,
+    INSERT,
+    UPDATE,
     LogTables,
     TrackedTable,
     compress,
@@ -103,12 +110,18 @@ def pull(
         until, cursor = current, None
 
     aware = stores_time_zones(session.get_bind(clause=operations).dialect)
-    logged = compress(
+    served = [
         _LoggedOperation(table_name, row_key, command)
         for _, _, table_name, row_key, command in rows
         if schema.get(table_name) is not None
+    ]
+    # A row added and removed within the page is still sent, as a delete:
+    # its key was taken, and a node that gave the key to a row of its own
+    # meanwhile must re-key that row (see the merge).
+    logged = compress(served, report_vanished=True)
+    wire_ops, payloads = _with_payloads(
+        session, schema, logged, _replaced(schema, served), aware
     )
-    wire_ops, payloads = _with_payloads(session, schema, logged, aware)
     session.execute(
         sa.update(tables.nodes)
         .where(tables.nodes.c.id == node_id)
@@ -149,10 +162,35 @@ def _after(
     return sa.or_(number > after[0], sa.and_(number == after[0], op_id > after[1]))
 
 
+def _replaced(
+    schema: TrackedSchema, served: list[_LoggedOperation]
+) -> set[tuple[str, str]]:
+    """Rows of integer-key tables deleted and then inserted again within the
+    page: a new row under an old key.
+
+    Compressed, they would read as an update of the old row, and a node that
+    changed the old row offline would overwrite the new one. They are sent
+    as a delete followed by an insert, so that the node's change meets the
+    delete (and, if it wins, comes back under a new key).
+    """
+    deleted: set[tuple[str, str]] = set()
+    replaced: set[tuple[str, str]] = set()
+    for op in served:
+        ident = (op.table_name, op.row_key)
+        if op.command == DELETE:
+            deleted.add(ident)
+        elif op.command == INSERT and ident in deleted:
+            info = schema.tables[op.table_name]
+            if info.integer_key and len(info.pk_columns) == 1:
+                replaced.add(ident)
+    return replaced
+
+
 def _with_payloads(
     session: Session,
     schema: TrackedSchema,
     logged: list[_LoggedOperation],
+    replaced: set[tuple[str, str]],
     aware: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     by_table: dict[str, list[_LoggedOperation]] = {}
@@ -194,13 +232,12 @@ def _with_payloads(
         command = op.command
         if command != DELETE and (op.table_name, op.row_key) not in current_rows:
             command = DELETE  # the row is gone since
-        wire_ops.append(
-            {
-                "table": op.table_name,
-                "key": [c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)],
-                "command": command,
-            }
-        )
+        wire_key = [c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)]
+        table = op.table_name
+        if command == UPDATE and (table, op.row_key) in replaced:
+            wire_ops.append({"table": table, "key": wire_key, "command": DELETE})
+            command = INSERT
+        wire_ops.append({"table": table, "key": wire_key, "command": command})
     return wire_ops, payloads
 
 

@@ -16,6 +16,13 @@ yes                       yes                     update
 So insert + updates -> insert, insert + ... + delete -> nothing,
 update + update -> update, update + delete -> delete, and delete + insert
 (a row replaced under the same key) -> update.
+
+A node pushing its own log may drop a row it inserted and deleted again:
+nobody else ever saw the key. A server serving a pull may not: another node
+may have given that key to a new row of its own while offline, and must
+learn that the key was taken (see :doc:`/conflicts`). Pulls therefore
+compress with ``report_vanished=True``, which turns insert + ... + delete
+into a delete.
 """
 
 from __future__ import annotations
@@ -43,12 +50,14 @@ class Operation(Protocol):
 Op = TypeVar("Op", bound=Operation)
 
 
-def compress(operations: Iterable[Op]) -> list[Op]:
+def compress(operations: Iterable[Op], *, report_vanished: bool = False) -> list[Op]:
     """Reduce a sequence of operations to at most one per row.
 
     :param operations: operations in the order they happened. Each must be a
         dataclass instance (or have a ``_replace`` method, like a named tuple)
         so its command can be changed.
+    :param report_vanished: a row inserted and deleted again within the
+        sequence comes out as a delete instead of nothing.
     :return: one operation per ``(table_name, row_key)`` whose change survives,
         in the order each row was first touched. Each result is the row's last
         operation with its command set to the compressed one.
@@ -70,7 +79,7 @@ def compress(operations: Iterable[Op]) -> list[Op]:
             command = UPDATE
         elif exists:
             command = INSERT
-        elif existed:
+        elif existed or report_vanished:
             command = DELETE
         else:
             continue
