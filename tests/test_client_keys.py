@@ -37,6 +37,10 @@ def _delete(node: SyncClient, model: Any, key: Any) -> None:
         session.commit()
 
 
+def _names(rows: dict[str, list[Any]]) -> list[str]:
+    return sorted(name for _, name in rows["country"])
+
+
 def _high_water(node: SyncClient, table: str) -> int | None:
     with node.engine.connect() as connection:
         return connection.execute(
@@ -190,11 +194,7 @@ def test_a_key_another_node_added_and_removed_is_not_reused(net: Cluster) -> Non
     c.synchronize()
     net.settle()
     rows = net.assert_converged()
-    assert sorted(name for _, name in rows["country"]) == [
-        "first",
-        "new",
-        "old renamed",
-    ]
+    assert _names(rows) == ["first", "new", "old renamed"]
 
 
 def test_a_row_replaced_under_its_key_is_not_overwritten(net: Cluster) -> None:
@@ -224,11 +224,7 @@ def test_a_row_replaced_under_its_key_is_not_overwritten(net: Cluster) -> None:
     ]
     net.settle()
     rows = net.assert_converged()
-    assert sorted(name for _, name in rows["country"]) == [
-        "first",
-        "new",
-        "old renamed",
-    ]
+    assert _names(rows) == ["first", "new", "old renamed"]
     assert (2, "new") in rows["country"]
 
 
@@ -253,11 +249,7 @@ def test_a_row_the_server_app_replaced_is_not_overwritten(net: Cluster) -> None:
     net.settle()
     rows = net.assert_converged()
     assert (2, "replacement") in rows["country"]
-    assert sorted(name for _, name in rows["country"]) == [
-        "first",
-        "old renamed",
-        "replacement",
-    ]
+    assert _names(rows) == ["first", "old renamed", "replacement"]
 
 
 def test_a_row_deleted_and_inserted_again_in_one_page_reaches_a_clean_node(

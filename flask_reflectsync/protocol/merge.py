@@ -522,8 +522,12 @@ class _Merge:
         table: str,
         key: tuple[Any, ...],
         server: dict[str, Any] | None,
+        *,
+        decide: bool = True,
         **extra: Any,
     ) -> tuple[Conflict, Decision]:
+        """Record a conflict and ask the model's strategy (unless ``decide``
+        is false: there is only one way to resolve it)."""
         conflict = Conflict(
             kind=kind,
             model=self.info(table).mapper.class_,
@@ -533,7 +537,7 @@ class _Merge:
             server=server,
             **extra,
         )
-        decision = self.resolutions.decide(conflict)
+        decision = self.resolutions.decide(conflict) if decide else None
         self.result.conflicts.append(conflict)
         return conflict, decision
 
@@ -648,17 +652,9 @@ class _Merge:
         that knew the old row may still change it offline: the local row
         moves to a new key so the two are never confused. Nothing is lost,
         so no strategy is asked; the conflict is reported as re-keyed."""
-        conflict = Conflict(
-            kind=PRIMARY_KEY,
-            model=self.info(table).mapper.class_,
-            table=table,
-            key=key,
-            local=self.local_row(table, key),
-            server=None,
-        )
+        conflict, _ = self.conflict(PRIMARY_KEY, table, key, None, decide=False)
         conflict.new_key = self.rekey(table, key, incoming)
         conflict.resolution = "rekeyed"
-        self.result.conflicts.append(conflict)
 
     def separate_replaced(self, incoming: set[Any]) -> None:
         """Give a new key to every local row inserted under the key of a row
