@@ -10,6 +10,10 @@ and the test checks that
 * no row is duplicated (every row carries a unique tag in its name);
 * no committed change is lost: a row nobody deleted exists, and every
   column holds a value somebody wrote.
+
+The server's own app writes too (the fourth "node"): it renames and drops
+rows, and adds countries under ``max(id) + 1`` as SQLite would, so a key it
+deleted is handed out again to a new row.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from sqlalchemy.orm import Session
 
 from flask_reflectsync import errors
 from flask_reflectsync.client import SyncClient
@@ -112,8 +118,20 @@ def _tag(name: str) -> str:
     return name.split("~")[0]
 
 
+@contextmanager
+def _session(node: SyncClient | None, net: Cluster) -> Iterator[Session]:
+    """A tracked session of ``node``, or of the server's app for ``None``."""
+    if node is not None:
+        with node.Session() as session:
+            yield session
+        return
+    env = net.server.env
+    with env.app.app_context():
+        yield env.db.session
+
+
 def _act(
-    node: SyncClient,
+    node: SyncClient | None,
     name: str,
     action: str,
     number: int,
@@ -121,12 +139,14 @@ def _act(
     history: History,
 ) -> None:
     m = net.server.env.models
-    with node.Session() as session:
+    with _session(node, net) as session:
         countries = session.scalars(sa.select(m.Country).order_by(m.Country.id)).all()
         cities = session.scalars(sa.select(m.City).order_by(m.City.id)).all()
         if action == "add_country":
             tag = f"{name}-c"
-            session.add(m.Country(name=tag))
+            # The server's app takes max(id) + 1, re-using a deleted highest key.
+            key = None if node is not None else max([0, *(c.id for c in countries)]) + 1
+            session.add(m.Country(id=key, name=tag))
             history.wrote(tag, tag)
         elif action == "add_city":
             parent = countries[number % len(countries)].id if countries else None
@@ -166,7 +186,8 @@ def _act(
 )
 @given(
     steps=st.lists(
-        st.tuples(st.integers(0, 2), st.sampled_from(ACTIONS), st.integers(0, 10**6)),
+        # node 3 is the server's own app
+        st.tuples(st.integers(0, 3), st.sampled_from(ACTIONS), st.integers(0, 10**6)),
         min_size=4,
         max_size=30,
     ),
@@ -187,6 +208,21 @@ def _act(
     loss=0.0,
     seed=0,
 )
+# The server's app deletes a country and gives its key to a new one while
+# node 1 renames the old one offline.
+@example(
+    steps=[
+        (0, "add_country", 0),
+        (0, "sync", 0),
+        (1, "sync", 0),
+        (1, "rename_country", 0),
+        (3, "drop_country", 0),
+        (3, "add_country", 0),
+        (1, "sync", 0),
+    ],
+    loss=0.0,
+    seed=0,
+)
 def test_random_offline_histories_converge(
     net: Cluster, steps: list[tuple[int, str, int]], loss: float, seed: int
 ) -> None:
@@ -199,8 +235,12 @@ def test_random_offline_histories_converge(
     history = History()
 
     for step, (index, action, number) in enumerate(steps):
-        node = nodes[index]
-        if action == "sync":
+        node = nodes[index] if index < len(nodes) else None
+        if node is None and action in ("sync", "add_city"):
+            continue  # the server neither syncs nor adds cities
+        if node is None:
+            _act(None, f"e{example}srv{step}", action, number, net, history)
+        elif action == "sync":
             try:
                 node.synchronize(tries=2)
             except (errors.ServerUnreachableError, errors.PushRejectedError):
