@@ -155,6 +155,7 @@ def push(
                 "referenced on the other); pull, merge and push again.",
                 broken[:MAX_LISTED],
             )
+        _advance_sequences(session, changes)
         session.commit()
     except (sa.exc.IntegrityError, StaleDataError) as error:
         session.rollback()
@@ -488,6 +489,43 @@ def _insert_with_arrays(
         session, target.info, [op.row_key for op in target.inserts], INSERT
     )
     return True
+
+
+#: Raises a column's sequence (serial or identity) to at least ``:key``;
+#: nothing for a column without one, or a sequence already past the key.
+_ADVANCE_SEQUENCE = sa.text(
+    "SELECT setval(q.seq, :key) FROM "
+    "(SELECT pg_get_serial_sequence(:table, :column) AS seq) AS q "
+    "WHERE q.seq IS NOT NULL "
+    "AND COALESCE(pg_sequence_last_value(q.seq::regclass), 0) < :key"
+)
+
+
+def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -> None:
+    """Move PostgreSQL sequences past the integer keys the push inserted.
+
+    Nodes choose their keys, and an explicit key does not advance the
+    column's sequence: the server's own app, adding a row afterwards, would
+    be given a pushed key and fail. (MySQL and SQLite advance by themselves.)
+    Called under the counter lock, so concurrent pushes raise it in turn;
+    ``setval`` is not undone by a rollback, which only leaves a gap.
+    """
+    for target in changes.values():
+        info = target.info
+        if not (target.inserts and info.integer_key and len(info.pk_columns) == 1):
+            continue
+        dialect = session.get_bind(clause=info.table).dialect
+        if dialect.name != "postgresql":
+            continue
+        preparer = dialect.identifier_preparer
+        session.execute(
+            _ADVANCE_SEQUENCE,
+            {
+                "table": preparer.format_table(info.table),
+                "column": info.pk_columns[0].name,
+                "key": max(op.row_key[0] for op in target.inserts),
+            },
+        )
 
 
 def _lock_counter(session: Session, tables: LogTables) -> None:
