@@ -18,6 +18,7 @@ import codecs
 import datetime
 import decimal
 import json
+import operator
 import threading
 import uuid
 import weakref
@@ -60,8 +61,8 @@ from .protocol.merge import (
     Conflict,
     HighWater,
     MergeSchema,
+    PulledTable,
     Resolutions,
-    ServerChange,
     Strategy,
     define_high_water_table,
     merge_page,
@@ -713,7 +714,7 @@ class SyncClient:
                 for conflict in result.conflicts:
                     signals.conflict_resolved.send(self, conflict=conflict)
                 conflicts += result.conflicts
-                count += len(changes)
+                count += sum(len(part) for part in changes)
                 version = page["until"]
                 cursor = page["cursor"]
                 if progress is not None:
@@ -721,50 +722,38 @@ class SyncClient:
                 if cursor is None:
                     return PullResult(version, count, conflicts)
 
-    def _decode_page(self, page: Mapping[str, Any]) -> list[ServerChange]:
+    def _decode_page(self, page: Mapping[str, Any]) -> list[PulledTable]:
         schema = self.schema
         aware = stores_time_zones(self.engine.dialect)
-        rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
-        codecs_by_table: dict[str, dict[str, ColumnCodec]] = {}
-        for name, payload in (page.get("payloads") or {}).items():
+        parts = []
+        for name, wire in (page.get("changes") or {}).items():
             info = schema.tables.get(name)
             if info is None:
-                continue
-            codecs_ = codecs_by_table[name] = table_codecs(
-                info.table, aware_storage=aware
-            )
-            rows[name] = {
-                row_key(info, decoded): decoded
-                for decoded in _decode_rows(codecs_, payload)
-            }
-        changes = []
-        for op in page.get("operations") or []:
-            info = schema.tables.get(op["table"])
-            if info is None:
-                continue
-            codecs_ = codecs_by_table.get(info.name) or table_codecs(
-                info.table, aware_storage=aware
-            )
+                continue  # a table this node does not synchronise
+            codecs_ = table_codecs(info.table, aware_storage=aware)
             try:
-                key = tuple(
-                    codecs_[c.name].decode(v)
-                    for c, v in zip(info.pk_columns, op["key"], strict=True)
-                )
+                columns, values = _decode_columns(codecs_, wire)
+                deleted = [
+                    tuple(
+                        codecs_[c.name].decode(v)
+                        for c, v in zip(info.pk_columns, key, strict=True)
+                    )
+                    for key in wire["deleted"]
+                ]
             except DECODE_ERRORS:
                 raise ProtocolMismatchError(
-                    f"The server sent a key {op['key']!r} that does not fit "
-                    f"{info.name}'s primary key; the schemas differ."
+                    f"The server sent changes of {name} that do not fit the "
+                    "node's table; the server and node schemas differ."
                 ) from None
-            row = None
-            if op["command"] != DELETE:
-                row = rows.get(info.name, {}).get(key)
-                if row is None:
-                    raise ProtocolMismatchError(
-                        f"The server sent a change of {info.name} {op['key']} "
-                        "without its row; the server and node versions differ."
-                    )
-            changes.append(ServerChange(info.name, key, op["command"], row))
-        return changes
+            commands = wire["commands"]
+            missing = [c.name for c in info.pk_columns if c.name not in columns]
+            if len(commands) != len(wire["rows"]) or (commands and missing):
+                raise ProtocolMismatchError(
+                    f"The server sent rows of {name} without their keys or "
+                    "commands; the server and node versions differ."
+                )
+            parts.append(PulledTable(name, columns, values, commands, deleted))
+        return parts
 
     def _fetch(
         self, table: str, keys: Sequence[tuple[Any, ...]]
@@ -1065,12 +1054,37 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _decode_rows(
+def _decode_columns(
     codecs_: Mapping[str, ColumnCodec], payload: Mapping[str, Any]
-) -> Iterator[dict[str, Any]]:
-    columns = [c for c in payload["columns"]]
-    for values in payload["rows"]:
-        yield _decode_row(codecs_, columns, values)
+) -> tuple[list[str], list[Sequence[Any]]]:
+    """The rows of a payload, decoded a column at a time: the names of the
+    columns the node has, and per column the values of every row (a column
+    only the server has is left out).
+
+    :raises ValueError, TypeError: a row of the wrong length, or a value that
+        does not fit its column.
+    """
+    columns = list(payload["columns"])
+    rows = payload["rows"]
+    if any(type(row) is not list or len(row) != len(columns) for row in rows):
+        raise ValueError("a row does not match the columns")
+    names: list[str] = []
+    values: list[Sequence[Any]] = []
+    for position, name in enumerate(columns):
+        codec = codecs_.get(name)
+        if codec is not None:
+            names.append(name)
+            column = list(map(operator.itemgetter(position), rows))
+            values.append(_decode_column(codec, column))
+    return names, values
+
+
+def _decode_column(codec: ColumnCodec, column: list[Any]) -> list[Any]:
+    exact = codec.exact_type
+    if exact is not None and set(map(type, column)) <= {exact, type(None)}:
+        return column  # already the database values
+    decode = codec.decode
+    return [None if v is None else decode(v) for v in column]
 
 
 def _decode_row(

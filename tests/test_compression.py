@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flask_reflectsync.tracking import compress
+from flask_reflectsync.tracking import compress, compressed_commands
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,20 @@ def test_compressed_history_reaches_the_same_state(
     assert len(compressed) <= len(ops)
     idents = [(op.table_name, op.row_key) for op in compressed]
     assert len(idents) == len(set(idents))
+
+
+@given(histories())
+def test_compressed_commands_agree_with_compress(
+    history: tuple[State, list[Op]],
+) -> None:
+    _, ops = history
+    triples = [(op.table_name, str(op.row_key), op.command) for op in ops]
+    expected: dict[str, dict[str, str]] = {}
+    for op in compress(ops):
+        expected.setdefault(op.table_name, {})[str(op.row_key)] = op.command
+    found = compressed_commands(triples)
+    assert found == expected
+    # rows in the order they were first touched, as compress keeps them
+    assert {t: list(rows) for t, rows in found.items()} == {
+        t: list(rows) for t, rows in expected.items()
+    }

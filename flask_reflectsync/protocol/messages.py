@@ -64,6 +64,38 @@ _payloads: Schema = {
     "additionalProperties": _rows,
     "description": "Row payloads by table name.",
 }
+_pulled_table: Schema = {
+    "type": "object",
+    "required": ["columns", "rows", "commands", "deleted"],
+    "additionalProperties": False,
+    "properties": {
+        "columns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "rows": {
+            "type": "array",
+            "items": {"type": "array"},
+            "description": "The current values of each inserted or updated row, "
+            "in the order of columns; a row carries its own key.",
+        },
+        "commands": {
+            "type": "string",
+            "pattern": "^[iu]*$",
+            "description": "One letter per row, in the order of rows: i "
+            "(inserted) or u (updated).",
+        },
+        "deleted": {
+            "type": "array",
+            "items": _key,
+            "description": "The keys of the deleted rows, including rows "
+            "inserted or updated and gone since.",
+        },
+    },
+    "description": "One table's changes in a pull page, column-wise.",
+}
+_pulled: Schema = {
+    "type": "object",
+    "additionalProperties": _pulled_table,
+    "description": "The page's changes by table name, at most one per row.",
+}
 
 SCHEMAS: dict[str, Schema] = {
     "RegisterRequest": {
@@ -161,8 +193,7 @@ SCHEMAS: dict[str, Schema] = {
         "required": [
             "ok",
             "protocol",
-            "operations",
-            "payloads",
+            "changes",
             "until",
             "version",
             "cursor",
@@ -170,8 +201,7 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "ok": {"type": "boolean", "enum": [True]},
             "protocol": _protocol,
-            "operations": {"type": "array", "items": _operation},
-            "payloads": _payloads,
+            "changes": _pulled,
             "until": {
                 **_version,
                 "description": "After applying this page the node has every "

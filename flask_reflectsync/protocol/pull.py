@@ -2,11 +2,14 @@
 
 A pull page holds at most ``limit`` logged operations after the node's
 version, compressed to one per row, with the rows' *current* payloads read
-from the live tables. Pages are cut by ``(version, operation id)``, so a node
-far behind resumes exactly where the last page ended (``cursor``), and any
-server process can serve the next page. An insert or update whose row is gone
-by the time the page is served is sent as a delete: the payload is always the
-row's latest state, and a later page repeats nothing that matters.
+from the live tables. Per table, the page carries those rows column-wise
+(column names once, one value array per row and one command letter per row)
+and the keys of the deleted rows: a row's key travels once. Pages are cut by
+``(version, operation id)``, so a node far behind resumes exactly where the
+last page ended (``cursor``), and any server process can serve the next page.
+An insert or update whose row is gone by the time the page is served is sent
+as a delete: the payload is always the row's latest state, and a later page
+repeats nothing that matters.
 
 The node's own versions are left out: it already has those changes.
 """
@@ -15,11 +18,11 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from ..errors import ValidationError
@@ -27,7 +30,7 @@ from ..tracking import (
     DELETE,
     LogTables,
     TrackedTable,
-    compress,
+    compressed_commands,
     decode_key,
     encode_key,
 )
@@ -37,13 +40,6 @@ from .messages import PROTOCOL_VERSION, validate
 from .push import KEY_BATCH, batches, key_filter
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
-
-
-@dataclass(frozen=True)
-class _LoggedOperation:
-    table_name: str
-    row_key: str
-    command: str
 
 
 def pull(
@@ -59,7 +55,9 @@ def pull(
 
     :param page_size: the most operations a page may hold; a request's
         ``limit`` can only lower it.
-    :return: ``{"operations", "payloads", "until", "version", "cursor"}``.
+    :return: ``{"changes", "until", "version", "cursor"}``; ``changes`` holds,
+        by table name, ``{"columns", "rows", "commands", "deleted"}`` (see
+        :doc:`/protocol`).
     """
     request = validate(message, "PullRequest")
     since: int = request["since"]
@@ -103,12 +101,13 @@ def pull(
         until, cursor = current, None
 
     aware = stores_time_zones(session.get_bind(clause=operations).dialect)
-    logged = compress(
-        _LoggedOperation(table_name, row_key, command)
-        for _, _, table_name, row_key, command in rows
-        if schema.get(table_name) is not None
-    )
-    wire_ops, payloads = _with_payloads(session, schema, logged, aware)
+    commands = compressed_commands((row[2], row[3], row[4]) for row in rows)
+    changes: dict[str, Any] = {}
+    for name, keyed in commands.items():
+        info = schema.get(name)
+        part = None if info is None else _table_changes(session, info, keyed, aware)
+        if part is not None:
+            changes[name] = part
     session.execute(
         sa.update(tables.nodes)
         .where(tables.nodes.c.id == node_id)
@@ -119,12 +118,19 @@ def pull(
     )
     session.commit()
     return {
-        "operations": wire_ops,
-        "payloads": payloads,
+        "changes": changes,
         "until": until,
         "version": current,
         "cursor": cursor,
     }
+
+
+def change_count(page: Mapping[str, Any]) -> int:
+    """How many rows a pull page changes (written and deleted)."""
+    return sum(
+        len(table["rows"]) + len(table["deleted"])
+        for table in page["changes"].values()
+    )
 
 
 def _parse_cursor(cursor: str | None, since: int) -> tuple[int, int] | None:
@@ -149,59 +155,110 @@ def _after(
     return sa.or_(number > after[0], sa.and_(number == after[0], op_id > after[1]))
 
 
-def _with_payloads(
+def _table_changes(
     session: Session,
-    schema: TrackedSchema,
-    logged: list[_LoggedOperation],
+    info: TrackedTable,
+    commands: Mapping[str, str],
     aware: bool,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    by_table: dict[str, list[_LoggedOperation]] = {}
-    for op in logged:
-        by_table.setdefault(op.table_name, []).append(op)
+) -> dict[str, Any] | None:
+    """One table's part of a page, in wire form: the current rows of the keys
+    inserted or updated, with their commands, and the deleted keys (a row
+    gone since is sent as a delete). ``None`` when nothing is left.
 
-    current_rows: dict[tuple[str, str], list[Any]] = {}
-    payloads: dict[str, Any] = {}
-    codecs_by_table: dict[str, list[ColumnCodec]] = {}
-    for name, ops in by_table.items():
-        info = schema.tables[name]
-        codecs = list(table_codecs(info.table, aware_storage=aware).values())
-        codecs_by_table[name] = codecs
-        pk_codecs = _pk_codecs(info, codecs)
-        wanted = [
-            key_from_log(decode_key(op.row_key), pk_codecs)
-            for op in ops
-            if op.command != DELETE
-        ]
-        rows = []
-        pk = list(info.pk_columns)
-        positions = [list(info.table.columns).index(c) for c in pk]
-        for batch in batches(wanted, KEY_BATCH):
-            query = sa.select(info.table).where(key_filter(pk, batch))
-            for row in session.execute(query):
-                encoded = [c.to_json(v) for c, v in zip(codecs, row, strict=True)]
-                key_text = encode_key([row[p] for p in positions])
-                current_rows[(name, key_text)] = encoded
-                rows.append(encoded)
-        if rows:
-            payloads[name] = {"columns": [c.name for c in codecs], "rows": rows}
+    :param commands: compressed commands by logged key text.
+    """
+    codecs = list(table_codecs(info.table, aware_storage=aware).values())
+    pk_codecs = _pk_codecs(info, codecs)
+    columns = list(info.table.columns)
+    positions = [columns.index(c) for c in info.pk_columns]
+    integer = info.integer_key and len(positions) == 1
+    # Each row is identified by its integer key, or else by its logged text
+    # (the database's rows are encoded the same way to be matched).
+    wanted: dict[Any, tuple[str, tuple[Any, ...]]] = {}
+    deleted: list[list[Any]] = []
+    for text, command in commands.items():
+        number = _integer_key(text) if integer else None
+        if number is not None:
+            ident: Any = number
+            key: tuple[Any, ...] = (number,)
+        else:
+            ident = text
+            key = key_from_log(decode_key(text), pk_codecs)
+        if command == DELETE:
+            deleted.append([c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)])
+        else:
+            wanted[ident] = (command, key)
 
-    wire_ops = []
-    for op in logged:
-        info = schema.tables[op.table_name]
-        codecs = codecs_by_table[op.table_name]
-        pk_codecs = _pk_codecs(info, codecs)
-        key = key_from_log(decode_key(op.row_key), pk_codecs)
-        command = op.command
-        if command != DELETE and (op.table_name, op.row_key) not in current_rows:
-            command = DELETE  # the row is gone since
-        wire_ops.append(
-            {
-                "table": op.table_name,
-                "key": [c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)],
-                "command": command,
-            }
-        )
-    return wire_ops, payloads
+    encoders = [(i, c.encode) for i, c in enumerate(codecs) if not c.json_as_is]
+    found: dict[Any, list[Any]] = {}
+    for row in _current_rows(session, info, [key for _, key in wanted.values()]):
+        values = list(row)
+        for i, encode in encoders:
+            if values[i] is not None:
+                values[i] = encode(values[i])
+        if integer and type(row[positions[0]]) is int:
+            found[row[positions[0]]] = values
+        else:
+            found[encode_key([row[p] for p in positions])] = values
+
+    rows: list[list[Any]] = []
+    written: list[str] = []
+    for ident, (command, key) in wanted.items():
+        current = found.get(ident)
+        if current is None:  # the row is gone since
+            deleted.append([c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)])
+        else:
+            rows.append(current)
+            written.append(command)
+    if not rows and not deleted:
+        return None
+    return {
+        "columns": [c.name for c in codecs],
+        "rows": rows,
+        "commands": "".join(written),
+        "deleted": deleted,
+    }
+
+
+def _integer_key(text: str) -> int | None:
+    """The value of a logged one-integer key (``"[7]"``), or ``None``."""
+    if text[:1] != "[" or text[-1:] != "]":
+        return None
+    try:
+        return int(text[1:-1])
+    except ValueError:
+        return None
+
+
+#: Key column types PostgreSQL compares with ``= ANY(array)`` as they are.
+_ARRAY_KEYS = (sa.Integer, sa.String, sa.Uuid, sa.Date)
+
+
+def _current_rows(
+    session: Session, info: TrackedTable, keys: Sequence[tuple[Any, ...]]
+) -> Iterator[sa.Row[Any]]:
+    """The live rows among ``keys``: one ``= ANY(array)`` query on PostgreSQL
+    for a one-column key, batched ``IN`` queries elsewhere."""
+    if not keys:
+        return
+    pk = list(info.pk_columns)
+    dialect = session.get_bind(clause=info.table).dialect
+    kind = pk[0].type
+    if (
+        dialect.name == "postgresql"
+        and len(pk) == 1
+        and isinstance(kind, _ARRAY_KEYS)
+        and not isinstance(kind, sa.Enum)
+        and not getattr(kind, "collation", None)
+    ):
+        array = postgresql.ARRAY(kind)
+        values = sa.bindparam("keys", [k[0] for k in keys], type_=array)
+        query = sa.select(info.table).where(pk[0] == sa.any_(sa.cast(values, array)))
+        yield from session.execute(query).all()
+        return
+    for batch in batches(keys, KEY_BATCH):
+        query = sa.select(info.table).where(key_filter(pk, batch))
+        yield from session.execute(query).all()
 
 
 def _pk_codecs(info: TrackedTable, codecs: list[ColumnCodec]) -> list[ColumnCodec]:

@@ -64,18 +64,51 @@ def compress(operations: Iterable[Op]) -> list[Op]:
     result: list[Op] = []
     for ident, first_command in first.items():
         op = last[ident]
-        existed = first_command != INSERT
-        exists = op.command != DELETE
-        if existed and exists:
-            command = UPDATE
-        elif exists:
-            command = INSERT
-        elif existed:
-            command = DELETE
-        else:
+        outcome = _outcome(first_command, op.command)
+        if outcome is None:
             continue
-        result.append(op if op.command == command else _with_command(op, command))
+        result.append(op if op.command == outcome else _with_command(op, outcome))
     return result
+
+
+def compressed_commands(
+    operations: Iterable[tuple[str, str, str]],
+) -> dict[str, dict[str, str]]:
+    """:func:`compress` for plain ``(table name, key text, command)`` triples,
+    without an object per operation (a pull page compresses thousands).
+
+    :param operations: triples in the order they happened.
+    :return: by table name, then key text, each row's compressed command; rows
+        whose changes cancel out are left out. Tables and rows come in the
+        order they were first touched.
+    """
+    first: dict[tuple[str, str], str] = {}
+    last: dict[tuple[str, str], str] = {}
+    for table_name, row_key, command in operations:
+        ident = (table_name, row_key)
+        if ident not in first:
+            first[ident] = command
+        last[ident] = command
+    result: dict[str, dict[str, str]] = {}
+    for ident, first_command in first.items():
+        outcome = _outcome(first_command, last[ident])
+        if outcome is not None:
+            result.setdefault(ident[0], {})[ident[1]] = outcome
+    return result
+
+
+def _outcome(first_command: str, last_command: str) -> str | None:
+    """The compressed command of a row's first and last commands (see the
+    table above), ``None`` when nothing survives."""
+    existed = first_command != INSERT
+    exists = last_command != DELETE
+    if existed and exists:
+        return UPDATE
+    if exists:
+        return INSERT
+    if existed:
+        return DELETE
+    return None
 
 
 def _with_command(op: Op, command: str) -> Op:
