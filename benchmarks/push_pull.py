@@ -145,7 +145,7 @@ def pull(node: Node, since: int) -> tuple[float, int]:
             message["cursor"] = cursor
         page = node.post("/pull", message)
         tables = page["changes"].values()
-        count += sum(len(part["rows"]) + len(part["deleted"]) for part in tables)
+        count += sum(len(part["commands"]) + len(part["deleted"][0]) for part in tables)
         cursor = page["cursor"]
         if cursor is None:
             return time.perf_counter() - start, count

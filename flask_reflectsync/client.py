@@ -18,7 +18,6 @@ import codecs
 import datetime
 import decimal
 import json
-import operator
 import threading
 import uuid
 import weakref
@@ -731,28 +730,27 @@ class SyncClient:
             if info is None:
                 continue  # a table this node does not synchronise
             codecs_ = table_codecs(info.table, aware_storage=aware)
+            commands = wire["commands"]
             try:
-                columns, values = _decode_columns(codecs_, wire)
-                deleted = [
-                    tuple(
-                        codecs_[c.name].decode(v)
-                        for c, v in zip(info.pk_columns, key, strict=True)
-                    )
-                    for key in wire["deleted"]
-                ]
-            except DECODE_ERRORS:
+                columns, values = _decode_columns(codecs_, wire, len(commands))
+                pk = [codecs_[c.name] for c in info.pk_columns]
+                deleted = _decode_columns(
+                    {c.name: c for c in pk},
+                    {"columns": [c.name for c in pk], "values": wire["deleted"]},
+                    len(wire["deleted"][0]),
+                )[1]
+            except (*DECODE_ERRORS, KeyError, IndexError):
                 raise ProtocolMismatchError(
                     f"The server sent changes of {name} that do not fit the "
                     "node's table; the server and node schemas differ."
                 ) from None
-            commands = wire["commands"]
-            missing = [c.name for c in info.pk_columns if c.name not in columns]
-            if len(commands) != len(wire["rows"]) or (commands and missing):
+            if commands and any(c.name not in columns for c in info.pk_columns):
                 raise ProtocolMismatchError(
-                    f"The server sent rows of {name} without their keys or "
-                    "commands; the server and node versions differ."
+                    f"The server sent rows of {name} without their keys; the "
+                    "server and node versions differ."
                 )
-            parts.append(PulledTable(name, columns, values, commands, deleted))
+            keys = list(zip(*deleted, strict=True))
+            parts.append(PulledTable(name, columns, values, commands, keys))
         return parts
 
     def _fetch(
@@ -1055,28 +1053,30 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def _decode_columns(
-    codecs_: Mapping[str, ColumnCodec], payload: Mapping[str, Any]
-) -> tuple[list[str], list[Sequence[Any]]]:
-    """The rows of a payload, decoded a column at a time: the names of the
-    columns the node has, and per column the values of every row (a column
-    only the server has is left out).
+    codecs_: Mapping[str, ColumnCodec], payload: Mapping[str, Any], length: int
+) -> tuple[list[str], list[list[Any]]]:
+    """A column-wise payload (``{"columns": [...], "values": [[...], ...]}``,
+    one array per column), decoded: the names of the columns the node has and
+    their values (a column only the server has is left out).
 
-    :raises ValueError, TypeError: a row of the wrong length, or a value that
-        does not fit its column.
+    :param length: how many values each column must hold.
+    :raises ValueError, TypeError: a column of the wrong length, or a value
+        that does not fit its column.
     """
     columns = list(payload["columns"])
-    rows = payload["rows"]
-    if any(type(row) is not list or len(row) != len(columns) for row in rows):
-        raise ValueError("a row does not match the columns")
+    values = payload["values"]
+    if len(values) != len(columns) or any(
+        type(column) is not list or len(column) != length for column in values
+    ):
+        raise ValueError("the values do not match the columns")
     names: list[str] = []
-    values: list[Sequence[Any]] = []
-    for position, name in enumerate(columns):
+    decoded: list[list[Any]] = []
+    for name, column in zip(columns, values, strict=True):
         codec = codecs_.get(name)
         if codec is not None:
             names.append(name)
-            column = list(map(operator.itemgetter(position), rows))
-            values.append(_decode_column(codec, column))
-    return names, values
+            decoded.append(_decode_column(codec, column))
+    return names, decoded
 
 
 def _decode_column(codec: ColumnCodec, column: list[Any]) -> list[Any]:

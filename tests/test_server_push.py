@@ -514,7 +514,7 @@ def test_large_pushes_of_every_plain_type_arrive_exactly(server: ServerEnv) -> N
     assert payload["commands"] == "i" * 120
     served = {
         row[0]: dict(zip(payload["columns"], row, strict=True))
-        for row in payload["rows"]
+        for row in zip(*payload["values"], strict=True)
     }
     assert len(served) == 120
 

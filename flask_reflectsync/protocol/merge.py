@@ -409,7 +409,7 @@ class PulledTable:
 
     table: str
     columns: list[str]
-    values: list[Sequence[Any]]
+    values: Sequence[Sequence[Any]]
     commands: str
     deleted: list[tuple[Any, ...]]
 
@@ -1287,9 +1287,9 @@ def _execute_on_driver(
     values: Sequence[Sequence[Any]],
 ) -> bool:
     """Run an insert of rows given column-wise as one driver-level
-    executemany of value tuples, with each column type's bind processing
-    applied here a column at a time: SQLAlchemy's per-row parameter handling
-    costs more than SQLite's own executemany. Returns ``False``, and runs
+    executemany, with each column type's bind processing applied here a
+    column at a time: SQLAlchemy's per-row parameter handling costs more than
+    SQLite's own executemany. Returns ``False``, and runs
     nothing, when the statement needs more than the rows' values
     (Python-side defaults)."""
     table = statement.table
@@ -1310,7 +1310,14 @@ def _execute_on_driver(
         column = values[position[key]]
         process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
         ordered.append(column if process is None else list(map(process, column)))
-    connection.exec_driver_sql(compiled.string, list(zip(*ordered, strict=True)))
+    # The driver's cursor of the same connection (so the same transaction)
+    # takes the rows as an iterator: no list of thousands of tuples.
+    cursor = connection.connection.cursor()
+    try:
+        rows: Any = zip(*ordered, strict=True)  # sqlite3 takes any iterable
+        cursor.executemany(compiled.string, rows)
+    finally:
+        cursor.close()
     return True
 
 

@@ -66,30 +66,33 @@ _payloads: Schema = {
 }
 _pulled_table: Schema = {
     "type": "object",
-    "required": ["columns", "rows", "commands", "deleted"],
+    "required": ["columns", "values", "commands", "deleted"],
     "additionalProperties": False,
     "properties": {
         "columns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "rows": {
+        "values": {
             "type": "array",
             "items": {"type": "array"},
-            "description": "The current values of each inserted or updated row, "
-            "in the order of columns; a row carries its own key.",
+            "description": "One array per column, in the order of columns: the "
+            "current values of every inserted or updated row. A row carries "
+            "its own key.",
         },
         "commands": {
             "type": "string",
             "pattern": "^[iu]*$",
-            "description": "One letter per row, in the order of rows: i "
-            "(inserted) or u (updated).",
+            "description": "One letter per row, in the order of the values: "
+            "i (inserted) or u (updated).",
         },
         "deleted": {
             "type": "array",
-            "items": _key,
-            "description": "The keys of the deleted rows, including rows "
-            "inserted or updated and gone since.",
+            "minItems": 1,
+            "items": {"type": "array"},
+            "description": "One array per primary-key column, in key order: the "
+            "keys of the deleted rows, including rows inserted or updated and "
+            "gone since.",
         },
     },
-    "description": "One table's changes in a pull page, column-wise.",
+    "description": "One table's changes in a pull page, column by column.",
 }
 _pulled: Schema = {
     "type": "object",

@@ -3,8 +3,8 @@
 A pull page holds at most ``limit`` logged operations after the node's
 version, compressed to one per row, with the rows' *current* payloads read
 from the live tables. Per table, the page carries those rows column-wise
-(column names once, one value array per row and one command letter per row)
-and the keys of the deleted rows: a row's key travels once. Pages are cut by
+(column names once, one array of values per column and one command letter
+per row) and the keys of the deleted rows: a row's key travels once. Pages are cut by
 ``(version, operation id)``, so a node far behind resumes exactly where the
 last page ended (``cursor``), and any server process can serve the next page.
 An insert or update whose row is gone by the time the page is served is sent
@@ -56,7 +56,7 @@ def pull(
     :param page_size: the most operations a page may hold; a request's
         ``limit`` can only lower it.
     :return: ``{"changes", "until", "version", "cursor"}``; ``changes`` holds,
-        by table name, ``{"columns", "rows", "commands", "deleted"}`` (see
+        by table name, ``{"columns", "values", "commands", "deleted"}`` (see
         :doc:`/protocol`).
     """
     request = validate(message, "PullRequest")
@@ -128,7 +128,7 @@ def pull(
 def change_count(page: Mapping[str, Any]) -> int:
     """How many rows a pull page changes (written and deleted)."""
     return sum(
-        len(table["rows"]) + len(table["deleted"])
+        len(table["commands"]) + len(table["deleted"][0])
         for table in page["changes"].values()
     )
 
@@ -162,8 +162,9 @@ def _table_changes(
     aware: bool,
 ) -> dict[str, Any] | None:
     """One table's part of a page, in wire form: the current rows of the keys
-    inserted or updated, with their commands, and the deleted keys (a row
-    gone since is sent as a delete). ``None`` when nothing is left.
+    inserted or updated, column by column, with their commands, and the
+    deleted keys (a row gone since is sent as a delete). ``None`` when
+    nothing is left.
 
     :param commands: compressed commands by logged key text.
     """
@@ -173,49 +174,56 @@ def _table_changes(
     positions = [columns.index(c) for c in info.pk_columns]
     integer = info.integer_key and len(positions) == 1
     # Each row is identified by its integer key, or else by its logged text
-    # (the database's rows are encoded the same way to be matched).
-    wanted: dict[Any, tuple[str, tuple[Any, ...]]] = {}
-    deleted: list[list[Any]] = []
+    # (the database's rows are encoded the same way to be matched). No tuple
+    # per row where it can be helped: the garbage collector scans every
+    # container allocated, and a page allocates them by the thousand.
+    wanted: dict[Any, str] = {}
+    typed: dict[str, tuple[Any, ...]] = {}
+    gone: list[Any] = []
     for text, command in commands.items():
-        number = _integer_key(text) if integer else None
-        if number is not None:
-            ident: Any = number
-            key: tuple[Any, ...] = (number,)
-        else:
+        ident: Any = _integer_key(text) if integer else None
+        if ident is None:
             ident = text
-            key = key_from_log(decode_key(text), pk_codecs)
+            typed[text] = key_from_log(decode_key(text), pk_codecs)
         if command == DELETE:
-            deleted.append([c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)])
+            gone.append(ident)
         else:
-            wanted[ident] = (command, key)
+            wanted[ident] = command
 
-    encoders = [(i, c.encode) for i, c in enumerate(codecs) if not c.json_as_is]
-    found: dict[Any, list[Any]] = {}
-    for row in _current_rows(session, info, [key for _, key in wanted.values()]):
-        values = list(row)
-        for i, encode in encoders:
-            if values[i] is not None:
-                values[i] = encode(values[i])
-        if integer and type(row[positions[0]]) is int:
-            found[row[positions[0]]] = values
-        else:
-            found[encode_key([row[p] for p in positions])] = values
+    single = len(positions) == 1
+    keys = [
+        (typed[i][0] if single else typed[i]) if i in typed else i for i in wanted
+    ]
+    rows = _current_rows(session, info, keys)
+    if integer:
+        idents: list[Any] = [row[positions[0]] for row in rows]
+    else:
+        idents = [encode_key([row[p] for p in positions]) for row in rows]
+    if any(ident not in wanted for ident in idents):
+        # A row matched without being asked for (a case-insensitive
+        # collation): leave it out.
+        kept = [(r, i) for r, i in zip(rows, idents, strict=True) if i in wanted]
+        rows, idents = [r for r, _ in kept], [i for _, i in kept]
+    found = set(idents)
+    gone += [ident for ident in wanted if ident not in found]
 
-    rows: list[list[Any]] = []
-    written: list[str] = []
-    for ident, (command, key) in wanted.items():
-        current = found.get(ident)
-        if current is None:  # the row is gone since
-            deleted.append([c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)])
-        else:
-            rows.append(current)
-            written.append(command)
-    if not rows and not deleted:
+    values = [list(column) for column in zip(*rows, strict=True)]
+    values = values or [[] for _ in codecs]
+    for i, codec in enumerate(codecs):
+        if not codec.json_as_is:
+            encode = codec.encode
+            values[i] = [None if v is None else encode(v) for v in values[i]]
+    deleted: list[list[Any]] = [[] for _ in positions]
+    for ident in gone:
+        key = typed[ident] if ident in typed else (ident,)
+        for column, codec, value in zip(deleted, pk_codecs, key, strict=True):
+            column.append(codec.to_json(value))
+    if not rows and not gone:
         return None
     return {
         "columns": [c.name for c in codecs],
-        "rows": rows,
-        "commands": "".join(written),
+        "values": values,
+        "commands": "".join([wanted[ident] for ident in idents]),
         "deleted": deleted,
     }
 
@@ -235,12 +243,13 @@ _ARRAY_KEYS = (sa.Integer, sa.String, sa.Uuid, sa.Date)
 
 
 def _current_rows(
-    session: Session, info: TrackedTable, keys: Sequence[tuple[Any, ...]]
-) -> Iterator[sa.Row[Any]]:
-    """The live rows among ``keys``: one ``= ANY(array)`` query on PostgreSQL
-    for a one-column key, batched ``IN`` queries elsewhere."""
+    session: Session, info: TrackedTable, keys: Sequence[Any]
+) -> list[sa.Row[Any]]:
+    """The live rows among ``keys`` (values for a one-column key, tuples
+    otherwise): one ``= ANY(array)`` query on PostgreSQL for a one-column
+    key, batched ``IN`` queries elsewhere."""
     if not keys:
-        return
+        return []
     pk = list(info.pk_columns)
     dialect = session.get_bind(clause=info.table).dialect
     kind = pk[0].type
@@ -252,13 +261,16 @@ def _current_rows(
         and not getattr(kind, "collation", None)
     ):
         array = postgresql.ARRAY(kind)
-        values = sa.bindparam("keys", [k[0] for k in keys], type_=array)
-        query = sa.select(info.table).where(pk[0] == sa.any_(sa.cast(values, array)))
-        yield from session.execute(query).all()
-        return
+        param = sa.bindparam("keys", list(keys), type_=array)
+        query = sa.select(info.table).where(pk[0] == sa.any_(sa.cast(param, array)))
+        return list(session.execute(query).all())
+    found: list[sa.Row[Any]] = []
     for batch in batches(keys, KEY_BATCH):
-        query = sa.select(info.table).where(key_filter(pk, batch))
-        yield from session.execute(query).all()
+        condition: sa.ColumnElement[bool] = (
+            pk[0].in_(batch) if len(pk) == 1 else key_filter(pk, batch)
+        )
+        found += session.execute(sa.select(info.table).where(condition)).all()
+    return found
 
 
 def _pk_codecs(info: TrackedTable, codecs: list[ColumnCodec]) -> list[ColumnCodec]:

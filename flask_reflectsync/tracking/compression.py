@@ -82,18 +82,28 @@ def compressed_commands(
         whose changes cancel out are left out. Tables and rows come in the
         order they were first touched.
     """
-    first: dict[tuple[str, str], str] = {}
-    last: dict[tuple[str, str], str] = {}
+    # Per table, each row's first and last command; no tuple per row (the
+    # garbage collector scans every container allocated).
+    first: dict[str, dict[str, str]] = {}
+    last: dict[str, dict[str, str]] = {}
     for table_name, row_key, command in operations:
-        ident = (table_name, row_key)
-        if ident not in first:
-            first[ident] = command
-        last[ident] = command
+        firsts = first.get(table_name)
+        if firsts is None:
+            firsts = first[table_name] = {}
+            last[table_name] = {}
+        if row_key not in firsts:
+            firsts[row_key] = command
+        last[table_name][row_key] = command
     result: dict[str, dict[str, str]] = {}
-    for ident, first_command in first.items():
-        outcome = _outcome(first_command, last[ident])
-        if outcome is not None:
-            result.setdefault(ident[0], {})[ident[1]] = outcome
+    for table_name, firsts in first.items():
+        lasts = last[table_name]
+        kept = {}
+        for row_key, first_command in firsts.items():
+            outcome = _outcome(first_command, lasts[row_key])
+            if outcome is not None:
+                kept[row_key] = outcome
+        if kept:
+            result[table_name] = kept
     return result
 
 
