@@ -89,11 +89,11 @@ def pull(
         .order_by(versions.c.number, operations.c.id)
         .limit(limit + 1)
     )
-    rows = session.execute(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    numbers, op_ids, names, keys, logged = _columns(session, query, ("number", "id"))
+    more = len(numbers) > limit
     if more:
-        last_number, last_id = rows[-1][0], rows[-1][1]
+        last_number, last_id = numbers[limit - 1], op_ids[limit - 1]
+        del names[limit:], keys[limit:], logged[limit:]
         # The last version may continue on the next page.
         until = max(since, last_number - 1)
         cursor: str | None = f"{last_number}:{last_id}"
@@ -101,7 +101,7 @@ def pull(
         until, cursor = current, None
 
     aware = stores_time_zones(session.get_bind(clause=operations).dialect)
-    commands = compressed_commands((row[2], row[3], row[4]) for row in rows)
+    commands = compressed_commands(zip(names, keys, logged, strict=True))
     changes: dict[str, Any] = {}
     for name, keyed in commands.items():
         info = schema.get(name)
@@ -170,45 +170,52 @@ def _table_changes(
     """
     codecs = list(table_codecs(info.table, aware_storage=aware).values())
     pk_codecs = _pk_codecs(info, codecs)
-    columns = list(info.table.columns)
-    positions = [columns.index(c) for c in info.pk_columns]
+    table_columns = list(info.table.columns)
+    positions = [table_columns.index(c) for c in info.pk_columns]
     integer = info.integer_key and len(positions) == 1
     # Each row is identified by its integer key, or else by its logged text
     # (the database's rows are encoded the same way to be matched). No tuple
     # per row where it can be helped: the garbage collector scans every
     # container allocated, and a page allocates them by the thousand.
+    numbers = _integer_keys(list(commands)) if integer else None
     wanted: dict[Any, str] = {}
     typed: dict[str, tuple[Any, ...]] = {}
     gone: list[Any] = []
-    for text, command in commands.items():
-        ident: Any = _integer_key(text) if integer else None
-        if ident is None:
-            ident = text
-            typed[text] = key_from_log(decode_key(text), pk_codecs)
-        if command == DELETE:
-            gone.append(ident)
-        else:
-            wanted[ident] = command
+    if numbers is not None:
+        wanted = dict(zip(numbers, commands.values(), strict=True))
+        if DELETE in commands.values():
+            gone = [n for n, c in wanted.items() if c == DELETE]
+            wanted = {n: c for n, c in wanted.items() if c != DELETE}
+    else:
+        for text, command in commands.items():
+            ident: Any = _integer_key(text) if integer else None
+            if ident is None:
+                ident = text
+                typed[text] = key_from_log(decode_key(text), pk_codecs)
+            if command == DELETE:
+                gone.append(ident)
+            else:
+                wanted[ident] = command
 
     single = len(positions) == 1
     keys = [
         (typed[i][0] if single else typed[i]) if i in typed else i for i in wanted
     ]
-    rows = _current_rows(session, info, keys)
+    values = _current_rows(session, info, keys)
     if integer:
-        idents: list[Any] = [row[positions[0]] for row in rows]
+        idents: list[Any] = values[positions[0]]
     else:
-        idents = [encode_key([row[p] for p in positions]) for row in rows]
+        key_columns = [values[p] for p in positions]
+        idents = [encode_key(k) for k in zip(*key_columns, strict=True)]
     if any(ident not in wanted for ident in idents):
         # A row matched without being asked for (a case-insensitive
         # collation): leave it out.
-        kept = [(r, i) for r, i in zip(rows, idents, strict=True) if i in wanted]
-        rows, idents = [r for r, _ in kept], [i for _, i in kept]
+        kept = [n for n, ident in enumerate(idents) if ident in wanted]
+        values = [[column[n] for n in kept] for column in values]
+        idents = [idents[n] for n in kept]
     found = set(idents)
     gone += [ident for ident in wanted if ident not in found]
 
-    values = [list(column) for column in zip(*rows, strict=True)]
-    values = values or [[] for _ in codecs]
     for i, codec in enumerate(codecs):
         if not codec.json_as_is:
             encode = codec.encode
@@ -218,7 +225,7 @@ def _table_changes(
         key = typed[ident] if ident in typed else (ident,)
         for column, codec, value in zip(deleted, pk_codecs, key, strict=True):
             column.append(codec.to_json(value))
-    if not rows and not gone:
+    if not idents and not gone:
         return None
     return {
         "columns": [c.name for c in codecs],
@@ -226,6 +233,25 @@ def _table_changes(
         "commands": "".join([wanted[ident] for ident in idents]),
         "deleted": deleted,
     }
+
+
+def _integer_keys(texts: list[str]) -> list[int] | None:
+    """The values of logged one-integer keys (``["[7]", "[8]"]``), parsed in
+    one go, or ``None`` if some text is not one.
+
+    The texts are joined into one JSON array (``[7,8]``); as none holds a
+    comma, each gave exactly one value when the counts match.
+    """
+    joined = "".join(texts)
+    if "," in joined or joined[:1] != "[" or joined[-1:] != "]":
+        return None
+    try:
+        values = json.loads(joined.replace("][", ","))
+    except ValueError:
+        return None
+    if len(values) != len(texts) or not all(type(v) is int for v in values):
+        return None
+    return values  # type: ignore[no-any-return]
 
 
 def _integer_key(text: str) -> int | None:
@@ -244,12 +270,14 @@ _ARRAY_KEYS = (sa.Integer, sa.String, sa.Uuid, sa.Date)
 
 def _current_rows(
     session: Session, info: TrackedTable, keys: Sequence[Any]
-) -> list[sa.Row[Any]]:
+) -> list[list[Any]]:
     """The live rows among ``keys`` (values for a one-column key, tuples
-    otherwise): one ``= ANY(array)`` query on PostgreSQL for a one-column
-    key, batched ``IN`` queries elsewhere."""
+    otherwise), column by column (see :func:`_columns`): one ``=
+    ANY(array)`` query on PostgreSQL for a one-column key, batched ``IN``
+    queries elsewhere."""
+    table_columns = list(info.table.columns)
     if not keys:
-        return []
+        return [[] for _ in table_columns]
     pk = list(info.pk_columns)
     dialect = session.get_bind(clause=info.table).dialect
     kind = pk[0].type
@@ -261,16 +289,110 @@ def _current_rows(
         and not getattr(kind, "collation", None)
     ):
         array = postgresql.ARRAY(kind)
-        param = sa.bindparam("keys", list(keys), type_=array)
-        query = sa.select(info.table).where(pk[0] == sa.any_(sa.cast(param, array)))
-        return list(session.execute(query).all())
-    found: list[sa.Row[Any]] = []
+        condition: sa.ColumnElement[bool]
+        if isinstance(kind, sa.Integer) and all(type(k) is int for k in keys):
+            # One string of array text instead of thousands of values for the
+            # driver to adapt; unnested once, in a subquery.
+            text = "{" + ",".join(map(str, keys)) + "}"
+            unnested = sa.func.unnest(sa.cast(sa.bindparam("keys", text), array))
+            condition = pk[0].in_(sa.select(unnested).scalar_subquery())
+        else:
+            param = sa.bindparam("keys", list(keys), type_=array)
+            condition = pk[0] == sa.any_(sa.cast(param, array))
+        return _columns(session, sa.select(info.table).where(condition), ())
+    found: list[list[Any]] = [[] for _ in table_columns]
     for batch in batches(keys, KEY_BATCH):
-        condition: sa.ColumnElement[bool] = (
-            pk[0].in_(batch) if len(pk) == 1 else key_filter(pk, batch)
-        )
-        found += session.execute(sa.select(info.table).where(condition)).all()
+        condition = pk[0].in_(batch) if len(pk) == 1 else key_filter(pk, batch)
+        query = sa.select(info.table).where(condition)
+        for column, more in zip(found, _columns(session, query, ()), strict=True):
+            column += more
     return found
+
+
+def _columns(
+    session: Session, query: sa.Select[Any], order: Sequence[str]
+) -> list[list[Any]]:
+    """The result of ``query``, one list of values per selected column.
+
+    No SQLAlchemy row object is made per row: on a page of thousands of rows
+    those objects cost more than the query, mostly in garbage collector
+    passes. On PostgreSQL (psycopg), when every column has a type the driver
+    reads from an array exactly as from a single value, the database hands
+    over each column as one array (``array_agg``, every aggregate in the
+    same ``order``), so not even the driver makes an object per row.
+    Elsewhere the rows are read from the driver's cursor and turned into
+    columns in one step, with each column type's result processing applied
+    a column at a time.
+
+    :param order: keys of selected columns by which the rows must be sorted,
+        as ``query`` sorts them.
+    """
+    selected = list(query.selected_columns)
+    connection = session.connection(bind_arguments={"clause": query})
+    dialect = connection.dialect
+    if (dialect.name, dialect.driver) == ("postgresql", "psycopg") and all(
+        _plain_array_type(c.type) for c in selected
+    ):
+        inner = query.subquery()
+        aggregates = [sa.func.array_agg(column) for column in inner.c]
+        arrays = connection.execute(sa.select(*aggregates)).one()
+        # Aggregates of one query level read the same rows in the same order,
+        # so the arrays line up; the subquery's order usually survives, and
+        # is restored here when it does not.
+        columns = [list(values) if values is not None else [] for values in arrays]
+        return _in_order(columns, [list(inner.c.keys()).index(k) for k in order])
+    result = connection.execute(query)
+    try:
+        cursor = result.cursor
+        described = [d[1] for d in cursor.description]
+        rows = cursor.fetchall()
+    finally:
+        result.close()
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    if not columns:
+        return [[] for _ in selected]
+    for i, (column, type_code) in enumerate(zip(selected, described, strict=True)):
+        impl = column.type.dialect_impl(dialect)
+        process = impl.result_processor(dialect, type_code)
+        if process is not None:
+            columns[i] = [process(v) for v in columns[i]]
+    return columns
+
+
+def _in_order(columns: list[list[Any]], order: Sequence[int]) -> list[list[Any]]:
+    """``columns`` with their rows sorted by the columns at ``order``."""
+    if not order or not columns[0]:
+        return columns
+    keys = list(zip(*[columns[i] for i in order], strict=True))
+    if all(a <= b for a, b in zip(keys, keys[1:])):  # noqa: B905
+        return columns
+    sequence = sorted(range(len(keys)), key=keys.__getitem__)
+    return [[column[n] for n in sequence] for column in columns]
+
+
+def _plain_array_type(kind: sa.types.TypeEngine[Any]) -> bool:
+    """Whether psycopg reads an array of this type into the same Python
+    values SQLAlchemy returns for single values."""
+    if isinstance(kind, (sa.types.TypeDecorator, sa.Enum, sa.JSON, sa.ARRAY)):
+        return False
+    if isinstance(kind, sa.Float):
+        return True
+    if isinstance(kind, sa.Numeric):
+        return bool(kind.asdecimal)
+    if isinstance(kind, sa.Uuid):
+        return bool(kind.as_uuid)
+    return isinstance(
+        kind,
+        (
+            sa.Integer,
+            sa.String,
+            sa.Boolean,
+            sa.Date,
+            sa.DateTime,
+            sa.Time,
+            sa.LargeBinary,
+        ),
+    )
 
 
 def _pk_codecs(info: TrackedTable, codecs: list[ColumnCodec]) -> list[ColumnCodec]:

@@ -82,28 +82,29 @@ def compressed_commands(
         whose changes cancel out are left out. Tables and rows come in the
         order they were first touched.
     """
-    # Per table, each row's first and last command; no tuple per row (the
+    # Per table, the key texts and commands in order; no tuple per row (the
     # garbage collector scans every container allocated).
-    first: dict[str, dict[str, str]] = {}
-    last: dict[str, dict[str, str]] = {}
+    keys: dict[str, list[str]] = {}
+    commands: dict[str, list[str]] = {}
     for table_name, row_key, command in operations:
-        firsts = first.get(table_name)
-        if firsts is None:
-            firsts = first[table_name] = {}
-            last[table_name] = {}
-        if row_key not in firsts:
-            firsts[row_key] = command
-        last[table_name][row_key] = command
+        found = keys.get(table_name)
+        if found is None:
+            found = keys[table_name] = []
+            commands[table_name] = []
+        found.append(row_key)
+        commands[table_name].append(command)
     result: dict[str, dict[str, str]] = {}
-    for table_name, firsts in first.items():
-        lasts = last[table_name]
-        kept = {}
-        for row_key, first_command in firsts.items():
-            outcome = _outcome(first_command, lasts[row_key])
-            if outcome is not None:
-                kept[row_key] = outcome
-        if kept:
-            result[table_name] = kept
+    for table_name, texts in keys.items():
+        # Keys in the order first touched, each with its last command.
+        last = dict(zip(texts, commands[table_name], strict=True))
+        if len(last) < len(texts):  # some row changed more than once
+            first = dict(
+                zip(reversed(texts), reversed(commands[table_name]), strict=True)
+            )
+            outcomes = {key: _outcome(first[key], c) for key, c in last.items()}
+            last = {key: c for key, c in outcomes.items() if c is not None}
+        if last:
+            result[table_name] = last
     return result
 
 
