@@ -132,11 +132,14 @@ def test_compressed_commands_agree_with_compress(
     history: tuple[State, list[Op]],
 ) -> None:
     _, ops = history
-    triples = [(op.table_name, str(op.row_key), op.command) for op in ops]
     expected: dict[str, dict[str, str]] = {}
     for op in compress(ops):
         expected.setdefault(op.table_name, {})[str(op.row_key)] = op.command
-    found = compressed_commands(triples)
+    found = compressed_commands(
+        [op.table_name for op in ops],
+        [str(op.row_key) for op in ops],
+        [op.command for op in ops],
+    )
     assert found == expected
     # rows in the order they were first touched, as compress keeps them
     assert {t: list(rows) for t, rows in found.items()} == {

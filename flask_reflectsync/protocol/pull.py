@@ -101,7 +101,7 @@ def pull(
         until, cursor = current, None
 
     aware = stores_time_zones(session.get_bind(clause=operations).dialect)
-    commands = compressed_commands(zip(names, keys, logged, strict=True))
+    commands = compressed_commands(names, keys, logged) if names else {}
     changes: dict[str, Any] = {}
     for name, keyed in commands.items():
         info = schema.get(name)

@@ -21,7 +21,7 @@ update + update -> update, update + delete -> delete, and delete + insert
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from .tables import DELETE, INSERT, UPDATE
@@ -72,35 +72,35 @@ def compress(operations: Iterable[Op]) -> list[Op]:
 
 
 def compressed_commands(
-    operations: Iterable[tuple[str, str, str]],
+    tables: Sequence[str], keys: Sequence[str], commands: Sequence[str]
 ) -> dict[str, dict[str, str]]:
-    """:func:`compress` for plain ``(table name, key text, command)`` triples,
-    without an object per operation (a pull page compresses thousands).
+    """:func:`compress` for operations given column by column, without an
+    object per operation (a pull page compresses thousands).
 
-    :param operations: triples in the order they happened.
+    :param tables: the table name of each operation, in the order they
+        happened.
+    :param keys: the key text of each operation.
+    :param commands: the command of each operation.
     :return: by table name, then key text, each row's compressed command; rows
-        whose changes cancel out are left out. Tables and rows come in the
-        order they were first touched.
+        whose changes cancel out are left out. Rows come in the order they
+        were first touched.
     """
-    # Per table, the key texts and commands in order; no tuple per row (the
-    # garbage collector scans every container allocated).
-    keys: dict[str, list[str]] = {}
-    commands: dict[str, list[str]] = {}
-    for table_name, row_key, command in operations:
-        found = keys.get(table_name)
-        if found is None:
-            found = keys[table_name] = []
-            commands[table_name] = []
-        found.append(row_key)
-        commands[table_name].append(command)
+    by_table: dict[str, tuple[list[str], list[str]]] = {}
+    if len(set(tables)) == 1:
+        by_table[tables[0]] = (list(keys), list(commands))
+    else:
+        for table_name, row_key, command in zip(tables, keys, commands, strict=True):
+            found = by_table.get(table_name)
+            if found is None:
+                found = by_table[table_name] = ([], [])
+            found[0].append(row_key)
+            found[1].append(command)
     result: dict[str, dict[str, str]] = {}
-    for table_name, texts in keys.items():
+    for table_name, (texts, logged) in by_table.items():
         # Keys in the order first touched, each with its last command.
-        last = dict(zip(texts, commands[table_name], strict=True))
+        last = dict(zip(texts, logged, strict=True))
         if len(last) < len(texts):  # some row changed more than once
-            first = dict(
-                zip(reversed(texts), reversed(commands[table_name]), strict=True)
-            )
+            first = dict(zip(reversed(texts), reversed(logged), strict=True))
             outcomes = {key: _outcome(first[key], c) for key, c in last.items()}
             last = {key: c for key, c in outcomes.items() if c is not None}
         if last:
