@@ -144,7 +144,8 @@ def pull(node: Node, since: int) -> tuple[float, int]:
         if cursor:
             message["cursor"] = cursor
         page = node.post("/pull", message)
-        count += len(page["operations"])
+        tables = page["changes"].values()
+        count += sum(len(part["commands"]) + len(part["deleted"][0]) for part in tables)
         cursor = page["cursor"]
         if cursor is None:
             return time.perf_counter() - start, count

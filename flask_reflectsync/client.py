@@ -60,8 +60,8 @@ from .protocol.merge import (
     Conflict,
     HighWater,
     MergeSchema,
+    PulledTable,
     Resolutions,
-    ServerChange,
     Strategy,
     define_high_water_table,
     merge_page,
@@ -713,7 +713,7 @@ class SyncClient:
                 for conflict in result.conflicts:
                     signals.conflict_resolved.send(self, conflict=conflict)
                 conflicts += result.conflicts
-                count += len(changes)
+                count += sum(len(part) for part in changes)
                 version = page["until"]
                 cursor = page["cursor"]
                 if progress is not None:
@@ -721,50 +721,37 @@ class SyncClient:
                 if cursor is None:
                     return PullResult(version, count, conflicts)
 
-    def _decode_page(self, page: Mapping[str, Any]) -> list[ServerChange]:
+    def _decode_page(self, page: Mapping[str, Any]) -> list[PulledTable]:
         schema = self.schema
         aware = stores_time_zones(self.engine.dialect)
-        rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
-        codecs_by_table: dict[str, dict[str, ColumnCodec]] = {}
-        for name, payload in (page.get("payloads") or {}).items():
+        parts = []
+        for name, wire in (page.get("changes") or {}).items():
             info = schema.tables.get(name)
             if info is None:
-                continue
-            codecs_ = codecs_by_table[name] = table_codecs(
-                info.table, aware_storage=aware
-            )
-            rows[name] = {
-                row_key(info, decoded): decoded
-                for decoded in _decode_rows(codecs_, payload)
-            }
-        changes = []
-        for op in page.get("operations") or []:
-            info = schema.tables.get(op["table"])
-            if info is None:
-                continue
-            codecs_ = codecs_by_table.get(info.name) or table_codecs(
-                info.table, aware_storage=aware
-            )
+                continue  # a table this node does not synchronise
+            codecs_ = table_codecs(info.table, aware_storage=aware)
+            commands = wire["commands"]
             try:
-                key = tuple(
-                    codecs_[c.name].decode(v)
-                    for c, v in zip(info.pk_columns, op["key"], strict=True)
-                )
-            except DECODE_ERRORS:
+                columns, values = _decode_columns(codecs_, wire, len(commands))
+                pk = [codecs_[c.name] for c in info.pk_columns]
+                deleted = _decode_columns(
+                    {c.name: c for c in pk},
+                    {"columns": [c.name for c in pk], "values": wire["deleted"]},
+                    len(wire["deleted"][0]),
+                )[1]
+            except (*DECODE_ERRORS, KeyError, IndexError):
                 raise ProtocolMismatchError(
-                    f"The server sent a key {op['key']!r} that does not fit "
-                    f"{info.name}'s primary key; the schemas differ."
+                    f"The server sent changes of {name} that do not fit the "
+                    "node's table; the server and node schemas differ."
                 ) from None
-            row = None
-            if op["command"] != DELETE:
-                row = rows.get(info.name, {}).get(key)
-                if row is None:
-                    raise ProtocolMismatchError(
-                        f"The server sent a change of {info.name} {op['key']} "
-                        "without its row; the server and node versions differ."
-                    )
-            changes.append(ServerChange(info.name, key, op["command"], row))
-        return changes
+            if commands and any(c.name not in columns for c in info.pk_columns):
+                raise ProtocolMismatchError(
+                    f"The server sent rows of {name} without their keys; the "
+                    "server and node versions differ."
+                )
+            keys = list(zip(*deleted, strict=True))
+            parts.append(PulledTable(name, columns, values, commands, keys))
+        return parts
 
     def _fetch(
         self, table: str, keys: Sequence[tuple[Any, ...]]
@@ -1065,12 +1052,39 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield items[start : start + size]
 
 
-def _decode_rows(
-    codecs_: Mapping[str, ColumnCodec], payload: Mapping[str, Any]
-) -> Iterator[dict[str, Any]]:
-    columns = [c for c in payload["columns"]]
-    for values in payload["rows"]:
-        yield _decode_row(codecs_, columns, values)
+def _decode_columns(
+    codecs_: Mapping[str, ColumnCodec], payload: Mapping[str, Any], length: int
+) -> tuple[list[str], list[list[Any]]]:
+    """A column-wise payload (``{"columns": [...], "values": [[...], ...]}``,
+    one array per column), decoded: the names of the columns the node has and
+    their values (a column only the server has is left out).
+
+    :param length: how many values each column must hold.
+    :raises ValueError, TypeError: a column of the wrong length, or a value
+        that does not fit its column.
+    """
+    columns = list(payload["columns"])
+    values = payload["values"]
+    if len(values) != len(columns) or any(
+        type(column) is not list or len(column) != length for column in values
+    ):
+        raise ValueError("the values do not match the columns")
+    names: list[str] = []
+    decoded: list[list[Any]] = []
+    for name, column in zip(columns, values, strict=True):
+        codec = codecs_.get(name)
+        if codec is not None:
+            names.append(name)
+            decoded.append(_decode_column(codec, column))
+    return names, decoded
+
+
+def _decode_column(codec: ColumnCodec, column: list[Any]) -> list[Any]:
+    exact = codec.exact_type
+    if exact is not None and set(map(type, column)) <= {exact, type(None)}:
+        return column  # already the database values
+    decode = codec.decode
+    return [None if v is None else decode(v) for v in column]
 
 
 def _decode_row(

@@ -86,8 +86,8 @@ push_rejected = _signals.signal("push-rejected")
 #: A page of a pull was served to a node.
 #: Sender: the app. Keyword arguments: ``node`` (the node id), ``since`` (the
 #: version the node had), ``until`` (the version the node has after applying
-#: the page), ``operations`` (how many operations the page holds), ``more``
-#: (whether another page follows).
+#: the page), ``operations`` (how many rows the page changes, written or
+#: deleted), ``more`` (whether another page follows).
 pull_served = _signals.signal("pull-served")
 
 #: A conflict between a node's changes and the server's was resolved.

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flask_reflectsync.tracking import compress
+from flask_reflectsync.tracking import compress, compressed_commands
+from flask_reflectsync.tracking.compression import REPLACED
 
 
 @dataclass(frozen=True)
@@ -131,3 +132,42 @@ def test_compressed_history_reaches_the_same_state(
     assert len(compressed) <= len(ops)
     idents = [(op.table_name, op.row_key) for op in compressed]
     assert len(idents) == len(set(idents))
+
+
+@given(histories())
+def test_compressed_commands_agree_with_compress(
+    history: tuple[State, list[Op]],
+) -> None:
+    _, ops = history
+    expected: dict[str, dict[str, str]] = {}
+    for op in compress(ops):
+        expected.setdefault(op.table_name, {})[str(op.row_key)] = op.command
+    columns = (
+        [op.table_name for op in ops],
+        [str(op.row_key) for op in ops],
+        [op.command for op in ops],
+    )
+    found = compressed_commands(*columns)
+    assert found == expected
+    # rows in the order they were first touched, as compress keeps them
+    assert {t: list(rows) for t, rows in found.items()} == {
+        t: list(rows) for t, rows in expected.items()
+    }
+
+    # as pulls ask: vanished rows reported, replaced rows marked in table "a"
+    reported: dict[str, dict[str, str]] = {}
+    for op in compress(ops, report_vanished=True):
+        reported.setdefault(op.table_name, {})[str(op.row_key)] = op.command
+    marked = compressed_commands(*columns, report_vanished=True, watch_replaced={"a"})
+    for table, rows in reported.items():
+        for key, command in rows.items():
+            history = [
+                o.command for o in ops if (o.table_name, str(o.row_key)) == (table, key)
+            ]
+            again = "d" in history and "i" in history[history.index("d") :]
+            if table == "a" and command == "u" and again:
+                command = REPLACED
+            assert marked[table][key] == command, (table, key, history)
+    assert {t: len(r) for t, r in marked.items()} == {
+        t: len(r) for t, r in reported.items()
+    }

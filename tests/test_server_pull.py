@@ -60,28 +60,52 @@ def test_pull_returns_other_nodes_changes_with_current_payloads(
     page = reader.pull().json()
     assert page["ok"] is True and page["protocol"] == 1
     # insert + update compress to insert; insert + delete to a delete (the
-    # key was taken: a node may have given it to a row of its own); in the
-    # order the server applied them (parents first)
-    assert page["operations"] == [
-        {"table": "country", "key": [1], "command": "i"},
-        {"table": "city", "key": [1], "command": "i"},
-        {"table": "city", "key": [2], "command": "d"},
-    ]
-    assert page["payloads"] == {
+    # key was taken: a node may have given it to a row of its own). A row
+    # carries its own key: no key is sent twice.
+    assert page["changes"] == {
         "city": {
             "columns": ["id", "name", "population", "country_id"],
-            "rows": [[1, "city 1", 500, 1]],
+            "values": [[1], ["city 1"], [500], [1]],
+            "commands": "i",
+            "deleted": [[2]],
         },
-        "country": {"columns": ["id", "name"], "rows": [[1, "Peru"]]},
+        "country": {
+            "columns": ["id", "name"],
+            "values": [[1], ["Peru"]],
+            "commands": "i",
+            "deleted": [[]],
+        },
     }
     assert (page["until"], page["version"], page["cursor"]) == (2, 2, None)
+
+
+def test_a_row_replaced_under_its_integer_key_is_a_delete_and_an_insert(
+    server: ServerEnv,
+) -> None:
+    """Not an update: a node that changed the old row offline must meet its
+    delete, and must not take the new row for it."""
+    writer, reader = server.node(), server.node()
+    _cities(writer, 1)
+    env = server.env
+    with env.app.app_context():
+        env.db.session.delete(env.db.session.get(env.models.City, 1))
+        env.db.session.commit()
+        env.db.session.add(env.models.City(id=1, name="new", country_id=1))
+        env.db.session.commit()
+    page = reader.pull(1).json()
+    assert page["changes"]["city"] == {
+        "columns": ["id", "name", "population", "country_id"],
+        "values": [[1], ["new"], [0], [1]],
+        "commands": "i",
+        "deleted": [[1]],
+    }
 
 
 def test_pull_leaves_out_the_node_own_versions(server: ServerEnv) -> None:
     node = server.node()
     _cities(node, 1)
     page = node.pull().json()
-    assert page["operations"] == []
+    assert page["changes"] == {}
     assert page["until"] == 1
 
 
@@ -89,7 +113,7 @@ def test_pull_since_the_latest_version_is_empty(server: ServerEnv) -> None:
     writer, reader = server.node(), server.node()
     _cities(writer, 1)
     page = reader.pull(since=1).json()
-    assert (page["operations"], page["payloads"], page["until"]) == ([], {}, 1)
+    assert (page["changes"], page["until"]) == ({}, 1)
 
 
 def test_pull_sees_changes_made_by_the_app(server: ServerEnv) -> None:
@@ -97,7 +121,14 @@ def test_pull_sees_changes_made_by_the_app(server: ServerEnv) -> None:
     env.db.session.add(env.models.Country(id=7, name="Chile"))
     env.db.session.commit()
     page = server.node().pull().json()
-    assert page["operations"] == [{"table": "country", "key": [7], "command": "i"}]
+    assert page["changes"] == {
+        "country": {
+            "columns": ["id", "name"],
+            "values": [[7], ["Chile"]],
+            "commands": "i",
+            "deleted": [[]],
+        }
+    }
 
 
 def test_a_row_deleted_since_is_pulled_as_a_delete(server: ServerEnv) -> None:
@@ -113,7 +144,14 @@ def test_a_row_deleted_since_is_pulled_as_a_delete(server: ServerEnv) -> None:
     writer.push([{"table": "city", "key": [2], "command": "d"}], last_version=1)
     # The reader pulls one version at a time: the update's row is gone.
     page = reader.pull(limit=1).json()
-    assert page["operations"] == [{"table": "city", "key": [2], "command": "d"}]
+    assert page["changes"] == {
+        "city": {
+            "columns": ["id", "name", "population", "country_id"],
+            "values": [[], [], [], []],
+            "commands": "",
+            "deleted": [[2]],
+        }
+    }
 
 
 def test_a_node_far_behind_pulls_in_bounded_pages(make_app: AppFactory) -> None:
@@ -133,11 +171,11 @@ def test_a_node_far_behind_pulls_in_bounded_pages(make_app: AppFactory) -> None:
         finally:
             signals.pull_served.disconnect(served, server.env.app)
 
-        assert [len(a["operations"]) for a in answers] == [4, 4, 2]
-        pulled = [op["key"][0] for a in answers for op in a["operations"]]
-        assert pulled == list(range(1, 11))
-        rows = [r for a in answers for r in a["payloads"]["city"]["rows"]]
-        assert [r[0] for r in rows] == list(range(1, 11))
+        assert [list(a["changes"]) for a in answers] == [["city"]] * 3
+        cities = [a["changes"]["city"] for a in answers]
+        assert [c["commands"] for c in cities] == ["iiii", "iiii", "ii"]
+        assert all(c["deleted"] == [[]] for c in cities)
+        assert sorted(i for c in cities for i in c["values"][0]) == list(range(1, 11))
         # "until" only counts versions a page holds completely
         assert [a["until"] for a in answers] == [1, 2, 4]
         assert reader.last_version == 4
@@ -152,7 +190,8 @@ def test_a_limit_above_the_page_size_is_capped(make_app: AppFactory) -> None:
     with server_env(make_app, REFLECTSYNC_PULL_PAGE_SIZE=2) as server:
         writer, reader = server.node(), server.node()
         _cities(writer, 1, 2, 3, country=False)
-        assert len(reader.pull(limit=1000).json()["operations"]) == 2
+        page = reader.pull(limit=1000).json()
+        assert page["changes"]["city"]["commands"] == "ii"
 
 
 def test_pull_from_the_future_is_refused(server: ServerEnv) -> None:
@@ -342,7 +381,12 @@ def test_every_type_round_trips_through_push_pull_repair_and_query(
 
     expected = list(SAMPLE.values())
     page = reader.pull().json()
-    assert page["payloads"]["sample"] == {"columns": list(SAMPLE), "rows": [expected]}
+    assert page["changes"]["sample"] == {
+        "columns": list(SAMPLE),
+        "values": [[value] for value in expected],
+        "commands": "i",
+        "deleted": [[]],
+    }
     rows = reader.call("GET", "/query", params={"model": "sample"}).json()["rows"]
     assert rows == [SAMPLE]
     repair = reader.call("GET", "/repair").json()
@@ -413,16 +457,59 @@ def test_uuid_and_composite_keys(server: ServerEnv) -> None:
     )
     assert answer.status_code == 200, answer.text
     page = reader.pull().json()
-    assert sorted(page["operations"], key=lambda op: op["table"]) == [
-        {"table": "tag", "key": [tag], "command": "i"},
-        {"table": "translation", "key": [5, "fr"], "command": "i"},
+    assert page["changes"]["tag"]["values"] == [[tag], ["blue"]]
+    assert page["changes"]["translation"]["values"] == [[5], ["fr"], ["Lima"]]
+    assert [page["changes"][t]["commands"] for t in ("tag", "translation")] == [
+        "i",
+        "i",
     ]
-    assert page["payloads"]["translation"]["rows"] == [[5, "fr", "Lima"]]
     answer = writer.push(
-        [{"table": "translation", "key": [5, "fr"], "command": "d"}],
+        [
+            {"table": "translation", "key": [5, "fr"], "command": "d"},
+            {"table": "tag", "key": [tag], "command": "d"},
+        ],
         last_version=1,
     )
     assert answer.status_code == 200
-    assert reader.pull(since=1).json()["operations"] == [
-        {"table": "translation", "key": [5, "fr"], "command": "d"}
-    ]
+    changes = reader.pull(since=1).json()["changes"]
+    assert {name: (t["commands"], t["deleted"]) for name, t in changes.items()} == {
+        "translation": ("", [[5], ["fr"]]),
+        "tag": ("", [[tag]]),
+    }
+
+
+def test_rows_with_uuid_and_composite_keys_gone_since_are_deletes(
+    server: ServerEnv,
+) -> None:
+    writer, reader = server.node(), server.node()
+    kept, gone = str(uuid.uuid4()), str(uuid.uuid4())
+    answer = writer.push(
+        [
+            {"table": "tag", "key": [kept], "command": "i"},
+            {"table": "tag", "key": [gone], "command": "i"},
+            {"table": "translation", "key": [5, "fr"], "command": "i"},
+            {"table": "translation", "key": [5, "es"], "command": "i"},
+        ],
+        {
+            "tag": {"columns": ["id", "label"], "rows": [[kept, "a"], [gone, "b"]]},
+            "translation": {
+                "columns": ["city_id", "lang", "text"],
+                "rows": [[5, "fr", "Lima"], [5, "es", "Lima"]],
+            },
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    answer = writer.push(
+        [
+            {"table": "tag", "key": [gone], "command": "d"},
+            {"table": "translation", "key": [5, "es"], "command": "d"},
+        ],
+        last_version=1,
+    )
+    assert answer.status_code == 200, answer.text
+    # One version at a time: the inserts' rows are read after the deletes.
+    changes = reader.pull(limit=4).json()["changes"]
+    assert changes["tag"]["values"] == [[kept], ["a"]]
+    assert changes["tag"]["deleted"] == [[gone]]
+    assert changes["translation"]["values"] == [[5], ["fr"], ["Lima"]]
+    assert changes["translation"]["deleted"] == [[5], ["es"]]

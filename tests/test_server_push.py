@@ -510,10 +510,11 @@ def test_large_pushes_of_every_plain_type_arrive_exactly(server: ServerEnv) -> N
     assert answer.json()["operations"] == 120
 
     pulled = server.node().pull(0).json()
-    payload = pulled["payloads"]["sample"]
+    payload = pulled["changes"]["sample"]
+    assert payload["commands"] == "i" * 120
     served = {
         row[0]: dict(zip(payload["columns"], row, strict=True))
-        for row in payload["rows"]
+        for row in zip(*payload["values"], strict=True)
     }
     assert len(served) == 120
 

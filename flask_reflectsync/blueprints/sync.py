@@ -22,7 +22,7 @@ from ..errors import (
 from ..protocol import nodes
 from ..protocol.messages import PROTOCOL_VERSION
 from ..protocol.openapi import openapi_document
-from ..protocol.pull import pull, repair_stream
+from ..protocol.pull import change_count, pull, repair_stream
 from ..protocol.push import push
 from ..protocol.query import query
 from ..protocol.schema import TrackedSchema
@@ -164,7 +164,7 @@ def _pull() -> Response:
         node=node_id,
         since=message["since"],
         until=page["until"],
-        operations=len(page["operations"]),
+        operations=change_count(page),
         more=page["cursor"] is not None,
     )
     return _answer(**page)

@@ -98,6 +98,18 @@ class ColumnCodec:
         """Encode one database value for this column."""
         return None if value is None else self.encode(value)
 
+    @property
+    def json_as_is(self) -> bool:
+        """Whether database values of this column are their own JSON form."""
+        return self.encode is _same
+
+    @property
+    def exact_type(self) -> type | None:
+        """The JSON value type that :attr:`decode` returns unchanged
+        (``int`` for integers, ...), or ``None``: a column of values all of
+        that exact type (or ``None``) needs no decoding."""
+        return _EXACT_TYPES.get(self.decode)
+
     def parse_text(self, text: str, where: str) -> Any:
         """Decode a query-string value for this column.
 
@@ -220,6 +232,10 @@ def _uuid_str(value: Any) -> str:
 
 def _json_value(value: Any) -> Any:
     return value
+
+
+#: Decoders that return a value of exactly this type unchanged.
+_EXACT_TYPES: dict[Decoder, type] = {_int: int, _bool: bool, _float: float, _str: str}
 
 
 # -- choosing a codec ---------------------------------------------------------------

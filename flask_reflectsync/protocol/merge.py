@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ConfigurationError, UniqueConstraintError
 from ..tracking import (
@@ -369,20 +370,6 @@ class HighWater:
                     .values(high_water=key)
                 )
 
-    def raise_to_keys(
-        self, schema: MergeSchema, keys: Iterable[tuple[str, tuple[Any, ...]]]
-    ) -> None:
-        """Raise the high water to the integer keys among ``(table, key)``."""
-        highest: dict[str, int] = {}
-        for name, key in keys:
-            info = schema.tables.get(name)
-            if info is None or not single_integer_key(info):
-                continue
-            value = key[0]
-            if type(value) is int and value > highest.get(name, 0):
-                highest[name] = value
-        self.raise_to(highest)
-
     def raise_to_tables(self, schema: MergeSchema) -> None:
         """Raise the high water to the highest key now in each table."""
         highest: dict[str, int] = {}
@@ -408,6 +395,53 @@ class ServerChange:
     key: tuple[Any, ...]
     command: str
     row: dict[str, Any] | None
+
+
+@dataclass
+class PulledTable:
+    """One table's part of a pulled page, decoded, column-wise.
+
+    :param table: the table name.
+    :param columns: the names of the columns sent (that the node has).
+    :param values: per column, the typed values of the rows the server
+        inserted or updated (their current state), in row order.
+    :param commands: one letter per row, ``"i"`` or ``"u"``.
+    :param deleted: the keys of the rows the server deleted.
+    """
+
+    table: str
+    columns: list[str]
+    values: Sequence[Sequence[Any]]
+    commands: str
+    deleted: list[tuple[Any, ...]]
+
+    def __len__(self) -> int:
+        return len(self.commands) + len(self.deleted)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The written rows by column name."""
+        rows = zip(*self.values, strict=True)
+        return [dict(zip(self.columns, row, strict=True)) for row in rows]
+
+    def changes(self, info: TrackedTable) -> list[ServerChange]:
+        """The part as one :class:`ServerChange` per row: written rows, then
+        deleted ones. A key both deleted and written is an old row's delete,
+        then a new row's insert (see :ref:`reused-keys`): it comes first."""
+        written = [
+            ServerChange(self.table, row_key(info, row), command, row)
+            for row, command in zip(self.rows, self.commands, strict=True)
+        ]
+        replaced = {c.key for c in written} & set(self.deleted) if self.deleted else ()
+        return [
+            *(ServerChange(self.table, key, DELETE, None) for key in replaced),
+            *written,
+            *(
+                ServerChange(self.table, key, DELETE, None)
+                for key in self.deleted
+                if key not in replaced
+            ),
+        ]
 
 
 #: Reads rows from the server: ``fetch(table, keys)`` returns the server's
@@ -489,6 +523,8 @@ class _Merge:
         self.writes: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
         self.deletes: set[tuple[str, tuple[Any, ...]]] = set()
         self.local: dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None] = {}
+        # Pulled tables written as they came, column-wise (see run_untouched).
+        self.bulk: dict[str, PulledTable] = {}
 
     # -- helpers ------------------------------------------------------------------
 
@@ -571,6 +607,29 @@ class _Merge:
                 self.direct(change, incoming)
         self.server_deleted_parents()
         self.node_deleted_parents()
+        self.unique_conflicts()
+        self.apply()
+        return self.result
+
+    def run_untouched(self, page: Sequence[PulledTable]) -> MergeResult:
+        """Merge a page whose tables, and the tables related to them by
+        foreign keys, have nothing queued (see :func:`untouched`): every row
+        is the server's to write or delete, so no row-by-row decision is
+        needed. Tables without unique constraints are written column-wise as
+        they came. The others take the usual way: their unique values are
+        checked (a local row the server changed later may hold them), and
+        updates are written before inserts, so a value can move between
+        rows."""
+        upsert = self.connection.dialect.name in UPSERT_DIALECTS
+        for part in page:
+            info = self.info(part.table)
+            if upsert and not unique_column_sets(info.table):
+                self.bulk[part.table] = part
+            else:
+                for row in part.rows:
+                    self.writes[(part.table, row_key(info, row))] = row
+            for key in part.deleted:
+                self.deletes.add((part.table, key))
         self.unique_conflicts()
         self.apply()
         return self.result
@@ -987,6 +1046,11 @@ class _Merge:
                     )
                 self.result.deleted += len(keys)
         for table in names:
+            part = self.bulk.get(table)
+            if part is not None and part.commands:
+                info = self.info(table)
+                upsert_columns(self.connection, info, part.columns, part.values)
+                self.result.written += len(part.commands)
             rows = {k: r for (t, k), r in self.writes.items() if t == table}
             if not rows:
                 continue
@@ -1009,7 +1073,7 @@ def merge_page(
     connection: sa.Connection,
     schema: MergeSchema,
     tables: LogTables,
-    changes: Sequence[ServerChange],
+    page: Sequence[PulledTable],
     resolutions: Resolutions,
     fetch: Fetcher,
     high_water: sa.Table | None = None,
@@ -1017,11 +1081,17 @@ def merge_page(
     """Merge one pulled page into the node's database, in ``connection``'s
     transaction.
 
+    When nothing is queued on the page's tables or the tables related to
+    them by foreign keys (see :func:`untouched`), no conflict can arise and
+    the page is written table by table: an upsert executemany for the rows
+    and batched deletes by key. Otherwise every row goes through the full
+    merge.
+
     :param connection: a connection of the node's engine, inside a
         transaction the caller commits (or rolls back on error).
     :param schema: the node's tracked tables.
     :param tables: the node's log tables (the queue).
-    :param changes: the server's changes, one per row.
+    :param page: the server's changes, by table, one per row.
     :param resolutions: the strategy per model.
     :param fetch: reads rows from the server when a conflict needs the
         server's copy of a row the page does not carry.
@@ -1032,11 +1102,49 @@ def merge_page(
     """
     queue = LocalQueue(connection, tables)
     water = HighWater(connection, high_water) if high_water is not None else None
-    result = _Merge(connection, schema, queue, resolutions, fetch, water).run(changes)
+    merge = _Merge(connection, schema, queue, resolutions, fetch, water)
+    page = [part for part in page if part.table in schema.tables and len(part)]
+    if untouched(schema, queue, [part.table for part in page]):
+        result = merge.run_untouched(page)
+    else:
+        result = merge.run(
+            [c for part in page for c in part.changes(schema.tables[part.table])]
+        )
     if water is not None:
         # Every key the server served is one it had: never hand it out again.
-        water.raise_to_keys(schema, ((c.table, c.key) for c in changes))
+        water.raise_to(_highest_keys(schema, page))
     return result
+
+
+def untouched(schema: MergeSchema, queue: LocalQueue, names: Iterable[str]) -> bool:
+    """Whether the queue holds nothing on the tables ``names``, nor on the
+    tables whose foreign keys point at them or that theirs point at: then
+    merging a page of those tables finds no conflict of any kind but unique
+    values (direct, dependency, reversed-dependency and key conflicts all
+    need a queued change of the row, of a child or of a parent)."""
+    related = set(names)
+    for name in list(related):
+        related.update(ref.child.name for ref in schema.referenced_by.get(name, ()))
+        related.update(parent for parent, _ in schema.references.get(name, ()))
+    queued = {table for table, _ in queue.commands}
+    queued.update(table for table, _ in queue.replaced)
+    return not (queued & related)
+
+
+def _highest_keys(schema: MergeSchema, page: Sequence[PulledTable]) -> dict[str, int]:
+    """The highest integer key of each single-integer-key table in ``page``."""
+    highest: dict[str, int] = {}
+    for part in page:
+        info = schema.tables[part.table]
+        if not single_integer_key(info):
+            continue
+        name = info.pk_columns[0].name
+        written = part.values[part.columns.index(name)] if part.commands else []
+        keys = [*written, *(key[0] for key in part.deleted)]
+        found = max((k for k in keys if type(k) is int), default=None)
+        if found is not None and found > 0:
+            highest[part.table] = found
+    return highest
 
 
 def separate_replaced_rows(
@@ -1161,6 +1269,90 @@ def write_rows(
         connection.execute(
             sa.insert(table), [{keys[n]: v for n, v in r.items()} for r in inserts]
         )
+
+
+#: The databases :func:`upsert_columns` writes to.
+UPSERT_DIALECTS = ("sqlite", "postgresql")
+
+
+def upsert_columns(
+    connection: sa.Connection,
+    info: TrackedTable,
+    columns: Sequence[str],
+    values: Sequence[Sequence[Any]],
+) -> None:
+    """Insert rows given column-wise, overwriting the local rows with the
+    same keys: one ``INSERT ... ON CONFLICT (key) DO UPDATE`` executemany, on
+    SQLite and PostgreSQL (:data:`UPSERT_DIALECTS`).
+
+    :param columns: the column names.
+    :param values: per column, the values of every row.
+    """
+    table = info.table
+    dialect = connection.dialect
+    insert: Any = sqlite.insert if dialect.name == "sqlite" else postgresql.insert
+    pk_names = {c.name for c in info.pk_columns}
+    keys = {c.name: c.key for c in table.columns}
+    statement = insert(table)
+    changed = {
+        keys[n]: statement.excluded[keys[n]] for n in columns if n not in pk_names
+    }
+    if changed:
+        statement = statement.on_conflict_do_update(
+            index_elements=list(info.pk_columns), set_=changed
+        )
+    else:
+        statement = statement.on_conflict_do_nothing(
+            index_elements=list(info.pk_columns)
+        )
+    if dialect.name == "sqlite" and _execute_on_driver(
+        connection, statement, columns, values
+    ):
+        return
+    names = [keys[n] for n in columns]
+    rows = zip(*values, strict=True)
+    connection.execute(statement, [dict(zip(names, row, strict=True)) for row in rows])
+
+
+def _execute_on_driver(
+    connection: sa.Connection,
+    statement: Any,
+    columns: Sequence[str],
+    values: Sequence[Sequence[Any]],
+) -> bool:
+    """Run an insert of rows given column-wise as one driver-level
+    executemany, with each column type's bind processing applied here a
+    column at a time: SQLAlchemy's per-row parameter handling costs more than
+    SQLite's own executemany. Returns ``False``, and runs
+    nothing, when the statement needs more than the rows' values
+    (Python-side defaults)."""
+    table = statement.table
+    dialect = connection.dialect
+    if any(
+        c.onupdate is not None or (c.default is not None and c.name not in columns)
+        for c in table.columns
+    ):
+        return False
+    keys = {c.name: c.key for c in table.columns}
+    position = {keys[n]: i for i, n in enumerate(columns)}
+    compiled = statement.compile(dialect=dialect, column_keys=list(position))
+    order = list(compiled.positiontup or ())
+    if len(order) != len(columns) or any(k not in position for k in order):
+        return False
+    ordered = []
+    for key in order:
+        column = values[position[key]]
+        process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
+        ordered.append(column if process is None else list(map(process, column)))
+    # The driver's cursor of the same connection (so the same transaction)
+    # takes the rows as an iterator: no list of thousands of tuples.
+    cursor = connection.connection.cursor()
+    try:
+        rows: Any = zip(*ordered, strict=True)  # sqlite3 takes any iterable
+        cursor.executemany(compiled.string, rows)
+    finally:
+        cursor.close()
+    return True
 
 
 def unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:

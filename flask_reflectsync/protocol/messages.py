@@ -64,6 +64,41 @@ _payloads: Schema = {
     "additionalProperties": _rows,
     "description": "Row payloads by table name.",
 }
+_pulled_table: Schema = {
+    "type": "object",
+    "required": ["columns", "values", "commands", "deleted"],
+    "additionalProperties": False,
+    "properties": {
+        "columns": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "values": {
+            "type": "array",
+            "items": {"type": "array"},
+            "description": "One array per column, in the order of columns: the "
+            "current values of every inserted or updated row. A row carries "
+            "its own key.",
+        },
+        "commands": {
+            "type": "string",
+            "pattern": "^[iu]*$",
+            "description": "One letter per row, in the order of the values: "
+            "i (inserted) or u (updated).",
+        },
+        "deleted": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "array"},
+            "description": "One array per primary-key column, in key order: the "
+            "keys of the deleted rows, including rows inserted or updated and "
+            "gone since.",
+        },
+    },
+    "description": "One table's changes in a pull page, column by column.",
+}
+_pulled: Schema = {
+    "type": "object",
+    "additionalProperties": _pulled_table,
+    "description": "The page's changes by table name, at most one per row.",
+}
 
 SCHEMAS: dict[str, Schema] = {
     "RegisterRequest": {
@@ -161,8 +196,7 @@ SCHEMAS: dict[str, Schema] = {
         "required": [
             "ok",
             "protocol",
-            "operations",
-            "payloads",
+            "changes",
             "until",
             "version",
             "cursor",
@@ -170,8 +204,7 @@ SCHEMAS: dict[str, Schema] = {
         "properties": {
             "ok": {"type": "boolean", "enum": [True]},
             "protocol": _protocol,
-            "operations": {"type": "array", "items": _operation},
-            "payloads": _payloads,
+            "changes": _pulled,
             "until": {
                 **_version,
                 "description": "After applying this page the node has every "

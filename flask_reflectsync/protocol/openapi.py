@@ -238,7 +238,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             },
             f"{base}/pull": {
                 "post": _operation(
-                    "One page of the operations after the node's version.",
+                    "One page of the changes after the node's version, per table.",
                     "PullResponse",
                     (400, *auth),
                     body="PullRequest",

@@ -2,16 +2,20 @@
 
 A pull page holds at most ``limit`` logged operations after the node's
 version, compressed to one per row, with the rows' *current* payloads read
-from the live tables. Pages are cut by ``(version, operation id)``, so a node
-far behind resumes exactly where the last page ended (``cursor``), and any
-server process can serve the next page. An insert or update whose row is gone
-by the time the page is served is sent as a delete: the payload is always the
-row's latest state, and a later page repeats nothing that matters.
+from the live tables. Per table, the page carries those rows column-wise
+(column names once, one array of values per column and one command letter
+per row) and the keys of the deleted rows: a row's key travels once. Pages
+are cut by ``(version, operation id)``, so a node far behind resumes exactly
+where the last page ended (``cursor``), and any server process can serve the
+next page. An insert or update whose row is gone by the time the page is
+served is sent as a delete: the payload is always the row's latest state,
+and a later page repeats nothing that matters.
 
 Compression keeps two facts a node needs about integer keys: a row added
 and removed within the page is sent as a delete (the key was taken), and a
-row deleted and added again is sent as a delete and an insert (a new row
-under an old key), not as an update.
+row deleted and added again is sent as a delete and an insert of the same
+key (a new row under an old key; the node applies the delete first), not as
+an update.
 
 The node's own versions are left out: it already has those changes.
 """
@@ -20,37 +24,30 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from ..errors import ValidationError
 from ..tracking import (
     DELETE,
     INSERT,
-    UPDATE,
     LogTables,
     TrackedTable,
-    compress,
+    compressed_commands,
     decode_key,
     encode_key,
 )
+from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
 from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
 from .messages import PROTOCOL_VERSION, validate
 from .push import KEY_BATCH, batches, key_filter
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
-
-
-@dataclass(frozen=True)
-class _LoggedOperation:
-    table_name: str
-    row_key: str
-    command: str
 
 
 def pull(
@@ -66,7 +63,9 @@ def pull(
 
     :param page_size: the most operations a page may hold; a request's
         ``limit`` can only lower it.
-    :return: ``{"operations", "payloads", "until", "version", "cursor"}``.
+    :return: ``{"changes", "until", "version", "cursor"}``; ``changes`` holds,
+        by table name, ``{"columns", "values", "commands", "deleted"}`` (see
+        :doc:`/protocol`).
     """
     request = validate(message, "PullRequest")
     since: int = request["since"]
@@ -98,11 +97,11 @@ def pull(
         .order_by(versions.c.number, operations.c.id)
         .limit(limit + 1)
     )
-    rows = session.execute(query).all()
-    more = len(rows) > limit
-    rows = rows[:limit]
+    numbers, op_ids, names, keys, logged = _columns(session, query, ("number", "id"))
+    more = len(numbers) > limit
     if more:
-        last_number, last_id = rows[-1][0], rows[-1][1]
+        last_number, last_id = numbers[limit - 1], op_ids[limit - 1]
+        del names[limit:], keys[limit:], logged[limit:]
         # The last version may continue on the next page.
         until = max(since, last_number - 1)
         cursor: str | None = f"{last_number}:{last_id}"
@@ -110,18 +109,27 @@ def pull(
         until, cursor = current, None
 
     aware = stores_time_zones(session.get_bind(clause=operations).dialect)
-    served = [
-        _LoggedOperation(table_name, row_key, command)
-        for _, _, table_name, row_key, command in rows
-        if schema.get(table_name) is not None
-    ]
-    # A row added and removed within the page is still sent, as a delete:
-    # its key was taken, and a node that gave the key to a row of its own
-    # meanwhile must re-key that row (see the merge).
-    logged = compress(served, report_vanished=True)
-    wire_ops, payloads = _with_payloads(
-        session, schema, logged, _replaced(schema, served), aware
+    # Two facts about integer keys survive compression: a row added and
+    # removed within the page is sent as a delete (its key was taken), and a
+    # row deleted and added again as a delete plus an insert (a new row
+    # under an old key), not as an update. See :ref:`reused-keys`.
+    commands = (
+        compressed_commands(
+            names,
+            keys,
+            logged,
+            report_vanished=True,
+            watch_replaced=[n for n, i in schema.tables.items() if _one_integer(i)],
+        )
+        if names
+        else {}
     )
+    changes: dict[str, Any] = {}
+    for name, keyed in commands.items():
+        info = schema.get(name)
+        part = None if info is None else _table_changes(session, info, keyed, aware)
+        if part is not None:
+            changes[name] = part
     session.execute(
         sa.update(tables.nodes)
         .where(tables.nodes.c.id == node_id)
@@ -132,12 +140,19 @@ def pull(
     )
     session.commit()
     return {
-        "operations": wire_ops,
-        "payloads": payloads,
+        "changes": changes,
         "until": until,
         "version": current,
         "cursor": cursor,
     }
+
+
+def change_count(page: Mapping[str, Any]) -> int:
+    """How many rows a pull page changes (written and deleted)."""
+    return sum(
+        len(table["commands"]) + len(table["deleted"][0])
+        for table in page["changes"].values()
+    )
 
 
 def _parse_cursor(cursor: str | None, since: int) -> tuple[int, int] | None:
@@ -162,83 +177,252 @@ def _after(
     return sa.or_(number > after[0], sa.and_(number == after[0], op_id > after[1]))
 
 
-def _replaced(
-    schema: TrackedSchema, served: list[_LoggedOperation]
-) -> set[tuple[str, str]]:
-    """Rows of integer-key tables deleted and then inserted again within the
-    page: a new row under an old key.
-
-    Compressed, they would read as an update of the old row, and a node that
-    changed the old row offline would overwrite the new one. They are sent
-    as a delete followed by an insert, so that the node's change meets the
-    delete (and, if it wins, comes back under a new key).
-    """
-    deleted: set[tuple[str, str]] = set()
-    replaced: set[tuple[str, str]] = set()
-    for op in served:
-        ident = (op.table_name, op.row_key)
-        if op.command == DELETE:
-            deleted.add(ident)
-        elif op.command == INSERT and ident in deleted:
-            info = schema.tables[op.table_name]
-            if info.integer_key and len(info.pk_columns) == 1:
-                replaced.add(ident)
-    return replaced
-
-
-def _with_payloads(
+def _table_changes(
     session: Session,
-    schema: TrackedSchema,
-    logged: list[_LoggedOperation],
-    replaced: set[tuple[str, str]],
+    info: TrackedTable,
+    commands: Mapping[str, str],
     aware: bool,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    by_table: dict[str, list[_LoggedOperation]] = {}
-    for op in logged:
-        by_table.setdefault(op.table_name, []).append(op)
+) -> dict[str, Any] | None:
+    """One table's part of a page, in wire form: the current rows of the keys
+    inserted or updated, column by column, with their commands, and the
+    deleted keys (a row gone since is sent as a delete). ``None`` when
+    nothing is left.
 
-    current_rows: dict[tuple[str, str], list[Any]] = {}
-    payloads: dict[str, Any] = {}
-    codecs_by_table: dict[str, list[ColumnCodec]] = {}
-    for name, ops in by_table.items():
-        info = schema.tables[name]
-        codecs = list(table_codecs(info.table, aware_storage=aware).values())
-        codecs_by_table[name] = codecs
-        pk_codecs = _pk_codecs(info, codecs)
-        wanted = [
-            key_from_log(decode_key(op.row_key), pk_codecs)
-            for op in ops
-            if op.command != DELETE
-        ]
-        rows = []
-        pk = list(info.pk_columns)
-        positions = [list(info.table.columns).index(c) for c in pk]
-        for batch in batches(wanted, KEY_BATCH):
-            query = sa.select(info.table).where(key_filter(pk, batch))
-            for row in session.execute(query):
-                encoded = [c.to_json(v) for c, v in zip(codecs, row, strict=True)]
-                key_text = encode_key([row[p] for p in positions])
-                current_rows[(name, key_text)] = encoded
-                rows.append(encoded)
-        if rows:
-            payloads[name] = {"columns": [c.name for c in codecs], "rows": rows}
+    :param commands: compressed commands by logged key text.
+    """
+    codecs = list(table_codecs(info.table, aware_storage=aware).values())
+    pk_codecs = _pk_codecs(info, codecs)
+    table_columns = list(info.table.columns)
+    positions = [table_columns.index(c) for c in info.pk_columns]
+    integer = _one_integer(info)
+    # Each row is identified by its integer key, or else by its logged text
+    # (the database's rows are encoded the same way to be matched). No tuple
+    # per row where it can be helped: the garbage collector scans every
+    # container allocated, and a page allocates them by the thousand.
+    numbers = _integer_keys(list(commands)) if integer else None
+    wanted: dict[Any, str] = {}
+    typed: dict[str, tuple[Any, ...]] = {}
+    gone: list[Any] = []
+    if numbers is not None:
+        wanted = dict(zip(numbers, commands.values(), strict=True))
+        if DELETE in commands.values():
+            gone = [n for n, c in wanted.items() if c == DELETE]
+            wanted = {n: c for n, c in wanted.items() if c != DELETE}
+    else:
+        for text, command in commands.items():
+            ident: Any = _integer_key(text) if integer else None
+            if ident is None:
+                ident = text
+                typed[text] = key_from_log(decode_key(text), pk_codecs)
+            if command == DELETE:
+                gone.append(ident)
+            else:
+                wanted[ident] = command
 
-    wire_ops = []
-    for op in logged:
-        info = schema.tables[op.table_name]
-        codecs = codecs_by_table[op.table_name]
-        pk_codecs = _pk_codecs(info, codecs)
-        key = key_from_log(decode_key(op.row_key), pk_codecs)
-        command = op.command
-        if command != DELETE and (op.table_name, op.row_key) not in current_rows:
-            command = DELETE  # the row is gone since
-        wire_key = [c.to_json(v) for c, v in zip(pk_codecs, key, strict=True)]
-        table = op.table_name
-        if command == UPDATE and (table, op.row_key) in replaced:
-            wire_ops.append({"table": table, "key": wire_key, "command": DELETE})
-            command = INSERT
-        wire_ops.append({"table": table, "key": wire_key, "command": command})
-    return wire_ops, payloads
+    single = len(positions) == 1
+    keys = [
+        (typed[i][0] if single else typed[i]) if i in typed else i for i in wanted
+    ]
+    values = _current_rows(session, info, keys)
+    if integer:
+        idents: list[Any] = values[positions[0]]
+    else:
+        key_columns = [values[p] for p in positions]
+        idents = [encode_key(k) for k in zip(*key_columns, strict=True)]
+    if any(ident not in wanted for ident in idents):
+        # A row matched without being asked for (a case-insensitive
+        # collation): leave it out.
+        kept = [n for n, ident in enumerate(idents) if ident in wanted]
+        values = [[column[n] for n in kept] for column in values]
+        idents = [idents[n] for n in kept]
+    found = set(idents)
+    gone += [ident for ident in wanted if ident not in found]
+    if REPLACED in wanted.values():
+        # A new row under an old key: the old row's delete, then the insert.
+        gone += [ident for ident in idents if wanted[ident] == REPLACED]
+        wanted = {i: INSERT if c == REPLACED else c for i, c in wanted.items()}
+
+    for i, codec in enumerate(codecs):
+        if not codec.json_as_is:
+            encode = codec.encode
+            values[i] = [None if v is None else encode(v) for v in values[i]]
+    deleted: list[list[Any]] = [[] for _ in positions]
+    for ident in gone:
+        key = typed[ident] if ident in typed else (ident,)
+        for column, codec, value in zip(deleted, pk_codecs, key, strict=True):
+            column.append(codec.to_json(value))
+    if not idents and not gone:
+        return None
+    return {
+        "columns": [c.name for c in codecs],
+        "values": values,
+        "commands": "".join([wanted[ident] for ident in idents]),
+        "deleted": deleted,
+    }
+
+
+def _one_integer(info: TrackedTable) -> bool:
+    return info.integer_key and len(info.pk_columns) == 1
+
+
+def _integer_keys(texts: list[str]) -> list[int] | None:
+    """The values of logged one-integer keys (``["[7]", "[8]"]``), parsed in
+    one go, or ``None`` if some text is not one.
+
+    The texts are joined into one JSON array (``[7,8]``); as none holds a
+    comma, each gave exactly one value when the counts match.
+    """
+    joined = "".join(texts)
+    if "," in joined or joined[:1] != "[" or joined[-1:] != "]":
+        return None
+    try:
+        values = json.loads(joined.replace("][", ","))
+    except ValueError:
+        return None
+    if len(values) != len(texts) or not all(type(v) is int for v in values):
+        return None
+    return values  # type: ignore[no-any-return]
+
+
+def _integer_key(text: str) -> int | None:
+    """The value of a logged one-integer key (``"[7]"``), or ``None``."""
+    if text[:1] != "[" or text[-1:] != "]":
+        return None
+    try:
+        return int(text[1:-1])
+    except ValueError:
+        return None
+
+
+#: Key column types PostgreSQL compares with ``= ANY(array)`` as they are.
+_ARRAY_KEYS = (sa.Integer, sa.String, sa.Uuid, sa.Date)
+
+
+def _current_rows(
+    session: Session, info: TrackedTable, keys: Sequence[Any]
+) -> list[list[Any]]:
+    """The live rows among ``keys`` (values for a one-column key, tuples
+    otherwise), column by column (see :func:`_columns`): one ``=
+    ANY(array)`` query on PostgreSQL for a one-column key, batched ``IN``
+    queries elsewhere."""
+    table_columns = list(info.table.columns)
+    if not keys:
+        return [[] for _ in table_columns]
+    pk = list(info.pk_columns)
+    dialect = session.get_bind(clause=info.table).dialect
+    kind = pk[0].type
+    if (
+        dialect.name == "postgresql"
+        and len(pk) == 1
+        and isinstance(kind, _ARRAY_KEYS)
+        and not isinstance(kind, sa.Enum)
+        and not getattr(kind, "collation", None)
+    ):
+        array = postgresql.ARRAY(kind)
+        condition: sa.ColumnElement[bool]
+        if isinstance(kind, sa.Integer) and all(type(k) is int for k in keys):
+            # One string of array text instead of thousands of values for the
+            # driver to adapt; unnested once, in a subquery.
+            text = "{" + ",".join(map(str, keys)) + "}"
+            unnested = sa.func.unnest(sa.cast(sa.bindparam("keys", text), array))
+            condition = pk[0].in_(sa.select(unnested).scalar_subquery())
+        else:
+            param = sa.bindparam("keys", list(keys), type_=array)
+            condition = pk[0] == sa.any_(sa.cast(param, array))
+        return _columns(session, sa.select(info.table).where(condition), ())
+    found: list[list[Any]] = [[] for _ in table_columns]
+    for batch in batches(keys, KEY_BATCH):
+        condition = pk[0].in_(batch) if len(pk) == 1 else key_filter(pk, batch)
+        query = sa.select(info.table).where(condition)
+        for column, more in zip(found, _columns(session, query, ()), strict=True):
+            column += more
+    return found
+
+
+def _columns(
+    session: Session, query: sa.Select[Any], order: Sequence[str]
+) -> list[list[Any]]:
+    """The result of ``query``, one list of values per selected column.
+
+    No SQLAlchemy row object is made per row: on a page of thousands of rows
+    those objects cost more than the query, mostly in garbage collector
+    passes. On PostgreSQL (psycopg), when every column has a type the driver
+    reads from an array exactly as from a single value, the database hands
+    over each column as one array (``array_agg``, every aggregate in the
+    same ``order``), so not even the driver makes an object per row.
+    Elsewhere the rows are read from the driver's cursor and turned into
+    columns in one step, with each column type's result processing applied
+    a column at a time.
+
+    :param order: keys of selected columns by which the rows must be sorted,
+        as ``query`` sorts them.
+    """
+    selected = list(query.selected_columns)
+    connection = session.connection(bind_arguments={"clause": query})
+    dialect = connection.dialect
+    if (dialect.name, dialect.driver) == ("postgresql", "psycopg") and all(
+        _plain_array_type(c.type) for c in selected
+    ):
+        inner = query.subquery()
+        aggregates = [sa.func.array_agg(column) for column in inner.c]
+        arrays = connection.execute(sa.select(*aggregates)).one()
+        # Aggregates of one query level read the same rows in the same order,
+        # so the arrays line up; the subquery's order usually survives, and
+        # is restored here when it does not.
+        columns = [list(values) if values is not None else [] for values in arrays]
+        return _in_order(columns, [list(inner.c.keys()).index(k) for k in order])
+    result = connection.execute(query)
+    try:
+        cursor = result.cursor
+        described = [d[1] for d in cursor.description]
+        rows = cursor.fetchall()
+    finally:
+        result.close()
+    columns = [list(c) for c in zip(*rows, strict=True)]
+    if not columns:
+        return [[] for _ in selected]
+    for i, (column, type_code) in enumerate(zip(selected, described, strict=True)):
+        impl = column.type.dialect_impl(dialect)
+        process = impl.result_processor(dialect, type_code)
+        if process is not None:
+            columns[i] = [process(v) for v in columns[i]]
+    return columns
+
+
+def _in_order(columns: list[list[Any]], order: Sequence[int]) -> list[list[Any]]:
+    """``columns`` with their rows sorted by the columns at ``order``."""
+    if not order or not columns[0]:
+        return columns
+    keys = list(zip(*[columns[i] for i in order], strict=True))
+    if all(a <= b for a, b in zip(keys, keys[1:])):  # noqa: B905
+        return columns
+    sequence = sorted(range(len(keys)), key=keys.__getitem__)
+    return [[column[n] for n in sequence] for column in columns]
+
+
+def _plain_array_type(kind: sa.types.TypeEngine[Any]) -> bool:
+    """Whether psycopg reads an array of this type into the same Python
+    values SQLAlchemy returns for single values."""
+    if isinstance(kind, (sa.types.TypeDecorator, sa.Enum, sa.JSON, sa.ARRAY)):
+        return False
+    if isinstance(kind, sa.Float):
+        return True
+    if isinstance(kind, sa.Numeric):
+        return bool(kind.asdecimal)
+    if isinstance(kind, sa.Uuid):
+        return bool(kind.as_uuid)
+    return isinstance(
+        kind,
+        (
+            sa.Integer,
+            sa.String,
+            sa.Boolean,
+            sa.Date,
+            sa.DateTime,
+            sa.Time,
+            sa.LargeBinary,
+        ),
+    )
 
 
 def _pk_codecs(info: TrackedTable, codecs: list[ColumnCodec]) -> list[ColumnCodec]:

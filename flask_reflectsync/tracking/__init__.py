@@ -7,7 +7,7 @@ Nothing here depends on Flask.
 from __future__ import annotations
 
 from .capture import OperationLog, start_tracking, stop_tracking
-from .compression import compress
+from .compression import compress, compressed_commands
 from .keys import decode_key, encode_key
 from .registry import TrackedTable, is_tracked, track, tracked_tables, untrack
 from .tables import DELETE, INSERT, UPDATE, LogTables, define_tables
@@ -20,6 +20,7 @@ __all__ = [
     "OperationLog",
     "TrackedTable",
     "compress",
+    "compressed_commands",
     "decode_key",
     "define_tables",
     "encode_key",

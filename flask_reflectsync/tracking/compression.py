@@ -22,16 +22,22 @@ nobody else ever saw the key. A server serving a pull may not: another node
 may have given that key to a new row of its own while offline, and must
 learn that the key was taken (see :doc:`/conflicts`). Pulls therefore
 compress with ``report_vanished=True``, which turns insert + ... + delete
-into a delete.
+into a delete, and, for tables with one integer key column, keep a row
+deleted and inserted again apart from an update (:data:`REPLACED`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Iterable
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from typing import Protocol, TypeVar
 
 from .tables import DELETE, INSERT, UPDATE
+
+#: What :func:`compressed_commands` reports for a row deleted and then
+#: inserted again (in the tables it is asked to watch): a new row under an
+#: old key, which a reader must treat as a delete followed by an insert.
+REPLACED = "r"
 
 
 class Operation(Protocol):
@@ -73,18 +79,92 @@ def compress(operations: Iterable[Op], *, report_vanished: bool = False) -> list
     result: list[Op] = []
     for ident, first_command in first.items():
         op = last[ident]
-        existed = first_command != INSERT
-        exists = op.command != DELETE
-        if existed and exists:
-            command = UPDATE
-        elif exists:
-            command = INSERT
-        elif existed or report_vanished:
-            command = DELETE
-        else:
+        outcome = _outcome(first_command, op.command, report_vanished)
+        if outcome is None:
             continue
-        result.append(op if op.command == command else _with_command(op, command))
+        result.append(op if op.command == outcome else _with_command(op, outcome))
     return result
+
+
+def compressed_commands(
+    tables: Sequence[str],
+    keys: Sequence[str],
+    commands: Sequence[str],
+    *,
+    report_vanished: bool = False,
+    watch_replaced: Collection[str] = (),
+) -> dict[str, dict[str, str]]:
+    """:func:`compress` for operations given column by column, without an
+    object per operation (a pull page compresses thousands).
+
+    :param tables: the table name of each operation, in the order they
+        happened.
+    :param keys: the key text of each operation.
+    :param commands: the command of each operation.
+    :param report_vanished: as for :func:`compress`.
+    :param watch_replaced: tables in which a row deleted and inserted again
+        comes out as :data:`REPLACED` instead of an update.
+    :return: by table name, then key text, each row's compressed command; rows
+        whose changes cancel out are left out. Rows come in the order they
+        were first touched.
+    """
+    by_table: dict[str, tuple[list[str], list[str]]] = {}
+    if len(set(tables)) == 1:
+        by_table[tables[0]] = (list(keys), list(commands))
+    else:
+        for table_name, row_key, command in zip(tables, keys, commands, strict=True):
+            found = by_table.get(table_name)
+            if found is None:
+                found = by_table[table_name] = ([], [])
+            found[0].append(row_key)
+            found[1].append(command)
+    result: dict[str, dict[str, str]] = {}
+    for table_name, (texts, logged) in by_table.items():
+        # Keys in the order first touched, each with its last command.
+        last = dict(zip(texts, logged, strict=True))
+        if len(last) < len(texts):  # some row changed more than once
+            first = dict(zip(reversed(texts), reversed(logged), strict=True))
+            outcomes = {
+                key: _outcome(first[key], c, report_vanished)
+                for key, c in last.items()
+            }
+            if table_name in watch_replaced:
+                for key in _replaced(texts, logged):
+                    if outcomes[key] == UPDATE:
+                        outcomes[key] = REPLACED
+            last = {key: c for key, c in outcomes.items() if c is not None}
+        if last:
+            result[table_name] = last
+    return result
+
+
+def _replaced(texts: Sequence[str], commands: Sequence[str]) -> set[str]:
+    """The keys inserted after being deleted."""
+    deleted: set[str] = set()
+    replaced: set[str] = set()
+    for key, command in zip(texts, commands, strict=True):
+        if command == DELETE:
+            deleted.add(key)
+        elif command == INSERT and key in deleted:
+            replaced.add(key)
+    return replaced
+
+
+def _outcome(
+    first_command: str, last_command: str, report_vanished: bool = False
+) -> str | None:
+    """The compressed command of a row's first and last commands (see the
+    table above), ``None`` when nothing survives (unless ``report_vanished``:
+    then a delete)."""
+    existed = first_command != INSERT
+    exists = last_command != DELETE
+    if existed and exists:
+        return UPDATE
+    if exists:
+        return INSERT
+    if existed or report_vanished:
+        return DELETE
+    return None
 
 
 def _with_command(op: Op, command: str) -> Op:

@@ -1,0 +1,83 @@
+"""How a pull page reads its rows column by column: the same values
+SQLAlchemy's own rows hold, on every backend and for every plain type, and
+integer keys parsed in one go only when every text is one integer."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from flask_reflectsync.protocol.pull import _columns, _in_order, _integer_keys
+
+
+def _values(n: int) -> dict[str, Any]:
+    return {
+        "id": n,
+        "big": 2**40 + n,
+        "name": None if n % 4 == 0 else f"näme {n}",
+        "score": n / 3,
+        "amount": None if n % 5 == 0 else decimal.Decimal(f"{n}.0100"),
+        "flag": n % 2 == 0,
+        "day": datetime.date(2024, 1, 1 + n % 28),
+        "moment": datetime.datetime(2024, 3, 10, n % 24, 15, 30, 250000),
+        "at": datetime.datetime(2024, 3, 10, 1, n % 60, tzinfo=datetime.UTC),
+        "blob": bytes([n % 256, 0, 255]),
+        "ref": uuid.UUID(int=n),
+    }
+
+
+def test_columns_hold_what_rows_hold(database_url: str) -> None:
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "pull_columns_sample",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("big", sa.BigInteger),
+        sa.Column("name", sa.String(40)),
+        sa.Column("score", sa.Float),
+        sa.Column("amount", sa.Numeric(12, 4)),
+        sa.Column("flag", sa.Boolean),
+        sa.Column("day", sa.Date),
+        sa.Column("moment", sa.DateTime),
+        sa.Column("at", sa.DateTime(timezone=True)),
+        sa.Column("blob", sa.LargeBinary),
+        sa.Column("ref", sa.Uuid),
+    )
+    engine = sa.create_engine(database_url)
+    metadata.drop_all(engine)
+    metadata.create_all(engine)
+    try:
+        with engine.begin() as connection:
+            connection.execute(table.insert(), [_values(n) for n in range(1, 60)])
+        with Session(engine) as session:
+            query = sa.select(table).where(table.c.id > 3).order_by(table.c.id)
+            rows = session.execute(query).all()
+            columns = _columns(session, query, ["id"])
+            empty = _columns(session, query.where(table.c.id > 100), ["id"])
+        assert columns == [list(c) for c in zip(*rows, strict=True)]
+        assert len(columns[0]) == 56
+        assert empty == [[] for _ in table.columns]
+    finally:
+        metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_rows_out_of_order_are_put_back_in_order() -> None:
+    columns = [[2, 1, 1], [1, 9, 3], ["b", "c", "a"]]
+    assert _in_order(columns, [0, 1]) == [[1, 1, 2], [3, 9, 1], ["a", "c", "b"]]
+    ordered = [[1, 2], ["x", "y"]]
+    assert _in_order(ordered, [0]) is ordered
+
+
+def test_integer_keys_are_parsed_at_once_only_when_each_is_one_integer() -> None:
+    assert _integer_keys(["[7]", "[-2]", "[10]"]) == [7, -2, 10]
+    assert _integer_keys(["[1,2]"]) is None
+    assert _integer_keys(["[1]", "[]", "[2][3]"]) is None
+    assert _integer_keys(["[1]", "[true]"]) is None
+    assert _integer_keys(["[1]", "[1.5]"]) is None
+    assert _integer_keys(["[1]", '["a"]']) is None
