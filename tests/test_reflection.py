@@ -336,17 +336,18 @@ def test_a_refresh_moves_last_synced_of_every_compared_table_only(
 
     # Every live table was compared: all share the comparison's time, later
     # than before; only the altered table's rows were written.
+    tables_written = [w for w in writes if "reflectsync_catalog_tables" in w
+                      and w.lstrip().upper().startswith("UPDATE")]
+    assert len(tables_written) == 1, tables_written
     synced = {table["last_synced"] for table in after.values()}
     assert len(synced) == 1
     assert synced.pop() >= first["rs_child"]["last_synced"]
     assert dropped.keys() == after.keys()
+    # Columns served later say when they were seen: at that same comparison.
     detail = get_ok(client, f"/tables/{after['rs_child']['id']}")["table"]
     assert {c["last_synced"] for c in detail["columns"]} == {
         after["rs_child"]["last_synced"]
     }
-    tables_written = [w for w in writes if "reflectsync_catalog_tables" in w
-                      and w.lstrip().upper().startswith("UPDATE")]
-    assert len(tables_written) == 1, tables_written
     # The dropped table keeps the time it was found gone.
     (still_gone,) = [
         t for t in get_ok(client, f"/schemas/{schema['id']}/tables"

@@ -24,6 +24,7 @@ from .snapshot import (
     VIEW,
     ColumnSnapshot,
     ForeignKey,
+    LiveTable,
     SchemaSnapshot,
     TableSnapshot,
     UniqueConstraint,
@@ -120,18 +121,18 @@ class MySQLReader:
 
     def read_tables(
         self, connection: sa.Connection, schema: SchemaSnapshot
-    ) -> list[TableSnapshot] | None:
+    ) -> list[LiveTable] | None:
         if not self._present(connection, schema):
             return None
-        return self._read(connection, schema, None)
+        return [LiveTable.of(table) for table in self._read(connection, schema, None)]
 
     def read_table(
         self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
-    ) -> TableSnapshot | None:
+    ) -> LiveTable | None:
         if not self._present(connection, schema):
             return None
         found = self._read(connection, schema, oid)
-        return found[0] if found else None
+        return LiveTable.of(found[0]) if found else None
 
     def lock(self, connection: sa.Connection) -> None:
         acquired = connection.execute(

@@ -13,7 +13,6 @@ seen at the next change of the schema or by :meth:`ReflectSync.reflect`.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,12 +23,8 @@ from .snapshot import (
     PARTITIONED_TABLE,
     TABLE,
     VIEW,
-    ColumnSnapshot,
-    ForeignKey,
+    LiveTable,
     SchemaSnapshot,
-    TableSnapshot,
-    UniqueConstraint,
-    column_names,
 )
 
 _KINDS = {
@@ -105,32 +100,60 @@ _TABLES_FINGERPRINT = sa.text(
     + " AS fingerprint"
 )
 
-# One row per relation, its columns and constraints aggregated as JSON so the
-# whole schema arrives in a single round trip.
+def _key_names(keys: str, relation: str) -> str:
+    """A JSON array of the names of the columns numbered ``keys`` of
+    ``relation``, in key order."""
+    return (
+        "(SELECT coalesce(json_agg(ka.attname ORDER BY k.i), '[]')"
+        f" FROM unnest({keys}) WITH ORDINALITY AS k(attnum, i)"
+        f" JOIN pg_attribute ka ON ka.attrelid = {relation} AND ka.attnum = k.attnum)"
+    )
+
+
+def _action(column: str) -> str:
+    cases = " ".join(
+        f"WHEN '{code}' THEN '{action}'" for code, action in _ACTIONS.items() if action
+    )
+    return f"CASE {column} {cases} END"
+
+
+# One row per relation; its columns and constraints arrive as the JSON texts
+# of a LiveTable, built here so that nothing is decoded unless it is compared.
 _TABLES_SELECT = f"""
-SELECT c.oid::bigint AS oid, c.relname AS name, c.relkind AS relkind,
+SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
   td.description AS comment,
-  (SELECT json_agg(json_build_array(
-            a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
-            a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
-          ORDER BY a.attnum)
+  (SELECT coalesce(json_agg(json_build_array(
+            a.attnum::text, a.attname, format_type(a.atttypid, a.atttypmod),
+            NOT a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
+          ORDER BY a.attnum), '[]')::text
      FROM pg_attribute a
      LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
      LEFT JOIN pg_description cd ON cd.objoid = a.attrelid
        AND cd.classoid = 'pg_class'::regclass AND cd.objsubid = a.attnum
     WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
-  (SELECT json_agg(json_build_array(
-            con.conname, con.contype, con.conkey, fn.nspname, fc.relname,
-            (SELECT array_agg(fa.attname ORDER BY k.i)
-               FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, i)
-               JOIN pg_attribute fa ON fa.attrelid = con.confrelid
-                AND fa.attnum = k.attnum),
-            con.confupdtype, con.confdeltype)
-          ORDER BY con.conname)
+  coalesce((SELECT {_key_names("con.conkey", "con.conrelid")}::text
      FROM pg_constraint con
-     LEFT JOIN pg_class fc ON fc.oid = con.confrelid
-     LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace
-    WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f')) AS constraints
+    WHERE con.conrelid = c.oid AND con.contype = 'p'), '[]') AS primary_key,
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', con.conname,
+            'columns', {_key_names("con.conkey", "con.conrelid")},
+            'referred_schema',
+              CASE WHEN fc.relnamespace = c.relnamespace THEN NULL ELSE fn.nspname END,
+            'referred_table', fc.relname,
+            'referred_columns', {_key_names("con.confkey", "con.confrelid")},
+            'on_update', {_action("con.confupdtype")},
+            'on_delete', {_action("con.confdeltype")})
+          ORDER BY con.conname), '[]')::text
+     FROM pg_constraint con
+     JOIN pg_class fc ON fc.oid = con.confrelid
+     JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+    WHERE con.conrelid = c.oid AND con.contype = 'f') AS foreign_keys,
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', con.conname,
+            'columns', {_key_names("con.conkey", "con.conrelid")})
+          ORDER BY con.conname), '[]')::text
+     FROM pg_constraint con
+    WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints
 FROM pg_class c
 LEFT JOIN pg_description td ON td.objoid = c.oid
   AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
@@ -167,19 +190,19 @@ class PostgresReader:
 
     def read_tables(
         self, connection: sa.Connection, schema: SchemaSnapshot
-    ) -> list[TableSnapshot] | None:
+    ) -> list[LiveTable] | None:
         rows = connection.execute(TABLES_QUERY, {"schema": int(schema.oid)}).all()
         if not rows and not self._schema_present(connection, schema):
             return None
-        return [_table(row, schema) for row in rows]
+        return [_table(row) for row in rows]
 
     def read_table(
         self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
-    ) -> TableSnapshot | None:
+    ) -> LiveTable | None:
         row = connection.execute(
             _TABLE, {"schema": int(schema.oid), "oid": int(oid)}
         ).one_or_none()
-        return None if row is None else _table(row, schema)
+        return None if row is None else _table(row)
 
     def lock(self, connection: sa.Connection) -> None:
         # Released by the COMMIT that ends the refresh; READ COMMITTED makes
@@ -198,60 +221,14 @@ class PostgresReader:
         return found.first() is not None
 
 
-def _json(value: Any) -> Any:
-    # psycopg decodes json itself; other drivers may hand over text.
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _table(row: Any, schema: SchemaSnapshot) -> TableSnapshot:
-    columns = tuple(
-        ColumnSnapshot(
-            oid=str(attnum),
-            name=name,
-            position=position,
-            type=type_,
-            nullable=not notnull,
-            default=default,
-            comment=comment,
-        )
-        for position, (attnum, name, type_, notnull, default, comment) in enumerate(
-            _json(row.columns) or [], start=1
-        )
-    )
-    primary_key: tuple[str, ...] = ()
-    foreign_keys: list[ForeignKey] = []
-    uniques: list[UniqueConstraint] = []
-    for name, contype, conkey, fschema, ftable, fcolumns, onupd, ondel in (
-        _json(row.constraints) or []
-    ):
-        keys = column_names(columns, conkey or [])
-        if contype == "p":
-            primary_key = keys
-        elif contype == "u":
-            uniques.append(UniqueConstraint(name=name, columns=keys))
-        else:
-            foreign_keys.append(
-                ForeignKey(
-                    name=name,
-                    columns=keys,
-                    referred_schema=None if fschema == schema.name else fschema,
-                    referred_table=ftable,
-                    referred_columns=tuple(fcolumns or ()),
-                    on_update=_ACTIONS.get(onupd),
-                    on_delete=_ACTIONS.get(ondel),
-                )
-            )
-    return TableSnapshot(
-        oid=str(row.oid),
+def _table(row: Any) -> LiveTable:
+    return LiveTable(
+        oid=row.oid,
         name=row.name,
         kind=_KINDS[row.relkind],
         comment=row.comment,
-        columns=columns,
-        primary_key=primary_key,
-        foreign_keys=tuple(sorted(foreign_keys, key=_sort_key)),
-        unique_constraints=tuple(sorted(uniques, key=_sort_key)),
+        columns=row.columns,
+        primary_key=row.primary_key,
+        foreign_keys=row.foreign_keys,
+        unique_constraints=row.unique_constraints,
     )
-
-
-def _sort_key(item: ForeignKey | UniqueConstraint) -> tuple[str, tuple[str, ...]]:
-    return (item.name or "", item.columns)

@@ -46,9 +46,11 @@ from .snapshot import (
     CatalogReader,
     ColumnSnapshot,
     ForeignKey,
+    LiveTable,
     SchemaSnapshot,
     TableSnapshot,
     UniqueConstraint,
+    decode_columns,
     reader_for,
 )
 from .writer import insert_columns, insert_tables
@@ -101,7 +103,7 @@ class Catalog:
         :returns: the changes, in the order their signals were sent.
         """
         with self.engine.connect() as connection:
-            changes = self._refresh_schemas(connection, force=force)
+            changes = self._refresh_schemas(connection, force=force, records=True)
             for schema in self._schemas(connection, include_deleted=False):
                 changes += self._refresh_tables(connection, schema, force=force,
                                                 records=True)
@@ -158,21 +160,27 @@ class Catalog:
         :raises GoneError: if the table (or its schema) has been dropped.
         """
         changes: list[Change] = []
+        t = self.t.tables
         with self.engine.connect() as connection:
-            table = self._table(connection, table_id)
-            schema = self._schema(connection, table.schema_id, allow_deleted=True)
-            if not table.deleted and not schema.deleted:
+            row = connection.execute(
+                sa.select(t.c.schema_id, t.c.oid, t.c.digest, t.c.deleted,
+                          t.c.columns_written).where(t.c.id == table_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"There is no table with id {table_id}.")
+            schema = self._schema(connection, row.schema_id, allow_deleted=True)
+            if not row.deleted and not schema.deleted:
                 live = self.reader.read_table(
-                    connection, _schema_snapshot(schema), table.oid
+                    connection, _schema_snapshot(schema), row.oid
                 )
-                stored = connection.execute(
-                    sa.select(self.t.tables.c.digest).where(
-                        self.t.tables.c.id == table_id
-                    )
-                ).scalar_one()
-                if live is None or live.digest() != stored:
+                if live is None or live.digest() != row.digest:
                     changes = self._refresh_tables(connection, schema, force=True)
-                    table = self._table(connection, table_id)
+                elif not row.columns_written:
+                    # Unchanged since it was compared: its stored columns are
+                    # the live ones; give them their catalog rows now.
+                    with self._locked(connection):
+                        self._write_columns(connection, [table_id])
+            table = self._table(connection, table_id)
             successor = self._successor(connection, table) if table.deleted else None
         self._send(changes)
         if table.deleted:
@@ -228,13 +236,15 @@ class Catalog:
         return self.reader.schemas_fingerprint(connection)
 
     def _refresh_schemas(
-        self, connection: sa.Connection, *, force: bool
+        self, connection: sa.Connection, *, force: bool, records: bool = False
     ) -> list[Change]:
-        live = self._schemas_probe(connection)
-        if not force and live == self._probe(connection, SCHEMAS_SCOPE):
-            return []
+        stored = self._probe(connection, SCHEMAS_SCOPE)
+        # Never compared: no need to ask whether anything changed.
+        if not force and stored is not None:
+            if self._schemas_probe(connection) == stored:
+                return []
         with self._locked(connection):
-            return self._sync_schemas(connection, force=force)
+            return self._sync_schemas(connection, force=force, records=records)
 
     def _refresh_tables(
         self,
@@ -244,18 +254,20 @@ class Catalog:
         force: bool,
         records: bool = False,
     ) -> list[Change]:
-        epoch = self._ddl_epoch(connection)
-        live = (
-            self._as_probe(epoch, "")
-            if epoch is not None
-            else self.reader.tables_fingerprint(connection, _schema_snapshot(schema))
-        )
-        if (
-            not force
-            and live is not None
-            and live == self._probe(connection, _tables_scope(schema.id))
-        ):
-            return []
+        stored = self._probe(connection, _tables_scope(schema.id))
+        # Never compared (a cold listing): no need to ask whether anything
+        # changed; the refresh computes the fingerprint it stores anyway.
+        if not force and stored is not None:
+            epoch = self._ddl_epoch(connection)
+            live = (
+                self._as_probe(epoch, "")
+                if epoch is not None
+                else self.reader.tables_fingerprint(
+                    connection, _schema_snapshot(schema)
+                )
+            )
+            if live is not None and live == stored:
+                return []
         with self._locked(connection):
             return self._sync_tables(connection, schema.id, force=force,
                                      records=records)
@@ -266,8 +278,13 @@ class Catalog:
 
     # -- schemas ----------------------------------------------------------------
 
-    def _sync_schemas(self, connection: sa.Connection, *, force: bool) -> list[Change]:
-        """Compare and write the schema level; the lock is held."""
+    def _sync_schemas(
+        self, connection: sa.Connection, *, force: bool, records: bool = False
+    ) -> list[Change]:
+        """Compare and write the schema level; the lock is held.
+
+        :param records: return every change even without receivers.
+        """
         s = self.t.schemas
         now = _now()
         # The epoch is read before the catalog: a change committing in between
@@ -320,7 +337,7 @@ class Catalog:
                     )
                 )
             ]
-            table_drops = self._drop_tables(connection, lost, now)
+            table_drops = self._drop_tables(connection, lost, now, records=records)
         self._store_probe(connection, SCHEMAS_SCOPE, fingerprint, now)
 
         by_id = {
@@ -379,42 +396,50 @@ class Catalog:
         epoch = self._ddl_epoch(connection)
         present = self.reader.tables_fingerprint(connection, snapshot)
         if present is None:
-            return self._sync_schemas(connection, force=True)
+            return self._sync_schemas(connection, force=True, records=records)
         fingerprint = self._as_probe(epoch, present)
         if not force and fingerprint == self._probe(connection, scope):
             return []
         live_tables = self.reader.read_tables(connection, snapshot)
         if live_tables is None:
-            return self._sync_schemas(connection, force=True)
+            return self._sync_schemas(connection, force=True, records=records)
         now = _now()
         t = self.t.tables
 
-        digests = {table.oid: table.digest() for table in live_tables}
         live = {
-            (table.oid, digests[table.oid]): table
+            table.oid: table
             for table in live_tables
             if not any(fnmatchcase(table.name, pattern) for pattern in self.exclude)
         }
+        digests = {oid: table.digest() for oid, table in live.items()}
         stored = connection.execute(
             sa.select(t.c.id, t.c.oid, t.c.digest).where(
                 t.c.schema_id == schema.id, sa.not_(t.c.deleted)
             )
         ).all()
-        unchanged = {(row.oid, row.digest) for row in stored} & live.keys()
-        stale = [row.id for row in stored if (row.oid, row.digest) not in unchanged]
-        old = self._snapshots(connection, stale)
-        new = [table for key, table in live.items() if key not in unchanged]
+        unchanged = {row.oid for row in stored if digests.get(row.oid) == row.digest}
+        stale = [row for row in stored if row.oid not in unchanged]
+        old, written = self._snapshots(connection, [row.id for row in stale])
+        # Only a table that may be one the catalog knows (same identity, or a
+        # rename hint to pair it by) is decoded and compared; the others are
+        # new and go in as the reader encoded them.
+        known = {row.oid for row in stale}
+        arriving = [table for oid, table in live.items() if oid not in unchanged]
+        compared = [t_ for t_ in arriving if t_.oid in known or t_.rename_hint]
 
-        created: list[TableSnapshot] = []
+        created_oids = {t_.oid for t_ in arriving} - {t_.oid for t_ in compared}
         renamed: list[tuple[int, str, str]] = []
         altered: list[Changed[TableSnapshot]] = []
         dropped: list[int] = []
-        for difference in diff_tables(old, new):
+        for difference in diff_tables(old, [t_.snapshot() for t_ in compared]):
             if isinstance(difference, Created):
-                created.append(difference.new)
+                created_oids.add(difference.new.oid)
             elif isinstance(difference, Changed):
-                self._update_table(connection, difference.catalog_id, difference.new,
-                                   digests[difference.new.oid], now)
+                self._update_table(
+                    connection, difference.catalog_id, live[difference.new.oid],
+                    difference.new, digests[difference.new.oid], now,
+                    columns_written=difference.catalog_id in written,
+                )
                 if difference.renamed:
                     renamed.append((difference.catalog_id, difference.old.name,
                                     difference.new.name))
@@ -422,21 +447,28 @@ class Catalog:
                     altered.append(difference)
             elif isinstance(difference, Dropped):
                 dropped.append(difference.catalog_id)
-        created_ids = self._insert_tables(connection, schema.id, created, digests,
-                                          now)
-        table_drops = self._drop_tables(connection, dropped, now)
+        created = [table for table in arriving if table.oid in created_oids]
+        ids = insert_tables(connection, t, schema.id, created, digests, now)
+        created_ids = [ids[table.oid] for table in created]
+        table_drops = self._drop_tables(connection, dropped, now, records=records)
         self._store_probe(connection, scope, fingerprint, now)
 
+        # Announcing a table loads it with its columns, which may first have
+        # to be written: only for the signals somebody receives.
         if not records and not signals.table_created.receivers:
             created_ids = []
+        if not records and not signals.table_renamed.receivers:
+            renamed = []
+        if not records and not signals.table_altered.receivers:
+            altered = []
+        announced = created_ids + [i for i, _, _ in renamed] + [
+            d.catalog_id for d in altered
+        ]
+        self._write_columns(connection, announced)
         loaded = {
             table.id: table
-            for table in self._tables(
-                connection,
-                t.c.id.in_(created_ids + [i for i, _, _ in renamed]
-                           + [d.catalog_id for d in altered]),
-                with_columns=True,
-            )
+            for table in self._tables(connection, t.c.id.in_(announced),
+                                      with_columns=True)
         }
         changes: list[Change] = [TableCreated(loaded[i]) for i in created_ids]
         changes += [TableRenamed(loaded[i], old, new) for i, old, new in renamed]
@@ -446,36 +478,63 @@ class Catalog:
         ]
         return changes + table_drops
 
-    def _insert_tables(
-        self,
-        connection: sa.Connection,
-        schema_id: int,
-        tables: Sequence[TableSnapshot],
-        digests: dict[str, str],
-        now: datetime,
-    ) -> list[int]:
-        if not tables:
-            return []
-        ids = insert_tables(connection, self.t.tables, schema_id, tables, digests,
-                            now)
-        insert_columns(connection, self.t.columns,
-                       [(ids[table.oid], table) for table in tables], now)
-        return [ids[table.oid] for table in tables]
+    def _write_columns(
+        self, connection: sa.Connection, table_ids: Sequence[int]
+    ) -> None:
+        """Write the column rows of those of these tables that have none yet,
+        from the columns stored with them; the lock is held.
+
+        The rows get their table's ``last_synced``: they say what was seen
+        then.
+        """
+        t = self.t.tables
+        for start in range(0, len(table_ids), 500):
+            chunk = table_ids[start:start + 500]
+            rows = connection.execute(
+                sa.select(t.c.id, t.c.columns_json, t.c.primary_key,
+                          t.c.last_synced).where(
+                    t.c.id.in_(chunk), sa.not_(t.c.columns_written)
+                )
+            ).all()
+            by_time: dict[datetime, list[Any]] = {}
+            for row in rows:
+                by_time.setdefault(row.last_synced, []).append(row)
+            for synced, group in by_time.items():
+                insert_columns(
+                    connection,
+                    self.t.columns,
+                    [
+                        (row.id, decode_columns(row.columns_json),
+                         tuple(row.primary_key))
+                        for row in group
+                    ],
+                    synced,
+                )
+            if rows:
+                connection.execute(
+                    t.update().where(t.c.id.in_([row.id for row in rows]))
+                    .values(columns_written=True)
+                )
 
     def _update_table(
         self,
         connection: sa.Connection,
         table_id: int,
+        live: LiveTable,
         table: TableSnapshot,
         digest: str,
         now: datetime,
+        *,
+        columns_written: bool,
     ) -> None:
         t, c = self.t.tables, self.t.columns
         connection.execute(
             t.update()
             .where(t.c.id == table_id)
-            .values(**_table_values(table, digest, now))
+            .values(**_table_values(live, table, digest, now))
         )
+        if not columns_written:
+            return  # written from columns_json when first needed
         existing = {
             row.oid: row.id
             for row in connection.execute(
@@ -495,7 +554,10 @@ class Catalog:
                     .values(_column_values(table_id, column, table, now))
                 )
         if added:
-            insert_columns(connection, c, [(table_id, table)], now, only=added)
+            insert_columns(
+                connection, c, [(table_id, table.columns, table.primary_key)], now,
+                only=added,
+            )
         if existing:
             connection.execute(
                 c.update().where(c.c.id.in_(list(existing.values())))
@@ -503,7 +565,12 @@ class Catalog:
             )
 
     def _drop_tables(
-        self, connection: sa.Connection, table_ids: list[int], now: datetime
+        self,
+        connection: sa.Connection,
+        table_ids: list[int],
+        now: datetime,
+        *,
+        records: bool,
     ) -> list[Change]:
         if not table_ids:
             return []
@@ -512,6 +579,10 @@ class Catalog:
             t.update().where(t.c.id.in_(table_ids))
             .values(deleted=True, last_synced=now)
         )
+        if not records and not signals.table_dropped.receivers:
+            return []
+        # The payload carries the table's last known columns.
+        self._write_columns(connection, table_ids)
         return [
             TableDropped(table)
             for table in self._tables(connection, t.c.id.in_(table_ids),
@@ -520,19 +591,22 @@ class Catalog:
 
     def _snapshots(
         self, connection: sa.Connection, table_ids: Sequence[int]
-    ) -> dict[int, TableSnapshot]:
-        """What the catalog remembers of these tables, as snapshots."""
+    ) -> tuple[dict[int, TableSnapshot], set[int]]:
+        """What the catalog remembers of these tables, as snapshots, and which
+        of them have their column rows written."""
         if not table_ids:
-            return {}
+            return {}, set()
         t = self.t.tables
-        where = t.c.id.in_(table_ids)
-        hints = dict(
-            connection.execute(sa.select(t.c.id, t.c.rename_hint).where(where)).all()
-        )
-        return {
-            table.id: _table_snapshot(table, hints.get(table.id))
-            for table in self._tables(connection, where, with_columns=True)
-        }
+        snapshots: dict[int, TableSnapshot] = {}
+        written: set[int] = set()
+        for start in range(0, len(table_ids), 500):
+            for row in connection.execute(
+                sa.select(t).where(t.c.id.in_(table_ids[start:start + 500]))
+            ):
+                snapshots[row.id] = _stored_snapshot(row)
+                if row.columns_written:
+                    written.add(row.id)
+        return snapshots, written
 
     def _table(self, connection: sa.Connection, table_id: int) -> CatalogTable:
         found = self._tables(connection, self.t.tables.c.id == table_id,
@@ -686,7 +760,7 @@ def _catalog_table(
 
 
 def _table_values(
-    table: TableSnapshot, digest: str, now: datetime
+    live: LiveTable, table: TableSnapshot, digest: str, now: datetime
 ) -> dict[str, Any]:
     return {
         "oid": table.oid,
@@ -697,6 +771,7 @@ def _table_values(
         "foreign_keys": [key.to_dict() for key in table.foreign_keys],
         "unique_constraints": [u.to_dict() for u in table.unique_constraints],
         "digest": digest,
+        "columns_json": live.columns,
         "rename_hint": table.rename_hint,
         "last_synced": now,
         "deleted": False,
@@ -721,32 +796,20 @@ def _column_values(
     }
 
 
-def _table_snapshot(
-    table: CatalogTable, rename_hint: str | None = None
-) -> TableSnapshot:
+def _stored_snapshot(row: Any) -> TableSnapshot:
+    """A catalog table row as the snapshot it was stored from."""
     return TableSnapshot(
-        oid=table.oid,
-        name=table.name,
-        kind=table.kind,
-        comment=table.comment,
-        columns=tuple(
-            ColumnSnapshot(
-                oid=column.oid,
-                name=column.name,
-                position=column.position,
-                type=column.type,
-                nullable=column.nullable,
-                default=column.default,
-                comment=column.comment,
-            )
-            for column in table.columns or ()
-        ),
-        primary_key=table.primary_key,
-        foreign_keys=tuple(ForeignKey.from_dict(key) for key in table.foreign_keys),
+        oid=row.oid,
+        name=row.name,
+        kind=row.kind,
+        comment=row.comment,
+        columns=decode_columns(row.columns_json),
+        primary_key=tuple(row.primary_key),
+        foreign_keys=tuple(ForeignKey.from_dict(key) for key in row.foreign_keys),
         unique_constraints=tuple(
-            UniqueConstraint.from_dict(u) for u in table.unique_constraints
+            UniqueConstraint.from_dict(u) for u in row.unique_constraints
         ),
-        rename_hint=rename_hint,
+        rename_hint=row.rename_hint,
     )
 
 
