@@ -13,6 +13,7 @@ are sent after the commit, so receivers see the catalog as it now is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -56,6 +57,7 @@ from .snapshot import (
 from .writer import insert_columns, insert_tables
 
 SCHEMAS_SCOPE = "schemas"
+_JSON_ATTRIBUTES = ("primary_key", "foreign_keys", "unique_constraints")
 
 
 def _tables_scope(schema_id: int) -> str:
@@ -255,8 +257,9 @@ class Catalog:
         records: bool = False,
     ) -> list[Change]:
         stored = self._probe(connection, _tables_scope(schema.id))
+        live: str | None = None
         # Never compared (a cold listing): no need to ask whether anything
-        # changed; the refresh computes the fingerprint it stores anyway.
+        # changed; the refresh computes the fingerprint it stores.
         if not force and stored is not None:
             epoch = self._ddl_epoch(connection)
             live = (
@@ -270,7 +273,7 @@ class Catalog:
                 return []
         with self._locked(connection):
             return self._sync_tables(connection, schema.id, force=force,
-                                     records=records)
+                                     records=records, probe=live)
 
     def _send(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -380,24 +383,32 @@ class Catalog:
         *,
         force: bool,
         records: bool = False,
+        probe: str | None = None,
     ) -> list[Change]:
         """Compare and write one schema's tables; the lock is held.
 
-        :param records: return a :class:`TableCreated` for every new table
-            even when ``table_created`` has no receivers (loading thousands
-            of new tables back with their columns would be most of a cold
-            listing's cost, for records nobody reads).
+        :param records: return every change even when its signal has no
+            receivers (announcing a table loads it with its columns, which
+            for thousands of new tables would be most of a cold listing's
+            cost, for records nobody reads).
+        :param probe: the probe taken before the lock, if any. It is no newer
+            than what is read below, so storing it can at worst make the next
+            listing compare again; computing it again would double the cost
+            of the probe for every listing that finds a change.
         """
         schema = self._schema(connection, schema_id, allow_deleted=True)
         if schema.deleted:
             return []
         snapshot = _schema_snapshot(schema)
         scope = _tables_scope(schema.id)
-        epoch = self._ddl_epoch(connection)
-        present = self.reader.tables_fingerprint(connection, snapshot)
-        if present is None:
-            return self._sync_schemas(connection, force=True, records=records)
-        fingerprint = self._as_probe(epoch, present)
+        if probe is not None:
+            fingerprint = probe
+        else:
+            epoch = self._ddl_epoch(connection)
+            present = self.reader.tables_fingerprint(connection, snapshot)
+            if present is None:
+                return self._sync_schemas(connection, force=True, records=records)
+            fingerprint = self._as_probe(epoch, present)
         if not force and fingerprint == self._probe(connection, scope):
             return []
         live_tables = self.reader.read_tables(connection, snapshot)
@@ -636,12 +647,22 @@ class Catalog:
         with_columns: bool,
     ) -> list[CatalogTable]:
         t, s, c = self.t.tables, self.t.schemas, self.t.columns
+        # The JSON attributes come as text and are decoded in one call: a
+        # listing of thousands of tables spent more on decoding them one by
+        # one than on the query.
         rows = connection.execute(
-            sa.select(t, s.c.name.label("schema_name"))
+            sa.select(
+                t.c.id, t.c.schema_id, t.c.oid, t.c.name, t.c.kind, t.c.comment,
+                t.c.last_synced, t.c.deleted, s.c.name.label("schema_name"),
+                *(sa.cast(t.c[name], sa.Text).label(name) for name in _JSON_ATTRIBUTES),
+            )
             .join(s, s.c.id == t.c.schema_id)
             .where(where)
             .order_by(t.c.name, t.c.id)
         ).all()
+        decoded = json.loads(
+            "[" + ",".join(",".join(row[-3:]) for row in rows) + "]"
+        )
         compared = self._compared_at(
             connection, {row.schema_id for row in rows if not row.deleted}
         )
@@ -663,10 +684,11 @@ class Catalog:
         return [
             _catalog_table(
                 row,
+                decoded[3 * i: 3 * i + 3],
                 tuple(columns.get(row.id, ())) if with_columns else None,
                 None if row.deleted else compared.get(row.schema_id),
             )
-            for row in rows
+            for i, row in enumerate(rows)
         ]
 
     def _compared_at(
@@ -739,9 +761,11 @@ def _catalog_column(row: Any, compared: datetime | None = None) -> CatalogColumn
 
 def _catalog_table(
     row: Any,
+    attributes: list[Any],
     columns: tuple[CatalogColumn, ...] | None,
     compared: datetime | None = None,
 ) -> CatalogTable:
+    primary_key, foreign_keys, unique_constraints = attributes
     return CatalogTable(
         id=row.id,
         schema_id=row.schema_id,
@@ -750,9 +774,9 @@ def _catalog_table(
         name=row.name,
         kind=row.kind,
         comment=row.comment,
-        primary_key=tuple(row.primary_key),
-        foreign_keys=tuple(row.foreign_keys),
-        unique_constraints=tuple(row.unique_constraints),
+        primary_key=tuple(primary_key),
+        foreign_keys=tuple(foreign_keys),
+        unique_constraints=tuple(unique_constraints),
         last_synced=_synced(row.last_synced, compared),
         deleted=bool(row.deleted),
         columns=columns,
