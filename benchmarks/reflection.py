@@ -8,6 +8,8 @@ times each:
 - a cold listing (empty catalog: read, diff, write everything), without
   and with a ``table_created`` receiver (with one, every new table is loaded
   back with its columns for the signal);
+- the first ``get_table`` of a table after a cold listing (it checks the
+  table's digest and writes its column rows) and the next one (cached);
 - a warm listing (nothing changed: the probe, then the cached rows);
 - a listing after one ``ALTER TABLE`` (probe, read, diff, write one table).
 
@@ -31,7 +33,11 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
-from flask_reflectsync.reflection import Catalog, define_catalog_tables
+from flask_reflectsync.reflection import (
+    Catalog,
+    CatalogTable,
+    define_catalog_tables,
+)
 from flask_reflectsync.reflection._postgresql import TABLES_QUERY
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_test"
@@ -132,9 +138,15 @@ def main() -> None:
             with engine.connect() as connection:
                 connection.execute(TABLES_QUERY, {"schema": int(schema.oid)}).all()
 
+        listed: list[CatalogTable] = []
+
         def listing() -> None:
-            listed = catalog.list_tables(schema.id)
+            listed[:] = catalog.list_tables(schema.id)
             assert len(listed) == args.tables, len(listed)
+
+        def get_one() -> None:
+            table = catalog.get_table(listed[len(listed) // 2].id)
+            assert table.columns, table
 
         created: list[object] = []
 
@@ -146,6 +158,8 @@ def main() -> None:
             "raw pg_catalog query": [],
             "cold listing": [],
             "cold, table_created receiver": [],
+            "first get_table after cold": [],
+            "get_table, cached": [],
             "warm listing": [],
             "listing after one change": [],
         }
@@ -154,6 +168,8 @@ def main() -> None:
             results["raw pg_catalog query"].append(timed(raw_query))
             forget()
             results["cold listing"].append(timed(listing))
+            results["first get_table after cold"].append(timed(get_one))
+            results["get_table, cached"].append(timed(get_one))
             forget()
             created.clear()
             signals.table_created.connect(receive)

@@ -375,6 +375,121 @@ def test_get_by_id_serves_the_cached_table_until_it_changes(
     assert [(c.kind, c.name) for c in altered["changes"]] == [("added", "extra")]
 
 
+def column_rows(env: AppEnv, table_id: int) -> list[tuple[int, str]]:
+    """The catalog's column rows of a table, as (id, name)."""
+    columns = env.db.metadata.tables["reflectsync_catalog_columns"]
+    with env.db.engine.connect() as connection:
+        found = connection.execute(
+            sa.select(columns.c.id, columns.c.name)
+            .where(columns.c.table_id == table_id, sa.not_(columns.c.deleted))
+            .order_by(columns.c.position)
+        )
+        return [(row.id, row.name) for row in found]
+
+
+def test_column_rows_are_written_once_when_first_served(
+    cat: AppEnv, psql: Psql, writes: list[str], database_url: str
+) -> None:
+    """A listing writes one row per table; the columns get their catalog rows
+    (and ids) the first time the table is asked for, and keep them, in every
+    process."""
+    create_family(psql)
+    client = cat.app.test_client()
+    parent_id = tables_of(client, the_schema(client, psql)["id"])["rs_parent"]["id"]
+    assert column_rows(cat, parent_id) == []
+
+    first = get_ok(client, f"/tables/{parent_id}")["table"]
+    stored = column_rows(cat, parent_id)
+    assert [name for _, name in stored] == ["id", "code", "label"]
+    assert [(c["id"], c["name"]) for c in first["columns"]] == stored
+
+    writes.clear()
+    other_app = Flask("other_worker")
+    other_app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    other_db = SQLAlchemy()
+    other_db.init_app(other_app)
+    ReflectSync(other_app, other_db).catalog_access(lambda: True)
+    with other_app.app_context():
+        again = get_ok(other_app.test_client(), f"/tables/{parent_id}")["table"]
+        other_db.engine.dispose()
+    assert again["columns"] == first["columns"]
+    assert get_ok(client, f"/tables/{parent_id}")["table"] == first
+    assert column_rows(cat, parent_id) == stored
+    assert writes == []
+
+
+def test_a_table_altered_before_it_was_ever_served_is_served_as_it_is_now(
+    cat: AppEnv, psql: Psql
+) -> None:
+    """Nobody receives signals here, so no refresh writes column rows: the
+    first GET writes the columns the database has now."""
+    create_family(psql)
+    client = cat.app.test_client()
+    parent_id = tables_of(client, the_schema(client, psql)["id"])["rs_parent"]["id"]
+    psql.run("ALTER TABLE rs_parent ADD COLUMN extra INTEGER")
+
+    detail = get_ok(client, f"/tables/{parent_id}")["table"]
+
+    assert [c["name"] for c in detail["columns"]] == ["id", "code", "label", "extra"]
+    assert [(c["id"], c["name"]) for c in detail["columns"]] == column_rows(
+        cat, parent_id
+    )
+
+
+def test_a_table_never_served_is_altered_and_dropped_with_its_columns(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """The columns a listing saw are the ``before`` of the next change even if
+    nobody ever asked for the table, and the last columns of a dropped one."""
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    parent = tables_of(client, schema_id)["rs_parent"]
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_parent DROP COLUMN label")
+    tables_of(client, schema_id)
+    (event,) = recorder.named("table_altered")
+    (change,) = event["changes"]
+    assert (change.kind, change.name) == ("dropped", "label")
+    assert change.before is not None and "'none'" in (change.before.default or "")
+    assert [c.name for c in event["table"].columns] == ["id", "code"]
+
+    psql.run("DROP TABLE rs_child")
+    tables_of(client, schema_id)
+    (dropped,) = recorder.named("table_dropped")
+    assert [c.name for c in dropped["table"].columns] == ["id", "parent_id"]
+    served = get_ok(client, f"/tables/{parent['id']}")["table"]["columns"]
+    assert [(c["id"], c["name"]) for c in served] == [
+        (c.id, c.name) for c in event["table"].columns
+    ]
+
+
+def test_unusual_text_survives_the_catalog(cat: AppEnv, psql: Psql) -> None:
+    """Names and comments with quotes, backslashes, control characters and
+    non-ASCII letters come back exactly as the database has them."""
+    name = "rs_item"
+    odd_column = 'wéird "col'
+    label = "Ünïcode 'quoted' back\\slash \x1e\x1f"
+    if psql.backend == "mysql":
+        quoted = f"`{odd_column}`"
+    else:
+        quoted = '"' + odd_column.replace('"', '""') + '"'
+    psql.run(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, {quoted} INTEGER)")
+    if psql.backend == "postgresql":
+        literal = (
+            label.replace("\\", "\\\\").replace("'", "''")
+            .replace("\x1e", "\\x1e").replace("\x1f", "\\x1f")
+        )
+        psql.run(f"COMMENT ON TABLE {name} IS E'{literal}'")
+    client = cat.app.test_client()
+    listed = tables_of(client, the_schema(client, psql)["id"])[name]
+    detail = get_ok(client, f"/tables/{listed['id']}")["table"]
+    assert [c["name"] for c in detail["columns"]] == ["id", odd_column]
+    if psql.backend == "postgresql":
+        assert listed["comment"] == detail["comment"] == label
+
+
 # -- renames, alters, drops --------------------------------------------------------
 
 

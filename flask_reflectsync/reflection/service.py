@@ -177,11 +177,7 @@ class Catalog:
                 )
                 if live is None or live.digest() != row.digest:
                     changes = self._refresh_tables(connection, schema, force=True)
-                elif not row.columns_written:
-                    # Unchanged since it was compared: its stored columns are
-                    # the live ones; give them their catalog rows now.
-                    with self._locked(connection):
-                        self._write_columns(connection, [table_id])
+                self._ensure_columns(connection, table_id)
             table = self._table(connection, table_id)
             successor = self._successor(connection, table) if table.deleted else None
         self._send(changes)
@@ -488,6 +484,21 @@ class Catalog:
             for d in altered
         ]
         return changes + table_drops
+
+    def _ensure_columns(self, connection: sa.Connection, table_id: int) -> None:
+        """Give a live table's stored columns their catalog rows if they have
+        none yet. The caller has just checked that the stored columns are the
+        live ones (or refreshed them)."""
+        t = self.t.tables
+        pending = connection.execute(
+            sa.select(t.c.id).where(
+                t.c.id == table_id, sa.not_(t.c.columns_written),
+                sa.not_(t.c.deleted),
+            )
+        ).first()
+        if pending is not None:
+            with self._locked(connection):
+                self._write_columns(connection, [table_id])
 
     def _write_columns(
         self, connection: sa.Connection, table_ids: Sequence[int]
