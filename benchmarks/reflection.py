@@ -10,6 +10,8 @@ times each:
   back with its columns for the signal);
 - the first ``get_table`` of a table after a cold listing (it checks the
   table's digest and writes its column rows) and the next one (cached);
+- a cold listing with the optional event trigger installed (the epoch
+  replaces the fingerprint);
 - a warm listing (nothing changed: the probe, then the cached rows);
 - a listing after one ``ALTER TABLE`` (probe, read, diff, write one table).
 
@@ -37,6 +39,7 @@ from flask_reflectsync.reflection import (
     Catalog,
     CatalogTable,
     define_catalog_tables,
+    event_trigger,
 )
 from flask_reflectsync.reflection._postgresql import TABLES_QUERY
 
@@ -128,8 +131,13 @@ def main() -> None:
 
         def forget() -> None:
             with engine.begin() as connection:
-                for table in (tables.columns, tables.tables, tables.probes):
+                for table in (tables.columns, tables.tables):
                     connection.execute(table.delete())
+                connection.execute(
+                    tables.probes.delete().where(
+                        tables.probes.c.scope != event_trigger.DDL_SCOPE
+                    )
+                )
 
         def reflect_metadata() -> None:
             sa.MetaData().reflect(engine, schema=SCHEMA)
@@ -160,6 +168,7 @@ def main() -> None:
             "cold, table_created receiver": [],
             "first get_table after cold": [],
             "get_table, cached": [],
+            "cold, event trigger": [],
             "warm listing": [],
             "listing after one change": [],
         }
@@ -178,6 +187,14 @@ def main() -> None:
             finally:
                 signals.table_created.disconnect(receive)
             assert len(created) == args.tables, len(created)
+            with engine.begin() as connection:
+                event_trigger.install(connection, tables.probes)
+            try:
+                forget()
+                results["cold, event trigger"].append(timed(listing))
+            finally:
+                with engine.begin() as connection:
+                    event_trigger.uninstall(connection, tables.probes)
             listing()  # let the probe settle
             results["warm listing"].append(timed(listing))
             with engine.begin() as connection:
@@ -203,6 +220,10 @@ def main() -> None:
         print(
             f"  cold with receiver / reflect "
             f"{median['cold, table_created receiver'] / reflect:6.3f}x"
+        )
+        print(
+            f"  cold with trigger / reflect  "
+            f"{median['cold, event trigger'] / reflect:6.3f}x"
         )
         print(
             f"  warm / raw catalog query     {median['warm listing'] / raw:6.3f}x"

@@ -401,10 +401,15 @@ class Catalog:
             fingerprint = probe
         else:
             epoch = self._ddl_epoch(connection)
-            present = self.reader.tables_fingerprint(connection, snapshot)
-            if present is None:
-                return self._sync_schemas(connection, force=True, records=records)
-            fingerprint = self._as_probe(epoch, present)
+            if epoch is not None:
+                # The read below tells whether the schema is still there.
+                fingerprint = self._as_probe(epoch, "")
+            else:
+                present = self.reader.tables_fingerprint(connection, snapshot)
+                if present is None:
+                    return self._sync_schemas(connection, force=True,
+                                              records=records)
+                fingerprint = present
         if not force and fingerprint == self._probe(connection, scope):
             return []
         live_tables = self.reader.read_tables(connection, snapshot)
@@ -455,15 +460,28 @@ class Catalog:
             elif isinstance(difference, Dropped):
                 dropped.append(difference.catalog_id)
         created = [table for table in arriving if table.oid in created_oids]
-        ids = insert_tables(connection, t, schema.id, created, digests, now)
+        # Announcing a table loads it with its columns, which may first have
+        # to be written: only for the signals somebody receives. New tables
+        # to announce get their column rows straight from what was read.
+        announce_created = records or bool(signals.table_created.receivers)
+        ids = insert_tables(connection, t, schema.id, created, digests, now,
+                            columns_written=announce_created)
         created_ids = [ids[table.oid] for table in created]
+        if announce_created:
+            insert_columns(
+                connection, self.t.columns,
+                [
+                    (ids[table.oid], decode_columns(table.columns),
+                     json.loads(table.primary_key))
+                    for table in created
+                ],
+                now,
+            )
+        else:
+            created_ids = []
         table_drops = self._drop_tables(connection, dropped, now, records=records)
         self._store_probe(connection, scope, fingerprint, now)
 
-        # Announcing a table loads it with its columns, which may first have
-        # to be written: only for the signals somebody receives.
-        if not records and not signals.table_created.receivers:
-            created_ids = []
         if not records and not signals.table_renamed.receivers:
             renamed = []
         if not records and not signals.table_altered.receivers:

@@ -133,6 +133,8 @@ def insert_tables(
     tables: Sequence[LiveTable],
     digests: dict[str, str],
     now: datetime,
+    *,
+    columns_written: bool = False,
 ) -> dict[str, int]:
     """Insert catalog rows for new live tables of one schema, without their
     column rows (see :class:`~.models.CatalogTables`).
@@ -143,6 +145,8 @@ def insert_tables(
     :param tables: the tables to insert (their oids are unique).
     :param digests: each table's digest, by oid.
     :param now: their ``last_synced``.
+    :param columns_written: whether the caller writes their column rows in
+        the same transaction.
     :returns: the new catalog ids by oid.
     """
     if not tables:
@@ -164,7 +168,7 @@ def insert_tables(
             connection,
             table,
             {"schema_id": schema_id, "last_synced": now, "deleted": False,
-             "columns_written": False},
+             "columns_written": columns_written},
             _TABLE_COLUMNS,
             arrays,
             returning=" RETURNING oid, id",
@@ -185,7 +189,7 @@ def insert_tables(
                 "unique_constraints": json.loads(t.unique_constraints),
                 "digest": digests[t.oid],
                 "columns_json": t.columns,
-                "columns_written": False,
+                "columns_written": columns_written,
                 "rename_hint": t.rename_hint,
                 "last_synced": now,
                 "deleted": False,
