@@ -215,6 +215,31 @@ def test_created_tables_are_listed_and_served_with_their_columns(
     assert key["on_delete"] == "CASCADE"
 
 
+def test_composite_keys_keep_their_order_past_a_dropped_column(
+    cat: AppEnv, psql: Psql
+) -> None:
+    psql.run(
+        "CREATE TABLE rs_parent (a INTEGER NOT NULL, b INTEGER NOT NULL,"
+        " CONSTRAINT rs_parent_pk PRIMARY KEY (b, a))",
+        "CREATE TABLE rs_child (junk INTEGER, id INTEGER PRIMARY KEY, x INTEGER,"
+        " y INTEGER, CONSTRAINT rs_child_uq UNIQUE (y, x),"
+        " CONSTRAINT rs_child_fk FOREIGN KEY (y, x) REFERENCES rs_parent (b, a))",
+        "ALTER TABLE rs_child DROP COLUMN junk",
+    )
+    client = cat.app.test_client()
+    listed = tables_of(client, the_schema(client, psql)["id"])
+
+    assert listed["rs_parent"]["primary_key"] == ["b", "a"]
+    child = get_ok(client, f"/tables/{listed['rs_child']['id']}")["table"]
+    assert child == {**listed["rs_child"], "columns": child["columns"]}
+    assert [c["name"] for c in child["columns"]] == ["id", "x", "y"]
+    assert [c["position"] for c in child["columns"]] == [1, 2, 3]
+    assert child["primary_key"] == ["id"]
+    (key,) = child["foreign_keys"]
+    assert (key["columns"], key["referred_columns"]) == (["y", "x"], ["b", "a"])
+    assert [u["columns"] for u in child["unique_constraints"]] == [["y", "x"]]
+
+
 def test_the_extensions_own_tables_are_not_listed(cat: AppEnv, psql: Psql) -> None:
     client = cat.app.test_client()
     listed = tables_of(client, the_schema(client, psql)["id"])

@@ -100,13 +100,23 @@ _TABLES_FINGERPRINT = sa.text(
     + " AS fingerprint"
 )
 
-def _key_names(keys: str, relation: str) -> str:
-    """A JSON array of the names of the columns numbered ``keys`` of
-    ``relation``, in key order."""
+def _key_names(keys: str) -> str:
+    """A JSON array of the names of the table's columns numbered ``keys``, in
+    key order, looked up in ``att.names`` (indexed by ``attnum``)."""
     return (
-        "(SELECT coalesce(json_agg(ka.attname ORDER BY k.i), '[]')"
-        f" FROM unnest({keys}) WITH ORDINALITY AS k(attnum, i)"
-        f" JOIN pg_attribute ka ON ka.attrelid = {relation} AND ka.attnum = k.attnum)"
+        "(SELECT coalesce(json_agg(att.names[k.attnum] ORDER BY k.i), '[]')"
+        f" FROM unnest({keys}) WITH ORDINALITY AS k(attnum, i))"
+    )
+
+
+def _referred_names(keys: str, relation: str) -> str:
+    """A JSON array of the names of ``relation``'s columns numbered ``keys``,
+    in key order."""
+    return (
+        "(SELECT coalesce(json_agg(ka.attname"
+        f" ORDER BY array_position({keys}, ka.attnum)), '[]')"
+        f" FROM pg_attribute ka WHERE ka.attrelid = {relation}"
+        f" AND ka.attnum = ANY ({keys}))"
     )
 
 
@@ -119,28 +129,23 @@ def _action(column: str) -> str:
 
 # One row per relation; its columns and constraints arrive as the JSON texts
 # of a LiveTable, built here so that nothing is decoded unless it is compared.
+# ``att.names`` holds every column name by attnum (attnums run from 1 without
+# gaps; dropped columns keep theirs), so constraint keys are named without
+# looking pg_attribute up again.
 _TABLES_SELECT = f"""
 SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
   td.description AS comment,
-  (SELECT coalesce(json_agg(json_build_array(
-            a.attnum::text, a.attname, format_type(a.atttypid, a.atttypmod),
-            NOT a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
-          ORDER BY a.attnum), '[]')::text
-     FROM pg_attribute a
-     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-     LEFT JOIN pg_description cd ON cd.objoid = a.attrelid
-       AND cd.classoid = 'pg_class'::regclass AND cd.objsubid = a.attnum
-    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
-  coalesce((SELECT {_key_names("con.conkey", "con.conrelid")}::text
+  att.columns,
+  coalesce((SELECT {_key_names("con.conkey")}::text
      FROM pg_constraint con
     WHERE con.conrelid = c.oid AND con.contype = 'p'), '[]') AS primary_key,
   (SELECT coalesce(json_agg(json_build_object(
             'name', con.conname,
-            'columns', {_key_names("con.conkey", "con.conrelid")},
+            'columns', {_key_names("con.conkey")},
             'referred_schema',
               CASE WHEN fc.relnamespace = c.relnamespace THEN NULL ELSE fn.nspname END,
             'referred_table', fc.relname,
-            'referred_columns', {_key_names("con.confkey", "con.confrelid")},
+            'referred_columns', {_referred_names("con.confkey", "con.confrelid")},
             'on_update', {_action("con.confupdtype")},
             'on_delete', {_action("con.confdeltype")})
           ORDER BY con.conname), '[]')::text
@@ -150,13 +155,24 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
     WHERE con.conrelid = c.oid AND con.contype = 'f') AS foreign_keys,
   (SELECT coalesce(json_agg(json_build_object(
             'name', con.conname,
-            'columns', {_key_names("con.conkey", "con.conrelid")})
+            'columns', {_key_names("con.conkey")})
           ORDER BY con.conname), '[]')::text
      FROM pg_constraint con
     WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints
 FROM pg_class c
 LEFT JOIN pg_description td ON td.objoid = c.oid
   AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
+CROSS JOIN LATERAL (
+  SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
+    coalesce(json_agg(json_build_array(
+            a.attnum::text, a.attname, format_type(a.atttypid, a.atttypmod),
+            NOT a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
+          ORDER BY a.attnum) FILTER (WHERE NOT a.attisdropped), '[]')::text AS columns
+     FROM pg_attribute a
+     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+     LEFT JOIN pg_description cd ON cd.objoid = a.attrelid
+       AND cd.classoid = 'pg_class'::regclass AND cd.objsubid = a.attnum
+    WHERE a.attrelid = c.oid AND a.attnum > 0) AS att
 WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
 """
 
