@@ -649,6 +649,62 @@ def test_constraint_changes_are_attributes(
     assert sorted(u["columns"] for u in uniques) == [["code"], ["label"]]
 
 
+def test_renaming_what_a_foreign_key_refers_to_alters_the_referring_table(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """The child's own catalog rows do not change when its parent (or the
+    parent's key column) is renamed, yet what the child shows does."""
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    child_id = tables_of(client, schema_id)["rs_child"]["id"]
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_parent RENAME COLUMN id TO pid")
+    # The listing itself notices (asking by id would compare the child anyway).
+    (key,) = tables_of(client, schema_id)["rs_child"]["foreign_keys"]
+    assert (key["referred_table"], key["referred_columns"]) == ("rs_parent", ["pid"])
+    (event,) = recorder.about("table_altered", "rs_child")
+    assert event["attributes"] == ("foreign_keys",)
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_parent RENAME TO rs_renamed")
+    (key,) = tables_of(client, schema_id)["rs_child"]["foreign_keys"]
+    assert key["referred_table"] == "rs_renamed"
+    (event,) = recorder.about("table_altered", "rs_child")
+    assert event["attributes"] == ("foreign_keys",)
+    (key,) = get_ok(client, f"/tables/{child_id}")["table"]["foreign_keys"]
+    assert key["referred_table"] == "rs_renamed"
+
+
+def test_catalog_changes_nobody_sees_announce_nothing(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    if psql.backend != "postgresql":
+        pytest.skip("privileges are catalog rows only on PostgreSQL here")
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    before = tables_of(client, schema_id)
+    recorder.clear()
+
+    psql.run(
+        "GRANT SELECT ON rs_parent TO PUBLIC",
+        "ALTER TABLE rs_child ALTER COLUMN parent_id SET STATISTICS 500",
+    )
+    after = tables_of(client, schema_id)
+    psql.run("ALTER TABLE rs_parent ADD COLUMN extra INTEGER")
+    tables_of(client, schema_id)
+
+    assert {name: t["id"] for name, t in after.items()} == {
+        name: t["id"] for name, t in before.items()
+    }
+    # Only the real change is announced, against the columns seen before.
+    (event,) = recorder.events
+    assert event[0] == "table_altered"
+    assert [(c.kind, c.name) for c in event[1]["changes"]] == [("added", "extra")]
+
+
 def test_dropped_table_is_gone_by_id_and_signalled(
     cat: AppEnv, psql: Psql, recorder: Recorder
 ) -> None:

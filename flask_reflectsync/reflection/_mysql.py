@@ -15,6 +15,7 @@ that an unchanged database is confirmed without transferring it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -119,12 +120,29 @@ class MySQLReader:
         found = connection.execute(_FINGERPRINT, {"schema": schema.name})
         return str(found.scalar_one())
 
-    def read_tables(
+    #: No versions: the fingerprint is already one cheap query, and the
+    #: description of a schema is read in a handful of queries.
+    versioned = False
+
+    def read_versions(
         self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> dict[str, tuple[str, str]] | None:
+        raise NotImplementedError("no table versions on this backend")
+
+    def read_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        oids: Sequence[str] | None = None,
     ) -> list[LiveTable] | None:
         if not self._present(connection, schema):
             return None
-        return [LiveTable.of(table) for table in self._read(connection, schema, None)]
+        wanted = None if oids is None else set(oids)
+        return [
+            LiveTable.of(table)
+            for table in self._read(connection, schema, None)
+            if wanted is None or table.oid in wanted
+        ]
 
     def read_table(
         self, connection: sa.Connection, schema: SchemaSnapshot, oid: str

@@ -13,6 +13,7 @@ seen at the next change of the schema or by :meth:`ReflectSync.reflect`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -127,6 +128,43 @@ def _action(column: str) -> str:
     return f"CASE {column} {cases} END"
 
 
+# A table's *version*: the count and the sum of the row versions (xmin) of
+# the catalog rows that describe it: its pg_class row and comment, its
+# pg_attribute, pg_attrdef and column comment rows, and its constraints. DDL
+# that changes any of them writes a new row version, so an equal version
+# means an equal description, except for the names its foreign keys refer to
+# (the refresh re-reads a table whose referred table changed); a different
+# one (a GRANT, say) only means "describe it again". Both queries below build
+# it from the same fragments, so they agree by construction.
+_ATTRIBUTES_VERSION = (
+    "count(*) + count(ad.xmin) + count(cd.xmin) AS n,"
+    " coalesce(sum(a.xmin::text::bigint), 0)"
+    " + coalesce(sum(ad.xmin::text::bigint), 0)"
+    " + coalesce(sum(cd.xmin::text::bigint), 0) AS s"
+)
+_ATTRIBUTES_FROM = """
+     FROM pg_attribute a
+     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+     LEFT JOIN pg_description cd ON cd.objoid = a.attrelid
+       AND cd.classoid = 'pg_class'::regclass AND cd.objsubid = a.attnum
+    WHERE a.attrelid = c.oid AND a.attnum > 0"""
+_RELATIONS = f"""
+FROM pg_class c
+LEFT JOIN pg_description td ON td.objoid = c.oid
+  AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
+{{attributes}}
+CROSS JOIN LATERAL (
+  SELECT count(*) AS n, coalesce(sum(con.xmin::text::bigint), 0) AS s
+     FROM pg_constraint con
+    WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f')) AS own
+WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
+"""
+_VERSION = (
+    "(1 + (td.xmin IS NOT NULL)::int + att.n + own.n)::text || ':' ||"
+    " (c.xmin::text::bigint + coalesce(td.xmin::text::bigint, 0)"
+    " + att.s + own.s)::text AS version"
+)
+
 # One row per relation; its columns and constraints arrive as the JSON texts
 # of a LiveTable, built here so that nothing is decoded unless it is compared.
 # ``att.names`` holds every column name by attnum (attnums run from 1 without
@@ -134,7 +172,7 @@ def _action(column: str) -> str:
 # looking pg_attribute up again.
 _TABLES_SELECT = f"""
 SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
-  td.description AS comment,
+  td.description AS comment, {_VERSION},
   att.columns,
   coalesce((SELECT {_key_names("con.conkey")}::text
      FROM pg_constraint con
@@ -159,25 +197,30 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
           ORDER BY con.conname), '[]')::text
      FROM pg_constraint con
     WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints
-FROM pg_class c
-LEFT JOIN pg_description td ON td.objoid = c.oid
-  AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
+""" + _RELATIONS.format(attributes=f"""
 CROSS JOIN LATERAL (
   SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
     coalesce(json_agg(json_build_array(
             a.attnum::text, a.attname, format_type(a.atttypid, a.atttypmod),
             NOT a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
-          ORDER BY a.attnum) FILTER (WHERE NOT a.attisdropped), '[]')::text AS columns
-     FROM pg_attribute a
-     LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
-     LEFT JOIN pg_description cd ON cd.objoid = a.attrelid
-       AND cd.classoid = 'pg_class'::regclass AND cd.objsubid = a.attnum
-    WHERE a.attrelid = c.oid AND a.attnum > 0) AS att
-WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
-"""
+          ORDER BY a.attnum) FILTER (WHERE NOT a.attisdropped), '[]')::text
+      AS columns,
+    {_ATTRIBUTES_VERSION}
+    {_ATTRIBUTES_FROM}) AS att""")
+
+_VERSIONS = sa.text(
+    f"SELECT c.oid::text AS oid, c.relname AS name, {_VERSION}"
+    + _RELATIONS.format(
+        attributes=f"CROSS JOIN LATERAL (SELECT {_ATTRIBUTES_VERSION}"
+        f" {_ATTRIBUTES_FROM}) AS att"
+    )
+)
 
 #: The statement that reads a whole schema (also the benchmark's baseline).
 TABLES_QUERY = sa.text(_TABLES_SELECT + " ORDER BY c.relname")
+_SOME_TABLES = sa.text(
+    _TABLES_SELECT + " AND c.oid = ANY (CAST(:oids AS oid[])) ORDER BY c.relname"
+)
 _TABLE = sa.text(_TABLES_SELECT + " AND c.oid = :oid")
 _SCHEMA_PRESENT = sa.text("SELECT 1 FROM pg_namespace WHERE oid = :schema")
 
@@ -204,10 +247,30 @@ class PostgresReader:
         ).one()
         return str(row.fingerprint) if row.present else None
 
-    def read_tables(
+    versioned = True
+
+    def read_versions(
         self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> dict[str, tuple[str, str]] | None:
+        rows = connection.execute(_VERSIONS, {"schema": int(schema.oid)}).all()
+        if not rows and not self._schema_present(connection, schema):
+            return None
+        return {row.oid: (row.name, row.version) for row in rows}
+
+    def read_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        oids: Sequence[str] | None = None,
     ) -> list[LiveTable] | None:
-        rows = connection.execute(TABLES_QUERY, {"schema": int(schema.oid)}).all()
+        if oids is None:
+            found = connection.execute(TABLES_QUERY, {"schema": int(schema.oid)})
+        else:
+            found = connection.execute(
+                _SOME_TABLES,
+                {"schema": int(schema.oid), "oids": [int(oid) for oid in oids]},
+            )
+        rows = found.all()
         if not rows and not self._schema_present(connection, schema):
             return None
         return [_table(row) for row in rows]
@@ -247,4 +310,5 @@ def _table(row: Any) -> LiveTable:
         primary_key=row.primary_key,
         foreign_keys=row.foreign_keys,
         unique_constraints=row.unique_constraints,
+        version=row.version,
     )

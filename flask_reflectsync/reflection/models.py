@@ -85,6 +85,9 @@ def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
         # served with its columns or announced (columns_written).
         sa.Column("columns_json", sa.Text, nullable=False),
         sa.Column("columns_written", sa.Boolean, nullable=False, default=False),
+        # LiveTable.version when last described (PostgreSQL): equal means
+        # the description need not be read again.
+        sa.Column("version", sa.String(64), nullable=True),
         sa.Column("rename_hint", sa.String(64), nullable=True),
         sa.Column("last_synced", when, nullable=False),
         sa.Column("deleted", sa.Boolean, nullable=False, default=False),

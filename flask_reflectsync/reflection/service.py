@@ -412,24 +412,46 @@ class Catalog:
                 fingerprint = present
         if not force and fingerprint == self._probe(connection, scope):
             return []
-        live_tables = self.reader.read_tables(connection, snapshot)
-        if live_tables is None:
-            return self._sync_schemas(connection, force=True, records=records)
-        now = _now()
         t = self.t.tables
-
-        live = {
-            table.oid: table
-            for table in live_tables
-            if not any(fnmatchcase(table.name, pattern) for pattern in self.exclude)
-        }
-        digests = {oid: table.digest() for oid, table in live.items()}
         stored = connection.execute(
-            sa.select(t.c.id, t.c.oid, t.c.digest).where(
+            sa.select(t.c.id, t.c.oid, t.c.name, t.c.digest, t.c.version).where(
                 t.c.schema_id == schema.id, sa.not_(t.c.deleted)
             )
         ).all()
-        unchanged = {row.oid for row in stored if digests.get(row.oid) == row.digest}
+        settled: set[str] = set()
+        if self.reader.versioned and stored and not force:
+            found = self._settled_tables(connection, snapshot, stored)
+            if found is None:
+                return self._sync_schemas(connection, force=True, records=records)
+            settled, wanted = found
+            live_tables = (
+                self.reader.read_tables(connection, snapshot, sorted(wanted))
+                if wanted
+                else []
+            )
+        else:
+            live_tables = self.reader.read_tables(connection, snapshot)
+        if live_tables is None:
+            return self._sync_schemas(connection, force=True, records=records)
+        now = _now()
+
+        live = {
+            table.oid: table for table in live_tables if not self._excluded(table.name)
+        }
+        digests = {oid: table.digest() for oid, table in live.items()}
+        unchanged = settled | {
+            row.oid for row in stored if digests.get(row.oid) == row.digest
+        }
+        # Described again but unchanged: remember the new version.
+        self._store_versions(
+            connection,
+            [
+                (row.id, live[row.oid].version)
+                for row in stored
+                if row.oid in live and digests[row.oid] == row.digest
+                and live[row.oid].version != row.version
+            ],
+        )
         stale = [row for row in stored if row.oid not in unchanged]
         old, written = self._snapshots(connection, [row.id for row in stale])
         # Only a table that may be one the catalog knows (same identity, or a
@@ -502,6 +524,67 @@ class Catalog:
             for d in altered
         ]
         return changes + table_drops
+
+    def _excluded(self, name: str) -> bool:
+        return any(fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def _settled_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        stored: Sequence[Any],
+    ) -> tuple[set[str], set[str]] | None:
+        """Which stored tables are certainly unchanged, and which live tables
+        must be described, from the tables' versions; ``None`` if the schema
+        is gone.
+
+        A version covers the catalog rows of the table itself. What a foreign
+        key shows of *another* table (its name, its schema's name, the
+        referred columns' names) is covered by re-describing every table with
+        a foreign key to a table whose version changed, or that went, and
+        every table with a foreign key to another schema.
+        """
+        versions = self.reader.read_versions(connection, schema)
+        if versions is None:
+            return None
+        versions = {
+            oid: found for oid, found in versions.items()
+            if not self._excluded(found[0])
+        }
+        by_oid = {row.oid: row for row in stored}
+        wanted = {
+            oid
+            for oid, (name, version) in versions.items()
+            if oid not in by_oid or by_oid[oid].version != version
+        }
+        moved = {by_oid[oid].name for oid in wanted if oid in by_oid} | {
+            row.name for row in stored if row.oid not in versions
+        }
+        t = self.t.tables
+        rows = connection.execute(
+            sa.select(t.c.oid, sa.cast(t.c.foreign_keys, sa.Text)).where(
+                t.c.id.in_([row.id for row in stored if row.oid in versions
+                            and row.oid not in wanted])
+            )
+        ).all()
+        keys = json.loads("[" + ",".join(row[1] for row in rows) + "]")
+        for row, foreign_keys in zip(rows, keys, strict=True):
+            if any(
+                key["referred_schema"] is not None or key["referred_table"] in moved
+                for key in foreign_keys
+            ):
+                wanted.add(row.oid)
+        settled = {row.oid for row in stored if row.oid in versions} - wanted
+        return settled, wanted
+
+    def _store_versions(
+        self, connection: sa.Connection, versions: Sequence[tuple[int, str | None]]
+    ) -> None:
+        t = self.t.tables
+        for table_id, version in versions:
+            connection.execute(
+                t.update().where(t.c.id == table_id).values(version=version)
+            )
 
     def _ensure_columns(self, connection: sa.Connection, table_id: int) -> None:
         """Give a live table's stored columns their catalog rows if they have
@@ -825,6 +908,7 @@ def _table_values(
         "unique_constraints": [u.to_dict() for u in table.unique_constraints],
         "digest": digest,
         "columns_json": live.columns,
+        "version": live.version,
         "rename_hint": table.rename_hint,
         "last_synced": now,
         "deleted": False,

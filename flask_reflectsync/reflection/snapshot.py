@@ -210,6 +210,9 @@ class LiveTable:
     :param unique_constraints: a JSON array of
         :meth:`UniqueConstraint.to_dict` objects, sorted.
     :param rename_hint: as :attr:`TableSnapshot.rename_hint`.
+    :param version: where the reader has them, a cheap token that changes
+        whenever the catalog rows behind the table change (see
+        :meth:`CatalogReader.read_versions`); not part of the digest.
     """
 
     oid: str
@@ -221,6 +224,7 @@ class LiveTable:
     foreign_keys: str = "[]"
     unique_constraints: str = "[]"
     rename_hint: str | None = None
+    version: str | None = None
 
     def digest(self) -> str:
         """A short hash of everything a user sees of the table.
@@ -325,11 +329,28 @@ class CatalogReader(Protocol):
         """Changes whenever a table of ``schema`` is created, renamed, altered
         or dropped; ``None`` if the schema itself is gone."""
 
-    def read_tables(
+    #: Whether :meth:`read_versions` is worth calling: true where versions
+    #: are much cheaper than descriptions (PostgreSQL).
+    versioned: bool
+
+    def read_versions(
         self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> dict[str, tuple[str, str]] | None:
+        """``{oid: (name, version)}`` of every table of ``schema``, where the
+        version is the one :meth:`read_tables` reports; ``None`` if the
+        schema is gone. An equal version means an unchanged description,
+        except for what the table shows of *other* objects (the names a
+        foreign key refers to), which the caller checks itself."""
+
+    def read_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        oids: Sequence[str] | None = None,
     ) -> list[LiveTable] | None:
-        """Every table, view and materialized view of ``schema``, sorted by
-        name; ``None`` if the schema itself is gone."""
+        """Every table, view and materialized view of ``schema`` (or those
+        whose identity is in ``oids``), sorted by name; ``None`` if the
+        schema itself is gone."""
 
     def read_table(
         self, connection: sa.Connection, schema: SchemaSnapshot, oid: str

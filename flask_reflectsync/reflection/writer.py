@@ -31,6 +31,7 @@ _TABLE_COLUMNS = (
     ("digest", "text"),
     ("columns_json", "text"),
     ("rename_hint", "text"),
+    ("version", "text"),
 )
 _COLUMN_COLUMNS = (
     ("table_id", "int"),
@@ -163,6 +164,7 @@ def insert_tables(
             [digests[t.oid] for t in tables],
             [t.columns for t in tables],
             [t.rename_hint for t in tables],
+            [t.version for t in tables],
         ]
         result = _unnest_insert(
             connection,
@@ -191,6 +193,7 @@ def insert_tables(
                 "columns_json": t.columns,
                 "columns_written": columns_written,
                 "rename_hint": t.rename_hint,
+                "version": t.version,
                 "last_synced": now,
                 "deleted": False,
             }
