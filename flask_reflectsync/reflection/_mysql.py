@@ -129,6 +129,11 @@ class MySQLReader:
     ) -> dict[str, tuple[str, str]] | None:
         raise NotImplementedError("no table versions on this backend")
 
+    def read_dependents(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
+    ) -> set[str]:
+        raise NotImplementedError("no table versions on this backend")
+
     def read_tables(
         self,
         connection: sa.Connection,

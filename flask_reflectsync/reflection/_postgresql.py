@@ -222,6 +222,13 @@ _SOME_TABLES = sa.text(
     _TABLES_SELECT + " AND c.oid = ANY (CAST(:oids AS oid[])) ORDER BY c.relname"
 )
 _TABLE = sa.text(_TABLES_SELECT + " AND c.oid = :oid")
+_DEPENDENTS = sa.text(
+    "SELECT DISTINCT con.conrelid::text FROM pg_constraint con"
+    " JOIN pg_class fc ON fc.oid = con.confrelid"
+    " WHERE con.connamespace = :schema AND con.contype = 'f'"
+    " AND (con.confrelid = ANY (CAST(:oids AS oid[]))"
+    " OR fc.relnamespace <> :schema)"
+)
 _SCHEMA_PRESENT = sa.text("SELECT 1 FROM pg_namespace WHERE oid = :schema")
 
 
@@ -256,6 +263,15 @@ class PostgresReader:
         if not rows and not self._schema_present(connection, schema):
             return None
         return {row.oid: (row.name, row.version) for row in rows}
+
+    def read_dependents(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
+    ) -> set[str]:
+        found = connection.execute(
+            _DEPENDENTS,
+            {"schema": int(schema.oid), "oids": [int(oid) for oid in oids]},
+        )
+        return set(found.scalars())
 
     def read_tables(
         self,

@@ -540,9 +540,11 @@ class Catalog:
 
         A version covers the catalog rows of the table itself. What a foreign
         key shows of *another* table (its name, its schema's name, the
-        referred columns' names) is covered by re-describing every table with
-        a foreign key to a table whose version changed, or that went, and
-        every table with a foreign key to another schema.
+        referred columns' names) is covered by describing again every table
+        with a foreign key to a table whose version changed, and every table
+        with a foreign key to another schema. (A referred table that went
+        took the foreign key with it, which changed the referring table's
+        own rows.)
         """
         versions = self.reader.read_versions(connection, schema)
         if versions is None:
@@ -557,23 +559,8 @@ class Catalog:
             for oid, (name, version) in versions.items()
             if oid not in by_oid or by_oid[oid].version != version
         }
-        moved = {by_oid[oid].name for oid in wanted if oid in by_oid} | {
-            row.name for row in stored if row.oid not in versions
-        }
-        t = self.t.tables
-        rows = connection.execute(
-            sa.select(t.c.oid, sa.cast(t.c.foreign_keys, sa.Text)).where(
-                t.c.id.in_([row.id for row in stored if row.oid in versions
-                            and row.oid not in wanted])
-            )
-        ).all()
-        keys = json.loads("[" + ",".join(row[1] for row in rows) + "]")
-        for row, foreign_keys in zip(rows, keys, strict=True):
-            if any(
-                key["referred_schema"] is not None or key["referred_table"] in moved
-                for key in foreign_keys
-            ):
-                wanted.add(row.oid)
+        changed = [oid for oid in wanted if oid in by_oid]
+        wanted |= self.reader.read_dependents(connection, schema, changed)
         settled = {row.oid for row in stored if row.oid in versions} - wanted
         return settled, wanted
 

@@ -342,6 +342,13 @@ class CatalogReader(Protocol):
         except for what the table shows of *other* objects (the names a
         foreign key refers to), which the caller checks itself."""
 
+    def read_dependents(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
+    ) -> set[str]:
+        """The tables of ``schema`` whose description shows something of the
+        tables ``oids`` (a foreign key to them) or of another schema; only
+        for a versioned reader."""
+
     def read_tables(
         self,
         connection: sa.Connection,
