@@ -126,7 +126,11 @@ def main() -> None:
     catalog = Catalog(engine, tables, exclude=("reflectsync_*",))
     try:
         (schema,) = [s for s in catalog.list_schemas() if s.name == SCHEMA]
-        with engine.connect() as connection:
+        # Outside a transaction, ANALYZE takes one table at a time; inside one
+        # it holds a lock per table and runs out of lock slots at 5,000.
+        with engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT"
+        ) as connection:
             connection.exec_driver_sql("ANALYZE")
 
         def forget() -> None:

@@ -705,6 +705,43 @@ def test_catalog_changes_nobody_sees_announce_nothing(
     assert [(c.kind, c.name) for c in event[1]["changes"]] == [("added", "extra")]
 
 
+def test_a_renamed_column_type_is_served_and_announced_when_asked_for(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """Renaming a type touches no row of the table: the listing (which shows
+    no column types) stays as it is, the table asked for by id is compared in
+    full."""
+    if psql.backend != "postgresql":
+        pytest.skip("named types are PostgreSQL's")
+    psql.run(
+        "DROP TYPE IF EXISTS rs_mood CASCADE",
+        "DROP TYPE IF EXISTS rs_feeling CASCADE",
+        "CREATE TYPE rs_mood AS ENUM ('ok', 'bad')",
+        "CREATE TABLE rs_item (id INTEGER PRIMARY KEY, mood rs_mood)",
+        "CREATE TABLE rs_parent (id INTEGER PRIMARY KEY)",
+    )
+    try:
+        client = cat.app.test_client()
+        schema_id = the_schema(client, psql)["id"]
+        item_id = tables_of(client, schema_id)["rs_item"]["id"]
+        recorder.clear()
+
+        psql.run(
+            "ALTER TYPE rs_mood RENAME TO rs_feeling",
+            "ALTER TABLE rs_parent ADD COLUMN extra INTEGER",
+        )
+        tables_of(client, schema_id)
+        assert recorder.about("table_altered", "rs_item") == []
+        detail = get_ok(client, f"/tables/{item_id}")["table"]
+
+        assert column(detail, "mood")["type"] == "rs_feeling"
+        (event,) = recorder.about("table_altered", "rs_item")
+        (change,) = event["changes"]
+        assert (change.name, change.fields) == ("mood", ("type",))
+    finally:
+        psql.run("DROP TABLE IF EXISTS rs_item", "DROP TYPE IF EXISTS rs_feeling")
+
+
 def test_dropped_table_is_gone_by_id_and_signalled(
     cat: AppEnv, psql: Psql, recorder: Recorder
 ) -> None:
