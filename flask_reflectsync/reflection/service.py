@@ -418,21 +418,10 @@ class Catalog:
                 t.c.schema_id == schema.id, sa.not_(t.c.deleted)
             )
         ).all()
-        settled: set[str] = set()
-        if self.reader.versioned and stored and not force:
-            found = self._settled_tables(connection, snapshot, stored)
-            if found is None:
-                return self._sync_schemas(connection, force=True, records=records)
-            settled, wanted = found
-            live_tables = (
-                self.reader.read_tables(connection, snapshot, sorted(wanted))
-                if wanted
-                else []
-            )
-        else:
-            live_tables = self.reader.read_tables(connection, snapshot)
-        if live_tables is None:
+        found = self._live_tables(connection, snapshot, stored, force=force)
+        if found is None:
             return self._sync_schemas(connection, force=True, records=records)
+        live_tables, settled = found
         now = _now()
 
         live = {
@@ -508,13 +497,46 @@ class Catalog:
             renamed = []
         if not records and not signals.table_altered.receivers:
             altered = []
+        return self._announced(connection, created_ids, renamed, altered) + table_drops
+
+    def _live_tables(
+        self,
+        connection: sa.Connection,
+        snapshot: SchemaSnapshot,
+        stored: Sequence[Any],
+        *,
+        force: bool,
+    ) -> tuple[list[LiveTable], set[str]] | None:
+        """The live tables to compare, and the oids of stored tables known to
+        be unchanged without reading them; ``None`` if the schema is gone."""
+        if not (self.reader.versioned and stored and not force):
+            everything = self.reader.read_tables(connection, snapshot)
+            return None if everything is None else (everything, set())
+        found = self._settled_tables(connection, snapshot, stored)
+        if found is None:
+            return None
+        settled, wanted = found
+        if not wanted:
+            return [], settled
+        described = self.reader.read_tables(connection, snapshot, sorted(wanted))
+        return None if described is None else (described, settled)
+
+    def _announced(
+        self,
+        connection: sa.Connection,
+        created_ids: list[int],
+        renamed: list[tuple[int, str, str]],
+        altered: list[Changed[TableSnapshot]],
+    ) -> list[Change]:
+        """The records of created, renamed and altered tables, each loaded
+        with its columns (written first if need be)."""
         announced = created_ids + [i for i, _, _ in renamed] + [
             d.catalog_id for d in altered
         ]
         self._write_columns(connection, announced)
         loaded = {
             table.id: table
-            for table in self._tables(connection, t.c.id.in_(announced),
+            for table in self._tables(connection, self.t.tables.c.id.in_(announced),
                                       with_columns=True)
         }
         changes: list[Change] = [TableCreated(loaded[i]) for i in created_ids]
@@ -523,7 +545,7 @@ class Catalog:
             TableAltered(loaded[d.catalog_id], d.columns, d.attributes)
             for d in altered
         ]
-        return changes + table_drops
+        return changes
 
     def _excluded(self, name: str) -> bool:
         return any(fnmatchcase(name, pattern) for pattern in self.exclude)
@@ -567,11 +589,14 @@ class Catalog:
     def _store_versions(
         self, connection: sa.Connection, versions: Sequence[tuple[int, str | None]]
     ) -> None:
+        if not versions:
+            return
         t = self.t.tables
-        for table_id, version in versions:
-            connection.execute(
-                t.update().where(t.c.id == table_id).values(version=version)
-            )
+        connection.execute(
+            t.update().where(t.c.id == sa.bindparam("table_id"))
+            .values(version=sa.bindparam("new_version")),
+            [{"table_id": i, "new_version": v} for i, v in versions],
+        )
 
     def _ensure_columns(self, connection: sa.Connection, table_id: int) -> None:
         """Give a live table's stored columns their catalog rows if they have
