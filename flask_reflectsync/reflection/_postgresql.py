@@ -6,9 +6,13 @@ The fingerprint of a schema's tables is built from the row versions
 Every DDL statement that changes what the catalog shows inserts, updates or
 deletes one of those rows, and an update always writes a new ``xmin``; the
 in-place updates PostgreSQL does itself (``VACUUM``, ``ANALYZE`` statistics)
-keep it. A change that touches none of them (renaming a type that a column
-uses, renaming a table in *another* schema that a foreign key refers to) is
-seen at the next change of the schema or by :meth:`ReflectSync.reflect`.
+keep it. The same sums per table are its *version*: a refresh describes
+again only the tables whose version changed (and those whose foreign keys
+name one of them or another schema). A change that touches none of these
+rows (renaming a type that a column uses, or a sequence a default names) is
+seen when the table itself is compared: when it changes, when it is asked
+for by id, or by ``reflect(force=True)``; renaming a table in *another*
+schema that a foreign key refers to is seen at the next change of the schema.
 """
 
 from __future__ import annotations
@@ -254,6 +258,7 @@ class PostgresReader:
         ).one()
         return str(row.fingerprint) if row.present else None
 
+    #: Versions cost about a third of describing a schema.
     versioned = True
 
     def read_versions(
