@@ -3,10 +3,11 @@
 A cold listing of a large schema writes a catalog row per table; sending
 them as an executemany of one dict per row made the write most of its cost.
 On PostgreSQL each level goes to the driver as one statement,
-``INSERT ... SELECT FROM unnest(arrays) RETURNING``, built from one list per
-catalog column rather than one container per row; the JSON texts the catalog
-query built go back as they are. Other backends use a Core executemany (and,
-for the table ids, one lookup by oid).
+``INSERT ... SELECT FROM unnest(...) RETURNING``, with one parameter per
+catalog column: a single delimited text split by ``string_to_array`` where
+the values allow it (see :func:`_joined`), else an array. The JSON texts the
+catalog query built go back as they are. Other backends use a Core
+executemany (and, for the table ids, one lookup by oid).
 """
 
 from __future__ import annotations
