@@ -8,6 +8,10 @@ times each:
 - a cold listing (empty catalog: read, diff, write everything), without
   and with a ``table_created`` receiver (with one, every new table is loaded
   back with its columns for the signal);
+- the first ``get_table`` of a table after a cold listing (it checks the
+  table's digest and writes its column rows) and the next one (cached);
+- a cold listing with the optional event trigger installed (the epoch
+  replaces the fingerprint);
 - a warm listing (nothing changed: the probe, then the cached rows);
 - a listing after one ``ALTER TABLE`` (probe, read, diff, write one table).
 
@@ -31,7 +35,12 @@ from collections.abc import Callable
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
-from flask_reflectsync.reflection import Catalog, define_catalog_tables
+from flask_reflectsync.reflection import (
+    Catalog,
+    CatalogTable,
+    define_catalog_tables,
+    event_trigger,
+)
 from flask_reflectsync.reflection._postgresql import TABLES_QUERY
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_test"
@@ -117,13 +126,22 @@ def main() -> None:
     catalog = Catalog(engine, tables, exclude=("reflectsync_*",))
     try:
         (schema,) = [s for s in catalog.list_schemas() if s.name == SCHEMA]
-        with engine.connect() as connection:
+        # Outside a transaction, ANALYZE takes one table at a time; inside one
+        # it holds a lock per table and runs out of lock slots at 5,000.
+        with engine.connect().execution_options(
+            isolation_level="AUTOCOMMIT"
+        ) as connection:
             connection.exec_driver_sql("ANALYZE")
 
         def forget() -> None:
             with engine.begin() as connection:
-                for table in (tables.columns, tables.tables, tables.probes):
+                for table in (tables.columns, tables.tables):
                     connection.execute(table.delete())
+                connection.execute(
+                    tables.probes.delete().where(
+                        tables.probes.c.scope != event_trigger.DDL_SCOPE
+                    )
+                )
 
         def reflect_metadata() -> None:
             sa.MetaData().reflect(engine, schema=SCHEMA)
@@ -132,9 +150,15 @@ def main() -> None:
             with engine.connect() as connection:
                 connection.execute(TABLES_QUERY, {"schema": int(schema.oid)}).all()
 
+        listed: list[CatalogTable] = []
+
         def listing() -> None:
-            listed = catalog.list_tables(schema.id)
+            listed[:] = catalog.list_tables(schema.id)
             assert len(listed) == args.tables, len(listed)
+
+        def get_one() -> None:
+            table = catalog.get_table(listed[len(listed) // 2].id)
+            assert table.columns, table
 
         created: list[object] = []
 
@@ -146,6 +170,9 @@ def main() -> None:
             "raw pg_catalog query": [],
             "cold listing": [],
             "cold, table_created receiver": [],
+            "first get_table after cold": [],
+            "get_table, cached": [],
+            "cold, event trigger": [],
             "warm listing": [],
             "listing after one change": [],
         }
@@ -154,6 +181,8 @@ def main() -> None:
             results["raw pg_catalog query"].append(timed(raw_query))
             forget()
             results["cold listing"].append(timed(listing))
+            results["first get_table after cold"].append(timed(get_one))
+            results["get_table, cached"].append(timed(get_one))
             forget()
             created.clear()
             signals.table_created.connect(receive)
@@ -162,6 +191,14 @@ def main() -> None:
             finally:
                 signals.table_created.disconnect(receive)
             assert len(created) == args.tables, len(created)
+            with engine.begin() as connection:
+                event_trigger.install(connection, tables.probes)
+            try:
+                forget()
+                results["cold, event trigger"].append(timed(listing))
+            finally:
+                with engine.begin() as connection:
+                    event_trigger.uninstall(connection, tables.probes)
             listing()  # let the probe settle
             results["warm listing"].append(timed(listing))
             with engine.begin() as connection:
@@ -187,6 +224,10 @@ def main() -> None:
         print(
             f"  cold with receiver / reflect "
             f"{median['cold, table_created receiver'] / reflect:6.3f}x"
+        )
+        print(
+            f"  cold with trigger / reflect  "
+            f"{median['cold, event trigger'] / reflect:6.3f}x"
         )
         print(
             f"  warm / raw catalog query     {median['warm listing'] / raw:6.3f}x"

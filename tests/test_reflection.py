@@ -215,6 +215,31 @@ def test_created_tables_are_listed_and_served_with_their_columns(
     assert key["on_delete"] == "CASCADE"
 
 
+def test_composite_keys_keep_their_order_past_a_dropped_column(
+    cat: AppEnv, psql: Psql
+) -> None:
+    psql.run(
+        "CREATE TABLE rs_parent (a INTEGER NOT NULL, b INTEGER NOT NULL,"
+        " CONSTRAINT rs_parent_pk PRIMARY KEY (b, a))",
+        "CREATE TABLE rs_child (junk INTEGER, id INTEGER PRIMARY KEY, x INTEGER,"
+        " y INTEGER, CONSTRAINT rs_child_uq UNIQUE (y, x),"
+        " CONSTRAINT rs_child_fk FOREIGN KEY (y, x) REFERENCES rs_parent (b, a))",
+        "ALTER TABLE rs_child DROP COLUMN junk",
+    )
+    client = cat.app.test_client()
+    listed = tables_of(client, the_schema(client, psql)["id"])
+
+    assert listed["rs_parent"]["primary_key"] == ["b", "a"]
+    child = get_ok(client, f"/tables/{listed['rs_child']['id']}")["table"]
+    assert child == {**listed["rs_child"], "columns": child["columns"]}
+    assert [c["name"] for c in child["columns"]] == ["id", "x", "y"]
+    assert [c["position"] for c in child["columns"]] == [1, 2, 3]
+    assert child["primary_key"] == ["id"]
+    (key,) = child["foreign_keys"]
+    assert (key["columns"], key["referred_columns"]) == (["y", "x"], ["b", "a"])
+    assert [u["columns"] for u in child["unique_constraints"]] == [["y", "x"]]
+
+
 def test_the_extensions_own_tables_are_not_listed(cat: AppEnv, psql: Psql) -> None:
     client = cat.app.test_client()
     listed = tables_of(client, the_schema(client, psql)["id"])
@@ -336,17 +361,18 @@ def test_a_refresh_moves_last_synced_of_every_compared_table_only(
 
     # Every live table was compared: all share the comparison's time, later
     # than before; only the altered table's rows were written.
+    tables_written = [w for w in writes if "reflectsync_catalog_tables" in w
+                      and w.lstrip().upper().startswith("UPDATE")]
+    assert len(tables_written) == 1, tables_written
     synced = {table["last_synced"] for table in after.values()}
     assert len(synced) == 1
     assert synced.pop() >= first["rs_child"]["last_synced"]
     assert dropped.keys() == after.keys()
+    # Columns served later say when they were seen: at that same comparison.
     detail = get_ok(client, f"/tables/{after['rs_child']['id']}")["table"]
     assert {c["last_synced"] for c in detail["columns"]} == {
         after["rs_child"]["last_synced"]
     }
-    tables_written = [w for w in writes if "reflectsync_catalog_tables" in w
-                      and w.lstrip().upper().startswith("UPDATE")]
-    assert len(tables_written) == 1, tables_written
     # The dropped table keeps the time it was found gone.
     (still_gone,) = [
         t for t in get_ok(client, f"/schemas/{schema['id']}/tables"
@@ -372,6 +398,121 @@ def test_get_by_id_serves_the_cached_table_until_it_changes(
     assert [c["name"] for c in detail["columns"]] == ["id", "code", "label", "extra"]
     (altered,) = recorder.about("table_altered", "rs_parent")
     assert [(c.kind, c.name) for c in altered["changes"]] == [("added", "extra")]
+
+
+def column_rows(env: AppEnv, table_id: int) -> list[tuple[int, str]]:
+    """The catalog's column rows of a table, as (id, name)."""
+    columns = env.db.metadata.tables["reflectsync_catalog_columns"]
+    with env.db.engine.connect() as connection:
+        found = connection.execute(
+            sa.select(columns.c.id, columns.c.name)
+            .where(columns.c.table_id == table_id, sa.not_(columns.c.deleted))
+            .order_by(columns.c.position)
+        )
+        return [(row.id, row.name) for row in found]
+
+
+def test_column_rows_are_written_once_when_first_served(
+    cat: AppEnv, psql: Psql, writes: list[str], database_url: str
+) -> None:
+    """A listing writes one row per table; the columns get their catalog rows
+    (and ids) the first time the table is asked for, and keep them, in every
+    process."""
+    create_family(psql)
+    client = cat.app.test_client()
+    parent_id = tables_of(client, the_schema(client, psql)["id"])["rs_parent"]["id"]
+    assert column_rows(cat, parent_id) == []
+
+    first = get_ok(client, f"/tables/{parent_id}")["table"]
+    stored = column_rows(cat, parent_id)
+    assert [name for _, name in stored] == ["id", "code", "label"]
+    assert [(c["id"], c["name"]) for c in first["columns"]] == stored
+
+    writes.clear()
+    other_app = Flask("other_worker")
+    other_app.config["SQLALCHEMY_DATABASE_URI"] = database_url
+    other_db = SQLAlchemy()
+    other_db.init_app(other_app)
+    ReflectSync(other_app, other_db).catalog_access(lambda: True)
+    with other_app.app_context():
+        again = get_ok(other_app.test_client(), f"/tables/{parent_id}")["table"]
+        other_db.engine.dispose()
+    assert again["columns"] == first["columns"]
+    assert get_ok(client, f"/tables/{parent_id}")["table"] == first
+    assert column_rows(cat, parent_id) == stored
+    assert writes == []
+
+
+def test_a_table_altered_before_it_was_ever_served_is_served_as_it_is_now(
+    cat: AppEnv, psql: Psql
+) -> None:
+    """Nobody receives signals here, so no refresh writes column rows: the
+    first GET writes the columns the database has now."""
+    create_family(psql)
+    client = cat.app.test_client()
+    parent_id = tables_of(client, the_schema(client, psql)["id"])["rs_parent"]["id"]
+    psql.run("ALTER TABLE rs_parent ADD COLUMN extra INTEGER")
+
+    detail = get_ok(client, f"/tables/{parent_id}")["table"]
+
+    assert [c["name"] for c in detail["columns"]] == ["id", "code", "label", "extra"]
+    assert [(c["id"], c["name"]) for c in detail["columns"]] == column_rows(
+        cat, parent_id
+    )
+
+
+def test_a_table_never_served_is_altered_and_dropped_with_its_columns(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """The columns a listing saw are the ``before`` of the next change even if
+    nobody ever asked for the table, and the last columns of a dropped one."""
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    parent = tables_of(client, schema_id)["rs_parent"]
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_parent DROP COLUMN label")
+    tables_of(client, schema_id)
+    (event,) = recorder.named("table_altered")
+    (change,) = event["changes"]
+    assert (change.kind, change.name) == ("dropped", "label")
+    assert change.before is not None and "'none'" in (change.before.default or "")
+    assert [c.name for c in event["table"].columns] == ["id", "code"]
+
+    psql.run("DROP TABLE rs_child")
+    tables_of(client, schema_id)
+    (dropped,) = recorder.named("table_dropped")
+    assert [c.name for c in dropped["table"].columns] == ["id", "parent_id"]
+    served = get_ok(client, f"/tables/{parent['id']}")["table"]["columns"]
+    assert [(c["id"], c["name"]) for c in served] == [
+        (c.id, c.name) for c in event["table"].columns
+    ]
+
+
+def test_unusual_text_survives_the_catalog(cat: AppEnv, psql: Psql) -> None:
+    """Names and comments with quotes, backslashes, control characters and
+    non-ASCII letters come back exactly as the database has them."""
+    name = "rs_item"
+    odd_column = 'wéird "col'
+    label = "Ünïcode 'quoted' back\\slash \x1e\x1f"
+    if psql.backend == "mysql":
+        quoted = f"`{odd_column}`"
+    else:
+        quoted = '"' + odd_column.replace('"', '""') + '"'
+    psql.run(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, {quoted} INTEGER)")
+    if psql.backend == "postgresql":
+        literal = (
+            label.replace("\\", "\\\\").replace("'", "''")
+            .replace("\x1e", "\\x1e").replace("\x1f", "\\x1f")
+        )
+        psql.run(f"COMMENT ON TABLE {name} IS E'{literal}'")
+    client = cat.app.test_client()
+    listed = tables_of(client, the_schema(client, psql)["id"])[name]
+    detail = get_ok(client, f"/tables/{listed['id']}")["table"]
+    assert [c["name"] for c in detail["columns"]] == ["id", odd_column]
+    if psql.backend == "postgresql":
+        assert listed["comment"] == detail["comment"] == label
 
 
 # -- renames, alters, drops --------------------------------------------------------
@@ -506,6 +647,99 @@ def test_constraint_changes_are_attributes(
     assert event["changes"] == ()
     uniques = event["table"].unique_constraints
     assert sorted(u["columns"] for u in uniques) == [["code"], ["label"]]
+
+
+def test_renaming_what_a_foreign_key_refers_to_alters_the_referring_table(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """The child's own catalog rows do not change when its parent (or the
+    parent's key column) is renamed, yet what the child shows does."""
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    child_id = tables_of(client, schema_id)["rs_child"]["id"]
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_parent RENAME COLUMN id TO pid")
+    # The listing itself notices (asking by id would compare the child anyway).
+    (key,) = tables_of(client, schema_id)["rs_child"]["foreign_keys"]
+    assert (key["referred_table"], key["referred_columns"]) == ("rs_parent", ["pid"])
+    (event,) = recorder.about("table_altered", "rs_child")
+    assert event["attributes"] == ("foreign_keys",)
+    recorder.clear()
+
+    psql.run("ALTER TABLE rs_parent RENAME TO rs_renamed")
+    (key,) = tables_of(client, schema_id)["rs_child"]["foreign_keys"]
+    assert key["referred_table"] == "rs_renamed"
+    (event,) = recorder.about("table_altered", "rs_child")
+    assert event["attributes"] == ("foreign_keys",)
+    (key,) = get_ok(client, f"/tables/{child_id}")["table"]["foreign_keys"]
+    assert key["referred_table"] == "rs_renamed"
+
+
+def test_catalog_changes_nobody_sees_announce_nothing(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    if psql.backend != "postgresql":
+        pytest.skip("privileges are catalog rows only on PostgreSQL here")
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    before = tables_of(client, schema_id)
+    recorder.clear()
+
+    psql.run(
+        "GRANT SELECT ON rs_parent TO PUBLIC",
+        "ALTER TABLE rs_child ALTER COLUMN parent_id SET STATISTICS 500",
+    )
+    after = tables_of(client, schema_id)
+    psql.run("ALTER TABLE rs_parent ADD COLUMN extra INTEGER")
+    tables_of(client, schema_id)
+
+    assert {name: t["id"] for name, t in after.items()} == {
+        name: t["id"] for name, t in before.items()
+    }
+    # Only the real change is announced, against the columns seen before.
+    (event,) = recorder.events
+    assert event[0] == "table_altered"
+    assert [(c.kind, c.name) for c in event[1]["changes"]] == [("added", "extra")]
+
+
+def test_a_renamed_column_type_is_served_and_announced_when_asked_for(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """Renaming a type touches no row of the table: the listing (which shows
+    no column types) stays as it is, the table asked for by id is compared in
+    full."""
+    if psql.backend != "postgresql":
+        pytest.skip("named types are PostgreSQL's")
+    psql.run(
+        "DROP TYPE IF EXISTS rs_mood CASCADE",
+        "DROP TYPE IF EXISTS rs_feeling CASCADE",
+        "CREATE TYPE rs_mood AS ENUM ('ok', 'bad')",
+        "CREATE TABLE rs_item (id INTEGER PRIMARY KEY, mood rs_mood)",
+        "CREATE TABLE rs_parent (id INTEGER PRIMARY KEY)",
+    )
+    try:
+        client = cat.app.test_client()
+        schema_id = the_schema(client, psql)["id"]
+        item_id = tables_of(client, schema_id)["rs_item"]["id"]
+        recorder.clear()
+
+        psql.run(
+            "ALTER TYPE rs_mood RENAME TO rs_feeling",
+            "ALTER TABLE rs_parent ADD COLUMN extra INTEGER",
+        )
+        tables_of(client, schema_id)
+        assert recorder.about("table_altered", "rs_item") == []
+        detail = get_ok(client, f"/tables/{item_id}")["table"]
+
+        assert column(detail, "mood")["type"] == "rs_feeling"
+        (event,) = recorder.about("table_altered", "rs_item")
+        (change,) = event["changes"]
+        assert (change.name, change.fields) == ("mood", ("type",))
+    finally:
+        psql.run("DROP TABLE IF EXISTS rs_item", "DROP TYPE IF EXISTS rs_feeling")
 
 
 def test_dropped_table_is_gone_by_id_and_signalled(

@@ -15,6 +15,7 @@ that an unchanged database is confirmed without transferring it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,6 +25,7 @@ from .snapshot import (
     VIEW,
     ColumnSnapshot,
     ForeignKey,
+    LiveTable,
     SchemaSnapshot,
     TableSnapshot,
     UniqueConstraint,
@@ -118,20 +120,42 @@ class MySQLReader:
         found = connection.execute(_FINGERPRINT, {"schema": schema.name})
         return str(found.scalar_one())
 
-    def read_tables(
+    #: No versions: the fingerprint is already one cheap query, and the
+    #: description of a schema is read in a handful of queries.
+    versioned = False
+
+    def read_versions(
         self, connection: sa.Connection, schema: SchemaSnapshot
-    ) -> list[TableSnapshot] | None:
+    ) -> dict[str, tuple[str, str]] | None:
+        raise NotImplementedError("no table versions on this backend")
+
+    def read_dependents(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
+    ) -> set[str]:
+        raise NotImplementedError("no table versions on this backend")
+
+    def read_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        oids: Sequence[str] | None = None,
+    ) -> list[LiveTable] | None:
         if not self._present(connection, schema):
             return None
-        return self._read(connection, schema, None)
+        wanted = None if oids is None else set(oids)
+        return [
+            LiveTable.of(table)
+            for table in self._read(connection, schema, None)
+            if wanted is None or table.oid in wanted
+        ]
 
     def read_table(
         self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
-    ) -> TableSnapshot | None:
+    ) -> LiveTable | None:
         if not self._present(connection, schema):
             return None
         found = self._read(connection, schema, oid)
-        return found[0] if found else None
+        return LiveTable.of(found[0]) if found else None
 
     def lock(self, connection: sa.Connection) -> None:
         acquired = connection.execute(

@@ -6,14 +6,18 @@ The fingerprint of a schema's tables is built from the row versions
 Every DDL statement that changes what the catalog shows inserts, updates or
 deletes one of those rows, and an update always writes a new ``xmin``; the
 in-place updates PostgreSQL does itself (``VACUUM``, ``ANALYZE`` statistics)
-keep it. A change that touches none of them (renaming a type that a column
-uses, renaming a table in *another* schema that a foreign key refers to) is
-seen at the next change of the schema or by :meth:`ReflectSync.reflect`.
+keep it. The same sums per table are its *version*: a refresh describes
+again only the tables whose version changed (and those whose foreign keys
+name one of them or another schema). A change that touches none of these
+rows (renaming a type that a column uses, or a sequence a default names) is
+seen when the table itself is compared: when it changes, when it is asked
+for by id, or by ``reflect(force=True)``; renaming a table in *another*
+schema that a foreign key refers to is seen at the next change of the schema.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -24,12 +28,8 @@ from .snapshot import (
     PARTITIONED_TABLE,
     TABLE,
     VIEW,
-    ColumnSnapshot,
-    ForeignKey,
+    LiveTable,
     SchemaSnapshot,
-    TableSnapshot,
-    UniqueConstraint,
-    column_names,
 )
 
 _KINDS = {
@@ -105,41 +105,134 @@ _TABLES_FINGERPRINT = sa.text(
     + " AS fingerprint"
 )
 
-# One row per relation, its columns and constraints aggregated as JSON so the
-# whole schema arrives in a single round trip.
-_TABLES_SELECT = f"""
-SELECT c.oid::bigint AS oid, c.relname AS name, c.relkind AS relkind,
-  td.description AS comment,
-  (SELECT json_agg(json_build_array(
-            a.attnum, a.attname, format_type(a.atttypid, a.atttypmod),
-            a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
-          ORDER BY a.attnum)
+def _key_names(keys: str) -> str:
+    """A JSON array of the names of the table's columns numbered ``keys``, in
+    key order, looked up in ``att.names`` (indexed by ``attnum``)."""
+    return (
+        "(SELECT coalesce(json_agg(att.names[k.attnum] ORDER BY k.i), '[]')"
+        f" FROM unnest({keys}) WITH ORDINALITY AS k(attnum, i))"
+    )
+
+
+def _referred_names(keys: str, relation: str) -> str:
+    """A JSON array of the names of ``relation``'s columns numbered ``keys``,
+    in key order."""
+    return (
+        "(SELECT coalesce(json_agg(ka.attname"
+        f" ORDER BY array_position({keys}, ka.attnum)), '[]')"
+        f" FROM pg_attribute ka WHERE ka.attrelid = {relation}"
+        f" AND ka.attnum = ANY ({keys}))"
+    )
+
+
+def _action(column: str) -> str:
+    cases = " ".join(
+        f"WHEN '{code}' THEN '{action}'" for code, action in _ACTIONS.items() if action
+    )
+    return f"CASE {column} {cases} END"
+
+
+# A table's *version*: the count and the sum of the row versions (xmin) of
+# the catalog rows that describe it: its pg_class row and comment, its
+# pg_attribute, pg_attrdef and column comment rows, and its constraints. DDL
+# that changes any of them writes a new row version, so an equal version
+# means an equal description, except for the names its foreign keys refer to
+# (the refresh re-reads a table whose referred table changed); a different
+# one (a GRANT, say) only means "describe it again". Both queries below build
+# it from the same fragments, so they agree by construction.
+_ATTRIBUTES_VERSION = (
+    "count(*) + count(ad.xmin) + count(cd.xmin) AS n,"
+    " coalesce(sum(a.xmin::text::bigint), 0)"
+    " + coalesce(sum(ad.xmin::text::bigint), 0)"
+    " + coalesce(sum(cd.xmin::text::bigint), 0) AS s"
+)
+_ATTRIBUTES_FROM = """
      FROM pg_attribute a
      LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
      LEFT JOIN pg_description cd ON cd.objoid = a.attrelid
        AND cd.classoid = 'pg_class'::regclass AND cd.objsubid = a.attnum
-    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns,
-  (SELECT json_agg(json_build_array(
-            con.conname, con.contype, con.conkey, fn.nspname, fc.relname,
-            (SELECT array_agg(fa.attname ORDER BY k.i)
-               FROM unnest(con.confkey) WITH ORDINALITY AS k(attnum, i)
-               JOIN pg_attribute fa ON fa.attrelid = con.confrelid
-                AND fa.attnum = k.attnum),
-            con.confupdtype, con.confdeltype)
-          ORDER BY con.conname)
-     FROM pg_constraint con
-     LEFT JOIN pg_class fc ON fc.oid = con.confrelid
-     LEFT JOIN pg_namespace fn ON fn.oid = fc.relnamespace
-    WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f')) AS constraints
+    WHERE a.attrelid = c.oid AND a.attnum > 0"""
+_RELATIONS = f"""
 FROM pg_class c
 LEFT JOIN pg_description td ON td.objoid = c.oid
   AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
+{{attributes}}
+CROSS JOIN LATERAL (
+  SELECT count(*) AS n, coalesce(sum(con.xmin::text::bigint), 0) AS s
+     FROM pg_constraint con
+    WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f')) AS own
 WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
 """
+_VERSION = (
+    "(1 + (td.xmin IS NOT NULL)::int + att.n + own.n)::text || ':' ||"
+    " (c.xmin::text::bigint + coalesce(td.xmin::text::bigint, 0)"
+    " + att.s + own.s)::text AS version"
+)
+
+# One row per relation; its columns and constraints arrive as the JSON texts
+# of a LiveTable, built here so that nothing is decoded unless it is compared.
+# ``att.names`` holds every column name by attnum (attnums run from 1 without
+# gaps; dropped columns keep theirs), so constraint keys are named without
+# looking pg_attribute up again.
+_TABLES_SELECT = f"""
+SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
+  td.description AS comment, {_VERSION},
+  att.columns,
+  coalesce((SELECT {_key_names("con.conkey")}::text
+     FROM pg_constraint con
+    WHERE con.conrelid = c.oid AND con.contype = 'p'), '[]') AS primary_key,
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', con.conname,
+            'columns', {_key_names("con.conkey")},
+            'referred_schema',
+              CASE WHEN fc.relnamespace = c.relnamespace THEN NULL ELSE fn.nspname END,
+            'referred_table', fc.relname,
+            'referred_columns', {_referred_names("con.confkey", "con.confrelid")},
+            'on_update', {_action("con.confupdtype")},
+            'on_delete', {_action("con.confdeltype")})
+          ORDER BY con.conname), '[]')::text
+     FROM pg_constraint con
+     JOIN pg_class fc ON fc.oid = con.confrelid
+     JOIN pg_namespace fn ON fn.oid = fc.relnamespace
+    WHERE con.conrelid = c.oid AND con.contype = 'f') AS foreign_keys,
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', con.conname,
+            'columns', {_key_names("con.conkey")})
+          ORDER BY con.conname), '[]')::text
+     FROM pg_constraint con
+    WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints
+""" + _RELATIONS.format(attributes=f"""
+CROSS JOIN LATERAL (
+  SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
+    coalesce(json_agg(json_build_array(
+            a.attnum::text, a.attname, format_type(a.atttypid, a.atttypmod),
+            NOT a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), cd.description)
+          ORDER BY a.attnum) FILTER (WHERE NOT a.attisdropped), '[]')::text
+      AS columns,
+    {_ATTRIBUTES_VERSION}
+    {_ATTRIBUTES_FROM}) AS att""")
+
+_VERSIONS = sa.text(
+    f"SELECT c.oid::text AS oid, c.relname AS name, {_VERSION}"
+    + _RELATIONS.format(
+        attributes=f"CROSS JOIN LATERAL (SELECT {_ATTRIBUTES_VERSION}"
+        f" {_ATTRIBUTES_FROM}) AS att"
+    )
+)
 
 #: The statement that reads a whole schema (also the benchmark's baseline).
 TABLES_QUERY = sa.text(_TABLES_SELECT + " ORDER BY c.relname")
+_SOME_TABLES = sa.text(
+    _TABLES_SELECT + " AND c.oid = ANY (CAST(:oids AS oid[])) ORDER BY c.relname"
+)
 _TABLE = sa.text(_TABLES_SELECT + " AND c.oid = :oid")
+_DEPENDENTS = sa.text(
+    "SELECT DISTINCT con.conrelid::text FROM pg_constraint con"
+    " JOIN pg_class fc ON fc.oid = con.confrelid"
+    " WHERE con.connamespace = :schema AND con.contype = 'f'"
+    " AND (con.confrelid = ANY (CAST(:oids AS oid[]))"
+    " OR fc.relnamespace <> :schema)"
+)
 _SCHEMA_PRESENT = sa.text("SELECT 1 FROM pg_namespace WHERE oid = :schema")
 
 
@@ -165,21 +258,51 @@ class PostgresReader:
         ).one()
         return str(row.fingerprint) if row.present else None
 
-    def read_tables(
+    #: Versions cost about a third of describing a schema.
+    versioned = True
+
+    def read_versions(
         self, connection: sa.Connection, schema: SchemaSnapshot
-    ) -> list[TableSnapshot] | None:
-        rows = connection.execute(TABLES_QUERY, {"schema": int(schema.oid)}).all()
+    ) -> dict[str, tuple[str, str]] | None:
+        rows = connection.execute(_VERSIONS, {"schema": int(schema.oid)}).all()
         if not rows and not self._schema_present(connection, schema):
             return None
-        return [_table(row, schema) for row in rows]
+        return {row.oid: (row.name, row.version) for row in rows}
+
+    def read_dependents(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
+    ) -> set[str]:
+        found = connection.execute(
+            _DEPENDENTS,
+            {"schema": int(schema.oid), "oids": [int(oid) for oid in oids]},
+        )
+        return set(found.scalars())
+
+    def read_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        oids: Sequence[str] | None = None,
+    ) -> list[LiveTable] | None:
+        if oids is None:
+            found = connection.execute(TABLES_QUERY, {"schema": int(schema.oid)})
+        else:
+            found = connection.execute(
+                _SOME_TABLES,
+                {"schema": int(schema.oid), "oids": [int(oid) for oid in oids]},
+            )
+        rows = found.all()
+        if not rows and not self._schema_present(connection, schema):
+            return None
+        return [_table(row) for row in rows]
 
     def read_table(
         self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
-    ) -> TableSnapshot | None:
+    ) -> LiveTable | None:
         row = connection.execute(
             _TABLE, {"schema": int(schema.oid), "oid": int(oid)}
         ).one_or_none()
-        return None if row is None else _table(row, schema)
+        return None if row is None else _table(row)
 
     def lock(self, connection: sa.Connection) -> None:
         # Released by the COMMIT that ends the refresh; READ COMMITTED makes
@@ -198,60 +321,15 @@ class PostgresReader:
         return found.first() is not None
 
 
-def _json(value: Any) -> Any:
-    # psycopg decodes json itself; other drivers may hand over text.
-    return json.loads(value) if isinstance(value, str) else value
-
-
-def _table(row: Any, schema: SchemaSnapshot) -> TableSnapshot:
-    columns = tuple(
-        ColumnSnapshot(
-            oid=str(attnum),
-            name=name,
-            position=position,
-            type=type_,
-            nullable=not notnull,
-            default=default,
-            comment=comment,
-        )
-        for position, (attnum, name, type_, notnull, default, comment) in enumerate(
-            _json(row.columns) or [], start=1
-        )
-    )
-    primary_key: tuple[str, ...] = ()
-    foreign_keys: list[ForeignKey] = []
-    uniques: list[UniqueConstraint] = []
-    for name, contype, conkey, fschema, ftable, fcolumns, onupd, ondel in (
-        _json(row.constraints) or []
-    ):
-        keys = column_names(columns, conkey or [])
-        if contype == "p":
-            primary_key = keys
-        elif contype == "u":
-            uniques.append(UniqueConstraint(name=name, columns=keys))
-        else:
-            foreign_keys.append(
-                ForeignKey(
-                    name=name,
-                    columns=keys,
-                    referred_schema=None if fschema == schema.name else fschema,
-                    referred_table=ftable,
-                    referred_columns=tuple(fcolumns or ()),
-                    on_update=_ACTIONS.get(onupd),
-                    on_delete=_ACTIONS.get(ondel),
-                )
-            )
-    return TableSnapshot(
-        oid=str(row.oid),
+def _table(row: Any) -> LiveTable:
+    return LiveTable(
+        oid=row.oid,
         name=row.name,
         kind=_KINDS[row.relkind],
         comment=row.comment,
-        columns=columns,
-        primary_key=primary_key,
-        foreign_keys=tuple(sorted(foreign_keys, key=_sort_key)),
-        unique_constraints=tuple(sorted(uniques, key=_sort_key)),
+        columns=row.columns,
+        primary_key=row.primary_key,
+        foreign_keys=row.foreign_keys,
+        unique_constraints=row.unique_constraints,
+        version=row.version,
     )
-
-
-def _sort_key(item: ForeignKey | UniqueConstraint) -> tuple[str, tuple[str, ...]]:
-    return (item.name or "", item.columns)

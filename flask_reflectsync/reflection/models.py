@@ -23,8 +23,10 @@ class CatalogTables:
     :param schemas: one row per schema ever seen; dropped ones are kept with
         ``deleted`` set, so their ids keep answering "gone" rather than
         "never existed".
-    :param tables: one row per table, view or materialized view, likewise.
-    :param columns: one row per column of a catalog table.
+    :param tables: one row per table, view or materialized view, likewise;
+        each also keeps its columns as they were last compared, as JSON text.
+    :param columns: one row per column of a catalog table, written the first
+        time the table is served or announced with its columns.
     :param probes: the last fingerprint seen per scope (``"schemas"``, or
         ``"tables:<schema id>"``), so an unchanged level is not re-read.
     """
@@ -76,8 +78,16 @@ def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
         sa.Column("primary_key", sa.JSON, nullable=False),
         sa.Column("foreign_keys", sa.JSON, nullable=False),
         sa.Column("unique_constraints", sa.JSON, nullable=False),
-        # TableSnapshot.digest() of what was stored: equal means unchanged.
+        # LiveTable.digest() of what was stored: equal means unchanged.
         sa.Column("digest", sa.String(64), nullable=False),
+        # The live columns when last compared, as LiveTable.columns (JSON
+        # text). The column rows are written from it when the table is first
+        # served with its columns or announced (columns_written).
+        sa.Column("columns_json", sa.Text, nullable=False),
+        sa.Column("columns_written", sa.Boolean, nullable=False, default=False),
+        # LiveTable.version when last described (PostgreSQL): equal means
+        # the description need not be read again.
+        sa.Column("version", sa.String(64), nullable=True),
         sa.Column("rename_hint", sa.String(64), nullable=True),
         sa.Column("last_synced", when, nullable=False),
         sa.Column("deleted", sa.Boolean, nullable=False, default=False),

@@ -13,6 +13,7 @@ are sent after the commit, so receivers see the catalog as it now is.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -46,14 +47,17 @@ from .snapshot import (
     CatalogReader,
     ColumnSnapshot,
     ForeignKey,
+    LiveTable,
     SchemaSnapshot,
     TableSnapshot,
     UniqueConstraint,
+    decode_columns,
     reader_for,
 )
 from .writer import insert_columns, insert_tables
 
 SCHEMAS_SCOPE = "schemas"
+_JSON_ATTRIBUTES = ("primary_key", "foreign_keys", "unique_constraints")
 
 
 def _tables_scope(schema_id: int) -> str:
@@ -101,7 +105,7 @@ class Catalog:
         :returns: the changes, in the order their signals were sent.
         """
         with self.engine.connect() as connection:
-            changes = self._refresh_schemas(connection, force=force)
+            changes = self._refresh_schemas(connection, force=force, records=True)
             for schema in self._schemas(connection, include_deleted=False):
                 changes += self._refresh_tables(connection, schema, force=force,
                                                 records=True)
@@ -158,21 +162,23 @@ class Catalog:
         :raises GoneError: if the table (or its schema) has been dropped.
         """
         changes: list[Change] = []
+        t = self.t.tables
         with self.engine.connect() as connection:
-            table = self._table(connection, table_id)
-            schema = self._schema(connection, table.schema_id, allow_deleted=True)
-            if not table.deleted and not schema.deleted:
+            row = connection.execute(
+                sa.select(t.c.schema_id, t.c.oid, t.c.digest, t.c.deleted,
+                          t.c.columns_written).where(t.c.id == table_id)
+            ).first()
+            if row is None:
+                raise NotFoundError(f"There is no table with id {table_id}.")
+            schema = self._schema(connection, row.schema_id, allow_deleted=True)
+            if not row.deleted and not schema.deleted:
                 live = self.reader.read_table(
-                    connection, _schema_snapshot(schema), table.oid
+                    connection, _schema_snapshot(schema), row.oid
                 )
-                stored = connection.execute(
-                    sa.select(self.t.tables.c.digest).where(
-                        self.t.tables.c.id == table_id
-                    )
-                ).scalar_one()
-                if live is None or live.digest() != stored:
+                if live is None or live.digest() != row.digest:
                     changes = self._refresh_tables(connection, schema, force=True)
-                    table = self._table(connection, table_id)
+                self._ensure_columns(connection, table_id)
+            table = self._table(connection, table_id)
             successor = self._successor(connection, table) if table.deleted else None
         self._send(changes)
         if table.deleted:
@@ -228,13 +234,15 @@ class Catalog:
         return self.reader.schemas_fingerprint(connection)
 
     def _refresh_schemas(
-        self, connection: sa.Connection, *, force: bool
+        self, connection: sa.Connection, *, force: bool, records: bool = False
     ) -> list[Change]:
-        live = self._schemas_probe(connection)
-        if not force and live == self._probe(connection, SCHEMAS_SCOPE):
-            return []
+        stored = self._probe(connection, SCHEMAS_SCOPE)
+        # Never compared: no need to ask whether anything changed.
+        if not force and stored is not None:
+            if self._schemas_probe(connection) == stored:
+                return []
         with self._locked(connection):
-            return self._sync_schemas(connection, force=force)
+            return self._sync_schemas(connection, force=force, records=records)
 
     def _refresh_tables(
         self,
@@ -244,21 +252,24 @@ class Catalog:
         force: bool,
         records: bool = False,
     ) -> list[Change]:
-        epoch = self._ddl_epoch(connection)
-        live = (
-            self._as_probe(epoch, "")
-            if epoch is not None
-            else self.reader.tables_fingerprint(connection, _schema_snapshot(schema))
-        )
-        if (
-            not force
-            and live is not None
-            and live == self._probe(connection, _tables_scope(schema.id))
-        ):
-            return []
+        stored = self._probe(connection, _tables_scope(schema.id))
+        live: str | None = None
+        # Never compared (a cold listing): no need to ask whether anything
+        # changed; the refresh computes the fingerprint it stores.
+        if not force and stored is not None:
+            epoch = self._ddl_epoch(connection)
+            live = (
+                self._as_probe(epoch, "")
+                if epoch is not None
+                else self.reader.tables_fingerprint(
+                    connection, _schema_snapshot(schema)
+                )
+            )
+            if live is not None and live == stored:
+                return []
         with self._locked(connection):
             return self._sync_tables(connection, schema.id, force=force,
-                                     records=records)
+                                     records=records, probe=live)
 
     def _send(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -266,8 +277,13 @@ class Catalog:
 
     # -- schemas ----------------------------------------------------------------
 
-    def _sync_schemas(self, connection: sa.Connection, *, force: bool) -> list[Change]:
-        """Compare and write the schema level; the lock is held."""
+    def _sync_schemas(
+        self, connection: sa.Connection, *, force: bool, records: bool = False
+    ) -> list[Change]:
+        """Compare and write the schema level; the lock is held.
+
+        :param records: return every change even without receivers.
+        """
         s = self.t.schemas
         now = _now()
         # The epoch is read before the catalog: a change committing in between
@@ -320,7 +336,7 @@ class Catalog:
                     )
                 )
             ]
-            table_drops = self._drop_tables(connection, lost, now)
+            table_drops = self._drop_tables(connection, lost, now, records=records)
         self._store_probe(connection, SCHEMAS_SCOPE, fingerprint, now)
 
         by_id = {
@@ -363,58 +379,90 @@ class Catalog:
         *,
         force: bool,
         records: bool = False,
+        probe: str | None = None,
     ) -> list[Change]:
         """Compare and write one schema's tables; the lock is held.
 
-        :param records: return a :class:`TableCreated` for every new table
-            even when ``table_created`` has no receivers (loading thousands
-            of new tables back with their columns would be most of a cold
-            listing's cost, for records nobody reads).
+        :param records: return every change even when its signal has no
+            receivers (announcing a table loads it with its columns, which
+            for thousands of new tables would be most of a cold listing's
+            cost, for records nobody reads).
+        :param probe: the probe taken before the lock, if any. It is no newer
+            than what is read below, so storing it can at worst make the next
+            listing compare again; computing it again would double the cost
+            of the probe for every listing that finds a change.
         """
         schema = self._schema(connection, schema_id, allow_deleted=True)
         if schema.deleted:
             return []
         snapshot = _schema_snapshot(schema)
         scope = _tables_scope(schema.id)
-        epoch = self._ddl_epoch(connection)
-        present = self.reader.tables_fingerprint(connection, snapshot)
-        if present is None:
-            return self._sync_schemas(connection, force=True)
-        fingerprint = self._as_probe(epoch, present)
+        if probe is not None:
+            fingerprint = probe
+        else:
+            epoch = self._ddl_epoch(connection)
+            if epoch is not None:
+                # The read below tells whether the schema is still there.
+                fingerprint = self._as_probe(epoch, "")
+            else:
+                present = self.reader.tables_fingerprint(connection, snapshot)
+                if present is None:
+                    return self._sync_schemas(connection, force=True,
+                                              records=records)
+                fingerprint = present
         if not force and fingerprint == self._probe(connection, scope):
             return []
-        live_tables = self.reader.read_tables(connection, snapshot)
-        if live_tables is None:
-            return self._sync_schemas(connection, force=True)
-        now = _now()
         t = self.t.tables
-
-        digests = {table.oid: table.digest() for table in live_tables}
-        live = {
-            (table.oid, digests[table.oid]): table
-            for table in live_tables
-            if not any(fnmatchcase(table.name, pattern) for pattern in self.exclude)
-        }
         stored = connection.execute(
-            sa.select(t.c.id, t.c.oid, t.c.digest).where(
+            sa.select(t.c.id, t.c.oid, t.c.name, t.c.digest, t.c.version).where(
                 t.c.schema_id == schema.id, sa.not_(t.c.deleted)
             )
         ).all()
-        unchanged = {(row.oid, row.digest) for row in stored} & live.keys()
-        stale = [row.id for row in stored if (row.oid, row.digest) not in unchanged]
-        old = self._snapshots(connection, stale)
-        new = [table for key, table in live.items() if key not in unchanged]
+        found = self._live_tables(connection, snapshot, stored, force=force)
+        if found is None:
+            return self._sync_schemas(connection, force=True, records=records)
+        live_tables, settled = found
+        now = _now()
 
-        created: list[TableSnapshot] = []
+        live = {
+            table.oid: table for table in live_tables if not self._excluded(table.name)
+        }
+        digests = {oid: table.digest() for oid, table in live.items()}
+        unchanged = settled | {
+            row.oid for row in stored if digests.get(row.oid) == row.digest
+        }
+        # Described again but unchanged: remember the new version.
+        self._store_versions(
+            connection,
+            [
+                (row.id, live[row.oid].version)
+                for row in stored
+                if row.oid in live and digests[row.oid] == row.digest
+                and live[row.oid].version != row.version
+            ],
+        )
+        stale = [row for row in stored if row.oid not in unchanged]
+        old, written = self._snapshots(connection, [row.id for row in stale])
+        # Only a table that may be one the catalog knows (same identity, or a
+        # rename hint to pair it by) is decoded and compared; the others are
+        # new and go in as the reader encoded them.
+        known = {row.oid for row in stale}
+        arriving = [table for oid, table in live.items() if oid not in unchanged]
+        compared = [t_ for t_ in arriving if t_.oid in known or t_.rename_hint]
+
+        created_oids = {t_.oid for t_ in arriving} - {t_.oid for t_ in compared}
         renamed: list[tuple[int, str, str]] = []
         altered: list[Changed[TableSnapshot]] = []
         dropped: list[int] = []
-        for difference in diff_tables(old, new):
+        for difference in diff_tables(old, [t_.snapshot() for t_ in compared]):
             if isinstance(difference, Created):
-                created.append(difference.new)
+                created_oids.add(difference.new.oid)
             elif isinstance(difference, Changed):
-                self._update_table(connection, difference.catalog_id, difference.new,
-                                   digests[difference.new.oid], now)
+                self._update_table(
+                    connection, difference.catalog_id, live[difference.new.oid],
+                    difference.new, digests[difference.new.oid], now,
+                    columns_written=difference.catalog_id in written,
+                )
                 if difference.renamed:
                     renamed.append((difference.catalog_id, difference.old.name,
                                     difference.new.name))
@@ -422,21 +470,74 @@ class Catalog:
                     altered.append(difference)
             elif isinstance(difference, Dropped):
                 dropped.append(difference.catalog_id)
-        created_ids = self._insert_tables(connection, schema.id, created, digests,
-                                          now)
-        table_drops = self._drop_tables(connection, dropped, now)
+        created = [table for table in arriving if table.oid in created_oids]
+        # Announcing a table loads it with its columns, which may first have
+        # to be written: only for the signals somebody receives. New tables
+        # to announce get their column rows straight from what was read.
+        announce_created = records or bool(signals.table_created.receivers)
+        ids = insert_tables(connection, t, schema.id, created, digests, now,
+                            columns_written=announce_created)
+        created_ids = [ids[table.oid] for table in created]
+        if announce_created:
+            insert_columns(
+                connection, self.t.columns,
+                [
+                    (ids[table.oid], decode_columns(table.columns),
+                     json.loads(table.primary_key))
+                    for table in created
+                ],
+                now,
+            )
+        else:
+            created_ids = []
+        table_drops = self._drop_tables(connection, dropped, now, records=records)
         self._store_probe(connection, scope, fingerprint, now)
 
-        if not records and not signals.table_created.receivers:
-            created_ids = []
+        if not records and not signals.table_renamed.receivers:
+            renamed = []
+        if not records and not signals.table_altered.receivers:
+            altered = []
+        return self._announced(connection, created_ids, renamed, altered) + table_drops
+
+    def _live_tables(
+        self,
+        connection: sa.Connection,
+        snapshot: SchemaSnapshot,
+        stored: Sequence[Any],
+        *,
+        force: bool,
+    ) -> tuple[list[LiveTable], set[str]] | None:
+        """The live tables to compare, and the oids of stored tables known to
+        be unchanged without reading them; ``None`` if the schema is gone."""
+        if not (self.reader.versioned and stored and not force):
+            everything = self.reader.read_tables(connection, snapshot)
+            return None if everything is None else (everything, set())
+        found = self._settled_tables(connection, snapshot, stored)
+        if found is None:
+            return None
+        settled, wanted = found
+        if not wanted:
+            return [], settled
+        described = self.reader.read_tables(connection, snapshot, sorted(wanted))
+        return None if described is None else (described, settled)
+
+    def _announced(
+        self,
+        connection: sa.Connection,
+        created_ids: list[int],
+        renamed: list[tuple[int, str, str]],
+        altered: list[Changed[TableSnapshot]],
+    ) -> list[Change]:
+        """The records of created, renamed and altered tables, each loaded
+        with its columns (written first if need be)."""
+        announced = created_ids + [i for i, _, _ in renamed] + [
+            d.catalog_id for d in altered
+        ]
+        self._write_columns(connection, announced)
         loaded = {
             table.id: table
-            for table in self._tables(
-                connection,
-                t.c.id.in_(created_ids + [i for i, _, _ in renamed]
-                           + [d.catalog_id for d in altered]),
-                with_columns=True,
-            )
+            for table in self._tables(connection, self.t.tables.c.id.in_(announced),
+                                      with_columns=True)
         }
         changes: list[Change] = [TableCreated(loaded[i]) for i in created_ids]
         changes += [TableRenamed(loaded[i], old, new) for i, old, new in renamed]
@@ -444,38 +545,131 @@ class Catalog:
             TableAltered(loaded[d.catalog_id], d.columns, d.attributes)
             for d in altered
         ]
-        return changes + table_drops
+        return changes
 
-    def _insert_tables(
+    def _excluded(self, name: str) -> bool:
+        return any(fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def _settled_tables(
         self,
         connection: sa.Connection,
-        schema_id: int,
-        tables: Sequence[TableSnapshot],
-        digests: dict[str, str],
-        now: datetime,
-    ) -> list[int]:
-        if not tables:
-            return []
-        ids = insert_tables(connection, self.t.tables, schema_id, tables, digests,
-                            now)
-        insert_columns(connection, self.t.columns,
-                       [(ids[table.oid], table) for table in tables], now)
-        return [ids[table.oid] for table in tables]
+        schema: SchemaSnapshot,
+        stored: Sequence[Any],
+    ) -> tuple[set[str], set[str]] | None:
+        """Which stored tables are certainly unchanged, and which live tables
+        must be described, from the tables' versions; ``None`` if the schema
+        is gone.
+
+        A version covers the catalog rows of the table itself. What a foreign
+        key shows of *another* table (its name, its schema's name, the
+        referred columns' names) is covered by describing again every table
+        with a foreign key to a table whose version changed, and every table
+        with a foreign key to another schema. (A referred table that went
+        took the foreign key with it, which changed the referring table's
+        own rows.)
+        """
+        versions = self.reader.read_versions(connection, schema)
+        if versions is None:
+            return None
+        versions = {
+            oid: found for oid, found in versions.items()
+            if not self._excluded(found[0])
+        }
+        by_oid = {row.oid: row for row in stored}
+        wanted = {
+            oid
+            for oid, (name, version) in versions.items()
+            if oid not in by_oid or by_oid[oid].version != version
+        }
+        changed = [oid for oid in wanted if oid in by_oid]
+        wanted |= self.reader.read_dependents(connection, schema, changed)
+        settled = {row.oid for row in stored if row.oid in versions} - wanted
+        return settled, wanted
+
+    def _store_versions(
+        self, connection: sa.Connection, versions: Sequence[tuple[int, str | None]]
+    ) -> None:
+        if not versions:
+            return
+        t = self.t.tables
+        connection.execute(
+            t.update().where(t.c.id == sa.bindparam("table_id"))
+            .values(version=sa.bindparam("new_version")),
+            [{"table_id": i, "new_version": v} for i, v in versions],
+        )
+
+    def _ensure_columns(self, connection: sa.Connection, table_id: int) -> None:
+        """Give a live table's stored columns their catalog rows if they have
+        none yet. The caller has just checked that the stored columns are the
+        live ones (or refreshed them)."""
+        t = self.t.tables
+        pending = connection.execute(
+            sa.select(t.c.id).where(
+                t.c.id == table_id, sa.not_(t.c.columns_written),
+                sa.not_(t.c.deleted),
+            )
+        ).first()
+        if pending is not None:
+            with self._locked(connection):
+                self._write_columns(connection, [table_id])
+
+    def _write_columns(
+        self, connection: sa.Connection, table_ids: Sequence[int]
+    ) -> None:
+        """Write the column rows of those of these tables that have none yet,
+        from the columns stored with them; the lock is held.
+
+        The rows get their table's ``last_synced``: they say what was seen
+        then.
+        """
+        t = self.t.tables
+        for start in range(0, len(table_ids), 500):
+            chunk = table_ids[start:start + 500]
+            rows = connection.execute(
+                sa.select(t.c.id, t.c.columns_json, t.c.primary_key,
+                          t.c.last_synced).where(
+                    t.c.id.in_(chunk), sa.not_(t.c.columns_written)
+                )
+            ).all()
+            by_time: dict[datetime, list[Any]] = {}
+            for row in rows:
+                by_time.setdefault(row.last_synced, []).append(row)
+            for synced, group in by_time.items():
+                insert_columns(
+                    connection,
+                    self.t.columns,
+                    [
+                        (row.id, decode_columns(row.columns_json),
+                         tuple(row.primary_key))
+                        for row in group
+                    ],
+                    synced,
+                )
+            if rows:
+                connection.execute(
+                    t.update().where(t.c.id.in_([row.id for row in rows]))
+                    .values(columns_written=True)
+                )
 
     def _update_table(
         self,
         connection: sa.Connection,
         table_id: int,
+        live: LiveTable,
         table: TableSnapshot,
         digest: str,
         now: datetime,
+        *,
+        columns_written: bool,
     ) -> None:
         t, c = self.t.tables, self.t.columns
         connection.execute(
             t.update()
             .where(t.c.id == table_id)
-            .values(**_table_values(table, digest, now))
+            .values(**_table_values(live, table, digest, now))
         )
+        if not columns_written:
+            return  # written from columns_json when first needed
         existing = {
             row.oid: row.id
             for row in connection.execute(
@@ -495,7 +689,10 @@ class Catalog:
                     .values(_column_values(table_id, column, table, now))
                 )
         if added:
-            insert_columns(connection, c, [(table_id, table)], now, only=added)
+            insert_columns(
+                connection, c, [(table_id, table.columns, table.primary_key)], now,
+                only=added,
+            )
         if existing:
             connection.execute(
                 c.update().where(c.c.id.in_(list(existing.values())))
@@ -503,7 +700,12 @@ class Catalog:
             )
 
     def _drop_tables(
-        self, connection: sa.Connection, table_ids: list[int], now: datetime
+        self,
+        connection: sa.Connection,
+        table_ids: list[int],
+        now: datetime,
+        *,
+        records: bool,
     ) -> list[Change]:
         if not table_ids:
             return []
@@ -512,6 +714,10 @@ class Catalog:
             t.update().where(t.c.id.in_(table_ids))
             .values(deleted=True, last_synced=now)
         )
+        if not records and not signals.table_dropped.receivers:
+            return []
+        # The payload carries the table's last known columns.
+        self._write_columns(connection, table_ids)
         return [
             TableDropped(table)
             for table in self._tables(connection, t.c.id.in_(table_ids),
@@ -520,19 +726,22 @@ class Catalog:
 
     def _snapshots(
         self, connection: sa.Connection, table_ids: Sequence[int]
-    ) -> dict[int, TableSnapshot]:
-        """What the catalog remembers of these tables, as snapshots."""
+    ) -> tuple[dict[int, TableSnapshot], set[int]]:
+        """What the catalog remembers of these tables, as snapshots, and which
+        of them have their column rows written."""
         if not table_ids:
-            return {}
+            return {}, set()
         t = self.t.tables
-        where = t.c.id.in_(table_ids)
-        hints = dict(
-            connection.execute(sa.select(t.c.id, t.c.rename_hint).where(where)).all()
-        )
-        return {
-            table.id: _table_snapshot(table, hints.get(table.id))
-            for table in self._tables(connection, where, with_columns=True)
-        }
+        snapshots: dict[int, TableSnapshot] = {}
+        written: set[int] = set()
+        for start in range(0, len(table_ids), 500):
+            for row in connection.execute(
+                sa.select(t).where(t.c.id.in_(table_ids[start:start + 500]))
+            ):
+                snapshots[row.id] = _stored_snapshot(row)
+                if row.columns_written:
+                    written.add(row.id)
+        return snapshots, written
 
     def _table(self, connection: sa.Connection, table_id: int) -> CatalogTable:
         found = self._tables(connection, self.t.tables.c.id == table_id,
@@ -562,12 +771,22 @@ class Catalog:
         with_columns: bool,
     ) -> list[CatalogTable]:
         t, s, c = self.t.tables, self.t.schemas, self.t.columns
+        # The JSON attributes come as text and are decoded in one call: a
+        # listing of thousands of tables spent more on decoding them one by
+        # one than on the query.
         rows = connection.execute(
-            sa.select(t, s.c.name.label("schema_name"))
+            sa.select(
+                t.c.id, t.c.schema_id, t.c.oid, t.c.name, t.c.kind, t.c.comment,
+                t.c.last_synced, t.c.deleted, s.c.name.label("schema_name"),
+                *(sa.cast(t.c[name], sa.Text).label(name) for name in _JSON_ATTRIBUTES),
+            )
             .join(s, s.c.id == t.c.schema_id)
             .where(where)
             .order_by(t.c.name, t.c.id)
         ).all()
+        decoded = json.loads(
+            "[" + ",".join(",".join(row[-3:]) for row in rows) + "]"
+        )
         compared = self._compared_at(
             connection, {row.schema_id for row in rows if not row.deleted}
         )
@@ -589,10 +808,11 @@ class Catalog:
         return [
             _catalog_table(
                 row,
+                decoded[3 * i: 3 * i + 3],
                 tuple(columns.get(row.id, ())) if with_columns else None,
                 None if row.deleted else compared.get(row.schema_id),
             )
-            for row in rows
+            for i, row in enumerate(rows)
         ]
 
     def _compared_at(
@@ -665,9 +885,11 @@ def _catalog_column(row: Any, compared: datetime | None = None) -> CatalogColumn
 
 def _catalog_table(
     row: Any,
+    attributes: list[Any],
     columns: tuple[CatalogColumn, ...] | None,
     compared: datetime | None = None,
 ) -> CatalogTable:
+    primary_key, foreign_keys, unique_constraints = attributes
     return CatalogTable(
         id=row.id,
         schema_id=row.schema_id,
@@ -676,9 +898,9 @@ def _catalog_table(
         name=row.name,
         kind=row.kind,
         comment=row.comment,
-        primary_key=tuple(row.primary_key),
-        foreign_keys=tuple(row.foreign_keys),
-        unique_constraints=tuple(row.unique_constraints),
+        primary_key=tuple(primary_key),
+        foreign_keys=tuple(foreign_keys),
+        unique_constraints=tuple(unique_constraints),
         last_synced=_synced(row.last_synced, compared),
         deleted=bool(row.deleted),
         columns=columns,
@@ -686,7 +908,7 @@ def _catalog_table(
 
 
 def _table_values(
-    table: TableSnapshot, digest: str, now: datetime
+    live: LiveTable, table: TableSnapshot, digest: str, now: datetime
 ) -> dict[str, Any]:
     return {
         "oid": table.oid,
@@ -697,6 +919,8 @@ def _table_values(
         "foreign_keys": [key.to_dict() for key in table.foreign_keys],
         "unique_constraints": [u.to_dict() for u in table.unique_constraints],
         "digest": digest,
+        "columns_json": live.columns,
+        "version": live.version,
         "rename_hint": table.rename_hint,
         "last_synced": now,
         "deleted": False,
@@ -721,32 +945,20 @@ def _column_values(
     }
 
 
-def _table_snapshot(
-    table: CatalogTable, rename_hint: str | None = None
-) -> TableSnapshot:
+def _stored_snapshot(row: Any) -> TableSnapshot:
+    """A catalog table row as the snapshot it was stored from."""
     return TableSnapshot(
-        oid=table.oid,
-        name=table.name,
-        kind=table.kind,
-        comment=table.comment,
-        columns=tuple(
-            ColumnSnapshot(
-                oid=column.oid,
-                name=column.name,
-                position=column.position,
-                type=column.type,
-                nullable=column.nullable,
-                default=column.default,
-                comment=column.comment,
-            )
-            for column in table.columns or ()
-        ),
-        primary_key=table.primary_key,
-        foreign_keys=tuple(ForeignKey.from_dict(key) for key in table.foreign_keys),
+        oid=row.oid,
+        name=row.name,
+        kind=row.kind,
+        comment=row.comment,
+        columns=decode_columns(row.columns_json),
+        primary_key=tuple(row.primary_key),
+        foreign_keys=tuple(ForeignKey.from_dict(key) for key in row.foreign_keys),
         unique_constraints=tuple(
-            UniqueConstraint.from_dict(u) for u in table.unique_constraints
+            UniqueConstraint.from_dict(u) for u in row.unique_constraints
         ),
-        rename_hint=rename_hint,
+        rename_hint=row.rename_hint,
     )
 
 

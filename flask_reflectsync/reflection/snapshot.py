@@ -18,6 +18,7 @@ Identities (``oid``) are strings on every backend:
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -182,35 +183,131 @@ class TableSnapshot:
     unique_constraints: tuple[UniqueConstraint, ...] = ()
     rename_hint: str | None = field(default=None, compare=False)
 
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+@dataclass(frozen=True)
+class LiveTable:
+    """A table as the database reports it, its columns and constraints still
+    encoded as JSON text.
+
+    This is what a refresh handles for every table: enough to list the table
+    and to hash it, with nothing decoded. Only a table that is new to an
+    existing catalog entry or changed is turned into a :class:`TableSnapshot`
+    (:meth:`snapshot`) and compared. On PostgreSQL the texts are built by the
+    catalog query itself.
+
+    :param oid: the backend's identity of the table.
+    :param name: its name.
+    :param kind: one of :data:`KINDS`.
+    :param comment: the table comment, or ``None``.
+    :param columns: the live columns in position order, a JSON array of
+        ``[oid, name, type, nullable, default, comment]`` arrays.
+    :param primary_key: a JSON array of the primary key column names.
+    :param foreign_keys: a JSON array of :meth:`ForeignKey.to_dict` objects,
+        sorted.
+    :param unique_constraints: a JSON array of
+        :meth:`UniqueConstraint.to_dict` objects, sorted.
+    :param rename_hint: as :attr:`TableSnapshot.rename_hint`.
+    :param version: where the reader has them, a cheap token that changes
+        whenever the catalog rows behind the table change (see
+        :meth:`CatalogReader.read_versions`); not part of the digest.
+    """
+
+    oid: str
+    name: str
+    kind: str
+    comment: str | None
+    columns: str
+    primary_key: str = "[]"
+    foreign_keys: str = "[]"
+    unique_constraints: str = "[]"
+    rename_hint: str | None = None
+    version: str | None = None
+
     def digest(self) -> str:
         """A short hash of everything a user sees of the table.
 
-        Equal digests mean equal snapshots (the rename hint aside), so the
-        catalog can tell that a table is unchanged without loading it.
+        Equal digests mean equal tables (the rename hint aside); the texts
+        are hashed as the backend spelled them, so a digest is only compared
+        with digests from the same reader.
         """
-        # Spelled out rather than dataclasses.astuple, which deep-copies and
-        # dominated a cold listing of 1,000 tables.
-        described = repr(
-            (
-                self.oid,
-                self.name,
-                self.kind,
-                self.comment,
-                [
-                    (c.oid, c.name, c.position, c.type, c.nullable, c.default,
-                     c.comment)
-                    for c in self.columns
-                ],
-                self.primary_key,
-                [
-                    (k.name, k.columns, k.referred_schema, k.referred_table,
-                     k.referred_columns, k.on_update, k.on_delete)
-                    for k in self.foreign_keys
-                ],
-                [(u.name, u.columns) for u in self.unique_constraints],
-            )
+        described = "\x1f".join(
+            (self.oid, self.name, self.kind, self.comment or "\x00", self.columns,
+             self.primary_key, self.foreign_keys, self.unique_constraints)
         )
         return hashlib.sha1(described.encode("utf-8")).hexdigest()
+
+    def snapshot(self) -> TableSnapshot:
+        """The table decoded."""
+        return TableSnapshot(
+            oid=self.oid,
+            name=self.name,
+            kind=self.kind,
+            comment=self.comment,
+            columns=decode_columns(self.columns),
+            primary_key=tuple(json.loads(self.primary_key)),
+            foreign_keys=tuple(
+                ForeignKey.from_dict(key) for key in json.loads(self.foreign_keys)
+            ),
+            unique_constraints=tuple(
+                UniqueConstraint.from_dict(u)
+                for u in json.loads(self.unique_constraints)
+            ),
+            rename_hint=self.rename_hint,
+        )
+
+    @classmethod
+    def of(cls, table: TableSnapshot) -> LiveTable:
+        """``table`` encoded (readers that build snapshots use this).
+
+        :param table: a decoded table.
+        """
+        return cls(
+            oid=table.oid,
+            name=table.name,
+            kind=table.kind,
+            comment=table.comment,
+            columns=encode_columns(table.columns),
+            primary_key=_encode(list(table.primary_key)),
+            foreign_keys=_encode([key.to_dict() for key in table.foreign_keys]),
+            unique_constraints=_encode(
+                [u.to_dict() for u in table.unique_constraints]
+            ),
+            rename_hint=table.rename_hint,
+        )
+
+
+def encode_columns(columns: Sequence[ColumnSnapshot]) -> str:
+    """Columns as the JSON text :class:`LiveTable` holds.
+
+    :param columns: in position order.
+    """
+    return _encode(
+        [[c.oid, c.name, c.type, c.nullable, c.default, c.comment] for c in columns]
+    )
+
+
+def decode_columns(text: str | None) -> tuple[ColumnSnapshot, ...]:
+    """The inverse of :func:`encode_columns`.
+
+    :param text: JSON text (``None`` is no columns).
+    """
+    return tuple(
+        ColumnSnapshot(
+            oid=str(oid),
+            name=name,
+            position=position,
+            type=type_,
+            nullable=bool(nullable),
+            default=default,
+            comment=comment,
+        )
+        for position, (oid, name, type_, nullable, default, comment) in enumerate(
+            json.loads(text or "[]"), start=1
+        )
+    )
 
 
 class CatalogReader(Protocol):
@@ -232,15 +329,39 @@ class CatalogReader(Protocol):
         """Changes whenever a table of ``schema`` is created, renamed, altered
         or dropped; ``None`` if the schema itself is gone."""
 
-    def read_tables(
+    #: Whether :meth:`read_versions` is worth calling: true where versions
+    #: are much cheaper than descriptions (PostgreSQL).
+    versioned: bool
+
+    def read_versions(
         self, connection: sa.Connection, schema: SchemaSnapshot
-    ) -> list[TableSnapshot] | None:
-        """Every table, view and materialized view of ``schema``, sorted by
-        name; ``None`` if the schema itself is gone."""
+    ) -> dict[str, tuple[str, str]] | None:
+        """``{oid: (name, version)}`` of every table of ``schema``, where the
+        version is the one :meth:`read_tables` reports; ``None`` if the
+        schema is gone. An equal version means an unchanged description,
+        except for what the table shows of *other* objects (the names a
+        foreign key refers to), which the caller checks itself."""
+
+    def read_dependents(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
+    ) -> set[str]:
+        """The tables of ``schema`` whose description shows something of the
+        tables ``oids`` (a foreign key to them) or of another schema; only
+        for a versioned reader."""
+
+    def read_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        oids: Sequence[str] | None = None,
+    ) -> list[LiveTable] | None:
+        """Every table, view and materialized view of ``schema`` (or those
+        whose identity is in ``oids``), sorted by name; ``None`` if the
+        schema itself is gone."""
 
     def read_table(
         self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
-    ) -> TableSnapshot | None:
+    ) -> LiveTable | None:
         """The table of ``schema`` whose identity is ``oid``, or ``None``."""
 
     def lock(self, connection: sa.Connection) -> None:

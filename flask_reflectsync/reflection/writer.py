@@ -1,10 +1,12 @@
 """Writing new catalog tables and columns in as few statements as possible.
 
-A cold listing of a large schema writes thousands of catalog rows; sending
+A cold listing of a large schema writes a catalog row per table; sending
 them as an executemany of one dict per row made the write most of its cost.
 On PostgreSQL each level goes to the driver as one statement,
-``INSERT ... SELECT FROM unnest(arrays) RETURNING``, built from one list per
-catalog column rather than one container per row. Other backends use a Core
+``INSERT ... SELECT FROM unnest(...) RETURNING``, with one parameter per
+catalog column: a single delimited text split by ``string_to_array`` where
+the values allow it (see :func:`_joined`), else an array. The JSON texts the
+catalog query built go back as they are. Other backends use a Core
 executemany (and, for the table ids, one lookup by oid).
 """
 
@@ -17,9 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .snapshot import TableSnapshot
-
-_json = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+from .snapshot import ColumnSnapshot, LiveTable
 
 _TABLE_COLUMNS = (
     ("oid", "text"),
@@ -30,7 +30,9 @@ _TABLE_COLUMNS = (
     ("foreign_keys", "json"),
     ("unique_constraints", "json"),
     ("digest", "text"),
+    ("columns_json", "text"),
     ("rename_hint", "text"),
+    ("version", "text"),
 )
 _COLUMN_COLUMNS = (
     ("table_id", "int"),
@@ -68,16 +70,50 @@ def _unnest_insert(
         f"{alias}::{'json' if kind == 'json' else _cast(table, name)}"
         for alias, (name, kind) in zip(aliases, columns, strict=True)
     ]
-    unnested = ", ".join(
-        f"%s::{'text' if kind == 'json' else kind}[]" for _, kind in columns
-    )
+    unnested: list[str] = []
+    params: list[Any] = list(fixed.values())
+    for (_, kind), values in zip(columns, arrays, strict=True):
+        element = "text" if kind == "json" else kind
+        joined = _joined(values)
+        if joined is None:
+            unnested.append(f"%s::{element}[]")
+            params.append(values)
+        else:
+            unnested.append(f"string_to_array(%s, chr(30), chr(31))::{element}[]")
+            params.append(joined)
     statement = (
         f"INSERT INTO {preparer.format_table(table)} "
         f"({', '.join(preparer.quote(name) for name in names)}) "
-        f"SELECT {', '.join(selected)} FROM unnest({unnested}) "
+        f"SELECT {', '.join(selected)} FROM unnest({', '.join(unnested)}) "
         f"AS u({', '.join(aliases)}){returning}"
     )
-    return connection.exec_driver_sql(statement, (*fixed.values(), *arrays))
+    return connection.exec_driver_sql(statement, tuple(params))
+
+
+def _joined(values: list[Any]) -> str | None:
+    """``values`` as one text for ``string_to_array(text, chr(30), chr(31))``
+    (record separator between values, unit separator for NULL), or ``None``
+    when a value contains either character or the text would be empty.
+
+    psycopg sends a list as an array literal it quotes and escapes element by
+    element; for the kilobytes of JSON a table row carries that took longer
+    than the insert itself. One string goes as it is.
+    """
+    texts = [
+        "\x1f" if value is None else ("t" if value else "f")
+        if isinstance(value, bool) else str(value)
+        for value in values
+    ]
+    joined = "\x1e".join(texts)
+    nulls = sum(1 for value in values if value is None)
+    if (
+        not joined
+        or joined.count("\x1e") != len(values) - 1
+        or joined.count("\x1f") != nulls
+        or (len(values) == 1 and nulls == 0 and texts[0] == "")
+    ):
+        return None
+    return joined
 
 
 def _cast(table: sa.Table, name: str) -> str:
@@ -96,18 +132,23 @@ def insert_tables(
     connection: sa.Connection,
     table: sa.Table,
     schema_id: int,
-    tables: Sequence[TableSnapshot],
+    tables: Sequence[LiveTable],
     digests: dict[str, str],
     now: datetime,
+    *,
+    columns_written: bool = False,
 ) -> dict[str, int]:
-    """Insert catalog rows for new live tables of one schema.
+    """Insert catalog rows for new live tables of one schema, without their
+    column rows (see :class:`~.models.CatalogTables`).
 
     :param connection: inside the refresh's transaction.
     :param table: ``reflectsync_catalog_tables``.
     :param schema_id: catalog id of their schema.
-    :param tables: the snapshots to insert (their oids are unique).
+    :param tables: the tables to insert (their oids are unique).
     :param digests: each table's digest, by oid.
     :param now: their ``last_synced``.
+    :param columns_written: whether the caller writes their column rows in
+        the same transaction.
     :returns: the new catalog ids by oid.
     """
     if not tables:
@@ -118,16 +159,19 @@ def insert_tables(
             [t.name for t in tables],
             [t.kind for t in tables],
             [t.comment for t in tables],
-            [_json(list(t.primary_key)) for t in tables],
-            [_json([key.to_dict() for key in t.foreign_keys]) for t in tables],
-            [_json([u.to_dict() for u in t.unique_constraints]) for t in tables],
+            [t.primary_key for t in tables],
+            [t.foreign_keys for t in tables],
+            [t.unique_constraints for t in tables],
             [digests[t.oid] for t in tables],
+            [t.columns for t in tables],
             [t.rename_hint for t in tables],
+            [t.version for t in tables],
         ]
         result = _unnest_insert(
             connection,
             table,
-            {"schema_id": schema_id, "last_synced": now, "deleted": False},
+            {"schema_id": schema_id, "last_synced": now, "deleted": False,
+             "columns_written": columns_written},
             _TABLE_COLUMNS,
             arrays,
             returning=" RETURNING oid, id",
@@ -143,11 +187,14 @@ def insert_tables(
                 "name": t.name,
                 "kind": t.kind,
                 "comment": t.comment,
-                "primary_key": list(t.primary_key),
-                "foreign_keys": [key.to_dict() for key in t.foreign_keys],
-                "unique_constraints": [u.to_dict() for u in t.unique_constraints],
+                "primary_key": json.loads(t.primary_key),
+                "foreign_keys": json.loads(t.foreign_keys),
+                "unique_constraints": json.loads(t.unique_constraints),
                 "digest": digests[t.oid],
+                "columns_json": t.columns,
+                "columns_written": columns_written,
                 "rename_hint": t.rename_hint,
+                "version": t.version,
                 "last_synced": now,
                 "deleted": False,
             }
@@ -171,7 +218,7 @@ def insert_tables(
 def insert_columns(
     connection: sa.Connection,
     table: sa.Table,
-    owners: Sequence[tuple[int, TableSnapshot]],
+    owners: Sequence[tuple[int, Sequence[ColumnSnapshot], Sequence[str]]],
     now: datetime,
     *,
     only: set[str] | None = None,
@@ -180,7 +227,7 @@ def insert_columns(
 
     :param connection: inside the refresh's transaction.
     :param table: ``reflectsync_catalog_columns``.
-    :param owners: ``(catalog table id, snapshot)`` pairs.
+    :param owners: ``(catalog table id, columns, primary key names)``.
     :param now: their ``last_synced``.
     :param only: insert only the columns with these oids (all by default).
     """
@@ -188,9 +235,8 @@ def insert_columns(
         arrays: list[list[Any]] = [[] for _ in _COLUMN_COLUMNS]
         (ids, oids, names, positions, types, nullables, defaults, keys,
          comments) = arrays
-        for table_id, owner in owners:
-            primary_key = owner.primary_key
-            for column in owner.columns:
+        for table_id, columns, primary_key in owners:
+            for column in columns:
                 if only is not None and column.oid not in only:
                     continue
                 ids.append(table_id)
@@ -220,13 +266,13 @@ def insert_columns(
             "type": column.type,
             "nullable": column.nullable,
             "default": column.default,
-            "primary_key": column.name in owner.primary_key,
+            "primary_key": column.name in primary_key,
             "comment": column.comment,
             "last_synced": now,
             "deleted": False,
         }
-        for table_id, owner in owners
-        for column in owner.columns
+        for table_id, columns, primary_key in owners
+        for column in columns
         if only is None or column.oid in only
     ]
     if rows:
