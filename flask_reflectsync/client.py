@@ -106,6 +106,10 @@ NODE_STATE = sa.Table(
     sa.Column("secret", sa.String(200), nullable=True),
     sa.Column("registered_at", sa.DateTime(timezone=True), nullable=True),
     sa.Column("last_version", sa.BigInteger, nullable=False, default=0),
+    # Where an unfinished pull stopped inside the version after last_version
+    # (the server's page cursor): the next pull resumes there instead of
+    # serving that version's first pages again.
+    sa.Column("pull_cursor", sa.String(64), nullable=True),
     # The push in flight: its id and the version rows it covers (JSON list),
     # kept until the server acknowledges it.
     sa.Column("push_id", sa.String(64), nullable=True),
@@ -174,6 +178,7 @@ class _State:
     node_name: str | None
     secret: str | None
     last_version: int
+    pull_cursor: str | None
     push_id: str | None
     push_versions: list[int]
 
@@ -339,6 +344,7 @@ class SyncClient:
             node_name=row.node_name,
             secret=row.secret,
             last_version=int(row.last_version or 0),
+            pull_cursor=row.pull_cursor,
             push_id=row.push_id,
             push_versions=json.loads(row.push_versions or "[]"),
         )
@@ -687,7 +693,8 @@ class SyncClient:
             state = self._registered()
             self._settle_push()
             since = state.last_version
-            cursor: str | None = None
+            # A pull cut off inside a version resumes where it stopped.
+            cursor = state.pull_cursor
             conflicts: list[Conflict] = []
             count = 0
             version = since
@@ -709,7 +716,11 @@ class SyncClient:
                         self._fetch,
                         NODE_KEYS,
                     )
-                    self._set_state(connection, last_version=page["until"])
+                    self._set_state(
+                        connection,
+                        last_version=page["until"],
+                        pull_cursor=page["cursor"],
+                    )
                 for conflict in result.conflicts:
                     signals.conflict_resolved.send(self, conflict=conflict)
                 conflicts += result.conflicts
@@ -725,7 +736,13 @@ class SyncClient:
         schema = self.schema
         aware = stores_time_zones(self.engine.dialect)
         parts = []
-        for name, wire in (page.get("changes") or {}).items():
+        if not isinstance(page.get("changes"), dict):
+            raise ProtocolMismatchError(
+                "The server answered a pull without its changes by table: it "
+                "runs another version of flask-reflectsync than this node; "
+                "upgrade both to the same release."
+            )
+        for name, wire in page["changes"].items():
             info = schema.tables.get(name)
             if info is None:
                 continue  # a table this node does not synchronise
@@ -883,6 +900,7 @@ class SyncClient:
                     self._set_state(
                         connection,
                         last_version=stream.header["version"],
+                        pull_cursor=None,
                         push_id=None,
                         push_versions=None,
                     )

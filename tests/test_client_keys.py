@@ -191,6 +191,7 @@ def test_a_key_another_node_added_and_removed_is_not_reused(net: Cluster) -> Non
     [conflict] = b.synchronize().conflicts  # the server's pull says 2 was taken
     assert (conflict.kind, conflict.resolution) == ("primary-key", "rekeyed")
     assert conflict.server is None and conflict.new_key == (3,)
+    assert conflict.local == {"id": 2, "name": "new"}  # as found, before the move
     c.synchronize()
     net.settle()
     rows = net.assert_converged()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -233,3 +235,105 @@ def test_a_page_that_swaps_unique_values_between_rows(net: Cluster) -> None:
     assert [r[:2] for r in net.node_rows(b)["sample"]] == [(1, "Y"), (2, "X")]
     assert b.pending_operations() == 0
     net.assert_converged()
+
+
+class _CutOff(httpx.BaseTransport):
+    """Fails the ``fail_at``-th pull request (1-based) as a lost connection."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.fail_at: int | None = None
+        self.pulls: list[dict[str, Any]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/pull"):
+            self.pulls.append(json.loads(request.read()))
+            if len(self.pulls) == self.fail_at:
+                raise httpx.ConnectError("connection lost", request=request)
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_pull_cut_off_inside_a_version_resumes_where_it_stopped(
+    net: Cluster,
+) -> None:
+    """The server replaces country 1 in one large version; node b's pull
+    stops after the page holding that, and b then edits the new country.
+    Served again, the replacement would meet the edit as a conflict and
+    turn it into a second row; resumed, the edit simply lands."""
+    m = net.server.env.models
+    a = net.node("a")
+    network = _CutOff()
+    b = net.node("b", transport=network, page_size=2)
+    with a.Session() as s:
+        s.add(m.Country(id=1, name="old"))
+        s.commit()
+    a.synchronize()
+    b.synchronize()
+    env = net.server.env
+    with env.app.app_context():
+        env.db.session.delete(env.db.session.get(m.Country, 1))
+        env.db.session.flush()
+        env.db.session.add_all(
+            [m.Country(id=1, name="new")]
+            + [m.Country(id=n, name=f"more {n}") for n in (2, 3, 4)]
+        )
+        env.db.session.commit()
+    network.pulls.clear()
+    network.fail_at = 2
+    with pytest.raises(errors.ServerUnreachableError):
+        b.pull()
+    assert dict(net.node_rows(b)["country"])[1] == "new"  # the first page landed
+    with b.Session() as s:
+        s.get(m.Country, 1).name = "new, edited"
+        s.commit()
+    network.fail_at = None
+    result = b.synchronize()
+    assert result.conflicts == []
+    resumed = network.pulls[2]
+    assert resumed["cursor"] == network.pulls[1]["cursor"]  # not served again
+    a.synchronize()
+    rows = net.assert_converged()
+    assert rows["country"] == [
+        (1, "new, edited"),
+        (2, "more 2"),
+        (3, "more 3"),
+        (4, "more 4"),
+    ]
+
+
+class _OldServer(httpx.BaseTransport):
+    """Answers pulls the way an older server did: operations and payloads."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.inner.handle_request(request)
+        if not request.url.path.endswith("/pull"):
+            return answer
+        answer.read()
+        body = json.loads(answer.content)
+        body.pop("changes")
+        body.update(operations=[], payloads={})
+        return httpx.Response(answer.status_code, json=body)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_page_in_another_format_is_refused_and_skips_nothing(
+    net: Cluster,
+) -> None:
+    m = net.server.env.models
+    a = net.node("a")
+    b = net.node("b", transport=_OldServer())
+    with a.Session() as s:
+        s.add(m.Country(id=1, name="Peru"))
+        s.commit()
+    a.synchronize()
+    with pytest.raises(errors.ProtocolMismatchError, match="same release"):
+        b.pull()
+    assert b.last_version == 0  # the changes will still be pulled

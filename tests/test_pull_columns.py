@@ -9,6 +9,7 @@ import decimal
 import uuid
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
@@ -64,6 +65,50 @@ def test_columns_hold_what_rows_hold(database_url: str) -> None:
         assert empty == [[] for _ in table.columns]
     finally:
         metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_string_columns_over_other_database_types(
+    database_url: str, backend: str
+) -> None:
+    """A model may declare String over an enum or a domain of the database;
+    their arrays mean nothing to the driver, and must not be split into
+    characters."""
+    if backend != "postgresql":
+        pytest.skip("enums and domains as column types: PostgreSQL")
+    engine = sa.create_engine(database_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE IF EXISTS pull_columns_typed")
+        connection.exec_driver_sql("DROP TYPE IF EXISTS pull_columns_mood")
+        connection.exec_driver_sql("DROP DOMAIN IF EXISTS pull_columns_code")
+        connection.exec_driver_sql(
+            "CREATE TYPE pull_columns_mood AS ENUM ('ok', 'sad')"
+        )
+        connection.exec_driver_sql("CREATE DOMAIN pull_columns_code AS text")
+        connection.exec_driver_sql(
+            "CREATE TABLE pull_columns_typed (id int PRIMARY KEY, "
+            "mood pull_columns_mood, code pull_columns_code)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO pull_columns_typed VALUES (1, 'ok', 'a,b'), (2, 'sad', 'c')"
+        )
+    table = sa.Table(
+        "pull_columns_typed",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("mood", sa.String),
+        sa.Column("code", sa.String),
+    )
+    try:
+        with Session(engine) as session:
+            query = sa.select(table).order_by(table.c.id)
+            columns = _columns(session, query, ["id"])
+        assert columns == [[1, 2], ["ok", "sad"], ["a,b", "c"]]
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE pull_columns_typed")
+            connection.exec_driver_sql("DROP TYPE pull_columns_mood")
+            connection.exec_driver_sql("DROP DOMAIN pull_columns_code")
         engine.dispose()
 
 

@@ -560,3 +560,49 @@ def test_the_server_app_adds_rows_after_pushed_keys(
         env.db.session.commit()
         assert city.id > 12
     assert _rows(server, "country") == [(1, "Peru"), (2, "Chile")]
+
+
+def test_sequences_are_advanced_only_where_allowed(
+    database_url: str, backend: str
+) -> None:
+    """The statement that moves a key's sequence never fails a push: not for
+    a role without UPDATE on the sequence, nor for a key past its bounds."""
+    if backend != "postgresql":
+        pytest.skip("sequences: PostgreSQL")
+    from flask_reflectsync.protocol.push import _ADVANCE_SEQUENCE
+
+    engine = sa.create_engine(database_url)
+    role = f"rs_limited_{uuid.uuid4().hex[:8]}"
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_sample")
+            connection.exec_driver_sql(
+                'CREATE TABLE rs_seq_sample ("Id" serial PRIMARY KEY, note text)'
+            )
+            connection.exec_driver_sql(
+                'ALTER SEQUENCE "rs_seq_sample_Id_seq" MAXVALUE 1000'
+            )
+
+            def advance(key: int) -> tuple[Any, ...]:
+                params = {"table": "rs_seq_sample", "column": "Id", "key": key}
+                return tuple(connection.execute(_ADVANCE_SEQUENCE, params).one())
+
+            assert advance(5_000) == (False, None)  # past MAXVALUE: left alone
+            assert advance(40) == (False, 40)
+            assert advance(30) == (False, None)  # already past it
+            connection.exec_driver_sql(f"CREATE ROLE {role}")
+            connection.exec_driver_sql(f"GRANT SELECT ON rs_seq_sample TO {role}")
+            connection.exec_driver_sql(f"SET LOCAL ROLE {role}")
+            assert advance(50) == (True, None)
+            connection.exec_driver_sql("RESET ROLE")
+            assert (
+                connection.exec_driver_sql(
+                    "INSERT INTO rs_seq_sample (note) VALUES ('app') RETURNING \"Id\""
+                ).scalar()
+                == 41
+            )
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_sample")
+            connection.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        engine.dispose()

@@ -424,6 +424,14 @@ class PulledTable:
         rows = zip(*self.values, strict=True)
         return [dict(zip(self.columns, row, strict=True)) for row in rows]
 
+    def written_keys(self, info: TrackedTable) -> set[tuple[Any, ...]]:
+        """The keys of the written rows."""
+        names = [c.name for c in info.pk_columns]
+        if not self.commands or any(n not in self.columns for n in names):
+            return set()
+        columns = [self.values[self.columns.index(n)] for n in names]
+        return set(zip(*columns, strict=True))
+
     def changes(self, info: TrackedTable) -> list[ServerChange]:
         """The part as one :class:`ServerChange` per row: written rows, then
         deleted ones. A key both deleted and written is an old row's delete,
@@ -432,7 +440,7 @@ class PulledTable:
             ServerChange(self.table, row_key(info, row), command, row)
             for row, command in zip(self.rows, self.commands, strict=True)
         ]
-        replaced = {c.key for c in written} & set(self.deleted) if self.deleted else ()
+        replaced = self.written_keys(info) & set(self.deleted) if self.deleted else ()
         return [
             *(ServerChange(self.table, key, DELETE, None) for key in replaced),
             *written,
@@ -569,7 +577,7 @@ class _Merge:
             model=self.info(table).mapper.class_,
             table=table,
             key=key,
-            local=self.local_row(table, key),
+            local=_copy(self.local_row(table, key)),
             server=server,
             **extra,
         )
@@ -628,8 +636,13 @@ class _Merge:
             else:
                 for row in part.rows:
                     self.writes[(part.table, row_key(info, row))] = row
+            # A key both deleted and written (a row replaced under its key)
+            # is overwritten in place, as the full merge does: deleting it
+            # first would fire the node's ON DELETE actions on its children.
+            written = part.written_keys(info) if part.deleted else set()
             for key in part.deleted:
-                self.deletes.add((part.table, key))
+                if key not in written:
+                    self.deletes.add((part.table, key))
         self.unique_conflicts()
         self.apply()
         return self.result
@@ -1162,6 +1175,12 @@ def separate_replaced_rows(
         water = HighWater(connection, high_water) if high_water is not None else None
         merge = _Merge(connection, schema, queue, Resolutions(), _no_fetch, water)
         merge.separate_replaced(set())
+
+
+def _copy(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A conflict keeps the row as it was found: the merge goes on changing
+    its own copy (a re-key moves it)."""
+    return None if row is None else dict(row)
 
 
 def _no_fetch(

@@ -119,7 +119,7 @@ def pull(
             keys,
             logged,
             report_vanished=True,
-            watch_replaced=[n for n, i in schema.tables.items() if _one_integer(i)],
+            watch_replaced={n for n, i in schema.tables.items() if _one_integer(i)},
         )
         if names
         else {}
@@ -364,13 +364,19 @@ def _columns(
         _plain_array_type(c.type) for c in selected
     ):
         inner = query.subquery()
-        aggregates = [sa.func.array_agg(column) for column in inner.c]
+        # Untyped, so the driver's own values arrive unprocessed.
+        aggregates = [
+            sa.func.array_agg(column, type_=sa.types.NullType()) for column in inner.c
+        ]
         arrays = connection.execute(sa.select(*aggregates)).one()
-        # Aggregates of one query level read the same rows in the same order,
-        # so the arrays line up; the subquery's order usually survives, and
-        # is restored here when it does not.
-        columns = [list(values) if values is not None else [] for values in arrays]
-        return _in_order(columns, [list(inner.c.keys()).index(k) for k in order])
+        # An array of a type psycopg has no loader for (a String column over
+        # citext, an enum or a domain) arrives as its text: read rows instead.
+        if all(values is None or isinstance(values, list) for values in arrays):
+            # Aggregates of one query level read the same rows in the same
+            # order, so the arrays line up; the subquery's order usually
+            # survives, and is restored here when it does not.
+            columns = [[] if values is None else values for values in arrays]
+            return _in_order(columns, [list(inner.c.keys()).index(k) for k in order])
     result = connection.execute(query)
     try:
         cursor = result.cursor
@@ -406,7 +412,7 @@ def _plain_array_type(kind: sa.types.TypeEngine[Any]) -> bool:
     if isinstance(kind, (sa.types.TypeDecorator, sa.Enum, sa.JSON, sa.ARRAY)):
         return False
     if isinstance(kind, sa.Float):
-        return True
+        return not kind.asdecimal
     if isinstance(kind, sa.Numeric):
         return bool(kind.asdecimal)
     if isinstance(kind, sa.Uuid):

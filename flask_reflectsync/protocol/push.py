@@ -20,6 +20,7 @@ The order of work, and why:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -491,14 +492,24 @@ def _insert_with_arrays(
     return True
 
 
-#: Raises a column's sequence (serial or identity) to at least ``:key``;
-#: nothing for a column without one, or a sequence already past the key.
+#: Raises a column's sequence (serial or identity) to ``:key``, where the
+#: role may (``UPDATE`` on the sequence), the key is within the sequence's
+#: bounds and the sequence is not already past it; nothing for a column
+#: without a sequence. Answers whether the role lacked the privilege.
 _ADVANCE_SEQUENCE = sa.text(
-    "SELECT setval(q.seq, :key) FROM "
-    "(SELECT pg_get_serial_sequence(:table, :column) AS seq) AS q "
-    "WHERE q.seq IS NOT NULL "
-    "AND COALESCE(pg_sequence_last_value(q.seq::regclass), 0) < :key"
+    "SELECT NOT has_sequence_privilege(q.seq, 'UPDATE') AS refused, "
+    "CASE WHEN has_sequence_privilege(q.seq, 'UPDATE') "
+    "AND :key BETWEEN s.seqmin AND s.seqmax "
+    "AND COALESCE(pg_sequence_last_value(q.seq::regclass), 0) < :key "
+    "THEN setval(q.seq, :key) END AS advanced "
+    "FROM (SELECT pg_get_serial_sequence(:table, :column) AS seq) AS q "
+    "JOIN pg_sequence AS s ON s.seqrelid = q.seq::regclass"
 )
+
+log = logging.getLogger("flask_reflectsync")
+
+#: Tables whose sequence the role may not update, warned about once.
+_refused_sequences: set[str] = set()
 
 
 def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -> None:
@@ -508,7 +519,9 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
     column's sequence: the server's own app, adding a row afterwards, would
     be given a pushed key and fail. (MySQL and SQLite advance by themselves.)
     Called under the counter lock, so concurrent pushes raise it in turn;
-    ``setval`` is not undone by a rollback, which only leaves a gap.
+    ``setval`` is not undone by a rollback, which only leaves a gap. A role
+    without ``UPDATE`` on the sequence is warned about once per table, and
+    the push goes on.
     """
     for target in changes.values():
         info = target.info
@@ -517,15 +530,24 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
         dialect = session.get_bind(clause=info.table).dialect
         if dialect.name != "postgresql":
             continue
-        preparer = dialect.identifier_preparer
-        session.execute(
+        name = dialect.identifier_preparer.format_table(info.table)
+        refused = session.execute(
             _ADVANCE_SEQUENCE,
             {
-                "table": preparer.format_table(info.table),
+                "table": name,
                 "column": info.pk_columns[0].name,
                 "key": max(op.row_key[0] for op in target.inserts),
             },
-        )
+            bind_arguments={"clause": info.table},
+        ).scalar()
+        if refused and name not in _refused_sequences:
+            _refused_sequences.add(name)
+            log.warning(
+                "The database role may not update the key sequence of %s: rows "
+                "the server's app adds there may be given keys nodes pushed. "
+                "GRANT UPDATE ON SEQUENCE to the role.",
+                name,
+            )
 
 
 def _lock_counter(session: Session, tables: LogTables) -> None:
