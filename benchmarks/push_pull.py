@@ -10,8 +10,10 @@ and the commit. The baseline is a Core executemany insert of the same rows
 into an identical untracked table of the same database, in the same run.
 Then a second node pulls those N rows (all pages), for scale.
 
-Prints medians of several rounds, the push/raw ratio (target <= 3x) and the
-growth from N to 10 N (linear: about 10x).
+Every timed operation starts after ``gc.collect()``, so that none pays for
+a full collection of garbage made by the setup or by another measure (as in
+``reflection.py``). Prints medians of several rounds, the push/raw ratio
+(target <= 3x) and the growth from N to 10 N (linear: about 10x).
 
 Last, the offline side: a fresh SQLite node (:class:`SyncClient`) pulls N rows
 and merges them into its database; the baseline is a raw executemany of the
@@ -21,6 +23,7 @@ same rows into an identical table of the same node database (target <= 3x).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import statistics
@@ -111,6 +114,7 @@ def rows_for(first: int, count: int) -> list[list[Any]]:
 
 
 def push(node: Node, rows: list[list[Any]]) -> tuple[float, int]:
+    gc.collect()  # nobody pays for garbage made before the timer
     start = time.perf_counter()
     answer = node.post(
         "/push",
@@ -130,6 +134,7 @@ def push(node: Node, rows: list[list[Any]]) -> tuple[float, int]:
 
 def raw_insert(engine: sa.Engine, table: sa.Table, rows: list[list[Any]]) -> float:
     params = [dict(zip(COLUMNS, row, strict=True)) for row in rows]
+    gc.collect()  # nobody pays for garbage made before the timer
     start = time.perf_counter()
     with engine.begin() as connection:
         connection.execute(table.insert(), params)
@@ -137,6 +142,7 @@ def raw_insert(engine: sa.Engine, table: sa.Table, rows: list[list[Any]]) -> flo
 
 
 def pull(node: Node, since: int) -> tuple[float, int]:
+    gc.collect()  # nobody pays for garbage made before the timer
     start = time.perf_counter()
     cursor, count = None, 0
     while True:
@@ -161,6 +167,7 @@ def node_pull(base: str, models: list[Any], size: int, rounds: int) -> dict[str,
             pushed.metadata.create_all(engine, tables=[pushed, raw])
             client = SyncClient(base, engine, models=[models[0]])
             client.register()
+            gc.collect()  # nobody pays for garbage made before the timer
             start = time.perf_counter()
             result = client.pull()
             pulls.append(time.perf_counter() - start)
