@@ -68,7 +68,6 @@ from .protocol.merge import (
     read_rows,
     row_key,
     separate_replaced_rows,
-    single_integer_key,
     write_rows,
 )
 from .protocol.messages import PROTOCOL_VERSION
@@ -993,7 +992,7 @@ def _key_table(client: SyncClient, obj: Any) -> TrackedTable | None:
     single integer key."""
     mapper = sa.inspect(obj).mapper
     info = tracked_table_for(mapper)
-    if info is None or not single_integer_key(info):
+    if info is None or not info.single_integer_key:
         return None
     mine = client.schema.tables.get(info.name)
     if mine is None or mine.table is not info.table:

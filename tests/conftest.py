@@ -13,7 +13,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
@@ -22,6 +22,9 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from flask_reflectsync import ReflectSync, track
+
+if TYPE_CHECKING:
+    from .nodes import Cluster
 
 SERVER_URL = os.environ.get("REFLECTSYNC_TEST_DATABASE_URL") or None
 
@@ -178,3 +181,12 @@ def env(make_app: AppFactory) -> Iterator[AppEnv]:
     item = make_app()
     with item.app.app_context():
         yield item
+
+
+@pytest.fixture
+def net(make_app: AppFactory, tmp_path: Any) -> Iterator[Cluster]:
+    """A served app and the SyncClient nodes made for it (see tests/nodes.py)."""
+    from .nodes import cluster  # nodes.py imports this module
+
+    with cluster(make_app, tmp_path) as found:
+        yield found

@@ -5,7 +5,6 @@ state on the server and every node."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,14 +13,7 @@ import sqlalchemy as sa
 from flask_reflectsync import errors, signals
 from flask_reflectsync.client import Conflict, SyncClient
 
-from .conftest import AppFactory
-from .nodes import Cluster, cluster
-
-
-@pytest.fixture
-def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
-    with cluster(make_app, tmp_path) as found:
-        yield found
+from .nodes import Cluster
 
 
 @pytest.fixture

@@ -23,11 +23,9 @@ import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -36,8 +34,7 @@ from sqlalchemy.orm import Session
 from flask_reflectsync import errors
 from flask_reflectsync.client import SyncClient
 
-from .conftest import AppFactory
-from .nodes import Cluster, cluster
+from .nodes import Cluster
 
 
 class FlakyNetwork(httpx.BaseTransport):
@@ -85,12 +82,6 @@ class History:
 
     def wrote(self, tag: str, value: Any) -> None:
         self.written.setdefault(tag, set()).add(value)
-
-
-@pytest.fixture
-def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
-    with cluster(make_app, tmp_path) as found:
-        yield found
 
 
 def _reset(net: Cluster, example: int) -> tuple[list[SyncClient], list[FlakyNetwork]]:

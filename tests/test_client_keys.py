@@ -4,24 +4,14 @@ the other nodes as an update of the old row, and a change is lost."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from flask_reflectsync.client import NODE_KEYS, SyncClient
 
-from .conftest import AppFactory
-from .nodes import Cluster, cluster
-
-
-@pytest.fixture
-def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
-    with cluster(make_app, tmp_path) as found:
-        yield found
+from .nodes import Cluster
 
 
 def _add(node: SyncClient, *rows: Any) -> list[Any]:

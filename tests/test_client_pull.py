@@ -11,7 +11,6 @@ import decimal
 import json
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,14 +20,7 @@ import sqlalchemy as sa
 from flask_reflectsync import errors, signals
 from flask_reflectsync.client import NODE_KEYS, Conflict, SyncClient
 
-from .conftest import AppFactory
-from .nodes import Cluster, cluster
-
-
-@pytest.fixture
-def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
-    with cluster(make_app, tmp_path) as found:
-        yield found
+from .nodes import Cluster
 
 
 @pytest.fixture

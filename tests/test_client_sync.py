@@ -4,7 +4,6 @@ synchronize, exactly-once pushes and the error tree."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,6 @@ from flask_reflectsync.client import NODE_LOG, NODE_STATE, SyncClient
 
 from .conftest import AppFactory
 from .nodes import Cluster, cluster, rows_of
-
-
-@pytest.fixture
-def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
-    with cluster(make_app, tmp_path) as found:
-        yield found
 
 
 class LoseAnswers(httpx.BaseTransport):

@@ -3,23 +3,13 @@ node left behind is told to repair instead of silently missing changes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.errors import SyncError
 
-from .conftest import AppFactory
-from .nodes import Cluster, cluster
-
-
-@pytest.fixture
-def net(make_app: AppFactory, tmp_path: Path) -> Iterator[Cluster]:
-    with cluster(make_app, tmp_path) as found:
-        yield found
+from .nodes import Cluster
 
 
 def _cli(net: Cluster, *args: str) -> str:

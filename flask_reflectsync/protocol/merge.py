@@ -300,11 +300,6 @@ class LocalQueue:
 # -- key high water -------------------------------------------------------------------
 
 
-def single_integer_key(info: TrackedTable) -> bool:
-    """Whether ``info``'s table has a one-column integer primary key."""
-    return info.integer_key and len(info.pk_columns) == 1
-
-
 def define_high_water_table(metadata: sa.MetaData) -> sa.Table:
     """The node-private table keeping, per table, the highest integer key the
     node has ever seen (inserted, pulled, repaired or re-keyed to)."""
@@ -374,7 +369,7 @@ class HighWater:
         """Raise the high water to the highest key now in each table."""
         highest: dict[str, int] = {}
         for name, info in schema.tables.items():
-            if not single_integer_key(info):
+            if not info.single_integer_key:
                 continue
             found = self.connection.execute(
                 sa.select(sa.func.max(info.pk_columns[0]))
@@ -660,11 +655,11 @@ class _Merge:
         if queued == INSERT:
             info = self.info(table)
             if row is None:
-                if single_integer_key(info):
+                if info.single_integer_key:
                     self.reused_key(table, key, incoming)
                 # A natural key: the node's row is pushed after the delete.
                 return
-            if single_integer_key(info):
+            if info.single_integer_key:
                 conflict, decision = self.conflict(PRIMARY_KEY, table, key, row)
                 if decision == SERVER:
                     # The local row gives way; rows pointing at its key now
@@ -737,7 +732,7 @@ class _Merge:
             if self.queue.get(table, text) != UPDATE:
                 continue  # deleted again (or already settled)
             info = self.info(table) if table in self.schema.tables else None
-            if info is None or not (info.integer_key and len(info.pk_columns) == 1):
+            if info is None or not info.single_integer_key:
                 continue  # a natural key: the same row, replaced
             key = _int_key(text)
             if key is None:
@@ -1149,7 +1144,7 @@ def _highest_keys(schema: MergeSchema, page: Sequence[PulledTable]) -> dict[str,
     highest: dict[str, int] = {}
     for part in page:
         info = schema.tables[part.table]
-        if not single_integer_key(info):
+        if not info.single_integer_key:
             continue
         name = info.pk_columns[0].name
         written = part.values[part.columns.index(name)] if part.commands else []

@@ -113,16 +113,9 @@ def pull(
     # removed within the page is sent as a delete (its key was taken), and a
     # row deleted and added again as a delete plus an insert (a new row
     # under an old key), not as an update. See :ref:`reused-keys`.
-    commands = (
-        compressed_commands(
-            names,
-            keys,
-            logged,
-            report_vanished=True,
-            watch_replaced={n for n, i in schema.tables.items() if _one_integer(i)},
-        )
-        if names
-        else {}
+    integer_keyed = {n for n, t in schema.tables.items() if t.single_integer_key}
+    commands = compressed_commands(
+        names, keys, logged, report_vanished=True, watch_replaced=integer_keyed
     )
     changes: dict[str, Any] = {}
     for name, keyed in commands.items():
@@ -194,7 +187,7 @@ def _table_changes(
     pk_codecs = _pk_codecs(info, codecs)
     table_columns = list(info.table.columns)
     positions = [table_columns.index(c) for c in info.pk_columns]
-    integer = _one_integer(info)
+    integer = info.single_integer_key
     # Each row is identified by its integer key, or else by its logged text
     # (the database's rows are encoded the same way to be matched). No tuple
     # per row where it can be helped: the garbage collector scans every
@@ -259,10 +252,6 @@ def _table_changes(
         "commands": "".join([wanted[ident] for ident in idents]),
         "deleted": deleted,
     }
-
-
-def _one_integer(info: TrackedTable) -> bool:
-    return info.integer_key and len(info.pk_columns) == 1
 
 
 def _integer_keys(texts: list[str]) -> list[int] | None:

@@ -525,7 +525,7 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
     """
     for target in changes.values():
         info = target.info
-        if not (target.inserts and info.integer_key and len(info.pk_columns) == 1):
+        if not (target.inserts and info.single_integer_key):
             continue
         dialect = session.get_bind(clause=info.table).dialect
         if dialect.name != "postgresql":

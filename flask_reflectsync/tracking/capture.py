@@ -282,7 +282,7 @@ def _collect_inserts(session: Session, batch: _Batch) -> None:
             info = tracked_table_for(last_mapper)
             if info is not None:
                 batch.tables.add(info)
-                single = info.integer_key and len(info.pk_attrs) == 1
+                single = info.single_integer_key
                 attr = info.pk_attrs[0]
         if info is None:
             continue

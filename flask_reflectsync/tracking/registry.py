@@ -49,6 +49,12 @@ class TrackedTable:
     pk_attrs: tuple[str, ...]
     integer_key: bool = False
 
+    @property
+    def single_integer_key(self) -> bool:
+        """Whether the key is one integer column: the keys nodes hand out
+        and re-key, and whose re-use the sync protocol guards against."""
+        return self.integer_key and len(self.pk_columns) == 1
+
     def encode_key(self, values: tuple[Any, ...]) -> str:
         """The canonical text of a key of this table (see :mod:`.keys`)."""
         # Integer keys are the common case and are encoded on every captured
