@@ -15,7 +15,6 @@ that an unchanged database is confirmed without transferring it.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,10 +24,10 @@ from .snapshot import (
     VIEW,
     ColumnSnapshot,
     ForeignKey,
-    LiveTable,
     SchemaSnapshot,
     TableSnapshot,
     UniqueConstraint,
+    UnversionedReader,
 )
 
 _KINDS = {"BASE TABLE": TABLE, "SYSTEM VERSIONED": TABLE, "VIEW": VIEW}
@@ -100,7 +99,7 @@ _KEYS = (
 )
 
 
-class MySQLReader:
+class MySQLReader(UnversionedReader):
     """:class:`~.snapshot.CatalogReader` for MariaDB and MySQL."""
 
     dialect = "mysql"
@@ -119,43 +118,6 @@ class MySQLReader:
             return None
         found = connection.execute(_FINGERPRINT, {"schema": schema.name})
         return str(found.scalar_one())
-
-    #: No versions: the fingerprint is already one cheap query, and the
-    #: description of a schema is read in a handful of queries.
-    versioned = False
-
-    def read_versions(
-        self, connection: sa.Connection, schema: SchemaSnapshot
-    ) -> dict[str, tuple[str, str]] | None:
-        raise NotImplementedError("no table versions on this backend")
-
-    def read_dependents(
-        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
-    ) -> set[str]:
-        raise NotImplementedError("no table versions on this backend")
-
-    def read_tables(
-        self,
-        connection: sa.Connection,
-        schema: SchemaSnapshot,
-        oids: Sequence[str] | None = None,
-    ) -> list[LiveTable] | None:
-        if not self._present(connection, schema):
-            return None
-        wanted = None if oids is None else set(oids)
-        return [
-            LiveTable.of(table)
-            for table in self._read(connection, schema, None)
-            if wanted is None or table.oid in wanted
-        ]
-
-    def read_table(
-        self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
-    ) -> LiveTable | None:
-        if not self._present(connection, schema):
-            return None
-        found = self._read(connection, schema, oid)
-        return LiveTable.of(found[0]) if found else None
 
     def lock(self, connection: sa.Connection) -> None:
         acquired = connection.execute(
@@ -197,7 +159,8 @@ class MySQLReader:
         key_filter = " AND k.TABLE_NAME = :table" if name is not None else ""
         for row in connection.execute(
             sa.text(
-                _KEYS + key_filter
+                _KEYS
+                + key_filter
                 + " ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION"
             ),
             params,
@@ -212,8 +175,9 @@ class MySQLReader:
             if kind is None:  # sequences and other table-like objects
                 continue
             snapshots.append(
-                _table(table, kind, columns[table.name], keys[table.name], schema,
-                       mariadb)
+                _table(
+                    table, kind, columns[table.name], keys[table.name], schema, mariadb
+                )
             )
         return snapshots
 

@@ -13,7 +13,6 @@ same columns are reported as a rename (see :mod:`.diff`).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,10 +22,10 @@ from .snapshot import (
     VIEW,
     ColumnSnapshot,
     ForeignKey,
-    LiveTable,
     SchemaSnapshot,
     TableSnapshot,
     UniqueConstraint,
+    UnversionedReader,
 )
 
 _OBJECTS = (
@@ -36,7 +35,7 @@ _OBJECTS = (
 _ONE = " AND m.name = :table"
 
 
-class SQLiteReader:
+class SQLiteReader(UnversionedReader):
     """:class:`~.snapshot.CatalogReader` for SQLite."""
 
     dialect = "sqlite"
@@ -57,43 +56,6 @@ class SQLiteReader:
         quoted = _quote(connection, schema.name)
         version = connection.exec_driver_sql(f"PRAGMA {quoted}.schema_version")
         return str(version.scalar_one())
-
-    #: No versions: the fingerprint is already one cheap query, and the
-    #: description of a schema is read in a handful of queries.
-    versioned = False
-
-    def read_versions(
-        self, connection: sa.Connection, schema: SchemaSnapshot
-    ) -> dict[str, tuple[str, str]] | None:
-        raise NotImplementedError("no table versions on this backend")
-
-    def read_dependents(
-        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
-    ) -> set[str]:
-        raise NotImplementedError("no table versions on this backend")
-
-    def read_tables(
-        self,
-        connection: sa.Connection,
-        schema: SchemaSnapshot,
-        oids: Sequence[str] | None = None,
-    ) -> list[LiveTable] | None:
-        if not self._present(connection, schema):
-            return None
-        wanted = None if oids is None else set(oids)
-        return [
-            LiveTable.of(table)
-            for table in self._read(connection, schema, None)
-            if wanted is None or table.oid in wanted
-        ]
-
-    def read_table(
-        self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
-    ) -> LiveTable | None:
-        if not self._present(connection, schema):
-            return None
-        found = self._read(connection, schema, oid)
-        return LiveTable.of(found[0]) if found else None
 
     def lock(self, connection: sa.Connection) -> None:
         # End whatever implicit transaction reads opened, then take SQLite's
@@ -125,7 +87,7 @@ class SQLiteReader:
         columns: dict[str, list[Any]] = defaultdict(list)
         for row in connection.execute(
             sa.text(
-                "SELECT m.name AS tbl, p.cid, p.name, p.type, p.\"notnull\","
+                'SELECT m.name AS tbl, p.cid, p.name, p.type, p."notnull",'
                 " p.dflt_value, p.pk, p.hidden"
                 f" FROM (SELECT m.name {where}) m"
                 " JOIN pragma_table_xinfo(m.name, :schema) p"
@@ -137,8 +99,8 @@ class SQLiteReader:
         foreign: dict[str, list[Any]] = defaultdict(list)
         for row in connection.execute(
             sa.text(
-                "SELECT m.name AS tbl, f.id, f.seq, f.\"table\" AS referred,"
-                " f.\"from\" AS source, f.\"to\" AS target, f.on_update, f.on_delete"
+                'SELECT m.name AS tbl, f.id, f.seq, f."table" AS referred,'
+                ' f."from" AS source, f."to" AS target, f.on_update, f.on_delete'
                 f" FROM (SELECT m.name {where}) m"
                 " JOIN pragma_foreign_key_list(m.name, :schema) f"
                 " ORDER BY m.name, f.id, f.seq"

@@ -234,8 +234,16 @@ class LiveTable:
         with digests from the same reader.
         """
         described = "\x1f".join(
-            (self.oid, self.name, self.kind, self.comment or "\x00", self.columns,
-             self.primary_key, self.foreign_keys, self.unique_constraints)
+            (
+                self.oid,
+                self.name,
+                self.kind,
+                self.comment or "\x00",
+                self.columns,
+                self.primary_key,
+                self.foreign_keys,
+                self.unique_constraints,
+            )
         )
         return hashlib.sha1(described.encode("utf-8")).hexdigest()
 
@@ -272,9 +280,7 @@ class LiveTable:
             columns=encode_columns(table.columns),
             primary_key=_encode(list(table.primary_key)),
             foreign_keys=_encode([key.to_dict() for key in table.foreign_keys]),
-            unique_constraints=_encode(
-                [u.to_dict() for u in table.unique_constraints]
-            ),
+            unique_constraints=_encode([u.to_dict() for u in table.unique_constraints]),
             rename_hint=table.rename_hint,
         )
 
@@ -370,6 +376,60 @@ class CatalogReader(Protocol):
 
     def unlock(self, connection: sa.Connection) -> None:
         """Release what :meth:`lock` took (after the commit)."""
+
+
+class UnversionedReader:
+    """The part of :class:`CatalogReader` shared by readers without table
+    versions (SQLite, MySQL), which describe a schema in a handful of
+    queries: a subclass provides ``_present`` and ``_read``."""
+
+    #: No versions: the fingerprint is already one cheap query, and the
+    #: description of a schema is read in a handful of queries.
+    versioned = False
+
+    def _present(self, connection: sa.Connection, schema: SchemaSnapshot) -> bool:
+        """Whether ``schema`` still exists."""
+        raise NotImplementedError
+
+    def _read(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oid: str | None
+    ) -> list[TableSnapshot]:
+        """The tables of ``schema`` (only the one whose identity is ``oid``,
+        if given), sorted by name."""
+        raise NotImplementedError
+
+    def read_versions(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> dict[str, tuple[str, str]] | None:
+        raise NotImplementedError("no table versions on this backend")
+
+    def read_dependents(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oids: Sequence[str]
+    ) -> set[str]:
+        raise NotImplementedError("no table versions on this backend")
+
+    def read_tables(
+        self,
+        connection: sa.Connection,
+        schema: SchemaSnapshot,
+        oids: Sequence[str] | None = None,
+    ) -> list[LiveTable] | None:
+        if not self._present(connection, schema):
+            return None
+        wanted = None if oids is None else set(oids)
+        return [
+            LiveTable.of(table)
+            for table in self._read(connection, schema, None)
+            if wanted is None or table.oid in wanted
+        ]
+
+    def read_table(
+        self, connection: sa.Connection, schema: SchemaSnapshot, oid: str
+    ) -> LiveTable | None:
+        if not self._present(connection, schema):
+            return None
+        found = self._read(connection, schema, oid)
+        return LiveTable.of(found[0]) if found else None
 
 
 def reader_for(dialect: str) -> CatalogReader:
