@@ -70,6 +70,7 @@ ACTIONS = (
     "drop_country",
     "sync",
     "sync",
+    "pull",
 )
 
 
@@ -214,6 +215,43 @@ def _act(
     loss=0.0,
     seed=0,
 )
+# Node 0 adds and drops a draft city; node 1 adds its own under the same key;
+# node 0 pulls it (a pull alone, as `reflectsync-node pull` does) and drops
+# it: the delete must reach the server.
+@example(
+    steps=[
+        (0, "add_country", 0),
+        (0, "sync", 0),
+        (1, "sync", 0),
+        (0, "add_city", 0),
+        (0, "drop_city", 0),
+        (1, "add_city", 0),
+        (1, "sync", 0),
+        (0, "pull", 0),
+        (0, "drop_city", 0),
+    ],
+    loss=0.0,
+    seed=0,
+)
+# Node 2 drops a city that nodes 0 and 1 both changed offline: both restore
+# it, and it must stay one row.
+@example(
+    steps=[
+        (0, "add_country", 0),
+        (0, "add_city", 0),
+        (0, "sync", 0),
+        (1, "sync", 0),
+        (2, "sync", 0),
+        (2, "drop_city", 0),
+        (2, "sync", 0),
+        (0, "grow_city", 5),
+        (1, "grow_city", 6),
+        (0, "sync", 0),
+        (1, "sync", 0),
+    ],
+    loss=0.0,
+    seed=0,
+)
 def test_random_offline_histories_converge(
     net: Cluster, steps: list[tuple[int, str, int]], loss: float, seed: int
 ) -> None:
@@ -227,13 +265,13 @@ def test_random_offline_histories_converge(
 
     for step, (index, action, number) in enumerate(steps):
         node = nodes[index] if index < len(nodes) else None
-        if node is None and action in ("sync", "add_city"):
+        if node is None and action in ("sync", "pull", "add_city"):
             continue  # the server neither syncs nor adds cities
         if node is None:
             _act(None, f"e{example}srv{step}", action, number, net, history)
-        elif action == "sync":
+        elif action in ("sync", "pull"):
             try:
-                node.synchronize(tries=2)
+                node.synchronize(tries=2) if action == "sync" else node.pull()
             except (errors.ServerUnreachableError, errors.PushRejectedError):
                 pass  # lost on the network or still in conflict: later
         else:

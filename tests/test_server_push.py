@@ -390,19 +390,42 @@ def test_a_node_own_pushes_never_conflict_with_it(server: ServerEnv) -> None:
     assert answer.status_code == 200, answer.text
 
 
-def test_updating_a_row_the_server_does_not_have_is_rejected(
+def test_updating_a_row_the_server_does_not_have_restores_it(
     server: ServerEnv,
 ) -> None:
+    """A node that kept a row the server deleted pushes it as an update of
+    its key (a restore, see conflicts.rst): the row returns, logged as an
+    update, so other nodes restoring it meet the same row."""
     node = server.node()
-    before = without_nonces(database_state(server.env))
     answer = node.push(
         [{"table": "city", "key": [404], "command": "u"}],
         {"city": {"columns": ["id", "name"], "rows": [[404, "Atlantis"]]}},
     )
+    assert answer.status_code == 200, answer.text
+    assert _rows(server, "city") == [(404, "Atlantis", 0, None)]
+    assert [op[1:] for op in logged(server.env.db)] == [("city", [404], "u")]
+
+
+def test_updating_a_row_deleted_in_a_version_not_pulled_is_rejected(
+    server: ServerEnv,
+) -> None:
+    node = server.node()
+    first, payload = insert("city", {"id": 404, "name": "Atlantis"})
+    assert node.push([first], payload).status_code == 200
+    other = server.node()
+    other.last_version = 1
+    assert (
+        other.push([{"table": "city", "key": [404], "command": "d"}], {}).status_code
+        == 200
+    )
+    before = without_nonces(database_state(server.env))
+    node.last_version = 1  # has not pulled the delete (version 2)
+    answer = node.push(
+        [{"table": "city", "key": [404], "command": "u"}],
+        {"city": {"columns": ["id", "name"], "rows": [[404, "Atlantis II"]]}},
+    )
     assert answer.status_code == 409
-    assert answer.json()["conflicts"] == [
-        {"table": "city", "key": [404], "reason": "deleted"}
-    ]
+    assert answer.json()["conflicts"] == [{"table": "city", "key": [404], "version": 2}]
     assert without_nonces(database_state(server.env)) == before
 
 

@@ -232,6 +232,11 @@ class LocalQueue:
         self.commands: dict[tuple[str, str], str] = {
             (op.table_name, op.row_key): op.command for op in compress(ops)
         }
+        #: Rows inserted and deleted again locally: their operations cancel
+        #: out, but they would still be compressed with later ones.
+        self.cancelled = {
+            (op.table_name, op.row_key) for op in ops
+        } - self.commands.keys()
         #: Rows the node deleted and then inserted again under the same key
         #: (SQLite gives a new row the highest freed id): compressed, that is
         #: an update, although the row is a new one.
@@ -246,6 +251,22 @@ class LocalQueue:
             elif op.command == INSERT and ident in deleted and first[ident] != INSERT:
                 self.replaced.add(ident)
         self._version_id: int | None = None
+
+    def forget_cancelled(self) -> None:
+        """Drop the operations of rows inserted and deleted again locally.
+
+        Compression reads a row's first and last command as "existed on the
+        server before" and "exists now". Once a pull writes a key whose queue
+        starts with an insert that was cancelled by a delete, that first
+        command is wrong: a later local delete would compress to nothing, an
+        update to an insert. Forgetting them makes the queue start at what
+        the merge wrote. Only safe while no push is in flight (its message is
+        rebuilt from these rows); :func:`merge_page` runs after the client
+        has settled any push.
+        """
+        for table, key_text in sorted(self.cancelled):
+            self.drop(table, key_text)
+        self.cancelled.clear()
 
     def get(self, table: str, key_text: str) -> str | None:
         """The compressed queued command of a row, or ``None``."""
@@ -652,6 +673,13 @@ class _Merge:
                 self.write(table, key, row)
             return
         text = self.text(table, key)
+        if queued == UPDATE and change.command == INSERT:
+            if self.info(table).single_integer_key:
+                # The server inserted a new row under the key of the row the
+                # node updated or restored: the old row was deleted there and
+                # the key handed out again (the server app's max(id) + 1).
+                # Two rows, as for two inserts of one key.
+                queued = INSERT
         if queued == INSERT:
             info = self.info(table)
             if row is None:
@@ -693,7 +721,9 @@ class _Merge:
                 if isinstance(decision, Mapping):
                     base = self.local_row(table, key) or {}
                     self.write(table, key, {**base, **decision})
-                self.queue.set(table, text, INSERT)  # the server lacks it now
+                # A restore: pushed as an update of the old key, which the
+                # server inserts again (the same row returns; see push).
+                self.queue.set(table, text, UPDATE)
             conflict.resolution = _named(decision)
         elif row is not None:  # queued delete, server update
             conflict, decision = self.conflict(DELETE_UPDATE, table, key, row)
@@ -864,7 +894,7 @@ class _Merge:
                     conflict.resolution = SERVER
                 else:
                     self.deletes.discard((table, key))
-                    self.queue.set(table, self.text(table, key), INSERT)
+                    self.queue.set(table, self.text(table, key), UPDATE)  # restore
                     conflict.resolution = NODE
 
     def node_deleted_parents(self) -> None:
@@ -1109,6 +1139,7 @@ def merge_page(
     :raises UniqueConstraintError: for unique conflicts no strategy resolves.
     """
     queue = LocalQueue(connection, tables)
+    queue.forget_cancelled()
     water = HighWater(connection, high_water) if high_water is not None else None
     merge = _Merge(connection, schema, queue, resolutions, fetch, water)
     page = [part for part in page if part.table in schema.tables and len(part)]

@@ -35,7 +35,7 @@ from ..errors import (
     UniqueConstraintError,
     ValidationError,
 )
-from ..tracking import DELETE, INSERT, LogTables, TrackedTable, compress
+from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
 from ..tracking.tables import current_version
@@ -68,6 +68,14 @@ class _TableChanges:
     inserts: list[PushedOperation] = field(default_factory=list)
     updates: list[PushedOperation] = field(default_factory=list)
     deletes: list[PushedOperation] = field(default_factory=list)
+    #: Updates of rows the server no longer has: restores (see
+    #: :func:`_find_restores`), inserted again and logged as updates.
+    restores: list[PushedOperation] = field(default_factory=list)
+
+    @property
+    def written(self) -> list[PushedOperation]:
+        """The operations that write a row (inserts, updates, restores)."""
+        return self.inserts + self.updates + self.restores
 
     def wire_key(self, key: Sequence[Any]) -> list[Any]:
         pk = self.info.pk_columns
@@ -138,7 +146,7 @@ def push(
 
     try:
         _check_version(session, tables, last_version)
-        _check_updated_rows_exist(session, changes)
+        _find_restores(session, changes)
         session.info[VERSION_ROW_VALUES] = {"node_id": node_id, "push_id": stored}
         _apply(session, schema, changes)
         # Recorded even when its operations changed nothing (deletes of rows
@@ -347,23 +355,27 @@ def _check_version(session: Session, tables: LogTables, last_version: int) -> No
         )
 
 
-def _check_updated_rows_exist(
-    session: Session, changes: Mapping[str, _TableChanges]
-) -> None:
-    missing: list[dict[str, Any]] = []
-    for name, target in changes.items():
+def _find_restores(session: Session, changes: Mapping[str, _TableChanges]) -> None:
+    """Move the updates of rows the server lacks to ``restores``.
+
+    A node that kept its copy of a row the server deleted (an update/delete
+    or dependency conflict decided for the node) pushes it as an update of
+    the old key: the same row returns. The server inserts it again and logs
+    an update, so a second node restoring the same row meets an update of
+    it, not a new row to re-key beside it. An update of a row deleted in a
+    version the node has not pulled is still refused, by the conflict check
+    (the delete is in the log after the node's last version).
+    """
+    for target in changes.values():
         wanted = {op.row_key for op in target.updates}
-        found = set(existing_keys(session, target.info, wanted))
-        missing += [
-            {"table": name, "key": target.wire_key(k), "reason": "deleted"}
-            for k in wanted - found
-        ]
-    if missing:
-        raise PushRejectedError(
-            "The push updates rows that no longer exist on the server; pull, "
-            "merge and push again.",
-            missing[:MAX_LISTED],
-        )
+        if not wanted:
+            continue
+        missing = wanted - set(existing_keys(session, target.info, wanted))
+        if missing:
+            target.restores = [op for op in target.updates if op.row_key in missing]
+            target.updates = [
+                op for op in target.updates if op.row_key not in missing
+            ]
 
 
 def existing_keys(
@@ -409,6 +421,10 @@ def _apply(
             session.execute(sa.insert(table), rows)
     for name in ordered:
         target = changes[name]
+        if target.restores:
+            _restore(session, target)
+    for name in ordered:
+        target = changes[name]
         if target.updates:
             # ORM "bulk UPDATE by primary key": the tracking listener reads
             # the keys from the parameters and logs one update per row.
@@ -433,6 +449,16 @@ def _apply(
                 sa.delete(mapper.class_).where(key_filter(pk, batch)),
                 execution_options={"synchronize_session": False},
             )
+
+
+def _restore(session: Session, target: _TableChanges) -> None:
+    """Insert restored rows on the session's connection, where the listeners
+    do not log them as inserts, and log them as updates."""
+    table = target.info.table
+    keys = [op.row_key for op in target.restores]
+    connection = session.connection(bind_arguments={"clause": table})
+    connection.execute(sa.insert(table), [target.rows[key] for key in keys])
+    record_operations(session, target.info, keys, UPDATE)
 
 
 # Column types whose Python values psycopg sends as a typed array as they are.
@@ -594,7 +620,7 @@ def find_conflicts(
         keys = encoded.get(table_name)
         if keys is None:
             target = changes[table_name]
-            ops = target.inserts + target.updates + target.deletes
+            ops = target.written + target.deletes
             keys = encoded[table_name] = {
                 encode_key(op.row_key): op.row_key for op in ops
             }
@@ -621,7 +647,7 @@ def broken_references(
     by_table = {info.table: info for info in schema.tables.values()}
     for name, target in changes.items():
         table = target.info.table
-        written = [target.rows[op.row_key] for op in target.inserts + target.updates]
+        written = [target.rows[op.row_key] for op in target.written]
         for constraint in table.foreign_key_constraints:
             parent = by_table.get(constraint.referred_table)
             if parent is None or not written:
@@ -719,16 +745,18 @@ def unique_violations(
     with rows already in the database."""
     entries: list[dict[str, Any]] = []
     for name, target in changes.items():
-        written = target.inserts + target.updates
+        written = target.written
         if not written:
             continue
+        # Updates cannot break the key; inserts and restores can.
+        updated = {op.row_key for op in target.updates}
         pk_names = tuple(c.name for c in target.info.pk_columns)
         for columns in _unique_column_sets(target.info.table):
             if not set(columns) <= set(target.columns):
                 continue
             is_pk = columns == pk_names
             holders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-            probe = [op for op in written if not is_pk or op.command == INSERT]
+            probe = [op for op in written if not is_pk or op.row_key not in updated]
             for op in probe:
                 values = tuple(target.rows[op.row_key][c] for c in columns)
                 if None in values:
