@@ -373,9 +373,7 @@ def _find_restores(session: Session, changes: Mapping[str, _TableChanges]) -> No
         missing = wanted - set(existing_keys(session, target.info, wanted))
         if missing:
             target.restores = [op for op in target.updates if op.row_key in missing]
-            target.updates = [
-                op for op in target.updates if op.row_key not in missing
-            ]
+            target.updates = [op for op in target.updates if op.row_key not in missing]
 
 
 def existing_keys(
@@ -408,21 +406,12 @@ def _apply(
     session: Session, schema: TrackedSchema, changes: Mapping[str, _TableChanges]
 ) -> None:
     ordered = schema.in_dependency_order(changes)
-    for name in ordered:
-        target = changes[name]
-        if target.inserts:
-            table = target.info.table
-            rows = [target.rows[op.row_key] for op in target.inserts]
-            if _insert_with_arrays(session, target, rows):
-                continue
-            keys = {c.name: c.key for c in table.columns if c.name != c.key}
-            if keys:
-                rows = [{keys.get(c, c): v for c, v in row.items()} for row in rows]
-            session.execute(sa.insert(table), rows)
-    for name in ordered:
+    for name in ordered:  # parents first: restored parents too
         target = changes[name]
         if target.restores:
             _restore(session, target)
+        if target.inserts:
+            _insert(session, target)
     for name in ordered:
         target = changes[name]
         if target.updates:
@@ -451,13 +440,29 @@ def _apply(
             )
 
 
+def _insert(session: Session, target: _TableChanges) -> None:
+    table = target.info.table
+    rows = [target.rows[op.row_key] for op in target.inserts]
+    if not _insert_with_arrays(session, target, rows):
+        session.execute(sa.insert(table), _by_column_key(table, rows))
+
+
+def _by_column_key(table: sa.Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows keyed by column name, re-keyed by ``Column.key`` for Core."""
+    keys = {c.name: c.key for c in table.columns if c.name != c.key}
+    if not keys:
+        return rows
+    return [{keys.get(c, c): v for c, v in row.items()} for row in rows]
+
+
 def _restore(session: Session, target: _TableChanges) -> None:
     """Insert restored rows on the session's connection, where the listeners
     do not log them as inserts, and log them as updates."""
     table = target.info.table
     keys = [op.row_key for op in target.restores]
     connection = session.connection(bind_arguments={"clause": table})
-    connection.execute(sa.insert(table), [target.rows[key] for key in keys])
+    rows = _by_column_key(table, [target.rows[key] for key in keys])
+    connection.execute(sa.insert(table), rows)
     record_operations(session, target.info, keys, UPDATE)
 
 
