@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app
 
-from .blueprints.api import install_prefix_error_handler, make_blueprint
+from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
 from .cli import cli
@@ -159,7 +159,7 @@ class ReflectSync:
         define_protocol_tables(db.metadata)
         add_sync_routes(blueprint)
         app.register_blueprint(blueprint, url_prefix=url_prefix)
-        install_prefix_error_handler(app, url_prefix)
+        install_prefix_guard(app, url_prefix)
         if config["REFLECTSYNC_CLI_GROUP"]:
             app.cli.add_command(cli, name=config["REFLECTSYNC_CLI_GROUP"])
 
