@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 
 from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
@@ -27,6 +27,7 @@ from .tracking import (
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy.orm import Session
 
     from .reflection import Change
 
@@ -66,6 +67,22 @@ class AppState:
     tables: LogTables
     log: OperationLog
     config: dict[str, Any]
+
+
+def _log_of_current_app(session: Session) -> OperationLog | None:
+    """The log of the app ``session`` works for, or ``None`` when that app
+    does not track changes.
+
+    Apps made by one factory share its ``db`` and so the listeners on
+    ``db.session``; the app context (which ``db.session`` needs anyway) says
+    whose session it is, so ``REFLECTSYNC_TRACK_CHANGES`` stays per app.
+    """
+    if not has_app_context():
+        return None
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, AppState):
+        return None
+    return state.log if state.config["REFLECTSYNC_TRACK_CHANGES"] else None
 
 
 class ReflectSync:
@@ -149,7 +166,7 @@ class ReflectSync:
         tables = define_tables(db.metadata)
         log = OperationLog(tables=tables, assign_versions=True)
         if config["REFLECTSYNC_TRACK_CHANGES"]:
-            start_tracking(db.session, log)
+            start_tracking(db.session, _log_of_current_app)
 
         url_prefix = config["REFLECTSYNC_URL_PREFIX"]
         blueprint = make_blueprint(config["REFLECTSYNC_BLUEPRINT_NAME"])
