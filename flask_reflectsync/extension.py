@@ -42,6 +42,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "REFLECTSYNC_BLUEPRINT_NAME": "reflectsync",
     "REFLECTSYNC_TRACK_CHANGES": True,
     "REFLECTSYNC_CLI_GROUP": "reflectsync",
+    # -- reflection catalog routes (docs/reflection.rst, "Access") --
+    "REFLECTSYNC_OPEN_CATALOG": False,
     # -- sync server (docs/protocol.rst) --
     **SERVER_CONFIG_DEFAULTS,
 }
@@ -210,8 +212,10 @@ class ReflectSync:
         The check is called with no arguments inside the request (use
         :data:`flask.request`, or ``current_user`` from Flask-Login) and
         returns whether the request may proceed; ``False`` is answered with a
-        403 JSON error. Without a check the routes are open and a
-        :class:`~flask_reflectsync.errors.CatalogAccessWarning` says so once.
+        403 JSON error. Without a check the routes are closed (403) unless
+        ``REFLECTSYNC_OPEN_CATALOG = True`` opens them to anyone, which a
+        :class:`~flask_reflectsync.errors.CatalogAccessWarning` points out
+        once per app.
         Use it as a decorator::
 
             @sync.catalog_access

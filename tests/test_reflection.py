@@ -926,8 +926,24 @@ def test_catalog_is_shared_by_processes(
 # -- access ----------------------------------------------------------------------
 
 
-def test_routes_without_a_check_warn_once(make_app: AppFactory, psql: Psql) -> None:
+def test_routes_without_a_check_are_closed_by_default(
+    make_app: AppFactory, psql: Psql
+) -> None:
     env = make_app()
+    client = env.app.test_client()
+    for path in ("/schemas", "/schemas/1/tables", "/tables/1"):
+        response = client.get(PREFIX + path)
+        assert response.status_code == 403
+        body = response.get_json()
+        assert body == {"ok": False, "error": body["error"], "status": 403}
+        assert "REFLECTSYNC_OPEN_CATALOG" in body["error"]
+        assert "@sync.catalog_access" in body["error"]
+
+
+def test_routes_opened_without_a_check_warn_once(
+    make_app: AppFactory, psql: Psql
+) -> None:
+    env = make_app(REFLECTSYNC_OPEN_CATALOG=True)
     client = env.app.test_client()
     with pytest.warns(CatalogAccessWarning, match="catalog_access"):
         assert client.get(PREFIX + "/schemas").status_code == 200
