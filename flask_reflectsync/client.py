@@ -291,16 +291,25 @@ class SyncClient:
     def schema(self) -> MergeSchema:
         """The tracked tables this node synchronises, parents first."""
         if self._schema is None:
-            self._schema = MergeSchema.of(self._tracked())
+            with self.engine.connect() as connection:
+                return self._schema_on(connection)
         return self._schema
 
-    def _tracked(self) -> list[TrackedTable]:
+    def _schema_on(self, connection: sa.Connection) -> MergeSchema:
+        """:attr:`schema`, resolved (once) on ``connection``: inside a
+        transaction a second connection would wait for the SQLite write lock
+        this one holds (``BEGIN IMMEDIATE``), and fail after the timeout."""
+        if self._schema is None:
+            self._schema = MergeSchema.of(self._tracked(connection))
+        return self._schema
+
+    def _tracked(self, connection: sa.Connection) -> list[TrackedTable]:
         if self._models is not None:
             infos = []
             for model in self._models:
                 infos.append(self._model_table(model))
             return infos
-        existing = set(sa.inspect(self.engine).get_table_names())
+        existing = set(sa.inspect(connection).get_table_names())
         found: dict[str, TrackedTable] = {}
         for info in tracked_tables():
             if info.table.metadata is NODE_METADATA or info.name not in existing:
@@ -542,7 +551,8 @@ class SyncClient:
         versions = NODE_LOG.versions
         with self._begin() as connection:
             # A new row under a deleted row's key is pushed as a new row.
-            separate_replaced_rows(connection, self.schema, NODE_LOG, NODE_KEYS)
+            schema = self._schema_on(connection)
+            separate_replaced_rows(connection, schema, NODE_LOG, NODE_KEYS)
             ids = list(
                 connection.execute(
                     sa.select(versions.c.id)
@@ -987,14 +997,15 @@ def _key_client(session: Session) -> SyncClient | None:
     return None
 
 
-def _key_table(client: SyncClient, obj: Any) -> TrackedTable | None:
+def _key_table(client: SyncClient, session: Session, obj: Any) -> TrackedTable | None:
     """The tracked table of ``obj`` if the client syncs it and it has a
     single integer key."""
     mapper = sa.inspect(obj).mapper
     info = tracked_table_for(mapper)
     if info is None or not info.single_integer_key:
         return None
-    mine = client.schema.tables.get(info.name)
+    # On the session's connection: it may already hold the write lock.
+    mine = client._schema_on(session.connection()).tables.get(info.name)
     if mine is None or mine.table is not info.table:
         return None
     return info
@@ -1010,7 +1021,7 @@ def _assign_new_keys(session: Session, flush_context: Any, instances: Any) -> No
         return
     wanted: dict[str, tuple[TrackedTable, list[Any]]] = {}
     for obj in session.new:
-        info = _key_table(client, obj)
+        info = _key_table(client, session, obj)
         if info is None or sa.inspect(obj).dict.get(info.pk_attrs[0]) is not None:
             continue  # untracked, or an explicit key: the app's choice
         wanted.setdefault(info.name, (info, []))[1].append(obj)
@@ -1035,7 +1046,7 @@ def _raise_high_water(session: Session, flush_context: Any) -> None:
         return
     highest: dict[str, int] = {}
     for obj in [*session.new, *session.deleted]:
-        info = _key_table(client, obj)
+        info = _key_table(client, session, obj)
         if info is None:
             continue
         state = sa.inspect(obj)

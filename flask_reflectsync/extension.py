@@ -6,9 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 
-from .blueprints.api import install_prefix_error_handler, make_blueprint
+from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
 from .cli import cli
@@ -27,6 +27,7 @@ from .tracking import (
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
+    from sqlalchemy.orm import Session
 
     from .reflection import Change
 
@@ -41,6 +42,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "REFLECTSYNC_BLUEPRINT_NAME": "reflectsync",
     "REFLECTSYNC_TRACK_CHANGES": True,
     "REFLECTSYNC_CLI_GROUP": "reflectsync",
+    # -- reflection catalog routes (docs/reflection.rst, "Access") --
+    "REFLECTSYNC_OPEN_CATALOG": False,
     # -- sync server (docs/protocol.rst) --
     **SERVER_CONFIG_DEFAULTS,
 }
@@ -66,6 +69,22 @@ class AppState:
     tables: LogTables
     log: OperationLog
     config: dict[str, Any]
+
+
+def _log_of_current_app(session: Session) -> OperationLog | None:
+    """The log of the app ``session`` works for, or ``None`` when that app
+    does not track changes.
+
+    Apps made by one factory share its ``db`` and so the listeners on
+    ``db.session``; the app context (which ``db.session`` needs anyway) says
+    whose session it is, so ``REFLECTSYNC_TRACK_CHANGES`` stays per app.
+    """
+    if not has_app_context():
+        return None
+    state = current_app.extensions.get(EXTENSION_KEY)
+    if not isinstance(state, AppState):
+        return None
+    return state.log if state.config["REFLECTSYNC_TRACK_CHANGES"] else None
 
 
 class ReflectSync:
@@ -149,7 +168,7 @@ class ReflectSync:
         tables = define_tables(db.metadata)
         log = OperationLog(tables=tables, assign_versions=True)
         if config["REFLECTSYNC_TRACK_CHANGES"]:
-            start_tracking(db.session, log)
+            start_tracking(db.session, _log_of_current_app)
 
         url_prefix = config["REFLECTSYNC_URL_PREFIX"]
         blueprint = make_blueprint(config["REFLECTSYNC_BLUEPRINT_NAME"])
@@ -159,7 +178,7 @@ class ReflectSync:
         define_protocol_tables(db.metadata)
         add_sync_routes(blueprint)
         app.register_blueprint(blueprint, url_prefix=url_prefix)
-        install_prefix_error_handler(app, url_prefix)
+        install_prefix_guard(app, url_prefix)
         if config["REFLECTSYNC_CLI_GROUP"]:
             app.cli.add_command(cli, name=config["REFLECTSYNC_CLI_GROUP"])
 
@@ -193,8 +212,10 @@ class ReflectSync:
         The check is called with no arguments inside the request (use
         :data:`flask.request`, or ``current_user`` from Flask-Login) and
         returns whether the request may proceed; ``False`` is answered with a
-        403 JSON error. Without a check the routes are open and a
-        :class:`~flask_reflectsync.errors.CatalogAccessWarning` says so once.
+        403 JSON error. Without a check the routes are closed (403) unless
+        ``REFLECTSYNC_OPEN_CATALOG = True`` opens them to anyone, which a
+        :class:`~flask_reflectsync.errors.CatalogAccessWarning` points out
+        once per app.
         Use it as a decorator::
 
             @sync.catalog_access

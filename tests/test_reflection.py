@@ -7,6 +7,8 @@ routes, ``sync.reflect()`` and the signals.
 
 from __future__ import annotations
 
+import datetime
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +22,21 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_reflectsync import ReflectSync, signals
 from flask_reflectsync.errors import CatalogAccessWarning
 from flask_reflectsync.reflection import (
+    CatalogColumn,
+    CatalogSchema,
+    CatalogTable,
+    Change,
+    ColumnChange,
+    ColumnSnapshot,
+    ForeignKey,
     SchemaCreated,
+    SchemaDropped,
+    SchemaRenamed,
     TableAltered,
     TableCreated,
+    TableDropped,
+    TableRenamed,
+    UniqueConstraint,
 )
 
 from .conftest import AppEnv, AppFactory
@@ -912,8 +926,24 @@ def test_catalog_is_shared_by_processes(
 # -- access ----------------------------------------------------------------------
 
 
-def test_routes_without_a_check_warn_once(make_app: AppFactory, psql: Psql) -> None:
+def test_routes_without_a_check_are_closed_by_default(
+    make_app: AppFactory, psql: Psql
+) -> None:
     env = make_app()
+    client = env.app.test_client()
+    for path in ("/schemas", "/schemas/1/tables", "/tables/1"):
+        response = client.get(PREFIX + path)
+        assert response.status_code == 403
+        body = response.get_json()
+        assert body == {"ok": False, "error": body["error"], "status": 403}
+        assert "REFLECTSYNC_OPEN_CATALOG" in body["error"]
+        assert "@sync.catalog_access" in body["error"]
+
+
+def test_routes_opened_without_a_check_warn_once(
+    make_app: AppFactory, psql: Psql
+) -> None:
+    env = make_app(REFLECTSYNC_OPEN_CATALOG=True)
     client = env.app.test_client()
     with pytest.warns(CatalogAccessWarning, match="catalog_access"):
         assert client.get(PREFIX + "/schemas").status_code == 200
@@ -940,3 +970,113 @@ def test_access_check_refusal_is_403_json(make_app: AppFactory, psql: Psql) -> N
         }
     allowed["value"] = True
     assert client.get(PREFIX + "/schemas").status_code == 200
+
+
+# -- signal payloads and failing receivers -----------------------------------------
+
+
+def _records_of_every_kind() -> list[Change]:
+    when = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.timezone.utc)
+    schema = CatalogSchema(1, "2200", "public", None, when, False)
+    column = CatalogColumn(3, "1", "id", 1, "INTEGER", False, None, True, None,
+                           when, False)
+    fk = ForeignKey("fk", ("parent_id",), None, "rs_parent", ("id",), None, "CASCADE")
+    table = CatalogTable(2, 1, "public", "16384", "rs_child", "table", "a note",
+                         ("id",), (fk.to_dict(),),
+                         (UniqueConstraint("u", ("id",)).to_dict(),), when, False,
+                         (column,))
+    added = ColumnChange("added", "size", None, (), None,
+                         ColumnSnapshot("2", "size", 2, "INTEGER", True))
+    return [
+        SchemaCreated(schema),
+        SchemaDropped(schema),
+        SchemaRenamed(schema, "old", "public"),
+        TableCreated(table),
+        TableDropped(table),
+        TableRenamed(table, "old", "rs_child"),
+        TableAltered(table, (added,), ("foreign_keys",)),
+    ]
+
+
+def test_every_record_kind_is_json_ready_and_sends_its_documented_payload() -> None:
+    documented = {
+        "schema_created": {"schema"},
+        "schema_dropped": {"schema"},
+        "schema_renamed": {"schema", "old_name", "new_name"},
+        "table_created": {"table"},
+        "table_dropped": {"table"},
+        "table_renamed": {"table", "old_name", "new_name"},
+        "table_altered": {"table", "changes", "attributes"},
+    }
+    records = _records_of_every_kind()
+    assert {r.signal.name.replace("-", "_") for r in records} == set(documented)
+    for record in records:
+        data = json.loads(json.dumps(record.to_dict()))
+        event = data.pop("event")
+        assert set(record.payload()) == documented[event] == set(data)
+
+
+def test_receivers_without_extra_keywords_hear_reflect(
+    cat: AppEnv, psql: Psql
+) -> None:
+    heard: list[tuple[str, str]] = []
+
+    def created(sender: Any, table: CatalogTable) -> None:
+        heard.append(("created", table.name))
+
+    def altered(
+        sender: Any, table: CatalogTable, changes: Any, attributes: Any
+    ) -> None:
+        heard.append(("altered", table.name))
+
+    def dropped(sender: Any, table: CatalogTable) -> None:
+        heard.append(("dropped", table.name))
+
+    cat.sync.reflect()
+    pairs = [(signals.table_created, created), (signals.table_altered, altered),
+             (signals.table_dropped, dropped)]
+    for signal, receiver in pairs:
+        signal.connect(receiver, sender=cat.app)
+    try:
+        psql.run("CREATE TABLE rs_item (id INTEGER PRIMARY KEY)")
+        created_records = cat.sync.reflect()
+        psql.run("ALTER TABLE rs_item ADD COLUMN size INTEGER")
+        altered_records = cat.sync.reflect()
+        psql.run("DROP TABLE rs_item")
+        dropped_records = cat.sync.reflect()
+    finally:
+        for signal, receiver in pairs:
+            signal.disconnect(receiver, sender=cat.app)
+    assert heard == [("created", "rs_item"), ("altered", "rs_item"),
+                     ("dropped", "rs_item")]
+    for record in [*created_records, *altered_records, *dropped_records]:
+        json.dumps(record.to_dict())
+
+
+def test_a_failing_receiver_does_not_silence_the_rest_of_the_refresh(
+    cat: AppEnv, psql: Psql, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    cat.sync.reflect()
+    recorder.clear()
+    failures: list[str] = []
+
+    def broken(sender: Any, table: CatalogTable, **extra: Any) -> None:
+        failures.append(table.name)
+        raise ValueError(f"receiver bug on {table.name}")
+
+    signals.table_created.connect(broken, sender=cat.app)
+    try:
+        create_family(psql)
+        psql.run("CREATE TABLE rs_item (id INTEGER PRIMARY KEY)")
+        with pytest.raises(ValueError, match="receiver bug"):
+            cat.sync.reflect()
+    finally:
+        signals.table_created.disconnect(broken, sender=cat.app)
+    names = ["rs_child", "rs_item", "rs_parent"]
+    # Every signal reached every receiver, the failing one included...
+    assert sorted(failures) == names
+    assert sorted(p["table"].name for p in recorder.named("table_created")) == names
+    # ...each failure was logged, and the catalog kept the committed changes.
+    logged = [r for r in caplog.records if "receiver of table-created" in r.message]
+    assert len(logged) == 3
+    assert cat.sync.reflect() == []

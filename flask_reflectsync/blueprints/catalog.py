@@ -4,8 +4,9 @@
 the blueprint's prefix. They are for the app's users, not for offline nodes:
 no node signatures, but the check registered with
 :meth:`ReflectSync.catalog_access` decides who may call them. Without one they
-are open and a :class:`~flask_reflectsync.errors.CatalogAccessWarning` says so
-the first time one of them is served by an app.
+are closed (403) unless ``REFLECTSYNC_OPEN_CATALOG`` opens them to anyone, and
+then a :class:`~flask_reflectsync.errors.CatalogAccessWarning` says so the
+first time one of them is served by an app.
 """
 
 from __future__ import annotations
@@ -70,14 +71,21 @@ def _authorised() -> Catalog:
     :raises ForbiddenError: if the check refuses.
     """
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
-    extension = app.extensions["reflectsync"].extension
-    check: AccessCheck | None = extension.catalog_access_check
+    state = app.extensions["reflectsync"]
+    check: AccessCheck | None = state.extension.catalog_access_check
     if check is None:
+        if not state.config["REFLECTSYNC_OPEN_CATALOG"]:
+            raise ForbiddenError(
+                "The catalog routes are closed: register an access check with "
+                "@sync.catalog_access, or set REFLECTSYNC_OPEN_CATALOG = True "
+                "to open them to anyone."
+            )
         if app not in _warned:
             _warned.add(app)
             warnings.warn(
-                "The flask-reflectsync catalog routes are open to anyone: register "
-                "an access check with @sync.catalog_access.",
+                "The flask-reflectsync catalog routes are open to anyone "
+                "(REFLECTSYNC_OPEN_CATALOG): register an access check with "
+                "@sync.catalog_access.",
                 CatalogAccessWarning,
                 stacklevel=2,
             )

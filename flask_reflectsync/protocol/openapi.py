@@ -196,13 +196,28 @@ def _catalog_paths(base: str) -> dict[str, Any]:
             )
         },
         f"{base}/schemas/{{schema_id}}/tables": {
+            "parameters": [_catalog_id("schema_id", "schema")],
             "get": listing(
                 "The tables of one schema, renewed when they changed.",
                 "TablesResponse",
                 (403, 404, 410),
-            )
+            ),
         },
-        f"{base}/tables/{{table_id}}": {"get": table},
+        f"{base}/tables/{{table_id}}": {
+            "parameters": [_catalog_id("table_id", "table")],
+            "get": table,
+        },
+    }
+
+
+def _catalog_id(name: str, what: str) -> dict[str, Any]:
+    """A path parameter (every ``{name}`` of a path must be declared)."""
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": f"The {what}'s catalog id (``id`` in the listings).",
+        "schema": {"type": "integer", "minimum": 0},
     }
 
 
@@ -264,6 +279,25 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 )
             },
             **_catalog_paths(base),
+            f"{base}/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "responses": {
+                        "200": {
+                            "description": "The OpenAPI document, bare (no "
+                            "envelope), so that tools can read it.",
+                            "content": {
+                                "application/json": {
+                                    "schema": {
+                                        "type": "object",
+                                        "required": ["openapi", "info", "paths"],
+                                    }
+                                }
+                            },
+                        }
+                    },
+                }
+            },
         },
         "components": {
             "schemas": {**SCHEMAS, **CATALOG_SCHEMAS},

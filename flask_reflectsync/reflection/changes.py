@@ -2,12 +2,16 @@
 
 Each record carries the catalog object as it is *after* the change and
 knows the signal that announces it; :meth:`Change.send` sends that signal
-with the record's fields as keyword arguments.
+with the record's fields as keyword arguments, and :func:`announce` sends a
+whole refresh's records so that a failing receiver cannot silence the rest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
+from inspect import iscoroutinefunction
 from typing import Any, ClassVar
 
 from blinker import NamedSignal
@@ -25,11 +29,14 @@ class Change:
     signal: ClassVar[NamedSignal]
 
     def payload(self) -> dict[str, Any]:
-        """The keyword arguments the signal is sent with."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+        """The keyword arguments the signal is sent with: the record's
+        fields (``fields()`` leaves out the :attr:`signal` class variable,
+        which ``__dataclass_fields__`` lists)."""
+        return {field.name: getattr(self, field.name) for field in fields(self)}
 
     def send(self, sender: Any) -> None:
-        """Send :attr:`signal` with :meth:`payload`.
+        """Send :attr:`signal` with :meth:`payload`; the first receiver
+        that raises stops the others (see :func:`announce`).
 
         :param sender: the Flask app (the real object, not the proxy).
         """
@@ -50,6 +57,43 @@ class Change:
 
 def _plain(value: Any) -> Any:
     return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+log = logging.getLogger("flask_reflectsync")
+
+
+def announce(changes: Iterable[Change], sender: Any) -> None:
+    """Send every change's signal to every receiver, even when some raise.
+
+    The changes are committed already, so a receiver's exception must not
+    keep the others, or the later signals, from hearing of them: each one
+    is logged, the sending goes on, and the first is raised again once
+    everything was sent.
+
+    :param changes: the records of one refresh, in order.
+    :param sender: the Flask app (the real object, not the proxy).
+    :raises Exception: the first exception a receiver raised.
+    """
+    first: Exception | None = None
+    for change in changes:
+        signal = change.signal
+        if getattr(signal, "is_muted", False):  # Signal.muted(), blinker >= 1.7
+            continue
+        payload = change.payload()
+        for receiver in signal.receivers_for(sender):
+            try:
+                if iscoroutinefunction(receiver):
+                    raise RuntimeError("Cannot send to a coroutine function.")
+                receiver(sender, **payload)
+            except Exception as error:
+                log.exception(
+                    "A receiver of %s raised; the other receivers and signals "
+                    "are still sent.",
+                    signal.name,
+                )
+                first = first or error
+    if first is not None:
+        raise first
 
 
 @dataclass(frozen=True)

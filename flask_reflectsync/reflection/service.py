@@ -34,6 +34,7 @@ from .changes import (
     TableCreated,
     TableDropped,
     TableRenamed,
+    announce,
 )
 from .diff import Changed, Created, Dropped, diff_schemas, diff_tables
 from .models import (
@@ -272,8 +273,7 @@ class Catalog:
                                      records=records, probe=live)
 
     def _send(self, changes: Iterable[Change]) -> None:
-        for change in changes:
-            change.send(self.sender)
+        announce(changes, self.sender)
 
     # -- schemas ----------------------------------------------------------------
 

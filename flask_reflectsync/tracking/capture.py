@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +109,11 @@ class _Batch:
         self.tables.add(info)
 
 
-_logs: weakref.WeakKeyDictionary[type[Session], OperationLog] = (
+#: A log, or a function that picks the log of a session (``None``: the
+#: session's changes are not logged), as given to :func:`start_tracking`.
+LogChoice = OperationLog | Callable[[Session], OperationLog | None]
+
+_logs: weakref.WeakKeyDictionary[type[Session], LogChoice] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -142,7 +146,7 @@ _LISTENERS = (
 )
 
 
-def start_tracking(target: Any, log: OperationLog) -> None:
+def start_tracking(target: Any, log: LogChoice) -> None:
     """Log changes to tracked models made through ``target``'s sessions.
 
     Calling it again for the same target replaces the log and adds no
@@ -151,7 +155,10 @@ def start_tracking(target: Any, log: OperationLog) -> None:
     :param target: a :class:`~sqlalchemy.orm.sessionmaker`, a
         :class:`~sqlalchemy.orm.scoped_session` (such as ``db.session``) or a
         :class:`~sqlalchemy.orm.Session` subclass.
-    :param log: where operations go.
+    :param log: where operations go; or a function called with each session
+        that returns its log, or ``None`` to leave that session's changes
+        unlogged (several Flask apps share one ``db.session``, and each
+        decides for itself).
     """
     cls = _session_class(target)
     # Our own (weak) record decides, not event.contains(): the event registry
@@ -172,9 +179,9 @@ def stop_tracking(target: Any) -> None:
 
 def _log_for(session: Session) -> OperationLog | None:
     for klass in type(session).__mro__:
-        log = _logs.get(klass)
-        if log is not None:
-            return log
+        choice = _logs.get(klass)
+        if choice is not None:
+            return choice if isinstance(choice, OperationLog) else choice(session)
     return None
 
 

@@ -1,0 +1,129 @@
+"""``GET <prefix>/openapi.json`` is a valid OpenAPI document, and what every
+route really answers matches the response schemas it gives.
+
+The document is validated by openapi-spec-validator; answers are checked
+with jsonschema (which it brings) against the document itself, so the
+``$ref`` s resolve exactly as a client generator would resolve them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+from openapi_spec_validator import OpenAPIV31SpecValidator
+from openapi_spec_validator import validate as validate_spec
+
+from flask_reflectsync.protocol.openapi import openapi_document
+
+from .conftest import AppFactory
+from .http_server import ServerEnv, insert, server_env
+
+
+@pytest.fixture
+def server(make_app: AppFactory) -> Iterator[ServerEnv]:
+    with server_env(make_app) as found:
+        found.env.sync.catalog_access(lambda: True)
+        yield found
+
+
+def _pointer(*parts: str) -> str:
+    return "#/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+class ResponseChecker:
+    """Checks real answers against the document's response schemas."""
+
+    def __init__(self, document: dict[str, Any], prefix: str) -> None:
+        self.document = document
+        self.prefix = prefix
+        self.checked: set[tuple[str, str, str]] = set()
+
+    def template(self, path: str) -> str:
+        """The document's path template that ``path`` is an instance of."""
+        parts = path.split("/")
+        for template in self.document["paths"]:
+            pattern = template.split("/")
+            if len(pattern) == len(parts) and all(
+                p == q or (p.startswith("{") and p.endswith("}"))
+                for p, q in zip(pattern, parts, strict=True)
+            ):
+                return str(template)
+        raise AssertionError(f"{path} is not in the document")
+
+    def check(self, answer: httpx.Response) -> None:
+        method = answer.request.method.lower()
+        template = self.template(answer.request.url.path)
+        responses = self.document["paths"][template][method]["responses"]
+        status = str(answer.status_code)
+        assert status in responses, (
+            f"{method.upper()} {template} answered {status}, which the "
+            f"document does not list ({sorted(responses)}): {answer.text[:200]}"
+        )
+        content = responses[status]["content"]
+        assert answer.headers["content-type"].startswith("application/json")
+        assert "application/json" in content
+        pointer = _pointer(
+            "paths", template, method, "responses", status, "content",
+            "application/json", "schema",
+        )
+        # The document is the root schema, so "#/components/..." resolves.
+        validator = Draft202012Validator({**self.document, "$ref": pointer})
+        errors = [e.message for e in validator.iter_errors(answer.json())]
+        assert not errors, (method, template, status, errors)
+        self.checked.add((method, template, status))
+
+
+def test_the_document_is_valid_openapi(server: ServerEnv) -> None:
+    document = httpx.get(server.base + "/openapi.json").json()
+    errors = [str(e) for e in OpenAPIV31SpecValidator(document).iter_errors()]
+    assert errors == []
+    validate_spec(document)
+    # ... under another prefix too (what is served is built for the prefix).
+    validate_spec(openapi_document("/api/v1/sync/"))
+
+
+def test_every_route_answers_what_the_document_says(server: ServerEnv) -> None:
+    document = httpx.get(server.base + "/openapi.json").json()
+    checker = ResponseChecker(document, "/sync")
+    node = server.node()
+    check = checker.check
+    check(node.register())
+    check(node.client.post(server.base + "/register", json={"x": 1}))
+    operation, payload = insert("country", {"id": 1, "name": "Peru"})
+    check(node.push([operation], payload))
+    check(node.push([{"table": "country"}]))
+    check(node.push([operation], payload, last_version=0))  # conflicts: 409
+    check(node.client.post(server.base + "/push", json={}))  # unsigned: 401
+    check(node.pull(0))
+    check(node.pull(-1))
+    check(node.call("GET", "/repair"))
+    check(node.call("GET", "/query", params={"model": "country"}))
+    check(node.call("GET", "/query", params={"model": "nope"}))
+    check(node.call("GET", "/query", params={"model": "country", "limit": "x"}))
+    check(httpx.get(server.base + "/openapi.json"))
+
+    schemas = httpx.get(server.base + "/schemas")
+    check(schemas)
+    schema_id = schemas.json()["schemas"][0]["id"]
+    tables = httpx.get(f"{server.base}/schemas/{schema_id}/tables")
+    check(tables)
+    check(httpx.get(f"{server.base}/schemas/{schema_id}/tables?include_deleted=1"))
+    check(httpx.get(f"{server.base}/tables/{tables.json()['tables'][0]['id']}"))
+    check(httpx.get(f"{server.base}/schemas/999999/tables"))
+    check(httpx.get(f"{server.base}/tables/999999"))
+    server.env.sync.catalog_access(lambda: False)
+    check(httpx.get(server.base + "/schemas"))
+
+    # Every documented operation was seen answering 200.
+    operations = {
+        (method, template)
+        for template, item in document["paths"].items()
+        for method in item
+        if method in ("get", "post", "put", "patch", "delete")
+    }
+    assert {(m, t) for m, t, s in checker.checked if s == "200"} == operations
+    node.close()
