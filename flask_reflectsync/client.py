@@ -130,11 +130,14 @@ class PushResult:
         was empty and nothing was sent).
     :param version: the server version it created (``None`` if none).
     :param operations: how many operations the server applied.
+    :param conflicts: the conflicts the server decided by this node's
+        strategies (see :ref:`stale-pushes`), with their resolutions.
     """
 
     push_id: str | None
     version: int | None
     operations: int
+    conflicts: list[Conflict] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -166,8 +169,12 @@ class SyncResult:
 
     @property
     def conflicts(self) -> list[Conflict]:
-        """Every conflict resolved on the way."""
-        return [c for pull in self.pulled for c in pull.conflicts]
+        """Every conflict resolved on the way: by the server for the
+        accepted push, then by the pulls' merges."""
+        return [
+            *self.pushed.conflicts,
+            *(c for pull in self.pulled for c in pull.conflicts),
+        ]
 
 
 @dataclass
@@ -581,7 +588,55 @@ class SyncClient:
                 self._set_state(connection, push_id=None, push_versions=None)
             raise
         self._acknowledge(state.push_versions)
-        return PushResult(state.push_id, answer["version"], answer["operations"])
+        conflicts = self._server_conflicts(answer.get("resolved") or [])
+        for conflict in conflicts:
+            signals.conflict_resolved.send(self, conflict=conflict)
+        return PushResult(
+            state.push_id, answer["version"], answer["operations"], conflicts
+        )
+
+    def _server_conflicts(self, resolved: Sequence[Any]) -> list[Conflict]:
+        """The conflicts the server decided, as :class:`Conflict` objects
+        (``local`` is the node's row as it is now)."""
+        aware = stores_time_zones(self.engine.dialect)
+        found: list[Conflict] = []
+        for entry in resolved:
+            info = self.schema.tables.get(entry.get("table"))
+            if info is None:
+                continue
+            codecs_ = table_codecs(info.table, aware_storage=aware)
+            pk = [codecs_[c.name] for c in info.pk_columns]
+            where = f"{info.name} conflict"
+            try:
+                key = tuple(
+                    c.to_db(v, where) for c, v in zip(pk, entry["key"], strict=True)
+                )
+                server = entry.get("server")
+                if server is not None:
+                    server = {
+                        name: codecs_[name].to_db(value, where)
+                        for name, value in server.items()
+                        if name in codecs_
+                    }
+            except (*DECODE_ERRORS, KeyError, ValueError):
+                raise ProtocolMismatchError(
+                    f"The server described a conflict of {info.name} that does "
+                    "not fit the node's table; the server and node schemas differ."
+                ) from None
+            with self.engine.connect() as connection:
+                local = next(iter(read_rows(connection, info, [key])), None)
+            found.append(
+                Conflict(
+                    kind=entry["kind"],
+                    model=info.mapper.class_,
+                    table=info.name,
+                    key=key,
+                    local=local,
+                    server=server,
+                    resolution=entry["resolution"],
+                )
+            )
+        return found
 
     def _push_message(self, state: _State) -> dict[str, Any]:
         schema = self.schema
@@ -653,13 +708,23 @@ class SyncClient:
                         "columns": [c.name for c in codecs_],
                         "rows": rows,
                     }
-        return {
+        message: dict[str, Any] = {
             "protocol": PROTOCOL_VERSION,
             "push_id": state.push_id,
             "last_version": state.last_version,
             "operations": wire_ops,
             "payloads": payloads,
         }
+        # The server decides a stale push's direct conflicts as the merge
+        # would, for the tables whose strategy is built in.
+        named = {
+            name: self.resolutions.named(schema.tables[name].mapper.class_)
+            for name in by_table
+        }
+        strategies = {name: found for name, found in named.items() if found}
+        if strategies:
+            message["resolutions"] = strategies
+        return message
 
     def _acknowledge(self, version_ids: Sequence[int]) -> None:
         versions, operations = NODE_LOG.versions, NODE_LOG.operations

@@ -177,12 +177,14 @@ class TestNode:
         *,
         push_id: str | None = None,
         last_version: int | None = None,
+        **extra: Any,
     ) -> httpx.Response:
         message: dict[str, Any] = {
             "protocol": 1,
             "push_id": push_id or uuid.uuid4().hex,
             "last_version": self.last_version if last_version is None else last_version,
             "operations": operations,
+            **extra,
         }
         if payloads is not None:
             message["payloads"] = payloads

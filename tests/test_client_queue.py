@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from flask_reflectsync import errors
-from flask_reflectsync.client import SyncClient
+from flask_reflectsync.client import Conflict, SyncClient
 
 from .nodes import Cluster
 from .oplog import commands
@@ -97,23 +97,30 @@ def test_an_update_after_a_pulled_row_under_a_draft_key_is_pushed(
     assert (key, "Arequipa", 77, 1) in rows["city"]
 
 
-def _restore_on_two_nodes(net: Cluster) -> tuple[SyncClient, SyncClient]:
+def _merged_by_the_node(conflict: Conflict) -> None:
+    """A callable strategy deciding nothing: the default decides, but only
+    the node can call it, so the server refuses stale rows and the node
+    merges them itself."""
+    return None
+
+
+def _restore_on_two_nodes(
+    net: Cluster, **options: Any
+) -> tuple[SyncClient, SyncClient]:
     """Node c deletes Cusco; a and b had both edited it offline, and both
-    keep their edit (the default strategy) by restoring the row."""
+    keep their edit (the default strategy) by restoring the row in their
+    merge."""
     m = net.server.env.models
-    a, b, c = net.node(), net.node(), net.node()
+    options.setdefault("resolution", _merged_by_the_node)
+    a, b, c = net.node(**options), net.node(**options), net.node()
     _seed(net, a, b, c)
     _delete(c, m.City, 2)
     c.synchronize()
     _set(a, m.City, 2, population=50)
     _set(b, m.City, 2, population=60)
     for node in (a, b):
-        try:
+        with pytest.raises(errors.PushRejectedError):
             node.push()
-        except errors.PushRejectedError:
-            pass
-        else:  # pragma: no cover - the server deleted the row
-            raise AssertionError("the stale update was accepted")
         conflicts = node.pull().conflicts
         assert [(x.kind, x.resolution) for x in conflicts] == [
             ("update/delete", "node")
@@ -145,6 +152,30 @@ def test_a_restore_pulled_after_the_delete_by_a_third_node_is_one_row(
     assert len([row for row in rows if row[1] == "Cusco"]) == 1
     with d.Session() as session:
         assert session.get(m.City, 2) is not None
+
+
+def test_two_nodes_restoring_through_the_server_leave_one_row(net: Cluster) -> None:
+    """The same with a built-in strategy: the server decides both stale
+    pushes itself (a restore, then an update of the restored row)."""
+    m = net.server.env.models
+    a, b, c = net.node(), net.node(), net.node()
+    _seed(net, a, b, c)
+    _delete(c, m.City, 2)
+    c.synchronize()
+    _set(a, m.City, 2, population=50)
+    _set(b, m.City, 2, population=60)
+    first, second = a.push(), b.push()
+    assert [(x.kind, x.resolution) for x in first.conflicts] == [
+        ("update/delete", "node")
+    ]
+    assert [(x.kind, x.resolution) for x in second.conflicts] == [
+        ("update/update", "node")
+    ]
+    assert second.conflicts[0].server is not None
+    assert second.conflicts[0].server["population"] == 50
+    net.settle()
+    rows = net.assert_converged()["city"]
+    assert [row for row in rows if row[1] == "Cusco"] == [(2, "Cusco", 60, 1)]
 
 
 def test_a_restored_row_and_a_new_server_row_under_its_key_both_survive(

@@ -181,6 +181,12 @@ class Resolutions:
         """Use ``strategy`` for conflicts on rows of ``model``."""
         self.per_model[model] = self._checked(strategy)
 
+    def named(self, model: type) -> str | None:
+        """The built-in strategy of ``model``, or ``None`` for a callable
+        (only the node can call it: the server refuses such stale rows)."""
+        strategy = self.per_model.get(model, self.default)
+        return strategy if isinstance(strategy, str) else None
+
     def decide(self, conflict: Conflict) -> Decision:
         """The decision for ``conflict`` (``None``: cannot be resolved)."""
         strategy = self.per_model.get(conflict.model, self.default)

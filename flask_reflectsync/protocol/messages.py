@@ -153,6 +153,16 @@ SCHEMAS: dict[str, Schema] = {
             },
             "operations": {"type": "array", "items": _operation},
             "payloads": _payloads,
+            "resolutions": {
+                "type": "object",
+                "description": "Per table, the built-in conflict strategy the "
+                "node's merge applies; the server decides the direct "
+                "conflicts of a stale push by it instead of refusing the push.",
+                "additionalProperties": {
+                    "type": "string",
+                    "enum": ["last-pusher-wins", "server-wins", "node-wins"],
+                },
+            },
         },
     },
     "PushResponse": {
@@ -170,6 +180,29 @@ SCHEMAS: dict[str, Schema] = {
             "operations": {
                 "type": "integer",
                 "description": "How many operations were applied.",
+            },
+            "resolved": {
+                "type": "array",
+                "description": "The conflicts the server decided by the node's "
+                "strategies (absent when none, and on a retried push).",
+                "items": {
+                    "type": "object",
+                    "required": ["table", "key", "kind", "resolution", "server"],
+                    "properties": {
+                        "table": {"type": "string"},
+                        "key": _key,
+                        "kind": {"type": "string"},
+                        "resolution": {
+                            "type": "string",
+                            "enum": ["node", "server", "deleted"],
+                        },
+                        "server": {
+                            "type": ["object", "null"],
+                            "description": "The server's row before the push "
+                            "(null when it had none).",
+                        },
+                    },
+                },
             },
         },
     },

@@ -87,21 +87,23 @@ def pull(
             operations.c.table_name,
             operations.c.row_key,
             operations.c.command,
+            versions.c.node_id,
         )
         .join(versions, versions.c.id == operations.c.version_id)
         .where(
             _after(versions.c.number, operations.c.id, since, after),
             versions.c.number <= current,
-            sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
         )
         .order_by(versions.c.number, operations.c.id)
         .limit(limit + 1)
     )
-    numbers, op_ids, names, keys, logged = _columns(session, query, ("number", "id"))
+    numbers, op_ids, names, keys, logged, writers = _columns(
+        session, query, ("number", "id")
+    )
     more = len(numbers) > limit
     if more:
         last_number, last_id = numbers[limit - 1], op_ids[limit - 1]
-        del names[limit:], keys[limit:], logged[limit:]
+        del names[limit:], keys[limit:], logged[limit:], writers[limit:]
         # The last version may continue on the next page.
         until = max(since, last_number - 1)
         cursor: str | None = f"{last_number}:{last_id}"
@@ -117,6 +119,7 @@ def pull(
     commands = compressed_commands(
         names, keys, logged, report_vanished=True, watch_replaced=integer_keyed
     )
+    _leave_out_own_rows(commands, names, keys, writers, node_id)
     changes: dict[str, Any] = {}
     for name, keyed in commands.items():
         info = schema.get(name)
@@ -326,6 +329,34 @@ def _current_rows(
         for column, more in zip(found, _columns(session, query, ()), strict=True):
             column += more
     return found
+
+
+def _leave_out_own_rows(
+    commands: dict[str, dict[str, str]],
+    names: Sequence[str],
+    keys: Sequence[str],
+    writers: Sequence[int | None],
+    node_id: int,
+) -> None:
+    """Drop from ``commands`` the rows this node changed last: it has them
+    as they are.
+
+    The node's own versions are read with the others', not left out of the
+    scan, so that a row's compressed command sees them: when the server
+    restored a row for the node after another node's delete (a stale push
+    decided for the node, see :ref:`stale-pushes`), the page must not tell
+    the node to delete it.
+    """
+    if node_id not in writers:
+        return
+    last: dict[tuple[str, str], bool] = {}
+    for name, key, writer in zip(names, keys, writers, strict=True):
+        last[(name, key)] = writer == node_id
+    for (name, key), own in last.items():
+        if own and name in commands:
+            commands[name].pop(key, None)
+            if not commands[name]:
+                del commands[name]
 
 
 def _columns(

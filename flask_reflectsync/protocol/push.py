@@ -42,6 +42,7 @@ from ..tracking.tables import current_version
 from .codec import DECODE_ERRORS, ColumnCodec, stores_time_zones, table_codecs
 from .messages import validate
 from .schema import TrackedSchema
+from .stale import StaleRow, rule, ruling_entry, stale_rows
 from .trim import check_not_trimmed
 
 #: How many keys go into one ``IN (...)`` list.
@@ -71,6 +72,19 @@ class _TableChanges:
     #: Updates of rows the server no longer has: restores (see
     #: :func:`_find_restores`), inserted again and logged as updates.
     restores: list[PushedOperation] = field(default_factory=list)
+
+    @property
+    def operations(self) -> list[PushedOperation]:
+        """Every operation of the table."""
+        return self.written + self.deletes
+
+    def discard(self, keys: set[tuple[Any, ...]]) -> None:
+        """Leave the operations of ``keys`` out (the server's side won)."""
+        self.updates = [op for op in self.updates if op.row_key not in keys]
+        self.restores = [op for op in self.restores if op.row_key not in keys]
+        self.deletes = [op for op in self.deletes if op.row_key not in keys]
+        for key in keys:
+            self.rows.pop(key, None)
 
     @property
     def written(self) -> list[PushedOperation]:
@@ -138,6 +152,7 @@ def push(
 
     changes = _decode(request, schema, aware=stores_time_zones(dialect))
     last_version: int = request["last_version"]
+    strategies: Mapping[str, str] = request.get("resolutions") or {}
     if not any(c.inserts or c.updates or c.deletes for c in changes.values()):
         session.rollback()
         return PushOutcome(
@@ -147,13 +162,18 @@ def push(
     try:
         _check_version(session, tables, last_version)
         _find_restores(session, changes)
+        ruled, resolved = _rule_stale_rows(
+            session, tables, changes, node_id, last_version, strategies
+        )
         session.info[VERSION_ROW_VALUES] = {"node_id": node_id, "push_id": stored}
         _apply(session, schema, changes)
         # Recorded even when its operations changed nothing (deletes of rows
         # already gone): the push id must stay, for retries to be answered.
         ensure_version(session)
         _lock_counter(session, tables)
-        conflicts = find_conflicts(session, tables, changes, node_id, last_version)
+        conflicts = find_conflicts(
+            session, tables, changes, node_id, last_version, ruled
+        )
         if conflicts:
             raise _conflict_error(conflicts)
         broken = broken_references(session, schema, changes)
@@ -190,6 +210,8 @@ def push(
     answer = _answer_for(session, tables, stored, push_id)
     session.rollback()
     assert answer is not None
+    if resolved:
+        answer["resolved"] = resolved
     return PushOutcome(answer, applied=True)
 
 
@@ -597,45 +619,108 @@ def find_conflicts(
     changes: Mapping[str, _TableChanges],
     node_id: int,
     last_version: int,
+    ruled: Mapping[tuple[str, tuple[Any, ...]], int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of the push that another writer changed after ``last_version``.
+    """Rows of the push that another writer changed after ``last_version``
+    (see :func:`.stale.stale_rows`), but for those ``ruled`` on at the
+    version they still have.
 
-    Only the same rows count: a version the node has not pulled that touched
-    other rows does not block the push. The node's own versions never count.
-    The scan reads the operations of the versions after ``last_version``
-    once, so its cost grows with how far behind the node is, not with the
-    size of the log.
+    :param ruled: the stale rows the server decided itself (see
+        :func:`_rule_stale_rows`), with the version each was decided at; a
+        row changed again since is a conflict after all.
     """
-    versions, operations = tables.versions, tables.operations
-    query = (
-        sa.select(operations.c.table_name, operations.c.row_key, versions.c.number)
-        .join(versions, versions.c.id == operations.c.version_id)
-        .where(
-            versions.c.number > last_version,
-            sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
-            operations.c.table_name.in_(list(changes)),
-        )
-        .execution_options(yield_per=5000)
-    )
-    # Pushed keys are encoded like the log's only for tables the scan meets:
-    # a node that is up to date pays nothing here.
-    encoded: dict[str, dict[str, tuple[Any, ...]]] = {}
-    found: dict[tuple[str, tuple[Any, ...]], int] = {}
-    for table_name, row_key, number in session.execute(query):
-        keys = encoded.get(table_name)
-        if keys is None:
-            target = changes[table_name]
-            ops = target.written + target.deletes
-            keys = encoded[table_name] = {
-                encode_key(op.row_key): op.row_key for op in ops
-            }
-        key = keys.get(row_key)
-        if key is not None:
-            found[(table_name, key)] = number
+    ruled = ruled or {}
     return [
-        {"table": name, "key": changes[name].wire_key(key), "version": number}
-        for (name, key), number in found.items()
+        {"table": name, "key": changes[name].wire_key(key), "version": row.version}
+        for (name, key), row in _stale(session, tables, changes, node_id, last_version)
+        if ruled.get((name, key)) != row.version
     ]
+
+
+def _stale(
+    session: Session,
+    tables: LogTables,
+    changes: Mapping[str, _TableChanges],
+    node_id: int,
+    last_version: int,
+) -> list[tuple[tuple[str, Any], StaleRow]]:
+    keys = {
+        name: {encode_key(op.row_key): op.row_key for op in target.operations}
+        for name, target in changes.items()
+        if target.operations
+    }
+    found = stale_rows(session, tables, keys, node_id, last_version)
+    return [((name, key), row) for (name, key), row in found.items()]
+
+
+def _rule_stale_rows(
+    session: Session,
+    tables: LogTables,
+    changes: Mapping[str, _TableChanges],
+    node_id: int,
+    last_version: int,
+    strategies: Mapping[str, str],
+) -> tuple[dict[tuple[str, tuple[Any, ...]], int], list[dict[str, Any]]]:
+    """Decide the direct conflicts of a stale push by the node's strategies
+    (see :mod:`.stale`), before writing: operations the server's side wins
+    are taken out of ``changes``.
+
+    :return: the rows ruled on, with the version each was decided at, and
+        the answer's ``resolved`` entries.
+    """
+    ruled: dict[tuple[str, tuple[Any, ...]], int] = {}
+    entries: list[dict[str, Any]] = []
+    if not strategies:
+        return ruled, entries
+    candidates = [
+        (name, key, row)
+        for (name, key), row in _stale(session, tables, changes, node_id, last_version)
+        if name in strategies
+    ]
+    by_table: dict[str, list[tuple[tuple[Any, ...], StaleRow]]] = {}
+    for name, key, row in candidates:
+        by_table.setdefault(name, []).append((key, row))
+    for name, rows in by_table.items():
+        target = changes[name]
+        current = _server_rows(session, target, [key for key, _ in rows])
+        inserts = {op.row_key for op in target.inserts}
+        deletes = {op.row_key for op in target.deletes}
+        discarded: set[tuple[Any, ...]] = set()
+        for key, row in rows:
+            if key in inserts:
+                continue  # a key taken on both sides: the node re-keys
+            if row.inserted and key in current and target.info.single_integer_key:
+                continue  # a new row under the key: the node re-keys its own
+            command = DELETE if key in deletes else UPDATE
+            ruling = rule(strategies[name], command, key in current)
+            if not ruling.apply:
+                discarded.add(key)
+            ruled[(name, key)] = row.version
+            entries.append(
+                ruling_entry(name, target.wire_key(key), ruling, current.get(key))
+            )
+        if discarded:
+            target.discard(discarded)
+    return ruled, entries
+
+
+def _server_rows(
+    session: Session, target: _TableChanges, keys: list[tuple[Any, ...]]
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The server's current rows among ``keys``, in their JSON form."""
+    info = target.info
+    pk = list(info.pk_columns)
+    columns = list(info.table.columns)
+    found: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for batch in batches(keys, KEY_BATCH):
+        query = sa.select(*columns).where(key_filter(pk, batch))
+        for values in session.execute(query):
+            row = dict(zip((c.name for c in columns), values, strict=True))
+            key = tuple(row[c.name] for c in pk)
+            found[key] = {
+                name: target.codecs[name].to_json(value) for name, value in row.items()
+            }
+    return found
 
 
 def broken_references(

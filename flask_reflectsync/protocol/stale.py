@@ -1,0 +1,165 @@
+"""Stale pushes: rows another writer changed since the node's last pull
+(framework-free, server side).
+
+A push carries the last version the node pulled. A row of the push that
+another node or the server's own app changed after that version is *stale*.
+Refusing every stale push (409) makes the node pull, merge and push again,
+and under contention most pushes bounce: measured with 30 nodes, 88% of
+pushes refused and 130 of 228 ``synchronize()`` calls giving up.
+
+So a node names, per table, the built-in strategy its merge would apply
+(``last-pusher-wins``, ``server-wins`` or ``node-wins``; see
+:doc:`/conflicts`), and the server decides the *direct* conflicts of a stale
+push itself, exactly as that merge would, and says what it decided:
+
+=====================  ====================  ==========================
+the node               the server now        decided (last-pusher-wins)
+=====================  ====================  ==========================
+updated (or restored)  has the row           ``update/update``: node's row
+updated (or restored)  deleted it            ``update/delete``: restored
+deleted                has the row           ``delete/update``: row stays
+deleted                deleted it            ``delete/delete``: deleted
+=====================  ====================  ==========================
+
+``server-wins`` keeps the server's side of each, ``node-wins`` the node's.
+Everything else is still refused with 409 and merged by the node: rows of a
+table whose strategy is a callable (the node must see both rows), a node's
+insert under a key the server used (the node re-keys its row), an update of
+a row the server replaced by a new one under the same key, dependency and
+unique conflicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..tracking import DELETE, INSERT, LogTables
+
+#: The kinds of direct conflict (as in :attr:`~flask_reflectsync.client.Conflict.kind`).
+UPDATE_UPDATE = "update/update"
+UPDATE_DELETE = "update/delete"  # the node updated, the server deleted
+DELETE_UPDATE = "delete/update"  # the node deleted, the server updated
+DELETE_DELETE = "delete/delete"
+
+#: The built-in strategies, by name: all the server can apply for a node.
+STRATEGIES = ("last-pusher-wins", "server-wins", "node-wins")
+
+#: Who won: the node's operation is applied, or the server's row is kept.
+NODE = "node"
+SERVER = "server"
+DELETED = "deleted"  # both deleted
+
+
+@dataclass(frozen=True)
+class StaleRow:
+    """What other writers did to one pushed row after the node's last pull.
+
+    :param version: the newest such version.
+    :param inserted: one of them inserted the row: a new row under the key.
+    """
+
+    version: int
+    inserted: bool
+
+
+def stale_rows(
+    session: Session,
+    tables: LogTables,
+    keys: Mapping[str, Mapping[str, Hashable]],
+    node_id: int,
+    last_version: int,
+) -> dict[tuple[str, Hashable], StaleRow]:
+    """The pushed rows another writer changed after ``last_version``.
+
+    The scan reads the operations of the versions after ``last_version``
+    once, so its cost grows with how far behind the node is, not with the
+    size of the log. The node's own versions never count.
+
+    :param keys: per table, the pushed keys by their log text
+        (:func:`~flask_reflectsync.tracking.keys.encode_key`), each mapped to
+        the key the caller wants back.
+    :return: by ``(table, key)``, what happened to the row.
+    """
+    if not keys:
+        return {}
+    versions, operations = tables.versions, tables.operations
+    query = (
+        sa.select(
+            operations.c.table_name,
+            operations.c.row_key,
+            operations.c.command,
+            versions.c.number,
+        )
+        .join(versions, versions.c.id == operations.c.version_id)
+        .where(
+            versions.c.number > last_version,
+            sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
+            operations.c.table_name.in_(list(keys)),
+        )
+        .execution_options(yield_per=5000)
+    )
+    found: dict[tuple[str, Hashable], StaleRow] = {}
+    for table_name, row_key, command, number in session.execute(query):
+        key = keys[table_name].get(row_key)
+        if key is None:
+            continue
+        seen = found.get((table_name, key))
+        if seen is None:
+            found[(table_name, key)] = StaleRow(number, command == INSERT)
+        else:
+            found[(table_name, key)] = StaleRow(
+                max(seen.version, number), seen.inserted or command == INSERT
+            )
+    return found
+
+
+@dataclass(frozen=True)
+class Ruling:
+    """The server's decision on one stale row.
+
+    :param kind: the conflict kind.
+    :param resolution: :data:`NODE`, :data:`SERVER` or :data:`DELETED`.
+    :param apply: whether the node's operation is applied.
+    """
+
+    kind: str
+    resolution: str
+    apply: bool
+
+
+def rule(strategy: str, command: str, server_has_row: bool) -> Ruling:
+    """Decide a direct conflict as the node's merge would with ``strategy``.
+
+    :param strategy: one of :data:`STRATEGIES`.
+    :param command: the node's operation: an update (a restore when the
+        server lacks the row) or a delete. Inserts are never ruled here.
+    :param server_has_row: whether the server has the row now.
+    """
+    if command == DELETE:
+        if not server_has_row:
+            return Ruling(DELETE_DELETE, DELETED, False)
+        if strategy == "node-wins":
+            return Ruling(DELETE_UPDATE, NODE, True)
+        return Ruling(DELETE_UPDATE, SERVER, False)
+    kind = UPDATE_UPDATE if server_has_row else UPDATE_DELETE
+    if strategy == "server-wins":
+        return Ruling(kind, SERVER, False)
+    return Ruling(kind, NODE, True)
+
+
+def ruling_entry(
+    table: str, wire_key: list[Any], ruling: Ruling, server: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One entry of the push answer's ``resolved`` list."""
+    return {
+        "table": table,
+        "key": wire_key,
+        "kind": ruling.kind,
+        "resolution": ruling.resolution,
+        "server": server,
+    }
