@@ -17,8 +17,13 @@ from __future__ import annotations
 import codecs
 import datetime
 import decimal
+import email.utils
 import json
+import math
+import os
+import random
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +42,7 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     ForbiddenError,
+    GoneError,
     NotFoundError,
     NotRegisteredError,
     PayloadTooLargeError,
@@ -86,7 +92,14 @@ from .tracking import (
 )
 from .tracking.registry import tracked_table_for
 
-__all__ = ["SyncClient", "PushResult", "PullResult", "SyncResult", "Conflict"]
+__all__ = [
+    "SyncClient",
+    "PushResult",
+    "PullResult",
+    "SyncResult",
+    "Conflict",
+    "Retry",
+]
 
 M = TypeVar("M")
 
@@ -170,6 +183,75 @@ class SyncResult:
         return [c for pull in self.pulled for c in pull.conflicts]
 
 
+@dataclass(frozen=True)
+class Retry:
+    """A request about to be sent again (passed to ``on_retry``).
+
+    :param route: the route, e.g. ``"/pull"``.
+    :param attempt: the number of the try about to be made (2 for the first
+        retry).
+    :param attempts: how many tries are allowed in all.
+    :param delay: the seconds waited before it.
+    :param error: why the last try failed (a busy server, a lost connection).
+    """
+
+    route: str
+    attempt: int
+    attempts: int
+    delay: float
+    error: SyncError
+
+    def describe(self) -> str:
+        """One line a person can read."""
+        return (
+            f"{self.error.message} Trying {self.route} again in "
+            f"{self.delay:.1f} s (try {self.attempt} of {self.attempts})."
+        )
+
+
+#: Answers after which the same request is sent again: the server (or a
+#: proxy in front of it) was busy or rate-limited, and applied nothing.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Transport errors raised before the request left the node.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (a number of seconds or
+    an HTTP date), or ``None`` when there is none or it cannot be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        seconds = (moment - now).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+@dataclass(frozen=True)
+class Words:
+    """How messages name the things a person can do: the Python API's words
+    by default, the command line's flags in ``reflectsync-node``."""
+
+    register: str = "call client.register() first"
+    register_again: str = "register it again with client.register(force=True)"
+    base_url: str = "base_url"
+    token: str = "Pass it as client.register(token=...)."
+
+
+API_WORDS = Words()
+
+
 @dataclass
 class _State:
     server_url: str | None
@@ -223,6 +305,17 @@ class SyncClient:
     :param timeout: seconds to wait for the server.
     :param transport: an :mod:`httpx` transport (tests, proxies).
     :param page_size: ask for at most this many operations per pull page.
+    :param retries: how many times a request is sent again when the server
+        answers 503, 429, 502 or 504 or cannot be reached (see
+        :ref:`retries`); ``0`` never retries.
+    :param retry_within: the most seconds spent waiting between the tries of
+        one request; the backoff is scaled to fit.
+    :param on_retry: called with a :class:`Retry` before each wait.
+    :param secret: where the node's signing secret comes from instead of its
+        database: the secret itself, or a callable returning it (read once,
+        when first needed). See :ref:`node-secret`.
+    :param save_secret: with ``secret``, called with the new secret when the
+        node registers (the database never holds it).
     """
 
     def __init__(
@@ -237,7 +330,14 @@ class SyncClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         page_size: int | None = None,
+        retries: int = 3,
+        retry_within: float = 10.0,
+        on_retry: Callable[[Retry], Any] | None = None,
+        secret: str | Callable[[], str | None] | None = None,
+        save_secret: Callable[[str], Any] | None = None,
     ) -> None:
+        if retries < 0 or retry_within < 0:
+            raise ConfigurationError("retries and retry_within cannot be negative.")
         self.base_url = base_url.rstrip("/")
         self.engine = engine
         self.name = name
@@ -249,6 +349,14 @@ class SyncClient:
         self._prepared = False
         self._credentials: tuple[int, str] | None = None
         self._http = httpx.Client(timeout=timeout, transport=transport)
+        self.retries = retries
+        self.retry_within = retry_within
+        self.on_retry = on_retry
+        self._random = random.Random()
+        self._secret = secret
+        self._save_secret = save_secret
+        self._words = API_WORDS
+        _create_private_file(engine)
         self._log = OperationLog(tables=NODE_LOG, assign_versions=False)
         use_immediate_transactions(engine)
         #: Sessions whose changes to tracked models are logged for the push.
@@ -364,12 +472,34 @@ class SyncClient:
 
     def _registered(self) -> _State:
         state = self._state()
-        if state.node_id is None or state.secret is None:
+        if state.node_id is None or (self._secret is None and state.secret is None):
             raise NotRegisteredError(
-                "This node has not registered with the server yet; call "
-                "client.register() first."
+                "This node has not registered with the server yet; "
+                f"{self._words.register}."
             )
         return state
+
+    def _signing_credentials(self) -> tuple[int, str]:
+        # Read once and kept: signing happens inside merge transactions,
+        # where a second connection to the node's SQLite file would wait on
+        # the merge's own write lock.
+        if self._credentials is None:
+            state = self._registered()
+            assert state.node_id is not None
+            secret = self._outside_secret() if self._secret is not None else None
+            if self._secret is None:
+                secret = state.secret
+            if not secret:
+                raise NotRegisteredError(
+                    "This node's secret is not available: the secret source "
+                    "given to the client returned nothing."
+                )
+            self._credentials = (state.node_id, secret)
+        return self._credentials
+
+    def _outside_secret(self) -> str | None:
+        source = self._secret
+        return source() if callable(source) else source
 
     @property
     def last_version(self) -> int:
@@ -407,8 +537,78 @@ class SyncClient:
         params: Mapping[str, str] | None = None,
         signed: bool = True,
         stream: bool = False,
+        idempotent: bool = True,
     ) -> httpx.Response:
+        """Send one request, trying again on a busy server or a lost
+        connection (see :ref:`retries`).
+
+        :param idempotent: whether sending the request twice does no harm (a
+            push carries its id; pulls, repairs and queries only read). A
+            request that is not is tried again only when it cannot have
+            reached the server (busy answers, refused connections).
+        """
         content = b"" if message is None else json.dumps(message).encode("utf-8")
+        waited = 0.0
+        for attempt in range(1, self.retries + 2):
+            # Signed anew each time: a nonce is accepted only once.
+            request = self._request(method, route, content, params, signed)
+            try:
+                answer = self._http.send(request, stream=stream)
+            except httpx.TransportError as error:
+                failure: SyncError = ServerUnreachableError(
+                    f"Cannot reach the sync server at {self.base_url} ({error!s} "
+                    f"[{type(error).__name__}]); check the network and try again."
+                )
+                failure.__cause__ = error
+                never_sent = isinstance(error, _NEVER_SENT)
+                asked: float | None = None
+                if not (idempotent or never_sent):
+                    raise failure from error
+            else:
+                if answer.status_code == 200:
+                    return answer
+                try:
+                    if stream:
+                        answer.read()
+                    failure = _error_from(answer, route, self.base_url, self._words)
+                finally:
+                    answer.close()
+                if answer.status_code not in RETRY_STATUSES:
+                    raise failure
+                asked = retry_after(answer.headers.get("Retry-After"))
+            delay = self._delay(attempt, asked)
+            if attempt > self.retries or waited + delay > self.retry_within:
+                if attempt > 1:
+                    failure.message += f" (tried {attempt} times)"
+                    failure.args = (failure.message, *failure.args[1:])
+                raise failure
+            if self.on_retry is not None:
+                self.on_retry(
+                    Retry(route, attempt + 1, self.retries + 1, delay, failure)
+                )
+            time.sleep(delay)
+            waited += delay
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, asked: float | None) -> float:
+        """How long to wait before try ``attempt + 1``: what the server asked
+        for, or else exponential backoff with jitter, scaled so that every
+        wait together stays within ``retry_within``."""
+        if asked is not None:
+            return asked
+        full = self.retry_within * 2.0 ** (attempt - 1) / 2.0**self.retries
+        # Between half and all of it, so nodes turned away together do not
+        # come back together.
+        return full / 2 + self._random.uniform(0, full / 2)
+
+    def _request(
+        self,
+        method: str,
+        route: str,
+        content: bytes,
+        params: Mapping[str, str] | None,
+        signed: bool,
+    ) -> httpx.Request:
         request = self._http.build_request(
             method,
             self.base_url + route,
@@ -417,14 +617,7 @@ class SyncClient:
             headers={"Content-Type": "application/json"} if content else None,
         )
         if signed:
-            # Read once and kept: signing happens inside merge transactions,
-            # where a second connection to the node's SQLite file would wait
-            # on the merge's own write lock.
-            if self._credentials is None:
-                state = self._registered()
-                assert state.node_id is not None and state.secret is not None
-                self._credentials = (state.node_id, state.secret)
-            node_id, secret = self._credentials
+            node_id, secret = self._signing_credentials()
             request.headers.update(
                 sign_request(
                     node_id,
@@ -435,21 +628,7 @@ class SyncClient:
                     content,
                 )
             )
-        try:
-            answer = self._http.send(request, stream=stream)
-        except httpx.TransportError as error:
-            raise ServerUnreachableError(
-                f"Cannot reach the sync server at {self.base_url} ({error!s} "
-                f"[{type(error).__name__}]); check the network and try again."
-            ) from error
-        if answer.status_code != 200:
-            try:
-                if stream:
-                    answer.read()
-                raise _error_from(answer, route, self.base_url)
-            finally:
-                answer.close()
-        return answer
+        return request
 
     def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
         answer = self._send(method, route, **kwargs)
@@ -457,9 +636,9 @@ class SyncClient:
             body = answer.json()
         except ValueError:
             raise ProtocolMismatchError(
-                f"{self.base_url}{route} did not answer JSON; is base_url the "
-                "sync server's URL with its prefix (for example "
-                "http://host:5000/sync)?"
+                f"{self.base_url}{route} did not answer JSON; is "
+                f"{self._words.base_url} the sync server's URL with its prefix "
+                "(for example http://host:5000/sync)?"
             ) from None
         _check_protocol(body, self.base_url)
         return body  # type: ignore[no-any-return]
@@ -479,38 +658,60 @@ class SyncClient:
             has one.
         :param info: anything the server's registration checks want to see.
         :param force: register again even if already registered (the node
-            gets a new id; its queue is kept).
+            gets a new id; its queue and data are kept). Needed when the
+            server no longer knows the node ("Unknown node"), for example
+            after its database was reset.
         :return: the node id.
         :raises RegistrationRefusedError: if the server refuses.
         :raises AuthenticationError: if a token is needed and not given.
+        :raises ConfigurationError: the client reads its secret from outside
+            its database (``secret=``) and has no ``save_secret`` to hand
+            the new one to.
         """
         with self._lock:
             state = self._state()
             if state.node_id is not None and not force:
                 return state.node_id
+            if self._secret is not None and self._save_secret is None:
+                raise ConfigurationError(
+                    "This client reads its secret from outside its database "
+                    "(secret=...); pass save_secret= as well, to receive the "
+                    "secret the server gives when registering."
+                )
             message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "name": self.name}
             if token is not None:
                 message["token"] = token
             if info is not None:
                 message["info"] = dict(info)
-            answer = self._call("POST", "/register", message=message, signed=False)
+            # Not idempotent: a lost answer may have created a node, so only
+            # a request that cannot have arrived is sent again.
+            answer = self._call(
+                "POST", "/register", message=message, signed=False, idempotent=False
+            )
             node = answer["node"]
             self._credentials = None
+            outside = self._save_secret is not None and self._secret is not None
+            if outside:
+                assert self._save_secret is not None
+                self._save_secret(str(node["secret"]))
             with self._begin() as connection:
                 self._set_state(
                     connection,
                     server_url=self.base_url,
                     node_id=int(node["id"]),
                     node_name=node.get("name", ""),
-                    secret=node["secret"],
+                    secret=None if outside else node["secret"],
                     registered_at=datetime.datetime.now(datetime.timezone.utc),
                 )
             return int(node["id"])
 
     def is_registered(self) -> bool:
-        """Whether this node has registered (its id and secret are stored)."""
+        """Whether this node has registered: its id is stored, and its secret
+        too (or the client was given a source for it)."""
         state = self._state()
-        return state.node_id is not None and state.secret is not None
+        if state.node_id is None:
+            return False
+        return self._secret is not None or state.secret is not None
 
     # -- push ----------------------------------------------------------------------
 
@@ -1052,6 +1253,28 @@ def _raise_high_water(session: Session, flush_context: Any) -> None:
 # -- helpers --------------------------------------------------------------------------
 
 
+def _create_private_file(engine: sa.Engine) -> None:
+    """Create the node's SQLite file readable by its owner only (0600), if
+    it does not exist yet: it holds the node's data and, unless the client
+    is given ``secret=``, the secret that signs its requests. SQLite gives
+    its journal and WAL files the database file's permissions."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return
+    path = url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return  # in memory, or a URI filename: SQLite's to interpret
+    if url.query.get("mode") == "memory" or os.path.exists(path):
+        return
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # created meanwhile by someone else: theirs to protect
+    except OSError:
+        return  # no such folder, no right: SQLite's own error will say so
+    os.close(descriptor)
+
+
 @dataclass(frozen=True)
 class _LoggedOp:
     table_name: str
@@ -1138,7 +1361,9 @@ def _check_protocol(body: Any, base_url: str) -> None:
         )
 
 
-def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
+def _error_from(
+    answer: httpx.Response, route: str, base_url: str, words: Words
+) -> SyncError:
     try:
         body = answer.json()
     except ValueError:
@@ -1152,7 +1377,7 @@ def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
             )
         return ProtocolMismatchError(
             f"{base_url}{route} answered HTTP {status} without a sync error; is "
-            "base_url the server's URL with its sync prefix?"
+            f"{words.base_url} the server's URL with its sync prefix?"
         )
     message = str(body["error"])
     if status == 400 and "protocol" in message.lower():
@@ -1160,6 +1385,13 @@ def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
     if status == 400:
         return ValidationError(message)
     if status == 401:
+        if message.startswith("Unknown node"):
+            message += (
+                " The server does not know this node (was its database reset?); "
+                f"{words.register_again}."
+            )
+        elif "registration token" in message and route == "/register":
+            message += f" {words.token}"
         return AuthenticationError(message)
     if status == 403:
         if route == "/register":
@@ -1169,14 +1401,16 @@ def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
         if route == "/query":
             return NotFoundError(message)
         return ProtocolMismatchError(
-            f"{base_url}{route} does not exist ({message}); check base_url and "
-            "the server's REFLECTSYNC_URL_PREFIX."
+            f"{base_url}{route} does not exist ({message}); check "
+            f"{words.base_url} and the server's REFLECTSYNC_URL_PREFIX."
         )
     if status == 409:
         conflicts = list(body.get("conflicts") or [])
         if conflicts and all("columns" in c for c in conflicts):
             return UniqueConstraintError(message, conflicts)
         return PushRejectedError(message, conflicts)
+    if status == 410:
+        return GoneError(message)
     if status == 413:
         return PayloadTooLargeError(message)
     if status in (502, 503, 504):

@@ -254,7 +254,9 @@ def test_update_then_delete_while_queued_compresses(net: Cluster) -> None:
 
 def test_unreachable_server_is_retryable(net: Cluster, tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'off.db'}")
-    client = SyncClient("http://127.0.0.1:9/sync", engine, models=net.models, timeout=2)
+    client = SyncClient(
+        "http://127.0.0.1:9/sync", engine, models=net.models, timeout=2, retries=0
+    )
     with pytest.raises(errors.ServerUnreachableError) as caught:
         client.register()
     assert "Cannot reach the sync server" in caught.value.message
