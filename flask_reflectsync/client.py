@@ -15,9 +15,11 @@ SQLAlchemy, and several clients and a server may live in one process.
 from __future__ import annotations
 
 import codecs
+import copy
 import datetime
 import decimal
 import email.utils
+import functools
 import json
 import math
 import os
@@ -64,7 +66,9 @@ from .protocol.codec import (
 )
 from .protocol.merge import (
     Conflict,
+    Decision,
     HighWater,
+    MergeResult,
     MergeSchema,
     PulledTable,
     Resolutions,
@@ -906,21 +910,7 @@ class SyncClient:
                     message["limit"] = self.page_size
                 page = self._call("POST", "/pull", message=message)
                 changes = self._decode_page(page)
-                with self._begin() as connection:
-                    result = merge_page(
-                        connection,
-                        self.schema,
-                        NODE_LOG,
-                        changes,
-                        self.resolutions,
-                        self._fetch,
-                        NODE_KEYS,
-                    )
-                    self._set_state(
-                        connection,
-                        last_version=page["until"],
-                        pull_cursor=page["cursor"],
-                    )
+                result = self._merge(changes, page["until"], page["cursor"])
                 for conflict in result.conflicts:
                     signals.conflict_resolved.send(self, conflict=conflict)
                 conflicts += result.conflicts
@@ -931,6 +921,64 @@ class SyncClient:
                     progress(version, int(page.get("version", version)))
                 if cursor is None:
                     return PullResult(version, count, conflicts)
+
+    def _merge(
+        self, changes: list[PulledTable], until: int, cursor: str | None
+    ) -> MergeResult:
+        """Merge one page in one local transaction, never holding the node's
+        write lock while waiting for the server.
+
+        When the merge needs rows from the server (to settle a conflict), the
+        transaction is rolled back, the rows are fetched with no lock held,
+        and the merge starts again from the queue as it is then: a local
+        write made meanwhile is part of the decision, never overwritten by a
+        plan made without it. Each round fetches rows the earlier ones did
+        not, so it ends; past ``_MERGE_ROUNDS`` the rows are fetched in the
+        transaction, as a last resort.
+        """
+        fetched: dict[str, dict[tuple[Any, ...], dict[str, Any] | None]] = {}
+        resolutions = _RememberedResolutions(self.resolutions)
+        for round_ in range(1, _MERGE_ROUNDS + 1):
+            fetch = functools.partial(
+                self._fetch_known, fetched, round_ == _MERGE_ROUNDS
+            )
+            try:
+                with self._begin() as connection:
+                    result = merge_page(
+                        connection,
+                        self.schema,
+                        NODE_LOG,
+                        changes,
+                        resolutions,
+                        fetch,
+                        NODE_KEYS,
+                    )
+                    self._set_state(connection, last_version=until, pull_cursor=cursor)
+                return result
+            except _NeedRows as need:
+                found = self._fetch(need.table, need.keys)
+                known = fetched.setdefault(need.table, {})
+                known.update({k: found.get(k) for k in need.keys})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fetch_known(
+        self,
+        fetched: dict[str, dict[tuple[Any, ...], dict[str, Any] | None]],
+        last: bool,
+        table: str,
+        keys: Sequence[tuple[Any, ...]],
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The merge's fetcher: server rows already fetched, or
+        :class:`_NeedRows` for the others (on the ``last`` round: fetched
+        there and then)."""
+        known = fetched.setdefault(table, {})
+        missing = [k for k in keys if k not in known]
+        if missing and not last:
+            raise _NeedRows(table, missing)
+        if missing:
+            found = self._fetch(table, missing)
+            known.update({k: found.get(k) for k in missing})
+        return {k: row for k in keys if (row := known[k]) is not None}
 
     def _decode_page(self, page: Mapping[str, Any]) -> list[PulledTable]:
         schema = self.schema
@@ -1251,6 +1299,48 @@ def _raise_high_water(session: Session, flush_context: Any) -> None:
 
 
 # -- helpers --------------------------------------------------------------------------
+
+#: How many times a page's merge may start again for rows from the server
+#: before it fetches them inside its transaction.
+_MERGE_ROUNDS = 20
+
+
+class _NeedRows(Exception):
+    """Raised through a merge that needs server rows not fetched yet."""
+
+    def __init__(self, table: str, keys: list[tuple[Any, ...]]) -> None:
+        super().__init__(table, keys)
+        self.table = table
+        self.keys = keys
+
+
+class _RememberedResolutions(Resolutions):
+    """The client's resolutions, asked once per distinct conflict: a merge
+    that starts again does not ask a resolver callable (which may ask a
+    person) the same question twice."""
+
+    def __init__(self, inner: Resolutions) -> None:
+        self.inner = inner
+        self.default = inner.default
+        self.per_model = inner.per_model
+        self.decided: list[tuple[tuple[Any, ...], Decision]] = []
+
+    def decide(self, conflict: Conflict) -> Decision:
+        question = (
+            conflict.kind,
+            conflict.table,
+            conflict.key,
+            copy.deepcopy(conflict.local),
+            copy.deepcopy(conflict.server),
+            conflict.columns,
+            copy.deepcopy(conflict.other_key),
+        )
+        for asked, decision in self.decided:
+            if asked == question:
+                return decision
+        decision = self.inner.decide(conflict)
+        self.decided.append((question, decision))
+        return decision
 
 
 def _create_private_file(engine: sa.Engine) -> None:

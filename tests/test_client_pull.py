@@ -258,7 +258,7 @@ def test_a_pull_cut_off_inside_a_version_resumes_where_it_stopped(
     m = net.server.env.models
     a = net.node("a")
     network = _CutOff()
-    b = net.node("b", transport=network, page_size=2)
+    b = net.node("b", transport=network, page_size=2, retries=0)
     with a.Session() as s:
         s.add(m.Country(id=1, name="old"))
         s.commit()

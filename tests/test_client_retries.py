@@ -18,7 +18,6 @@ from flask import Flask, jsonify, request
 from flask_reflectsync import errors
 from flask_reflectsync.client import Retry, SyncClient, retry_after
 
-from .http_server import served
 from .nodes import Cluster
 
 

@@ -133,7 +133,7 @@ def test_lost_push_answer_is_resent_with_the_same_id_and_applied_once(
 ) -> None:
     m = net.server.env.models
     transport = LoseAnswers()
-    node = net.node(transport=transport)
+    node = net.node(transport=transport, retries=0)
     with node.Session() as session:
         session.add(m.Country(id=1, name="Peru"))
         session.commit()
@@ -173,7 +173,7 @@ def test_lost_push_answer_is_resent_with_the_same_id_and_applied_once(
 def test_pull_resends_a_pending_push_first(net: Cluster) -> None:
     m = net.server.env.models
     transport = LoseAnswers()
-    node = net.node(transport=transport)
+    node = net.node(transport=transport, retries=0)
     with node.Session() as session:
         session.add(m.Country(id=1, name="Peru"))
         session.commit()
