@@ -103,6 +103,7 @@ __all__ = [
     "SyncResult",
     "Conflict",
     "Retry",
+    "PullProgress",
 ]
 
 M = TypeVar("M")
@@ -161,11 +162,32 @@ class PullResult:
     :param version: the server version the node now has.
     :param operations: how many server changes were merged.
     :param conflicts: every conflict found, with its resolution.
+    :param repaired: rows copied from the server when the pull bootstrapped
+        a new node (0 when it did not).
     """
 
     version: int
     operations: int
     conflicts: list[Conflict] = field(default_factory=list)
+    repaired: int = 0
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far a pull has got (passed to ``pull(on_page=...)``).
+
+    :param version: the server version the node now has.
+    :param server_version: the server's version when the page was served.
+    :param operations: the logged operations merged so far by this pull.
+    :param total: how many the pull covers, if the server said (a server
+        older than this node's release does not); changes committed on the
+        server during the pull may make ``operations`` exceed it.
+    """
+
+    version: int
+    server_version: int
+    operations: int
+    total: int | None
 
 
 @dataclass(frozen=True)
@@ -878,7 +900,12 @@ class SyncClient:
 
     # -- pull ----------------------------------------------------------------------
 
-    def pull(self, progress: Callable[[int, int], Any] | None = None) -> PullResult:
+    def pull(
+        self,
+        progress: Callable[[int, int], Any] | None = None,
+        *,
+        on_page: Callable[[PullProgress], Any] | None = None,
+    ) -> PullResult:
         """Fetch the server's changes since the last pull and merge them.
 
         Every page is merged in one local transaction with the queued local
@@ -886,29 +913,49 @@ class SyncClient:
         :data:`~flask_reflectsync.signals.conflict_resolved` with this client
         as sender. A push whose answer was lost is first sent again.
 
+        A node that has never pulled and has nothing queued is *bootstrapped*
+        when the server has trimmed its log past version 0 (answer 410): it
+        is repaired from the server's copy, then pulls from there
+        (:attr:`PullResult.repaired` says how many rows were copied). Any
+        other node gets the :class:`~flask_reflectsync.errors.GoneError`.
+
         :param progress: called as ``progress(version, server_version)`` after
             each page is merged: how far the node has got, and where the
             server was when the page was served.
+        :param on_page: called with a :class:`PullProgress` after each page
+            is merged: the logged operations merged so far, and how many the
+            pull covers when the server says.
 
         :raises UniqueConstraintError: a local change holds unique values the
             server gave another row; the page is not merged.
+        :raises GoneError: the server trimmed the changes this node needs;
+            :meth:`repair` it.
         """
         with self._lock:
-            state = self._registered()
+            self._registered()
             self._settle_push()
+            state = self._state()
             since = state.last_version
             # A pull cut off inside a version resumes where it stopped.
             cursor = state.pull_cursor
             conflicts: list[Conflict] = []
-            count = 0
+            count = done = 0
+            total: int | None = None
             version = since
+            first = True
             while True:
                 message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "since": since}
                 if cursor is not None:
                     message["cursor"] = cursor
                 if self.page_size is not None:
                     message["limit"] = self.page_size
-                page = self._call("POST", "/pull", message=message)
+                try:
+                    page = self._call("POST", "/pull", message=message)
+                except GoneError:
+                    if not first or not self._never_pulled(state):
+                        raise
+                    return self._bootstrap(progress, on_page)
+                first = False
                 changes = self._decode_page(page)
                 result = self._merge(changes, page["until"], page["cursor"])
                 for conflict in result.conflicts:
@@ -917,10 +964,40 @@ class SyncClient:
                 count += sum(len(part) for part in changes)
                 version = page["until"]
                 cursor = page["cursor"]
+                if type(page.get("total")) is int and total is None:
+                    total = page["total"]
+                operations = page.get("operations")
+                if type(operations) is not int:  # an older server: rows
+                    operations = sum(len(part) for part in changes)
+                done += operations
                 if progress is not None:
                     progress(version, int(page.get("version", version)))
+                if on_page is not None:
+                    server_version = int(page.get("version", version))
+                    on_page(PullProgress(version, server_version, done, total))
                 if cursor is None:
                     return PullResult(version, count, conflicts)
+
+    def _never_pulled(self, state: _State) -> bool:
+        """Whether repairing this node loses nothing: it has never pulled
+        (nor started to), and has nothing to push."""
+        return (
+            state.last_version == 0
+            and state.pull_cursor is None
+            and state.push_id is None
+            and self.pending_operations() == 0
+        )
+
+    def _bootstrap(
+        self,
+        progress: Callable[[int, int], Any] | None,
+        on_page: Callable[[PullProgress], Any] | None,
+    ) -> PullResult:
+        copied = self.repair()
+        pulled = self.pull(progress, on_page=on_page)
+        return PullResult(
+            pulled.version, pulled.operations, pulled.conflicts, repaired=copied
+        )
 
     def _merge(
         self, changes: list[PulledTable], until: int, cursor: str | None
@@ -1085,7 +1162,12 @@ class SyncClient:
 
     # -- repair --------------------------------------------------------------------
 
-    def repair(self, progress: Callable[[str, int], Any] | None = None) -> int:
+    def repair(
+        self,
+        progress: Callable[[str, int], Any] | None = None,
+        *,
+        on_total: Callable[[int], Any] | None = None,
+    ) -> int:
         """Replace the node's tracked data with the server's copy.
 
         The server streams every tracked table; rows are written in batches
@@ -1095,6 +1177,9 @@ class SyncClient:
 
         :param progress: called as ``progress(table, rows_so_far)`` after each
             batch of rows is written.
+        :param on_total: called once, before the first row is written, with
+            how many rows the copy holds, if the server says (a server older
+            than this node's release does not).
         :return: how many rows were written.
         """
         with self._lock:
@@ -1109,7 +1194,11 @@ class SyncClient:
                     for tracked in reversed(list(schema.tables.values())):
                         connection.execute(sa.delete(tracked.table))
                     stream = _RepairStream(answer.iter_bytes(), self.base_url)
+                    announced = on_total is None
                     for name, columns, rows in stream.tables():
+                        if not announced:
+                            announced = True
+                            self._announce_total(stream.header, on_total)
                         info = schema.tables.get(name)
                         codecs_ = (
                             table_codecs(info.table, aware_storage=aware)
@@ -1155,6 +1244,15 @@ class SyncClient:
             finally:
                 answer.close()
             return total
+
+    def _announce_total(
+        self, header: Mapping[str, Any], on_total: Callable[[int], Any] | None
+    ) -> None:
+        counts = header.get("counts")
+        if on_total is None or not isinstance(counts, dict):
+            return
+        mine = self.schema.tables
+        on_total(sum(n for t, n in counts.items() if t in mine and type(n) is int))
 
     # -- query ---------------------------------------------------------------------
 

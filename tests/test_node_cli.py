@@ -90,7 +90,7 @@ def test_register_push_pull_status_and_repair(survey_url: str, node_url: str) ->
     assert "Pushed 1 operation(s)" in ok(survey_url, other, "sync")
     pulled = ok(survey_url, node_url, "pull")
     assert "Merged 1 change(s)" in pulled
-    assert "Pulling versions" in pulled
+    assert "Pulling changes" in pulled
     with engine.connect() as connection:
         species = connection.execute(sa.text("SELECT species FROM observation")).all()
     assert species == [("heron",)]
