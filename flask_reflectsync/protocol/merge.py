@@ -711,7 +711,9 @@ class _Merge:
             self.queue.drop(table, text)
             conflict.resolution = "deleted"
 
-    def reused_key(self, table: str, key: tuple[Any, ...], incoming: set[Any]) -> None:
+    def reused_key(
+        self, table: str, key: tuple[Any, ...], incoming: set[Any]
+    ) -> None:
         """The node inserted ``key`` while the server had a row under it that
         has gone since (added and removed by others between two pulls). Nodes
         that knew the old row may still change it offline: the local row

@@ -105,7 +105,6 @@ _TABLES_FINGERPRINT = sa.text(
     + " AS fingerprint"
 )
 
-
 def _key_names(keys: str) -> str:
     """A JSON array of the names of the table's columns numbered ``keys``, in
     key order, looked up in ``att.names`` (indexed by ``attnum``)."""
@@ -202,8 +201,7 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
           ORDER BY con.conname), '[]')::text
      FROM pg_constraint con
     WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints
-""" + _RELATIONS.format(
-    attributes=f"""
+""" + _RELATIONS.format(attributes=f"""
 CROSS JOIN LATERAL (
   SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
     coalesce(json_agg(json_build_array(
@@ -212,8 +210,7 @@ CROSS JOIN LATERAL (
           ORDER BY a.attnum) FILTER (WHERE NOT a.attisdropped), '[]')::text
       AS columns,
     {_ATTRIBUTES_VERSION}
-    {_ATTRIBUTES_FROM}) AS att"""
-)
+    {_ATTRIBUTES_FROM}) AS att""")
 
 _VERSIONS = sa.text(
     f"SELECT c.oid::text AS oid, c.relname AS name, {_VERSION}"
@@ -256,7 +253,9 @@ class PostgresReader:
     def tables_fingerprint(
         self, connection: sa.Connection, schema: SchemaSnapshot
     ) -> str | None:
-        row = connection.execute(_TABLES_FINGERPRINT, {"schema": int(schema.oid)}).one()
+        row = connection.execute(
+            _TABLES_FINGERPRINT, {"schema": int(schema.oid)}
+        ).one()
         return str(row.fingerprint) if row.present else None
 
     #: Versions cost about a third of describing a schema.

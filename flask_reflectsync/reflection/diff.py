@@ -26,13 +26,8 @@ S = TypeVar("S", SchemaSnapshot, TableSnapshot)
 ColumnChangeKind = Literal["added", "dropped", "renamed", "altered"]
 
 #: Table attributes other than columns whose change makes a table "altered".
-TABLE_ATTRIBUTES = (
-    "kind",
-    "comment",
-    "primary_key",
-    "foreign_keys",
-    "unique_constraints",
-)
+TABLE_ATTRIBUTES = ("kind", "comment", "primary_key", "foreign_keys",
+                    "unique_constraints")
 
 
 @dataclass(frozen=True)
@@ -138,9 +133,8 @@ def diff_schemas(
         seen.add(catalog_id)
         before = old[catalog_id]
         if before != schema:
-            found.append(
-                Changed(catalog_id, before, schema, renamed=before.name != schema.name)
-            )
+            found.append(Changed(catalog_id, before, schema,
+                                 renamed=before.name != schema.name))
     found.extend(
         Dropped(catalog_id, schema)
         for catalog_id, schema in old.items()
@@ -221,9 +215,8 @@ def _compare_tables(
     # user sees, but the catalog must still store the new positions.
     if not (renamed or columns or attributes) and old == new:
         return None
-    return Changed(
-        catalog_id, old, new, renamed=renamed, columns=columns, attributes=attributes
-    )
+    return Changed(catalog_id, old, new, renamed=renamed, columns=columns,
+                   attributes=attributes)
 
 
 def diff_columns(
@@ -248,9 +241,8 @@ def diff_columns(
         )
         if previous.name != column.name:
             changes.append(
-                ColumnChange(
-                    "renamed", column.name, previous.name, fields, previous, column
-                )
+                ColumnChange("renamed", column.name, previous.name, fields,
+                             previous, column)
             )
         elif fields:
             changes.append(

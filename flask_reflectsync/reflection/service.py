@@ -107,9 +107,8 @@ class Catalog:
         with self.engine.connect() as connection:
             changes = self._refresh_schemas(connection, force=force, records=True)
             for schema in self._schemas(connection, include_deleted=False):
-                changes += self._refresh_tables(
-                    connection, schema, force=force, records=True
-                )
+                changes += self._refresh_tables(connection, schema, force=force,
+                                                records=True)
         self._send(changes)
         return changes
 
@@ -166,9 +165,8 @@ class Catalog:
         t = self.t.tables
         with self.engine.connect() as connection:
             row = connection.execute(
-                sa.select(
-                    t.c.schema_id, t.c.oid, t.c.digest, t.c.deleted, t.c.columns_written
-                ).where(t.c.id == table_id)
+                sa.select(t.c.schema_id, t.c.oid, t.c.digest, t.c.deleted,
+                          t.c.columns_written).where(t.c.id == table_id)
             ).first()
             if row is None:
                 raise NotFoundError(f"There is no table with id {table_id}.")
@@ -270,9 +268,8 @@ class Catalog:
             if live is not None and live == stored:
                 return []
         with self._locked(connection):
-            return self._sync_tables(
-                connection, schema.id, force=force, records=records, probe=live
-            )
+            return self._sync_tables(connection, schema.id, force=force,
+                                     records=records, probe=live)
 
     def _send(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -307,26 +304,19 @@ class Catalog:
             if isinstance(difference, Created):
                 new = difference.new
                 inserted = connection.execute(
-                    s.insert().values(
-                        oid=new.oid,
-                        name=new.name,
-                        comment=new.comment,
-                        last_synced=now,
-                        deleted=False,
-                    )
+                    s.insert().values(oid=new.oid, name=new.name, comment=new.comment,
+                                      last_synced=now, deleted=False)
                 )
                 created.append(_inserted_id(inserted))
             elif isinstance(difference, Changed):
                 new = difference.new
                 connection.execute(
-                    s.update()
-                    .where(s.c.id == difference.catalog_id)
+                    s.update().where(s.c.id == difference.catalog_id)
                     .values(name=new.name, comment=new.comment)
                 )
                 if difference.renamed:
-                    renamed.append(
-                        (difference.catalog_id, difference.old.name, new.name)
-                    )
+                    renamed.append((difference.catalog_id, difference.old.name,
+                                    new.name))
             elif isinstance(difference, Dropped):
                 dropped.append(difference.catalog_id)
         connection.execute(
@@ -417,7 +407,8 @@ class Catalog:
             else:
                 present = self.reader.tables_fingerprint(connection, snapshot)
                 if present is None:
-                    return self._sync_schemas(connection, force=True, records=records)
+                    return self._sync_schemas(connection, force=True,
+                                              records=records)
                 fingerprint = present
         if not force and fingerprint == self._probe(connection, scope):
             return []
@@ -446,8 +437,7 @@ class Catalog:
             [
                 (row.id, live[row.oid].version)
                 for row in stored
-                if row.oid in live
-                and digests[row.oid] == row.digest
+                if row.oid in live and digests[row.oid] == row.digest
                 and live[row.oid].version != row.version
             ],
         )
@@ -469,22 +459,13 @@ class Catalog:
                 created_oids.add(difference.new.oid)
             elif isinstance(difference, Changed):
                 self._update_table(
-                    connection,
-                    difference.catalog_id,
-                    live[difference.new.oid],
-                    difference.new,
-                    digests[difference.new.oid],
-                    now,
+                    connection, difference.catalog_id, live[difference.new.oid],
+                    difference.new, digests[difference.new.oid], now,
                     columns_written=difference.catalog_id in written,
                 )
                 if difference.renamed:
-                    renamed.append(
-                        (
-                            difference.catalog_id,
-                            difference.old.name,
-                            difference.new.name,
-                        )
-                    )
+                    renamed.append((difference.catalog_id, difference.old.name,
+                                    difference.new.name))
                 if difference.altered:
                     altered.append(difference)
             elif isinstance(difference, Dropped):
@@ -494,26 +475,15 @@ class Catalog:
         # to be written: only for the signals somebody receives. New tables
         # to announce get their column rows straight from what was read.
         announce_created = records or bool(signals.table_created.receivers)
-        ids = insert_tables(
-            connection,
-            t,
-            schema.id,
-            created,
-            digests,
-            now,
-            columns_written=announce_created,
-        )
+        ids = insert_tables(connection, t, schema.id, created, digests, now,
+                            columns_written=announce_created)
         created_ids = [ids[table.oid] for table in created]
         if announce_created:
             insert_columns(
-                connection,
-                self.t.columns,
+                connection, self.t.columns,
                 [
-                    (
-                        ids[table.oid],
-                        decode_columns(table.columns),
-                        json.loads(table.primary_key),
-                    )
+                    (ids[table.oid], decode_columns(table.columns),
+                     json.loads(table.primary_key))
                     for table in created
                 ],
                 now,
@@ -560,20 +530,20 @@ class Catalog:
     ) -> list[Change]:
         """The records of created, renamed and altered tables, each loaded
         with its columns (written first if need be)."""
-        announced = (
-            created_ids + [i for i, _, _ in renamed] + [d.catalog_id for d in altered]
-        )
+        announced = created_ids + [i for i, _, _ in renamed] + [
+            d.catalog_id for d in altered
+        ]
         self._write_columns(connection, announced)
         loaded = {
             table.id: table
-            for table in self._tables(
-                connection, self.t.tables.c.id.in_(announced), with_columns=True
-            )
+            for table in self._tables(connection, self.t.tables.c.id.in_(announced),
+                                      with_columns=True)
         }
         changes: list[Change] = [TableCreated(loaded[i]) for i in created_ids]
         changes += [TableRenamed(loaded[i], old, new) for i, old, new in renamed]
         changes += [
-            TableAltered(loaded[d.catalog_id], d.columns, d.attributes) for d in altered
+            TableAltered(loaded[d.catalog_id], d.columns, d.attributes)
+            for d in altered
         ]
         return changes
 
@@ -602,8 +572,7 @@ class Catalog:
         if versions is None:
             return None
         versions = {
-            oid: found
-            for oid, found in versions.items()
+            oid: found for oid, found in versions.items()
             if not self._excluded(found[0])
         }
         by_oid = {row.oid: row for row in stored}
@@ -624,8 +593,7 @@ class Catalog:
             return
         t = self.t.tables
         connection.execute(
-            t.update()
-            .where(t.c.id == sa.bindparam("table_id"))
+            t.update().where(t.c.id == sa.bindparam("table_id"))
             .values(version=sa.bindparam("new_version")),
             [{"table_id": i, "new_version": v} for i, v in versions],
         )
@@ -637,8 +605,7 @@ class Catalog:
         t = self.t.tables
         pending = connection.execute(
             sa.select(t.c.id).where(
-                t.c.id == table_id,
-                sa.not_(t.c.columns_written),
+                t.c.id == table_id, sa.not_(t.c.columns_written),
                 sa.not_(t.c.deleted),
             )
         ).first()
@@ -657,11 +624,12 @@ class Catalog:
         """
         t = self.t.tables
         for start in range(0, len(table_ids), 500):
-            chunk = table_ids[start : start + 500]
+            chunk = table_ids[start:start + 500]
             rows = connection.execute(
-                sa.select(
-                    t.c.id, t.c.columns_json, t.c.primary_key, t.c.last_synced
-                ).where(t.c.id.in_(chunk), sa.not_(t.c.columns_written))
+                sa.select(t.c.id, t.c.columns_json, t.c.primary_key,
+                          t.c.last_synced).where(
+                    t.c.id.in_(chunk), sa.not_(t.c.columns_written)
+                )
             ).all()
             by_time: dict[datetime, list[Any]] = {}
             for row in rows:
@@ -671,19 +639,15 @@ class Catalog:
                     connection,
                     self.t.columns,
                     [
-                        (
-                            row.id,
-                            decode_columns(row.columns_json),
-                            tuple(row.primary_key),
-                        )
+                        (row.id, decode_columns(row.columns_json),
+                         tuple(row.primary_key))
                         for row in group
                     ],
                     synced,
                 )
             if rows:
                 connection.execute(
-                    t.update()
-                    .where(t.c.id.in_([row.id for row in rows]))
+                    t.update().where(t.c.id.in_([row.id for row in rows]))
                     .values(columns_written=True)
                 )
 
@@ -721,22 +685,17 @@ class Catalog:
                 added.add(column.oid)
             else:
                 connection.execute(
-                    c.update()
-                    .where(c.c.id == column_id)
+                    c.update().where(c.c.id == column_id)
                     .values(_column_values(table_id, column, table, now))
                 )
         if added:
             insert_columns(
-                connection,
-                c,
-                [(table_id, table.columns, table.primary_key)],
-                now,
+                connection, c, [(table_id, table.columns, table.primary_key)], now,
                 only=added,
             )
         if existing:
             connection.execute(
-                c.update()
-                .where(c.c.id.in_(list(existing.values())))
+                c.update().where(c.c.id.in_(list(existing.values())))
                 .values(deleted=True, last_synced=now)
             )
 
@@ -752,8 +711,7 @@ class Catalog:
             return []
         t = self.t.tables
         connection.execute(
-            t.update()
-            .where(t.c.id.in_(table_ids))
+            t.update().where(t.c.id.in_(table_ids))
             .values(deleted=True, last_synced=now)
         )
         if not records and not signals.table_dropped.receivers:
@@ -762,9 +720,8 @@ class Catalog:
         self._write_columns(connection, table_ids)
         return [
             TableDropped(table)
-            for table in self._tables(
-                connection, t.c.id.in_(table_ids), with_columns=True
-            )
+            for table in self._tables(connection, t.c.id.in_(table_ids),
+                                      with_columns=True)
         ]
 
     def _snapshots(
@@ -779,7 +736,7 @@ class Catalog:
         written: set[int] = set()
         for start in range(0, len(table_ids), 500):
             for row in connection.execute(
-                sa.select(t).where(t.c.id.in_(table_ids[start : start + 500]))
+                sa.select(t).where(t.c.id.in_(table_ids[start:start + 500]))
             ):
                 snapshots[row.id] = _stored_snapshot(row)
                 if row.columns_written:
@@ -787,9 +744,8 @@ class Catalog:
         return snapshots, written
 
     def _table(self, connection: sa.Connection, table_id: int) -> CatalogTable:
-        found = self._tables(
-            connection, self.t.tables.c.id == table_id, with_columns=True
-        )
+        found = self._tables(connection, self.t.tables.c.id == table_id,
+                             with_columns=True)
         if not found:
             raise NotFoundError(f"There is no table with id {table_id}.")
         return found[0]
@@ -801,11 +757,8 @@ class Catalog:
         t = self.t.tables
         found = self._tables(
             connection,
-            sa.and_(
-                t.c.schema_id == table.schema_id,
-                t.c.name == table.name,
-                sa.not_(t.c.deleted),
-            ),
+            sa.and_(t.c.schema_id == table.schema_id, t.c.name == table.name,
+                    sa.not_(t.c.deleted)),
             with_columns=False,
         )
         return found[0] if found else None
@@ -823,22 +776,17 @@ class Catalog:
         # one than on the query.
         rows = connection.execute(
             sa.select(
-                t.c.id,
-                t.c.schema_id,
-                t.c.oid,
-                t.c.name,
-                t.c.kind,
-                t.c.comment,
-                t.c.last_synced,
-                t.c.deleted,
-                s.c.name.label("schema_name"),
+                t.c.id, t.c.schema_id, t.c.oid, t.c.name, t.c.kind, t.c.comment,
+                t.c.last_synced, t.c.deleted, s.c.name.label("schema_name"),
                 *(sa.cast(t.c[name], sa.Text).label(name) for name in _JSON_ATTRIBUTES),
             )
             .join(s, s.c.id == t.c.schema_id)
             .where(where)
             .order_by(t.c.name, t.c.id)
         ).all()
-        decoded = json.loads("[" + ",".join(",".join(row[-3:]) for row in rows) + "]")
+        decoded = json.loads(
+            "[" + ",".join(",".join(row[-3:]) for row in rows) + "]"
+        )
         compared = self._compared_at(
             connection, {row.schema_id for row in rows if not row.deleted}
         )
@@ -849,9 +797,8 @@ class Catalog:
             for start in range(0, len(ids), 500):
                 for column in connection.execute(
                     sa.select(c)
-                    .where(
-                        c.c.table_id.in_(ids[start : start + 500]), sa.not_(c.c.deleted)
-                    )
+                    .where(c.c.table_id.in_(ids[start:start + 500]),
+                           sa.not_(c.c.deleted))
                     .order_by(c.c.table_id, c.c.position)
                 ):
                     floor = compared.get(schema_of[column.table_id])
@@ -861,7 +808,7 @@ class Catalog:
         return [
             _catalog_table(
                 row,
-                decoded[3 * i : 3 * i + 3],
+                decoded[3 * i: 3 * i + 3],
                 tuple(columns.get(row.id, ())) if with_columns else None,
                 None if row.deleted else compared.get(row.schema_id),
             )

@@ -64,7 +64,9 @@ def _unnest_insert(
     preparer = connection.dialect.identifier_preparer
     names = [*fixed, *(name for name, _ in columns)]
     aliases = [f"c{i}" for i in range(len(columns))]
-    selected = [f"%s::{_cast(table, name)}" for name in fixed] + [
+    selected = [
+        f"%s::{_cast(table, name)}" for name in fixed
+    ] + [
         f"{alias}::{'json' if kind == 'json' else _cast(table, name)}"
         for alias, (name, kind) in zip(aliases, columns, strict=True)
     ]
@@ -98,11 +100,8 @@ def _joined(values: list[Any]) -> str | None:
     than the insert itself. One string goes as it is.
     """
     texts = [
-        "\x1f"
-        if value is None
-        else ("t" if value else "f")
-        if isinstance(value, bool)
-        else str(value)
+        "\x1f" if value is None else ("t" if value else "f")
+        if isinstance(value, bool) else str(value)
         for value in values
     ]
     joined = "\x1e".join(texts)
@@ -171,12 +170,8 @@ def insert_tables(
         result = _unnest_insert(
             connection,
             table,
-            {
-                "schema_id": schema_id,
-                "last_synced": now,
-                "deleted": False,
-                "columns_written": columns_written,
-            },
+            {"schema_id": schema_id, "last_synced": now, "deleted": False,
+             "columns_written": columns_written},
             _TABLE_COLUMNS,
             arrays,
             returning=" RETURNING oid, id",
@@ -238,9 +233,8 @@ def insert_columns(
     """
     if _unnest_arrays(connection.dialect):
         arrays: list[list[Any]] = [[] for _ in _COLUMN_COLUMNS]
-        (ids, oids, names, positions, types, nullables, defaults, keys, comments) = (
-            arrays
-        )
+        (ids, oids, names, positions, types, nullables, defaults, keys,
+         comments) = arrays
         for table_id, columns, primary_key in owners:
             for column in columns:
                 if only is not None and column.oid not in only:

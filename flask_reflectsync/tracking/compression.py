@@ -125,7 +125,8 @@ def compressed_commands(
         if len(last) < len(texts):  # some row changed more than once
             first = dict(zip(reversed(texts), reversed(logged), strict=True))
             outcomes = {
-                key: _outcome(first[key], c, report_vanished) for key, c in last.items()
+                key: _outcome(first[key], c, report_vanished)
+                for key, c in last.items()
             }
             if table_name in watch_replaced:
                 for key in _replaced(texts, logged):
