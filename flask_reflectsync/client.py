@@ -273,6 +273,7 @@ class Words:
     register_again: str = "register it again with client.register(force=True)"
     base_url: str = "base_url"
     token: str = "Pass it as client.register(token=...)."
+    secret: str = "pass SyncClient(..., secret=...)"
 
 
 API_WORDS = Words()
@@ -498,10 +499,15 @@ class SyncClient:
 
     def _registered(self) -> _State:
         state = self._state()
-        if state.node_id is None or (self._secret is None and state.secret is None):
+        if state.node_id is None:
             raise NotRegisteredError(
                 "This node has not registered with the server yet; "
                 f"{self._words.register}."
+            )
+        if self._secret is None and state.secret is None:
+            raise NotRegisteredError(
+                f"This node (node {state.node_id}) keeps its secret outside its "
+                f"database; {self._words.secret}."
             )
         return state
 

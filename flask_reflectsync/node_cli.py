@@ -35,6 +35,7 @@ CLI_WORDS = Words(
     register_again="run `reflectsync-node register --force`",
     base_url="--server (REFLECTSYNC_SERVER_URL)",
     token="Pass --token TOKEN (or set REFLECTSYNC_REGISTRATION_TOKEN).",
+    secret="set REFLECTSYNC_NODE_SECRET to it",
 )
 
 #: Where the node's secret is read from when it is kept out of the database.
@@ -409,6 +410,11 @@ def status(node: _Node) -> None:
     with node.client(need_server=False) as client:
         if client.is_registered():
             click.echo(f"Registered as node {client.node_id}.")
+        elif client.node_id is not None:
+            click.echo(
+                f"Registered as node {client.node_id}, but its secret is kept "
+                f"outside the database and {SECRET_VARIABLE} is not set."
+            )
         else:
             click.echo("Not registered: run `reflectsync-node register`.")
         click.echo(f"Server version pulled: {client.last_version}")
