@@ -12,6 +12,10 @@ Options: ``--server`` (default ``http://127.0.0.1:5000/sync``) and
 ``--database`` (default ``sqlite:///tablet.db``); the server must allow the
 tablet to register (``REFLECTSYNC_OPEN_REGISTRATION`` or a token, passed with
 ``--token``).
+
+The tablet imports only :mod:`example_app.models` (plain SQLAlchemy), never
+the server app: a node needs no Flask app, and the same module serves
+``reflectsync-node --models example_app.models``.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from flask_reflectsync.client import SyncClient
 from flask_reflectsync.errors import SyncError
 from flask_reflectsync.node_cli import describe_conflict
 
-from .server import Observation, Site, db
+from .models import Base, Observation, Site
 
 MODELS = [Site, Observation]
 
@@ -31,8 +35,11 @@ MODELS = [Site, Observation]
 def open_client(server: str, database: str, name: str) -> SyncClient:
     """The tablet's client, with its tables created if missing."""
     engine = sa.create_engine(database)
-    db.metadata.create_all(engine, tables=[m.__table__ for m in MODELS])
-    return SyncClient(server, engine, MODELS, name=name)
+    # The client first: it creates a new SQLite file readable by its owner
+    # only, before anything else opens it.
+    client = SyncClient(server, engine, MODELS, name=name)
+    Base.metadata.create_all(engine, tables=[m.__table__ for m in MODELS])
+    return client
 
 
 @click.group()

@@ -6,49 +6,23 @@ data in ``survey.db`` (SQLite) in the current directory.
 
 from __future__ import annotations
 
-import datetime
 import os
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from flask_reflectsync import ReflectSync, track
+from flask_reflectsync import ReflectSync
 
+# The models live in their own module, free of Flask, so that the tablets
+# (example_app.node, or `reflectsync-node --models example_app.models`)
+# import them without building this app.
+from .models import Base, Observation, Site
 
-class Base(DeclarativeBase):
-    pass
-
+__all__ = ["Base", "Observation", "Site", "create_app", "db", "sync"]
 
 db = SQLAlchemy(model_class=Base)
 sync = ReflectSync()
-
-
-@track
-class Site(db.Model):  # type: ignore[name-defined,misc]
-    """A place surveyed in the field."""
-
-    __tablename__ = "site"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(100))
-    observations: Mapped[list[Observation]] = relationship(
-        back_populates="site", cascade="all, delete-orphan"
-    )
-
-
-@track
-class Observation(db.Model):  # type: ignore[name-defined,misc]
-    """A count of one species at a site."""
-
-    __tablename__ = "observation"
-    id: Mapped[int] = mapped_column(primary_key=True)
-    site_id: Mapped[int] = mapped_column(sa.ForeignKey("site.id"))
-    species: Mapped[str] = mapped_column(sa.String(100))
-    count: Mapped[int] = mapped_column(default=0)
-    seen_on: Mapped[datetime.date] = mapped_column(default=datetime.date.today)
-    site: Mapped[Site] = relationship(back_populates="observations")
 
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:

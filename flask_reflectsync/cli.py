@@ -181,7 +181,7 @@ def nodes_command() -> None:
 @cli.command("trim")
 @click.option(
     "--through",
-    type=int,
+    type=click.IntRange(min=0),
     metavar="VERSION",
     help="Trim up to this version instead of the safe watermark; nodes "
     "that have not pulled that far will have to repair.",

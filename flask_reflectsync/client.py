@@ -15,10 +15,17 @@ SQLAlchemy, and several clients and a server may live in one process.
 from __future__ import annotations
 
 import codecs
+import copy
 import datetime
 import decimal
+import email.utils
+import functools
 import json
+import math
+import os
+import random
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -37,6 +44,7 @@ from .errors import (
     AuthenticationError,
     ConfigurationError,
     ForbiddenError,
+    GoneError,
     NotFoundError,
     NotRegisteredError,
     PayloadTooLargeError,
@@ -58,7 +66,9 @@ from .protocol.codec import (
 )
 from .protocol.merge import (
     Conflict,
+    Decision,
     HighWater,
+    MergeResult,
     MergeSchema,
     PulledTable,
     Resolutions,
@@ -86,7 +96,15 @@ from .tracking import (
 )
 from .tracking.registry import tracked_table_for
 
-__all__ = ["SyncClient", "PushResult", "PullResult", "SyncResult", "Conflict"]
+__all__ = [
+    "SyncClient",
+    "PushResult",
+    "PullResult",
+    "SyncResult",
+    "Conflict",
+    "Retry",
+    "PullProgress",
+]
 
 M = TypeVar("M")
 
@@ -147,11 +165,32 @@ class PullResult:
     :param version: the server version the node now has.
     :param operations: how many server changes were merged.
     :param conflicts: every conflict found, with its resolution.
+    :param repaired: rows copied from the server when the pull bootstrapped
+        a new node (0 when it did not).
     """
 
     version: int
     operations: int
     conflicts: list[Conflict] = field(default_factory=list)
+    repaired: int = 0
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far a pull has got (passed to ``pull(on_page=...)``).
+
+    :param version: the server version the node now has.
+    :param server_version: the server's version when the page was served.
+    :param operations: the logged operations merged so far by this pull.
+    :param total: how many the pull covers, if the server said (a server
+        older than this node's release does not); changes committed on the
+        server during the pull may make ``operations`` exceed it.
+    """
+
+    version: int
+    server_version: int
+    operations: int
+    total: int | None
 
 
 @dataclass(frozen=True)
@@ -175,6 +214,76 @@ class SyncResult:
             *self.pushed.conflicts,
             *(c for pull in self.pulled for c in pull.conflicts),
         ]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A request about to be sent again (passed to ``on_retry``).
+
+    :param route: the route, e.g. ``"/pull"``.
+    :param attempt: the number of the try about to be made (2 for the first
+        retry).
+    :param attempts: how many tries are allowed in all.
+    :param delay: the seconds waited before it.
+    :param error: why the last try failed (a busy server, a lost connection).
+    """
+
+    route: str
+    attempt: int
+    attempts: int
+    delay: float
+    error: SyncError
+
+    def describe(self) -> str:
+        """One line a person can read."""
+        return (
+            f"{self.error.message} Trying {self.route} again in "
+            f"{self.delay:.1f} s (try {self.attempt} of {self.attempts})."
+        )
+
+
+#: Answers after which the same request is sent again: the server (or a
+#: proxy in front of it) was busy or rate-limited, and applied nothing.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Transport errors raised before the request left the node.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (a number of seconds or
+    an HTTP date), or ``None`` when there is none or it cannot be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        seconds = (moment - now).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+@dataclass(frozen=True)
+class Words:
+    """How messages name the things a person can do: the Python API's words
+    by default, the command line's flags in ``reflectsync-node``."""
+
+    register: str = "call client.register() first"
+    register_again: str = "register it again with client.register(force=True)"
+    base_url: str = "base_url"
+    token: str = "Pass it as client.register(token=...)."
+    secret: str = "pass SyncClient(..., secret=...)"
+
+
+API_WORDS = Words()
 
 
 @dataclass
@@ -230,6 +339,17 @@ class SyncClient:
     :param timeout: seconds to wait for the server.
     :param transport: an :mod:`httpx` transport (tests, proxies).
     :param page_size: ask for at most this many operations per pull page.
+    :param retries: how many times a request is sent again when the server
+        answers 503, 429, 502 or 504 or cannot be reached (see
+        :ref:`retries`); ``0`` never retries.
+    :param retry_within: the most seconds spent waiting between the tries of
+        one request; the backoff is scaled to fit.
+    :param on_retry: called with a :class:`Retry` before each wait.
+    :param secret: where the node's signing secret comes from instead of its
+        database: the secret itself, or a callable returning it (read once,
+        when first needed). See :ref:`node-secret`.
+    :param save_secret: with ``secret``, called with the new secret when the
+        node registers (the database never holds it).
     """
 
     def __init__(
@@ -244,7 +364,14 @@ class SyncClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         page_size: int | None = None,
+        retries: int = 3,
+        retry_within: float = 10.0,
+        on_retry: Callable[[Retry], Any] | None = None,
+        secret: str | Callable[[], str | None] | None = None,
+        save_secret: Callable[[str], Any] | None = None,
     ) -> None:
+        if retries < 0 or retry_within < 0:
+            raise ConfigurationError("retries and retry_within cannot be negative.")
         self.base_url = base_url.rstrip("/")
         self.engine = engine
         self.name = name
@@ -256,6 +383,14 @@ class SyncClient:
         self._prepared = False
         self._credentials: tuple[int, str] | None = None
         self._http = httpx.Client(timeout=timeout, transport=transport)
+        self.retries = retries
+        self.retry_within = retry_within
+        self.on_retry = on_retry
+        self._random = random.Random()
+        self._secret = secret
+        self._save_secret = save_secret
+        self._words = API_WORDS
+        _create_private_file(engine)
         self._log = OperationLog(tables=NODE_LOG, assign_versions=False)
         use_immediate_transactions(engine)
         #: Sessions whose changes to tracked models are logged for the push.
@@ -380,12 +515,39 @@ class SyncClient:
 
     def _registered(self) -> _State:
         state = self._state()
-        if state.node_id is None or state.secret is None:
+        if state.node_id is None:
             raise NotRegisteredError(
-                "This node has not registered with the server yet; call "
-                "client.register() first."
+                "This node has not registered with the server yet; "
+                f"{self._words.register}."
+            )
+        if self._secret is None and state.secret is None:
+            raise NotRegisteredError(
+                f"This node (node {state.node_id}) keeps its secret outside its "
+                f"database; {self._words.secret}."
             )
         return state
+
+    def _signing_credentials(self) -> tuple[int, str]:
+        # Read once and kept: signing happens inside merge transactions,
+        # where a second connection to the node's SQLite file would wait on
+        # the merge's own write lock.
+        if self._credentials is None:
+            state = self._registered()
+            assert state.node_id is not None
+            secret = self._outside_secret() if self._secret is not None else None
+            if self._secret is None:
+                secret = state.secret
+            if not secret:
+                raise NotRegisteredError(
+                    "This node's secret is not available: the secret source "
+                    "given to the client returned nothing."
+                )
+            self._credentials = (state.node_id, secret)
+        return self._credentials
+
+    def _outside_secret(self) -> str | None:
+        source = self._secret
+        return source() if callable(source) else source
 
     @property
     def last_version(self) -> int:
@@ -423,8 +585,78 @@ class SyncClient:
         params: Mapping[str, str] | None = None,
         signed: bool = True,
         stream: bool = False,
+        idempotent: bool = True,
     ) -> httpx.Response:
+        """Send one request, trying again on a busy server or a lost
+        connection (see :ref:`retries`).
+
+        :param idempotent: whether sending the request twice does no harm (a
+            push carries its id; pulls, repairs and queries only read). A
+            request that is not is tried again only when it cannot have
+            reached the server (busy answers, refused connections).
+        """
         content = b"" if message is None else json.dumps(message).encode("utf-8")
+        waited = 0.0
+        for attempt in range(1, self.retries + 2):
+            # Signed anew each time: a nonce is accepted only once.
+            request = self._request(method, route, content, params, signed)
+            try:
+                answer = self._http.send(request, stream=stream)
+            except httpx.TransportError as error:
+                failure: SyncError = ServerUnreachableError(
+                    f"Cannot reach the sync server at {self.base_url} ({error!s} "
+                    f"[{type(error).__name__}]); check the network and try again."
+                )
+                failure.__cause__ = error
+                never_sent = isinstance(error, _NEVER_SENT)
+                asked: float | None = None
+                if not (idempotent or never_sent):
+                    raise failure from error
+            else:
+                if answer.status_code == 200:
+                    return answer
+                try:
+                    if stream:
+                        answer.read()
+                    failure = _error_from(answer, route, self.base_url, self._words)
+                finally:
+                    answer.close()
+                if answer.status_code not in RETRY_STATUSES:
+                    raise failure
+                asked = retry_after(answer.headers.get("Retry-After"))
+            delay = self._delay(attempt, asked)
+            if attempt > self.retries or waited + delay > self.retry_within:
+                if attempt > 1:
+                    failure.message += f" (tried {attempt} times)"
+                    failure.args = (failure.message, *failure.args[1:])
+                raise failure
+            if self.on_retry is not None:
+                self.on_retry(
+                    Retry(route, attempt + 1, self.retries + 1, delay, failure)
+                )
+            time.sleep(delay)
+            waited += delay
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _delay(self, attempt: int, asked: float | None) -> float:
+        """How long to wait before try ``attempt + 1``: what the server asked
+        for, or else exponential backoff with jitter, scaled so that every
+        wait together stays within ``retry_within``."""
+        if asked is not None:
+            return asked
+        full = self.retry_within * 2.0 ** (attempt - 1) / 2.0**self.retries
+        # Between half and all of it, so nodes turned away together do not
+        # come back together.
+        return full / 2 + self._random.uniform(0, full / 2)
+
+    def _request(
+        self,
+        method: str,
+        route: str,
+        content: bytes,
+        params: Mapping[str, str] | None,
+        signed: bool,
+    ) -> httpx.Request:
         request = self._http.build_request(
             method,
             self.base_url + route,
@@ -433,14 +665,7 @@ class SyncClient:
             headers={"Content-Type": "application/json"} if content else None,
         )
         if signed:
-            # Read once and kept: signing happens inside merge transactions,
-            # where a second connection to the node's SQLite file would wait
-            # on the merge's own write lock.
-            if self._credentials is None:
-                state = self._registered()
-                assert state.node_id is not None and state.secret is not None
-                self._credentials = (state.node_id, state.secret)
-            node_id, secret = self._credentials
+            node_id, secret = self._signing_credentials()
             request.headers.update(
                 sign_request(
                     node_id,
@@ -451,21 +676,7 @@ class SyncClient:
                     content,
                 )
             )
-        try:
-            answer = self._http.send(request, stream=stream)
-        except httpx.TransportError as error:
-            raise ServerUnreachableError(
-                f"Cannot reach the sync server at {self.base_url} ({error!s} "
-                f"[{type(error).__name__}]); check the network and try again."
-            ) from error
-        if answer.status_code != 200:
-            try:
-                if stream:
-                    answer.read()
-                raise _error_from(answer, route, self.base_url)
-            finally:
-                answer.close()
-        return answer
+        return request
 
     def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
         answer = self._send(method, route, **kwargs)
@@ -473,9 +684,9 @@ class SyncClient:
             body = answer.json()
         except ValueError:
             raise ProtocolMismatchError(
-                f"{self.base_url}{route} did not answer JSON; is base_url the "
-                "sync server's URL with its prefix (for example "
-                "http://host:5000/sync)?"
+                f"{self.base_url}{route} did not answer JSON; is "
+                f"{self._words.base_url} the sync server's URL with its prefix "
+                "(for example http://host:5000/sync)?"
             ) from None
         _check_protocol(body, self.base_url)
         return body  # type: ignore[no-any-return]
@@ -495,38 +706,60 @@ class SyncClient:
             has one.
         :param info: anything the server's registration checks want to see.
         :param force: register again even if already registered (the node
-            gets a new id; its queue is kept).
+            gets a new id; its queue and data are kept). Needed when the
+            server no longer knows the node ("Unknown node"), for example
+            after its database was reset.
         :return: the node id.
         :raises RegistrationRefusedError: if the server refuses.
         :raises AuthenticationError: if a token is needed and not given.
+        :raises ConfigurationError: the client reads its secret from outside
+            its database (``secret=``) and has no ``save_secret`` to hand
+            the new one to.
         """
         with self._lock:
             state = self._state()
             if state.node_id is not None and not force:
                 return state.node_id
+            if self._secret is not None and self._save_secret is None:
+                raise ConfigurationError(
+                    "This client reads its secret from outside its database "
+                    "(secret=...); pass save_secret= as well, to receive the "
+                    "secret the server gives when registering."
+                )
             message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "name": self.name}
             if token is not None:
                 message["token"] = token
             if info is not None:
                 message["info"] = dict(info)
-            answer = self._call("POST", "/register", message=message, signed=False)
+            # Not idempotent: a lost answer may have created a node, so only
+            # a request that cannot have arrived is sent again.
+            answer = self._call(
+                "POST", "/register", message=message, signed=False, idempotent=False
+            )
             node = answer["node"]
             self._credentials = None
+            outside = self._save_secret is not None and self._secret is not None
+            if outside:
+                assert self._save_secret is not None
+                self._save_secret(str(node["secret"]))
             with self._begin() as connection:
                 self._set_state(
                     connection,
                     server_url=self.base_url,
                     node_id=int(node["id"]),
                     node_name=node.get("name", ""),
-                    secret=node["secret"],
+                    secret=None if outside else node["secret"],
                     registered_at=datetime.datetime.now(datetime.timezone.utc),
                 )
             return int(node["id"])
 
     def is_registered(self) -> bool:
-        """Whether this node has registered (its id and secret are stored)."""
+        """Whether this node has registered: its id is stored, and its secret
+        too (or the client was given a source for it)."""
         state = self._state()
-        return state.node_id is not None and state.secret is not None
+        if state.node_id is None:
+            return False
+        return self._secret is not None or state.secret is not None
 
     # -- push ----------------------------------------------------------------------
 
@@ -748,7 +981,12 @@ class SyncClient:
 
     # -- pull ----------------------------------------------------------------------
 
-    def pull(self, progress: Callable[[int, int], Any] | None = None) -> PullResult:
+    def pull(
+        self,
+        progress: Callable[[int, int], Any] | None = None,
+        *,
+        on_page: Callable[[PullProgress], Any] | None = None,
+    ) -> PullResult:
         """Fetch the server's changes since the last pull and merge them.
 
         Every page is merged in one local transaction with the queued local
@@ -756,55 +994,149 @@ class SyncClient:
         :data:`~flask_reflectsync.signals.conflict_resolved` with this client
         as sender. A push whose answer was lost is first sent again.
 
+        A node that has never pulled and has nothing queued is *bootstrapped*
+        when the server has trimmed its log past version 0 (answer 410): it
+        is repaired from the server's copy, then pulls from there
+        (:attr:`PullResult.repaired` says how many rows were copied). Any
+        other node gets the :class:`~flask_reflectsync.errors.GoneError`.
+
         :param progress: called as ``progress(version, server_version)`` after
             each page is merged: how far the node has got, and where the
             server was when the page was served.
+        :param on_page: called with a :class:`PullProgress` after each page
+            is merged: the logged operations merged so far, and how many the
+            pull covers when the server says.
 
         :raises UniqueConstraintError: a local change holds unique values the
             server gave another row; the page is not merged.
+        :raises GoneError: the server trimmed the changes this node needs;
+            :meth:`repair` it.
         """
         with self._lock:
-            state = self._registered()
+            self._registered()
             self._settle_push()
+            state = self._state()
             since = state.last_version
             # A pull cut off inside a version resumes where it stopped.
             cursor = state.pull_cursor
             conflicts: list[Conflict] = []
-            count = 0
+            count = done = 0
+            total: int | None = None
             version = since
+            first = True
             while True:
                 message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "since": since}
                 if cursor is not None:
                     message["cursor"] = cursor
                 if self.page_size is not None:
                     message["limit"] = self.page_size
-                page = self._call("POST", "/pull", message=message)
+                try:
+                    page = self._call("POST", "/pull", message=message)
+                except GoneError:
+                    if not first or not self._never_pulled(state):
+                        raise
+                    return self._bootstrap(progress, on_page)
+                first = False
                 changes = self._decode_page(page)
-                with self._begin() as connection:
-                    result = merge_page(
-                        connection,
-                        self.schema,
-                        NODE_LOG,
-                        changes,
-                        self.resolutions,
-                        self._fetch,
-                        NODE_KEYS,
-                    )
-                    self._set_state(
-                        connection,
-                        last_version=page["until"],
-                        pull_cursor=page["cursor"],
-                    )
+                result = self._merge(changes, page["until"], page["cursor"])
                 for conflict in result.conflicts:
                     signals.conflict_resolved.send(self, conflict=conflict)
                 conflicts += result.conflicts
                 count += sum(len(part) for part in changes)
                 version = page["until"]
                 cursor = page["cursor"]
+                if type(page.get("total")) is int and total is None:
+                    total = page["total"]
+                operations = page.get("operations")
+                if type(operations) is not int:  # an older server: rows
+                    operations = sum(len(part) for part in changes)
+                done += operations
                 if progress is not None:
                     progress(version, int(page.get("version", version)))
+                if on_page is not None:
+                    server_version = int(page.get("version", version))
+                    on_page(PullProgress(version, server_version, done, total))
                 if cursor is None:
                     return PullResult(version, count, conflicts)
+
+    def _never_pulled(self, state: _State) -> bool:
+        """Whether repairing this node loses nothing: it has never pulled
+        (nor started to), and has nothing to push."""
+        return (
+            state.last_version == 0
+            and state.pull_cursor is None
+            and state.push_id is None
+            and self.pending_operations() == 0
+        )
+
+    def _bootstrap(
+        self,
+        progress: Callable[[int, int], Any] | None,
+        on_page: Callable[[PullProgress], Any] | None,
+    ) -> PullResult:
+        copied = self.repair()
+        pulled = self.pull(progress, on_page=on_page)
+        return PullResult(
+            pulled.version, pulled.operations, pulled.conflicts, repaired=copied
+        )
+
+    def _merge(
+        self, changes: list[PulledTable], until: int, cursor: str | None
+    ) -> MergeResult:
+        """Merge one page in one local transaction, never holding the node's
+        write lock while waiting for the server.
+
+        When the merge needs rows from the server (to settle a conflict), the
+        transaction is rolled back, the rows are fetched with no lock held,
+        and the merge starts again from the queue as it is then: a local
+        write made meanwhile is part of the decision, never overwritten by a
+        plan made without it. Each round fetches rows the earlier ones did
+        not, so it ends; past ``_MERGE_ROUNDS`` the rows are fetched in the
+        transaction, as a last resort.
+        """
+        fetched: dict[str, dict[tuple[Any, ...], dict[str, Any] | None]] = {}
+        resolutions = _RememberedResolutions(self.resolutions)
+        for round_ in range(1, _MERGE_ROUNDS + 1):
+            fetch = functools.partial(
+                self._fetch_known, fetched, round_ == _MERGE_ROUNDS
+            )
+            try:
+                with self._begin() as connection:
+                    result = merge_page(
+                        connection,
+                        self.schema,
+                        NODE_LOG,
+                        changes,
+                        resolutions,
+                        fetch,
+                        NODE_KEYS,
+                    )
+                    self._set_state(connection, last_version=until, pull_cursor=cursor)
+                return result
+            except _NeedRows as need:
+                found = self._fetch(need.table, need.keys)
+                known = fetched.setdefault(need.table, {})
+                known.update({k: found.get(k) for k in need.keys})
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _fetch_known(
+        self,
+        fetched: dict[str, dict[tuple[Any, ...], dict[str, Any] | None]],
+        last: bool,
+        table: str,
+        keys: Sequence[tuple[Any, ...]],
+    ) -> dict[tuple[Any, ...], dict[str, Any]]:
+        """The merge's fetcher: server rows already fetched, or
+        :class:`_NeedRows` for the others (on the ``last`` round: fetched
+        there and then)."""
+        known = fetched.setdefault(table, {})
+        missing = [k for k in keys if k not in known]
+        if missing and not last:
+            raise _NeedRows(table, missing)
+        if missing:
+            found = self._fetch(table, missing)
+            known.update({k: found.get(k) for k in missing})
+        return {k: row for k in keys if (row := known[k]) is not None}
 
     def _decode_page(self, page: Mapping[str, Any]) -> list[PulledTable]:
         schema = self.schema
@@ -911,7 +1243,12 @@ class SyncClient:
 
     # -- repair --------------------------------------------------------------------
 
-    def repair(self, progress: Callable[[str, int], Any] | None = None) -> int:
+    def repair(
+        self,
+        progress: Callable[[str, int], Any] | None = None,
+        *,
+        on_total: Callable[[int], Any] | None = None,
+    ) -> int:
         """Replace the node's tracked data with the server's copy.
 
         The server streams every tracked table; rows are written in batches
@@ -921,6 +1258,9 @@ class SyncClient:
 
         :param progress: called as ``progress(table, rows_so_far)`` after each
             batch of rows is written.
+        :param on_total: called once, before the first row is written, with
+            how many rows the copy holds, if the server says (a server older
+            than this node's release does not).
         :return: how many rows were written.
         """
         with self._lock:
@@ -935,7 +1275,11 @@ class SyncClient:
                     for tracked in reversed(list(schema.tables.values())):
                         connection.execute(sa.delete(tracked.table))
                     stream = _RepairStream(answer.iter_bytes(), self.base_url)
+                    announced = on_total is None
                     for name, columns, rows in stream.tables():
+                        if not announced:
+                            announced = True
+                            self._announce_total(stream.header, on_total)
                         info = schema.tables.get(name)
                         codecs_ = (
                             table_codecs(info.table, aware_storage=aware)
@@ -981,6 +1325,15 @@ class SyncClient:
             finally:
                 answer.close()
             return total
+
+    def _announce_total(
+        self, header: Mapping[str, Any], on_total: Callable[[int], Any] | None
+    ) -> None:
+        counts = header.get("counts")
+        if on_total is None or not isinstance(counts, dict):
+            return
+        mine = self.schema.tables
+        on_total(sum(n for t, n in counts.items() if t in mine and type(n) is int))
 
     # -- query ---------------------------------------------------------------------
 
@@ -1127,6 +1480,70 @@ def _raise_high_water(session: Session, flush_context: Any) -> None:
 
 # -- helpers --------------------------------------------------------------------------
 
+#: How many times a page's merge may start again for rows from the server
+#: before it fetches them inside its transaction.
+_MERGE_ROUNDS = 20
+
+
+class _NeedRows(Exception):
+    """Raised through a merge that needs server rows not fetched yet."""
+
+    def __init__(self, table: str, keys: list[tuple[Any, ...]]) -> None:
+        super().__init__(table, keys)
+        self.table = table
+        self.keys = keys
+
+
+class _RememberedResolutions(Resolutions):
+    """The client's resolutions, asked once per distinct conflict: a merge
+    that starts again does not ask a resolver callable (which may ask a
+    person) the same question twice."""
+
+    def __init__(self, inner: Resolutions) -> None:
+        self.inner = inner
+        self.default = inner.default
+        self.per_model = inner.per_model
+        self.decided: list[tuple[tuple[Any, ...], Decision]] = []
+
+    def decide(self, conflict: Conflict) -> Decision:
+        question = (
+            conflict.kind,
+            conflict.table,
+            conflict.key,
+            copy.deepcopy(conflict.local),
+            copy.deepcopy(conflict.server),
+            conflict.columns,
+            copy.deepcopy(conflict.other_key),
+        )
+        for asked, decision in self.decided:
+            if asked == question:
+                return decision
+        decision = self.inner.decide(conflict)
+        self.decided.append((question, decision))
+        return decision
+
+
+def _create_private_file(engine: sa.Engine) -> None:
+    """Create the node's SQLite file readable by its owner only (0600), if
+    it does not exist yet: it holds the node's data and, unless the client
+    is given ``secret=``, the secret that signs its requests. SQLite gives
+    its journal and WAL files the database file's permissions."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite":
+        return
+    path = url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return  # in memory, or a URI filename: SQLite's to interpret
+    if url.query.get("mode") == "memory" or os.path.exists(path):
+        return
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return  # created meanwhile by someone else: theirs to protect
+    except OSError:
+        return  # no such folder, no right: SQLite's own error will say so
+    os.close(descriptor)
+
 
 @dataclass(frozen=True)
 class _LoggedOp:
@@ -1214,7 +1631,9 @@ def _check_protocol(body: Any, base_url: str) -> None:
         )
 
 
-def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
+def _error_from(
+    answer: httpx.Response, route: str, base_url: str, words: Words
+) -> SyncError:
     try:
         body = answer.json()
     except ValueError:
@@ -1228,7 +1647,7 @@ def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
             )
         return ProtocolMismatchError(
             f"{base_url}{route} answered HTTP {status} without a sync error; is "
-            "base_url the server's URL with its sync prefix?"
+            f"{words.base_url} the server's URL with its sync prefix?"
         )
     message = str(body["error"])
     if status == 400 and "protocol" in message.lower():
@@ -1236,6 +1655,13 @@ def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
     if status == 400:
         return ValidationError(message)
     if status == 401:
+        if message.startswith("Unknown node"):
+            message += (
+                " The server does not know this node (was its database reset?); "
+                f"{words.register_again}."
+            )
+        elif "registration token" in message and route == "/register":
+            message += f" {words.token}"
         return AuthenticationError(message)
     if status == 403:
         if route == "/register":
@@ -1245,14 +1671,16 @@ def _error_from(answer: httpx.Response, route: str, base_url: str) -> SyncError:
         if route == "/query":
             return NotFoundError(message)
         return ProtocolMismatchError(
-            f"{base_url}{route} does not exist ({message}); check base_url and "
-            "the server's REFLECTSYNC_URL_PREFIX."
+            f"{base_url}{route} does not exist ({message}); check "
+            f"{words.base_url} and the server's REFLECTSYNC_URL_PREFIX."
         )
     if status == 409:
         conflicts = list(body.get("conflicts") or [])
         if conflicts and all("columns" in c for c in conflicts):
             return UniqueConstraintError(message, conflicts)
         return PushRejectedError(message, conflicts)
+    if status == 410:
+        return GoneError(message)
     if status == 413:
         return PayloadTooLargeError(message)
     if status in (502, 503, 504):

@@ -8,11 +8,16 @@ environment, so a kiosk or a cron job needs no arguments::
     export REFLECTSYNC_NODE_MODELS=myapp.models
     reflectsync-node register --token "$TOKEN"
     reflectsync-node sync
+
+``--models`` names the module(s) defining the ``@track`` models; keep them
+in a module of their own that does not build the Flask app (see
+:doc:`/client`), and the node imports neither Flask nor the app.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,46 +25,122 @@ from typing import Any
 import click
 import sqlalchemy as sa
 
-from .client import SyncClient
+from .client import PullProgress, Retry, SyncClient, Words
 from .errors import SyncError
 from .tracking.registry import tracked_classes
+
+#: The messages' advice in the command line's words.
+CLI_WORDS = Words(
+    register="run `reflectsync-node register` first",
+    register_again="run `reflectsync-node register --force`",
+    base_url="--server (REFLECTSYNC_SERVER_URL)",
+    token="Pass --token TOKEN (or set REFLECTSYNC_REGISTRATION_TOKEN).",
+    secret="set REFLECTSYNC_NODE_SECRET to it",
+)
+
+#: Where the node's secret is read from when it is kept out of the database.
+SECRET_VARIABLE = "REFLECTSYNC_NODE_SECRET"
 
 
 class _Node:
     """The options every command shares, and the client built from them."""
 
     def __init__(
-        self, server: str | None, database: str, models: tuple[str, ...], name: str
+        self,
+        server: str | None,
+        database: str,
+        models: tuple[str, ...],
+        name: str,
+        retries: int,
     ) -> None:
         self.server = server
         self.database = database
         self.models = models
         self.name = name
+        self.retries = retries
 
     @contextmanager
-    def client(self, *, need_server: bool = True) -> Iterator[SyncClient]:
+    def client(
+        self, *, need_server: bool = True, print_secret: bool = False
+    ) -> Iterator[SyncClient]:
         if need_server and not self.server:
             raise click.UsageError(
                 "Which server? Pass --server URL (with the sync prefix, e.g. "
                 "http://host:5000/sync) or set REFLECTSYNC_SERVER_URL."
             )
         classes = _import_models(self.models)
-        engine = sa.create_engine(self.database)
-        # A node keeps the synced tables: create what is missing, never alter.
-        tables: dict[sa.MetaData, list[sa.Table]] = {}
-        for cls in classes:
-            table: sa.Table = sa.inspect(cls).local_table
-            tables.setdefault(table.metadata, []).append(table)
+        engine = _engine(self.database)
+        try:
+            # The client first: it creates a new SQLite file for its owner
+            # only, before the tables are created in it.
+            client = SyncClient(
+                self.server or "",
+                engine,
+                classes or None,
+                name=self.name,
+                retries=self.retries,
+                on_retry=_say_retry,
+                **_secret_options(print_secret),
+            )
+            client._words = CLI_WORDS
+            _create_tables(engine, classes, self.database)
+            try:
+                yield client
+            except SyncError as error:
+                raise click.ClickException(error.message) from error
+            finally:
+                client.close()
+        finally:
+            engine.dispose()
+
+
+def _engine(url: str) -> sa.Engine:
+    try:
+        return sa.create_engine(url)
+    except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as error:
+        raise click.UsageError(
+            f"--database {url!r} is not a database URL this node can open "
+            f"({error}); for example sqlite:///node.db."
+        ) from None
+
+
+def _create_tables(engine: sa.Engine, classes: list[type], url: str) -> None:
+    """Create the synced tables that are missing (never alter one)."""
+    tables: dict[sa.MetaData, list[sa.Table]] = {}
+    for cls in classes:
+        table: sa.Table = sa.inspect(cls).local_table
+        tables.setdefault(table.metadata, []).append(table)
+    try:
         for metadata, own in tables.items():
             metadata.create_all(engine, tables=own)
-        client = SyncClient(self.server or "", engine, classes or None, name=self.name)
-        try:
-            yield client
-        except SyncError as error:
-            raise click.ClickException(error.message) from error
-        finally:
-            client.close()
-            engine.dispose()
+    except sa.exc.DBAPIError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else error
+        raise click.ClickException(
+            f"Cannot open the node's database {url}: {reason}."
+        ) from None
+
+
+def _secret_options(print_secret: bool) -> dict[str, Any]:
+    """Keep the secret out of the database when asked to (``register
+    --print-secret``) or when REFLECTSYNC_NODE_SECRET holds it."""
+    outside = os.environ.get(SECRET_VARIABLE)
+    if not (print_secret or outside):
+        return {}
+
+    def show(secret: str) -> None:
+        click.echo(
+            f"Node secret (not stored in the database; set {SECRET_VARIABLE} "
+            f"to it for every other command): {secret}"
+        )
+
+    return {
+        "secret": lambda: os.environ.get(SECRET_VARIABLE),
+        "save_secret": show if print_secret else None,
+    }
+
+
+def _say_retry(retry: Retry) -> None:
+    click.echo(retry.describe(), err=True)
 
 
 def _import_models(modules: tuple[str, ...]) -> list[type]:
@@ -70,17 +151,22 @@ def _import_models(modules: tuple[str, ...]) -> list[type]:
         )
     # REFLECTSYNC_NODE_MODELS="a.models b.models" arrives as one string.
     modules = tuple(part for name in modules for part in name.split())
+    exposed: set[int] = set()
     for name in modules:
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
         except ImportError as error:
             raise click.UsageError(
                 f"Cannot import models module {name!r}: {error}"
             ) from error
+        exposed |= {id(value) for value in vars(module).values()}
+    # A model defined in the module, or imported into it (an app module
+    # re-exporting its models module).
     found = [
         cls
         for cls in tracked_classes()
-        if cls.__module__ in modules and sa.inspect(cls, raiseerr=False) is not None
+        if (cls.__module__ in modules or id(cls) in exposed)
+        and sa.inspect(cls, raiseerr=False) is not None
     ]
     if not found:
         raise click.UsageError(
@@ -118,6 +204,16 @@ def _import_models(modules: tuple[str, ...]) -> list[type]:
     default="",
     help="The node's name, sent when it registers.",
 )
+@click.option(
+    "--retries",
+    envvar="REFLECTSYNC_NODE_RETRIES",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Times to send a request again when the server is busy or cannot "
+    "be reached (env REFLECTSYNC_NODE_RETRIES); each retry is reported on "
+    "stderr.",
+)
 @click.pass_context
 def cli(
     ctx: click.Context,
@@ -125,10 +221,14 @@ def cli(
     database: str,
     models: tuple[str, ...],
     name: str,
+    retries: int,
 ) -> None:
     """An offline node of a flask-reflectsync server: register it, push its
-    changes, pull the server's, or repair it from a full copy."""
-    ctx.obj = _Node(server, database, models, name)
+    changes, pull the server's, or repair it from a full copy.
+
+    The node's secret is kept in its database unless REFLECTSYNC_NODE_SECRET
+    is set (see `register --print-secret`)."""
+    ctx.obj = _Node(server, database, models, name, retries)
 
 
 @cli.command()
@@ -138,17 +238,36 @@ def cli(
     help="The server's registration token, if it requires one.",
 )
 @click.option("--name", help="The node's name (same as the group's --name).")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Register again even if registered: the server gives a new id "
+    "(needed when it answers 'Unknown node', e.g. after its database was "
+    "reset). Local data and queued changes are kept.",
+)
+@click.option(
+    "--print-secret",
+    is_flag=True,
+    help=f"Print the node's secret instead of storing it in the database; "
+    f"then set {SECRET_VARIABLE} to it for every command.",
+)
 @click.pass_obj
-def register(node: _Node, token: str | None, name: str | None) -> None:
+def register(
+    node: _Node, token: str | None, name: str | None, force: bool, print_secret: bool
+) -> None:
     """Register this node with the server (once) and keep its secret."""
     if name:
         node.name = name
-    with node.client() as client:
+    with node.client(print_secret=print_secret) as client:
         already = client.is_registered()
-        node_id = client.register(token=token)
-    click.echo(
-        f"{'Already registered' if already else 'Registered'} as node {node_id}."
-    )
+        if already and not force:
+            click.echo(
+                f"Already registered as node {client.node_id} (--force "
+                "registers it again)."
+            )
+            return
+        node_id = client.register(token=token, force=force)
+    click.echo(f"{'Registered again' if already else 'Registered'} as node {node_id}.")
 
 
 @cli.command()
@@ -169,30 +288,61 @@ def push(node: _Node) -> None:
 @click.pass_obj
 def pull(node: _Node) -> None:
     """Fetch the server's changes and merge them, page by page."""
-    with node.client() as client:
-        start = client.last_version
-        bars: list[Any] = []
+    with node.client() as client, _Bar("Pulling changes") as bar:
 
-        def progress(version: int, server_version: int) -> None:
-            if not bars:  # the total is known once the first page arrives
-                bar = click.progressbar(
-                    length=max(server_version - start, 1),
-                    label="Pulling versions",
-                    show_pos=True,
-                )
-                bar.__enter__()
-                bars.append(bar)
-            bars[0].update(version - start - bars[0].pos)
+        def on_page(page: PullProgress) -> None:
+            bar.show(page.operations, page.total)
 
-        try:
-            result = client.pull(progress=progress)
-        finally:
-            for bar in bars:
-                bar.__exit__(None, None, None)
+        result = client.pull(on_page=on_page)
+    if result.repaired:
+        click.echo(
+            f"New node: copied {result.repaired} row(s) from the server (its "
+            "log is trimmed), then pulled."
+        )
     click.echo(
         f"Merged {result.operations} change(s); now at version {result.version}."
     )
     _conflicts(result.conflicts)
+
+
+def _no_length() -> Iterator[int]:
+    """An empty iterator without a length hint: click's bar then counts
+    without a total (an empty list would make the total 0)."""
+    yield from ()
+
+
+class _Bar:
+    """A progress bar made when the first figures arrive: with a length
+    when the server gives a total, without one (a counter) otherwise."""
+
+    def __init__(self, label: str, show: Any = None, file: Any = None) -> None:
+        self.label = label
+        self.item_show_func = show
+        self.file = file
+        self.bar: Any = None
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def show(self, done: int, total: int | None) -> None:
+        if self.bar is None:
+            # A generator has no length: click then shows a plain count.
+            self.bar = click.progressbar(
+                _no_length() if total is None else None,
+                length=max(total, 1) if total is not None else None,
+                label=self.label,
+                show_pos=True,
+                item_show_func=self.item_show_func,
+                file=self.file,
+            )
+            self.bar.__enter__()
+        if self.bar.length is not None and done > self.bar.length:
+            self.bar.length = done  # the server changed meanwhile
+        self.bar.update(done - self.bar.pos)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 @cli.command("sync")
@@ -228,21 +378,18 @@ def repair(node: _Node, yes: bool) -> None:
                 f"{pending} unpushed change(s) will be lost. Repair?", abort=True
             )
         seen: dict[str, int] = {}
-        # The total is not known in advance: the bar counts rows as they come.
-        bar: Any
-        with click.progressbar(
-            iter(()),
-            label="Repairing",
-            show_pos=True,
-            item_show_func=lambda _: _current(seen),
-        ) as bar:
+        expected: list[int] = []
+        with _Bar("Repairing", lambda _: _current(seen)) as bar:
+
+            def on_total(rows: int) -> None:
+                expected.append(rows)
+                bar.show(0, rows)
 
             def progress(table: str, rows: int) -> None:
-                done = sum(seen.values())
                 seen[table] = rows
-                bar.update(sum(seen.values()) - done)
+                bar.show(sum(seen.values()), expected[0] if expected else None)
 
-            total = client.repair(progress=progress)
+            total = client.repair(progress=progress, on_total=on_total)
         version = client.last_version
     click.echo(
         f"Copied {total} row(s) from {len(seen)} table(s); now at version {version}."
@@ -263,6 +410,11 @@ def status(node: _Node) -> None:
     with node.client(need_server=False) as client:
         if client.is_registered():
             click.echo(f"Registered as node {client.node_id}.")
+        elif client.node_id is not None:
+            click.echo(
+                f"Registered as node {client.node_id}, but its secret is kept "
+                f"outside the database and {SECRET_VARIABLE} is not set."
+            )
         else:
             click.echo("Not registered: run `reflectsync-node register`.")
         click.echo(f"Server version pulled: {client.last_version}")

@@ -521,3 +521,22 @@ def test_a_deleted_key_reused_before_pulling_the_other_update(
     assert sorted(countries) == ["new", "old renamed"]
     # the new row's children followed it
     assert [(n, k) for _, n, _, k in rows["city"]] == [("town", countries["new"])]
+
+
+def test_unique_conflict_names_the_local_row_by_the_key_it_still_has(
+    net: Cluster,
+) -> None:
+    Sample = net.server.Sample
+    a, b = net.node(), net.node()
+    for node in (a, b):
+        with node.Session() as session:
+            session.add(Sample(id=1, code="X"))
+            session.commit()
+    a.synchronize()
+    # b's row 1 would be re-keyed (the server has a row 1), then its code is
+    # taken: nothing is merged, so the local row is still row 1.
+    with pytest.raises(errors.UniqueConstraintError) as caught:
+        b.synchronize()
+    assert [r[0] for r in net.node_rows(b)["sample"]] == [1]
+    assert "local Sample [1]" in caught.value.message
+    assert caught.value.entries[0]["key"] == (1,)

@@ -102,7 +102,9 @@ def _reset(net: Cluster, example: int) -> tuple[list[SyncClient], list[FlakyNetw
         counter = metadata.tables["reflectsync_version_counter"]
         connection.execute(sa.update(counter).values(value=0))
     networks = [FlakyNetwork() for _ in range(3)]
-    nodes = [net.node(f"e{example}n{i}", transport=networks[i]) for i in range(3)]
+    nodes = [
+        net.node(f"e{example}n{i}", transport=networks[i], retries=0) for i in range(3)
+    ]
     return nodes, networks
 
 

@@ -258,7 +258,7 @@ def test_a_pull_cut_off_inside_a_version_resumes_where_it_stopped(
     m = net.server.env.models
     a = net.node("a")
     network = _CutOff()
-    b = net.node("b", transport=network, page_size=2)
+    b = net.node("b", transport=network, page_size=2, retries=0)
     with a.Session() as s:
         s.add(m.Country(id=1, name="old"))
         s.commit()
@@ -329,3 +329,27 @@ def test_a_page_in_another_format_is_refused_and_skips_nothing(
     with pytest.raises(errors.ProtocolMismatchError, match="same release"):
         b.pull()
     assert b.last_version == 0  # the changes will still be pulled
+
+
+def test_pull_reports_operations_with_the_pulls_total(net: Cluster) -> None:
+    from flask_reflectsync.client import PullProgress
+
+    m = net.server.env.models
+    a = net.node("a")
+    b = net.node("b", page_size=3)
+    with a.Session() as session:
+        session.add_all([m.Country(id=i, name=f"c{i}") for i in range(1, 9)])
+        session.commit()
+    a.synchronize()
+    for name in ("first", "again"):
+        with a.Session() as session:
+            session.get_one(m.Country, 1).name = name
+            session.commit()
+        a.synchronize()
+    pages: list[PullProgress] = []
+    result = b.pull(on_page=pages.append)
+    # 10 logged operations (8 inserts, 2 updates) in pages of 3.
+    assert [p.operations for p in pages] == [3, 6, 9, 10]
+    assert {p.total for p in pages} == {10}
+    assert result.operations == 10
+    assert pages[-1].version == result.version

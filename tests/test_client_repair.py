@@ -145,3 +145,21 @@ def test_query_builds_detached_instances_from_server_rows(net: Cluster) -> None:
         b.query(m.City, nowhere=1)
     with pytest.raises(errors.ConfigurationError):
         b.query(net.server.env.models.Note)
+
+
+def test_repair_announces_how_many_rows_it_copies(net: Cluster) -> None:
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    with a.Session() as session:
+        session.execute(
+            sa.insert(m.Country), [{"id": i, "name": f"c{i}"} for i in range(1, 1201)]
+        )
+        session.add(m.City(id=1, name="Lima", country_id=1))
+        session.commit()
+    a.synchronize()
+    totals: list[int] = []
+    seen: list[int] = []
+    written = b.repair(
+        progress=lambda table, rows: seen.append(rows), on_total=totals.append
+    )
+    assert totals == [1201] == [written]

@@ -133,7 +133,7 @@ def test_lost_push_answer_is_resent_with_the_same_id_and_applied_once(
 ) -> None:
     m = net.server.env.models
     transport = LoseAnswers()
-    node = net.node(transport=transport)
+    node = net.node(transport=transport, retries=0)
     with node.Session() as session:
         session.add(m.Country(id=1, name="Peru"))
         session.commit()
@@ -173,7 +173,7 @@ def test_lost_push_answer_is_resent_with_the_same_id_and_applied_once(
 def test_pull_resends_a_pending_push_first(net: Cluster) -> None:
     m = net.server.env.models
     transport = LoseAnswers()
-    node = net.node(transport=transport)
+    node = net.node(transport=transport, retries=0)
     with node.Session() as session:
         session.add(m.Country(id=1, name="Peru"))
         session.commit()
@@ -254,7 +254,9 @@ def test_update_then_delete_while_queued_compresses(net: Cluster) -> None:
 
 def test_unreachable_server_is_retryable(net: Cluster, tmp_path: Path) -> None:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'off.db'}")
-    client = SyncClient("http://127.0.0.1:9/sync", engine, models=net.models, timeout=2)
+    client = SyncClient(
+        "http://127.0.0.1:9/sync", engine, models=net.models, timeout=2, retries=0
+    )
     with pytest.raises(errors.ServerUnreachableError) as caught:
         client.register()
     assert "Cannot reach the sync server" in caught.value.message
@@ -364,3 +366,60 @@ def test_flask_sqlalchemy_node_app_queues_db_session_changes(
         db.session.remove()
         client.close()
         db.engine.dispose()
+
+
+# -- the node's secret --------------------------------------------------------------
+
+
+def test_a_new_node_file_is_created_for_its_owner_only(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    path = tmp_path / "private.db"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    client = SyncClient("http://127.0.0.1:9/sync", engine, models=[])
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        client.pending_operations()  # SQLite uses the file as it is
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        client.close()
+        engine.dispose()
+
+
+def test_the_secret_can_come_from_outside_the_database(
+    net: Cluster, tmp_path: Path
+) -> None:
+    m = net.server.env.models
+    kept: list[str] = []
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'outside.db'}")
+    net.server.env.db.metadata.create_all(engine, tables=net.tables)
+
+    def make(**options: Any) -> SyncClient:
+        return SyncClient(net.server.base, engine, models=net.models, **options)
+
+    with pytest.raises(errors.ConfigurationError, match="save_secret"):
+        make(secret=lambda: None).register()
+    first = make(secret=lambda: kept[0] if kept else None, save_secret=kept.append)
+    node_id = first.register()
+    assert len(kept) == 1 and first.is_registered()
+    with engine.connect() as connection:
+        stored = connection.execute(sa.select(NODE_STATE.c.secret)).scalar()
+    assert stored is None
+    first.close()
+    # Another program on the same file, given the secret (as a string).
+    second = make(secret=kept[0])
+    with second.Session() as session:
+        session.add(m.Country(id=1, name="Peru"))
+        session.commit()
+    assert second.push().operations == 1
+    assert second.node_id == node_id
+    second.close()
+    # Without it the node is registered but cannot sign.
+    third = make()
+    assert not third.is_registered()
+    with pytest.raises(errors.NotRegisteredError, match="secret=") as caught:
+        third.pull()
+    assert f"node {node_id}" in caught.value.message
+    third.close()
+    engine.dispose()

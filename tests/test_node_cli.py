@@ -2,38 +2,49 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
+from flask import Flask, jsonify, request
 
 from example_app import server as survey
 from flask_reflectsync.client import SyncClient
-from flask_reflectsync.node_cli import cli
+from flask_reflectsync.node_cli import _Bar, cli
 
 from .http_server import served
 
 
-@pytest.fixture
-def survey_url(database_url: str) -> Iterator[str]:
-    app = survey.create_app(
-        {
-            "SQLALCHEMY_DATABASE_URI": database_url,
-            "SECRET_KEY": "node-cli-test",
-            "REFLECTSYNC_OPEN_REGISTRATION": True,
-            # small pages, so a pull takes several and shows its progress
-            "REFLECTSYNC_PULL_PAGE_SIZE": 1,
-        }
-    )
+@contextmanager
+def serve_survey(
+    database_url: str, hook: Callable[[Flask], Any] | None = None, **config: Any
+) -> Iterator[tuple[Flask, str]]:
+    settings = {
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SECRET_KEY": "node-cli-test",
+        "REFLECTSYNC_OPEN_REGISTRATION": True,
+        # small pages, so a pull takes several and shows its progress
+        "REFLECTSYNC_PULL_PAGE_SIZE": 1,
+        **config,
+    }
+    app = survey.create_app(settings)
+    if hook is not None:
+        hook(app)
     with app.app_context():
         survey.db.drop_all()
         survey.db.create_all()
     try:
         with served(app) as url:
-            yield url + "/sync"
+            yield app, url + "/sync"
     finally:
         with app.app_context():
             survey.db.session.remove()
@@ -42,16 +53,37 @@ def survey_url(database_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def survey_url(database_url: str) -> Iterator[str]:
+    with serve_survey(database_url) as (_, url):
+        yield url
+
+
+@pytest.fixture
 def node_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'node.db'}"
 
 
-def run(server: str | None, database: str, *args: str, input: str | None = None) -> Any:
-    options = ["--database", database, "--models", "example_app.server"]
+def run(
+    server: str | None,
+    database: str,
+    *args: str,
+    input: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Any:
+    options = ["--database", database, "--models", "example_app.models"]
     if server:
         options = ["--server", server, *options]
-    result = CliRunner().invoke(cli, [*options, *args], input=input, env={})
+    result = _runner().invoke(cli, [*options, *args], input=input, env=env or {})
     return result
+
+
+def _runner() -> CliRunner:
+    """A runner that keeps stderr apart (click before 8.2 needs asking)."""
+    import inspect
+
+    if "mix_stderr" in inspect.signature(CliRunner).parameters:
+        return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
+    return CliRunner()
 
 
 def ok(server: str | None, database: str, *args: str) -> str:
@@ -90,7 +122,7 @@ def test_register_push_pull_status_and_repair(survey_url: str, node_url: str) ->
     assert "Pushed 1 operation(s)" in ok(survey_url, other, "sync")
     pulled = ok(survey_url, node_url, "pull")
     assert "Merged 1 change(s)" in pulled
-    assert "Pulling versions" in pulled
+    assert "Pulling changes" in pulled
     with engine.connect() as connection:
         species = connection.execute(sa.text("SELECT species FROM observation")).all()
     assert species == [("heron",)]
@@ -144,3 +176,157 @@ def test_python_dash_m_runs_the_same_program() -> None:
     )
     assert done.returncode == 0
     assert "reflectsync-node" in done.stdout and "repair" in done.stdout
+
+
+# -- issue 10: the node's first hour ------------------------------------------------
+
+
+def _node_secret(node_url: str) -> Any:
+    engine = sa.create_engine(node_url)
+    try:
+        with engine.connect() as connection:
+            return connection.execute(
+                sa.text("SELECT secret FROM reflectsync_node_state")
+            ).scalar()
+    finally:
+        engine.dispose()
+
+
+def test_the_node_file_is_readable_by_its_owner_only(
+    survey_url: str, node_url: str
+) -> None:
+    ok(survey_url, node_url, "register")
+    path = Path(sa.make_url(node_url).database or "")
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_the_secret_can_live_outside_the_database(
+    survey_url: str, node_url: str
+) -> None:
+    registered = ok(survey_url, node_url, "register", "--print-secret")
+    assert "REFLECTSYNC_NODE_SECRET" in registered
+    secret = registered.split(": ")[-1].splitlines()[0].strip()
+    assert len(secret) > 20
+    assert _node_secret(node_url) is None
+    # Without the secret the node cannot sign; with it, it can.
+    refused = run(survey_url, node_url, "pull")
+    assert refused.exit_code == 1
+    assert "set REFLECTSYNC_NODE_SECRET" in refused.output
+    assert "REFLECTSYNC_NODE_SECRET is not set" in ok(None, node_url, "status")
+    pulled = run(survey_url, node_url, "pull", env={"REFLECTSYNC_NODE_SECRET": secret})
+    assert pulled.exit_code == 0, pulled.output
+    assert "now at version 0" in pulled.output
+
+
+def test_messages_name_the_command_lines_flags(
+    node_url: str, database_url: str
+) -> None:
+    unregistered = run("http://127.0.0.1:9/sync", node_url, "pull")
+    assert "run `reflectsync-node register` first" in unregistered.output
+    assert "client.register" not in unregistered.output
+    with serve_survey(database_url, REFLECTSYNC_OPEN_REGISTRATION=False) as (_, url):
+        result = run(url, node_url, "register")
+        assert result.exit_code == 1
+        assert "--token" in result.output and "register(token" not in result.output
+        wrong_prefix = run(url.removesuffix("/sync") + "/nope", node_url, "register")
+        assert "--server" in wrong_prefix.output
+        assert "base_url" not in wrong_prefix.output
+
+
+def test_register_force_after_the_server_forgot_the_node(
+    database_url: str, node_url: str
+) -> None:
+    with serve_survey(database_url) as (app, url):
+        first = ok(url, node_url, "register")
+        with app.app_context():
+            nodes = survey.db.metadata.tables["reflectsync_nodes"]
+            with survey.db.engine.begin() as connection:
+                connection.execute(sa.delete(nodes))  # the server was reset
+        forgotten = run(url, node_url, "pull")
+        assert forgotten.exit_code == 1
+        assert "reflectsync-node register --force" in forgotten.output
+        assert "--force" in ok(url, node_url, "register")  # says how
+        again = ok(url, node_url, "register", "--force")
+        assert "Registered again as node" in again and again != first
+        assert "now at version" in ok(url, node_url, "pull")
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["not a url", "nosuchdialect://x", "postgresql+nosuchdriver://h/db"],
+)
+def test_a_bad_database_url_is_one_clear_line(url: str) -> None:
+    result = run("http://127.0.0.1:9/sync", url, "status")
+    assert result.exit_code == 2
+    assert "--database" in result.output and "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unopenable_database_file_is_one_clear_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+    result = run("http://127.0.0.1:9/sync", url, "status")
+    assert result.exit_code == 1
+    assert "Cannot open the node's database" in result.output
+    assert isinstance(result.exception, SystemExit)
+
+
+def _busy_first_pull(app: Flask) -> None:
+    left = [1]
+
+    @app.before_request
+    def busy() -> Any:
+        if request.path.endswith("/pull") and left[0]:
+            left[0] -= 1
+            body = {"ok": False, "error": "The database is busy.", "status": 503}
+            return jsonify(body), 503, {"Retry-After": "0"}
+        return None
+
+
+def test_each_retry_is_a_line_on_stderr(database_url: str, node_url: str) -> None:
+    with serve_survey(database_url, hook=_busy_first_pull) as (_, url):
+        ok(url, node_url, "register")
+        result = run(url, node_url, "pull")
+        assert result.exit_code == 0, result.output
+        assert "Trying /pull again in 0.0 s (try 2 of 4)" in result.stderr
+        assert "Trying" not in result.stdout
+        refused = run(url, node_url, "--retries", "-1", "pull")
+        assert refused.exit_code == 2
+
+
+def test_progress_bars_show_a_real_total_or_none() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    with _Bar("Repairing", file=screen) as bar:
+        bar.show(0, 20013)
+        bar.show(20013, 20013)
+    assert "20013/20013" in screen.getvalue()
+    screen = Terminal()
+    with _Bar("Repairing", file=screen) as bar:
+        bar.show(1000, None)
+        bar.show(20013, None)
+    assert "20013" in screen.getvalue() and "/0" not in screen.getvalue()
+
+
+def test_a_node_runs_from_a_models_module_alone(tmp_path: Path) -> None:
+    """``--models example_app.models``: neither the server app nor Flask is
+    imported."""
+    code = (
+        "import sys\n"
+        "from flask_reflectsync.node_cli import cli\n"
+        "try:\n"
+        f"    cli(['--database', 'sqlite:///{tmp_path / 'n.db'}', '--models',"
+        " 'example_app.models', 'status'])\n"
+        "except SystemExit as done:\n"
+        "    assert not done.code, done.code\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "assert 'example_app.server' not in sys.modules, 'the app'\n"
+        "assert not loaded & {'flask', 'flask_sqlalchemy'}, loaded\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Not registered" in done.stdout

@@ -89,7 +89,7 @@ def test_registration_token(make_app: AppFactory) -> None:
         missing = TestNode(server.base).register()
         wrong = TestNode(server.base).register(token="let-me-out")
         assert (missing.status_code, wrong.status_code) == (401, 403)
-        assert "register(token=...)" in missing.json()["error"]
+        assert "REFLECTSYNC_REGISTRATION_TOKEN" in missing.json()["error"]
         assert wrong.json()["error"] == "The registration token is wrong."
         assert _nodes(server) == []
 

@@ -66,8 +66,12 @@ def test_a_node_behind_the_trimmed_mark_is_told_to_repair(net: Cluster) -> None:
     output = _cli(net, "trim", "--through", "1")
     assert "1 node(s) had not pulled that far and must repair" in output
 
+    # b has a change queued: repairing would lose it, so b is told, not
+    # repaired behind its back.
+    _add_cities(b, net, "Cusco")
     with pytest.raises(SyncError, match="trimmed its log through version 1.*[Rr]epair"):
         b.pull()
+    assert b.pending_operations() == 1
     b.repair()
     _add_cities(b, net, "Arequipa")
     b.synchronize()
@@ -82,3 +86,58 @@ def test_trim_refuses_a_version_that_does_not_exist(net: Cluster) -> None:
     )
     assert result.exit_code != 0
     assert "does not exist yet" in result.output
+
+
+def test_trim_refuses_a_negative_version(net: Cluster) -> None:
+    net.node()
+    result = net.server.env.app.test_cli_runner().invoke(
+        args=["reflectsync", "trim", "--through", "-1"]
+    )
+    assert result.exit_code == 2
+    assert "-1" in result.output and "--through" in result.output
+
+
+def test_a_node_registered_after_a_trim_is_bootstrapped(net: Cluster) -> None:
+    a = net.node()
+    _add_cities(a, net, "Lima", "Cusco")
+    a.synchronize()
+    _add_cities(a, net, "Arequipa")
+    a.synchronize()
+    _cli(net, "trim")
+    late = net.node()
+    result = late.pull()
+    assert result.repaired == 2 + 1
+    assert late.last_version == a.last_version
+    net.assert_converged()
+
+
+def test_a_node_that_pulled_before_is_not_repaired_behind_its_back(
+    net: Cluster,
+) -> None:
+    a, b = net.node(), net.node()
+    _add_cities(a, net, "Lima")
+    a.synchronize()
+    b.pull()
+    _add_cities(a, net, "Cusco")
+    a.synchronize()
+    _cli(net, "trim", "--through", str(a.last_version))
+    with pytest.raises(SyncError, match="[Rr]epair"):
+        b.pull()
+
+
+def test_a_repair_brings_the_servers_record_of_the_node_up_to_date(
+    net: Cluster,
+) -> None:
+    a, b = net.node(), net.node()
+    _add_cities(a, net, "Lima")
+    a.synchronize()
+    _add_cities(b, net, "Cusco")  # queued: no bootstrap, a repair by hand
+    b.repair()
+    nodes = _cli(net, "nodes")
+    line = next(
+        row
+        for row in nodes.splitlines()
+        if row.split()[:2] == [str(b.node_id), "node2"]
+    )
+    assert line.split()[-1] == "0"  # behind
+    assert f"safe watermark: {a.last_version}" in _cli(net, "trim", "--dry-run")

@@ -173,12 +173,13 @@ def _pull() -> Response:
 def _repair() -> Response:
     state = _state()
     settings = _settings()
-    _authenticate(settings, _body(settings))
+    node_id = _authenticate(settings, _body(settings))
     pieces = repair_stream(
         state.db.engine,
         state.tables,
         _schema(),
         chunk_rows=settings.repair_chunk_rows,
+        node_id=node_id,
     )
     return Response(pieces, mimetype="application/json")
 

@@ -1068,10 +1068,20 @@ class _Merge:
             conflict.resolution = "values"
             return None
         self.result.conflicts.remove(conflict)
+        # Nothing is merged: name the local row by the key it still has, not
+        # the one a re-keying earlier in this merge planned for it.
+        before = next(
+            (
+                c.key
+                for c in self.result.conflicts
+                if c.table == table and c.new_key == holder_key
+            ),
+            holder_key,
+        )
         return {
             "model": info.mapper.class_,
             "table": table,
-            "key": holder_key,
+            "key": before,
             "columns": list(columns),
             "existing_key": server_key,
         }

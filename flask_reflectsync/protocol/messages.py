@@ -249,6 +249,18 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "Send it back to get the next page; null on the "
                 "last page.",
             },
+            "operations": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "How many logged operations this page covers "
+                "(optional; for progress).",
+            },
+            "total": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "On a pull's first page: how many logged "
+                "operations the whole pull covers (optional; for progress).",
+            },
         },
     },
     "RepairResponse": {
@@ -260,6 +272,12 @@ SCHEMAS: dict[str, Schema] = {
             "version": {
                 **_version,
                 "description": "Pull from this version after restoring.",
+            },
+            "counts": {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": 0},
+                "description": "Each table's row count when the copy started "
+                "(optional; for progress).",
             },
             "tables": _payloads,
         },

@@ -109,8 +109,8 @@ def _admit(
         presented = registration.get("token")
         if presented is None:
             raise AuthenticationError(
-                "This server needs a registration token: register with "
-                "register(token=...)."
+                "This server needs a registration token: send the server's "
+                "REFLECTSYNC_REGISTRATION_TOKEN when registering."
             )
         if not hmac.compare_digest(presented.encode(), str(token).encode()):
             raise RegistrationRefusedError("The registration token is wrong.")

@@ -63,9 +63,12 @@ def pull(
 
     :param page_size: the most operations a page may hold; a request's
         ``limit`` can only lower it.
-    :return: ``{"changes", "until", "version", "cursor"}``; ``changes`` holds,
-        by table name, ``{"columns", "values", "commands", "deleted"}`` (see
-        :doc:`/protocol`).
+    :return: ``{"changes", "until", "version", "cursor", "operations"}`` and,
+        on the first page of a pull, ``"total"``; ``changes`` holds, by table
+        name, ``{"columns", "values", "commands", "deleted"}`` (see
+        :doc:`/protocol`). ``operations`` counts the logged operations the
+        page covers (before compression to one per row), ``total`` those
+        the whole pull covers: a progress bar's position and length.
     """
     request = validate(message, "PullRequest")
     since: int = request["since"]
@@ -80,7 +83,7 @@ def pull(
         )
 
     versions, operations = tables.versions, tables.operations
-    query = (
+    served = (
         sa.select(
             versions.c.number,
             operations.c.id,
@@ -94,13 +97,17 @@ def pull(
             _after(versions.c.number, operations.c.id, since, after),
             versions.c.number <= current,
         )
-        .order_by(versions.c.number, operations.c.id)
-        .limit(limit + 1)
     )
+    query = served.order_by(versions.c.number, operations.c.id).limit(limit + 1)
     numbers, op_ids, names, keys, logged, writers = _columns(
         session, query, ("number", "id")
     )
     more = len(numbers) > limit
+    # A progress total for the node, counted on a pull's first page only:
+    # counting what is left on every page would cost the square of a pull.
+    total: int | None = None
+    if after is None:
+        total = len(numbers) if not more else _count(session, served)
     if more:
         last_number, last_id = numbers[limit - 1], op_ids[limit - 1]
         del names[limit:], keys[limit:], logged[limit:], writers[limit:]
@@ -135,12 +142,21 @@ def pull(
         )
     )
     session.commit()
-    return {
+    page: dict[str, Any] = {
         "changes": changes,
         "until": until,
         "version": current,
         "cursor": cursor,
+        "operations": min(len(numbers), limit),
     }
+    if total is not None:
+        page["total"] = total
+    return page
+
+
+def _count(session: Session, query: sa.Select[Any]) -> int:
+    counted = sa.select(sa.func.count()).select_from(query.subquery())
+    return int(session.execute(counted).scalar() or 0)
 
 
 def change_count(page: Mapping[str, Any]) -> int:
@@ -216,9 +232,7 @@ def _table_changes(
                 wanted[ident] = command
 
     single = len(positions) == 1
-    keys = [
-        (typed[i][0] if single else typed[i]) if i in typed else i for i in wanted
-    ]
+    keys = [(typed[i][0] if single else typed[i]) if i in typed else i for i in wanted]
     values = _current_rows(session, info, keys)
     if integer:
         idents: list[Any] = values[positions[0]]
@@ -465,6 +479,7 @@ def repair_stream(
     schema: TrackedSchema,
     *,
     chunk_rows: int,
+    node_id: int | None = None,
 ) -> Iterator[str]:
     """The full content of every tracked table, as JSON text in pieces.
 
@@ -474,15 +489,22 @@ def repair_stream(
     included; a node that pulls from that version afterwards converges,
     because pulls carry current payloads.
 
+    :param node_id: the node served: once the whole copy has been handed
+        over, the server records that node as having pulled up to the
+        copy's version (as a pull would).
     :return: an iterator of text pieces making up one JSON object,
-        ``{"ok": true, "protocol": 1, "version": N, "tables": {name:
-        {"columns": [...], "rows": [[...], ...]}}}``.
+        ``{"ok": true, "protocol": 1, "version": N, "counts": {name: rows},
+        "tables": {name: {"columns": [...], "rows": [[...], ...]}}}``;
+        ``counts`` holds each table's row count when the copy starts (a progress
+        total: rows committed meanwhile may change it).
     """
     with engine.connect() as connection:
         version = current_version(connection, tables)
         aware = stores_time_zones(connection.dialect)
+        counts = json.dumps(_row_counts(connection, schema))
         yield (
-            f'{{"ok":true,"protocol":{PROTOCOL_VERSION},"version":{version},"tables":{{'
+            f'{{"ok":true,"protocol":{PROTOCOL_VERSION},"version":{version},'
+            f'"counts":{counts},"tables":{{'
         )
         for number, (name, info) in enumerate(schema.tables.items()):
             codecs = list(table_codecs(info.table, aware_storage=aware).values())
@@ -501,3 +523,41 @@ def repair_stream(
                 first = False
             yield "]}"
         yield "}}"
+    if node_id is not None:
+        # Reached only when the server took the last piece: the node has
+        # the whole copy, so nodes and trim's watermark see it as caught up.
+        _record_pulled(engine, tables, node_id, version)
+
+
+def _row_counts(connection: sa.Connection, schema: TrackedSchema) -> dict[str, int]:
+    """Each tracked table's row count, in one round trip."""
+    names = list(schema.tables)
+    if not names:
+        return {}
+    counts = [
+        sa.select(sa.func.count())
+        .select_from(schema.tables[name].table)
+        .scalar_subquery()
+        for name in names
+    ]
+    found = connection.execute(sa.select(*counts)).one()
+    return {name: int(count or 0) for name, count in zip(names, found, strict=True)}
+
+
+def _record_pulled(
+    engine: sa.Engine, tables: LogTables, node_id: int, version: int
+) -> None:
+    nodes = tables.nodes
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                sa.update(nodes)
+                .where(nodes.c.id == node_id)
+                .values(
+                    last_pulled_version=version,
+                    last_seen_at=datetime.datetime.now(datetime.timezone.utc),
+                )
+            )
+    except sa.exc.DBAPIError:
+        # The answer is already sent; the node's next pull records it.
+        pass
