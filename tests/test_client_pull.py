@@ -201,6 +201,25 @@ def _set_code(node: SyncClient, model: Any, key: int, code: str) -> None:
         session.commit()
 
 
+def test_a_page_that_moves_a_unique_value_to_another_row(net: Cluster) -> None:
+    """Found by the soak: on the server row 2 gives its code up, then row 1
+    takes it. The node receives both in one page and must write row 2 first
+    (it was: a raw IntegrityError on every pull, the node stuck)."""
+    Sample = net.server.Sample
+    a, b = net.node(), net.node()
+    with a.Session() as session:
+        session.add_all([Sample(id=1, code="b"), Sample(id=2, code="a")])
+        session.commit()
+    a.synchronize()
+    b.synchronize()
+    _set_code(a, Sample, 2, "c")
+    _set_code(a, Sample, 1, "a")
+    a.synchronize()
+    assert b.pull().conflicts == []
+    assert [r[:2] for r in net.node_rows(b)["sample"]] == [(1, "a"), (2, "c")]
+    net.assert_converged()
+
+
 @pytest.mark.xfail(
     strict=True,
     raises=errors.UniqueConstraintError,

@@ -1297,8 +1297,16 @@ def write_rows(
     inserts: Sequence[Mapping[str, Any]],
     updates: Sequence[Mapping[str, Any]],
 ) -> None:
-    """Insert and update rows given by column name, one executemany each."""
+    """Insert and update rows given by column name, one executemany each.
+
+    Updates that move a unique value from one row to another are ordered so
+    that the row giving the value up is written first (SQLite and MySQL check
+    a unique constraint after each row); values swapped in a cycle are still
+    refused by the database.
+    """
     table = info.table
+    if updates and unique_column_sets(table):
+        updates = _in_unique_order(connection, info, updates)
     if updates:
         pk_names = {c.name for c in info.pk_columns}
         by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
@@ -1330,6 +1338,43 @@ def write_rows(
         connection.execute(
             sa.insert(table), [{keys[n]: v for n, v in r.items()} for r in inserts]
         )
+
+
+def _in_unique_order(
+    connection: sa.Connection, info: TrackedTable, updates: Sequence[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """``updates`` with every row that takes a unique value another updated
+    row holds now placed after that row (a stable topological order; rows in
+    a cycle keep their place)."""
+    by_key = {row_key(info, row): row for row in updates}
+    current = {row_key(info, r): r for r in read_rows(connection, info, list(by_key))}
+    after: dict[tuple[Any, ...], set[tuple[Any, ...]]] = {k: set() for k in by_key}
+    for columns in unique_column_sets(info.table):
+        if not all(c in row for row in updates for c in columns):
+            continue
+        holders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for key, old in current.items():
+            values = tuple(old.get(c) for c in columns)
+            if None not in values:
+                holders[values] = key
+        for key, row in by_key.items():
+            holder = holders.get(tuple(row[c] for c in columns))
+            if holder is not None and holder != key:
+                after[key].add(holder)  # the holder gives the value up first
+    if not any(after.values()):
+        return list(updates)
+    ordered: list[Mapping[str, Any]] = []
+    placed: set[tuple[Any, ...]] = set()
+    waiting = list(by_key)
+    while waiting:
+        ready = [k for k in waiting if after[k] <= placed]
+        if not ready:  # a cycle: written as they come, the database decides
+            ready = waiting
+        for key in ready:
+            ordered.append(by_key[key])
+            placed.add(key)
+        waiting = [k for k in waiting if k not in placed]
+    return ordered
 
 
 #: The databases :func:`upsert_columns` writes to.
