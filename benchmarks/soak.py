@@ -584,6 +584,7 @@ class History:
     inserted: dict[str, str] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
     in_conflict: set[str] = field(default_factory=set)
+    author: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for line in self.lines:
@@ -591,6 +592,7 @@ class History:
                 self.written.setdefault(line["tag"], set()).add(line["value"])
             if line["op"] == "insert":
                 self.inserted[line["tag"]] = line["table"]
+                self.author[line["tag"]] = line["who"]
             elif line["op"] == "delete":
                 self.deleted.add(line["tag"])
             elif line["op"] == "conflict" and line["kind"] in RESTORING:
@@ -678,6 +680,9 @@ def verdict(run: Run) -> dict[str, Any]:
     """The checks, the figures and examples to start a reproduction from."""
     tags = _server_tags(run.server["rows"])
     history = run.history
+    stuck = {**run.settled.stuck}
+    for who, code in run.crashed.items():
+        stuck[who] = f"process ended with exit code {code}"
     lost_rows = sorted(
         t for t in history.inserted if t not in history.deleted and t not in tags
     )
@@ -696,9 +701,6 @@ def verdict(run: Run) -> dict[str, Any]:
     diverged = sorted(
         who for who, rows in run.node_rows.items() if rows != run.server["rows"]
     )
-    stuck = {**run.settled.stuck}
-    for who, code in run.crashed.items():
-        stuck[who] = f"process ended with exit code {code}"
     nodes = [s for s in run.stats if s["who"] != "srv"]
     calls = sum(s["calls"] for s in nodes)
     succeeded = sum(s["succeeded"] for s in nodes)
@@ -719,7 +721,9 @@ def verdict(run: Run) -> dict[str, Any]:
             "lost",
             len(lost_rows) + len(lost_deletes),
             not lost_rows and not lost_deletes,
-            f"{len(lost_rows)} rows written, never deleted, missing on the server; "
+            f"{len(lost_rows)} rows written, never deleted, missing on the server "
+            f"({sum(history.author[t] in stuck for t in lost_rows)} of them by "
+            "stuck nodes); "
             f"{len(lost_deletes)} deleted rows back on the server with no conflict",
         ),
         Check(
