@@ -585,6 +585,7 @@ class History:
     deleted: set[str] = field(default_factory=set)
     in_conflict: set[str] = field(default_factory=set)
     author: dict[str, str] = field(default_factory=dict)
+    deleters: dict[str, set[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for line in self.lines:
@@ -595,6 +596,7 @@ class History:
                 self.author[line["tag"]] = line["who"]
             elif line["op"] == "delete":
                 self.deleted.add(line["tag"])
+                self.deleters.setdefault(line["tag"], set()).add(line["who"])
             elif line["op"] == "conflict" and line["kind"] in RESTORING:
                 self.in_conflict.update(line["tags"])
 
@@ -724,7 +726,9 @@ def verdict(run: Run) -> dict[str, Any]:
             f"{len(lost_rows)} rows written, never deleted, missing on the server "
             f"({sum(history.author[t] in stuck for t in lost_rows)} of them by "
             "stuck nodes); "
-            f"{len(lost_deletes)} deleted rows back on the server with no conflict",
+            f"{len(lost_deletes)} deleted rows back on the server with no conflict "
+            f"({sum(history.deleters[t] <= set(stuck) for t in lost_deletes)} "
+            "deleted by stuck nodes only)",
         ),
         Check(
             "duplicated",
