@@ -694,7 +694,7 @@ def key_ceiling(codec: ColumnCodec) -> int | None:
     if codec.int_range is None:
         return None
     high = codec.int_range[1]
-    return high - max(high >> KEY_SPACE_RESERVE_SHIFT, 1)
+    return high - max((high + 1) >> KEY_SPACE_RESERVE_SHIFT, 1)
 
 
 def check_key_space(changes: Mapping[str, _TableChanges]) -> None:
