@@ -823,3 +823,59 @@ def test_a_push_id_stored_before_digests_matches_any_content(
     again = node.push(*_one_country(2), push_id="old")
     assert again.status_code == 200
     assert again.json()["version"] == 1
+
+
+def test_a_node_retry_sends_what_it_first_sent(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """The answer is lost, then the row changes before the retry. The retry
+    must carry the first content (rebuilt from the live row it would be
+    another push under the same id, refused); the change follows in the next
+    push."""
+    from flask_reflectsync import errors
+
+    from .nodes import cluster
+    from .test_client_sync import LoseAnswers
+
+    with cluster(make_app, tmp_path) as net:
+        m = net.server.env.models
+        transport = LoseAnswers()
+        node = net.node(transport=transport)
+        with node.Session() as session:
+            session.add(m.Country(id=1, name="Peru"))
+            session.commit()
+        transport.lose = True
+        with pytest.raises(errors.ServerUnreachableError):
+            node.push()
+        with node.Session() as session:
+            session.get(m.Country, 1).name = "Perú"
+            session.commit()
+        transport.lose = False
+
+        again = node.push()
+
+        assert (again.version, again.operations) == (1, 1)
+        node.synchronize()
+        assert net.server_rows()["country"] == [(1, "Perú")]
+        net.assert_converged()
+
+
+def test_a_node_file_from_before_push_messages_is_upgraded(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    from flask_reflectsync.client import SyncClient
+
+    from .nodes import cluster
+
+    with cluster(make_app, tmp_path) as net:
+        m = net.server.env.models
+        node = net.node()
+        with node.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "ALTER TABLE reflectsync_node_state DROP COLUMN push_message"
+            )
+        reopened = SyncClient(node.base_url, node.engine, models=net.models)
+        with reopened.Session() as session:
+            session.add(m.Country(id=1, name="Peru"))
+            session.commit()
+        assert reopened.push().version == 1
