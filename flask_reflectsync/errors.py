@@ -91,9 +91,10 @@ class InvalidValueError(ValidationError):
 
 class InvalidKeyError(InvalidValueError):
     """A pushed insert's integer key lies in the part of the key space the
-    server keeps for its own sequence (see :ref:`key-space`): accepting it
-    would let the server's app, or the next node, run out of keys. The node
-    must give the row another key. Envelope ``code``: ``"invalid-key"``."""
+    server keeps for its own sequence (see :ref:`the key space <key-space>`):
+    accepting it would let the server's app, or the next node, run out of
+    keys. The node must give the row another key. Envelope ``code``:
+    ``"invalid-key"``."""
 
     code = "invalid-key"
 

@@ -275,6 +275,27 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "On 409: the rows in conflict.",
                 "items": {"type": "object"},
             },
+            "code": {
+                "type": "string",
+                "enum": ["invalid-value", "invalid-key", "push-id-reused"],
+                "description": "What kind of refusal, for programs.",
+            },
+            "table": {
+                "type": "string",
+                "description": "invalid-value, invalid-key: the row's table.",
+            },
+            "key": {
+                "type": "array",
+                "description": "invalid-value, invalid-key: the row's key as sent.",
+            },
+            "column": {
+                "type": "string",
+                "description": "invalid-value, invalid-key: the column.",
+            },
+            "push_id": {
+                "type": "string",
+                "description": "push-id-reused: the push id.",
+            },
         },
     },
 }

@@ -684,7 +684,7 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
 
 #: A pushed integer key must lie below the top 1/1024th of its column
 #: type's range (2,097,152 keys of an ``Integer``): that part is kept for
-#: the server's own sequence. See :ref:`key-space`.
+#: the server's own sequence. See :ref:`the key space <key-space>`.
 KEY_SPACE_RESERVE_SHIFT = 10
 
 
