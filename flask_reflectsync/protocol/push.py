@@ -3,14 +3,17 @@
 The order of work, and why:
 
 1. The message is checked against the schema, then every table, column,
-   key and value against the tracked models, before any write. A bad push
-   leaves the database exactly as it was.
+   key and value against the tracked models and what their column types
+   can store, and inserted integer keys against the key space, before any
+   write. A bad push leaves the database exactly as it was.
 2. A push id already stored in ``reflectsync_versions.push_id`` is answered
-   from there: a retry after a lost answer applies nothing.
-3. Rows are written through the app's session, one executemany per table and
-   kind (inserts parents first, then updates, then deletes children first),
-   so the tracking listeners log them into one new version that records the
-   node and the push id.
+   from there if its content digest matches: a retry after a lost answer
+   applies nothing; other content under that id is refused.
+3. PostgreSQL sequences are raised past the inserted keys, then rows are
+   written through the app's session, one executemany per table and kind
+   (inserts parents first, then updates, then deletes children first), so
+   the tracking listeners log them into one new version that records the
+   node, the push id and its digest.
 4. The version counter row is locked, and only then the log is searched for
    versions the node has not seen that touched the same rows (see
    :func:`find_conflicts`). Taking the lock after the writes keeps the lock
