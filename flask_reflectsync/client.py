@@ -45,6 +45,8 @@ from .errors import (
     ConfigurationError,
     ForbiddenError,
     GoneError,
+    InvalidKeyError,
+    InvalidValueError,
     NotFoundError,
     NotRegisteredError,
     PayloadTooLargeError,
@@ -131,6 +133,9 @@ NODE_STATE = sa.Table(
     # kept until the server acknowledges it.
     sa.Column("push_id", sa.String(64), nullable=True),
     sa.Column("push_versions", sa.Text, nullable=True),
+    # The push message as first sent: a retry must send the same (the server
+    # refuses a push id it applied with other content).
+    sa.Column("push_message", sa.Text, nullable=True),
 )
 
 #: Per tracked table with an integer key, the highest key the node has ever
@@ -296,6 +301,7 @@ class _State:
     pull_cursor: str | None
     push_id: str | None
     push_versions: list[int]
+    push_message: str | None
 
 
 class _NodeSessionmaker(sessionmaker[Session]):
@@ -420,6 +426,7 @@ class SyncClient:
                 return
             NODE_METADATA.create_all(self.engine, checkfirst=True)
             with self.engine.begin() as connection:
+                _add_push_message_column(connection)
                 found = connection.execute(
                     sa.select(NODE_STATE.c.id).where(NODE_STATE.c.id == 1)
                 ).first()
@@ -497,6 +504,7 @@ class SyncClient:
             pull_cursor=row.pull_cursor,
             push_id=row.push_id,
             push_versions=json.loads(row.push_versions or "[]"),
+            push_message=row.push_message,
         )
 
     def _set_state(self, connection: sa.Connection, **values: Any) -> None:
@@ -810,7 +818,12 @@ class SyncClient:
     def _send_push(self) -> PushResult:
         state = self._state()
         assert state.push_id is not None
-        message = self._push_message(state)
+        if state.push_message is not None:
+            message = json.loads(state.push_message)
+        else:
+            message = self._push_message(state)
+            with self._begin() as connection:
+                self._set_state(connection, push_message=json.dumps(message))
         if not message["operations"]:
             self._acknowledge(state.push_versions)
             return PushResult(state.push_id, None, 0)
@@ -818,7 +831,9 @@ class SyncClient:
             answer = self._call("POST", "/push", message=message)
         except PushRejectedError:
             with self._begin() as connection:
-                self._set_state(connection, push_id=None, push_versions=None)
+                self._set_state(
+                    connection, push_id=None, push_versions=None, push_message=None
+                )
             raise
         self._acknowledge(state.push_versions)
         conflicts = self._server_conflicts(answer.get("resolved") or [])
@@ -967,7 +982,9 @@ class SyncClient:
                     sa.delete(operations).where(operations.c.version_id.in_(batch))
                 )
                 connection.execute(sa.delete(versions).where(versions.c.id.in_(batch)))
-            self._set_state(connection, push_id=None, push_versions=None)
+            self._set_state(
+                connection, push_id=None, push_versions=None, push_message=None
+            )
 
     def _settle_push(self) -> None:
         """Resend a push whose answer was lost, before anything is merged:
@@ -1321,6 +1338,7 @@ class SyncClient:
                         pull_cursor=None,
                         push_id=None,
                         push_versions=None,
+                        push_message=None,
                     )
             finally:
                 answer.close()
@@ -1631,6 +1649,15 @@ def _check_protocol(body: Any, base_url: str) -> None:
         )
 
 
+def _add_push_message_column(connection: sa.Connection) -> None:
+    """Node files made before push messages were kept lack the column."""
+    columns = sa.inspect(connection).get_columns(NODE_STATE.name)
+    if "push_message" not in {column["name"] for column in columns}:
+        connection.exec_driver_sql(
+            f"ALTER TABLE {NODE_STATE.name} ADD COLUMN push_message TEXT"
+        )
+
+
 def _error_from(
     answer: httpx.Response, route: str, base_url: str, words: Words
 ) -> SyncError:
@@ -1683,6 +1710,14 @@ def _error_from(
         return GoneError(message)
     if status == 413:
         return PayloadTooLargeError(message)
+    if status == 422 and body.get("code") in ("invalid-value", "invalid-key"):
+        kind = InvalidKeyError if body["code"] == "invalid-key" else InvalidValueError
+        return kind(
+            message,
+            table=str(body.get("table")),
+            key=list(body.get("key") or []),
+            column=str(body.get("column")),
+        )
     if status in (502, 503, 504):
         return ServiceBusyError(message)
     error = SyncError(message)

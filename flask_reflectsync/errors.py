@@ -51,6 +51,73 @@ class ValidationError(SyncError):
     status = 400
 
 
+class InvalidValueError(ValidationError):
+    """A pushed value does not fit the server's column: the wrong type, null
+    in a non-null column, a string longer than ``String(n)``, an integer
+    outside the column type's range, a NUL or an unpaired surrogate in text.
+    Nothing of the push was written; sending it again cannot succeed.
+
+    The error envelope names the value beside the sentence:
+    ``{"code": "invalid-value", "table": ..., "key": [...], "column": ...}``,
+    with the row's key as it was sent.
+
+    :param message: one sentence a person can act on.
+    :param table: the table of the row.
+    :param key: the row's primary key in its wire form, as sent.
+    :param column: the column the value was for.
+    """
+
+    status = 422
+    #: The machine-readable kind of error, in the envelope's ``code``.
+    code = "invalid-value"
+
+    def __init__(
+        self, message: str, *, table: str, key: list[Any], column: str
+    ) -> None:
+        super().__init__(message)
+        self.table = table
+        self.key = key
+        self.column = column
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "code": self.code,
+            "table": self.table,
+            "key": self.key,
+            "column": self.column,
+        }
+
+
+class InvalidKeyError(InvalidValueError):
+    """A pushed insert's integer key lies in the part of the key space the
+    server keeps for its own sequence (see :ref:`the key space <key-space>`):
+    accepting it would let the server's app, or the next node, run out of
+    keys. The node must give the row another key. Envelope ``code``:
+    ``"invalid-key"``."""
+
+    code = "invalid-key"
+
+
+class PushIdReusedError(ValidationError):
+    """A push id the server already applied came again with other content.
+
+    A retried push must carry exactly the operations and rows it carried the
+    first time; new work needs a new push id. Nothing was written. Envelope
+    ``code``: ``"push-id-reused"``.
+    """
+
+    status = 409
+    code = "push-id-reused"
+
+    def __init__(self, message: str, *, push_id: str) -> None:
+        super().__init__(message)
+        self.push_id = push_id
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "code": self.code, "push_id": self.push_id}
+
+
 class AuthenticationError(SyncError):
     """The request is not signed by a registered node, or the signature is bad."""
 
@@ -166,6 +233,9 @@ __all__ = [
     "ConfigurationError",
     "TrackingError",
     "ValidationError",
+    "InvalidValueError",
+    "InvalidKeyError",
+    "PushIdReusedError",
     "AuthenticationError",
     "NotFoundError",
     "ForbiddenError",

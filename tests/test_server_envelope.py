@@ -39,7 +39,9 @@ def _assert_envelope(answer: httpx.Response) -> dict[str, Any]:
         assert body["ok"] is False
         assert body["status"] == answer.status_code
         assert isinstance(body["error"], str) and body["error"]
-        assert set(body) <= {"ok", "error", "status", "conflicts"}
+        fields = {"conflicts", "code", "table", "key", "column", "push_id"}
+        assert set(body) <= {"ok", "error", "status", *fields}
+        assert set(body) <= set(SCHEMAS["Error"]["properties"])
     return body
 
 
@@ -69,6 +71,32 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
             "pull ok",
             signed(node.build("POST", "/pull", json={"protocol": 1, "since": 0})),
             200,
+        ),
+        (
+            "push invalid value",
+            signed(
+                node.build(
+                    "POST",
+                    "/push",
+                    json={
+                        **push,
+                        "push_id": "g",
+                        "payloads": {
+                            "country": {"columns": ["id", "name"], "rows": [[1, 5]]}
+                        },
+                    },
+                )
+            ),
+            422,
+        ),
+        (
+            "push id reused",
+            signed(
+                node.build(
+                    "POST", "/push", json={**push, "operations": [], "payloads": {}}
+                )
+            ),
+            409,
         ),
         ("pull unsigned", node.build("POST", "/pull", json={"since": 0}), 401),
         ("pull invalid", signed(node.build("POST", "/pull", json={"since": -1})), 400),

@@ -319,7 +319,7 @@ def test_query_pages(server: ServerEnv) -> None:
         ({"model": "city", "population__near": "1"}, 400, "Unknown column"),
         ({"model": "city", "limit": "0"}, 400, "limit must be between"),
         ({"model": "city", "limit": "x"}, 400, "limit must be an integer"),
-        ({"model": "city", "offset": "-1"}, 400, "offset cannot be negative"),
+        ({"model": "city", "offset": "-1"}, 400, "offset must be an integer from 0"),
         ({"model": "sample", "doc": "{}"}, 400, "cannot be filtered"),
     ],
 )
@@ -432,8 +432,15 @@ def test_values_of_the_wrong_type_are_refused(
     node = server.node()
     op, payload = insert("sample", {"id": 3, column: value})
     answer = node.push([op], payload)
-    assert answer.status_code == 400
-    error = answer.json()["error"]
+    assert answer.status_code == 422
+    body = answer.json()
+    assert (body["code"], body["table"], body["key"]) == (
+        "invalid-value",
+        "sample",
+        [3],
+    )
+    assert body["column"] == column
+    error = body["error"]
     assert f"column {column!r}" in error
     assert message in error
     assert server.env.db.session.get(server.Sample, 3) is None

@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
+from flask_reflectsync.protocol.codec import table_codecs
 
 from .conftest import AppFactory
 from .http_server import (
@@ -248,11 +249,19 @@ def test_an_invalid_push_is_refused_and_writes_nothing(
     before = without_nonces(database_state(server.env))
     answer = node.call("POST", "/push", json=message)
 
-    assert answer.status_code == 400, answer.text
+    # A value the column cannot take is 422 and named; a malformed push 400.
+    status = 422 if case in VALUE_CASES else 400
+    assert answer.status_code == status, answer.text
     body = answer.json()
-    assert body["ok"] is False and body["status"] == 400
+    assert body["ok"] is False and body["status"] == status
     assert expected in body["error"]
+    if status == 422:
+        assert body["code"] == "invalid-value"
+        assert (body["table"], body["key"]) == ("city", [5])
     assert without_nonces(database_state(server.env)) == before
+
+
+VALUE_CASES = {"wrong type", "string too long", "null in a non-null column"}
 
 
 def test_malformed_json_is_refused(server: ServerEnv) -> None:
@@ -629,3 +638,267 @@ def test_sequences_are_advanced_only_where_allowed(
             connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_sample")
             connection.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
         engine.dispose()
+
+
+# -- values the server's columns cannot store (issue 11 item 5) -----------------
+
+
+def test_one_value_beyond_its_column_refuses_the_whole_push(server: ServerEnv) -> None:
+    """A hundred rows, one population past 32 bits: nothing is written, and
+    the envelope names the table, the row's key and the column."""
+    node = server.node()
+    rows = [[n, f"city {n}", 2**31 if n == 57 else n, None] for n in range(1, 101)]
+    before = without_nonces(database_state(server.env))
+    answer = node.push(
+        [{"table": "city", "key": [n], "command": "i"} for n in range(1, 101)],
+        {"city": {"columns": CITY_COLUMNS, "rows": rows}},
+    )
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert {k: body[k] for k in ("code", "table", "key", "column", "status")} == {
+        "code": "invalid-value",
+        "table": "city",
+        "key": [57],
+        "column": "population",
+        "status": 422,
+    }
+    assert body["error"].startswith("city [57]: column 'population' holds integers")
+    assert without_nonces(database_state(server.env)) == before
+
+
+def test_the_node_is_told_which_value_the_server_cannot_store(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """SQLite keeps a 101-character name in a String(100); the server does
+    not, and the real client raises the error with its fields."""
+    from flask_reflectsync import errors
+
+    from .nodes import cluster
+
+    with cluster(make_app, tmp_path) as net:
+        node = net.node()
+        m = net.server.env.models
+        with node.Session() as session:
+            session.add(m.Country(id=1, name="Peru"))
+            session.add(m.City(id=8, name="x" * 101, country_id=1))
+            session.commit()
+        with pytest.raises(errors.InvalidValueError) as caught:
+            node.push()
+        error = caught.value
+        assert (error.status, error.code) == (422, "invalid-value")
+        assert (error.table, error.key, error.column) == ("city", [8], "name")
+        assert "holds at most 100 characters, got 101" in error.message
+        assert net.server_rows()["country"] == []  # the push was refused whole
+
+
+# -- the key space (issue 11 item 6) ----------------------------------------------
+
+
+def _app_adds_a_country(server: ServerEnv) -> int:
+    env = server.env
+    with env.app.app_context():
+        country = env.models.Country(name="added by the app")
+        env.db.session.add(country)
+        env.db.session.commit()
+        return int(country.id)
+
+
+def test_a_key_that_would_exhaust_the_key_space_is_refused(server: ServerEnv) -> None:
+    """Pushed, key 2**31 - 1 would raise the sequence to its end: the app's
+    next insert, and every node's next key (2**31), would fail."""
+    node = server.node()
+    before = without_nonces(database_state(server.env))
+    answer = node.push(*_one_country(2**31 - 1))
+
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert (body["code"], body["table"], body["key"], body["column"]) == (
+        "invalid-key",
+        "country",
+        [2**31 - 1],
+        "id",
+    )
+    assert "kept for the server's own keys" in body["error"]
+    assert without_nonces(database_state(server.env)) == before
+    assert _app_adds_a_country(server) == 1
+
+
+def test_keys_up_to_the_reserve_are_accepted(server: ServerEnv) -> None:
+    from flask_reflectsync.protocol.push import key_ceiling
+
+    ceiling = 2**31 - 1 - 2**21
+    codec = table_codecs(server.env.models.Country.__table__)["id"]
+    assert key_ceiling(codec) == ceiling
+    node = server.node()
+    assert node.push(*_one_country(ceiling + 1)).status_code == 422
+    assert node.push(*_one_country(ceiling)).status_code == 200
+    assert _app_adds_a_country(server) == ceiling + 1
+    # Keys a node chooses without a sequence behind them are not limited.
+    op, payload = insert(
+        "translation",
+        {"city_id": 2**31 - 1, "lang": "es", "text": "x"},
+        key=["city_id", "lang"],
+    )
+    assert node.push([op], payload).status_code == 200
+
+
+def _one_country(key: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    op, payload = insert("country", {"id": key, "name": f"country {key}"})
+    return [op], payload
+
+
+def test_the_sequence_never_hands_the_app_a_key_a_push_is_writing(
+    server: ServerEnv, backend: str
+) -> None:
+    """The push raises the sequence before writing its rows. Raised after
+    (as it was), an app insert in between drew the pushed key, waited for
+    the push's row and failed with a duplicate key once the push committed
+    (4 such failures of the server app under load)."""
+    if backend != "postgresql":
+        pytest.skip("sequences: PostgreSQL")
+    import threading
+
+    engine = server.env.db.engine
+    node = server.node()
+    answers: list[Any] = []
+    # Holding the counter lock stops the push after its writes, before commit.
+    with engine.connect() as holder:
+        holder.exec_driver_sql(
+            "SELECT value FROM reflectsync_version_counter WHERE id = 1 FOR UPDATE"
+        )
+        pushing = threading.Thread(
+            target=lambda: answers.append(node.push(*_one_country(1)))
+        )
+        pushing.start()
+        _wait_for_a_lock_wait(engine)
+        with engine.connect() as app:
+            app.exec_driver_sql("SET lock_timeout = '3s'")
+            added = app.exec_driver_sql(
+                "INSERT INTO country (name) VALUES ('app') RETURNING id"
+            ).scalar()
+            app.commit()
+        holder.rollback()
+        pushing.join()
+    assert answers[0].status_code == 200, answers[0].text
+    assert added == 2
+    assert sorted(r[0] for r in _rows(server, "country")) == [1, 2]
+
+
+def _wait_for_a_lock_wait(engine: sa.Engine) -> None:
+    import time
+
+    with engine.connect() as probe:
+        for _ in range(200):
+            waiting = probe.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+            ).scalar()
+            probe.rollback()
+            if waiting:
+                return
+            time.sleep(0.025)
+    raise AssertionError("the push never waited for the counter lock")
+
+
+# -- push ids (issue 11 item 9) ---------------------------------------------------
+
+
+def test_a_reused_push_id_with_other_content_is_refused(server: ServerEnv) -> None:
+    node = server.node()
+    first = node.push(*_one_country(1), push_id="same")
+    assert first.status_code == 200
+    before = without_nonces(database_state(server.env))
+
+    other = node.push(*_one_country(2), push_id="same")
+
+    assert other.status_code == 409, other.text
+    body = other.json()
+    assert (body["code"], body["push_id"]) == ("push-id-reused", "same")
+    assert (
+        "already applied (version 1) with other operations or rows" in (body["error"])
+    )
+    assert without_nonces(database_state(server.env)) == before
+    assert [r[0] for r in _rows(server, "country")] == [1]
+
+
+def test_a_retry_with_the_same_content_in_another_form_is_a_retry(
+    server: ServerEnv,
+) -> None:
+    """The digest is of the content, not of the bytes: key order and spacing
+    do not matter."""
+    node = server.node()
+    operations, payloads = _country_and_cities()
+    first = node.push(operations, payloads, push_id="p1")
+    reordered = [dict(reversed(list(op.items()))) for op in operations]
+    again = node.push(reordered, dict(reversed(list(payloads.items()))), push_id="p1")
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+
+
+def test_a_push_id_stored_before_digests_matches_any_content(
+    server: ServerEnv,
+) -> None:
+    """Versions written before push_digest existed keep answering retries."""
+    node = server.node()
+    assert node.push(*_one_country(1), push_id="old").status_code == 200
+    versions = server.env.db.metadata.tables["reflectsync_versions"]
+    with server.env.db.engine.begin() as connection:
+        connection.execute(sa.update(versions).values(push_digest=None))
+    again = node.push(*_one_country(2), push_id="old")
+    assert again.status_code == 200
+    assert again.json()["version"] == 1
+
+
+def test_a_node_retry_sends_what_it_first_sent(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    """The answer is lost, then the row changes before the retry. The retry
+    must carry the first content (rebuilt from the live row it would be
+    another push under the same id, refused); the change follows in the next
+    push."""
+    from flask_reflectsync import errors
+
+    from .nodes import cluster
+    from .test_client_sync import LoseAnswers
+
+    with cluster(make_app, tmp_path) as net:
+        m = net.server.env.models
+        transport = LoseAnswers()
+        node = net.node(transport=transport)
+        with node.Session() as session:
+            session.add(m.Country(id=1, name="Peru"))
+            session.commit()
+        transport.lose = True
+        with pytest.raises(errors.ServerUnreachableError):
+            node.push()
+        with node.Session() as session:
+            session.get(m.Country, 1).name = "Perú"
+            session.commit()
+        transport.lose = False
+
+        again = node.push()
+
+        assert (again.version, again.operations) == (1, 1)
+        node.synchronize()
+        assert net.server_rows()["country"] == [(1, "Perú")]
+        net.assert_converged()
+
+
+def test_a_node_file_from_before_push_messages_is_upgraded(
+    make_app: AppFactory, tmp_path: Any
+) -> None:
+    from flask_reflectsync.client import SyncClient
+
+    from .nodes import cluster
+
+    with cluster(make_app, tmp_path) as net:
+        m = net.server.env.models
+        node = net.node()
+        with node.engine.begin() as connection:
+            connection.exec_driver_sql(
+                "ALTER TABLE reflectsync_node_state DROP COLUMN push_message"
+            )
+        reopened = SyncClient(node.base_url, node.engine, models=net.models)
+        with reopened.Session() as session:
+            session.add(m.Country(id=1, name="Peru"))
+            session.commit()
+        assert reopened.push().version == 1

@@ -45,7 +45,9 @@ def make_blueprint(name: str) -> Blueprint:
 
 
 def _sync_error(error: SyncError) -> tuple[Response, int]:
-    return error_response(error.message, error.status)
+    # to_dict: the envelope plus the machine-readable fields some errors
+    # carry (conflicts, code, table, key, column).
+    return jsonify(error.to_dict()), error.status
 
 
 def _http_error(error: HTTPException) -> tuple[Response, int]:

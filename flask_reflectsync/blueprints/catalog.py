@@ -18,7 +18,7 @@ from weakref import WeakSet
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from ..errors import CatalogAccessWarning, ForbiddenError
+from ..errors import CatalogAccessWarning, ForbiddenError, NotFoundError
 from ..reflection import Catalog, define_catalog_tables
 from .api import ok_response
 
@@ -94,6 +94,17 @@ def _authorised() -> Catalog:
     return catalog_for(app)
 
 
+#: Catalog ids are 32-bit integer keys; a larger id names nothing (and
+#: PostgreSQL refuses to compare an integer column with it).
+_ID_MAX = 2**31 - 1
+
+
+def _known_id(value: int, what: str) -> int:
+    if value > _ID_MAX:
+        raise NotFoundError(f"There is no {what} with id {value}.")
+    return value
+
+
 def _flag(name: str) -> bool:
     return request.args.get(name, "").lower() in ("1", "true", "yes")
 
@@ -113,8 +124,9 @@ def list_tables(schema_id: int) -> Response:
 
     Query: ``include_deleted=1`` also lists dropped tables.
     """
-    tables = _authorised().list_tables(
-        schema_id, include_deleted=_flag("include_deleted")
+    catalog = _authorised()
+    tables = catalog.list_tables(
+        _known_id(schema_id, "schema"), include_deleted=_flag("include_deleted")
     )
     return ok_response(tables=[table.to_dict() for table in tables])
 
@@ -124,5 +136,5 @@ def get_table(table_id: int) -> Response:
 
     A 410 answer means the table has been dropped; 404 that it never existed.
     """
-    table: Any = _authorised().get_table(table_id)
+    table: Any = _authorised().get_table(_known_id(table_id, "table"))
     return ok_response(table=table.to_dict())

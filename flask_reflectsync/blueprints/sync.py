@@ -7,7 +7,6 @@ Everything but registration and the OpenAPI document needs a signed request.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -17,10 +16,9 @@ from ..errors import (
     PayloadTooLargeError,
     PushRejectedError,
     SyncError,
-    ValidationError,
 )
 from ..protocol import nodes
-from ..protocol.messages import PROTOCOL_VERSION
+from ..protocol.messages import PROTOCOL_VERSION, decode_body
 from ..protocol.openapi import openapi_document
 from ..protocol.pull import change_count, pull, repair_stream
 from ..protocol.push import push
@@ -67,22 +65,43 @@ def _answer(**payload: Any) -> Response:
     return ok_response(protocol=PROTOCOL_VERSION, **payload)
 
 
+#: How much of a body is read at a time.
+_READ_SIZE = 64 * 1024
+
+
 def _body(settings: ServerSettings) -> bytes:
+    """The request body, read up to ``REFLECTSYNC_MAX_BODY_SIZE`` bytes.
+
+    Read here, one byte past the limit at most, rather than by assigning
+    ``request.max_content_length`` (which has no setter before Flask 3.1):
+    a body sent in chunks has no Content-Length to refuse it by.
+    """
     limit = settings.max_body_size
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLargeError(
-            f"The request body has {request.content_length} bytes; the server "
-            f"accepts at most {limit} (REFLECTSYNC_MAX_BODY_SIZE)."
-        )
-    request.max_content_length = limit  # also bounds bodies sent in chunks
-    return request.get_data(cache=True)
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(f"has {length} bytes", limit)
+    stream = request.stream
+    pieces: list[bytes] = []
+    size = 0
+    while True:
+        piece = stream.read(min(_READ_SIZE, limit + 1 - size))
+        if not piece:
+            return b"".join(pieces)
+        pieces.append(piece)
+        size += len(piece)
+        if size > limit:
+            raise _too_large("is larger than that", limit)
+
+
+def _too_large(what: str, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"The server accepts request bodies of at most {limit} bytes "
+        f"(REFLECTSYNC_MAX_BODY_SIZE); this one {what}."
+    )
 
 
 def _message(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ValidationError("The request body is not valid JSON.") from None
+    return decode_body(body)
 
 
 def _authenticate(settings: ServerSettings, body: bytes) -> int:

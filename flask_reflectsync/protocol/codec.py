@@ -20,6 +20,11 @@ String, Text, Enum  string
 
 ``None`` is ``null`` for every type. A value of the wrong type raises
 :class:`~flask_reflectsync.errors.ValidationError` naming the column.
+
+:meth:`ColumnCodec.problem` says what the server could not store of a decoded
+value: an integer outside the range of the column's type (``Integer`` is 32
+bits, ``SmallInteger`` 16, ``BigInteger`` 64, on every backend), a string
+longer than ``String(n)``, a NUL character or an unpaired surrogate in text.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import base64
 import binascii
 import datetime
 import decimal
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,6 +66,12 @@ class ColumnCodec:
         the column cannot be filtered on.
     :param nullable: whether ``null`` is accepted.
     :param max_length: the declared length of a string column.
+    :param int_range: the smallest and largest value of an integer column's
+        type.
+    :param is_text: whether decoded values are text (checked for NUL and
+        unpaired surrogates).
+    :param integer_digits: how many digits a ``Numeric(precision, scale)``
+        column holds before the decimal point.
     """
 
     name: str
@@ -69,6 +81,36 @@ class ColumnCodec:
     from_text: Decoder | None
     nullable: bool = True
     max_length: int | None = None
+    int_range: tuple[int, int] | None = None
+    is_text: bool = False
+    integer_digits: int | None = None
+
+    def problem(self, value: Any) -> str | None:
+        """What keeps a decoded value out of this column, or ``None``.
+
+        :return: the end of a sentence (``"holds at most 100 characters, got
+            101"``) that follows the column's name.
+        """
+        if value is None:
+            return None if self.nullable else "cannot be null"
+        if self.int_range is not None:
+            low, high = self.int_range
+            if not low <= value <= high:
+                return f"holds integers from {low} to {high}, got {_show(value)}"
+        elif self.is_text:
+            if self.max_length is not None and len(value) > self.max_length:
+                return (
+                    f"holds at most {self.max_length} characters, got {len(value)}"
+                )
+            if UNSTORABLE_TEXT.search(value):
+                return "cannot hold NUL characters or unpaired surrogates"
+        elif self.integer_digits is not None:
+            if value.adjusted() >= self.integer_digits:
+                return (
+                    f"holds at most {self.integer_digits} digits before the "
+                    f"point, got {_show(str(value))}"
+                )
+        return None
 
     def to_db(self, value: Any, where: str) -> Any:
         """Decode one JSON value for this column.
@@ -119,16 +161,31 @@ class ColumnCodec:
         if self.from_text is None:
             raise ValidationError(f"{where}: column {self.name!r} cannot be filtered.")
         try:
-            return self.from_text(text)
+            value = self.from_text(text)
         except DECODE_ERRORS:
             raise ValidationError(
-                f"{where}: column {self.name!r} expects {self.kind}, got {text!r}."
+                f"{where}: column {self.name!r} expects {self.kind}, got "
+                f"{_show(text)}."
             ) from None
+        problem = None if value is None else self.problem(value)
+        if problem is not None:
+            raise ValidationError(f"{where}: column {self.name!r} {problem}.")
+        return value
 
 
 def _show(value: Any) -> str:
+    if isinstance(value, int) and len(str(abs(value))) > 30:
+        return f"an integer of {len(str(abs(value)))} digits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+#: Text no backend's driver stores as sent: PostgreSQL refuses NUL, and an
+#: unpaired surrogate has no UTF-8 form.
+UNSTORABLE_TEXT = re.compile("[\x00\ud800-\udfff]")
+#: Integers in query-string text: ASCII digits only (``int()`` also takes
+#: other scripts' digits, underscores and spaces).
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]{1,40}")
 
 
 # -- per-type functions -----------------------------------------------------------
@@ -142,6 +199,12 @@ def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError("not an integer")
     return value
+
+
+def _int_text(text: str) -> int:
+    if not _INTEGER_TEXT.fullmatch(text):
+        raise ValueError(text)
+    return int(text)
 
 
 def _bool(value: Any) -> bool:
@@ -250,7 +313,7 @@ def codec_for(column: sa.Column[Any], *, aware_storage: bool = True) -> ColumnCo
     """
     kind, encode, decode, from_text = _functions(column.type, aware_storage)
     length = getattr(column.type, "length", None)
-    is_text = isinstance(column.type, sa.String) and decode is _str
+    is_text = decode is _str
     return ColumnCodec(
         name=column.name,
         kind=kind,
@@ -259,7 +322,39 @@ def codec_for(column: sa.Column[Any], *, aware_storage: bool = True) -> ColumnCo
         from_text=from_text,
         nullable=bool(column.nullable),
         max_length=length if is_text and isinstance(length, int) else None,
+        int_range=integer_range(column.type) if decode is _int else None,
+        is_text=is_text,
+        integer_digits=_integer_digits(column.type) if decode is _decimal else None,
     )
+
+
+def _integer_digits(type_: sa.types.TypeEngine[Any]) -> int | None:
+    if isinstance(type_, sa.types.TypeDecorator):
+        type_ = type_.impl_instance
+    precision = getattr(type_, "precision", None)
+    scale = getattr(type_, "scale", None) or 0
+    return precision - scale if isinstance(precision, int) else None
+
+
+def integer_range(type_: sa.types.TypeEngine[Any]) -> tuple[int, int]:
+    """The smallest and largest value an integer type holds.
+
+    Decided by the SQLAlchemy type, not the backend, so that every server
+    accepts the same values: ``Integer`` holds 32 bits even on SQLite.
+    """
+    if isinstance(type_, sa.types.TypeDecorator):
+        type_ = type_.impl_instance
+    bits = 32
+    if isinstance(type_, sa.BigInteger):
+        bits = 64
+    elif isinstance(type_, sa.SmallInteger):
+        bits = 16
+    else:
+        # MySQL's own sizes, by name: TINYINT and MEDIUMINT are plain Integers.
+        bits = {"TINYINT": 8, "MEDIUMINT": 24}.get(type(type_).__name__, bits)
+    if getattr(type_, "unsigned", False):
+        return 0, 2**bits - 1
+    return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
 
 
 def _functions(
@@ -272,7 +367,7 @@ def _functions(
     if isinstance(type_, sa.Boolean):
         return "a boolean", _same, _bool, _bool_text
     if isinstance(type_, sa.Integer):
-        return "an integer", _same, _int, int
+        return "an integer", _same, _int, _int_text
     if isinstance(type_, sa.Float) or (
         isinstance(type_, sa.Numeric) and not type_.asdecimal
     ):

@@ -8,21 +8,40 @@ checks a decoded body against its schema and names the first problem; the
 same schemas build the OpenAPI document served at ``<prefix>/openapi.json``,
 so the documentation cannot drift from what is enforced.
 
+Before any of that, :func:`decode_body` turns a request body into JSON values:
+UTF-8 only, standard JSON only (no ``NaN`` or ``Infinity``), nested at most
+:data:`MAX_DEPTH` deep. Every string a schema types as ``string`` must be
+text a database can store: no NUL character, no unpaired surrogate.
+
 Table names, column names and value types depend on the app's models and are
 checked by the handlers against the tracked tables, after this layer.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import ValidationError
+from .codec import UNSTORABLE_TEXT
 
 #: The protocol version this package speaks. Every message carries it as
 #: ``"protocol"``; a request with another version is refused.
 PROTOCOL_VERSION = 1
+
+#: How deeply a request body may nest arrays and objects. A push needs five
+#: levels plus those of its JSON column values; decoding deeper documents
+#: would exhaust the interpreter's stack (and MySQL keeps JSON values at most
+#: 100 deep).
+MAX_DEPTH = 64
+
+#: Every byte but brackets and quotes, for :func:`nesting_exceeds`.
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'[]{}"')
+#: What is left of a string holding brackets, once escapes and other bytes
+#: are gone.
+_STRING = re.compile(rb'"[^"]*"')
 
 Schema = dict[str, Any]
 
@@ -31,7 +50,9 @@ _protocol: Schema = {
     "enum": [PROTOCOL_VERSION],
     "description": "The protocol version; this server speaks 1.",
 }
-_version: Schema = {"type": "integer", "minimum": 0}
+#: Versions, like every counter the server stores, are 64-bit integers.
+BIGINT_MAX = 2**63 - 1
+_version: Schema = {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX}
 _key: Schema = {
     "type": "array",
     "minItems": 1,
@@ -305,6 +326,27 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "On 409: the rows in conflict.",
                 "items": {"type": "object"},
             },
+            "code": {
+                "type": "string",
+                "enum": ["invalid-value", "invalid-key", "push-id-reused"],
+                "description": "What kind of refusal, for programs.",
+            },
+            "table": {
+                "type": "string",
+                "description": "invalid-value, invalid-key: the row's table.",
+            },
+            "key": {
+                "type": "array",
+                "description": "invalid-value, invalid-key: the row's key as sent.",
+            },
+            "column": {
+                "type": "string",
+                "description": "invalid-value, invalid-key: the column.",
+            },
+            "push_id": {
+                "type": "string",
+                "description": "push-id-reused: the push id.",
+            },
         },
     },
 }
@@ -318,6 +360,59 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "boolean": (bool,),
     "null": (type(None),),
 }
+
+
+def decode_body(body: bytes) -> Any:
+    """The JSON value of a request body.
+
+    :raises ValidationError: for a body that is not UTF-8, not standard JSON
+        as a whole, or nested deeper than :data:`MAX_DEPTH`.
+    """
+    if nesting_exceeds(body, MAX_DEPTH):
+        raise ValidationError(
+            f"The request body nests arrays and objects more than {MAX_DEPTH} "
+            "deep."
+        )
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("The request body is not UTF-8 text.") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except ValueError:  # JSONDecodeError, and integers of over 4300 digits
+        raise ValidationError("The request body is not valid JSON.") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def nesting_exceeds(body: bytes, depth: int) -> bool:
+    """Whether the JSON ``body`` nests arrays and objects more than ``depth``
+    deep, found without recursion (the decoder recurses once per level) and
+    with byte operations only (a tenth of decoding a large push).
+
+    Escaped backslashes and quotes go first, then every byte but brackets and
+    quotes; strings without brackets are then ``""`` (removing that also
+    joins two strings with no bracket between them, which changes nothing),
+    the few left are cut out. Each pass then removes every innermost pair, so
+    a document ``depth`` deep is empty after ``depth`` passes. Malformed text
+    answers ``False``: the decoder refuses it.
+    """
+    if body.count(b"[") + body.count(b"{") <= depth:
+        return False
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = body.translate(None, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' in skeleton:
+        skeleton = _STRING.sub(b"", skeleton)
+    skeleton = skeleton.replace(b"{", b"[").replace(b"}", b"]")
+    for _ in range(depth):
+        shorter = skeleton.replace(b"[]", b"")
+        if shorter == skeleton:
+            return False
+        skeleton = shorter
+    return b"[]" in skeleton
 
 
 def validate(value: Any, schema_name: str) -> dict[str, Any]:
@@ -400,6 +495,17 @@ def _type_check(expected: str | list[str]) -> Validator:
 
 def _string_checks(schema: Mapping[str, Any]) -> list[Validator]:
     checks: list[Validator] = []
+    # (An enum's values are all storable.)
+    if schema.get("type") == "string" and "enum" not in schema:
+
+        def check_text(value: Any, where: Path) -> None:
+            if isinstance(value, str) and UNSTORABLE_TEXT.search(value):
+                raise ValidationError(
+                    f"{_show(where)} cannot hold NUL characters or unpaired "
+                    "surrogates."
+                )
+
+        checks.append(check_text)
     if "maxLength" in schema:
         longest = schema["maxLength"]
 

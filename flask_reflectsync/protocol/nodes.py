@@ -41,7 +41,12 @@ from .signing import (
 RegistrationCheck = Callable[[Mapping[str, Any]], Any]
 
 _SCHEME = "hmac-sha256"
-_NONCE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+_NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
+#: ASCII digits only: ``str.isdigit()`` also takes ``"²"``, which ``int()``
+#: refuses. Node ids are the nodes table's 32-bit keys.
+_NODE_ID = re.compile(r"[1-9][0-9]{0,9}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
+_NODE_ID_MAX = 2**31 - 1
 
 
 def derive_secret(key: bytes, node_id: int, salt: str) -> str:
@@ -156,9 +161,13 @@ def authenticate(
         found[HEADER_TIMESTAMP],
         found[HEADER_NONCE],
     )
-    if not (node_text.isdigit() and stamp.isdigit() and len(stamp) <= 12):
-        raise AuthenticationError("The signature headers are malformed.")
-    if not _NONCE.match(nonce):
+    if not (_NODE_ID.fullmatch(node_text) and _TIMESTAMP.fullmatch(stamp)):
+        raise AuthenticationError(
+            f"The signature headers are malformed: {HEADER_NODE} must be a "
+            f"node id and {HEADER_TIMESTAMP} whole seconds since the epoch, in "
+            "ASCII digits."
+        )
+    if not _NONCE.fullmatch(nonce):
         raise AuthenticationError(
             "The nonce must be 16 to 64 letters, digits, '-' or '_'."
         )
@@ -169,9 +178,13 @@ def authenticate(
             "check the node's clock and sign the request again."
         )
     node_id = int(node_text)
-    stored = session.execute(
-        sa.select(tables.nodes.c.secret_digest).where(tables.nodes.c.id == node_id)
-    ).scalar()
+    stored = None
+    if node_id <= _NODE_ID_MAX:
+        stored = session.execute(
+            sa.select(tables.nodes.c.secret_digest).where(
+                tables.nodes.c.id == node_id
+            )
+        ).scalar()
     key = settings.require_secret_key()
     scheme, _, salt = (stored or "").partition("$")
     if scheme != _SCHEME:

@@ -28,8 +28,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
         403: "Registration refused.",
         404: "Unknown model.",
         409: "The push conflicts with changes the node has not pulled, or "
-        "breaks a unique constraint; nothing was written.",
+        "breaks a unique constraint, or reuses a push id for other content "
+        "(code push-id-reused); nothing was written.",
         413: "The body is larger than REFLECTSYNC_MAX_BODY_SIZE.",
+        422: "A value the server's column cannot store (code invalid-value), "
+        "or a key in the server's reserve (code invalid-key); the envelope "
+        "names table, key and column. Nothing was written.",
         503: "The database is busy; retry the same request.",
     }
     return {
@@ -247,7 +251,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 "post": _operation(
                     "Apply the node's operations atomically and exactly once.",
                     "PushResponse",
-                    (400, *auth, 409),
+                    (400, *auth, 409, 422),
                     body="PushRequest",
                 )
             },

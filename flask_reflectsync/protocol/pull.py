@@ -44,7 +44,7 @@ from ..tracking import (
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
 from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
-from .messages import PROTOCOL_VERSION, validate
+from .messages import BIGINT_MAX, PROTOCOL_VERSION, validate
 from .push import KEY_BATCH, batches, key_filter
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
@@ -172,6 +172,10 @@ def _parse_cursor(cursor: str | None, since: int) -> tuple[int, int] | None:
         return None
     number, _, op_id = cursor.partition(":")
     position = int(number), int(op_id)
+    if max(position) > BIGINT_MAX:
+        raise ValidationError(
+            f"cursor {cursor!r} points past any version; start the pull again."
+        )
     if position[0] <= since:
         raise ValidationError("cursor points before since; start the pull again.")
     return position

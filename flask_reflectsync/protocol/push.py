@@ -3,14 +3,17 @@
 The order of work, and why:
 
 1. The message is checked against the schema, then every table, column,
-   key and value against the tracked models, before any write. A bad push
-   leaves the database exactly as it was.
+   key and value against the tracked models and what their column types
+   can store, and inserted integer keys against the key space, before any
+   write. A bad push leaves the database exactly as it was.
 2. A push id already stored in ``reflectsync_versions.push_id`` is answered
-   from there: a retry after a lost answer applies nothing.
-3. Rows are written through the app's session, one executemany per table and
-   kind (inserts parents first, then updates, then deletes children first),
-   so the tracking listeners log them into one new version that records the
-   node and the push id.
+   from there if its content digest matches: a retry after a lost answer
+   applies nothing; other content under that id is refused.
+3. PostgreSQL sequences are raised past the inserted keys, then rows are
+   written through the app's session, one executemany per table and kind
+   (inserts parents first, then updates, then deletes children first), so
+   the tracking listeners log them into one new version that records the
+   node, the push id and its digest.
 4. The version counter row is locked, and only then the log is searched for
    versions the node has not seen that touched the same rows (see
    :func:`find_conflicts`). Taking the lock after the writes keeps the lock
@@ -20,6 +23,8 @@ The order of work, and why:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +35,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..errors import (
+    InvalidKeyError,
+    InvalidValueError,
+    PushIdReusedError,
     PushRejectedError,
     ServiceBusyError,
     UniqueConstraintError,
@@ -39,7 +47,13 @@ from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
 from ..tracking.tables import current_version
-from .codec import DECODE_ERRORS, ColumnCodec, stores_time_zones, table_codecs
+from .codec import (
+    DECODE_ERRORS,
+    UNSTORABLE_TEXT,
+    ColumnCodec,
+    stores_time_zones,
+    table_codecs,
+)
 from .messages import validate
 from .schema import TrackedSchema
 from .stale import StaleRow, rule, ruling_entry, stale_rows
@@ -137,6 +151,7 @@ def push(
     request = validate(message, "PushRequest")
     push_id: str = request["push_id"]
     stored = stored_push_id(node_id, push_id)
+    digest = content_digest(request)
     dialect = session.get_bind(clause=tables.versions).dialect
     if dialect.name != "sqlite":
         # Later reads must see what other transactions committed meanwhile,
@@ -145,12 +160,13 @@ def push(
             bind_arguments={"clause": tables.versions},
             execution_options={"isolation_level": "READ COMMITTED"},
         )
-    answer = _answer_for(session, tables, stored, push_id)
+    answer = _answer_for(session, tables, stored, push_id, digest)
     if answer is not None:
         session.rollback()
         return PushOutcome(answer, applied=False)
 
     changes = _decode(request, schema, aware=stores_time_zones(dialect))
+    check_key_space(changes)
     last_version: int = request["last_version"]
     strategies: Mapping[str, str] = request.get("resolutions") or {}
     if not any(c.inserts or c.updates or c.deletes for c in changes.values()):
@@ -165,7 +181,13 @@ def push(
         ruled, resolved = _rule_stale_rows(
             session, tables, changes, node_id, last_version, strategies
         )
-        session.info[VERSION_ROW_VALUES] = {"node_id": node_id, "push_id": stored}
+        session.info[VERSION_ROW_VALUES] = {
+            "node_id": node_id,
+            "push_id": stored,
+            "push_digest": digest,
+        }
+        # Before the rows are written: see _advance_sequences.
+        _advance_sequences(session, changes)
         _apply(session, schema, changes)
         # Recorded even when its operations changed nothing (deletes of rows
         # already gone): the push id must stay, for retries to be answered.
@@ -184,11 +206,10 @@ def push(
                 "referenced on the other); pull, merge and push again.",
                 broken[:MAX_LISTED],
             )
-        _advance_sequences(session, changes)
         session.commit()
     except (sa.exc.IntegrityError, StaleDataError) as error:
         session.rollback()
-        answer = _answer_for(session, tables, stored, push_id)
+        answer = _answer_for(session, tables, stored, push_id, digest)
         if answer is not None:  # the same push, retried concurrently, won
             session.rollback()
             return PushOutcome(answer, applied=False)
@@ -207,7 +228,7 @@ def push(
     finally:
         session.info.pop(VERSION_ROW_VALUES, None)
 
-    answer = _answer_for(session, tables, stored, push_id)
+    answer = _answer_for(session, tables, stored, push_id, digest)
     session.rollback()
     assert answer is not None
     if resolved:
@@ -215,15 +236,42 @@ def push(
     return PushOutcome(answer, applied=True)
 
 
+def content_digest(request: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a push's operations and payloads in canonical JSON
+    (sorted keys, no spaces): what a retry of the push id must repeat. The
+    protocol version, push id and ``last_version`` are left out."""
+    canonical = json.dumps(
+        [request["operations"], request.get("payloads") or {}],
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
 def _answer_for(
-    session: Session, tables: LogTables, stored: str, push_id: str
+    session: Session, tables: LogTables, stored: str, push_id: str, digest: str
 ) -> dict[str, Any] | None:
+    """The answer already given to this push id, or ``None``.
+
+    :raises PushIdReusedError: if the id was applied with other content
+        (versions from before digests were stored match any content).
+    """
     versions, operations = tables.versions, tables.operations
     row = session.execute(
-        sa.select(versions.c.id, versions.c.number).where(versions.c.push_id == stored)
+        sa.select(versions.c.id, versions.c.number, versions.c.push_digest).where(
+            versions.c.push_id == stored
+        )
     ).first()
     if row is None:
         return None
+    if row.push_digest is not None and row.push_digest != digest:
+        session.rollback()
+        raise PushIdReusedError(
+            f"Push id {push_id!r} was already applied (version {row.number}) "
+            "with other operations or rows; a retry must send exactly what "
+            "the first attempt sent, and new changes need a new push id.",
+            push_id=push_id,
+        )
     count = session.execute(
         sa.select(sa.func.count())
         .select_from(operations)
@@ -305,15 +353,11 @@ def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -
     target.columns = columns
     codecs = [target.codecs[c] for c in columns]
     decoders = [codec.decode for codec in codecs]
-    # Columns whose decoded values need more than the type check.
-    strict = [
-        (index, codec)
-        for index, codec in enumerate(codecs)
-        if not codec.nullable or codec.max_length is not None
-    ]
     positions = [columns.index(c.name) for c in target.info.pk_columns]
     width = len(columns)
-    for number, values in enumerate(payload["rows"]):
+    rows: list[list[Any]] = payload["rows"]
+    decoded_rows: list[list[Any]] = []
+    for number, values in enumerate(rows):
         if len(values) != width:
             raise ValidationError(
                 f"payloads.{name}.rows[{number}] has {len(values)} values for "
@@ -324,19 +368,19 @@ def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -
                 None if value is None else decode(value)
                 for decode, value in zip(decoders, values, strict=True)
             ]
-            for index, codec in strict:
-                value = decoded[index]
-                if value is None:
-                    if not codec.nullable:
-                        raise ValueError(codec.name)
-                elif codec.max_length is not None and len(value) > codec.max_length:
-                    raise ValueError(codec.name)
         except DECODE_ERRORS:
             # Again, slowly, for a message naming the value and the column.
-            where = f"payloads.{name}.rows[{number}]"
+            where = f"{name} {_wire_key(values, positions)}"
             for codec, value in zip(codecs, values, strict=True):
-                codec.to_db(value, where)
+                try:
+                    codec.to_db(value, where)
+                except ValidationError as error:
+                    invalid = _invalid(error.message, target, values, positions, codec)
+                    raise invalid from None
             raise
+        decoded_rows.append(decoded)
+    _check_storable(target, codecs, rows, decoded_rows, positions)
+    for number, decoded in enumerate(decoded_rows):
         row_key = tuple([decoded[p] for p in positions])
         if row_key in target.rows:
             raise ValidationError(
@@ -344,6 +388,73 @@ def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -
                 f"{encode_key(row_key)}."
             )
         target.rows[row_key] = dict(zip(columns, decoded, strict=True))
+
+
+def _check_storable(
+    target: _TableChanges,
+    codecs: Sequence[ColumnCodec],
+    rows: Sequence[Sequence[Any]],
+    decoded_rows: Sequence[Sequence[Any]],
+    positions: Sequence[int],
+) -> None:
+    """Refuse the first value the server's columns cannot store, column by
+    column: a few C-speed passes per column instead of a check per value."""
+    for index, codec in enumerate(codecs):
+        column = [row[index] for row in decoded_rows]
+        if column_fits(codec, column):
+            continue
+        for values, decoded in zip(rows, decoded_rows, strict=True):
+            problem = codec.problem(decoded[index])
+            if problem is not None:
+                raise _invalid(
+                    f"{target.info.name} {_wire_key(values, positions)}: column "
+                    f"{codec.name!r} {problem}.",
+                    target,
+                    values,
+                    positions,
+                    codec,
+                )
+
+
+def column_fits(codec: ColumnCodec, column: list[Any]) -> bool:
+    """Whether every decoded value of ``column`` fits ``codec``'s column
+    (``False`` may be answered for a column that fits, never the reverse:
+    :meth:`ColumnCodec.problem` then names the value)."""
+    present = [v for v in column if v is not None]
+    if len(present) < len(column) and not codec.nullable:
+        return False
+    if not present:
+        return True
+    if codec.int_range is not None:
+        low, high = codec.int_range
+        return bool(low <= min(present) and max(present) <= high)
+    if codec.is_text:
+        longest = codec.max_length
+        if longest is not None and max(map(len, present)) > longest:
+            return False
+        return UNSTORABLE_TEXT.search("".join(present)) is None
+    if codec.integer_digits is not None:
+        return all(v.adjusted() < codec.integer_digits for v in present)
+    return True
+
+
+def _wire_key(values: Sequence[Any], positions: Sequence[int]) -> str:
+    return encode_key([values[p] for p in positions])
+
+
+def _invalid(
+    message: str,
+    target: _TableChanges,
+    values: Sequence[Any],
+    positions: Sequence[int],
+    codec: ColumnCodec,
+) -> InvalidValueError:
+    return InvalidValueError(
+        message,
+        table=target.info.name,
+        key=[values[p] for p in positions],
+        column=codec.name,
+    )
 
 
 def _decode_key(
@@ -356,10 +467,21 @@ def _decode_key(
             f"column(s), got {len(values)} value(s)."
         )
     key = []
+    positions = range(len(pk))
     for column, value in zip(pk, values, strict=True):
+        codec = target.codecs[column.name]
         if value is None:
-            raise ValidationError(f"{where}: a key value cannot be null.")
-        key.append(target.codecs[column.name].to_db(value, where))
+            message = f"{where}: a key value cannot be null."
+            raise _invalid(message, target, values, positions, codec)
+        try:
+            decoded = codec.to_db(value, where)
+        except ValidationError as error:
+            raise _invalid(error.message, target, values, positions, codec) from None
+        problem = codec.problem(decoded)
+        if problem is not None:
+            message = f"{where}: column {codec.name!r} {problem}."
+            raise _invalid(message, target, values, positions, codec)
+        key.append(decoded)
     return tuple(key)
 
 
@@ -559,6 +681,15 @@ _ADVANCE_SEQUENCE = sa.text(
     "JOIN pg_sequence AS s ON s.seqrelid = q.seq::regclass"
 )
 
+#: Serialises the pushes that raise one sequence, until they commit: the
+#: check and the ``setval`` of :data:`_ADVANCE_SEQUENCE` are two steps, and
+#: two pushes between them could move the sequence back. (The first number
+#: names this lock's kind among the app's advisory locks.)
+_LOCK_SEQUENCE = sa.text(
+    "SELECT pg_advisory_xact_lock(1920295280, "
+    "pg_get_serial_sequence(:table, :column)::regclass::oid::int)"
+)
+
 log = logging.getLogger("flask_reflectsync")
 
 #: Tables whose sequence the role may not update, warned about once.
@@ -566,40 +697,92 @@ _refused_sequences: set[str] = set()
 
 
 def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -> None:
-    """Move PostgreSQL sequences past the integer keys the push inserted.
+    """Move PostgreSQL sequences past the integer keys the push inserts,
+    before the rows are written.
 
     Nodes choose their keys, and an explicit key does not advance the
     column's sequence: the server's own app, adding a row afterwards, would
     be given a pushed key and fail. (MySQL and SQLite advance by themselves.)
-    Called under the counter lock, so concurrent pushes raise it in turn;
+    Raised first, the sequence never hands the app a key this push is
+    writing: raised after the writes, an app insert meanwhile drew such a
+    key, waited for the push's row and failed when it committed. A lock per
+    sequence, held until commit, keeps concurrent pushes from moving it
+    back (tables in name order, so two pushes cannot wait on each other).
     ``setval`` is not undone by a rollback, which only leaves a gap. A role
     without ``UPDATE`` on the sequence is warned about once per table, and
     the push goes on.
     """
-    for target in changes.values():
+    for name in sorted(changes):
+        target = changes[name]
         info = target.info
         if not (target.inserts and info.single_integer_key):
             continue
         dialect = session.get_bind(clause=info.table).dialect
         if dialect.name != "postgresql":
             continue
-        name = dialect.identifier_preparer.format_table(info.table)
+        table = dialect.identifier_preparer.format_table(info.table)
+        params = {"table": table, "column": info.pk_columns[0].name}
+        bind = {"clause": info.table}
+        session.execute(_LOCK_SEQUENCE, params, bind_arguments=bind)
+        key = max(op.row_key[0] for op in target.inserts)
         refused = session.execute(
-            _ADVANCE_SEQUENCE,
-            {
-                "table": name,
-                "column": info.pk_columns[0].name,
-                "key": max(op.row_key[0] for op in target.inserts),
-            },
-            bind_arguments={"clause": info.table},
+            _ADVANCE_SEQUENCE, {**params, "key": key}, bind_arguments=bind
         ).scalar()
-        if refused and name not in _refused_sequences:
-            _refused_sequences.add(name)
+        if refused and table not in _refused_sequences:
+            _refused_sequences.add(table)
             log.warning(
                 "The database role may not update the key sequence of %s: rows "
                 "the server's app adds there may be given keys nodes pushed. "
                 "GRANT UPDATE ON SEQUENCE to the role.",
-                name,
+                table,
+            )
+
+
+#: A pushed integer key must lie below the top 1/1024th of its column
+#: type's range (2,097,152 keys of an ``Integer``): that part is kept for
+#: the server's own sequence. See :ref:`the key space <key-space>`.
+KEY_SPACE_RESERVE_SHIFT = 10
+
+
+def key_ceiling(codec: ColumnCodec) -> int | None:
+    """The largest key a push may insert into ``codec``'s column, or
+    ``None`` for a column that is not an integer."""
+    if codec.int_range is None:
+        return None
+    high = codec.int_range[1]
+    return high - max((high + 1) >> KEY_SPACE_RESERVE_SHIFT, 1)
+
+
+def check_key_space(changes: Mapping[str, _TableChanges]) -> None:
+    """Refuse inserts whose integer key would exhaust the column's key space.
+
+    Only keys the database hands out itself count (a single integer key
+    column with a sequence or autoincrement): a pushed key advances the
+    sequence, so a node's key near the type's maximum would leave the
+    server's app, and every node's next key, without room.
+
+    :raises InvalidKeyError: (422) naming the table and the first such key.
+    """
+    for target in changes.values():
+        info = target.info
+        if not (target.inserts and info.single_integer_key):
+            continue
+        column = info.pk_columns[0]
+        if info.table.autoincrement_column is not column:
+            continue
+        codec = target.codecs[column.name]
+        ceiling = key_ceiling(codec)
+        if ceiling is None:
+            continue
+        key = max(op.row_key[0] for op in target.inserts)
+        if key > ceiling:
+            raise InvalidKeyError(
+                f"{info.name} [{key}]: key {key} lies in the top of the key space "
+                f"of column {column.name!r}, kept for the server's own keys; "
+                f"give the row a key of at most {ceiling}.",
+                table=info.name,
+                key=target.wire_key((key,)),
+                column=column.name,
             )
 
 

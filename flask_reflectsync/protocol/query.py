@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, ValidationError
 from .codec import ColumnCodec, stores_time_zones, table_codecs
+from .messages import BIGINT_MAX
 from .schema import TrackedSchema
 
 #: Query parameters that are not filters.
@@ -72,8 +73,6 @@ def query(
     if not 1 <= limit <= page_size:
         raise ValidationError(f"limit must be between 1 and {page_size}.")
     offset = _count(single.get("offset"), "offset", 0)
-    if offset < 0:
-        raise ValidationError("offset cannot be negative.")
 
     aware = stores_time_zones(session.get_bind(clause=info.table).dialect)
     codecs = table_codecs(info.table, aware_storage=aware)
@@ -100,12 +99,17 @@ def query(
 
 
 def _count(text: str | None, name: str, default: int) -> int:
+    """A count from the query string: ASCII digits, at most a 64-bit
+    integer (what the databases take in LIMIT and OFFSET)."""
     if text is None:
         return default
-    try:
-        return int(text)
-    except ValueError:
-        raise ValidationError(f"{name} must be an integer, got {text!r}.") from None
+    digits = text.isascii() and text.isdecimal() and len(text) <= 40
+    if not digits or int(text) > BIGINT_MAX:
+        raise ValidationError(
+            f"{name} must be an integer from 0 to {BIGINT_MAX}, got "
+            f"{text[:40]!r}."
+        )
+    return int(text)
 
 
 def _condition(

@@ -85,6 +85,9 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
         # The node-chosen id of the push that created this version, so a retried
         # push is answered from here and applied once.
         sa.Column("push_id", sa.String(64), nullable=True, unique=True),
+        # SHA-256 (hex) of the push's operations and payloads: a retry must
+        # carry the same, another push under a used id is refused.
+        sa.Column("push_digest", sa.String(64), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     operations = sa.Table(
