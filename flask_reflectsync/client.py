@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import codecs
 import copy
+import dataclasses
 import datetime
 import decimal
 import email.utils
 import functools
 import json
+import logging
 import math
 import os
 import random
@@ -70,12 +72,14 @@ from .protocol.merge import (
     Conflict,
     Decision,
     HighWater,
+    LocalQueue,
     MergeResult,
     MergeSchema,
     PulledTable,
     Resolutions,
     Strategy,
     define_high_water_table,
+    key_filter,
     merge_page,
     read_rows,
     row_key,
@@ -84,6 +88,13 @@ from .protocol.merge import (
 )
 from .protocol.messages import PROTOCOL_VERSION
 from .protocol.signing import sign_request
+from .set_aside import (
+    SetAside,
+    define_set_aside_table,
+    rejoin_changed,
+    requeue_command,
+    set_aside_row,
+)
 from .sqlite import use_immediate_transactions
 from .tracking import (
     DELETE,
@@ -98,8 +109,11 @@ from .tracking import (
 )
 from .tracking.registry import tracked_table_for
 
+_log = logging.getLogger("flask_reflectsync.client")
+
 __all__ = [
     "SyncClient",
+    "SetAside",
     "PushResult",
     "PullResult",
     "SyncResult",
@@ -141,6 +155,8 @@ NODE_STATE = sa.Table(
 #: Per tracked table with an integer key, the highest key the node has ever
 #: seen: new rows get keys above it (see :doc:`/conflicts`).
 NODE_KEYS = define_high_water_table(NODE_METADATA)
+#: Changes the server refused for good, out of the queue (see set_aside.py).
+NODE_SET_ASIDE = define_set_aside_table(NODE_METADATA)
 
 _BATCH = 500
 
@@ -155,12 +171,15 @@ class PushResult:
     :param operations: how many operations the server applied.
     :param conflicts: the conflicts the server decided by this node's
         strategies (see :ref:`stale-pushes`), with their resolutions.
+    :param set_aside: the changes this push set aside because the server
+        refused them for good (see :ref:`set-aside`).
     """
 
     push_id: str | None
     version: int | None
     operations: int
     conflicts: list[Conflict] = field(default_factory=list)
+    set_aside: list[SetAside] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -791,15 +810,185 @@ class SyncClient:
         """
         with self._lock:
             state = self._registered()
-            if state.push_id is None and not self._start_push():
-                return PushResult(None, None, 0)
-            return self._send_push()
+            aside: list[SetAside] = []
+            while True:
+                if state.push_id is None and not self._start_push():
+                    return PushResult(None, None, 0, set_aside=aside)
+                try:
+                    result = self._send_push()
+                except InvalidValueError as error:
+                    # Refused for good: set the row aside, push the rest.
+                    before = {entry.id for entry in aside}
+                    self._set_aside_refused(error)
+                    aside = [e for e in self.set_aside() if e.id not in before]
+                    state = self._state()
+                    continue
+                return dataclasses.replace(result, set_aside=aside)
+
+    # -- set-aside changes -------------------------------------------------------
+
+    def _set_aside_refused(self, error: InvalidValueError) -> None:
+        info = self.schema.tables.get(error.table)
+        key = self._typed_key(info, error.key) if info is not None else None
+        if info is None or key is None:
+            raise ProtocolMismatchError(
+                f"The server refused a value of {error.table} {error.key}, a row "
+                f"this node does not have: {error.message}"
+            ) from error
+        aware = stores_time_zones(self.engine.dialect)
+
+        def encode(name: str, row: dict[str, Any]) -> dict[str, Any]:
+            codecs_ = table_codecs(self.schema.tables[name].table, aware_storage=aware)
+            return {c: codecs_[c].to_json(v) for c, v in row.items() if c in codecs_}
+
+        with self._begin() as connection:
+            moved = set_aside_row(
+                connection,
+                NODE_LOG,
+                NODE_SET_ASIDE,
+                self.schema,
+                info.name,
+                key,
+                error.message,
+                encode,
+            )
+            if not moved:  # nothing queued for it: the server and node disagree
+                raise ProtocolMismatchError(
+                    f"The server refused {info.name} {list(key)}, which this "
+                    f"node has not queued: {error.message}"
+                ) from error
+            self._set_state(
+                connection, push_id=None, push_versions=None, push_message=None
+            )
+        _log.warning(
+            "The server refused %s %s for good (%s); it is set aside, the rest "
+            "of the queue is pushed.",
+            info.name,
+            list(key),
+            error.message,
+        )
+
+    def _typed_key(
+        self, info: TrackedTable, wire: Sequence[Any]
+    ) -> tuple[Any, ...] | None:
+        codecs_ = table_codecs(
+            info.table, aware_storage=stores_time_zones(self.engine.dialect)
+        )
+        pk = [codecs_[c.name] for c in info.pk_columns]
+        try:
+            return tuple(
+                c.to_db(v, f"{info.name} key") for c, v in zip(pk, wire, strict=True)
+            )
+        except (*DECODE_ERRORS, TypeError, ValueError):
+            return None
+
+    def set_aside(self) -> list[SetAside]:
+        """The changes the server refused for good and the node keeps out of
+        its queue (see :ref:`set-aside`), oldest first."""
+        self._prepare()
+        table = NODE_SET_ASIDE
+        found: list[SetAside] = []
+        with self.engine.connect() as connection:
+            rows = connection.execute(sa.select(table).order_by(table.c.id)).all()
+        for row in rows:
+            info = self.schema.tables.get(row.table_name)
+            key = tuple(decode_key(row.row_key))
+            if info is not None:
+                codecs_ = table_codecs(info.table, aware_storage=True)
+                pk = [codecs_[c.name] for c in info.pk_columns]
+                key = key_from_log(list(key), pk)
+            found.append(
+                SetAside(
+                    id=row.id,
+                    table=row.table_name,
+                    key=key,
+                    command=row.command,
+                    reason=row.reason,
+                    row=None if row.row is None else json.loads(row.row),
+                    set_aside_at=row.set_aside_at,
+                )
+            )
+        return found
+
+    def retry_set_aside(self, ids: Iterable[int] | None = None) -> int:
+        """Queue set-aside changes again (after the app fixed the rows): each
+        is pushed as the row is now (an insert or update, or a delete if the
+        row is gone).
+
+        :param ids: which (:attr:`SetAside.id`); all when ``None``.
+        :return: how many were queued again.
+        """
+        with self._lock, self._begin() as connection:
+            entries = self._chosen(connection, ids)
+            queue = LocalQueue(connection, NODE_LOG)
+            for entry in entries:
+                info = self.schema.tables.get(entry.table_name)
+                if info is not None:
+                    key = tuple(decode_key(entry.row_key))
+                    codecs_ = table_codecs(info.table, aware_storage=True)
+                    typed = key_from_log(
+                        list(key), [codecs_[c.name] for c in info.pk_columns]
+                    )
+                    exists = bool(list(read_rows(connection, info, [typed])))
+                    command = requeue_command(entry.command, exists)
+                    if command is not None:
+                        queue.append(entry.table_name, entry.row_key, command)
+                connection.execute(
+                    sa.delete(NODE_SET_ASIDE).where(NODE_SET_ASIDE.c.id == entry.id)
+                )
+            return len(entries)
+
+    def discard_set_aside(self, ids: Iterable[int] | None = None) -> int:
+        """Give set-aside changes up: each row takes the server's copy back
+        (or is deleted, if the server has none).
+
+        :param ids: which (:attr:`SetAside.id`); all when ``None``.
+        :return: how many were discarded.
+        """
+        with self._lock:
+            chosen = [e for e in self.set_aside() if ids is None or e.id in set(ids)]
+            # Read the server's rows first: no HTTP inside a write transaction.
+            server: dict[int, dict[str, Any] | None] = {}
+            for entry in chosen:
+                if entry.table in self.schema.tables:
+                    rows = self._fetch(entry.table, [entry.key])
+                    server[entry.id] = rows.get(entry.key)
+            with self._begin() as connection:
+                for entry in chosen:
+                    info = self.schema.tables.get(entry.table)
+                    if info is not None:
+                        found = server.get(entry.id)
+                        local = list(read_rows(connection, info, [entry.key]))
+                        if found is None:
+                            connection.execute(
+                                sa.delete(info.table).where(
+                                    key_filter(info, [entry.key])
+                                )
+                            )
+                        elif local:
+                            write_rows(connection, info, [], [found])
+                        else:
+                            write_rows(connection, info, [found], [])
+                    connection.execute(
+                        sa.delete(NODE_SET_ASIDE).where(NODE_SET_ASIDE.c.id == entry.id)
+                    )
+            return len(chosen)
+
+    def _chosen(
+        self, connection: sa.Connection, ids: Iterable[int] | None
+    ) -> list[Any]:
+        query = sa.select(NODE_SET_ASIDE).order_by(NODE_SET_ASIDE.c.id)
+        if ids is not None:
+            query = query.where(NODE_SET_ASIDE.c.id.in_(list(ids)))
+        return list(connection.execute(query))
 
     def _start_push(self) -> bool:
         versions = NODE_LOG.versions
         with self._begin() as connection:
             # A new row under a deleted row's key is pushed as a new row.
             schema = self._schema_on(connection)
+            # A set-aside row the app changed again goes with this push.
+            rejoin_changed(connection, NODE_LOG, NODE_SET_ASIDE)
             separate_replaced_rows(connection, schema, NODE_LOG, NODE_KEYS)
             ids = list(
                 connection.execute(

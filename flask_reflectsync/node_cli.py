@@ -282,6 +282,8 @@ def push(node: _Node) -> None:
         click.echo(
             f"Pushed {result.operations} operation(s): server version {result.version}."
         )
+    _conflicts(result.conflicts)
+    _set_aside_lines(result.set_aside)
 
 
 @cli.command()
@@ -364,6 +366,7 @@ def sync_command(node: _Node, tries: int) -> None:
         f"change(s); now at version {version}."
     )
     _conflicts(result.conflicts)
+    _set_aside_lines(result.pushed.set_aside)
 
 
 @cli.command()
@@ -419,7 +422,63 @@ def status(node: _Node) -> None:
             click.echo("Not registered: run `reflectsync-node register`.")
         click.echo(f"Server version pulled: {client.last_version}")
         click.echo(f"Changes waiting to be pushed: {client.pending_operations()}")
+        aside = len(client.set_aside())
+        click.echo(f"Changes set aside (refused by the server): {aside}")
         click.echo(f"Database: {node.database}")
+
+
+@cli.command("set-aside")
+@click.option(
+    "--retry",
+    "retry",
+    metavar="ID|all",
+    help="Queue a set-aside change again (after fixing the row).",
+)
+@click.option(
+    "--discard",
+    "discard",
+    metavar="ID|all",
+    help="Give a set-aside change up; the row takes the server's copy back.",
+)
+@click.pass_obj
+def set_aside_command(node: _Node, retry: str | None, discard: str | None) -> None:
+    """List the changes the server refused for good, or retry or discard one."""
+    if retry and discard:
+        raise click.UsageError("Give --retry or --discard, not both.")
+    chosen = retry or discard
+    ids: list[int] | None = None
+    if chosen is not None and chosen != "all":
+        if not chosen.isdecimal():
+            raise click.BadParameter("an id from the list, or all", param_hint=chosen)
+        ids = [int(chosen)]
+    with node.client(need_server=discard is not None) as client:
+        if retry is not None:
+            count = client.retry_set_aside(ids)
+            click.echo(f"Queued {count} change(s) again; run `reflectsync-node sync`.")
+            return
+        if discard is not None:
+            count = client.discard_set_aside(ids)
+            click.echo(f"Discarded {count} change(s); the server's rows are back.")
+            return
+        entries = client.set_aside()
+    if not entries:
+        click.echo("Nothing is set aside.")
+    for entry in entries:
+        click.echo(
+            f"{entry.id}: {_COMMANDS.get(entry.command, entry.command)} of "
+            f"{entry.table} {list(entry.key)}: {entry.reason}"
+        )
+
+
+_COMMANDS = {"i": "insert", "u": "update", "d": "delete"}
+
+
+def _set_aside_lines(entries: list[Any]) -> None:
+    for entry in entries:
+        click.echo(
+            f"  set aside: {entry.table} {list(entry.key)}: {entry.reason} "
+            "(see `reflectsync-node set-aside`)"
+        )
 
 
 _OUTCOMES = {

@@ -330,3 +330,29 @@ def test_a_node_runs_from_a_models_module_alone(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Not registered" in done.stdout
+
+
+def test_a_refused_change_is_set_aside_listed_and_discarded(
+    survey_url: str, node_url: str
+) -> None:
+    ok(survey_url, node_url, "register")
+    engine = sa.create_engine(node_url)
+    client = SyncClient(survey_url, engine, [survey.Site, survey.Observation])
+    with client.Session() as session:
+        session.add_all([survey.Site(name="x" * 101), survey.Site(name="Bay")])
+        session.commit()
+    client.close()
+    pushed = ok(survey_url, node_url, "sync")
+    assert "Pushed 1 operation(s)" in pushed
+    assert "set aside: site [1]" in pushed and "100 characters" in pushed
+    assert "set aside (refused by the server): 1" in ok(None, node_url, "status")
+    listed = ok(None, node_url, "set-aside")
+    assert listed.startswith("1: insert of site [1]: ")
+    assert "Discarded 1 change(s)" in ok(
+        survey_url, node_url, "set-aside", "--discard", "all"
+    )
+    assert "Nothing is set aside." in ok(None, node_url, "set-aside")
+    with engine.connect() as connection:
+        names = connection.execute(sa.text("SELECT name FROM site")).scalars().all()
+    assert names == ["Bay"]
+    engine.dispose()

@@ -670,9 +670,8 @@ def test_the_node_is_told_which_value_the_server_cannot_store(
     make_app: AppFactory, tmp_path: Any
 ) -> None:
     """SQLite keeps a 101-character name in a String(100); the server does
-    not, and the real client raises the error with its fields."""
-    from flask_reflectsync import errors
-
+    not. The real client reads the error's fields, sets that row aside and
+    pushes the rest (see test_client_set_aside.py)."""
     from .nodes import cluster
 
     with cluster(make_app, tmp_path) as net:
@@ -682,13 +681,11 @@ def test_the_node_is_told_which_value_the_server_cannot_store(
             session.add(m.Country(id=1, name="Peru"))
             session.add(m.City(id=8, name="x" * 101, country_id=1))
             session.commit()
-        with pytest.raises(errors.InvalidValueError) as caught:
-            node.push()
-        error = caught.value
-        assert (error.status, error.code) == (422, "invalid-value")
-        assert (error.table, error.key, error.column) == ("city", [8], "name")
-        assert "holds at most 100 characters, got 101" in error.message
-        assert net.server_rows()["country"] == []  # the push was refused whole
+        [entry] = node.push().set_aside
+        assert (entry.table, entry.key, entry.command) == ("city", (8,), "i")
+        assert "holds at most 100 characters, got 101" in entry.reason
+        assert net.server_rows()["country"] == [(1, "Peru")]
+        assert net.server_rows()["city"] == []
 
 
 # -- the key space (issue 11 item 6) ----------------------------------------------
