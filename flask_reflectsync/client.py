@@ -157,6 +157,17 @@ NODE_STATE = sa.Table(
 NODE_KEYS = define_high_water_table(NODE_METADATA)
 #: Changes the server refused for good, out of the queue (see set_aside.py).
 NODE_SET_ASIDE = define_set_aside_table(NODE_METADATA)
+#: Per table, the block of keys the server reserved for this node: new rows
+#: take ``next_key`` up to ``last_key`` first (see :doc:`/conflicts`).
+NODE_KEY_BLOCKS = sa.Table(
+    "reflectsync_node_key_blocks",
+    NODE_METADATA,
+    sa.Column("table_name", sa.String(200), primary_key=True),
+    sa.Column("next_key", sa.BigInteger, nullable=False),
+    sa.Column("last_key", sa.BigInteger, nullable=False),
+)
+#: A node asks for a new block when fewer keys than this are left.
+_KEY_BLOCK_LOW = 250
 
 _BATCH = 500
 
@@ -375,6 +386,10 @@ class SyncClient:
         when first needed). See :ref:`node-secret`.
     :param save_secret: with ``secret``, called with the new secret when the
         node registers (the database never holds it).
+    :param key_blocks: ask the server, on each pull, for blocks of integer
+        keys reserved for this node (see :ref:`key-blocks`; PostgreSQL
+        servers), so new rows of different nodes never take the same key.
+        ``False`` always hands out keys above the high water.
     """
 
     def __init__(
@@ -394,6 +409,7 @@ class SyncClient:
         on_retry: Callable[[Retry], Any] | None = None,
         secret: str | Callable[[], str | None] | None = None,
         save_secret: Callable[[str], Any] | None = None,
+        key_blocks: bool = True,
     ) -> None:
         if retries < 0 or retry_within < 0:
             raise ConfigurationError("retries and retry_within cannot be negative.")
@@ -414,6 +430,7 @@ class SyncClient:
         self._random = random.Random()
         self._secret = secret
         self._save_secret = save_secret
+        self.key_blocks = key_blocks
         self._words = API_WORDS
         _create_private_file(engine)
         self._log = OperationLog(tables=NODE_LOG, assign_versions=False)
@@ -1236,6 +1253,9 @@ class SyncClient:
                     message["cursor"] = cursor
                 if self.page_size is not None:
                     message["limit"] = self.page_size
+                wanted = self._blocks_wanted() if first else []
+                if wanted:
+                    message["keys"] = wanted
                 try:
                     page = self._call("POST", "/pull", message=message)
                 except GoneError:
@@ -1243,6 +1263,8 @@ class SyncClient:
                         raise
                     return self._bootstrap(progress, on_page)
                 first = False
+                if page.get("keys"):
+                    self._store_blocks(page["keys"])
                 changes = self._decode_page(page)
                 result = self._merge(changes, page["until"], page["cursor"])
                 for conflict in result.conflicts:
@@ -1264,6 +1286,44 @@ class SyncClient:
                     on_page(PullProgress(version, server_version, done, total))
                 if cursor is None:
                     return PullResult(version, count, conflicts)
+
+    def _blocks_wanted(self) -> list[str]:
+        """The tables with one integer key whose block of reserved keys is
+        missing or three quarters used (see :ref:`key-blocks`)."""
+        names = [n for n, info in self.schema.tables.items() if info.single_integer_key]
+        if not names or not self.key_blocks:
+            return []
+        c = NODE_KEY_BLOCKS.c
+        with self.engine.connect() as connection:
+            left = dict(
+                connection.execute(
+                    sa.select(c.table_name, c.last_key - c.next_key + 1)
+                ).all()
+            )
+        return [n for n in names if int(left.get(n) or 0) < _KEY_BLOCK_LOW]
+
+    def _store_blocks(self, blocks: Any) -> None:
+        """Keep the key blocks a pull answer reserved for this node."""
+        if not isinstance(blocks, dict):
+            return
+        with self._begin() as connection:
+            for name, block in blocks.items():
+                if name not in self.schema.tables or not (
+                    isinstance(block, list)
+                    and len(block) == 2
+                    and all(type(v) is int for v in block)
+                    and 0 < block[0] <= block[1]
+                ):
+                    continue  # not a block this node can use
+                c = NODE_KEY_BLOCKS.c
+                connection.execute(
+                    sa.delete(NODE_KEY_BLOCKS).where(c.table_name == name)
+                )
+                connection.execute(
+                    sa.insert(NODE_KEY_BLOCKS).values(
+                        table_name=name, next_key=block[0], last_key=block[1]
+                    )
+                )
 
     def _never_pulled(self, state: _State) -> bool:
         """Whether repairing this node loses nothing: it has never pulled
@@ -1652,15 +1712,58 @@ def _assign_new_keys(session: Session, flush_context: Any, instances: Any) -> No
         wanted.setdefault(info.name, (info, []))[1].append(obj)
     if not wanted:
         return
-    water = HighWater(session.connection(), NODE_KEYS)
+    connection = session.connection()
+    water = HighWater(connection, NODE_KEYS)
     raised: dict[str, int] = {}
     for name, (info, objects) in wanted.items():
+        reserved = _reserved_keys(connection, info, len(objects))
         key = water.next_key(info, lock=True)
         for obj in objects:
+            if reserved:
+                setattr(obj, info.pk_attrs[0], reserved.pop(0))
+                continue
             setattr(obj, info.pk_attrs[0], key)
+            raised[name] = key
             key += 1
-        raised[name] = key - 1
     water.raise_to(raised)
+
+
+def _reserved_keys(
+    connection: sa.Connection, info: TrackedTable, count: int
+) -> list[int]:
+    """Up to ``count`` keys from the table's reserved block, taken (the
+    block's next key moves past them). Keys some row already has locally
+    (another node's fallback key inside this block) are skipped."""
+    c = NODE_KEY_BLOCKS.c
+    row = connection.execute(
+        sa.select(c.next_key, c.last_key)
+        .where(c.table_name == info.name)
+        .with_for_update()
+    ).first()
+    if row is None or row.next_key > row.last_key:
+        return []
+    column = info.pk_columns[0]
+    start, last = int(row.next_key), int(row.last_key)
+    taken: list[int] = []
+    while len(taken) < count and start <= last:
+        end = min(last, start + count - len(taken) + 50)
+        used = set(
+            connection.execute(
+                sa.select(column).where(column.between(start, end))
+            ).scalars()
+        )
+        key = start
+        while key <= end and len(taken) < count:
+            if key not in used:
+                taken.append(key)
+            key += 1
+        start = key
+    connection.execute(
+        sa.update(NODE_KEY_BLOCKS)
+        .where(c.table_name == info.name)
+        .values(next_key=start)
+    )
+    return taken
 
 
 def _raise_high_water(session: Session, flush_context: Any) -> None:

@@ -287,7 +287,11 @@ def test_colliding_integer_keys_both_survive(
     net: Cluster, resolved: list[Conflict]
 ) -> None:
     m = net.server.env.models
-    a, b, c = net.node(), net.node(), net.node()
+    a, b, c = (
+        net.node(key_blocks=False),
+        net.node(key_blocks=False),
+        net.node(key_blocks=False),
+    )
     _seed(net, a, b, c)
     for node, name in ((a, "Chile"), (b, "Bolivia")):
         with node.Session() as session:
@@ -424,7 +428,7 @@ def test_unknown_strategy_is_refused(net: Cluster) -> None:
 def test_worked_example_of_the_docs(net: Cluster, resolved: list[Conflict]) -> None:
     """docs/conflicts.rst, "A worked example"."""
     m = net.server.env.models
-    a, b = net.node(), net.node()
+    a, b = net.node(key_blocks=False), net.node(key_blocks=False)
     _seed(net, a, b)
     with a.Session() as s:
         s.get_one(m.City, 1).population = 100

@@ -96,7 +96,7 @@ def test_a_deleted_highest_key_is_not_handed_out_again(net: Cluster) -> None:
 
 def test_keys_the_server_served_are_not_handed_out(net: Cluster) -> None:
     m = net.server.env.models
-    a, b = net.node(), net.node()
+    a, b = net.node(key_blocks=False), net.node(key_blocks=False)
     _add(b, *(m.Country(name=n) for n in ("x", "y", "z")))
     b.synchronize()
     a.synchronize()
@@ -164,7 +164,11 @@ def test_a_key_another_node_added_and_removed_is_not_reused(net: Cluster) -> Non
     pulls), so it gives its new row key 2; c renamed the old country 2
     offline. b's insert of 2 must not reach c as an update of the old row."""
     m = net.server.env.models
-    a, b, c = net.node("a"), net.node("b"), net.node("c")
+    a, b, c = (
+        net.node("a", key_blocks=False),
+        net.node("b", key_blocks=False),
+        net.node("c", key_blocks=False),
+    )
     _add(a, m.Country(name="first"))
     a.synchronize()
     b.synchronize()
@@ -263,3 +267,36 @@ def test_a_row_deleted_and_inserted_again_in_one_page_reaches_a_clean_node(
     net.settle()
     rows = net.assert_converged()
     assert sorted(rows["country"]) == [(1, "first"), (2, "replacement")]
+
+
+def test_nodes_take_new_keys_from_blocks_the_server_reserved(
+    net: Cluster, backend: str
+) -> None:
+    """On PostgreSQL a pull reserves each node a block of keys from the key
+    column's sequence: two offline nodes adding rows never collide, and the
+    server's own app is never given one of those keys. Elsewhere the nodes
+    fall back to the high water and collide (re-keyed, as before)."""
+    m = net.server.env.models
+    a, b = net.node("a"), net.node("b")
+    a.pull()
+    b.pull()
+    [first] = _add(a, m.Country(name="from a"))
+    [second] = _add(b, m.Country(name="from b"))
+    env = net.server.env
+    with env.app.app_context():
+        own = m.Country(name="server's")
+        env.db.session.add(own)
+        env.db.session.commit()
+        server_key = own.id
+    a.synchronize()
+    result = b.synchronize()
+    net.settle()
+    rows = net.assert_converged()["country"]
+    assert sorted(name for _, name in rows) == ["from a", "from b", "server's"]
+    if backend == "postgresql":
+        assert first != second and [c.kind for c in result.conflicts] == []
+        assert server_key not in (first, second)
+        assert {key for key, _ in rows} == {first, second, server_key}
+    else:
+        assert first == second  # both above the same high water
+        assert "primary-key" in [c.kind for c in result.conflicts]

@@ -59,7 +59,7 @@ def _draft_then_pull_the_same_key(net: Cluster) -> tuple[SyncClient, int]:
     """Node a adds and removes a draft city; node b, offline at the same
     time, adds its own city, which takes the same key; a pulls it."""
     m = net.server.env.models
-    a, b = net.node(), net.node()
+    a, b = net.node(key_blocks=False), net.node(key_blocks=False)
     _seed(net, a, b)
     draft = _add_city(a, "draft")
     _delete(a, m.City, draft)

@@ -243,6 +243,13 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "From the previous page, to continue a pull.",
             },
             "limit": {"type": "integer", "minimum": 1},
+            "keys": {
+                "type": "array",
+                "maxItems": 200,
+                "items": {"type": "string", "maxLength": 200},
+                "description": "Tables the node wants a block of integer keys "
+                "for (see key blocks in the conflicts page).",
+            },
         },
     },
     "PullResponse": {
@@ -256,6 +263,18 @@ SCHEMAS: dict[str, Schema] = {
             "cursor",
         ],
         "properties": {
+            "keys": {
+                "type": "object",
+                "description": "Per table, [first, last] of a block of keys "
+                "reserved for the node (tables the server could not reserve "
+                "for are left out).",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {"type": "integer"},
+                    "minItems": 2,
+                    "maxItems": 2,
+                },
+            },
             "ok": {"type": "boolean", "enum": [True]},
             "protocol": _protocol,
             "changes": _pulled,

@@ -44,6 +44,7 @@ from ..tracking import (
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
 from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from .key_blocks import reserve_key_blocks
 from .messages import BIGINT_MAX, PROTOCOL_VERSION, validate
 from .push import KEY_BATCH, batches, key_filter
 from .schema import TrackedSchema
@@ -141,6 +142,7 @@ def pull(
             last_seen_at=datetime.datetime.now(datetime.timezone.utc),
         )
     )
+    blocks = reserve_key_blocks(session, schema, request.get("keys") or ())
     session.commit()
     page: dict[str, Any] = {
         "changes": changes,
@@ -151,6 +153,8 @@ def pull(
     }
     if total is not None:
         page["total"] = total
+    if blocks:
+        page["keys"] = blocks
     return page
 
 

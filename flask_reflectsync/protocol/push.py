@@ -690,6 +690,14 @@ _LOCK_SEQUENCE = sa.text(
     "pg_get_serial_sequence(:table, :column)::regclass::oid::int)"
 )
 
+
+def lock_sequence(
+    session: Session, params: Mapping[str, Any], bind: dict[str, Any]
+) -> None:
+    """Take :data:`_LOCK_SEQUENCE` for one key column's sequence."""
+    session.execute(_LOCK_SEQUENCE, params, bind_arguments=bind)
+
+
 log = logging.getLogger("flask_reflectsync")
 
 #: Tables whose sequence the role may not update, warned about once.
@@ -723,7 +731,7 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
         table = dialect.identifier_preparer.format_table(info.table)
         params = {"table": table, "column": info.pk_columns[0].name}
         bind = {"clause": info.table}
-        session.execute(_LOCK_SEQUENCE, params, bind_arguments=bind)
+        lock_sequence(session, params, bind)
         key = max(op.row_key[0] for op in target.inserts)
         refused = session.execute(
             _ADVANCE_SEQUENCE, {**params, "key": key}, bind_arguments=bind
