@@ -845,12 +845,17 @@ class SyncClient:
     # -- set-aside changes -------------------------------------------------------
 
     def _set_aside_refused(self, error: InvalidValueError) -> None:
-        info = self.schema.tables.get(error.table)
-        key = self._typed_key(info, error.key) if info is not None else None
+        self._set_aside_row(error.table, error.key, error.message, error)
+
+    def _set_aside_row(
+        self, table: str, wire_key: Sequence[Any], reason: str, error: SyncError
+    ) -> None:
+        info = self.schema.tables.get(table)
+        key = self._typed_key(info, wire_key) if info is not None else None
         if info is None or key is None:
             raise ProtocolMismatchError(
-                f"The server refused a value of {error.table} {error.key}, a row "
-                f"this node does not have: {error.message}"
+                f"The server refused a value of {table} {list(wire_key)}, a row "
+                f"this node does not have: {reason}"
             ) from error
         aware = stores_time_zones(self.engine.dialect)
 
@@ -866,13 +871,13 @@ class SyncClient:
                 self.schema,
                 info.name,
                 key,
-                error.message,
+                reason,
                 encode,
             )
             if not moved:  # nothing queued for it: the server and node disagree
                 raise ProtocolMismatchError(
                     f"The server refused {info.name} {list(key)}, which this "
-                    f"node has not queued: {error.message}"
+                    f"node has not queued: {reason}"
                 ) from error
             self._set_state(
                 connection, push_id=None, push_versions=None, push_message=None
@@ -882,7 +887,7 @@ class SyncClient:
             "of the queue is pushed.",
             info.name,
             list(key),
-            error.message,
+            reason,
         )
 
     def _typed_key(
@@ -1495,17 +1500,45 @@ class SyncClient:
         """
         with self._lock:
             pulled: list[PullResult] = []
-            for attempt in range(1, tries + 1):
+            refused: set[tuple[str, str]] = set()
+            attempt = 0
+            while True:
+                attempt += 1
                 try:
                     pushed = self.push()
+                except UniqueConstraintError as error:
+                    named = self._unique_refusals(error)
+                    again, refused = named & refused, named
+                    if again:
+                        # Refused twice for the same rows, with a merge in
+                        # between that found no local row holding the values
+                        # (nothing for it to resolve): the refusal would come
+                        # back for good. Set those rows aside, push the rest.
+                        for table, key in sorted(again):
+                            self._set_aside_row(
+                                table, json.loads(key), error.message, error
+                            )
+                        attempt -= 1
+                        continue
+                    if attempt >= tries:
+                        raise
+                    pulled.append(self.pull())
+                    continue
                 except PushRejectedError:
-                    if attempt == tries:
+                    if attempt >= tries:
                         raise
                     pulled.append(self.pull())
                     continue
                 pulled.append(self.pull())
                 return SyncResult(pushed, pulled, attempt)
-            raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _unique_refusals(error: UniqueConstraintError) -> set[tuple[str, str]]:
+        return {
+            (str(c.get("table")), json.dumps(c.get("key")))
+            for c in error.conflicts
+            if isinstance(c, dict) and isinstance(c.get("key"), list)
+        }
 
     # -- repair --------------------------------------------------------------------
 

@@ -108,3 +108,26 @@ def test_rows_pointing_at_a_set_aside_insert_go_with_it(net: Cluster) -> None:
     node.synchronize()
     assert net.server_rows()["country"] == [(1, "Peru")]
     net.assert_converged()
+
+
+def test_a_unique_refusal_the_merge_cannot_resolve_is_set_aside(
+    net: Cluster,
+) -> None:
+    """Found by the soak: the server holds a unique value in a row the node
+    does not have (here written by raw SQL, which nothing logs), so no pull
+    brings a conflict to resolve and every push was refused for good. The
+    second identical refusal sets the row aside; the rest syncs."""
+    import sqlalchemy as sa
+
+    Sample = net.server.Sample
+    env = net.server.env
+    with env.db.engine.begin() as connection:
+        connection.execute(sa.insert(Sample.__table__).values(id=900, code="A-1"))
+    node = net.node()
+    _add(node, Sample(id=1, code="A-1"), Sample(id=2, code="B-2"))
+    result = node.synchronize()
+    assert [(e.table, e.key) for e in node.set_aside()] == [("sample", (1,))]
+    assert "unique" in node.set_aside()[0].reason
+    assert result.pushed.operations == 1
+    codes = sorted(r[1] for r in net.server_rows()["sample"])
+    assert codes == ["A-1", "B-2"]
