@@ -6,7 +6,7 @@ The quick start's and the README's app snippets are run too: each must give
 an app a node can register with.
 
 Run against another installation (CI does, with a wheel installed in a fresh
-virtualenv) by naming its interpreter in ``REFLECTSYNC_DOCS_PYTHON``; the
+virtualenv) by naming its interpreter in ``REFLECTSYNC_TEST_PYTHON``; the
 commands then come from that interpreter's ``bin`` folder, and the checkout
 is not on their path.
 """
@@ -70,7 +70,7 @@ def markdown_blocks(source: str, language: str) -> list[str]:
 
 
 def interpreter() -> Path:
-    return Path(os.environ.get("REFLECTSYNC_DOCS_PYTHON", sys.executable))
+    return Path(os.environ.get("REFLECTSYNC_TEST_PYTHON", sys.executable))
 
 
 def clean_environment() -> dict[str, str]:
