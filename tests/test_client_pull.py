@@ -365,7 +365,7 @@ def test_pull_reports_operations_with_the_pulls_total(net: Cluster) -> None:
     a.synchronize()
     for name in ("first", "again"):
         with a.Session() as session:
-            session.get_one(m.Country, 1).name = name
+            session.get(m.Country, 1).name = name
             session.commit()
         a.synchronize()
     pages: list[PullProgress] = []
