@@ -160,13 +160,14 @@ class Demo:
         print("\n   The server's observations (id, site, species, count):")
         for row in server:
             print(f"     {row}")
-        same = all(
-            [tuple(row) for row in node.engine.connect().execute(query)] == server
-            for node in self.nodes
-        )
+        same = all(self.rows(node, query) == server for node in self.nodes)
         print(f"   Both tablets hold exactly the same rows: {same}.")
         if not same:
             raise SystemExit("the replicas did not converge")
+
+    def rows(self, node: SyncClient, query: Any) -> list[tuple[Any, ...]]:
+        with node.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(query)]
 
     def reflection(self) -> None:
         print("\n6. Someone creates a table with raw SQL, outside the app.")

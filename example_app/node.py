@@ -8,10 +8,11 @@ synchronises with the server when asked::
     python -m example_app.node list
     python -m example_app.node sync
 
-Options: ``--server`` (default ``http://127.0.0.1:5000/sync``) and
-``--database`` (default ``sqlite:///tablet.db``); the server must allow the
-tablet to register (``REFLECTSYNC_OPEN_REGISTRATION`` or a token, passed with
-``--token``).
+Options: ``--server`` (default ``http://127.0.0.1:5000/sync``), ``--name``
+(default ``tablet``) and ``--database`` (default ``sqlite:///NAME.db``, so
+each tablet named on one machine has a file of its own); the server must
+allow the tablet to register (``REFLECTSYNC_OPEN_REGISTRATION`` or a token,
+passed with ``--token``).
 
 The tablet imports only :mod:`example_app.models` (plain SQLAlchemy), never
 the server app: a node needs no Flask app, and the same module serves
@@ -42,15 +43,25 @@ def open_client(server: str, database: str, name: str) -> SyncClient:
     return client
 
 
+def close_client(client: SyncClient) -> None:
+    """Close the client and its engine (an engine left open leaks its SQLite
+    connections, which Python 3.13 reports as ResourceWarnings)."""
+    client.close()
+    client.engine.dispose()
+
+
 @click.group()
 @click.option("--server", default="http://127.0.0.1:5000/sync", show_default=True)
-@click.option("--database", default="sqlite:///tablet.db", show_default=True)
+@click.option(
+    "--database",
+    help="The tablet's database URL.  [default: sqlite:///NAME.db]",
+)
 @click.option("--name", default="tablet", show_default=True)
 @click.pass_context
-def cli(ctx: click.Context, server: str, database: str, name: str) -> None:
+def cli(ctx: click.Context, server: str, database: str | None, name: str) -> None:
     """A field tablet of the survey: record offline, sync when online."""
-    ctx.obj = open_client(server, database, name)
-    ctx.call_on_close(ctx.obj.close)
+    ctx.obj = open_client(server, database or f"sqlite:///{name}.db", name)
+    ctx.call_on_close(lambda: close_client(ctx.obj))
 
 
 @cli.command()

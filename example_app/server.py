@@ -1,7 +1,9 @@
 """The example server: survey sites and the observations made at them.
 
-Run it with ``flask --app example_app.server run``; by default it keeps its
-data in ``survey.db`` (SQLite) in the current directory.
+Run it from the checkout's root with ``flask --app example_app.server run``;
+by default it keeps its data in ``instance/survey.db`` (SQLite): Flask-SQLAlchemy
+puts a relative SQLite path in the app's instance folder, ``instance/`` beside
+``example_app/``. ``SURVEY_DATABASE_URL`` chooses another database.
 """
 
 from __future__ import annotations

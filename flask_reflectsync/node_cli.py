@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -151,6 +152,10 @@ def _import_models(modules: tuple[str, ...]) -> list[type]:
         )
     # REFLECTSYNC_NODE_MODELS="a.models b.models" arrives as one string.
     modules = tuple(part for name in modules for part in name.split())
+    # A console script, unlike ``python -m`` or ``flask --app``, does not put
+    # the working directory on sys.path: a models.py beside it must import.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     exposed: set[int] = set()
     for name in modules:
         try:

@@ -40,9 +40,13 @@ class Cluster:
         engine = sa.create_engine(f"sqlite:///{self.directory / name}.db")
         self.server.env.db.metadata.create_all(engine, tables=self.tables)
         options.setdefault("models", self.models)
-        client = SyncClient(self.server.base, engine, name=name, **options)
-        client.register()
+        try:
+            client = SyncClient(self.server.base, engine, name=name, **options)
+        except BaseException:
+            engine.dispose()  # no node to close it later (3.13 warns of leaks)
+            raise
         self.nodes.append(client)
+        client.register()
         return client
 
     def server_rows(self) -> dict[str, list[tuple[Any, ...]]]:

@@ -431,12 +431,12 @@ def test_worked_example_of_the_docs(net: Cluster, resolved: list[Conflict]) -> N
     a, b = net.node(key_blocks=False), net.node(key_blocks=False)
     _seed(net, a, b)
     with a.Session() as s:
-        s.get_one(m.City, 1).population = 100
+        s.get(m.City, 1).population = 100
         s.delete(s.get(m.City, 2))
         s.commit()
     with b.Session() as s:
-        s.get_one(m.City, 1).population = 200
-        s.get_one(m.City, 2).population = 50
+        s.get(m.City, 1).population = 200
+        s.get(m.City, 2).population = 50
         s.commit()
     with a.Session() as s:
         s.add(m.Country(name="Chile"))

@@ -54,7 +54,7 @@ def test_repair_replaces_local_data_with_the_servers_copy(net: Cluster) -> None:
 
     # Pulling after the repair goes on from the copy's version.
     with a.Session() as session:
-        session.get_one(m.City, 1).population = 4
+        session.get(m.City, 1).population = 4
         session.commit()
     a.synchronize()
     assert b.pull().operations == 1

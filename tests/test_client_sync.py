@@ -232,7 +232,7 @@ def test_update_then_delete_while_queued_compresses(net: Cluster) -> None:
         session.add(m.Country(id=1, name="Peru"))
         session.commit()
     with node.Session() as session:
-        country = session.get_one(m.Country, 1)
+        country = session.get(m.Country, 1)
         country.name = "Perú"
         session.commit()
     with node.Session() as session:

@@ -15,6 +15,9 @@ from sqlalchemy.orm import Session
 
 from flask_reflectsync.protocol.pull import _columns, _in_order, _integer_keys
 
+# datetime.UTC is Python 3.11; the suite runs on 3.10 too.
+UTC = datetime.timezone.utc
+
 
 def _values(n: int) -> dict[str, Any]:
     return {
@@ -26,7 +29,7 @@ def _values(n: int) -> dict[str, Any]:
         "flag": n % 2 == 0,
         "day": datetime.date(2024, 1, 1 + n % 28),
         "moment": datetime.datetime(2024, 3, 10, n % 24, 15, 30, 250000),
-        "at": datetime.datetime(2024, 3, 10, 1, n % 60, tzinfo=datetime.UTC),
+        "at": datetime.datetime(2024, 3, 10, 1, n % 60, tzinfo=UTC),
         "blob": bytes([n % 256, 0, 255]),
         "ref": uuid.UUID(int=n),
     }

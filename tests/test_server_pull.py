@@ -18,6 +18,9 @@ from flask_reflectsync import signals
 from .conftest import AppFactory
 from .http_server import ServerEnv, TestNode, insert, server_env
 
+# datetime.UTC is Python 3.11; the suite runs on 3.10 too.
+UTC = datetime.timezone.utc
+
 
 @pytest.fixture
 def server(make_app: AppFactory) -> Iterator[ServerEnv]:
@@ -368,10 +371,10 @@ def test_every_type_round_trips_through_push_pull_repair_and_query(
     row = server.env.db.session.get(server.Sample, 1)
     assert row.day == datetime.date(2024, 2, 29)
     moment = (
-        row.moment if row.moment.tzinfo else row.moment.replace(tzinfo=datetime.UTC)
+        row.moment if row.moment.tzinfo else row.moment.replace(tzinfo=UTC)
     )
     assert moment == datetime.datetime(
-        2024, 3, 10, 1, 59, 59, 123456, tzinfo=datetime.UTC
+        2024, 3, 10, 1, 59, 59, 123456, tzinfo=UTC
     )
     assert row.amount == decimal.Decimal("12345678.9012")
     assert row.blob == bytes([0, 1, 2, 253, 254, 255])
