@@ -12,6 +12,7 @@ from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
 from .cli import cli
+from .protocol.key_blocks import define_key_reservations
 from .protocol.nodes import RegistrationCheck
 from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
 from .reflection import event_trigger
@@ -127,6 +128,7 @@ class ReflectSync:
         self.options = {_OPTIONS[name]: value for name, value in options.items()}
         if db is not None:
             define_tables(db.metadata)
+            define_key_reservations(db.metadata)
         if app is not None:
             self.init_app(app, db)
 
@@ -166,6 +168,7 @@ class ReflectSync:
         config = {key: app.config[key] for key in CONFIG_DEFAULTS}
 
         tables = define_tables(db.metadata)
+        define_key_reservations(db.metadata)
         log = OperationLog(tables=tables, assign_versions=True)
         if config["REFLECTSYNC_TRACK_CHANGES"]:
             start_tracking(db.session, _log_of_current_app)
