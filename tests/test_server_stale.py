@@ -135,3 +135,30 @@ def test_an_unknown_strategy_is_refused(server: ServerEnv) -> None:
     answer = _city(b, 20)
     assert answer.status_code == 400
     assert "resolutions" in answer.json()["error"]
+
+
+def test_a_push_that_meets_a_deadlock_is_tried_again_by_the_server(
+    server: ServerEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A unit of the retry loop (the soak saw MariaDB pick a push as a
+    deadlock victim and answer 503): the first try fails busy, the second
+    applies the push once; the node sees 200."""
+    from flask_reflectsync.errors import ServiceBusyError
+    from flask_reflectsync.protocol import push as push_module
+
+    real = push_module._push_once
+    tries: list[int] = []
+
+    def busy_once(*args: Any) -> Any:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ServiceBusyError("deadlock")
+        return real(*args)
+
+    monkeypatch.setattr(push_module, "_push_once", busy_once)
+    node = server.node()
+    first, payload = insert("city", {"id": 1, "name": "Lima", "population": 1})
+    answer = node.push([first], payload)
+    assert answer.status_code == 200, answer.text
+    assert len(tries) == 2
+    assert _population(server) == [1]

@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,6 +131,11 @@ def stored_push_id(node_id: int, push_id: str) -> str:
     return f"{node_id}:{push_id}"
 
 
+#: How many times a push that met a deadlock or lock timeout is tried in all
+#: before the node is answered 503 (each try starts from nothing written).
+BUSY_TRIES = 4
+
+
 def push(
     session: Session,
     tables: LogTables,
@@ -137,6 +144,30 @@ def push(
     message: Any,
 ) -> PushOutcome:
     """Apply one push atomically and exactly once.
+
+    A deadlock or lock timeout (MariaDB picks a victim among concurrent
+    pushes) rolls everything back; the push is then tried again here, after
+    a short random pause, up to :data:`BUSY_TRIES` times, so the node sees a
+    503 only when the database stays busy.
+    """
+    for attempt in range(1, BUSY_TRIES + 1):
+        try:
+            return _push_once(session, tables, schema, node_id, message)
+        except ServiceBusyError:
+            if attempt == BUSY_TRIES:
+                raise
+            time.sleep(random.uniform(0.01, 0.05) * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _push_once(
+    session: Session,
+    tables: LogTables,
+    schema: TrackedSchema,
+    node_id: int,
+    message: Any,
+) -> PushOutcome:
+    """One try of :func:`push`.
 
     :param session: the app's tracked session, with no transaction begun.
     :param tables: the log tables.
