@@ -99,6 +99,7 @@ from .sqlite import use_immediate_transactions
 from .tracking import (
     DELETE,
     INSERT,
+    UPDATE,
     OperationLog,
     TrackedTable,
     compress,
@@ -935,7 +936,8 @@ class SyncClient:
     def retry_set_aside(self, ids: Iterable[int] | None = None) -> int:
         """Queue set-aside changes again (after the app fixed the rows): each
         is pushed as the row is now (an insert or update, or a delete if the
-        row is gone).
+        row is gone). A set-aside insert or update whose row a pull has
+        removed meanwhile is written back from the values kept with it.
 
         :param ids: which (:attr:`SetAside.id`); all when ``None``.
         :return: how many were queued again.
@@ -952,6 +954,21 @@ class SyncClient:
                         list(key), [codecs_[c.name] for c in info.pk_columns]
                     )
                     exists = bool(list(read_rows(connection, info, [typed])))
+                    if not exists and entry.row is not None and entry.command != DELETE:
+                        kept = json.loads(entry.row)
+                        stored = table_codecs(
+                            info.table,
+                            aware_storage=stores_time_zones(self.engine.dialect),
+                        )
+                        # Decoded without the server's limits: the value the
+                        # server refused is the one the app is to fix.
+                        row = {
+                            name: None if value is None else stored[name].decode(value)
+                            for name, value in kept.items()
+                            if name in stored
+                        }
+                        write_rows(connection, info, [row], [])
+                        exists = True
                     command = requeue_command(entry.command, exists)
                     if command is not None:
                         queue.append(entry.table_name, entry.row_key, command)
@@ -1501,6 +1518,7 @@ class SyncClient:
         with self._lock:
             pulled: list[PullResult] = []
             refused: set[tuple[str, str]] = set()
+            brought: set[tuple[str, str]] = set()
             attempt = 0
             while True:
                 attempt += 1
@@ -1509,6 +1527,15 @@ class SyncClient:
                 except UniqueConstraintError as error:
                     named = self._unique_refusals(error)
                     again, refused = named & refused, named
+                    if again - brought:
+                        # The pull brought no row holding the values (it may
+                        # not have been committed yet): fetch the holders the
+                        # server named and merge them, so the node's own
+                        # unique-conflict rules decide.
+                        brought |= again
+                        self._bring_holders(error, again)
+                        attempt -= 1
+                        continue
                     if again:
                         # Refused twice for the same rows, with a merge in
                         # between that found no local row holding the values
@@ -1531,6 +1558,30 @@ class SyncClient:
                     continue
                 pulled.append(self.pull())
                 return SyncResult(pushed, pulled, attempt)
+
+    def _bring_holders(
+        self, error: UniqueConstraintError, rows: set[tuple[str, str]]
+    ) -> None:
+        """Merge the server rows that hold the unique values the push of
+        ``rows`` was refused for (``existing_key`` of each entry)."""
+        state = self._state()
+        parts: list[PulledTable] = []
+        for entry in error.conflicts:
+            if not isinstance(entry, dict):
+                continue
+            ident = (str(entry.get("table")), json.dumps(entry.get("key")))
+            info = self.schema.tables.get(ident[0])
+            holder = entry.get("existing_key")
+            if ident not in rows or info is None or not isinstance(holder, list):
+                continue
+            key = self._typed_key(info, holder)
+            found = self._fetch(info.name, [key]).get(key) if key else None
+            if found is not None:
+                columns = list(found)
+                values = [[found[c]] for c in columns]
+                parts.append(PulledTable(info.name, columns, values, UPDATE, []))
+        if parts:
+            self._merge(parts, state.last_version, state.pull_cursor)
 
     @staticmethod
     def _unique_refusals(error: UniqueConstraintError) -> set[tuple[str, str]]:

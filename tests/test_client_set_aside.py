@@ -110,14 +110,20 @@ def test_rows_pointing_at_a_set_aside_insert_go_with_it(net: Cluster) -> None:
     net.assert_converged()
 
 
-def test_a_unique_refusal_the_merge_cannot_resolve_is_set_aside(
+def test_a_unique_refusal_over_a_row_the_node_lacks_brings_that_row(
     net: Cluster,
 ) -> None:
     """Found by the soak: the server holds a unique value in a row the node
-    does not have (here written by raw SQL, which nothing logs), so no pull
-    brings a conflict to resolve and every push was refused for good. The
-    second identical refusal sets the row aside; the rest syncs."""
+    does not have (here written by raw SQL, which nothing logs; under load, a
+    row committed just after the node's pull), so no pull brings a conflict
+    to resolve and every push was refused. On the second identical refusal
+    the node fetches the row the server named and merges it: the node's own
+    unique rules then apply (no resolver: the documented error; with one:
+    resolved and synced)."""
+    import pytest
     import sqlalchemy as sa
+
+    from flask_reflectsync import errors
 
     Sample = net.server.Sample
     env = net.server.env
@@ -125,9 +131,37 @@ def test_a_unique_refusal_the_merge_cannot_resolve_is_set_aside(
         connection.execute(sa.insert(Sample.__table__).values(id=900, code="A-1"))
     node = net.node()
     _add(node, Sample(id=1, code="A-1"), Sample(id=2, code="B-2"))
-    result = node.synchronize()
-    assert [(e.table, e.key) for e in node.set_aside()] == [("sample", (1,))]
-    assert "unique" in node.set_aside()[0].reason
-    assert result.pushed.operations == 1
+    with pytest.raises(errors.UniqueConstraintError) as caught:
+        node.synchronize()
+    assert "[900]" in caught.value.message
+    node.set_resolution(
+        Sample, lambda c: {"code": "A-2"} if c.kind == "unique" else None
+    )
+    node.synchronize()
     codes = sorted(r[1] for r in net.server_rows()["sample"])
-    assert codes == ["A-1", "B-2"]
+    assert codes == ["A-1", "A-2", "B-2"]
+    assert node.set_aside() == []
+    net.assert_converged()
+
+
+def test_a_retried_insert_whose_row_a_pull_removed_is_written_back(
+    net: Cluster,
+) -> None:
+    """Found by the soak: while an insert was set aside, a pull's unique
+    check removed the local row (nothing queued for it); retrying must not
+    quietly drop the change but bring the kept row back."""
+    import sqlalchemy as sa
+
+    m = net.server.env.models
+    node = net.node()
+    _add(node, m.City(id=1, name=LONG, population=7))
+    assert len(node.push().set_aside) == 1
+    with node.engine.begin() as connection:  # as a merge would: not logged
+        connection.execute(sa.delete(m.City.__table__))
+    assert node.retry_set_aside() == 1
+    with node.Session() as session:
+        session.get(m.City, 1).name = "Cusco"
+        session.commit()
+    node.synchronize()
+    assert [r[:3] for r in _server_cities(net)] == [(1, "Cusco", 7)]
+    net.assert_converged()
