@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import stat
@@ -74,16 +75,33 @@ def run(
     if server:
         options = ["--server", server, *options]
     result = _runner().invoke(cli, [*options, *args], input=input, env=env or {})
-    return result
+    return _Output(result) if _OLD_CLICK else result
 
 
 def _runner() -> CliRunner:
     """A runner that keeps stderr apart (click before 8.2 needs asking)."""
-    import inspect
-
-    if "mix_stderr" in inspect.signature(CliRunner).parameters:
+    if _OLD_CLICK:
         return CliRunner(mix_stderr=False)  # type: ignore[call-arg]
     return CliRunner()
+
+
+# Before click 8.2 a runner keeping stderr apart leaves it out of ``output``.
+_OLD_CLICK = "mix_stderr" in inspect.signature(CliRunner).parameters
+
+
+class _Output:
+    """A click < 8.2 result read as click 8.2 reads it: ``output`` holds what
+    went to stderr too (the error lines), ``stdout`` and ``stderr`` apart."""
+
+    def __init__(self, result: Any) -> None:
+        self._result = result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._result, name)
+
+    @property
+    def output(self) -> str:
+        return str(self._result.stdout) + str(self._result.stderr)
 
 
 def ok(server: str | None, database: str, *args: str) -> str:
