@@ -915,11 +915,11 @@ class SyncClient:
             rows = connection.execute(sa.select(table).order_by(table.c.id)).all()
         for row in rows:
             info = self.schema.tables.get(row.table_name)
-            key = tuple(decode_key(row.row_key))
-            if info is not None:
-                codecs_ = table_codecs(info.table, aware_storage=True)
-                pk = [codecs_[c.name] for c in info.pk_columns]
-                key = key_from_log(list(key), pk)
+            key = (
+                _logged_key(info, row.row_key)
+                if info is not None
+                else tuple(decode_key(row.row_key))
+            )
             found.append(
                 SetAside(
                     id=row.id,
@@ -948,11 +948,7 @@ class SyncClient:
             for entry in entries:
                 info = self.schema.tables.get(entry.table_name)
                 if info is not None:
-                    key = tuple(decode_key(entry.row_key))
-                    codecs_ = table_codecs(info.table, aware_storage=True)
-                    typed = key_from_log(
-                        list(key), [codecs_[c.name] for c in info.pk_columns]
-                    )
+                    typed = _logged_key(info, entry.row_key)
                     exists = bool(list(read_rows(connection, info, [typed])))
                     if not exists and entry.row is not None and entry.command != DELETE:
                         kept = json.loads(entry.row)
@@ -1072,47 +1068,52 @@ class SyncClient:
         )
 
     def _server_conflicts(self, resolved: Sequence[Any]) -> list[Conflict]:
-        """The conflicts the server decided, as :class:`Conflict` objects
+        """The conflicts the server decided, read on one connection."""
+        if not resolved:
+            return []
+        with self.engine.connect() as connection:
+            return [
+                conflict
+                for entry in resolved
+                if (conflict := self._server_conflict(connection, entry)) is not None
+            ]
+
+    def _server_conflict(
+        self, connection: sa.Connection, entry: Any
+    ) -> Conflict | None:
+        """One entry of a push answer's ``resolved`` list as a :class:`Conflict`
         (``local`` is the node's row as it is now)."""
+        info = self.schema.tables.get(entry.get("table"))
+        if info is None:
+            return None
         aware = stores_time_zones(self.engine.dialect)
-        found: list[Conflict] = []
-        for entry in resolved:
-            info = self.schema.tables.get(entry.get("table"))
-            if info is None:
-                continue
-            codecs_ = table_codecs(info.table, aware_storage=aware)
-            pk = [codecs_[c.name] for c in info.pk_columns]
-            where = f"{info.name} conflict"
-            try:
-                key = tuple(
-                    c.to_db(v, where) for c, v in zip(pk, entry["key"], strict=True)
-                )
-                server = entry.get("server")
-                if server is not None:
-                    server = {
-                        name: codecs_[name].to_db(value, where)
-                        for name, value in server.items()
-                        if name in codecs_
-                    }
-            except (*DECODE_ERRORS, KeyError, ValueError):
-                raise ProtocolMismatchError(
-                    f"The server described a conflict of {info.name} that does "
-                    "not fit the node's table; the server and node schemas differ."
-                ) from None
-            with self.engine.connect() as connection:
-                local = next(iter(read_rows(connection, info, [key])), None)
-            found.append(
-                Conflict(
-                    kind=entry["kind"],
-                    model=info.mapper.class_,
-                    table=info.name,
-                    key=key,
-                    local=local,
-                    server=server,
-                    resolution=entry["resolution"],
-                )
-            )
-        return found
+        codecs_ = table_codecs(info.table, aware_storage=aware)
+        pk = [codecs_[c.name] for c in info.pk_columns]
+        where = f"{info.name} conflict"
+        try:
+            wire = zip(pk, entry["key"], strict=True)
+            key = tuple(c.to_db(v, where) for c, v in wire)
+            server = entry.get("server")
+            if server is not None:
+                server = {
+                    name: codecs_[name].to_db(value, where)
+                    for name, value in server.items()
+                    if name in codecs_
+                }
+        except (*DECODE_ERRORS, KeyError, ValueError):
+            raise ProtocolMismatchError(
+                f"The server described a conflict of {info.name} that does "
+                "not fit the node's table; the server and node schemas differ."
+            ) from None
+        return Conflict(
+            kind=entry["kind"],
+            model=info.mapper.class_,
+            table=info.name,
+            key=key,
+            local=next(iter(read_rows(connection, info, [key])), None),
+            server=server,
+            resolution=entry["resolution"],
+        )
 
     def _push_message(self, state: _State) -> dict[str, Any]:
         schema = self.schema
@@ -2023,6 +2024,12 @@ def _check_protocol(body: Any, base_url: str) -> None:
             f"The server at {base_url} speaks protocol {body.get('protocol')!r}; "
             f"this node speaks {PROTOCOL_VERSION}. Upgrade the older side."
         )
+
+
+def _logged_key(info: TrackedTable, text: str) -> tuple[Any, ...]:
+    """The typed key of a row from its text in the node's log."""
+    codecs_ = table_codecs(info.table, aware_storage=True)
+    return key_from_log(decode_key(text), [codecs_[c.name] for c in info.pk_columns])
 
 
 def _add_push_message_column(connection: sa.Connection) -> None:
