@@ -13,6 +13,7 @@ from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
 from .cli import cli
 from .protocol.key_blocks import define_key_reservations
+from .protocol.stale import define_push_rulings
 from .protocol.nodes import RegistrationCheck
 from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
 from .reflection import event_trigger
@@ -129,6 +130,7 @@ class ReflectSync:
         if db is not None:
             define_tables(db.metadata)
             define_key_reservations(db.metadata)
+            define_push_rulings(db.metadata)
         if app is not None:
             self.init_app(app, db)
 
@@ -169,6 +171,7 @@ class ReflectSync:
 
         tables = define_tables(db.metadata)
         define_key_reservations(db.metadata)
+        define_push_rulings(db.metadata)
         log = OperationLog(tables=tables, assign_versions=True)
         if config["REFLECTSYNC_TRACK_CHANGES"]:
             start_tracking(db.session, _log_of_current_app)

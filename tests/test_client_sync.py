@@ -170,6 +170,54 @@ def test_lost_push_answer_is_resent_with_the_same_id_and_applied_once(
     net.assert_converged()
 
 
+def test_an_overruled_delete_is_reported_when_its_answer_was_lost(
+    net: Cluster,
+) -> None:
+    """The server decides a stale delete (the row was updated since) for the
+    server's row; the answer is lost and the push sent again: the node must
+    still hear the ruling (a conflict) and get the row back."""
+    from flask_reflectsync import signals
+
+    m = net.server.env.models
+    transport = LoseAnswers()
+    node = net.node(transport=transport, retries=0)
+    other = net.node()
+    with other.Session() as session:
+        session.add(m.Country(id=1, name="Peru"))
+        session.commit()
+    other.synchronize()
+    node.synchronize()
+    with other.Session() as session:
+        session.get(m.Country, 1).name = "Perú"
+        session.commit()
+    other.synchronize()
+    with node.Session() as session:
+        session.delete(session.get(m.Country, 1))
+        session.commit()
+
+    heard: list[Any] = []
+
+    def receive(sender: Any, conflict: Any, **extra: Any) -> None:
+        heard.append((conflict.kind, conflict.resolution, conflict.key))
+
+    signals.conflict_resolved.connect(receive, sender=node)
+    try:
+        transport.lose = True
+        with pytest.raises(errors.ServerUnreachableError):
+            node.push()
+        transport.lose = False
+        again = node.push()
+    finally:
+        signals.conflict_resolved.disconnect(receive, sender=node)
+    assert heard == [("delete/update", "server", (1,))]
+    assert [(c.kind, c.resolution) for c in again.conflicts] == [
+        ("delete/update", "server")
+    ]
+    node.synchronize()
+    assert net.server_rows()["country"] == [(1, "Perú")]
+    net.assert_converged()
+
+
 def test_pull_resends_a_pending_push_first(net: Cluster) -> None:
     m = net.server.env.models
     transport = LoseAnswers()

@@ -58,7 +58,14 @@ from .codec import (
 )
 from .messages import validate
 from .schema import TrackedSchema
-from .stale import StaleRow, rule, ruling_entry, stale_rows
+from .stale import (
+    StaleRow,
+    rule,
+    ruling_entry,
+    stale_rows,
+    stored_rulings,
+    store_rulings,
+)
 from .trim import check_not_trimmed
 
 #: How many keys go into one ``IN (...)`` list.
@@ -221,8 +228,9 @@ def _push_once(
         _advance_sequences(session, changes)
         _apply(session, schema, changes)
         # Recorded even when its operations changed nothing (deletes of rows
-        # already gone): the push id must stay, for retries to be answered.
-        ensure_version(session)
+        # already gone): the push id must stay, for retries to be answered,
+        # with the same rulings.
+        store_rulings(session, tables, ensure_version(session), resolved)
         _lock_counter(session, tables)
         conflicts = find_conflicts(
             session, tables, changes, node_id, last_version, ruled
@@ -262,8 +270,6 @@ def _push_once(
     answer = _answer_for(session, tables, stored, push_id, digest)
     session.rollback()
     assert answer is not None
-    if resolved:
-        answer["resolved"] = resolved
     return PushOutcome(answer, applied=True)
 
 
@@ -308,7 +314,15 @@ def _answer_for(
         .select_from(operations)
         .where(operations.c.version_id == row.id)
     ).scalar()
-    return {"push_id": push_id, "version": row.number, "operations": count}
+    answer: dict[str, Any] = {
+        "push_id": push_id,
+        "version": row.number,
+        "operations": count,
+    }
+    resolved = stored_rulings(session, tables, row.id)
+    if resolved:
+        answer["resolved"] = resolved
+    return answer
 
 
 # -- decoding ---------------------------------------------------------------------
