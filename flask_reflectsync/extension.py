@@ -13,9 +13,9 @@ from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
 from .cli import cli
 from .protocol.key_blocks import define_key_reservations
-from .protocol.stale import define_push_rulings
 from .protocol.nodes import RegistrationCheck
 from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
+from .protocol.stale import define_push_rulings
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
 from .tracking import (

@@ -63,8 +63,8 @@ from .stale import (
     rule,
     ruling_entry,
     stale_rows,
-    stored_rulings,
     store_rulings,
+    stored_rulings,
 )
 from .trim import check_not_trimmed
 
