@@ -72,6 +72,7 @@ from .protocol.merge import (
     Conflict,
     Decision,
     HighWater,
+    KindResolver,
     LocalQueue,
     MergeResult,
     MergeSchema,
@@ -119,6 +120,7 @@ __all__ = [
     "PullResult",
     "SyncResult",
     "Conflict",
+    "KindResolver",
     "Retry",
     "PullProgress",
 ]
