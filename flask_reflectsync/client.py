@@ -1401,6 +1401,7 @@ class SyncClient:
                         resolutions,
                         fetch,
                         NODE_KEYS,
+                        _reserved_keys if self.key_blocks else None,
                     )
                     self._set_state(connection, last_version=until, pull_cursor=cursor)
                 return result
