@@ -192,8 +192,23 @@ def test_a_body_altered_after_signing_is_refused_and_changes_nothing(
     before = database_state(server.env)
     answer = node.send(tampered)
     assert answer.status_code == 401
-    assert "signature does not match" in answer.json()["error"]
+    assert "wrong signature" in answer.json()["error"]
     assert database_state(server.env) == before
+
+
+def test_an_unknown_node_and_a_wrong_signature_get_the_same_answer(
+    server: ServerEnv,
+) -> None:
+    """The answer must not tell an attacker which node ids exist."""
+    node = server.node()
+    known = node.id
+    node.secret = "not-the-secret"
+    wrong = node.send(node.sign(_push_request(node)))
+    node.id = known + 1000  # no such node
+    unknown = node.send(node.sign(_push_request(node)))
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+    assert "Unknown node" in unknown.json()["error"]
 
 
 def test_an_altered_query_string_is_refused(server: ServerEnv) -> None:
@@ -237,7 +252,7 @@ def test_an_unknown_node_is_refused(server: ServerEnv) -> None:
     node.id = 9999
     answer = node.call("POST", "/pull", json={"protocol": 1, "since": 0})
     assert answer.status_code == 401
-    assert "register it first" in answer.json()["error"]
+    assert "Unknown node" in answer.json()["error"]
 
 
 def test_a_garbled_signature_header_is_refused(server: ServerEnv) -> None:

@@ -126,6 +126,15 @@ def _admit(
             )
 
 
+#: The answer to a request signed by no registered node: an unknown node
+#: id, or a known one with a wrong signature (the same words for both).
+NOT_RECOGNISED = (
+    "Unknown node or wrong signature: no registered node signs with this "
+    "secret. A node the server no longer knows (its database was reset) must "
+    "register again; a request altered on the way is refused the same way."
+)
+
+
 def authenticate(
     session: Session,
     tables: LogTables,
@@ -187,18 +196,19 @@ def authenticate(
         ).scalar()
     key = settings.require_secret_key()
     scheme, _, salt = (stored or "").partition("$")
-    if scheme != _SCHEME:
-        session.rollback()
-        raise AuthenticationError("Unknown node; register it first.")
+    known = scheme == _SCHEME
     message = canonical_request(method, path, query, stamp, nonce, body)
-    if not signature_matches(
-        derive_secret(key, node_id, salt), message, found[HEADER_SIGNATURE]
-    ):
+    # An unknown node is checked like a known one (against a secret nobody
+    # has) and refused with the same words: the answer must not tell which
+    # node ids exist.
+    matches = signature_matches(
+        derive_secret(key, node_id, salt if known else "unknown"),
+        message,
+        found[HEADER_SIGNATURE],
+    )
+    if not (known and matches):
         session.rollback()
-        raise AuthenticationError(
-            "The request signature does not match; it was altered or signed "
-            "with another secret."
-        )
+        raise AuthenticationError(NOT_RECOGNISED)
     _remember_nonce(session, tables, nonces, settings, node_id, nonce, moment)
     return node_id
 
