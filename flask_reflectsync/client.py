@@ -1677,6 +1677,13 @@ class SyncClient:
                         push_versions=None,
                         push_message=None,
                     )
+            except httpx.TransportError as error:
+                # The stream broke off: the local transaction rolled back.
+                raise ServerUnreachableError(
+                    f"The repair stream from {self.base_url} broke off ({error!s} "
+                    f"[{type(error).__name__}]); nothing was changed locally. "
+                    "Repair again."
+                ) from error
             finally:
                 answer.close()
             return total
