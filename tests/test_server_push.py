@@ -148,6 +148,42 @@ def test_push_accepted_signal(server: ServerEnv) -> None:
     ]
 
 
+def test_a_receiver_that_raises_does_not_fail_the_answer(
+    server: ServerEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registration and the push are committed: a receiver's bug is
+    logged, the other receivers hear the signal, and the node gets its
+    answer (a 500 after registering left a node row whose secret nobody
+    got)."""
+    heard: list[str] = []
+
+    def broken(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    def working(sender: Any, **kwargs: Any) -> None:
+        heard.append("working")
+
+    app = server.env.app
+    for signal in (signals.node_registered, signals.push_accepted):
+        signal.connect(broken, app)
+        signal.connect(working, app)
+    try:
+        with caplog.at_level("ERROR", logger="flask_reflectsync"):
+            node = server.node()  # registers
+            answer = node.push(*_country_and_cities())
+    finally:
+        for signal in (signals.node_registered, signals.push_accepted):
+            signal.disconnect(broken, app)
+            signal.disconnect(working, app)
+    assert node.id is not None
+    assert answer.status_code == 200, answer.text
+    assert heard == ["working", "working"]
+    assert [r.getMessage() for r in caplog.records].count(
+        "A receiver of push-accepted raised; the request is answered anyway."
+    ) == 1
+    assert "receiver bug" in caplog.text
+
+
 def test_a_push_without_operations_creates_no_version(server: ServerEnv) -> None:
     node = server.node()
     answer = node.push([])

@@ -7,8 +7,10 @@ Everything but registration and the OpenAPI document needs a signed request.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from blinker import Signal
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import signals
@@ -59,6 +61,30 @@ def _settings() -> ServerSettings:
     return ServerSettings.from_config(
         {**state.config, "SECRET_KEY": current_app.config.get("SECRET_KEY")}
     )
+
+
+log = logging.getLogger("flask_reflectsync")
+
+
+def _notify(signal: Signal, **payload: Any) -> None:
+    """Send a sync signal with the app as sender.
+
+    What it reports is done (committed, or refused and rolled back), and the
+    node must hear its answer: a receiver that raises is logged, the other
+    receivers still hear the signal, and the request is answered as if none
+    had raised (a 500 after a committed registration would leave a node row
+    whose secret nobody got; after a push, a retry for nothing)."""
+    if getattr(signal, "is_muted", False):  # Signal.muted(), blinker >= 1.7
+        return
+    sender = _app()
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **payload)
+        except Exception:
+            log.exception(
+                "A receiver of %s raised; the request is answered anyway.",
+                getattr(signal, "name", signal),
+            )
 
 
 def _answer(**payload: Any) -> Response:
@@ -137,7 +163,7 @@ def _register() -> Response:
         settings,
         state.extension.registration_checks,
     )
-    signals.node_registered.send(_app(), node={"id": node["id"], "name": node["name"]})
+    _notify(signals.node_registered, node={"id": node["id"], "name": node["name"]})
     return _answer(node=node)
 
 
@@ -151,8 +177,8 @@ def _push() -> Response:
         outcome = push(state.db.session, state.tables, _schema(), node_id, message)
     except SyncError as error:
         push_id = message.get("push_id") if isinstance(message, dict) else None
-        signals.push_rejected.send(
-            _app(),
+        _notify(
+            signals.push_rejected,
             node=node_id,
             push_id=push_id if isinstance(push_id, str) else None,
             reason=error.message,
@@ -160,7 +186,7 @@ def _push() -> Response:
         )
         raise
     if outcome.applied:
-        signals.push_accepted.send(_app(), node=node_id, **outcome.answer)
+        _notify(signals.push_accepted, node=node_id, **outcome.answer)
     return _answer(**outcome.answer)
 
 
@@ -178,8 +204,8 @@ def _pull() -> Response:
         message,
         page_size=settings.pull_page_size,
     )
-    signals.pull_served.send(
-        _app(),
+    _notify(
+        signals.pull_served,
         node=node_id,
         since=message["since"],
         until=page["until"],
