@@ -26,6 +26,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -419,6 +420,7 @@ class SyncClient:
         self.base_url = base_url.rstrip("/")
         self.engine = engine
         self.name = name
+        self._registration_id: str | None = None
         self.page_size = page_size
         self.resolutions = Resolutions(resolution, resolutions)
         self._models = list(models) if models is not None else None
@@ -773,17 +775,23 @@ class SyncClient:
                     "(secret=...); pass save_secret= as well, to receive the "
                     "secret the server gives when registering."
                 )
-            message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "name": self.name}
+            # One id for every try of this registration, until one succeeds:
+            # a try whose answer was lost created the node, and the server
+            # answers the next try with that node instead of a second one.
+            if self._registration_id is None:
+                self._registration_id = secrets.token_urlsafe(32)
+            message: dict[str, Any] = {
+                "protocol": PROTOCOL_VERSION,
+                "name": self.name,
+                "registration_id": self._registration_id,
+            }
             if token is not None:
                 message["token"] = token
             if info is not None:
                 message["info"] = dict(info)
-            # Not idempotent: a lost answer may have created a node, so only
-            # a request that cannot have arrived is sent again.
-            answer = self._call(
-                "POST", "/register", message=message, signed=False, idempotent=False
-            )
+            answer = self._call("POST", "/register", message=message, signed=False)
             node = answer["node"]
+            self._registration_id = None
             self._credentials = None
             outside = self._save_secret is not None and self._secret is not None
             if outside:

@@ -163,7 +163,8 @@ def _register() -> Response:
         settings,
         state.extension.registration_checks,
     )
-    _notify(signals.node_registered, node={"id": node["id"], "name": node["name"]})
+    if not node.pop("again", False):  # a retry whose first answer was lost
+        _notify(signals.node_registered, node={"id": node["id"], "name": node["name"]})
     return _answer(node=node)
 
 

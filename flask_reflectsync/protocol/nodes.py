@@ -72,7 +72,9 @@ def register_node(
     registration token must match (compared in constant time), and every
     check must return a true value.
 
-    :return: ``{"id", "name", "secret"}``; the secret is shown only here.
+    :return: ``{"id", "name", "secret"}``; the secret is shown only here
+        (and to a retry of the same ``registration_id``, with
+        ``"again": True``, until the node signs a request).
     :raises RegistrationRefusedError: (403) when a gate says no.
     :raises AuthenticationError: (401) when a token is required but missing.
     """
@@ -82,8 +84,28 @@ def register_node(
     if not settings.open_registration:
         _admit(registration, settings, checks)
 
-    salt = secrets.token_hex(16)
     name = registration.get("name", "")
+    # The node's registration id is the salt its secret derives from: a
+    # retry of a registration whose answer was lost finds the node it made
+    # and gets the same secret, until the node signs its first request.
+    chosen = registration.get("registration_id")
+    if chosen is not None:
+        nodes = tables.nodes
+        found = session.execute(
+            sa.select(nodes.c.id, nodes.c.name).where(
+                nodes.c.secret_digest == f"{_SCHEME}${chosen}",
+                nodes.c.last_seen_at.is_(None),
+            )
+        ).first()
+        session.rollback()
+        if found is not None:
+            return {
+                "id": found.id,
+                "name": found.name,
+                "secret": derive_secret(key, found.id, chosen),
+                "again": True,
+            }
+    salt = chosen or secrets.token_hex(16)
     result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
         sa.insert(tables.nodes).values(
             name=name,
