@@ -59,6 +59,7 @@ from .errors import (
     ServerUnreachableError,
     ServiceBusyError,
     SyncError,
+    TooManyRequestsError,
     UniqueConstraintError,
     ValidationError,
 )
@@ -2121,6 +2122,9 @@ def _error_from(
         )
     if status in (502, 503, 504):
         return ServiceBusyError(message)
+    if status == 429:
+        wait = retry_after(answer.headers.get("Retry-After"))
+        return TooManyRequestsError(message, retry_after=int(wait or 60))
     error = SyncError(message)
     error.status = status
     return error

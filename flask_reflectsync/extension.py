@@ -64,6 +64,8 @@ class AppState:
     :param tables: the extension's tables on ``db.metadata``.
     :param log: the operations log ``db.session`` writes to.
     :param config: the ``REFLECTSYNC_*`` values as they were at ``init_app``.
+    :param limits: the per-address limits of the sync routes, made on first
+        use (see :mod:`.blueprints.limits`).
     """
 
     extension: ReflectSync
@@ -71,6 +73,7 @@ class AppState:
     tables: LogTables
     log: OperationLog
     config: dict[str, Any]
+    limits: Any = None
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:

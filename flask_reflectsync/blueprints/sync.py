@@ -15,6 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import signals
 from ..errors import (
+    AuthenticationError,
     PayloadTooLargeError,
     PushRejectedError,
     SyncError,
@@ -28,6 +29,7 @@ from ..protocol.query import query
 from ..protocol.schema import TrackedSchema
 from ..protocol.settings import ServerSettings, define_protocol_tables
 from .api import ok_response
+from .limits import AddressLimit
 
 
 def add_sync_routes(blueprint: Blueprint) -> None:
@@ -130,19 +132,44 @@ def _message(body: bytes) -> Any:
     return decode_body(body)
 
 
+def _limits() -> tuple[AddressLimit, AddressLimit]:
+    """This app's (registrations, authentication failures) limits, made on
+    first use from the configuration at ``init_app``."""
+    state = _state()
+    found = state.limits
+    if found is None:
+        config = state.config
+        found = state.limits = (
+            AddressLimit(
+                "registrations", config["REFLECTSYNC_REGISTRATIONS_PER_MINUTE"]
+            ),
+            AddressLimit(
+                "badly signed requests",
+                config["REFLECTSYNC_AUTH_FAILURES_PER_MINUTE"],
+            ),
+        )
+    return found  # type: ignore[no-any-return]
+
+
 def _authenticate(settings: ServerSettings, body: bytes) -> int:
     state = _state()
-    return nodes.authenticate(
-        state.db.session,
-        state.tables,
-        define_protocol_tables(state.db.metadata),
-        settings,
-        method=request.method,
-        path=request.script_root + request.path,
-        query=request.query_string.decode("latin-1"),
-        headers=request.headers,
-        body=body,
-    )
+    failures = _limits()[1]
+    failures.check(request.remote_addr)
+    try:
+        return nodes.authenticate(
+            state.db.session,
+            state.tables,
+            define_protocol_tables(state.db.metadata),
+            settings,
+            method=request.method,
+            path=request.script_root + request.path,
+            query=request.query_string.decode("latin-1"),
+            headers=request.headers,
+            body=body,
+        )
+    except AuthenticationError:
+        failures.count(request.remote_addr)
+        raise
 
 
 def _schema() -> TrackedSchema:
@@ -154,6 +181,9 @@ def _schema() -> TrackedSchema:
 
 def _register() -> Response:
     state = _state()
+    registrations = _limits()[0]
+    registrations.check(request.remote_addr)
+    registrations.count(request.remote_addr)
     settings = _settings()
     message = _message(_body(settings))
     node = nodes.register_node(
