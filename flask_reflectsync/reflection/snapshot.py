@@ -249,20 +249,15 @@ class LiveTable:
 
     def snapshot(self) -> TableSnapshot:
         """The table decoded."""
-        return TableSnapshot(
+        return table_snapshot(
             oid=self.oid,
             name=self.name,
             kind=self.kind,
             comment=self.comment,
             columns=decode_columns(self.columns),
-            primary_key=tuple(json.loads(self.primary_key)),
-            foreign_keys=tuple(
-                ForeignKey.from_dict(key) for key in json.loads(self.foreign_keys)
-            ),
-            unique_constraints=tuple(
-                UniqueConstraint.from_dict(u)
-                for u in json.loads(self.unique_constraints)
-            ),
+            primary_key=json.loads(self.primary_key),
+            foreign_keys=json.loads(self.foreign_keys),
+            unique_constraints=json.loads(self.unique_constraints),
             rename_hint=self.rename_hint,
         )
 
@@ -283,6 +278,40 @@ class LiveTable:
             unique_constraints=_encode([u.to_dict() for u in table.unique_constraints]),
             rename_hint=table.rename_hint,
         )
+
+
+def table_snapshot(
+    *,
+    oid: str,
+    name: str,
+    kind: str,
+    comment: str | None,
+    columns: tuple[ColumnSnapshot, ...],
+    primary_key: Sequence[str],
+    foreign_keys: Sequence[dict[str, Any]],
+    unique_constraints: Sequence[dict[str, Any]],
+    rename_hint: str | None,
+) -> TableSnapshot:
+    """A :class:`TableSnapshot` from its constraints as decoded JSON (as a
+    :class:`LiveTable` and a catalog row hold them).
+
+    :param primary_key: the key's column names.
+    :param foreign_keys: :meth:`ForeignKey.to_dict` objects.
+    :param unique_constraints: :meth:`UniqueConstraint.to_dict` objects.
+    """
+    return TableSnapshot(
+        oid=oid,
+        name=name,
+        kind=kind,
+        comment=comment,
+        columns=columns,
+        primary_key=tuple(primary_key),
+        foreign_keys=tuple(ForeignKey.from_dict(key) for key in foreign_keys),
+        unique_constraints=tuple(
+            UniqueConstraint.from_dict(u) for u in unique_constraints
+        ),
+        rename_hint=rename_hint,
+    )
 
 
 def encode_columns(columns: Sequence[ColumnSnapshot]) -> str:
