@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+
+from .models import fields_dict
 
 #: The ``kind`` of a table-like object.
 TABLE = "table"
@@ -76,15 +79,7 @@ class ColumnSnapshot:
 
     def to_dict(self) -> dict[str, Any]:
         """The column as JSON-ready data."""
-        return {
-            "oid": self.oid,
-            "name": self.name,
-            "position": self.position,
-            "type": self.type,
-            "nullable": self.nullable,
-            "default": self.default,
-            "comment": self.comment,
-        }
+        return fields_dict(self)
 
 
 @dataclass(frozen=True)
@@ -111,15 +106,7 @@ class ForeignKey:
 
     def to_dict(self) -> dict[str, Any]:
         """The constraint as JSON-ready data."""
-        return {
-            "name": self.name,
-            "columns": list(self.columns),
-            "referred_schema": self.referred_schema,
-            "referred_table": self.referred_table,
-            "referred_columns": list(self.referred_columns),
-            "on_update": self.on_update,
-            "on_delete": self.on_delete,
-        }
+        return fields_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForeignKey:
@@ -148,7 +135,7 @@ class UniqueConstraint:
 
     def to_dict(self) -> dict[str, Any]:
         """The constraint as JSON-ready data."""
-        return {"name": self.name, "columns": list(self.columns)}
+        return fields_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UniqueConstraint:
@@ -484,6 +471,21 @@ def reader_for(dialect: str) -> CatalogReader:
     raise ConfigurationError(
         f"Reflection supports PostgreSQL, SQLite and MariaDB/MySQL, not {dialect!r}."
     )
+
+
+def rows_by_table(
+    connection: sa.Connection, statement: str, params: dict[str, Any]
+) -> dict[str, list[Any]]:
+    """The rows of a catalog query, grouped by their ``tbl`` column (each
+    group in the query's order; a table with none gets an empty list).
+
+    :param statement: SQL text selecting a ``tbl`` column.
+    :param params: its bound parameters.
+    """
+    grouped: dict[str, list[Any]] = defaultdict(list)
+    for row in connection.execute(sa.text(statement), params):
+        grouped[row.tbl].append(row)
+    return grouped
 
 
 def column_names(
