@@ -560,6 +560,7 @@ def test_the_catalog_rows_written_do_not_depend_on_who_listens(
             for table in (tables.columns, tables.tables, tables.probes, tables.schemas):
                 connection.execute(table.delete())
         create_family(psql)
+        psql.run("CREATE TABLE rs_item (id INTEGER PRIMARY KEY, name VARCHAR(20))")
         schema_id = the_schema(client, psql)["id"]
         tables_of(client, schema_id)  # the first comparison of the schema
         heard = Recorder()
@@ -573,12 +574,15 @@ def test_the_catalog_rows_written_do_not_depend_on_who_listens(
                 receivers.append((signal, receive))
                 signal.connect(receive, sender=cat.app)
         try:
+            # Tables of the first comparison, never served: altered, dropped,
+            # renamed; and a view created after it.
             psql.run(
                 "ALTER TABLE rs_parent ADD COLUMN extra INTEGER",
-                "CREATE TABLE rs_item (id INTEGER PRIMARY KEY, name VARCHAR(20))",
+                "DROP TABLE rs_item",
+                "CREATE VIEW rs_item_view AS SELECT id, code FROM rs_parent",
             )
             tables_of(client, schema_id)
-            psql.run("ALTER TABLE rs_child RENAME TO rs_renamed", "DROP TABLE rs_item")
+            psql.run("ALTER TABLE rs_child RENAME TO rs_renamed")
             tables_of(client, schema_id)
         finally:
             for signal, receive in receivers:
@@ -588,10 +592,33 @@ def test_the_catalog_rows_written_do_not_depend_on_who_listens(
     unheard, _ = run(listen=False)
     heard_rows, heard = run(listen=True)
 
-    assert heard.about("table_created", "rs_item")
-    assert heard.about("table_altered", "rs_parent")
-    assert heard.about("table_dropped", "rs_item")
+    (created,) = heard.about("table_created", "rs_item_view")
+    assert [c.name for c in created["table"].columns] == ["id", "code"]
+    (altered,) = heard.about("table_altered", "rs_parent")
+    assert [c.name for c in altered["table"].columns][-1] == "extra"
+    (dropped,) = heard.about("table_dropped", "rs_item")
+    assert [c.name for c in dropped["table"].columns] == ["id", "name"]
     assert heard_rows == unheard
+
+
+def test_tables_a_first_listing_finds_are_announced_with_their_columns(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """The first listing of a schema leaves column rows for later, yet a
+    ``table_created`` receiver gets each table with its columns and the ids
+    ``GET /tables/<id>`` serves."""
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    recorder.clear()
+
+    parent = tables_of(client, schema_id)["rs_parent"]
+
+    (event,) = recorder.about("table_created", "rs_parent")
+    announced = [(c.id, c.name) for c in event["table"].columns]
+    assert [name for _, name in announced] == ["id", "code", "label"]
+    served = get_ok(client, f"/tables/{parent['id']}")["table"]["columns"]
+    assert [(c["id"], c["name"]) for c in served] == announced
 
 
 def test_unusual_text_survives_the_catalog(cat: AppEnv, psql: Psql) -> None:

@@ -62,10 +62,10 @@ class Catalog:
         :returns: the changes, in the order their signals were sent.
         """
         with self.engine.connect() as connection:
-            changes = self.refresh.schemas(connection, force=force, records=True)
+            changes = self.refresh.schemas(connection, force=force, all_changes=True)
             for schema in self.store.schemas(connection, include_deleted=False):
                 changes += self.refresh.tables(connection, schema, force=force,
-                                               records=True)
+                                               all_changes=True)
         self._send(changes)
         return changes
 

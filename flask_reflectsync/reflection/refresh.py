@@ -96,12 +96,13 @@ class Refresh:
     # -- entry points -----------------------------------------------------------
 
     def schemas(
-        self, connection: sa.Connection, *, force: bool, records: bool = False
+        self, connection: sa.Connection, *, force: bool, all_changes: bool = False
     ) -> list[Change]:
         """Refresh the schema level if its probe says it changed (or
         ``force``) and describe what changed.
 
-        :param records: describe every change, even those nobody receives.
+        :param all_changes: describe every change, even those nobody
+            receives.
         :returns: the changes, committed, to be announced.
         """
         stored = self.store.probe(connection, SCHEMAS_SCOPE)
@@ -111,7 +112,7 @@ class Refresh:
                 return []
         with self.locked(connection):
             written = self._sync_schemas(connection, force=force)
-            return self.records(connection, written, everything=records)
+            return self.records(connection, written, everything=all_changes)
 
     def tables(
         self,
@@ -119,7 +120,7 @@ class Refresh:
         schema: CatalogSchema,
         *,
         force: bool,
-        records: bool = False,
+        all_changes: bool = False,
     ) -> list[Change]:
         """Refresh one schema's tables if their probe says they changed (or
         ``force``) and describe what changed; as :meth:`schemas`."""
@@ -141,7 +142,7 @@ class Refresh:
         with self.locked(connection):
             written = self._sync_tables(connection, schema.id, force=force,
                                         probe=live)
-            return self.records(connection, written, everything=records)
+            return self.records(connection, written, everything=all_changes)
 
     @contextmanager
     def locked(self, connection: sa.Connection) -> Iterator[None]:
