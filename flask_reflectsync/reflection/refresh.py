@@ -62,7 +62,9 @@ class Written:
     """What one refresh wrote, by catalog id, each list in announcing order.
 
     :param columns_later: created tables whose column rows were left to be
-        written when first needed (a schema's first comparison).
+        written when first needed (a schema's first comparison), with what
+        was read of them.
+    :param now: the time of the refresh (the rows' ``last_synced``).
     """
 
     schemas_created: list[int] = field(default_factory=list)
@@ -74,7 +76,8 @@ class Written:
         tuple[int, tuple[ColumnChange, ...], tuple[str, ...]]
     ] = field(default_factory=list)
     tables_dropped: list[int] = field(default_factory=list)
-    columns_later: set[int] = field(default_factory=set)
+    columns_later: dict[int, LiveTable] = field(default_factory=dict)
+    now: datetime = field(default_factory=_now)
 
 
 class Refresh:
@@ -176,8 +179,11 @@ class Refresh:
         altered = written.tables_altered if wanted(TableAltered) else []
         dropped = written.tables_dropped if wanted(TableDropped) else []
         # The one write a listener causes: see the module docstring.
-        self.store.write_columns(
-            connection, [i for i in created if i in written.columns_later]
+        self.store.write_new_columns(
+            connection,
+            [(i, written.columns_later[i]) for i in created
+             if i in written.columns_later],
+            written.now,
         )
         loaded = self.store.tables_by_id(
             connection,
@@ -353,7 +359,8 @@ class Refresh:
                                   with_columns=not first_comparison)
         written.tables_created = [ids[table.oid] for table in created]
         if first_comparison:
-            written.columns_later = set(written.tables_created)
+            written.columns_later = {ids[table.oid]: table for table in created}
+            written.now = now
         store.drop_tables(connection, written.tables_dropped, now)
         store.store_probe(connection, scope, fingerprint, now)
         return written

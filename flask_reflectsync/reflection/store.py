@@ -360,16 +360,48 @@ class CatalogStore:
         ids = insert_tables(connection, self.t.tables, schema_id, tables, digests,
                             now, columns_written=with_columns)
         if with_columns:
-            insert_columns(
-                connection, self.t.columns,
-                [
-                    (ids[table.oid], decode_columns(table.columns),
-                     json.loads(table.primary_key))
-                    for table in tables
-                ],
-                now,
+            self._insert_live_columns(
+                connection, [(ids[table.oid], table) for table in tables], now
             )
         return ids
+
+    def write_new_columns(
+        self,
+        connection: sa.Connection,
+        tables: Sequence[tuple[int, LiveTable]],
+        now: datetime,
+    ) -> None:
+        """Write the column rows of tables just inserted without them, from
+        the live tables they were inserted from (as :meth:`write_columns`
+        would from their rows, without reading them back).
+
+        :param tables: ``(catalog id, live table)``.
+        :param now: their ``last_synced``.
+        """
+        if not tables:
+            return
+        self._insert_live_columns(connection, tables, now)
+        t = self.t.tables
+        for chunk in chunks([table_id for table_id, _ in tables]):
+            connection.execute(
+                t.update().where(t.c.id.in_(chunk)).values(columns_written=True)
+            )
+
+    def _insert_live_columns(
+        self,
+        connection: sa.Connection,
+        tables: Sequence[tuple[int, LiveTable]],
+        now: datetime,
+    ) -> None:
+        insert_columns(
+            connection, self.t.columns,
+            [
+                (table_id, decode_columns(table.columns),
+                 json.loads(table.primary_key))
+                for table_id, table in tables
+            ],
+            now,
+        )
 
     def update_table(
         self,
