@@ -17,7 +17,8 @@ A refresh runs in two steps that do not know about each other:
    is most of a cold listing's cost when nobody reads them. A table created
    by a cold listing and announced this way is the one case that writes:
    its record carries its columns with their ids, so their rows are written
-   first, exactly as the first ``GET /tables/<id>`` would write them.
+   first (from what the listing read: the rows its first
+   ``GET /tables/<id>`` would write).
 
 Refreshes are serialised across processes by the reader's lock (an advisory
 lock, ``GET_LOCK`` or SQLite's write lock) and probe again once they hold it,
