@@ -11,6 +11,10 @@ Column rows are a copy of the ``columns_json`` a table row keeps, written
 when the table is first needed with its columns (:meth:`write_columns`);
 from then on ``columns_written`` is set and a refresh keeps them current
 (:meth:`update_table`).
+
+The module is a little over 500 lines because it is every statement on the
+catalog tables in one place; the bulk inserts are in :mod:`.writer`, the
+row conversions in :mod:`.rows`.
 """
 
 from __future__ import annotations
@@ -34,7 +38,13 @@ from .rows import (
     table_values,
 )
 from .snapshot import LiveTable, SchemaSnapshot, TableSnapshot, decode_columns
-from .writer import chunks, column_values, insert_columns, insert_tables
+from .writer import (
+    chunks,
+    column_values,
+    insert_columns,
+    insert_live_columns,
+    insert_tables,
+)
 
 #: The probe scope of the schema level.
 SCHEMAS_SCOPE = "schemas"
@@ -360,8 +370,9 @@ class CatalogStore:
         ids = insert_tables(connection, self.t.tables, schema_id, tables, digests,
                             now, columns_written=with_columns)
         if with_columns:
-            self._insert_live_columns(
-                connection, [(ids[table.oid], table) for table in tables], now
+            insert_live_columns(
+                connection, self.t.columns,
+                [(ids[table.oid], table) for table in tables], now,
             )
         return ids
 
@@ -380,28 +391,13 @@ class CatalogStore:
         """
         if not tables:
             return
-        self._insert_live_columns(connection, tables, now)
+        insert_live_columns(connection, self.t.columns, tables, now)
         t = self.t.tables
         for chunk in chunks([table_id for table_id, _ in tables]):
             connection.execute(
                 t.update().where(t.c.id.in_(chunk)).values(columns_written=True)
             )
 
-    def _insert_live_columns(
-        self,
-        connection: sa.Connection,
-        tables: Sequence[tuple[int, LiveTable]],
-        now: datetime,
-    ) -> None:
-        insert_columns(
-            connection, self.t.columns,
-            [
-                (table_id, decode_columns(table.columns),
-                 json.loads(table.primary_key))
-                for table_id, table in tables
-            ],
-            now,
-        )
 
     def update_table(
         self,

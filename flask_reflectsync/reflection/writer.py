@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from .snapshot import ColumnSnapshot, LiveTable
+from .snapshot import ColumnSnapshot, LiveTable, decode_columns
 
 T = TypeVar("T")
 
@@ -269,6 +269,30 @@ def insert_columns(
     ]
     if rows:
         connection.execute(table.insert(), rows)
+
+
+def insert_live_columns(
+    connection: sa.Connection,
+    table: sa.Table,
+    tables: Sequence[tuple[int, LiveTable]],
+    now: datetime,
+) -> None:
+    """Insert catalog rows for the columns of live tables as the reader
+    encoded them.
+
+    :param table: ``reflectsync_catalog_columns``.
+    :param tables: ``(catalog table id, live table)``.
+    :param now: their ``last_synced``.
+    """
+    insert_columns(
+        connection,
+        table,
+        [
+            (table_id, decode_columns(live.columns), json.loads(live.primary_key))
+            for table_id, live in tables
+        ],
+        now,
+    )
 
 
 def column_values(
