@@ -196,7 +196,7 @@ def trim_command(through: int | None, dry_run: bool) -> None:
     node has pulled. The versions themselves are kept (they make retried
     pushes exactly-once).
     """
-    from .protocol import trim
+    from .server import trim
 
     state = _state()
     tables = state.tables

@@ -12,11 +12,11 @@ from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
 from .cli import cli
-from .protocol.key_blocks import define_key_reservations
-from .protocol.nodes import RegistrationCheck
-from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
+from .server.key_blocks import define_key_reservations
+from .server.nodes import RegistrationCheck
+from .server.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
 from .tracking import (
     LogTables,
     OperationLog,

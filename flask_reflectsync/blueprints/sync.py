@@ -1,4 +1,4 @@
-"""The sync routes: thin views over :mod:`flask_reflectsync.protocol`.
+"""The sync routes: thin views over :mod:`flask_reflectsync.server`.
 
 ``POST /register``, ``POST /push``, ``POST /pull``, ``GET /repair``,
 ``GET /query`` and ``GET /openapi.json`` under ``REFLECTSYNC_URL_PREFIX``.
@@ -17,14 +17,14 @@ from ..errors import (
     PushRejectedError,
     SyncError,
 )
-from ..protocol import nodes
-from ..protocol.messages import PROTOCOL_VERSION, decode_body
-from ..protocol.openapi import openapi_document
-from ..protocol.pull import change_count, pull, repair_stream
-from ..protocol.push import push
-from ..protocol.query import query
-from ..protocol.schema import TrackedSchema
-from ..protocol.settings import ServerSettings, define_protocol_tables
+from ..server import nodes
+from ..server.openapi import openapi_document
+from ..server.pull import change_count, pull, repair_stream
+from ..server.push import push
+from ..server.query import query
+from ..server.schema import TrackedSchema
+from ..server.settings import ServerSettings, define_protocol_tables
+from ..wire.messages import PROTOCOL_VERSION, decode_body
 from .api import ok_response
 
 

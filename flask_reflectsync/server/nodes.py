@@ -24,9 +24,8 @@ from sqlalchemy.orm import Session
 
 from ..errors import AuthenticationError, RegistrationRefusedError
 from ..tracking import LogTables
-from .messages import validate
-from .settings import ServerSettings
-from .signing import (
+from ..wire.messages import validate
+from ..wire.signing import (
     HEADER_NODE,
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -35,6 +34,7 @@ from .signing import (
     signature_matches,
     signed_headers,
 )
+from .settings import ServerSettings
 
 #: Decides whether a registration may go ahead; receives the validated
 #: registration message.

@@ -49,14 +49,14 @@ from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
 from ..tracking.tables import current_version
-from .codec import (
+from ..wire.codec import (
     DECODE_ERRORS,
     UNSTORABLE_TEXT,
     ColumnCodec,
     stores_time_zones,
     table_codecs,
 )
-from .messages import validate
+from ..wire.messages import validate
 from .schema import TrackedSchema
 from .stale import StaleRow, rule, ruling_entry, stale_rows
 from .trim import check_not_trimmed

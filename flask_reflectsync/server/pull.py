@@ -43,9 +43,9 @@ from ..tracking import (
 )
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
-from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from ..wire.codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from ..wire.messages import BIGINT_MAX, PROTOCOL_VERSION, validate
 from .key_blocks import reserve_key_blocks
-from .messages import BIGINT_MAX, PROTOCOL_VERSION, validate
 from .push import KEY_BATCH, batches, key_filter
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
