@@ -9,7 +9,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from flask_reflectsync.node.client import NODE_KEYS, SyncClient
+from flask_reflectsync.client import SyncClient
+from flask_reflectsync.node.tables import NODE_KEYS
 
 from .nodes import Cluster
 

@@ -28,7 +28,9 @@ import sqlalchemy as sa
 
 from ..errors import SyncError
 from ..tracking.registry import tracked_classes
-from .client import PullProgress, Retry, SyncClient, Words
+from .client import SyncClient
+from .results import PullProgress
+from .transport import Retry, Words
 
 #: The messages' advice in the command line's words.
 CLI_WORDS = Words(

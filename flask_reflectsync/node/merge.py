@@ -28,383 +28,70 @@ the server agree with the node:
   rolls the whole page back.
 
 A node never hands out an integer key at or below the highest key it has
-seen for the table (its *high water*, see :class:`HighWater`): a key the
+seen for the table (its *high water*, see
+:class:`~flask_reflectsync.node.keys.HighWater`): a key the
 server once had, given to a new row, would reach other nodes as an update
 of the old row.
 
 Nothing here writes through a tracked session: the caller passes a plain
 connection, so applying server changes logs no local operations. The queue
-is rewritten explicitly through :class:`LocalQueue`.
+is rewritten explicitly through :class:`~flask_reflectsync.node.queue.LocalQueue`.
+
+Conflicts and strategies live in :mod:`flask_reflectsync.node.conflicts`,
+the high water in :mod:`flask_reflectsync.node.keys`, row access in
+:mod:`flask_reflectsync.rows`. This module stays above the layout's ~500
+lines on purpose: ``_Merge`` is one algorithm (a plan of writes and
+deletes, every kind of conflict deciding on it, then applying it), and its
+steps share that plan; split across modules they would only pass it around.
 """
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
-from ..errors import ConfigurationError, UniqueConstraintError
+from ..errors import (
+    UniqueConstraintError,
+)
+from ..rows import (
+    UPSERT_DIALECTS,
+    batches,
+    key_filter,
+    read_rows,
+    row_key,
+    select_rows,
+    unique_column_sets,
+    upsert_columns,
+    write_rows,
+)
 from ..tracking import (
     DELETE,
     INSERT,
     UPDATE,
     LogTables,
     TrackedTable,
-    compress,
     decode_key,
 )
-
-# -- conflicts and strategies -----------------------------------------------------
-
-#: The kinds of conflict, as found in :attr:`Conflict.kind`.
-UPDATE_UPDATE = "update/update"
-UPDATE_DELETE = "update/delete"  # the node updated, the server deleted
-DELETE_UPDATE = "delete/update"  # the node deleted, the server updated
-DELETE_DELETE = "delete/delete"
-DEPENDENCY = "dependency"  # the server deleted a parent local rows reference
-REVERSED_DEPENDENCY = "reversed-dependency"  # the node deleted a referenced parent
-PRIMARY_KEY = "primary-key"  # both inserted the same key
-UNIQUE = "unique"  # a server row takes unique values a local row holds
-
-KINDS = (
-    UPDATE_UPDATE,
-    UPDATE_DELETE,
-    DELETE_UPDATE,
+from .conflicts import (
     DELETE_DELETE,
+    DELETE_UPDATE,
     DEPENDENCY,
-    REVERSED_DEPENDENCY,
+    NODE,
     PRIMARY_KEY,
+    REVERSED_DEPENDENCY,
+    SERVER,
     UNIQUE,
+    UPDATE_DELETE,
+    UPDATE_UPDATE,
+    Conflict,
+    Decision,
+    Resolutions,
 )
-
-SERVER = "server"
-NODE = "node"
-
-Decision = Literal["server", "node"] | Mapping[str, Any] | None
-
-
-@dataclass
-class Conflict:
-    """One conflict found while merging, and how it was resolved.
-
-    :param kind: one of :data:`KINDS`.
-    :param model: the mapped class of the row in conflict.
-    :param table: its table name.
-    :param key: its primary key (typed values, key-column order).
-    :param local: the node's row by column name, ``None`` if the node
-        deleted it (or never had it).
-    :param server: the server's row by column name, ``None`` if the server
-        deleted it (or its copy is unknown).
-    :param columns: for ``unique`` conflicts, the constraint's columns.
-    :param other_key: for ``unique`` conflicts, the key of the server row
-        holding the same values; for ``dependency`` conflicts, the keys of
-        the rows still referencing the parent.
-    :param resolution: set once resolved: ``"server"``, ``"node"``,
-        ``"values"``, ``"rekeyed"`` or ``"deleted"`` (both deleted).
-    :param new_key: for a re-keyed row, its new primary key.
-    """
-
-    kind: str
-    model: type
-    table: str
-    key: tuple[Any, ...]
-    local: dict[str, Any] | None
-    server: dict[str, Any] | None
-    columns: tuple[str, ...] = ()
-    other_key: Any = None
-    resolution: str = ""
-    new_key: tuple[Any, ...] | None = None
-
-
-#: A resolver: given a conflict, return ``"server"`` (keep the server's
-#: version), ``"node"`` (keep the node's), a mapping of column values to
-#: write and push (for update and unique conflicts), or ``None`` for the
-#: default strategy's decision.
-Resolver = Callable[[Conflict], Decision]
-#: A strategy: ``"last-pusher-wins"``, ``"server-wins"``, ``"node-wins"``
-#: or a :data:`Resolver`.
-Strategy = str | Resolver
-
-STRATEGIES = ("last-pusher-wins", "server-wins", "node-wins")
-
-# What the built-in strategies decide, per kind. ``None``: cannot decide.
-_LAST_PUSHER: dict[str, str | None] = {
-    UPDATE_UPDATE: NODE,  # the node pushes after the server's change
-    UPDATE_DELETE: NODE,  # an update beats a delete: the row comes back
-    DELETE_UPDATE: SERVER,  # likewise, from the other side
-    DELETE_DELETE: SERVER,
-    DEPENDENCY: NODE,  # a local child keeps its parent alive
-    REVERSED_DEPENDENCY: SERVER,  # a server child keeps its parent alive
-    PRIMARY_KEY: NODE,  # both rows survive: the local one is re-keyed
-    UNIQUE: None,
-}
-_BUILT_IN: dict[str, dict[str, str | None]] = {
-    "last-pusher-wins": _LAST_PUSHER,
-    "server-wins": {**{k: SERVER for k in KINDS}, PRIMARY_KEY: NODE},
-    "node-wins": {**{k: NODE for k in KINDS}, UNIQUE: None},
-}
-
-
-class Resolutions:
-    """The strategy of each model, with a default.
-
-    :param default: the strategy of models not named in ``per_model``.
-    :param per_model: strategies by mapped class.
-    :raises ConfigurationError: for an unknown strategy name.
-    """
-
-    def __init__(
-        self,
-        default: Strategy = "last-pusher-wins",
-        per_model: Mapping[type, Strategy] | None = None,
-    ) -> None:
-        self.default = self._checked(default)
-        self.per_model: dict[type, Strategy] = {
-            model: self._checked(strategy)
-            for model, strategy in (per_model or {}).items()
-        }
-
-    @staticmethod
-    def _checked(strategy: Strategy) -> Strategy:
-        if callable(strategy) or strategy in STRATEGIES:
-            return strategy
-        raise ConfigurationError(
-            f"Unknown conflict strategy {strategy!r}; use one of "
-            f"{', '.join(STRATEGIES)} or a callable taking a Conflict."
-        )
-
-    def set(self, model: type, strategy: Strategy) -> None:
-        """Use ``strategy`` for conflicts on rows of ``model``."""
-        self.per_model[model] = self._checked(strategy)
-
-    def named(self, model: type) -> str | None:
-        """The built-in strategy of ``model``, or ``None`` for a callable
-        (only the node can call it: the server refuses such stale rows)."""
-        strategy = self.per_model.get(model, self.default)
-        return strategy if isinstance(strategy, str) else None
-
-    def decide(self, conflict: Conflict) -> Decision:
-        """The decision for ``conflict`` (``None``: cannot be resolved)."""
-        strategy = self.per_model.get(conflict.model, self.default)
-        if callable(strategy):
-            decision = strategy(conflict)
-            if decision is not None:
-                if not (decision in (SERVER, NODE) or isinstance(decision, Mapping)):
-                    raise ConfigurationError(
-                        f"A conflict resolver returned {decision!r}; return "
-                        "'server', 'node', a mapping of column values or None."
-                    )
-                return decision
-            # None: the default strategy decides (last-pusher-wins when the
-            # default is itself a callable).
-            strategy = self.default if isinstance(self.default, str) else ""
-        return cast(Decision, _BUILT_IN.get(strategy, _LAST_PUSHER)[conflict.kind])
-
-
-# -- the node's queue -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _QueuedOp:
-    table_name: str
-    row_key: str
-    command: str
-
-
-class LocalQueue:
-    """The node's unpushed operations, compressed, and the means to rewrite them.
-
-    :param connection: the merge's connection, inside its transaction.
-    :param tables: the node's log tables.
-    """
-
-    def __init__(self, connection: sa.Connection, tables: LogTables) -> None:
-        self.connection = connection
-        self.tables = tables
-        versions, operations = tables.versions, tables.operations
-        query = (
-            sa.select(
-                operations.c.table_name, operations.c.row_key, operations.c.command
-            )
-            .join(versions, versions.c.id == operations.c.version_id)
-            .where(versions.c.number.is_(None))
-            .order_by(operations.c.version_id, operations.c.id)
-        )
-        ops = [_QueuedOp(*row) for row in connection.execute(query)]
-        self.commands: dict[tuple[str, str], str] = {
-            (op.table_name, op.row_key): op.command for op in compress(ops)
-        }
-        #: Rows inserted and deleted again locally: their operations cancel
-        #: out, but they would still be compressed with later ones.
-        self.cancelled = {
-            (op.table_name, op.row_key) for op in ops
-        } - self.commands.keys()
-        #: Rows the node deleted and then inserted again under the same key
-        #: (SQLite gives a new row the highest freed id): compressed, that is
-        #: an update, although the row is a new one.
-        self.replaced: set[tuple[str, str]] = set()
-        first: dict[tuple[str, str], str] = {}
-        deleted: set[tuple[str, str]] = set()
-        for op in ops:
-            ident = (op.table_name, op.row_key)
-            first.setdefault(ident, op.command)
-            if op.command == DELETE:
-                deleted.add(ident)
-            elif op.command == INSERT and ident in deleted and first[ident] != INSERT:
-                self.replaced.add(ident)
-        self._version_id: int | None = None
-
-    def forget_cancelled(self) -> None:
-        """Drop the operations of rows inserted and deleted again locally.
-
-        Compression reads a row's first and last command as "existed on the
-        server before" and "exists now". Once a pull writes a key whose queue
-        starts with an insert that was cancelled by a delete, that first
-        command is wrong: a later local delete would compress to nothing, an
-        update to an insert. Forgetting them makes the queue start at what
-        the merge wrote. Only safe while no push is in flight (its message is
-        rebuilt from these rows); :func:`merge_page` runs after the client
-        has settled any push.
-        """
-        for table, key_text in sorted(self.cancelled):
-            self.drop(table, key_text)
-        self.cancelled.clear()
-
-    def get(self, table: str, key_text: str) -> str | None:
-        """The compressed queued command of a row, or ``None``."""
-        return self.commands.get((table, key_text))
-
-    def drop(self, table: str, key_text: str) -> None:
-        """Forget every queued change of a row: the node will not push it."""
-        versions, operations = self.tables.versions, self.tables.operations
-        queued = sa.select(versions.c.id).where(versions.c.number.is_(None))
-        self.connection.execute(
-            sa.delete(operations).where(
-                operations.c.table_name == table,
-                operations.c.row_key == key_text,
-                operations.c.version_id.in_(queued.scalar_subquery()),
-            )
-        )
-        self.commands.pop((table, key_text), None)
-        self.replaced.discard((table, key_text))
-
-    def set(self, table: str, key_text: str, command: str) -> None:
-        """Make ``command`` the row's only queued change."""
-        self.drop(table, key_text)
-        self.append(table, key_text, command)
-
-    def append(self, table: str, key_text: str, command: str) -> None:
-        """Queue one more change of a row (compressed with the earlier ones)."""
-        if self._version_id is None:
-            result = self.connection.execute(
-                sa.insert(self.tables.versions).values(
-                    created_at=datetime.datetime.now(datetime.timezone.utc)
-                )
-            )
-            assert result.inserted_primary_key is not None
-            self._version_id = int(result.inserted_primary_key[0])
-        self.connection.execute(
-            sa.insert(self.tables.operations).values(
-                version_id=self._version_id,
-                table_name=table,
-                row_key=key_text,
-                command=command,
-            )
-        )
-        earlier = self.commands.get((table, key_text))
-        ops = [_QueuedOp(table, key_text, c) for c in (earlier, command) if c]
-        merged = compress(ops)
-        if merged:
-            self.commands[(table, key_text)] = merged[0].command
-        else:
-            self.commands.pop((table, key_text), None)
-
-
-# -- key high water -------------------------------------------------------------------
-
-
-def define_high_water_table(metadata: sa.MetaData) -> sa.Table:
-    """The node-private table keeping, per table, the highest integer key the
-    node has ever seen (inserted, pulled, repaired or re-keyed to)."""
-    return sa.Table(
-        "reflectsync_node_keys",
-        metadata,
-        sa.Column("table_name", sa.String(200), primary_key=True),
-        sa.Column("high_water", sa.BigInteger, nullable=False, default=0),
-    )
-
-
-class HighWater:
-    """Reads and raises the per-table high water in ``connection``'s
-    transaction. It never goes down.
-
-    :param connection: a connection of the node's engine, in a transaction.
-    :param table: the high-water table (see :func:`define_high_water_table`).
-    """
-
-    def __init__(self, connection: sa.Connection, table: sa.Table) -> None:
-        self.connection = connection
-        self.table = table
-
-    def get(self, name: str, *, lock: bool = False) -> int:
-        """The high water of table ``name`` (0 if none). With ``lock``, the
-        row is locked until the transaction ends (``FOR UPDATE``, where the
-        database has it), so concurrent writers hand out keys in turn."""
-        query = sa.select(self.table.c.high_water).where(
-            self.table.c.table_name == name
-        )
-        if lock:
-            query = query.with_for_update()
-        return int(self.connection.execute(query).scalar() or 0)
-
-    def next_key(self, info: TrackedTable, *, lock: bool = False) -> int:
-        """The lowest key above both the high water and the table's keys."""
-        column = info.pk_columns[0]
-        highest = self.connection.execute(sa.select(sa.func.max(column))).scalar()
-        return max(self.get(info.name, lock=lock), int(highest or 0)) + 1
-
-    def raise_to(self, keys: Mapping[str, int]) -> None:
-        """Raise the high water of each table to at least its key."""
-        if not keys:
-            return
-        c = self.table.c
-        known = {
-            name: int(value)
-            for name, value in self.connection.execute(
-                sa.select(c.table_name, c.high_water).where(
-                    c.table_name.in_(list(keys))
-                )
-            )
-        }
-        for name, key in keys.items():
-            if name not in known:
-                self.connection.execute(
-                    sa.insert(self.table).values(table_name=name, high_water=key)
-                )
-            elif known[name] < key:
-                self.connection.execute(
-                    sa.update(self.table)
-                    .where(c.table_name == name, c.high_water < key)
-                    .values(high_water=key)
-                )
-
-    def raise_to_tables(self, schema: MergeSchema) -> None:
-        """Raise the high water to the highest key now in each table."""
-        highest: dict[str, int] = {}
-        for name, info in schema.tables.items():
-            if not info.single_integer_key:
-                continue
-            found = self.connection.execute(
-                sa.select(sa.func.max(info.pk_columns[0]))
-            ).scalar()
-            if found is not None and int(found) > 0:
-                highest[name] = int(found)
-        self.raise_to(highest)
-
+from .keys import HighWater
+from .queue import LocalQueue
 
 # -- the incoming page -----------------------------------------------------------------
 
@@ -991,7 +678,7 @@ class _Merge:
                     if None not in values:
                         wanted[values] = key
                 selected = [info.table.c[c] for c in columns]
-                for batch in _batches(list(wanted), 500):
+                for batch in batches(list(wanted), 500):
                     if len(selected) == 1:
                         condition = selected[0].in_([v[0] for v in batch])
                     else:
@@ -1094,7 +781,7 @@ class _Merge:
             keys = [k for t, k in self.deletes if t == table]
             if keys:
                 info = self.info(table)
-                for batch in _batches(keys, 500):
+                for batch in batches(keys, 500):
                     self.connection.execute(
                         sa.delete(info.table).where(key_filter(info, batch))
                     )
@@ -1252,231 +939,3 @@ def _points_at(row: Mapping[str, Any], ref: _Reference, key: tuple[Any, ...]) ->
     return tuple(row.get(c) for c in ref.child_columns) == key
 
 
-# -- table access ----------------------------------------------------------------------
-
-
-def row_key(info: TrackedTable, row: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The primary key of a row given by column name."""
-    return tuple(row[c.name] for c in info.pk_columns)
-
-
-def key_filter(
-    info: TrackedTable, keys: Sequence[tuple[Any, ...]]
-) -> sa.ColumnElement[bool]:
-    """``primary key IN keys``."""
-    pk = list(info.pk_columns)
-    if len(pk) == 1:
-        return pk[0].in_([k[0] for k in keys])
-    return sa.tuple_(*pk).in_(list(keys))
-
-
-def select_rows(
-    connection: sa.Connection, info: TrackedTable, condition: Any
-) -> list[dict[str, Any]]:
-    """Rows of ``info``'s table matching ``condition``, by column name."""
-    names = [c.name for c in info.table.columns]
-    return [
-        dict(zip(names, row, strict=True))
-        for row in connection.execute(sa.select(info.table).where(condition))
-    ]
-
-
-def read_rows(
-    connection: sa.Connection, info: TrackedTable, keys: Sequence[tuple[Any, ...]]
-) -> list[dict[str, Any]]:
-    """The local rows among ``keys``, by column name."""
-    found: list[dict[str, Any]] = []
-    for batch in _batches(list(keys), 500):
-        found += select_rows(connection, info, key_filter(info, batch))
-    return found
-
-
-def write_rows(
-    connection: sa.Connection,
-    info: TrackedTable,
-    inserts: Sequence[Mapping[str, Any]],
-    updates: Sequence[Mapping[str, Any]],
-) -> None:
-    """Insert and update rows given by column name, one executemany each.
-
-    Updates that move a unique value from one row to another are ordered so
-    that the row giving the value up is written first (SQLite and MySQL check
-    a unique constraint after each row); values swapped in a cycle are still
-    refused by the database.
-    """
-    table = info.table
-    if updates and unique_column_sets(table):
-        updates = _in_unique_order(connection, info, updates)
-    if updates:
-        pk_names = {c.name for c in info.pk_columns}
-        by_columns: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
-        for row in updates:
-            by_columns.setdefault(tuple(row), []).append(row)
-        for columns, rows in by_columns.items():
-            statement = (
-                sa.update(table)
-                .where(*[c == sa.bindparam("pk_" + c.name) for c in info.pk_columns])
-                .values(
-                    {
-                        table.c[n].key: sa.bindparam("v_" + n)
-                        for n in columns
-                        if n not in pk_names
-                    }
-                )
-            )
-            params = [
-                {
-                    **{"pk_" + n: r[n] for n in pk_names},
-                    **{"v_" + n: r[n] for n in columns if n not in pk_names},
-                }
-                for r in rows
-            ]
-            if any(n not in pk_names for n in columns):
-                connection.execute(statement, params)
-    if inserts:
-        keys = {c.name: c.key for c in table.columns}
-        connection.execute(
-            sa.insert(table), [{keys[n]: v for n, v in r.items()} for r in inserts]
-        )
-
-
-def _in_unique_order(
-    connection: sa.Connection, info: TrackedTable, updates: Sequence[Mapping[str, Any]]
-) -> list[Mapping[str, Any]]:
-    """``updates`` with every row that takes a unique value another updated
-    row holds now placed after that row (a stable topological order; rows in
-    a cycle keep their place)."""
-    by_key = {row_key(info, row): row for row in updates}
-    current = {row_key(info, r): r for r in read_rows(connection, info, list(by_key))}
-    after: dict[tuple[Any, ...], set[tuple[Any, ...]]] = {k: set() for k in by_key}
-    for columns in unique_column_sets(info.table):
-        if not all(c in row for row in updates for c in columns):
-            continue
-        holders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
-        for key, old in current.items():
-            values = tuple(old.get(c) for c in columns)
-            if None not in values:
-                holders[values] = key
-        for key, row in by_key.items():
-            holder = holders.get(tuple(row[c] for c in columns))
-            if holder is not None and holder != key:
-                after[key].add(holder)  # the holder gives the value up first
-    if not any(after.values()):
-        return list(updates)
-    ordered: list[Mapping[str, Any]] = []
-    placed: set[tuple[Any, ...]] = set()
-    waiting = list(by_key)
-    while waiting:
-        ready = [k for k in waiting if after[k] <= placed]
-        if not ready:  # a cycle: written as they come, the database decides
-            ready = waiting
-        for key in ready:
-            ordered.append(by_key[key])
-            placed.add(key)
-        waiting = [k for k in waiting if k not in placed]
-    return ordered
-
-
-#: The databases :func:`upsert_columns` writes to.
-UPSERT_DIALECTS = ("sqlite", "postgresql")
-
-
-def upsert_columns(
-    connection: sa.Connection,
-    info: TrackedTable,
-    columns: Sequence[str],
-    values: Sequence[Sequence[Any]],
-) -> None:
-    """Insert rows given column-wise, overwriting the local rows with the
-    same keys: one ``INSERT ... ON CONFLICT (key) DO UPDATE`` executemany, on
-    SQLite and PostgreSQL (:data:`UPSERT_DIALECTS`).
-
-    :param columns: the column names.
-    :param values: per column, the values of every row.
-    """
-    table = info.table
-    dialect = connection.dialect
-    insert: Any = sqlite.insert if dialect.name == "sqlite" else postgresql.insert
-    pk_names = {c.name for c in info.pk_columns}
-    keys = {c.name: c.key for c in table.columns}
-    statement = insert(table)
-    changed = {
-        keys[n]: statement.excluded[keys[n]] for n in columns if n not in pk_names
-    }
-    if changed:
-        statement = statement.on_conflict_do_update(
-            index_elements=list(info.pk_columns), set_=changed
-        )
-    else:
-        statement = statement.on_conflict_do_nothing(
-            index_elements=list(info.pk_columns)
-        )
-    if dialect.name == "sqlite" and _execute_on_driver(
-        connection, statement, columns, values
-    ):
-        return
-    names = [keys[n] for n in columns]
-    rows = zip(*values, strict=True)
-    connection.execute(statement, [dict(zip(names, row, strict=True)) for row in rows])
-
-
-def _execute_on_driver(
-    connection: sa.Connection,
-    statement: Any,
-    columns: Sequence[str],
-    values: Sequence[Sequence[Any]],
-) -> bool:
-    """Run an insert of rows given column-wise as one driver-level
-    executemany, with each column type's bind processing applied here a
-    column at a time: SQLAlchemy's per-row parameter handling costs more than
-    SQLite's own executemany. Returns ``False``, and runs
-    nothing, when the statement needs more than the rows' values
-    (Python-side defaults)."""
-    table = statement.table
-    dialect = connection.dialect
-    if any(
-        c.onupdate is not None or (c.default is not None and c.name not in columns)
-        for c in table.columns
-    ):
-        return False
-    keys = {c.name: c.key for c in table.columns}
-    position = {keys[n]: i for i, n in enumerate(columns)}
-    compiled = statement.compile(dialect=dialect, column_keys=list(position))
-    order = list(compiled.positiontup or ())
-    if len(order) != len(columns) or any(k not in position for k in order):
-        return False
-    ordered = []
-    for key in order:
-        column = values[position[key]]
-        process = table.c[key].type.dialect_impl(dialect).bind_processor(dialect)
-        ordered.append(column if process is None else list(map(process, column)))
-    # The driver's cursor of the same connection (so the same transaction)
-    # takes the rows as an iterator: no list of thousands of tuples.
-    cursor = connection.connection.cursor()
-    try:
-        rows: Any = zip(*ordered, strict=True)  # sqlite3 takes any iterable
-        cursor.executemany(compiled.string, rows)
-    finally:
-        cursor.close()
-    return True
-
-
-def unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:
-    """The column sets of the unique constraints and indexes (not the key)."""
-    sets: list[tuple[str, ...]] = []
-    for constraint in table.constraints:
-        if isinstance(constraint, sa.UniqueConstraint):
-            sets.append(tuple(c.name for c in constraint.columns))
-    for index in table.indexes:
-        if index.unique:
-            sets.append(tuple(c.name for c in index.columns))
-    for column in table.columns:
-        if column.unique:
-            sets.append((column.name,))
-    pk = tuple(c.name for c in table.primary_key.columns)
-    return [s for s in dict.fromkeys(sets) if s and s != pk]
-
-
-def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

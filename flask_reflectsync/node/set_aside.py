@@ -23,30 +23,54 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..tracking import DELETE, INSERT, UPDATE, LogTables, compress
-from .merge import LocalQueue, MergeSchema, row_key, select_rows
+from ..errors import (
+    InvalidValueError,
+    ProtocolMismatchError,
+    SyncError,
+)
+from ..rows import (
+    key_filter,
+    read_rows,
+    row_key,
+    select_rows,
+    write_rows,
+)
+from ..tracking import (
+    DELETE,
+    INSERT,
+    UPDATE,
+    LogTables,
+    TrackedTable,
+    compress,
+    decode_key,
+)
+from ..wire.codec import (
+    DECODE_ERRORS,
+    key_from_log,
+    stores_time_zones,
+    table_codecs,
+)
+from . import query as _query
+from .merge import (
+    MergeSchema,
+)
+from .queue import LocalQueue
+from .tables import (
+    NODE_LOG,
+    NODE_SET_ASIDE,
+)
 
+_log = logging.getLogger("flask_reflectsync.client")
 
-def define_set_aside_table(metadata: sa.MetaData) -> sa.Table:
-    """The node's table of set-aside changes, on ``metadata``."""
-    return sa.Table(
-        "reflectsync_node_set_aside",
-        metadata,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("table_name", sa.String(200), nullable=False),
-        sa.Column("row_key", sa.Text, nullable=False),
-        sa.Column("command", sa.String(1), nullable=False),
-        sa.Column("reason", sa.Text, nullable=False),
-        # The row as it was when set aside, in its JSON wire form.
-        sa.Column("row", sa.Text, nullable=True),
-        sa.Column("set_aside_at", sa.DateTime(timezone=True), nullable=False),
-    )
+if TYPE_CHECKING:
+    from .client import SyncClient
 
 
 @dataclass(frozen=True)
@@ -190,3 +214,180 @@ def requeue_command(command: str, exists: bool) -> str | None:
     if exists:
         return INSERT if command == INSERT else UPDATE
     return None if command == INSERT else DELETE
+
+
+# -- the client's side ---------------------------------------------------------
+
+
+def set_aside_refused(client: SyncClient, error: InvalidValueError) -> None:
+    set_aside_key(client, error.table, error.key, error.message, error)
+
+
+def set_aside_key(
+    client: SyncClient,
+    table: str,
+    wire_key: Sequence[Any],
+    reason: str,
+    error: SyncError,
+) -> None:
+    info = client.schema.tables.get(table)
+    key = typed_key(client, info, wire_key) if info is not None else None
+    if info is None or key is None:
+        raise ProtocolMismatchError(
+            f"The server refused a value of {table} {list(wire_key)}, a row "
+            f"this node does not have: {reason}"
+        ) from error
+    aware = stores_time_zones(client.engine.dialect)
+
+    def encode(name: str, row: dict[str, Any]) -> dict[str, Any]:
+        codecs_ = table_codecs(client.schema.tables[name].table, aware_storage=aware)
+        return {c: codecs_[c].to_json(v) for c, v in row.items() if c in codecs_}
+
+    with client._begin() as connection:
+        moved = set_aside_row(
+            connection,
+            NODE_LOG,
+            NODE_SET_ASIDE,
+            client.schema,
+            info.name,
+            key,
+            reason,
+            encode,
+        )
+        if not moved:  # nothing queued for it: the server and node disagree
+            raise ProtocolMismatchError(
+                f"The server refused {info.name} {list(key)}, which this "
+                f"node has not queued: {reason}"
+            ) from error
+        client._set_state(
+            connection, push_id=None, push_versions=None, push_message=None
+        )
+    _log.warning(
+        "The server refused %s %s for good (%s); it is set aside, the rest "
+        "of the queue is pushed.",
+        info.name,
+        list(key),
+        reason,
+    )
+
+
+def typed_key(
+    client: SyncClient, info: TrackedTable, wire: Sequence[Any]
+) -> tuple[Any, ...] | None:
+    codecs_ = table_codecs(
+        info.table, aware_storage=stores_time_zones(client.engine.dialect)
+    )
+    pk = [codecs_[c.name] for c in info.pk_columns]
+    try:
+        return tuple(
+            c.to_db(v, f"{info.name} key") for c, v in zip(pk, wire, strict=True)
+        )
+    except (*DECODE_ERRORS, TypeError, ValueError):
+        return None
+
+
+def entries(client: SyncClient) -> list[SetAside]:
+    """What :meth:`SyncClient.set_aside` does."""
+    client._prepare()
+    table = NODE_SET_ASIDE
+    found: list[SetAside] = []
+    with client.engine.connect() as connection:
+        rows = connection.execute(sa.select(table).order_by(table.c.id)).all()
+    for row in rows:
+        info = client.schema.tables.get(row.table_name)
+        key = (
+            _logged_key(info, row.row_key)
+            if info is not None
+            else tuple(decode_key(row.row_key))
+        )
+        found.append(
+            SetAside(
+                id=row.id,
+                table=row.table_name,
+                key=key,
+                command=row.command,
+                reason=row.reason,
+                row=None if row.row is None else json.loads(row.row),
+                set_aside_at=row.set_aside_at,
+            )
+        )
+    return found
+
+
+def retry(client: SyncClient, ids: Iterable[int] | None = None) -> int:
+    """What :meth:`SyncClient.retry_set_aside` does."""
+    with client._lock, client._begin() as connection:
+        entries = chosen(client, connection, ids)
+        queue = LocalQueue(connection, NODE_LOG)
+        for entry in entries:
+            info = client.schema.tables.get(entry.table_name)
+            if info is not None:
+                typed = _logged_key(info, entry.row_key)
+                exists = bool(list(read_rows(connection, info, [typed])))
+                if not exists and entry.row is not None and entry.command != DELETE:
+                    kept = json.loads(entry.row)
+                    stored = table_codecs(
+                        info.table,
+                        aware_storage=stores_time_zones(client.engine.dialect),
+                    )
+                    # Decoded without the server's limits: the value the
+                    # server refused is the one the app is to fix.
+                    row = {
+                        name: None if value is None else stored[name].decode(value)
+                        for name, value in kept.items()
+                        if name in stored
+                    }
+                    write_rows(connection, info, [row], [])
+                    exists = True
+                command = requeue_command(entry.command, exists)
+                if command is not None:
+                    queue.append(entry.table_name, entry.row_key, command)
+            connection.execute(
+                sa.delete(NODE_SET_ASIDE).where(NODE_SET_ASIDE.c.id == entry.id)
+            )
+        return len(entries)
+
+
+def discard(client: SyncClient, ids: Iterable[int] | None = None) -> int:
+    """What :meth:`SyncClient.discard_set_aside` does."""
+    with client._lock:
+        chosen = [e for e in client.set_aside() if ids is None or e.id in set(ids)]
+        # Read the server's rows first: no HTTP inside a write transaction.
+        server: dict[int, dict[str, Any] | None] = {}
+        for entry in chosen:
+            if entry.table in client.schema.tables:
+                rows = _query.fetch(client, entry.table, [entry.key])
+                server[entry.id] = rows.get(entry.key)
+        with client._begin() as connection:
+            for entry in chosen:
+                info = client.schema.tables.get(entry.table)
+                if info is not None:
+                    found = server.get(entry.id)
+                    local = list(read_rows(connection, info, [entry.key]))
+                    if found is None:
+                        connection.execute(
+                            sa.delete(info.table).where(key_filter(info, [entry.key]))
+                        )
+                    elif local:
+                        write_rows(connection, info, [], [found])
+                    else:
+                        write_rows(connection, info, [found], [])
+                connection.execute(
+                    sa.delete(NODE_SET_ASIDE).where(NODE_SET_ASIDE.c.id == entry.id)
+                )
+        return len(chosen)
+
+
+def chosen(
+    client: SyncClient, connection: sa.Connection, ids: Iterable[int] | None
+) -> list[Any]:
+    query = sa.select(NODE_SET_ASIDE).order_by(NODE_SET_ASIDE.c.id)
+    if ids is not None:
+        query = query.where(NODE_SET_ASIDE.c.id.in_(list(ids)))
+    return list(connection.execute(query))
+
+
+def _logged_key(info: TrackedTable, text: str) -> tuple[Any, ...]:
+    """The typed key of a row from its text in the node's log."""
+    codecs_ = table_codecs(info.table, aware_storage=True)
+    return key_from_log(decode_key(text), [codecs_[c.name] for c in info.pk_columns])

@@ -3,16 +3,8 @@
 
 from __future__ import annotations
 
-from ..node.merge import (
-    Conflict,
-    Decision,
-    MergeResult,
-    PulledTable,
-    Resolutions,
-    Strategy,
-    merge_page,
-    untouched,
-)
+from ..node.conflicts import Conflict, Decision, Resolutions, Strategy
+from ..node.merge import MergeResult, PulledTable, merge_page, untouched
 
 __all__ = [
     "Conflict",
