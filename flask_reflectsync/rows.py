@@ -2,21 +2,21 @@
 handlers and the node: key filters, batched reads, executemany writes,
 upserts and the tables' unique column sets.
 
-Framework-free, and above neither :mod:`flask_reflectsync.server` nor
-:mod:`flask_reflectsync.node`.
+Framework-free; imports neither :mod:`flask_reflectsync.server` nor
+:mod:`flask_reflectsync.node`, and :mod:`flask_reflectsync.tracking` only for
+types (capture uses :func:`key_filter`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from .tracking import (
-    TrackedTable,
-)
+if TYPE_CHECKING:
+    from .tracking import TrackedTable
 
 
 def row_key(info: TrackedTable, row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -25,13 +25,45 @@ def row_key(info: TrackedTable, row: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 def key_filter(
-    info: TrackedTable, keys: Sequence[tuple[Any, ...]]
+    columns: Sequence[sa.Column[Any]],
+    keys: Sequence[tuple[Any, ...]],
+    *,
+    inline: bool = False,
 ) -> sa.ColumnElement[bool]:
-    """``primary key IN keys``."""
-    pk = list(info.pk_columns)
-    if len(pk) == 1:
-        return pk[0].in_([k[0] for k in keys])
-    return sa.tuple_(*pk).in_(list(keys))
+    """``columns IN keys`` for one column or several (a primary key, or the
+    columns of a foreign key).
+
+    :param inline: render the values into the SQL (``literal_execute``), so
+        no backend's limit on the number of bound parameters applies however
+        many keys there are (capture restricts a bulk statement this way);
+        otherwise the caller batches the keys (see :func:`batches`).
+    """
+    if len(columns) == 1:
+        values: Any = [k[0] for k in keys]
+        if inline:
+            values = sa.bindparam(
+                "reflectsync_keys", values, expanding=True, literal_execute=True
+            )
+        return columns[0].in_(values)
+    listed: Any = list(keys)
+    if inline:
+        listed = sa.bindparam(
+            "reflectsync_keys", listed, expanding=True, literal_execute=True
+        )
+    return sa.tuple_(*columns).in_(listed)
+
+
+def key_reference(
+    constraint: sa.ForeignKeyConstraint, parent: TrackedTable
+) -> tuple[sa.Column[Any], ...] | None:
+    """The child's columns of a foreign key to ``parent``'s primary key, in
+    the key's column order; ``None`` when the foreign key points at another
+    unique key of ``parent`` (such references are not followed)."""
+    pk_names = [c.name for c in parent.pk_columns]
+    referred = [e.column.name for e in constraint.elements]
+    if sorted(referred) != sorted(pk_names):
+        return None
+    return tuple(constraint.elements[referred.index(n)].parent for n in pk_names)
 
 
 def select_rows(
@@ -51,7 +83,7 @@ def read_rows(
     """The local rows among ``keys``, by column name."""
     found: list[dict[str, Any]] = []
     for batch in batches(list(keys), 500):
-        found += select_rows(connection, info, key_filter(info, batch))
+        found += select_rows(connection, info, key_filter(info.pk_columns, batch))
     return found
 
 
@@ -69,7 +101,7 @@ def write_rows(
     refused by the database.
     """
     table = info.table
-    if updates and unique_column_sets(table):
+    if updates and unique_column_sets(table, primary_key=False):
         updates = _in_unique_order(connection, info, updates)
     if updates:
         pk_names = {c.name for c in info.pk_columns}
@@ -113,7 +145,7 @@ def _in_unique_order(
     by_key = {row_key(info, row): row for row in updates}
     current = {row_key(info, r): r for r in read_rows(connection, info, list(by_key))}
     after: dict[tuple[Any, ...], set[tuple[Any, ...]]] = {k: set() for k in by_key}
-    for columns in unique_column_sets(info.table):
+    for columns in unique_column_sets(info.table, primary_key=False):
         if not all(c in row for row in updates for c in columns):
             continue
         holders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
@@ -225,9 +257,19 @@ def _execute_on_driver(
     return True
 
 
-def unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:
-    """The column sets of the unique constraints and indexes (not the key)."""
-    sets: list[tuple[str, ...]] = []
+def unique_column_sets(
+    table: sa.Table, *, primary_key: bool
+) -> list[tuple[str, ...]]:
+    """The column sets of the table's unique constraints and indexes, each
+    once.
+
+    :param primary_key: whether the primary key is one of them (first): the
+        server checks a push against every unique rule, the key included;
+        the node's merge looks for unique conflicts beside the key, which it
+        settles as key conflicts.
+    """
+    pk = tuple(c.name for c in table.primary_key.columns)
+    sets: list[tuple[str, ...]] = [pk] if primary_key else []
     for constraint in table.constraints:
         if isinstance(constraint, sa.UniqueConstraint):
             sets.append(tuple(c.name for c in constraint.columns))
@@ -237,10 +279,12 @@ def unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:
     for column in table.columns:
         if column.unique:
             sets.append((column.name,))
-    pk = tuple(c.name for c in table.primary_key.columns)
+    if primary_key:
+        return list(dict.fromkeys(sets))
     return [s for s in dict.fromkeys(sets) if s and s != pk]
 
 
-def batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of at most ``size``."""
     for start in range(0, len(items), size):
         yield items[start : start + size]

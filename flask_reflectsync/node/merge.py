@@ -60,6 +60,7 @@ from ..rows import (
     UPSERT_DIALECTS,
     batches,
     key_filter,
+    key_reference,
     read_rows,
     row_key,
     select_rows,
@@ -195,12 +196,11 @@ class MergeSchema:
                 parent = by_table.get(constraint.referred_table)
                 if parent is None:
                     continue
-                pk_names = tuple(c.name for c in parent.pk_columns)
-                parent_columns = tuple(e.column.name for e in constraint.elements)
-                if sorted(parent_columns) != sorted(pk_names):
+                pointing = key_reference(constraint, parent)
+                if pointing is None:
                     continue  # a foreign key to another unique key: not followed
-                order = [parent_columns.index(n) for n in pk_names]
-                child_columns = tuple(constraint.elements[i].parent.name for i in order)
+                child_columns = tuple(c.name for c in pointing)
+                pk_names = tuple(c.name for c in parent.pk_columns)
                 ref = _Reference(info, child_columns, pk_names)
                 schema.referenced_by.setdefault(parent.name, []).append(ref)
                 schema.references.setdefault(info.name, []).append((parent.name, ref))
@@ -340,7 +340,7 @@ class _Merge:
         upsert = self.connection.dialect.name in UPSERT_DIALECTS
         for part in page:
             info = self.info(part.table)
-            if upsert and not unique_column_sets(info.table):
+            if upsert and not unique_column_sets(info.table, primary_key=False):
                 self.bulk[part.table] = part
             else:
                 for row in part.rows:
@@ -671,7 +671,7 @@ class _Merge:
             written = {k: r for (t, k), r in self.writes.items() if t == table}
             if not written:
                 continue
-            for columns in unique_column_sets(info.table):
+            for columns in unique_column_sets(info.table, primary_key=False):
                 wanted: dict[tuple[Any, ...], tuple[Any, ...]] = {}
                 for key, row in written.items():
                     values = tuple(row.get(c) for c in columns)
@@ -783,7 +783,7 @@ class _Merge:
                 info = self.info(table)
                 for batch in batches(keys, 500):
                     self.connection.execute(
-                        sa.delete(info.table).where(key_filter(info, batch))
+                        sa.delete(info.table).where(key_filter(info.pk_columns, batch))
                     )
                 self.result.deleted += len(keys)
         for table in names:

@@ -22,11 +22,11 @@ from ..tracking import (
 )
 from ..wire.codec import (
     DECODE_ERRORS,
-    ColumnCodec,
     stores_time_zones,
     table_codecs,
 )
 from ..wire.messages import PROTOCOL_VERSION
+from ..wire.page import decode_columns
 from . import keys as _keys
 from . import push as _push
 from . import query as _query
@@ -214,9 +214,9 @@ def decode_page(client: SyncClient, page: Mapping[str, Any]) -> list[PulledTable
         codecs_ = table_codecs(info.table, aware_storage=aware)
         commands = wire["commands"]
         try:
-            columns, values = _decode_columns(codecs_, wire, len(commands))
+            columns, values = decode_columns(codecs_, wire, len(commands))
             pk = [codecs_[c.name] for c in info.pk_columns]
-            deleted = _decode_columns(
+            deleted = decode_columns(
                 {c.name: c for c in pk},
                 {"columns": [c.name for c in pk], "values": wire["deleted"]},
                 len(wire["deleted"][0]),
@@ -268,38 +268,3 @@ class _NeedRows(Exception):
         super().__init__(table, keys)
         self.table = table
         self.keys = keys
-
-
-def _decode_columns(
-    codecs_: Mapping[str, ColumnCodec], payload: Mapping[str, Any], length: int
-) -> tuple[list[str], list[list[Any]]]:
-    """A column-wise payload (``{"columns": [...], "values": [[...], ...]}``,
-    one array per column), decoded: the names of the columns the node has and
-    their values (a column only the server has is left out).
-
-    :param length: how many values each column must hold.
-    :raises ValueError, TypeError: a column of the wrong length, or a value
-        that does not fit its column.
-    """
-    columns = list(payload["columns"])
-    values = payload["values"]
-    if len(values) != len(columns) or any(
-        type(column) is not list or len(column) != length for column in values
-    ):
-        raise ValueError("the values do not match the columns")
-    names: list[str] = []
-    decoded: list[list[Any]] = []
-    for name, column in zip(columns, values, strict=True):
-        codec = codecs_.get(name)
-        if codec is not None:
-            names.append(name)
-            decoded.append(_decode_column(codec, column))
-    return names, decoded
-
-
-def _decode_column(codec: ColumnCodec, column: list[Any]) -> list[Any]:
-    exact = codec.exact_type
-    if exact is not None and set(map(type, column)) <= {exact, type(None)}:
-        return column  # already the database values
-    decode = codec.decode
-    return [None if v is None else decode(v) for v in column]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -26,18 +25,18 @@ from ..rows import (
 from ..tracking import (
     DELETE,
     INSERT,
-    TrackedTable,
     compress,
     decode_key,
 )
 from ..wire.codec import (
     DECODE_ERRORS,
-    ColumnCodec,
+    key_codecs,
     key_from_log,
     stores_time_zones,
     table_codecs,
 )
 from ..wire.messages import PROTOCOL_VERSION
+from ..wire.operations import LoggedOperation
 from .conflicts import (
     Conflict,
 )
@@ -184,17 +183,17 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
             ]
         logged.sort()
         ops = compress(
-            _LoggedOp(table, key, command)
+            LoggedOperation(table, key, command)
             for _, _, table, key, command in logged
             if table in schema.tables
         )
-        by_table: dict[str, list[_LoggedOp]] = {}
+        by_table: dict[str, list[LoggedOperation]] = {}
         for op in ops:
             by_table.setdefault(op.table_name, []).append(op)
         for name, items in by_table.items():
             info = schema.tables[name]
             codecs_ = list(table_codecs(info.table, aware_storage=aware).values())
-            pk_codecs = _pk_codecs(info, codecs_)
+            pk_codecs = key_codecs(info, codecs_)
             typed = {
                 op.row_key: key_from_log(decode_key(op.row_key), pk_codecs)
                 for op in items
@@ -272,14 +271,3 @@ def settle_push(client: SyncClient) -> None:
     except PushRejectedError:
         pass  # not applied, and the push id is dropped: the ops stay queued
 
-
-@dataclass(frozen=True)
-class _LoggedOp:
-    table_name: str
-    row_key: str
-    command: str
-
-
-def _pk_codecs(info: TrackedTable, codecs_: list[ColumnCodec]) -> list[ColumnCodec]:
-    columns = list(info.table.columns)
-    return [codecs_[columns.index(c)] for c in info.pk_columns]

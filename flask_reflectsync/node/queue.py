@@ -7,7 +7,6 @@ push reads it.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
 
 import sqlalchemy as sa
 
@@ -17,13 +16,7 @@ from ..tracking import (
     LogTables,
     compress,
 )
-
-
-@dataclass(frozen=True)
-class _QueuedOp:
-    table_name: str
-    row_key: str
-    command: str
+from ..wire.operations import LoggedOperation
 
 
 class LocalQueue:
@@ -45,7 +38,7 @@ class LocalQueue:
             .where(versions.c.number.is_(None))
             .order_by(operations.c.version_id, operations.c.id)
         )
-        ops = [_QueuedOp(*row) for row in connection.execute(query)]
+        ops = [LoggedOperation(*row) for row in connection.execute(query)]
         self.commands: dict[tuple[str, str], str] = {
             (op.table_name, op.row_key): op.command for op in compress(ops)
         }
@@ -127,7 +120,7 @@ class LocalQueue:
             )
         )
         earlier = self.commands.get((table, key_text))
-        ops = [_QueuedOp(table, key_text, c) for c in (earlier, command) if c]
+        ops = [LoggedOperation(table, key_text, c) for c in (earlier, command) if c]
         merged = compress(ops)
         if merged:
             self.commands[(table, key_text)] = merged[0].command

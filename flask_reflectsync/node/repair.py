@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -19,11 +19,11 @@ from ..rows import (
     write_rows,
 )
 from ..wire.codec import (
-    ColumnCodec,
     stores_time_zones,
     table_codecs,
 )
 from ..wire.messages import PROTOCOL_VERSION
+from ..wire.page import decode_row
 from . import push as _push
 from .keys import HighWater
 from .tables import (
@@ -70,7 +70,7 @@ def repair(
                     for values in rows:
                         if info is None:
                             continue
-                        batch.append(_decode_row(codecs_, columns, values))
+                        batch.append(decode_row(codecs_, columns, values))
                         if len(batch) >= 1000:
                             write_rows(connection, info, batch, ())
                             done += len(batch)
@@ -115,17 +115,6 @@ def announce_total(
         return
     mine = client.schema.tables
     on_total(sum(n for t, n in counts.items() if t in mine and type(n) is int))
-
-
-def _decode_row(
-    codecs_: Mapping[str, ColumnCodec], columns: Sequence[str], values: Sequence[Any]
-) -> dict[str, Any]:
-    row = {}
-    for name, value in zip(columns, values, strict=True):
-        codec = codecs_.get(name)
-        if codec is not None:  # a column only the server has is ignored
-            row[name] = None if value is None else codec.decode(value)
-    return row
 
 
 class RepairStream:

@@ -57,6 +57,7 @@ from ..wire.codec import (
     stores_time_zones,
     table_codecs,
 )
+from ..wire.operations import LoggedOperation
 from . import query as _query
 from .merge import (
     MergeSchema,
@@ -68,6 +69,7 @@ from .tables import (
 )
 
 _log = logging.getLogger("flask_reflectsync.client")
+
 
 if TYPE_CHECKING:
     from .client import SyncClient
@@ -186,7 +188,10 @@ def rejoin_changed(connection: sa.Connection, log: LogTables, table: sa.Table) -
         queued = queue.get(entry.table_name, entry.row_key)
         if queued is None:
             continue
-        ops = [_Op(entry.table_name, entry.row_key, c) for c in (entry.command, queued)]
+        ops = [
+            LoggedOperation(entry.table_name, entry.row_key, c)
+            for c in (entry.command, queued)
+        ]
         merged = compress(ops)
         if merged:
             queue.set(entry.table_name, entry.row_key, merged[0].command)
@@ -195,13 +200,6 @@ def rejoin_changed(connection: sa.Connection, log: LogTables, table: sa.Table) -
         connection.execute(sa.delete(table).where(table.c.id == entry.id))
         rejoined += 1
     return rejoined
-
-
-@dataclass(frozen=True)
-class _Op:
-    table_name: str
-    row_key: str
-    command: str
 
 
 def _is_key(info: Any, key: tuple[Any, ...]) -> sa.ColumnElement[bool]:
@@ -366,7 +364,9 @@ def discard(client: SyncClient, ids: Iterable[int] | None = None) -> int:
                     local = list(read_rows(connection, info, [entry.key]))
                     if found is None:
                         connection.execute(
-                            sa.delete(info.table).where(key_filter(info, [entry.key]))
+                            sa.delete(info.table).where(
+                                key_filter(info.pk_columns, [entry.key])
+                            )
                         )
                     elif local:
                         write_rows(connection, info, [], [found])

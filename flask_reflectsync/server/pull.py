@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from ..errors import ValidationError
+from ..rows import batches, key_filter
 from ..tracking import (
     DELETE,
     INSERT,
@@ -43,10 +44,15 @@ from ..tracking import (
 )
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
-from ..wire.codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from ..wire.codec import (
+    key_codecs,
+    key_from_log,
+    stores_time_zones,
+    table_codecs,
+)
 from ..wire.messages import BIGINT_MAX, PROTOCOL_VERSION, validate
 from .key_blocks import reserve_key_blocks
-from .push import KEY_BATCH, batches, key_filter
+from .push import KEY_BATCH
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
 
@@ -211,7 +217,7 @@ def _table_changes(
     :param commands: compressed commands by logged key text.
     """
     codecs = list(table_codecs(info.table, aware_storage=aware).values())
-    pk_codecs = _pk_codecs(info, codecs)
+    pk_codecs = key_codecs(info, codecs)
     table_columns = list(info.table.columns)
     positions = [table_columns.index(c) for c in info.pk_columns]
     integer = info.single_integer_key
@@ -472,10 +478,6 @@ def _plain_array_type(kind: sa.types.TypeEngine[Any]) -> bool:
         ),
     )
 
-
-def _pk_codecs(info: TrackedTable, codecs: list[ColumnCodec]) -> list[ColumnCodec]:
-    columns = list(info.table.columns)
-    return [codecs[columns.index(c)] for c in info.pk_columns]
 
 
 # -- repair -----------------------------------------------------------------------

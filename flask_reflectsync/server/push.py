@@ -45,6 +45,7 @@ from ..errors import (
     UniqueConstraintError,
     ValidationError,
 )
+from ..rows import batches, key_filter, key_reference, unique_column_sets
 from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
@@ -57,6 +58,7 @@ from ..wire.codec import (
     table_codecs,
 )
 from ..wire.messages import validate
+from ..wire.operations import TypedOperation
 from .schema import TrackedSchema
 from .stale import StaleRow, rule, ruling_entry, stale_rows
 from .trim import check_not_trimmed
@@ -67,13 +69,8 @@ KEY_BATCH = 1000
 MAX_LISTED = 50
 
 
-@dataclass(frozen=True)
-class PushedOperation:
-    """One operation of a push, decoded. ``row_key`` is the typed key."""
-
-    table_name: str
-    row_key: tuple[Any, ...]
-    command: str
+#: One operation of a push, decoded (``row_key`` is the typed key).
+PushedOperation = TypedOperation
 
 
 @dataclass
@@ -562,19 +559,6 @@ def existing_keys(
             yield tuple(row)
 
 
-def key_filter(
-    pk: Sequence[sa.Column[Any]], keys: Sequence[tuple[Any, ...]]
-) -> sa.ColumnElement[bool]:
-    """``pk IN keys`` for a single or composite primary key."""
-    if len(pk) == 1:
-        return pk[0].in_([k[0] for k in keys])
-    return sa.tuple_(*pk).in_(list(keys))
-
-
-def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """``items`` in slices of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _apply(
@@ -989,12 +973,9 @@ def broken_references(
             for constraint in child.table.foreign_key_constraints:
                 if constraint.referred_table is not target.info.table:
                     continue
-                referred = [e.column.name for e in constraint.elements]
-                pk_names = [c.name for c in target.info.pk_columns]
-                if sorted(referred) != sorted(pk_names):
+                pointing = key_reference(constraint, target.info)
+                if pointing is None:
                     continue
-                order = [referred.index(n) for n in pk_names]
-                pointing = [constraint.elements[i].parent for i in order]
                 for batch in batches(deleted, KEY_BATCH):
                     query = sa.select(*pointing).where(key_filter(pointing, batch))
                     for row in session.execute(query.distinct()):
@@ -1063,7 +1044,7 @@ def unique_violations(
         # Updates cannot break the key; inserts and restores can.
         updated = {op.row_key for op in target.updates}
         pk_names = tuple(c.name for c in target.info.pk_columns)
-        for columns in _unique_column_sets(target.info.table):
+        for columns in unique_column_sets(target.info.table, primary_key=True):
             if not set(columns) <= set(target.columns):
                 continue
             is_pk = columns == pk_names
@@ -1108,16 +1089,3 @@ def _entry(
         entry["existing_key"] = target.wire_key(existing)
     return entry
 
-
-def _unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:
-    sets: list[tuple[str, ...]] = [tuple(c.name for c in table.primary_key.columns)]
-    for constraint in table.constraints:
-        if isinstance(constraint, sa.UniqueConstraint):
-            sets.append(tuple(c.name for c in constraint.columns))
-    for index in table.indexes:
-        if index.unique:
-            sets.append(tuple(c.name for c in index.columns))
-    for column in table.columns:
-        if column.unique:
-            sets.append((column.name,))
-    return list(dict.fromkeys(sets))

@@ -37,11 +37,14 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from ..errors import ValidationError
+
+if TYPE_CHECKING:
+    from ..tracking import TrackedTable
 
 Decoder = Callable[[Any], Any]
 Encoder = Callable[[Any], Any]
@@ -408,6 +411,15 @@ def table_codecs(
 def stores_time_zones(dialect: sa.Dialect) -> bool:
     """Whether ``dialect``'s DateTime(timezone=True) keeps the offset."""
     return dialect.name == "postgresql"
+
+
+def key_codecs(
+    info: TrackedTable, codecs: Sequence[ColumnCodec]
+) -> list[ColumnCodec]:
+    """The codecs of ``info``'s key columns, in key order, from ``codecs``
+    (one per table column, in the table's column order)."""
+    columns = list(info.table.columns)
+    return [codecs[columns.index(c)] for c in info.pk_columns]
 
 
 def key_from_log(
