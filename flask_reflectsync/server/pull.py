@@ -52,6 +52,7 @@ from ..wire.codec import (
 )
 from ..wire.messages import BIGINT_MAX, PROTOCOL_VERSION, validate
 from .key_blocks import reserve_key_blocks
+from .nodes import nodes_table
 from .push import KEY_BATCH
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
@@ -141,8 +142,8 @@ def pull(
         if part is not None:
             changes[name] = part
     session.execute(
-        sa.update(tables.nodes)
-        .where(tables.nodes.c.id == node_id)
+        sa.update(nodes_table(tables))
+        .where(nodes_table(tables).c.id == node_id)
         .values(
             last_pulled_version=until,
             last_seen_at=datetime.datetime.now(datetime.timezone.utc),
@@ -557,7 +558,7 @@ def _row_counts(connection: sa.Connection, schema: TrackedSchema) -> dict[str, i
 def _record_pulled(
     engine: sa.Engine, tables: LogTables, node_id: int, version: int
 ) -> None:
-    nodes = tables.nodes
+    nodes = nodes_table(tables)
     try:
         with engine.begin() as connection:
             connection.execute(

@@ -49,7 +49,7 @@ from ..rows import batches, key_filter, key_reference, unique_column_sets
 from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
-from ..tracking.tables import current_version
+from ..tracking.tables import VERSION_ROW, current_version
 from ..wire.codec import (
     DECODE_ERRORS,
     UNSTORABLE_TEXT,
@@ -812,7 +812,9 @@ def check_key_space(changes: Mapping[str, _TableChanges]) -> None:
 def _lock_counter(session: Session, tables: LogTables) -> None:
     counter = tables.counter
     session.execute(
-        sa.select(counter.c.value).where(counter.c.id == 1).with_for_update()
+        sa.select(counter.c.value)
+        .where(counter.c.id == VERSION_ROW)
+        .with_for_update()
     )
 
 

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from ..errors import GoneError
 from ..tracking.tables import LogTables, current_version
+from .nodes import nodes_table
 
 #: The ``reflectsync_version_counter`` row that holds the trimmed-through
 #: version (row 1 is the version counter itself).
@@ -37,7 +38,7 @@ def trimmed_through(
 def safe_watermark(connection: sa.Connection, tables: LogTables) -> int:
     """The lowest version any registered node has pulled up to; with no node,
     the current version."""
-    nodes = tables.nodes
+    nodes = nodes_table(tables)
     lowest = connection.execute(
         sa.select(sa.func.min(nodes.c.last_pulled_version))
     ).scalar()
@@ -48,7 +49,7 @@ def safe_watermark(connection: sa.Connection, tables: LogTables) -> int:
 
 def nodes_behind(connection: sa.Connection, tables: LogTables, version: int) -> int:
     """How many nodes have not pulled up to ``version``."""
-    nodes = tables.nodes
+    nodes = nodes_table(tables)
     return int(
         connection.execute(
             sa.select(sa.func.count()).where(nodes.c.last_pulled_version < version)
