@@ -41,12 +41,7 @@ from ..errors import (
     UniqueConstraintError,
 )
 from ..sqlite import use_immediate_transactions
-from ..tracking import (
-    OperationLog,
-    TrackedTable,
-    start_tracking,
-    tracked_tables,
-)
+from ..tracking import OperationLog, TrackedTable, start_tracking, tracked_tables
 from ..wire.messages import PROTOCOL_VERSION
 from . import pull as _pull
 from . import push as _push

@@ -10,9 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from ..errors import (
-    ConfigurationError,
-)
+from ..errors import ConfigurationError
 
 #: The kinds of conflict, as found in :attr:`Conflict.kind`.
 UPDATE_UPDATE = "update/update"

@@ -18,15 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from ..tracking import (
-    TrackedTable,
-)
+from ..tracking import TrackedTable
 from ..tracking.registry import tracked_table_for
-from .tables import (
-    KEY_BLOCK_LOW,
-    NODE_KEY_BLOCKS,
-    NODE_KEYS,
-)
+from .tables import KEY_BLOCK_LOW, NODE_KEY_BLOCKS, NODE_KEYS
 
 if TYPE_CHECKING:
     from .client import SyncClient

@@ -53,9 +53,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import (
-    UniqueConstraintError,
-)
+from ..errors import UniqueConstraintError
 from ..rows import (
     UPSERT_DIALECTS,
     batches,
@@ -68,14 +66,7 @@ from ..rows import (
     upsert_columns,
     write_rows,
 )
-from ..tracking import (
-    DELETE,
-    INSERT,
-    UPDATE,
-    LogTables,
-    TrackedTable,
-    decode_key,
-)
+from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, decode_key
 from .conflicts import (
     DELETE_DELETE,
     DELETE_UPDATE,

@@ -12,40 +12,20 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import signals
-from ..errors import (
-    GoneError,
-    ProtocolMismatchError,
-    UniqueConstraintError,
-)
-from ..tracking import (
-    UPDATE,
-)
-from ..wire.codec import (
-    DECODE_ERRORS,
-    stores_time_zones,
-    table_codecs,
-)
+from ..errors import GoneError, ProtocolMismatchError, UniqueConstraintError
+from ..tracking import UPDATE
+from ..wire.codec import DECODE_ERRORS, stores_time_zones, table_codecs
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.page import decode_columns
 from . import keys as _keys
 from . import push as _push
 from . import query as _query
 from . import set_aside as _set_aside
-from .conflicts import (
-    Conflict,
-    RememberedResolutions,
-)
-from .merge import (
-    MergeResult,
-    PulledTable,
-    merge_page,
-)
+from .conflicts import Conflict, RememberedResolutions
+from .merge import MergeResult, PulledTable, merge_page
 from .results import PullProgress, PullResult
 from .state import State
-from .tables import (
-    NODE_KEYS,
-    NODE_LOG,
-)
+from .tables import NODE_KEYS, NODE_LOG
 
 if TYPE_CHECKING:
     from .client import SyncClient

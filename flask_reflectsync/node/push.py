@@ -13,21 +13,9 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from .. import signals
-from ..errors import (
-    ProtocolMismatchError,
-    PushRejectedError,
-)
-from ..rows import (
-    batches,
-    read_rows,
-    row_key,
-)
-from ..tracking import (
-    DELETE,
-    INSERT,
-    compress,
-    decode_key,
-)
+from ..errors import ProtocolMismatchError, PushRejectedError
+from ..rows import batches, read_rows, row_key
+from ..tracking import DELETE, INSERT, compress, decode_key
 from ..wire.codec import (
     DECODE_ERRORS,
     key_codecs,
@@ -37,20 +25,12 @@ from ..wire.codec import (
 )
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.operations import LoggedOperation
-from .conflicts import (
-    Conflict,
-)
-from .merge import (
-    separate_replaced_rows,
-)
+from .conflicts import Conflict
+from .merge import separate_replaced_rows
 from .results import PushResult
 from .set_aside import rejoin_changed
 from .state import State
-from .tables import (
-    NODE_KEYS,
-    NODE_LOG,
-    NODE_SET_ASIDE,
-)
+from .tables import NODE_KEYS, NODE_LOG, NODE_SET_ASIDE
 
 if TYPE_CHECKING:
     from .client import SyncClient

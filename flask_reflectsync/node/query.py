@@ -14,21 +14,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapper
 from sqlalchemy.orm.attributes import set_committed_value
 
-from ..errors import (
-    ConfigurationError,
-)
-from ..rows import (
-    batches,
-    row_key,
-)
-from ..tracking import (
-    TrackedTable,
-)
+from ..errors import ConfigurationError
+from ..rows import batches, row_key
+from ..tracking import TrackedTable
 from ..tracking.registry import tracked_table_for
-from ..wire.codec import (
-    stores_time_zones,
-    table_codecs,
-)
+from ..wire.codec import stores_time_zones, table_codecs
 
 M = TypeVar("M")
 

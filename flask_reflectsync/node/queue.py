@@ -10,12 +10,7 @@ import datetime
 
 import sqlalchemy as sa
 
-from ..tracking import (
-    DELETE,
-    INSERT,
-    LogTables,
-    compress,
-)
+from ..tracking import DELETE, INSERT, LogTables, compress
 from ..wire.operations import LoggedOperation
 
 

@@ -12,24 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import (
-    ProtocolMismatchError,
-)
-from ..rows import (
-    write_rows,
-)
-from ..wire.codec import (
-    stores_time_zones,
-    table_codecs,
-)
+from ..errors import ProtocolMismatchError
+from ..rows import write_rows
+from ..wire.codec import stores_time_zones, table_codecs
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.page import decode_row
 from . import push as _push
 from .keys import HighWater
-from .tables import (
-    NODE_KEYS,
-    NODE_LOG,
-)
+from .tables import NODE_KEYS, NODE_LOG
 
 if TYPE_CHECKING:
     from .client import SyncClient

@@ -7,9 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .conflicts import (
-    Conflict,
-)
+from .conflicts import Conflict
 from .set_aside import SetAside
 
 if TYPE_CHECKING:

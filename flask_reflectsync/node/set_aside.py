@@ -30,18 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import (
-    InvalidValueError,
-    ProtocolMismatchError,
-    SyncError,
-)
-from ..rows import (
-    key_filter,
-    read_rows,
-    row_key,
-    select_rows,
-    write_rows,
-)
+from ..errors import InvalidValueError, ProtocolMismatchError, SyncError
+from ..rows import key_filter, read_rows, row_key, select_rows, write_rows
 from ..tracking import (
     DELETE,
     INSERT,
@@ -51,22 +41,12 @@ from ..tracking import (
     compress,
     decode_key,
 )
-from ..wire.codec import (
-    DECODE_ERRORS,
-    key_from_log,
-    stores_time_zones,
-    table_codecs,
-)
+from ..wire.codec import DECODE_ERRORS, key_from_log, stores_time_zones, table_codecs
 from ..wire.operations import LoggedOperation
 from . import query as _query
-from .merge import (
-    MergeSchema,
-)
+from .merge import MergeSchema
 from .queue import LocalQueue
-from .tables import (
-    NODE_LOG,
-    NODE_SET_ASIDE,
-)
+from .tables import NODE_LOG, NODE_SET_ASIDE
 
 _log = logging.getLogger("flask_reflectsync.client")
 

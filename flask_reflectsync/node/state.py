@@ -12,11 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .tables import (
-    NODE_LOG,
-    NODE_STATE,
-    STATE_ROW,
-)
+from .tables import NODE_LOG, NODE_STATE, STATE_ROW
 
 
 @dataclass

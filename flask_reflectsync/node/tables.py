@@ -11,9 +11,7 @@ import os
 
 import sqlalchemy as sa
 
-from ..tracking import (
-    define_tables,
-)
+from ..tracking import define_tables
 
 #: The id of the node's one state row.
 STATE_ROW = 1

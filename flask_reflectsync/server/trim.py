@@ -16,23 +16,20 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from ..errors import GoneError
-from ..tracking.tables import LogTables, current_version
+from ..tracking.tables import (
+    TRIMMED_ROW,
+    LogTables,
+    counter_value,
+    current_version,
+)
 from .nodes import nodes_table
-
-#: The ``reflectsync_version_counter`` row that holds the trimmed-through
-#: version (row 1 is the version counter itself).
-TRIMMED_ROW = 2
 
 
 def trimmed_through(
     connection: sa.Connection | sa.orm.Session, tables: LogTables
 ) -> int:
     """The highest version whose operations were trimmed (0 if none)."""
-    counter = tables.counter
-    value = connection.execute(
-        sa.select(counter.c.value).where(counter.c.id == TRIMMED_ROW)
-    ).scalar()
-    return int(value or 0)
+    return counter_value(connection, tables, TRIMMED_ROW)
 
 
 def safe_watermark(connection: sa.Connection, tables: LogTables) -> int:

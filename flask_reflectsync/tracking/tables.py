@@ -126,19 +126,29 @@ def define_tables(
     )
 
 
-#: The row of ``reflectsync_version_counter`` that holds the last version.
+#: The rows of ``reflectsync_version_counter``, by id: the last version
+#: handed out, and (on a server that trimmed its log) the version trimmed
+#: through.
 VERSION_ROW = 1
+TRIMMED_ROW = 2
+
+
+def counter_value(
+    connection: sa.Connection | sa.orm.Session, tables: LogTables, row: int
+) -> int:
+    """The value of counter row ``row`` (0 when the row is missing)."""
+    counter = tables.counter
+    value = connection.execute(
+        sa.select(counter.c.value).where(counter.c.id == row)
+    ).scalar()
+    return int(value or 0)
 
 
 def current_version(
     connection: sa.Connection | sa.orm.Session, tables: LogTables
 ) -> int:
     """The latest committed version number (0 before the first)."""
-    counter = tables.counter
-    value = connection.execute(
-        sa.select(counter.c.value).where(counter.c.id == VERSION_ROW)
-    ).scalar()
-    return int(value or 0)
+    return counter_value(connection, tables, VERSION_ROW)
 
 
 def _insert_counter_row(
