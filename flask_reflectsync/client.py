@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .node.client import (
     Conflict,
+    KindResolver,
     PullProgress,
     PullResult,
     PushResult,
@@ -24,6 +25,7 @@ __all__ = [
     "PullResult",
     "SyncResult",
     "Conflict",
+    "KindResolver",
     "Retry",
     "PullProgress",
 ]

@@ -22,6 +22,7 @@ from .server.settings import (
     ServerSettings,
     define_protocol_tables,
 )
+from .server.stale import define_push_rulings
 from .tracking import (
     LogTables,
     OperationLog,
@@ -71,6 +72,8 @@ class AppState:
         they were built with (built again when it changes).
     :param schema: the tracked tables of ``db.metadata``, kept with what they
         were derived from (see :func:`~.tracking.registry.registry_state`).
+    :param limits: the per-address limits of the sync routes, made on first
+        use (see :mod:`.blueprints.limits`).
     """
 
     extension: ReflectSync
@@ -80,6 +83,7 @@ class AppState:
     config: dict[str, Any]
     settings: tuple[Any, ServerSettings] | None = None
     schema: tuple[tuple[int, int, int], TrackedSchema] | None = None
+    limits: Any = None
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:
@@ -139,6 +143,7 @@ class ReflectSync:
         if db is not None:
             define_server_log(db.metadata)
             define_key_reservations(db.metadata)
+            define_push_rulings(db.metadata)
         if app is not None:
             self.init_app(app, db)
 
@@ -179,6 +184,7 @@ class ReflectSync:
 
         tables = define_server_log(db.metadata)
         define_key_reservations(db.metadata)
+        define_push_rulings(db.metadata)
         log = OperationLog(tables=tables, assign_versions=True)
         if config["REFLECTSYNC_TRACK_CHANGES"]:
             start_tracking(db.session, _log_of_current_app)

@@ -328,6 +328,12 @@ CASES: dict[str, Case] = {
         f"There is no table with id {10**20}",
         signed=False,
     ),
+    "catalog include_deleted=maybe": Case(
+        _signed("GET", "/schemas", params={"include_deleted": "maybe"}),
+        400,
+        "include_deleted must be 0 or 1, not 'maybe'",
+        signed=False,
+    ),
 }
 
 

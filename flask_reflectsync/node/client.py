@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -49,7 +50,7 @@ from . import query as _query
 from . import repair as _repair
 from . import set_aside as _set_aside
 from . import state as _state
-from .conflicts import Conflict, Resolutions, Strategy
+from .conflicts import Conflict, KindResolver, Resolutions, Strategy
 from .keys import assign_keys_on
 from .merge import MergeSchema
 from .results import PullProgress, PullResult, PushResult, SyncResult
@@ -65,6 +66,7 @@ __all__ = [
     "PullResult",
     "SyncResult",
     "Conflict",
+    "KindResolver",
     "Retry",
     "PullProgress",
 ]
@@ -153,6 +155,7 @@ class SyncClient:
             raise ConfigurationError("retries and retry_within cannot be negative.")
         self.engine = engine
         self.name = name
+        self._registration_id: str | None = None
         self.page_size = page_size
         self.resolutions = Resolutions(resolution, resolutions)
         self._models = list(models) if models is not None else None
@@ -411,17 +414,23 @@ class SyncClient:
                     "(secret=...); pass save_secret= as well, to receive the "
                     "secret the server gives when registering."
                 )
-            message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "name": self.name}
+            # One id for every try of this registration, until one succeeds:
+            # a try whose answer was lost created the node, and the server
+            # answers the next try with that node instead of a second one.
+            if self._registration_id is None:
+                self._registration_id = secrets.token_urlsafe(32)
+            message: dict[str, Any] = {
+                "protocol": PROTOCOL_VERSION,
+                "name": self.name,
+                "registration_id": self._registration_id,
+            }
             if token is not None:
                 message["token"] = token
             if info is not None:
                 message["info"] = dict(info)
-            # Not idempotent: a lost answer may have created a node, so only
-            # a request that cannot have arrived is sent again.
-            answer = self._call(
-                "POST", "/register", message=message, signed=False, idempotent=False
-            )
+            answer = self._call("POST", "/register", message=message, signed=False)
             node = answer["node"]
+            self._registration_id = None
             self._credentials = None
             outside = self._save_secret is not None and self._secret is not None
             if outside:

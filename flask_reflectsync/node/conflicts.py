@@ -6,7 +6,7 @@ strategies that decide them (see :doc:`/conflicts`): :class:`Conflict`,
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -83,6 +83,65 @@ Strategy = str | Resolver
 
 STRATEGIES = ("last-pusher-wins", "server-wins", "node-wins")
 
+#: The kinds the server can decide for a node with a built-in strategy (see
+#: :ref:`stale-pushes`): conflicts between two versions of one row.
+DIRECT_KINDS = frozenset({UPDATE_UPDATE, UPDATE_DELETE, DELETE_UPDATE, DELETE_DELETE})
+
+
+class KindResolver:
+    """A :data:`Resolver` for some kinds of conflict and a built-in strategy
+    for the others.
+
+    A plain callable is asked about every conflict of its models, so the
+    server cannot decide their stale pushes (it cannot call it) and refuses
+    them with 409. When the function only cares about some kinds, say so::
+
+        SyncClient(url, engine, resolution=KindResolver(rename_code, {"unique"}))
+
+    and the server decides the direct conflicts of those models by
+    ``otherwise``, as the node's merge would.
+
+    :param function: the resolver, asked about conflicts of ``kinds`` only;
+        returning ``None`` leaves the conflict to ``otherwise``.
+    :param kinds: conflict kinds (:data:`KINDS`) the function decides.
+    :param otherwise: the built-in strategy for every other kind.
+    :raises ConfigurationError: for an unknown kind or strategy.
+    """
+
+    def __init__(
+        self,
+        function: Resolver,
+        kinds: Iterable[str],
+        otherwise: str = "last-pusher-wins",
+    ) -> None:
+        self.function = function
+        self.kinds = frozenset(kinds)
+        self.otherwise = otherwise
+        unknown = self.kinds - set(KINDS)
+        if unknown or not self.kinds:
+            raise ConfigurationError(
+                f"Unknown or no conflict kind(s) {sorted(unknown)}; "
+                f"use some of {', '.join(KINDS)}."
+            )
+        if otherwise not in STRATEGIES:
+            raise ConfigurationError(
+                f"Unknown conflict strategy {otherwise!r} for otherwise=; "
+                f"use one of {', '.join(STRATEGIES)}."
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"KindResolver({self.function!r}, {sorted(self.kinds)!r}, "
+            f"otherwise={self.otherwise!r})"
+        )
+
+    def __call__(self, conflict: Conflict) -> Decision:
+        decision = self.function(conflict) if conflict.kind in self.kinds else None
+        if decision is None:
+            return cast(Decision, _BUILT_IN[self.otherwise][conflict.kind])
+        return decision
+
+
 # What the built-in strategies decide, per kind. ``None``: cannot decide.
 _LAST_PUSHER: dict[str, str | None] = {
     UPDATE_UPDATE: NODE,  # the node pushes after the server's change
@@ -137,11 +196,19 @@ class Resolutions:
         """The built-in strategy of ``model``, or ``None`` for a callable
         (only the node can call it: the server refuses such stale rows)."""
         strategy = self.per_model.get(model, self.default)
+        if isinstance(strategy, KindResolver) and not strategy.kinds & DIRECT_KINDS:
+            return strategy.otherwise
         return strategy if isinstance(strategy, str) else None
 
     def decide(self, conflict: Conflict) -> Decision:
         """The decision for ``conflict`` (``None``: cannot be resolved)."""
         strategy = self.per_model.get(conflict.model, self.default)
+        fallback = self.default if isinstance(self.default, str) else ""
+        if isinstance(strategy, KindResolver):
+            # The function is asked about its kinds only; otherwise= decides.
+            fallback = strategy.otherwise
+            wanted = conflict.kind in strategy.kinds
+            strategy = strategy.function if wanted else strategy.otherwise
         if callable(strategy):
             decision = strategy(conflict)
             if decision is not None:
@@ -153,7 +220,7 @@ class Resolutions:
                 return decision
             # None: the default strategy decides (last-pusher-wins when the
             # default is itself a callable).
-            strategy = self.default if isinstance(self.default, str) else ""
+            strategy = fallback
         return cast(Decision, _BUILT_IN.get(strategy, _LAST_PUSHER)[conflict.kind])
 
 

@@ -11,7 +11,7 @@ give new rows their keys at flush time and raise the high water.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -25,6 +25,11 @@ from .tables import KEY_BLOCK_LOW, NODE_KEY_BLOCKS, NODE_KEYS
 if TYPE_CHECKING:
     from .client import SyncClient
     from .merge import MergeSchema
+
+
+#: Takes up to ``count`` keys from the node's reserved block of a table, in
+#: the connection's transaction: ``reserve(connection, info, count)``.
+KeyReserve = Callable[[sa.Connection, TrackedTable, int], list[int]]
 
 
 class HighWater:
@@ -198,7 +203,7 @@ def _assign_new_keys(session: Session, flush_context: Any, instances: Any) -> No
     water = HighWater(connection, NODE_KEYS)
     raised: dict[str, int] = {}
     for name, (info, objects) in wanted.items():
-        reserved = _reserved_keys(connection, info, len(objects))
+        reserved = reserved_keys(connection, info, len(objects))
         key = water.next_key(info, lock=True)
         for obj in objects:
             if reserved:
@@ -210,7 +215,7 @@ def _assign_new_keys(session: Session, flush_context: Any, instances: Any) -> No
     water.raise_to(raised)
 
 
-def _reserved_keys(
+def reserved_keys(
     connection: sa.Connection, info: TrackedTable, count: int
 ) -> list[int]:
     """Up to ``count`` keys from the table's reserved block, taken (the

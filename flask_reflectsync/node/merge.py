@@ -82,7 +82,7 @@ from .conflicts import (
     Decision,
     Resolutions,
 )
-from .keys import HighWater
+from .keys import HighWater, KeyReserve
 from .queue import LocalQueue
 
 # -- the incoming page -----------------------------------------------------------------
@@ -219,6 +219,7 @@ class _Merge:
         resolutions: Resolutions,
         fetch: Fetcher,
         high_water: HighWater | None = None,
+        reserve: KeyReserve | None = None,
     ) -> None:
         self.connection = connection
         self.schema = schema
@@ -226,6 +227,7 @@ class _Merge:
         self.resolutions = resolutions
         self.fetch = fetch
         self.high_water = high_water
+        self.reserve = reserve
         self.result = MergeResult()
         # The plan: rows to write locally and rows to delete locally.
         self.writes: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = {}
@@ -479,9 +481,11 @@ class _Merge:
             for t, text in self.queue.commands
             if t == table and (found := _int_key(text)) is not None
         ]
-        # Nor onto a key the node has ever seen: the server may have had it.
-        seen = self.high_water.get(table) if self.high_water is not None else 0
-        new_key = (max([highest, seen, *taken, *queued]) + 1,)
+        new_key = self.reserved_key(info, {*taken, *queued})
+        if new_key is None:
+            # Nor onto a key the node has ever seen: the server may have had it.
+            seen = self.high_water.get(table) if self.high_water is not None else 0
+            new_key = (max([highest, seen, *taken, *queued]) + 1,)
         if self.high_water is not None:
             self.high_water.raise_to({table: new_key[0]})
         old_text, new_text = self.text(table, key), self.text(table, new_key)
@@ -523,6 +527,20 @@ class _Merge:
                     cached[child_column.name] = new_key[0]
                 self.queue.append(child.name, child.encode_key(child_key), UPDATE)
         return new_key
+
+    def reserved_key(self, info: TrackedTable, avoid: set[Any]) -> tuple[int] | None:
+        """The next key of the node's reserved block for ``info`` that is not
+        in ``avoid``, taken; ``None`` without a block (or once it is used
+        up). A key above the high water would be the next key of whichever
+        node re-keys too: many nodes re-keying at once would meet again."""
+        if self.reserve is None:
+            return None
+        while True:
+            found = self.reserve(self.connection, info, 1)
+            if not found:
+                return None
+            if found[0] not in avoid:
+                return (found[0],)
 
     def referencing(
         self, table: str, key: tuple[Any, ...]
@@ -809,6 +827,7 @@ def merge_page(
     resolutions: Resolutions,
     fetch: Fetcher,
     high_water: sa.Table | None = None,
+    reserve: KeyReserve | None = None,
 ) -> MergeResult:
     """Merge one pulled page into the node's database, in ``connection``'s
     transaction.
@@ -828,14 +847,17 @@ def merge_page(
     :param fetch: reads rows from the server when a conflict needs the
         server's copy of a row the page does not carry.
     :param high_water: the node's high-water table: raised to every integer
-        key of the page, and no row is re-keyed at or below it.
+        key of the page, and no row is re-keyed at or below it (but onto a
+        key of the node's own block, from ``reserve``).
+    :param reserve: takes keys from the node's reserved key blocks, for
+        re-keyed rows (see :data:`KeyReserve`).
     :return: what was written and every conflict with its resolution.
     :raises UniqueConstraintError: for unique conflicts no strategy resolves.
     """
     queue = LocalQueue(connection, tables)
     queue.forget_cancelled()
     water = HighWater(connection, high_water) if high_water is not None else None
-    merge = _Merge(connection, schema, queue, resolutions, fetch, water)
+    merge = _Merge(connection, schema, queue, resolutions, fetch, water, reserve)
     page = [part for part in page if part.table in schema.tables and len(part)]
     if untouched(schema, queue, [part.table for part in page]):
         result = merge.run_untouched(page)

@@ -147,6 +147,7 @@ def merge(
                     resolutions,
                     fetch,
                     NODE_KEYS,
+                    _keys.reserved_keys if client.key_blocks else None,
                 )
                 client._set_state(connection, last_version=until, pull_cursor=cursor)
             return result

@@ -10,9 +10,10 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import sqlalchemy as sa
 
-from ..errors import ProtocolMismatchError
+from ..errors import ProtocolMismatchError, ServerUnreachableError
 from ..rows import write_rows
 from ..wire.codec import stores_time_zones, table_codecs
 from ..wire.messages import PROTOCOL_VERSION
@@ -92,6 +93,13 @@ def repair(
                     push_versions=None,
                     push_message=None,
                 )
+        except httpx.TransportError as error:
+            # The stream broke off: the local transaction rolled back.
+            raise ServerUnreachableError(
+                f"The repair stream from {client.base_url} broke off ({error!s} "
+                f"[{type(error).__name__}]); nothing was changed locally. "
+                "Repair again."
+            ) from error
         finally:
             answer.close()
         return total

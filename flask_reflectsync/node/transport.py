@@ -31,6 +31,7 @@ from ..errors import (
     ServerUnreachableError,
     ServiceBusyError,
     SyncError,
+    TooManyRequestsError,
     UniqueConstraintError,
     ValidationError,
 )
@@ -334,6 +335,9 @@ def _error_from(
         )
     if status in (502, 503, 504):
         return ServiceBusyError(message)
+    if status == 429:
+        wait = retry_after(answer.headers.get("Retry-After"))
+        return TooManyRequestsError(message, retry_after=int(wait or 60))
     error = SyncError(message)
     error.status = status
     return error

@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
-from ..node.conflicts import Conflict, Decision, Resolutions, Strategy
+from ..node.conflicts import Conflict, Decision, KindResolver, Resolutions, Strategy
 from ..node.merge import MergeResult, PulledTable, merge_page, untouched
 
 __all__ = [
     "Conflict",
     "Decision",
+    "KindResolver",
     "MergeResult",
     "PulledTable",
     "Resolutions",

@@ -114,7 +114,9 @@ def register_node(
     registration token must match (compared in constant time), and every
     check must return a true value.
 
-    :return: ``{"id", "name", "secret"}``; the secret is shown only here.
+    :return: ``{"id", "name", "secret"}``; the secret is shown only here
+        (and to a retry of the same ``registration_id``, with
+        ``"again": True``, until the node signs a request).
     :raises RegistrationRefusedError: (403) when a gate says no.
     :raises AuthenticationError: (401) when a token is required but missing.
     """
@@ -124,8 +126,28 @@ def register_node(
     if not settings.open_registration:
         _admit(registration, settings, checks)
 
-    salt = secrets.token_hex(16)
     name = registration.get("name", "")
+    # The node's registration id is the salt its secret derives from: a
+    # retry of a registration whose answer was lost finds the node it made
+    # and gets the same secret, until the node signs its first request.
+    chosen = registration.get("registration_id")
+    if chosen is not None:
+        nodes = nodes_table(tables)
+        found = session.execute(
+            sa.select(nodes.c.id, nodes.c.name).where(
+                nodes.c.secret_digest == f"{_SCHEME}${chosen}",
+                nodes.c.last_seen_at.is_(None),
+            )
+        ).first()
+        session.rollback()
+        if found is not None:
+            return {
+                "id": found.id,
+                "name": found.name,
+                "secret": derive_secret(key, found.id, chosen),
+                "again": True,
+            }
+    salt = chosen or secrets.token_hex(16)
     result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
         sa.insert(nodes_table(tables)).values(
             name=name,
@@ -166,6 +188,15 @@ def _admit(
             raise RegistrationRefusedError(
                 "The server's registration check refused this node."
             )
+
+
+#: The answer to a request signed by no registered node: an unknown node
+#: id, or a known one with a wrong signature (the same words for both).
+NOT_RECOGNISED = (
+    "Unknown node or wrong signature: no registered node signs with this "
+    "secret. A node the server no longer knows (its database was reset) must "
+    "register again; a request altered on the way is refused the same way."
+)
 
 
 def authenticate(
@@ -229,18 +260,19 @@ def authenticate(
         ).scalar()
     key = settings.require_secret_key()
     scheme, _, salt = (stored or "").partition("$")
-    if scheme != _SCHEME:
-        session.rollback()
-        raise AuthenticationError("Unknown node; register it first.")
+    known = scheme == _SCHEME
     message = canonical_request(method, path, query, stamp, nonce, body)
-    if not signature_matches(
-        derive_secret(key, node_id, salt), message, found[HEADER_SIGNATURE]
-    ):
+    # An unknown node is checked like a known one (against a secret nobody
+    # has) and refused with the same words: the answer must not tell which
+    # node ids exist.
+    matches = signature_matches(
+        derive_secret(key, node_id, salt if known else "unknown"),
+        message,
+        found[HEADER_SIGNATURE],
+    )
+    if not (known and matches):
         session.rollback()
-        raise AuthenticationError(
-            "The request signature does not match; it was altered or signed "
-            "with another secret."
-        )
+        raise AuthenticationError(NOT_RECOGNISED)
     _remember_nonce(session, tables, nonces, settings, node_id, nonce, moment)
     return node_id
 

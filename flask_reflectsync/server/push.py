@@ -60,7 +60,14 @@ from ..wire.codec import (
 from ..wire.messages import validate
 from ..wire.operations import TypedOperation
 from .schema import TrackedSchema
-from .stale import StaleRow, rule, ruling_entry, stale_rows
+from .stale import (
+    StaleRow,
+    rule,
+    ruling_entry,
+    stale_rows,
+    store_rulings,
+    stored_rulings,
+)
 from .trim import check_not_trimmed
 
 #: How many keys go into one ``IN (...)`` list.
@@ -218,8 +225,9 @@ def _push_once(
         _advance_sequences(session, changes)
         _apply(session, schema, changes)
         # Recorded even when its operations changed nothing (deletes of rows
-        # already gone): the push id must stay, for retries to be answered.
-        ensure_version(session)
+        # already gone): the push id must stay, for retries to be answered,
+        # with the same rulings.
+        store_rulings(session, tables, ensure_version(session), resolved)
         _lock_counter(session, tables)
         conflicts = find_conflicts(
             session, tables, changes, node_id, last_version, ruled
@@ -259,8 +267,6 @@ def _push_once(
     answer = _answer_for(session, tables, stored, push_id, digest)
     session.rollback()
     assert answer is not None
-    if resolved:
-        answer["resolved"] = resolved
     return PushOutcome(answer, applied=True)
 
 
@@ -305,7 +311,15 @@ def _answer_for(
         .select_from(operations)
         .where(operations.c.version_id == row.id)
     ).scalar()
-    return {"push_id": push_id, "version": row.number, "operations": count}
+    answer: dict[str, Any] = {
+        "push_id": push_id,
+        "version": row.number,
+        "operations": count,
+    }
+    resolved = stored_rulings(session, tables, row.id)
+    if resolved:
+        answer["resolved"] = resolved
+    return answer
 
 
 # -- decoding ---------------------------------------------------------------------
@@ -565,6 +579,7 @@ def _apply(
     session: Session, schema: TrackedSchema, changes: Mapping[str, _TableChanges]
 ) -> None:
     ordered = schema.in_dependency_order(changes)
+    early = _write_givers_first(session, ordered, changes)
     for name in ordered:  # parents first: restored parents too
         target = changes[name]
         if target.restores:
@@ -573,30 +588,114 @@ def _apply(
             _insert(session, target)
     for name in ordered:
         target = changes[name]
-        if target.updates:
-            # ORM "bulk UPDATE by primary key": the tracking listener reads
-            # the keys from the parameters and logs one update per row.
-            mapper = target.info.mapper
-            attrs = {
-                c.name: mapper.get_property_by_column(c).key
-                for c in target.info.table.columns
-            }
-            session.execute(
-                sa.update(mapper.class_),
-                [
-                    {attrs[c]: v for c, v in target.rows[op.row_key].items()}
-                    for op in target.updates
-                ],
-            )
+        done = early.get(name, set())
+        _update(
+            session, target, [op for op in target.updates if op.row_key not in done]
+        )
     for name in reversed(ordered):
         target = changes[name]
-        mapper = target.info.mapper
-        pk = list(target.info.pk_columns)
-        for batch in batches([op.row_key for op in target.deletes], KEY_BATCH):
-            session.execute(
-                sa.delete(mapper.class_).where(key_filter(pk, batch)),
-                execution_options={"synchronize_session": False},
-            )
+        done = early.get(name, set())
+        _delete(
+            session, target, [op for op in target.deletes if op.row_key not in done]
+        )
+
+
+def _update(
+    session: Session, target: _TableChanges, updates: Sequence[PushedOperation]
+) -> None:
+    if not updates:
+        return
+    # ORM "bulk UPDATE by primary key": the tracking listener reads the keys
+    # from the parameters and logs one update per row.
+    mapper = target.info.mapper
+    attrs = {
+        c.name: mapper.get_property_by_column(c).key for c in target.info.table.columns
+    }
+    session.execute(
+        sa.update(mapper.class_),
+        [{attrs[c]: v for c, v in target.rows[op.row_key].items()} for op in updates],
+    )
+
+
+def _delete(
+    session: Session, target: _TableChanges, deletes: Sequence[PushedOperation]
+) -> None:
+    mapper = target.info.mapper
+    pk = list(target.info.pk_columns)
+    for batch in batches([op.row_key for op in deletes], KEY_BATCH):
+        session.execute(
+            sa.delete(mapper.class_).where(key_filter(pk, batch)),
+            execution_options={"synchronize_session": False},
+        )
+
+
+def _write_givers_first(
+    session: Session, ordered: Sequence[str], changes: Mapping[str, _TableChanges]
+) -> dict[str, set[tuple[Any, ...]]]:
+    """Write first the updates and deletes of rows that give a unique value
+    up to another row of the push.
+
+    The node wrote its changes in an order its database accepted: a survey
+    deleted (or its code changed) and a new one taking the code. Applied as
+    inserts, then updates, then deletes, the new row would meet the old one
+    on the unique constraint, and the push would be refused for good. The
+    givers go first, in a savepoint; if that breaks a foreign key (a giver
+    pointing at a row the push inserts), the savepoint is rolled back and
+    the push is applied in the usual order.
+
+    :return: by table, the keys already written.
+    """
+    givers = {name: _givers(session, changes[name]) for name in ordered}
+    givers = {name: keys for name, keys in givers.items() if keys}
+    if not givers:
+        return {}
+    try:
+        with session.begin_nested():
+            for name in ordered:
+                target, keys = changes[name], givers.get(name, set())
+                _update(
+                    session, target, [op for op in target.updates if op.row_key in keys]
+                )
+            for name in reversed(ordered):
+                target, keys = changes[name], givers.get(name, set())
+                _delete(
+                    session, target, [op for op in target.deletes if op.row_key in keys]
+                )
+    except sa.exc.IntegrityError:
+        return {}
+    return givers
+
+
+def _givers(session: Session, target: _TableChanges) -> set[tuple[Any, ...]]:
+    """The pushed updates and deletes of ``target`` whose rows hold, on the
+    server now, a unique value another written row of the push takes."""
+    info = target.info
+    pk = tuple(c.name for c in info.pk_columns)
+    sets = unique_column_sets(info.table, primary_key=False)
+    leaving = [op.row_key for op in target.updates + target.deletes]
+    if not sets or not leaving or not target.written:
+        return set()
+    wanted: dict[tuple[str, ...], dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+    for columns in sets:
+        taken = wanted.setdefault(columns, {})
+        for op in target.written:
+            row = target.rows.get(op.row_key) or {}
+            values = tuple(row.get(c) for c in columns)
+            if all(c in row for c in columns) and None not in values:
+                taken[values] = op.row_key
+    names = sorted({c for columns in sets for c in columns})
+    selected = [info.table.c[c] for c in (*pk, *names)]
+    givers: set[tuple[Any, ...]] = set()
+    for batch in batches(leaving, KEY_BATCH):
+        query = sa.select(*selected).where(key_filter(list(info.pk_columns), batch))
+        for values in session.execute(query):
+            row = dict(zip((*pk, *names), values, strict=True))
+            key = tuple(row[c] for c in pk)
+            for columns in sets:
+                taker = wanted[columns].get(tuple(row[c] for c in columns))
+                if taker is not None and taker != key:
+                    givers.add(key)
+    return givers
 
 
 def _insert(session: Session, target: _TableChanges) -> None:

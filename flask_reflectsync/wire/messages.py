@@ -134,6 +134,16 @@ SCHEMAS: dict[str, Schema] = {
                 "type": "object",
                 "description": "Anything the app's registration check wants.",
             },
+            "registration_id": {
+                "type": "string",
+                "pattern": "^[A-Za-z0-9_-]{32,64}$",
+                "description": (
+                    "Chosen at random by the node, the same for every retry "
+                    "of one registration: a retry whose answer was lost gets "
+                    "the same node and secret, as long as the node has not "
+                    "signed a request yet."
+                ),
+            },
         },
     },
     "RegisterResponse": {
