@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flask_reflectsync.protocol.signing import HEADER_NODE, HEADER_TIMESTAMP
+from flask_reflectsync.wire.signing import HEADER_NODE, HEADER_TIMESTAMP
 
 from .conftest import AppFactory
 from .http_server import (

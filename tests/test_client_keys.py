@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from flask_reflectsync import errors
-from flask_reflectsync.client import NODE_KEYS, SyncClient
+from flask_reflectsync.client import SyncClient
+from flask_reflectsync.node.tables import NODE_KEYS
 
 from .nodes import Cluster
 

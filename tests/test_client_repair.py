@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import errors
-from flask_reflectsync.client import _RepairStream
+from flask_reflectsync.node.repair import RepairStream as _RepairStream
 
 from .conftest import AppFactory
 from .nodes import Cluster, cluster

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import errors
-from flask_reflectsync.client import NODE_LOG, NODE_STATE, SyncClient
+from flask_reflectsync.client import SyncClient
+from flask_reflectsync.node.tables import NODE_LOG, NODE_STATE
 
 from .conftest import AppFactory
 from .nodes import Cluster, cluster, rows_of
@@ -385,7 +386,7 @@ def test_wrong_prefix_is_a_protocol_mismatch(net: Cluster, tmp_path: Path) -> No
 
 def test_protocol_mismatch_from_answer(monkeypatch: Any, net: Cluster) -> None:
     node = net.node()
-    from flask_reflectsync import client as client_module
+    from flask_reflectsync.node import transport as client_module
 
     monkeypatch.setattr(client_module, "PROTOCOL_VERSION", 2)
     with pytest.raises(errors.ProtocolMismatchError):

@@ -20,7 +20,7 @@ from flask import Flask, jsonify, request
 
 from example_app import server as survey
 from flask_reflectsync.client import SyncClient
-from flask_reflectsync.node_cli import _Bar, cli
+from flask_reflectsync.node.cli import _Bar, cli
 
 from .http_server import served
 

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
-from flask_reflectsync.protocol.signing import HEADER_SIGNATURE
+from flask_reflectsync.wire.signing import HEADER_SIGNATURE
 
 from .conftest import AppFactory
 from .http_server import (

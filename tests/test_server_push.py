@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
-from flask_reflectsync.protocol.codec import table_codecs
+from flask_reflectsync.wire.codec import table_codecs
 
 from .conftest import AppFactory
 from .http_server import (
@@ -695,7 +695,7 @@ def test_sequences_are_advanced_only_where_allowed(
     a role without UPDATE on the sequence, nor for a key past its bounds."""
     if backend != "postgresql":
         pytest.skip("sequences: PostgreSQL")
-    from flask_reflectsync.protocol.push import _ADVANCE_SEQUENCE
+    from flask_reflectsync.server.push import _ADVANCE_SEQUENCE
 
     engine = sa.create_engine(database_url)
     role = f"rs_limited_{uuid.uuid4().hex[:8]}"
@@ -815,7 +815,7 @@ def test_a_key_that_would_exhaust_the_key_space_is_refused(server: ServerEnv) ->
 
 
 def test_keys_up_to_the_reserve_are_accepted(server: ServerEnv) -> None:
-    from flask_reflectsync.protocol.push import key_ceiling
+    from flask_reflectsync.server.push import key_ceiling
 
     ceiling = 2**31 - 1 - 2**21
     codec = table_codecs(server.env.models.Country.__table__)["id"]

@@ -161,7 +161,7 @@ def test_a_push_that_meets_a_deadlock_is_tried_again_by_the_server(
     deadlock victim and answer 503): the first try fails busy, the second
     applies the push once; the node sees 200."""
     from flask_reflectsync.errors import ServiceBusyError
-    from flask_reflectsync.protocol import push as push_module
+    from flask_reflectsync.server import push as push_module
 
     real = push_module._push_once
     tries: list[int] = []

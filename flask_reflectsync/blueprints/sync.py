@@ -1,4 +1,4 @@
-"""The sync routes: thin views over :mod:`flask_reflectsync.protocol`.
+"""The sync routes: thin views over :mod:`flask_reflectsync.server`.
 
 ``POST /register``, ``POST /push``, ``POST /pull``, ``GET /repair``,
 ``GET /query`` and ``GET /openapi.json`` under ``REFLECTSYNC_URL_PREFIX``.
@@ -20,14 +20,15 @@ from ..errors import (
     PushRejectedError,
     SyncError,
 )
-from ..protocol import nodes
-from ..protocol.messages import PROTOCOL_VERSION, decode_body
-from ..protocol.openapi import openapi_document
-from ..protocol.pull import change_count, pull, repair_stream
-from ..protocol.push import push
-from ..protocol.query import query
-from ..protocol.schema import TrackedSchema
-from ..protocol.settings import ServerSettings, define_protocol_tables
+from ..server import nodes
+from ..server.openapi import openapi_document
+from ..server.pull import change_count, pull, repair_stream
+from ..server.push import push
+from ..server.query import query
+from ..server.schema import TrackedSchema
+from ..server.settings import ServerSettings, define_protocol_tables
+from ..tracking.registry import registry_state
+from ..wire.messages import PROTOCOL_VERSION, decode_body
 from .api import ok_response
 from .limits import AddressLimit
 
@@ -59,10 +60,17 @@ def _app() -> Flask:
 
 
 def _settings() -> ServerSettings:
+    """The server's settings, built once per app: from the ``REFLECTSYNC_*``
+    values kept at ``init_app`` and the app's ``SECRET_KEY`` (read on every
+    request, so a new key still takes effect)."""
     state = _state()
-    return ServerSettings.from_config(
-        {**state.config, "SECRET_KEY": current_app.config.get("SECRET_KEY")}
-    )
+    secret = current_app.config.get("SECRET_KEY")
+    cached = state.settings
+    if cached is not None and cached[0] == secret:
+        return cached[1]  # type: ignore[no-any-return]
+    settings = ServerSettings.from_config({**state.config, "SECRET_KEY": secret})
+    state.settings = (secret, settings)
+    return settings
 
 
 log = logging.getLogger("flask_reflectsync")
@@ -173,7 +181,17 @@ def _authenticate(settings: ServerSettings, body: bytes) -> int:
 
 
 def _schema() -> TrackedSchema:
-    return TrackedSchema.of(_state().db.metadata)
+    """The tracked tables of the app's metadata, derived again only when a
+    class is tracked or untracked or a table is added to the metadata."""
+    state = _state()
+    metadata = state.db.metadata
+    key = (*registry_state(), len(metadata.tables))
+    cached = state.schema
+    if cached is not None and cached[0] == key:
+        return cached[1]  # type: ignore[no-any-return]
+    schema = TrackedSchema.of(metadata)
+    state.schema = (key, schema)
+    return schema
 
 
 # -- views ------------------------------------------------------------------------

@@ -45,18 +45,20 @@ from ..errors import (
     UniqueConstraintError,
     ValidationError,
 )
+from ..rows import batches, key_filter, key_reference, unique_column_sets
 from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
-from ..tracking.tables import current_version
-from .codec import (
+from ..tracking.tables import VERSION_ROW, current_version
+from ..wire.codec import (
     DECODE_ERRORS,
     UNSTORABLE_TEXT,
     ColumnCodec,
     stores_time_zones,
     table_codecs,
 )
-from .messages import validate
+from ..wire.messages import validate
+from ..wire.operations import TypedOperation
 from .schema import TrackedSchema
 from .stale import (
     StaleRow,
@@ -74,13 +76,8 @@ KEY_BATCH = 1000
 MAX_LISTED = 50
 
 
-@dataclass(frozen=True)
-class PushedOperation:
-    """One operation of a push, decoded. ``row_key`` is the typed key."""
-
-    table_name: str
-    row_key: tuple[Any, ...]
-    command: str
+#: One operation of a push, decoded (``row_key`` is the typed key).
+PushedOperation = TypedOperation
 
 
 @dataclass
@@ -576,19 +573,6 @@ def existing_keys(
             yield tuple(row)
 
 
-def key_filter(
-    pk: Sequence[sa.Column[Any]], keys: Sequence[tuple[Any, ...]]
-) -> sa.ColumnElement[bool]:
-    """``pk IN keys`` for a single or composite primary key."""
-    if len(pk) == 1:
-        return pk[0].in_([k[0] for k in keys])
-    return sa.tuple_(*pk).in_(list(keys))
-
-
-def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """``items`` in slices of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _apply(
@@ -687,7 +671,7 @@ def _givers(session: Session, target: _TableChanges) -> set[tuple[Any, ...]]:
     server now, a unique value another written row of the push takes."""
     info = target.info
     pk = tuple(c.name for c in info.pk_columns)
-    sets = [s for s in _unique_column_sets(info.table) if s != pk]
+    sets = unique_column_sets(info.table, primary_key=False)
     leaving = [op.row_key for op in target.updates + target.deletes]
     if not sets or not leaving or not target.written:
         return set()
@@ -927,7 +911,9 @@ def check_key_space(changes: Mapping[str, _TableChanges]) -> None:
 def _lock_counter(session: Session, tables: LogTables) -> None:
     counter = tables.counter
     session.execute(
-        sa.select(counter.c.value).where(counter.c.id == 1).with_for_update()
+        sa.select(counter.c.value)
+        .where(counter.c.id == VERSION_ROW)
+        .with_for_update()
     )
 
 
@@ -1088,12 +1074,9 @@ def broken_references(
             for constraint in child.table.foreign_key_constraints:
                 if constraint.referred_table is not target.info.table:
                     continue
-                referred = [e.column.name for e in constraint.elements]
-                pk_names = [c.name for c in target.info.pk_columns]
-                if sorted(referred) != sorted(pk_names):
+                pointing = key_reference(constraint, target.info)
+                if pointing is None:
                     continue
-                order = [referred.index(n) for n in pk_names]
-                pointing = [constraint.elements[i].parent for i in order]
                 for batch in batches(deleted, KEY_BATCH):
                     query = sa.select(*pointing).where(key_filter(pointing, batch))
                     for row in session.execute(query.distinct()):
@@ -1162,7 +1145,7 @@ def unique_violations(
         # Updates cannot break the key; inserts and restores can.
         updated = {op.row_key for op in target.updates}
         pk_names = tuple(c.name for c in target.info.pk_columns)
-        for columns in _unique_column_sets(target.info.table):
+        for columns in unique_column_sets(target.info.table, primary_key=True):
             if not set(columns) <= set(target.columns):
                 continue
             is_pk = columns == pk_names
@@ -1207,16 +1190,3 @@ def _entry(
         entry["existing_key"] = target.wire_key(existing)
     return entry
 
-
-def _unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:
-    sets: list[tuple[str, ...]] = [tuple(c.name for c in table.primary_key.columns)]
-    for constraint in table.constraints:
-        if isinstance(constraint, sa.UniqueConstraint):
-            sets.append(tuple(c.name for c in constraint.columns))
-    for index in table.indexes:
-        if index.unique:
-            sets.append(tuple(c.name for c in index.columns))
-    for column in table.columns:
-        if column.unique:
-            sets.append((column.name,))
-    return list(dict.fromkeys(sets))

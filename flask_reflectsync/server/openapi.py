@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .messages import PROTOCOL_VERSION, SCHEMAS
-from .signing import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from ..wire.messages import PROTOCOL_VERSION, SCHEMAS
+from ..wire.signing import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 
 _SIGNED: dict[str, list[str]] = {
     name: [] for name in ("node", "timestamp", "nonce", "signature")
