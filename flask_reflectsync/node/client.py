@@ -58,6 +58,7 @@ from .set_aside import SetAside
 from .state import State
 from .tables import NODE_LOG, NODE_METADATA, create_node_tables, create_private_file
 from .transport import Retry, Transport, Words
+from .values import check_values_on
 
 __all__ = [
     "SyncClient",
@@ -130,6 +131,10 @@ class SyncClient:
         keys reserved for this node (see :ref:`key-blocks`; PostgreSQL
         servers), so new rows of different nodes never take the same key.
         ``False`` always hands out keys above the high water.
+    :param check_values: refuse, at flush, values the server's columns
+        cannot store (too long, out of range, NUL; see :ref:`local-values`)
+        with :class:`~flask_reflectsync.errors.InvalidValueError`, instead
+        of learning it at the next push. ``False`` leaves it to the server.
     """
 
     def __init__(
@@ -150,6 +155,7 @@ class SyncClient:
         secret: str | Callable[[], str | None] | None = None,
         save_secret: Callable[[str], Any] | None = None,
         key_blocks: bool = True,
+        check_values: bool = True,
     ) -> None:
         if retries < 0 or retry_within < 0:
             raise ConfigurationError("retries and retry_within cannot be negative.")
@@ -174,6 +180,7 @@ class SyncClient:
         self._secret = secret
         self._save_secret = save_secret
         self.key_blocks = key_blocks
+        self.check_values = check_values
         create_private_file(engine)
         self._log = OperationLog(tables=NODE_LOG, assign_versions=False)
         use_immediate_transactions(engine)
@@ -183,6 +190,7 @@ class SyncClient:
         self.Session: sessionmaker[Session] = maker
         start_tracking(self.Session, self._log)
         assign_keys_on(self.Session, self)
+        check_values_on(self.Session, self)
 
     # -- setup -------------------------------------------------------------------
 
@@ -195,6 +203,7 @@ class SyncClient:
         self._prepare()
         start_tracking(target, self._log)
         assign_keys_on(target, self)
+        check_values_on(target, self)
 
     def _prepare(self) -> None:
         if self._prepared:

@@ -146,14 +146,23 @@ _key_clients: weakref.WeakKeyDictionary[type[Session], weakref.ref[SyncClient]] 
 )
 
 
-def assign_keys_on(target: Any, client: SyncClient) -> None:
-    """Make new rows flushed through ``target``'s sessions take integer keys
-    above the node's high water, and raise it to the keys they flush."""
+def session_class_of(target: Any) -> type[Session] | None:
+    """The Session class behind a sessionmaker, scoped session or Session
+    subclass (``None`` for anything else)."""
     if isinstance(target, scoped_session):
         target = target.session_factory
     if isinstance(target, sessionmaker):
         target = target.class_
-    if not (isinstance(target, type) and issubclass(target, Session)):
+    if isinstance(target, type) and issubclass(target, Session):
+        return target
+    return None
+
+
+def assign_keys_on(target: Any, client: SyncClient) -> None:
+    """Make new rows flushed through ``target``'s sessions take integer keys
+    above the node's high water, and raise it to the keys they flush."""
+    target = session_class_of(target)
+    if target is None:
         return  # start_tracking has refused it already
     if target not in _key_clients:
         event.listen(target, "before_flush", _assign_new_keys)
