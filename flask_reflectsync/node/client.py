@@ -132,7 +132,8 @@ class SyncClient:
         servers), so new rows of different nodes never take the same key.
         ``False`` always hands out keys above the high water.
     :param check_values: refuse, at flush, values the server's columns
-        cannot store (too long, out of range, NUL; see :ref:`local-values`)
+        cannot store (too long, out of range, NUL; see
+        :ref:`values checked locally <local-values>`)
         with :class:`~flask_reflectsync.errors.InvalidValueError`, instead
         of learning it at the next push. ``False`` leaves it to the server.
     """
