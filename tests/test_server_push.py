@@ -769,7 +769,7 @@ def test_the_node_is_told_which_value_the_server_cannot_store(
     from .nodes import cluster
 
     with cluster(make_app, tmp_path) as net:
-        node = net.node()
+        node = net.node(check_values=False)  # the server is to refuse
         m = net.server.env.models
         with node.Session() as session:
             session.add(m.Country(id=1, name="Peru"))
