@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
 
-from flask_reflectsync import signals
+from flask_reflectsync import signals, track
 from flask_reflectsync.wire.codec import table_codecs
 
 from .conftest import AppFactory
@@ -529,6 +530,60 @@ def test_a_unique_value_freed_and_taken_in_one_push_is_applied(
     assert answer.status_code == 200, answer.text
     assert answer.json()["operations"] == 4
     assert _sample_codes(server) == [(2, "B2"), (3, "A"), (4, "B")]
+
+
+def test_a_deleted_giver_with_children_deleted_in_the_same_push(
+    make_app: AppFactory,
+) -> None:
+    """The node deleted a survey and its answer and gave the survey's code
+    to a new survey, in one push: the answer must go before the survey
+    that gives the code up (soak, MariaDB: the giver's delete broke the
+    foreign key, the push was refused as a unique violation)."""
+    from .http_server import served
+
+    env = make_app(SECRET_KEY="test", REFLECTSYNC_OPEN_REGISTRATION=True)
+
+    @track
+    class Survey(env.db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "giver_survey"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        code: Mapped[str] = mapped_column(sa.String(20), unique=True)
+
+    @track
+    class Answer(env.db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "giver_answer"
+        id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+        survey_id: Mapped[int] = mapped_column(sa.ForeignKey("giver_survey.id"))
+
+    with env.app.app_context():
+        env.db.create_all()
+    with served(env.app) as url, env.app.app_context():
+        node = TestNode(url + "/sync")
+        assert node.register().status_code == 200
+        seed = [
+            {"table": "giver_survey", "key": [1], "command": "i"},
+            {"table": "giver_answer", "key": [10], "command": "i"},
+        ]
+        rows = {
+            "giver_survey": {"columns": ["id", "code"], "rows": [[1, "A"]]},
+            "giver_answer": {"columns": ["id", "survey_id"], "rows": [[10, 1]]},
+        }
+        assert node.push(seed, rows).status_code == 200
+        node.last_version = 1
+        answer = node.push(
+            [
+                {"table": "giver_answer", "key": [10], "command": "d"},
+                {"table": "giver_survey", "key": [1], "command": "d"},
+                {"table": "giver_survey", "key": [2], "command": "i"},
+            ],
+            {"giver_survey": {"columns": ["id", "code"], "rows": [[2, "A"]]}},
+        )
+        assert answer.status_code == 200, answer.text
+        state = database_state(env)
+        assert state["giver_survey"] == [(2, "A")]
+        assert state["giver_answer"] == []
+        env.db.session.remove()
+        env.db.drop_all()
 
 
 def test_a_unique_value_taken_from_a_row_that_keeps_it_is_still_refused(

@@ -638,10 +638,13 @@ def _write_givers_first(
     The node wrote its changes in an order its database accepted: a survey
     deleted (or its code changed) and a new one taking the code. Applied as
     inserts, then updates, then deletes, the new row would meet the old one
-    on the unique constraint, and the push would be refused for good. The
-    givers go first, in a savepoint; if that breaks a foreign key (a giver
-    pointing at a row the push inserts), the savepoint is rolled back and
-    the push is applied in the usual order.
+    on the unique constraint, and the push would be refused for good. So the
+    giving updates go first and, when a giver is deleted, every delete of
+    the push with them (children first: a deleted survey's answers go
+    before it). All in a savepoint: if that breaks a foreign key (a giver
+    pointing at a row the push inserts, a parent whose child the push moves
+    away by an update), it is rolled back and the push is applied in the
+    usual order.
 
     :return: by table, the keys already written.
     """
@@ -649,21 +652,27 @@ def _write_givers_first(
     givers = {name: keys for name, keys in givers.items() if keys}
     if not givers:
         return {}
+    deleted = any(
+        op.row_key in givers.get(name, ())
+        for name in ordered
+        for op in changes[name].deletes
+    )
+    done: dict[str, set[tuple[Any, ...]]] = {}
     try:
         with session.begin_nested():
             for name in ordered:
                 target, keys = changes[name], givers.get(name, set())
-                _update(
-                    session, target, [op for op in target.updates if op.row_key in keys]
-                )
-            for name in reversed(ordered):
-                target, keys = changes[name], givers.get(name, set())
-                _delete(
-                    session, target, [op for op in target.deletes if op.row_key in keys]
-                )
+                updates = [op for op in target.updates if op.row_key in keys]
+                _update(session, target, updates)
+                done[name] = {op.row_key for op in updates}
+            if deleted:
+                for name in reversed(ordered):
+                    target = changes[name]
+                    _delete(session, target, target.deletes)
+                    done[name] |= {op.row_key for op in target.deletes}
     except sa.exc.IntegrityError:
         return {}
-    return givers
+    return done
 
 
 def _givers(session: Session, target: _TableChanges) -> set[tuple[Any, ...]]:
