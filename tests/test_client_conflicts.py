@@ -607,3 +607,36 @@ def test_unique_conflict_names_the_local_row_by_the_key_it_still_has(
     assert [r[0] for r in net.node_rows(b)["sample"]] == [1]
     assert "local Sample [1]" in caught.value.message
     assert caught.value.entries[0]["key"] == (1,)
+
+
+def test_fetching_a_unique_holder_never_overrules_the_nodes_own_change(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    """When a push is refused on a unique value, the client fetches the row
+    the server names as its holder and merges it. A holder the node itself
+    deleted (it gave its code to a new row) is not a server change: merged
+    as one, the node's delete lost to a "server update" that never was, and
+    nobody heard (soak, MariaDB: a delete back on the server)."""
+    from flask_reflectsync.node import pull as node_pull
+
+    Sample = net.server.Sample
+    a = net.node()
+    with a.Session() as session:
+        session.add(Sample(id=1, code="X"))
+        session.commit()
+    a.synchronize()
+    with a.Session() as session:
+        session.delete(session.get(Sample, 1))
+        session.flush()
+        session.add(Sample(id=2, code="X"))
+        session.commit()
+    refusal = errors.UniqueConstraintError(
+        "The push breaks a unique constraint",
+        [{"table": "sample", "key": [2], "columns": ["code"], "existing_key": [1]}],
+    )
+    assert node_pull.bring_holders(a, refusal, {("sample", "[2]")}) is None
+    assert resolved == []
+    with a.Session() as session:
+        assert session.get(Sample, 1) is None  # still deleted locally
+    a.synchronize()
+    assert [(r[0], r[1]) for r in net.assert_converged()["sample"]] == [(2, "X")]

@@ -592,7 +592,9 @@ class SyncClient:
                         # server named and merge them, so the node's own
                         # unique-conflict rules decide.
                         brought |= again
-                        _pull.bring_holders(self, error, again)
+                        merged = _pull.bring_holders(self, error, again)
+                        if merged is not None:
+                            pulled.append(merged)
                         attempt -= 1
                         continue
                     if again:

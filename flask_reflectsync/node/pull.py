@@ -23,6 +23,7 @@ from . import query as _query
 from . import set_aside as _set_aside
 from .conflicts import Conflict, RememberedResolutions
 from .merge import MergeResult, PulledTable, merge_page
+from .queue import LocalQueue
 from .results import PullProgress, PullResult
 from .state import State
 from .tables import NODE_KEYS, NODE_LOG
@@ -219,11 +220,22 @@ def decode_page(client: SyncClient, page: Mapping[str, Any]) -> list[PulledTable
 
 def bring_holders(
     client: SyncClient, error: UniqueConstraintError, rows: set[tuple[str, str]]
-) -> None:
+) -> PullResult | None:
     """Merge the server rows that hold the unique values the push of
-    ``rows`` was refused for (``existing_key`` of each entry)."""
+    ``rows`` was refused for (``existing_key`` of each entry), so the node's
+    own unique-conflict rules decide; sends ``conflict_resolved`` for what
+    that merge resolved.
+
+    A holder the node has a queued change for is left alone: its copy is not
+    a change of the server's, and merged as one it would overrule the node's
+    own change (a queued delete lost to a "server update" that never was).
+
+    :return: the merge's result, or ``None`` if nothing was merged.
+    """
     state = client._state()
     parts: list[PulledTable] = []
+    with client.engine.connect() as connection:
+        queue = LocalQueue(connection, NODE_LOG)
     for entry in error.conflicts:
         if not isinstance(entry, dict):
             continue
@@ -233,13 +245,19 @@ def bring_holders(
         if ident not in rows or info is None or not isinstance(holder, list):
             continue
         key = _set_aside.typed_key(client, info, holder)
-        found = _query.fetch(client, info.name, [key]).get(key) if key else None
+        if key is None or queue.get(info.name, info.encode_key(key)) is not None:
+            continue
+        found = _query.fetch(client, info.name, [key]).get(key)
         if found is not None:
             columns = list(found)
             values = [[found[c]] for c in columns]
             parts.append(PulledTable(info.name, columns, values, UPDATE, []))
-    if parts:
-        merge(client, parts, state.last_version, state.pull_cursor)
+    if not parts:
+        return None
+    result = merge(client, parts, state.last_version, state.pull_cursor)
+    for conflict in result.conflicts:
+        signals.conflict_resolved.send(client, conflict=conflict)
+    return PullResult(state.last_version, sum(len(p) for p in parts), result.conflicts)
 
 
 class _NeedRows(Exception):
