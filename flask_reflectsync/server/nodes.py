@@ -172,14 +172,16 @@ def _admit(
         raise RegistrationRefusedError(
             "Registration is closed: the server sets neither "
             "REFLECTSYNC_REGISTRATION_TOKEN nor a registration check, and "
-            "REFLECTSYNC_OPEN_REGISTRATION is off."
+            "REFLECTSYNC_OPEN_REGISTRATION is off.",
+            code="registration.closed",
         )
     if token is not None:
         presented = registration.get("token")
         if presented is None:
             raise AuthenticationError(
                 "This server needs a registration token: send the server's "
-                "REFLECTSYNC_REGISTRATION_TOKEN when registering."
+                "REFLECTSYNC_REGISTRATION_TOKEN when registering.",
+                code="registration.token_required",
             )
         if not hmac.compare_digest(presented.encode(), str(token).encode()):
             raise RegistrationRefusedError("The registration token is wrong.")
@@ -226,7 +228,8 @@ def authenticate(
         raise AuthenticationError(
             "This route needs a signed request (headers "
             f"{HEADER_NODE}, {HEADER_TIMESTAMP}, {HEADER_NONCE}, "
-            f"{HEADER_SIGNATURE}); register the node first."
+            f"{HEADER_SIGNATURE}); register the node first.",
+            code="auth.unsigned",
         )
     moment = now or _now()
     node_text, stamp, nonce = (
@@ -238,17 +241,20 @@ def authenticate(
         raise AuthenticationError(
             f"The signature headers are malformed: {HEADER_NODE} must be a "
             f"node id and {HEADER_TIMESTAMP} whole seconds since the epoch, in "
-            "ASCII digits."
+            "ASCII digits.",
+            code="auth.malformed",
         )
     if not _NONCE.fullmatch(nonce):
         raise AuthenticationError(
-            "The nonce must be 16 to 64 letters, digits, '-' or '_'."
+            "The nonce must be 16 to 64 letters, digits, '-' or '_'.",
+            code="auth.malformed",
         )
     age = abs(moment.timestamp() - int(stamp))
     if age > settings.signature_max_age:
         raise AuthenticationError(
             "The request's timestamp is too far from the server's clock; "
-            "check the node's clock and sign the request again."
+            "check the node's clock and sign the request again.",
+            code="auth.expired",
         )
     node_id = int(node_text)
     stored = None
@@ -301,7 +307,8 @@ def _remember_nonce(
         session.rollback()
         raise AuthenticationError(
             "This request was already received (replayed nonce); sign each "
-            "request with a new nonce."
+            "request with a new nonce.",
+            code="auth.replayed",
         ) from None
     session.commit()
     _forget_old_nonces(session, nonces, settings, node_id, moment)

@@ -237,7 +237,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             "title": "flask-reflectsync",
             "version": str(PROTOCOL_VERSION),
             "description": 'Every answer is {"ok": true, ...} or '
-            '{"ok": false, "error": "...", "status": N}.',
+            '{"ok": false, "error": "...", "status": N, "code": "..."}; '
+            "code is a stable dotted error code (auth.replayed, push.conflict, "
+            "http.not_found, ...).",
         },
         "paths": {
             f"{base}/register": {

@@ -87,7 +87,8 @@ def pull(
     if since > current:
         raise ValidationError(
             f"since {since} is newer than the server's latest version "
-            f"{current}; the node must repair from this server."
+            f"{current}; the node must repair from this server.",
+            code="pull.ahead_of_server",
         )
 
     versions, operations = tables.versions, tables.operations

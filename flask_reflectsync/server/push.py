@@ -241,6 +241,7 @@ def _push_once(
                 "server does not have (a parent deleted on one side while "
                 "referenced on the other); pull, merge and push again.",
                 broken[:MAX_LISTED],
+                code="push.broken_reference",
             )
         session.commit()
     except (sa.exc.IntegrityError, StaleDataError) as error:
@@ -1124,11 +1125,13 @@ def _explain_integrity_error(
     if isinstance(error, StaleDataError):
         return PushRejectedError(
             "The push updates rows that no longer exist on the server; pull, "
-            "merge and push again."
+            "merge and push again.",
+            code="push.refused",
         )
     detail = str(getattr(error, "orig", error)).strip().splitlines()[0]
     return PushRejectedError(
-        f"The database refused the push ({detail}); nothing was written."
+        f"The database refused the push ({detail}); nothing was written.",
+        code="push.refused",
     )
 
 

@@ -67,7 +67,8 @@ def query(
     if info is None:
         raise NotFoundError(
             f"No tracked model {model!r}; the server serves "
-            f"{', '.join(sorted(schema.tables)) or 'no tables'}."
+            f"{', '.join(sorted(schema.tables)) or 'no tables'}.",
+            code="query.unknown_model",
         )
     limit = _count(single.get("limit"), "limit", page_size)
     if not 1 <= limit <= page_size:
