@@ -903,7 +903,7 @@ def test_a_reused_push_id_with_other_content_is_refused(server: ServerEnv) -> No
 
     assert other.status_code == 409, other.text
     body = other.json()
-    assert (body["code"], body["push_id"]) == ("push-id-reused", "same")
+    assert (body["code"], body["push_id"]) == ("push.id_reused", "same")
     assert (
         "already applied (version 1) with other operations or rows" in (body["error"])
     )

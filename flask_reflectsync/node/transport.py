@@ -339,13 +339,14 @@ def _error_from(
             f"{words.base_url} the server's URL with its sync prefix?"
         )
     message = str(body["error"])
-    code = body.get("code")
-    kind = ERROR_CLASSES.get(code) if isinstance(code, str) else None
+    sent = body.get("code")
+    code = sent if isinstance(sent, str) else ""
+    kind = ERROR_CLASSES.get(code)
     if kind is None:
         error = _by_status(answer, body, message, route, base_url, words)
     else:
         error = _build(kind, code, answer, body, message, route, base_url, words)
-    if isinstance(code, str) and code not in _LEGACY_CODES:
+    if code and code not in _LEGACY_CODES:
         error.code = code
     return error
 

@@ -109,6 +109,9 @@ def register_node(
 ) -> dict[str, Any]:
     """Create a node if the registration gates let it in.
 
+    The node's row is added to ``session`` and not committed: the caller
+    commits (the view does, before answering), or rolls back on an error.
+
     The gates: with ``open_registration`` anyone may register. Otherwise at
     least one gate must be configured and every configured one must pass: the
     registration token must match (compared in constant time), and every
@@ -139,7 +142,6 @@ def register_node(
                 nodes.c.last_seen_at.is_(None),
             )
         ).first()
-        session.rollback()
         if found is not None:
             return {
                 "id": found.id,
@@ -158,7 +160,6 @@ def register_node(
     )
     assert result.inserted_primary_key is not None
     (node_id,) = result.inserted_primary_key
-    session.commit()
     return {"id": node_id, "name": name, "secret": derive_secret(key, node_id, salt)}
 
 
@@ -216,8 +217,11 @@ def authenticate(
 ) -> int:
     """Check a signed request and remember its nonce.
 
-    The nonce is recorded and committed before the request is served, so a
-    replay is refused by every process sharing the database.
+    The nonce and the node's ``last_seen_at`` are added to ``session``, not
+    committed. The caller must commit them *before* serving the request
+    (the views do), and keep them even if the request then fails: a replay
+    is refused by every process sharing the database only once the nonce is
+    committed. After an error, the caller rolls back.
 
     :return: the id of the node that signed the request.
     :raises AuthenticationError: (401) for an unsigned, mis-signed, expired
@@ -277,7 +281,6 @@ def authenticate(
         found[HEADER_SIGNATURE],
     )
     if not (known and matches):
-        session.rollback()
         raise AuthenticationError(NOT_RECOGNISED)
     _remember_nonce(session, tables, nonces, settings, node_id, nonce, moment)
     return node_id
@@ -304,36 +307,35 @@ def _remember_nonce(
             sa.insert(nonces).values(node_id=node_id, nonce=nonce, created_at=moment)
         )
     except sa.exc.IntegrityError:
-        session.rollback()
         raise AuthenticationError(
             "This request was already received (replayed nonce); sign each "
             "request with a new nonce.",
             code="auth.replayed",
         ) from None
-    session.commit()
-    _forget_old_nonces(session, nonces, settings, node_id, moment)
 
 
-def _forget_old_nonces(
+def forget_old_nonces(
     session: Session,
     nonces: sa.Table,
     settings: ServerSettings,
     node_id: int,
-    moment: datetime.datetime,
+    *,
+    now: datetime.datetime | None = None,
 ) -> None:
-    # Nonces older than the signature window can never be replayed (their
-    # timestamp would be refused). Dropping them is housekeeping in its own
-    # transaction: if it loses a lock race, the next request does it.
+    """Delete the nonces of ``node_id`` that can never be replayed (their
+    timestamp would be refused), without committing.
+
+    Housekeeping for its own transaction, after the request's nonce is
+    committed: if it loses a lock race (``OperationalError``), the caller
+    rolls it back and the next request does it.
+    """
+    moment = now or _now()
     expired = moment - datetime.timedelta(seconds=2 * settings.signature_max_age)
-    try:
-        session.execute(
-            sa.delete(nonces).where(
-                nonces.c.node_id == node_id, nonces.c.created_at < expired
-            )
+    session.execute(
+        sa.delete(nonces).where(
+            nonces.c.node_id == node_id, nonces.c.created_at < expired
         )
-        session.commit()
-    except sa.exc.OperationalError:
-        session.rollback()
+    )
 
 
 def _now() -> datetime.datetime:
