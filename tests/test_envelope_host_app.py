@@ -3,7 +3,7 @@
 Real apps register app-wide handlers (``@app.errorhandler(404)``, ``(500)``,
 ``(Exception)``, ``(HTTPException)``) that answer HTML or their own JSON;
 whether they were registered before or after ``init_app``, every answer under
-the prefix stays ``{"ok": false, "error": ..., "status": N}``, and the rest
+the prefix stays ``{"ok": false, "error": ..., "status": N, "code": ...}``, and the rest
 of the app keeps its handlers.
 
 These tests use pytest-flask: the ``app`` fixture below is what its
