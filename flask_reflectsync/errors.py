@@ -1,8 +1,12 @@
 """The exceptions flask-reflectsync raises.
 
 Every error is a :class:`SyncError`. Each class carries the HTTP ``status`` it
-maps to when it crosses the wire, so the blueprint turns any of them into the
-JSON envelope ``{"ok": false, "error": "...", "status": N}``.
+maps to when it crosses the wire and a stable dotted ``code`` (see
+:ref:`error-codes`), so the blueprint turns any of them into the JSON envelope
+``{"ok": false, "error": "...", "status": N, "code": "..."}``. A raise may
+name a more precise code of its class (``AuthenticationError(...,
+code="auth.replayed")``); programs should branch on ``code``, never on the
+sentence.
 """
 
 from __future__ import annotations
@@ -18,21 +22,34 @@ class SyncError(Exception):
 
     #: HTTP status used when this error is answered by the server.
     status: int = 500
+    #: The stable, machine-readable kind of error, sent as the envelope's
+    #: ``code`` (see :ref:`error-codes`). An instance may carry a more
+    #: precise code of the same family.
+    code: str = "server.error"
     #: Whether sending the same request again later may succeed (a node's
     #: push id is kept, so a retried push is still applied once).
     retryable: bool = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if code is not None:
+            self.code = code
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON error envelope for this error."""
-        return {"ok": False, "error": self.message, "status": self.status}
+        return {
+            "ok": False,
+            "error": self.message,
+            "status": self.status,
+            "code": self.code,
+        }
 
 
 class ConfigurationError(SyncError, RuntimeError):
     """The extension or a model is set up in a way that cannot work."""
+
+    code = "server.misconfigured"
 
 
 class TrackingError(SyncError):
@@ -43,12 +60,14 @@ class TrackingError(SyncError):
     """
 
     status = 400
+    code = "tracking.refused"
 
 
 class ValidationError(SyncError):
     """A request or message is malformed; nothing was written."""
 
     status = 400
+    code = "request.invalid"
 
 
 class InvalidValueError(ValidationError):
@@ -58,8 +77,8 @@ class InvalidValueError(ValidationError):
     Nothing of the push was written; sending it again cannot succeed.
 
     The error envelope names the value beside the sentence:
-    ``{"code": "invalid-value", "table": ..., "key": [...], "column": ...}``,
-    with the row's key as it was sent.
+    ``{"code": "push.invalid_value", "table": ..., "key": [...], "column":
+    ...}``, with the row's key as it was sent.
 
     :param message: one sentence a person can act on.
     :param table: the table of the row.
@@ -68,13 +87,18 @@ class InvalidValueError(ValidationError):
     """
 
     status = 422
-    #: The machine-readable kind of error, in the envelope's ``code``.
-    code = "invalid-value"
+    code = "push.invalid_value"
 
     def __init__(
-        self, message: str, *, table: str, key: list[Any], column: str
+        self,
+        message: str,
+        *,
+        table: str,
+        key: list[Any],
+        column: str,
+        code: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, code=code)
         self.table = table
         self.key = key
         self.column = column
@@ -82,7 +106,6 @@ class InvalidValueError(ValidationError):
     def to_dict(self) -> dict[str, Any]:
         return {
             **super().to_dict(),
-            "code": self.code,
             "table": self.table,
             "key": self.key,
             "column": self.column,
@@ -94,9 +117,9 @@ class InvalidKeyError(InvalidValueError):
     server keeps for its own sequence (see :ref:`the key space <key-space>`):
     accepting it would let the server's app, or the next node, run out of
     keys. The node must give the row another key. Envelope ``code``:
-    ``"invalid-key"``."""
+    ``"push.invalid_key"``."""
 
-    code = "invalid-key"
+    code = "push.invalid_key"
 
 
 class PushIdReusedError(ValidationError):
@@ -104,42 +127,48 @@ class PushIdReusedError(ValidationError):
 
     A retried push must carry exactly the operations and rows it carried the
     first time; new work needs a new push id. Nothing was written. Envelope
-    ``code``: ``"push-id-reused"``.
+    ``code``: ``"push.id_reused"``. A node receives it as a
+    :class:`PushRejectedError` (with that ``code``): it drops the push id
+    and keeps the operations queued, as for any refused push.
     """
 
     status = 409
-    code = "push-id-reused"
+    code = "push.id_reused"
 
     def __init__(self, message: str, *, push_id: str) -> None:
         super().__init__(message)
         self.push_id = push_id
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "code": self.code, "push_id": self.push_id}
+        return {**super().to_dict(), "push_id": self.push_id}
 
 
 class AuthenticationError(SyncError):
     """The request is not signed by a registered node, or the signature is bad."""
 
     status = 401
+    code = "auth.unknown_or_bad_signature"
 
 
 class NotFoundError(SyncError):
     """The requested object does not exist."""
 
     status = 404
+    code = "not_found"
 
 
 class ForbiddenError(SyncError):
     """The app's access check refused the request."""
 
     status = 403
+    code = "forbidden"
 
 
 class GoneError(SyncError):
     """The requested object existed but has been dropped from the database."""
 
     status = 410
+    code = "gone"
 
 
 class CatalogAccessWarning(UserWarning):
@@ -151,12 +180,14 @@ class RegistrationRefusedError(SyncError):
     registration check said no, or registration is closed)."""
 
     status = 403
+    code = "registration.refused"
 
 
 class PayloadTooLargeError(ValidationError):
     """The request body is larger than ``REFLECTSYNC_MAX_BODY_SIZE``."""
 
     status = 413
+    code = "request.too_large"
 
 
 class PushRejectedError(SyncError):
@@ -171,11 +202,16 @@ class PushRejectedError(SyncError):
     """
 
     status = 409
+    code = "push.conflict"
 
     def __init__(
-        self, message: str, conflicts: list[dict[str, Any]] | None = None
+        self,
+        message: str,
+        conflicts: list[dict[str, Any]] | None = None,
+        *,
+        code: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, code=code)
         self.conflicts = conflicts or []
 
     def to_dict(self) -> dict[str, Any]:
@@ -191,8 +227,12 @@ class UniqueConstraintError(PushRejectedError):
         holding those values, when there is one).
     """
 
-    def __init__(self, message: str, entries: list[dict[str, Any]]) -> None:
-        super().__init__(message, entries)
+    code = "push.unique_violation"
+
+    def __init__(
+        self, message: str, entries: list[dict[str, Any]], *, code: str | None = None
+    ) -> None:
+        super().__init__(message, entries, code=code)
         self.entries = entries
 
 
@@ -201,6 +241,7 @@ class ServiceBusyError(SyncError):
     lock timeout); nothing was written and the same request may be retried."""
 
     status = 503
+    code = "server.busy"
     retryable = True
 
 
@@ -213,10 +254,13 @@ class TooManyRequestsError(SyncError):
     """
 
     status = 429
+    code = "rate.limited"
     retryable = True
 
-    def __init__(self, message: str, *, retry_after: int = 60) -> None:
-        super().__init__(message)
+    def __init__(
+        self, message: str, *, retry_after: int = 60, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
         self.retry_after = retry_after
 
 
@@ -226,6 +270,7 @@ class ServerUnreachableError(SyncError):
     id, so sending it again applies it at most once."""
 
     status = 503
+    code = "node.unreachable"
     retryable = True
 
 
@@ -235,6 +280,7 @@ class ProtocolMismatchError(SyncError):
     prefix, and upgrade the older side)."""
 
     status = 400
+    code = "request.protocol_mismatch"
 
 
 class NotRegisteredError(SyncError):
@@ -242,6 +288,7 @@ class NotRegisteredError(SyncError):
     :meth:`~flask_reflectsync.client.SyncClient.register` first."""
 
     status = 401
+    code = "node.not_registered"
 
 
 __all__ = [

@@ -41,6 +41,7 @@ class Case:
     :param build: makes the request from a registered node.
     :param status: the answer's status.
     :param error: a piece of the error sentence.
+    :param code: the answer's error code (see docs/protocol.rst).
     :param fields: other envelope fields the answer must carry.
     :param signed: whether the request passes authentication (which records
         its nonce and the node's last_seen_at, and nothing else).
@@ -50,6 +51,7 @@ class Case:
     status: int
     error: str
     fields: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
     signed: bool = True
 
 
@@ -87,7 +89,7 @@ def _city_value(column: str, value: Any) -> Any:
 
 
 def _invalid(column: str, key: list[Any], table: str = "city") -> dict[str, Any]:
-    return {"code": "invalid-value", "table": table, "key": key, "column": column}
+    return {"table": table, "key": key, "column": column}
 
 
 def _delete(table: str, key: list[Any]) -> Any:
@@ -136,24 +138,28 @@ CASES: dict[str, Case] = {
         _header(HEADER_TIMESTAMP, "²".encode("latin-1")),
         401,
         "signature headers are malformed",
+        code="auth.malformed",
         signed=False,
     ),
     "node header of Latin-1 digits": Case(
         _header(HEADER_NODE, "¹²³".encode("latin-1")),
         401,
         "signature headers are malformed",
+        code="auth.malformed",
         signed=False,
     ),
     "node header 2**31": Case(
         _header(HEADER_NODE, str(2**31).encode()),
         401,
         "Unknown node",
+        code="auth.unknown_or_bad_signature",
         signed=False,
     ),
     "node header of 30 digits": Case(
         _header(HEADER_NODE, b"9" * 30),
         401,
         "signature headers are malformed",
+        code="auth.malformed",
         signed=False,
     ),
     # -- bodies -----------------------------------------------------------------
@@ -161,35 +167,41 @@ CASES: dict[str, Case] = {
         _raw_body("/register", _nested(100_000), signed=False),
         400,
         "nests arrays and objects more than 64 deep",
+        code="request.invalid",
         signed=False,
     ),
     "JSON nested 100,000 deep, signed push": Case(
         _raw_body("/push", b"[" * 100_000 + b"]" * 100_000),
         400,
         "more than 64 deep",
+        code="request.invalid",
     ),
     "NaN is not JSON": Case(
         _raw_body("/register", b'{"protocol": 1, "info": {"x": NaN}}', signed=False),
         400,
         "not valid JSON",
+        code="request.invalid",
         signed=False,
     ),
     "UTF-16 is not UTF-8": Case(
         _raw_body("/register", '{"protocol": 1}'.encode("utf-16"), signed=False),
         400,
         "not UTF-8",
+        code="request.invalid",
         signed=False,
     ),
     "a node name with NUL": Case(
         _raw_body("/register", b'{"protocol": 1, "name": "a\\u0000b"}', signed=False),
         400,
         "message.name cannot hold NUL",
+        code="request.invalid",
         signed=False,
     ),
     "a node name with a lone surrogate": Case(
         _raw_body("/register", b'{"protocol": 1, "name": "a\\ud800"}', signed=False),
         400,
         "unpaired surrogates",
+        code="request.invalid",
         signed=False,
     ),
     # -- values beyond the column type --------------------------------------------
@@ -198,76 +210,89 @@ CASES: dict[str, Case] = {
         422,
         "column 'population' holds integers from -2147483648 to 2147483647",
         _invalid("population", [5]),
+        code="push.invalid_value",
     ),
     "-2**31 - 1 in an Integer": Case(
         _city_value("population", -(2**31) - 1),
         422,
         "holds integers from",
         _invalid("population", [5]),
+        code="push.invalid_value",
     ),
     "10**20 in an Integer": Case(
         _city_value("population", 10**20),
         422,
         "got 100000000000000000000",
         _invalid("population", [5]),
+        code="push.invalid_value",
     ),
     "a 4,000-digit number": Case(
         _city_value("population", int("7" * 4000)),
         422,
         "got an integer of 4000 digits",
         _invalid("population", [5]),
+        code="push.invalid_value",
     ),
     "2**31 as an Integer key": Case(
         _city_value("id", 2**31),
         422,
         "column 'id' holds integers",
         _invalid("id", [2**31]),
+        code="push.invalid_value",
     ),
     "NUL in text": Case(
         _city_value("name", "Li\x00ma"),
         422,
         "column 'name' cannot hold NUL characters",
         _invalid("name", [5]),
+        code="push.invalid_value",
     ),
     "a lone surrogate in text": Case(
         _city_value("name", "Lima \ud83d"),
         422,
         "unpaired surrogates",
         _invalid("name", [5]),
+        code="push.invalid_value",
     ),
     "a decimal beyond Numeric(14, 4)": Case(
         _insert("sample", {"id": 3, "amount": "1" + "0" * 12}),
         422,
         "column 'amount' holds at most 10 digits before the point",
         _invalid("amount", [3], "sample"),
+        code="push.invalid_value",
     ),
     "NUL in a text key": Case(
         _delete("translation", [1, "e\x00s"]),
         422,
         "column 'lang' cannot hold NUL",
         _invalid("lang", [1, "e\x00s"], "translation"),
+        code="push.invalid_value",
     ),
     "delete key 2**63": Case(
         _delete("city", [2**63]),
         422,
         "column 'id' holds integers",
         _invalid("id", [2**63]),
+        code="push.invalid_value",
     ),
     "delete key 2**31": Case(
         _delete("city", [2**31]),
         422,
         "column 'id' holds integers",
         _invalid("id", [2**31]),
+        code="push.invalid_value",
     ),
     "NUL in a table name": Case(
         _delete("ci\x00ty", [1]),
         400,
         "message.operations[0].table cannot hold NUL",
+        code="request.invalid",
     ),
     "last_version 2**63": Case(
         _signed("POST", "/push", json={**_push_body([]), "last_version": 2**63}),
         400,
         "last_version must be at most 9223372036854775807",
+        code="request.invalid",
     ),
     # -- pull ---------------------------------------------------------------------
     "pull cursor of 19 nines": Case(
@@ -278,60 +303,71 @@ CASES: dict[str, Case] = {
         ),
         400,
         "points past any version",
+        code="request.invalid",
     ),
     "pull since 10**20": Case(
         _signed("POST", "/pull", json={"protocol": 1, "since": 10**20}),
         400,
         "message.since must be at most",
+        code="request.invalid",
     ),
     # -- query --------------------------------------------------------------------
     "query offset 2**63": Case(
         _signed("GET", "/query", params={"model": "city", "offset": str(2**63)}),
         400,
         "offset must be an integer from 0 to 9223372036854775807",
+        code="request.invalid",
     ),
     "query offset of Arabic-Indic digits": Case(
         _signed("GET", "/query", params={"model": "city", "offset": "١٢"}),
         400,
         "offset must be an integer",
+        code="request.invalid",
     ),
     "query id filter 2**31": Case(
         _signed("GET", "/query", params={"model": "city", "id": str(2**31)}),
         400,
         "filter id: column 'id' holds integers from",
+        code="request.invalid",
     ),
     "query id__in with 2**31": Case(
         _signed("GET", "/query", params={"model": "city", "id__in": f"1,{2**31}"}),
         400,
         "column 'id' holds integers",
+        code="request.invalid",
     ),
     "query id__gt of 30 digits": Case(
         _signed("GET", "/query", params={"model": "city", "id__gt": "9" * 30}),
         400,
         "column 'id' holds integers",
+        code="request.invalid",
     ),
     "query filter with NUL": Case(
         _signed("GET", "/query", params={"model": "city", "name": "Li\x00ma"}),
         400,
         "filter name: column 'name' cannot hold NUL",
+        code="request.invalid",
     ),
     # -- catalog ------------------------------------------------------------------
     "catalog schema id 2**31": Case(
         _signed("GET", f"/schemas/{2**31}/tables"),
         404,
         f"There is no schema with id {2**31}",
+        code="not_found",
         signed=False,
     ),
     "catalog table id 10**20": Case(
         _signed("GET", f"/tables/{10**20}"),
         404,
         f"There is no table with id {10**20}",
+        code="not_found",
         signed=False,
     ),
     "catalog include_deleted=maybe": Case(
         _signed("GET", "/schemas", params={"include_deleted": "maybe"}),
         400,
         "include_deleted must be 0 or 1, not 'maybe'",
+        code="request.invalid",
         signed=False,
     ),
 }
@@ -360,6 +396,7 @@ def test_bad_input_is_a_4xx_envelope_and_writes_nothing(
     body = answer.json()
     assert body["ok"] is False and body["status"] == case.status
     assert case.error in body["error"], body["error"]
+    assert body["code"] == case.code
     assert {k: body.get(k) for k in case.fields} == case.fields
     after = database_state(server.env)
     if case.signed:

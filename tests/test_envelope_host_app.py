@@ -3,7 +3,7 @@
 Real apps register app-wide handlers (``@app.errorhandler(404)``, ``(500)``,
 ``(Exception)``, ``(HTTPException)``) that answer HTML or their own JSON;
 whether they were registered before or after ``init_app``, every answer under
-the prefix stays ``{"ok": false, "error": ..., "status": N}``, and the rest
+the prefix stays ``{"ok": false, "error": ..., "status": N, "code": ...}``, and the rest
 of the app keeps its handlers.
 
 These tests use pytest-flask: the ``app`` fixture below is what its
@@ -91,11 +91,18 @@ def app(order: str, style: str) -> Iterator[Flask]:
         db.engine.dispose()
 
 
-def _envelope(response: TestResponse, status: int) -> dict[str, Any]:
+def _envelope(
+    response: TestResponse, status: int, code: str | None = None
+) -> dict[str, Any]:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json", response.get_data(as_text=True)
     body = response.get_json()
-    assert body == {"ok": False, "error": body["error"], "status": status}
+    assert body == {
+        "ok": False,
+        "error": body["error"],
+        "status": status,
+        "code": code or body["code"],
+    }
     assert isinstance(body["error"], str) and body["error"].endswith(".")
     return body  # type: ignore[no-any-return]
 
@@ -123,7 +130,23 @@ CASES: list[tuple[str, Call, int]] = [
 def test_errors_under_the_prefix_are_the_envelope(
     client: FlaskClient, label: str, call: Call, status: int
 ) -> None:
-    _envelope(call(client), status)
+    _envelope(call(client), status, CODES[label])
+
+
+#: The code each case of CASES answers with.
+CODES = {
+    "unknown path": "http.not_found",
+    "the prefix itself": "http.not_found",
+    "not an id": "http.not_found",
+    "deep unknown path": "http.not_found",
+    "wrong method": "http.method_not_allowed",
+    "wrong method on openapi": "http.method_not_allowed",
+    "crash in a view": "http.internal_server_error",
+    "abort in a view": "http.unauthorized",
+    "SyncError in a view": "forbidden",
+    "bad JSON": "request.invalid",
+    "unknown path, OPTIONS": "http.not_found",
+}
 
 
 def test_405_says_which_methods_are_allowed(client: FlaskClient) -> None:

@@ -888,7 +888,7 @@ def test_dropped_table_is_gone_by_id_and_signalled(
 
     assert response.status_code == 410
     body = response.get_json()
-    assert body == {"ok": False, "error": body["error"], "status": 410}
+    assert body == {"ok": False, "error": body["error"], "status": 410, "code": "gone"}
     assert "rs_child" in body["error"] and "dropped" in body["error"]
     (event,) = recorder.named("table_dropped")
     assert event["table"].id == child["id"]
@@ -1052,7 +1052,12 @@ def test_routes_without_a_check_are_closed_by_default(
         response = client.get(PREFIX + path)
         assert response.status_code == 403
         body = response.get_json()
-        assert body == {"ok": False, "error": body["error"], "status": 403}
+        assert body == {
+            "ok": False,
+            "error": body["error"],
+            "status": 403,
+            "code": "catalog.closed",
+        }
         assert "REFLECTSYNC_OPEN_CATALOG" in body["error"]
         assert "@sync.catalog_access" in body["error"]
 
@@ -1084,6 +1089,7 @@ def test_access_check_refusal_is_403_json(make_app: AppFactory, psql: Psql) -> N
             "ok": False,
             "error": "You are not allowed to browse the database catalog.",
             "status": 403,
+            "code": "forbidden",
         }
     allowed["value"] = True
     assert client.get(PREFIX + "/schemas").status_code == 200

@@ -113,6 +113,7 @@ def test_registration_is_closed_unless_opted_in(make_app: AppFactory) -> None:
         assert answer.json() == {
             "ok": False,
             "status": 403,
+            "code": "registration.closed",
             "error": answer.json()["error"],
         }
         assert "Registration is closed" in answer.json()["error"]
@@ -130,6 +131,8 @@ def test_registration_token(make_app: AppFactory) -> None:
         assert (missing.status_code, wrong.status_code) == (401, 403)
         assert "REFLECTSYNC_REGISTRATION_TOKEN" in missing.json()["error"]
         assert wrong.json()["error"] == "The registration token is wrong."
+        assert missing.json()["code"] == "registration.token_required"
+        assert wrong.json()["code"] == "registration.refused"
         assert _nodes(server) == []
 
         right = TestNode(server.base).register(token="let-me-in")
@@ -154,6 +157,7 @@ def test_registration_check_decorator(make_app: AppFactory) -> None:
 
         assert refused.status_code == 403
         assert "registration check refused" in refused.json()["error"]
+        assert refused.json()["code"] == "registration.refused"
         assert accepted.status_code == 200
         assert len(_nodes(server)) == 1
         assert [r["info"]["serial"] for r in seen] == ["S-2", "S-1"]

@@ -9,10 +9,12 @@ from typing import Any
 import httpx
 import pytest
 
+from flask_reflectsync.blueprints.api import http_error_code
 from flask_reflectsync.wire.messages import SCHEMAS, validate
 
 from .conftest import AppFactory
 from .http_server import ServerEnv, TestNode, server_env
+from .test_error_codes import documented_codes
 
 SYNC_ROUTES = {
     "/register": "POST",
@@ -39,10 +41,49 @@ def _assert_envelope(answer: httpx.Response) -> dict[str, Any]:
         assert body["ok"] is False
         assert body["status"] == answer.status_code
         assert isinstance(body["error"], str) and body["error"]
-        fields = {"conflicts", "code", "table", "key", "column", "push_id"}
-        assert set(body) <= {"ok", "error", "status", *fields}
+        fields = {"conflicts", "table", "key", "column", "push_id"}
+        assert set(body) <= {"ok", "error", "status", "code", *fields}
         assert set(body) <= set(SCHEMAS["Error"]["properties"])
+        assert set(SCHEMAS["Error"]["required"]) <= set(body)
+        _assert_documented(body["code"], answer.status_code)
     return body
+
+
+def _assert_documented(code: str, status: int) -> None:
+    """``code`` is in the error-code table of docs/protocol.rst, with this
+    status; an ``http.*`` code not listed follows the ``http.<reason>`` rule."""
+    table = documented_codes()
+    if code in table:
+        assert table[code] == str(status), (code, status)
+    else:
+        assert code == http_error_code(status), (code, status)
+
+
+#: The code each refusal of _requests answers with.
+CODES = {
+    "register bad": "request.invalid",
+    "register not json": "request.invalid",
+    "push unsigned": "auth.unsigned",
+    "push invalid": "request.invalid",
+    "push conflict": "push.unique_violation",
+    "push invalid value": "push.invalid_value",
+    "push id reused": "push.id_reused",
+    "pull unsigned": "auth.unsigned",
+    "pull invalid": "request.invalid",
+    "pull expired": "auth.expired",
+    "pull bad nonce": "auth.malformed",
+    "pull replayed": "auth.replayed",
+    "pull altered": "auth.unknown_or_bad_signature",
+    "pull ahead": "pull.ahead_of_server",
+    "register protocol 2": "request.protocol_mismatch",
+    "repair unsigned": "auth.unsigned",
+    "query unknown": "query.unknown_model",
+    "query unsigned": "auth.unsigned",
+    "not found": "http.not_found",
+    "prefix itself": "http.not_found",
+    "openapi wrong method": "http.method_not_allowed",
+    **{f"{route} wrong method": "http.method_not_allowed" for route in SYNC_ROUTES},
+}
 
 
 def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
@@ -55,6 +96,19 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
         "payloads": {"country": {"columns": ["id", "name"], "rows": [[1, "Peru"]]}},
     }
     signed = node.sign
+    pull = {"protocol": 1, "since": 0}
+    nonce = "the-same-nonce-twice"
+    # Signed for one body, sent with another.
+    altered = node.build("POST", "/pull", json={**pull, "limit": 1})
+    altered.headers.update(
+        {
+            name: value
+            for name, value in signed(
+                node.build("POST", "/pull", json=pull)
+            ).headers.items()
+            if name.lower().startswith("x-reflectsync")
+        }
+    )
     return [
         ("register ok", node.build("POST", "/register", json={"protocol": 1}), 200),
         ("register bad", node.build("POST", "/register", json={"x": 1}), 400),
@@ -99,6 +153,33 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
             409,
         ),
         ("pull unsigned", node.build("POST", "/pull", json={"since": 0}), 401),
+        (
+            "pull expired",
+            signed(node.build("POST", "/pull", json=pull), timestamp=1),
+            401,
+        ),
+        (
+            "pull bad nonce",
+            signed(node.build("POST", "/pull", json=pull), nonce="short"),
+            401,
+        ),
+        ("pull once", signed(node.build("POST", "/pull", json=pull), nonce=nonce), 200),
+        (
+            "pull replayed",
+            signed(node.build("POST", "/pull", json=pull), nonce=nonce),
+            401,
+        ),
+        ("pull altered", altered, 401),
+        (
+            "pull ahead",
+            signed(node.build("POST", "/pull", json={**pull, "since": 10**6})),
+            400,
+        ),
+        (
+            "register protocol 2",
+            node.build("POST", "/register", json={"protocol": 2}),
+            400,
+        ),
         ("pull invalid", signed(node.build("POST", "/pull", json={"since": -1})), 400),
         ("repair unsigned", node.build("GET", "/repair"), 401),
         ("repair ok", signed(node.build("GET", "/repair")), 200),
@@ -130,12 +211,17 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
 def test_every_route_answers_the_envelope(server: ServerEnv) -> None:
     node = server.node()
     seen_routes = set()
+    seen_codes = set()
     for label, request, status in _requests(node):
         answer = node.send(request)
         assert answer.status_code == status, (label, answer.text)
-        _assert_envelope(answer)
+        body = _assert_envelope(answer)
+        if status >= 400:
+            assert body["code"] == CODES[label], (label, body)
+            seen_codes.add(body["code"])
         seen_routes.add(request.url.path.removeprefix("/sync"))
     assert set(SYNC_ROUTES) <= seen_routes
+    assert seen_codes == set(CODES.values())
 
 
 def test_successful_answers_match_their_schemas(server: ServerEnv) -> None:
@@ -217,23 +303,23 @@ def test_catalog_routes_answer_the_envelope_and_their_schemas(
     table = node.call("GET", f"/tables/{table_id}")
     validate_catalog(_assert_envelope(table), "TableResponse")
 
-    for path, status in [
-        ("/schemas/999999/tables", 404),
-        ("/tables/999999", 404),
-        ("/tables/not-a-number", 404),
+    for path, status, code in [
+        ("/schemas/999999/tables", 404, "not_found"),
+        ("/tables/999999", 404, "not_found"),
+        ("/tables/not-a-number", 404, "http.not_found"),
     ]:
         answer = node.call("GET", path)
         assert answer.status_code == status, (path, answer.text)
-        _assert_envelope(answer)
+        assert _assert_envelope(answer)["code"] == code
     for path in ("/schemas", f"/tables/{table_id}"):
         answer = node.call("POST", path)
         assert answer.status_code == 405
-        _assert_envelope(answer)
+        assert _assert_envelope(answer)["code"] == "http.method_not_allowed"
 
     allowed["value"] = False
     refused = node.call("GET", "/schemas")
     assert refused.status_code == 403
-    _assert_envelope(refused)
+    assert _assert_envelope(refused)["code"] == "forbidden"
 
 
 def validate_catalog(body: dict[str, Any], name: str) -> None:

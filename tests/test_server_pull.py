@@ -438,7 +438,7 @@ def test_values_of_the_wrong_type_are_refused(
     assert answer.status_code == 422
     body = answer.json()
     assert (body["code"], body["table"], body["key"]) == (
-        "invalid-value",
+        "push.invalid_value",
         "sample",
         [3],
     )

@@ -293,7 +293,7 @@ def test_an_invalid_push_is_refused_and_writes_nothing(
     assert body["ok"] is False and body["status"] == status
     assert expected in body["error"]
     if status == 422:
-        assert body["code"] == "invalid-value"
+        assert body["code"] == "push.invalid_value"
         assert (body["table"], body["key"]) == ("city", [5])
     assert without_nonces(database_state(server.env)) == before
 
@@ -805,7 +805,7 @@ def test_one_value_beyond_its_column_refuses_the_whole_push(server: ServerEnv) -
     assert answer.status_code == 422, answer.text
     body = answer.json()
     assert {k: body[k] for k in ("code", "table", "key", "column", "status")} == {
-        "code": "invalid-value",
+        "code": "push.invalid_value",
         "table": "city",
         "key": [57],
         "column": "population",
@@ -859,7 +859,7 @@ def test_a_key_that_would_exhaust_the_key_space_is_refused(server: ServerEnv) ->
     assert answer.status_code == 422, answer.text
     body = answer.json()
     assert (body["code"], body["table"], body["key"], body["column"]) == (
-        "invalid-key",
+        "push.invalid_key",
         "country",
         [2**31 - 1],
         "id",
@@ -958,7 +958,7 @@ def test_a_reused_push_id_with_other_content_is_refused(server: ServerEnv) -> No
 
     assert other.status_code == 409, other.text
     body = other.json()
-    assert (body["code"], body["push_id"]) == ("push-id-reused", "same")
+    assert (body["code"], body["push_id"]) == ("push.id_reused", "same")
     assert (
         "already applied (version 1) with other operations or rows" in (body["error"])
     )

@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync.client import SyncClient
-from flask_reflectsync.errors import SyncError
+from flask_reflectsync.errors import GoneError, SyncError
 
 from .nodes import Cluster
 
@@ -69,8 +69,12 @@ def test_a_node_behind_the_trimmed_mark_is_told_to_repair(net: Cluster) -> None:
     # b has a change queued: repairing would lose it, so b is told, not
     # repaired behind its back.
     _add_cities(b, net, "Cusco")
-    with pytest.raises(SyncError, match="trimmed its log through version 1.*[Rr]epair"):
+    with pytest.raises(
+        SyncError, match="trimmed its log through version 1.*[Rr]epair"
+    ) as told:
         b.pull()
+    # The node learns it from the code, and raises the class the code names.
+    assert (type(told.value), told.value.code) == (GoneError, "log.trimmed")
     assert b.pending_operations() == 1
     b.repair()
     _add_cities(b, net, "Arequipa")

@@ -1,24 +1,39 @@
 """The blueprint mounted at ``REFLECTSYNC_URL_PREFIX`` and its JSON envelope.
 
 Every answer under the prefix is JSON: ``{"ok": true, ...}`` on success,
-``{"ok": false, "error": "...", "status": N}`` on failure, including 404 and
-405 for paths and methods the blueprint does not have.
+``{"ok": false, "error": "...", "status": N, "code": "..."}`` on failure,
+including 404 and 405 for paths and methods the blueprint does not have
+(``http.not_found``, ``http.method_not_allowed``: see :ref:`error-codes`).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, default_exceptions
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import RequestRedirect
 
 from ..errors import SyncError
 
 
-def error_response(message: str, status: int) -> tuple[Response, int]:
-    """The JSON error envelope."""
-    return jsonify({"ok": False, "error": message, "status": status}), status
+def error_response(message: str, status: int, code: str) -> tuple[Response, int]:
+    """The JSON error envelope.
+
+    :param code: the stable error code (see :ref:`error-codes`).
+    """
+    envelope = {"ok": False, "error": message, "status": status, "code": code}
+    return jsonify(envelope), status
+
+
+def http_error_code(status: int) -> str:
+    """The code of an HTTP error that is no :class:`SyncError`: ``http.``
+    and the status's standard reason in snake case (404 is
+    ``http.not_found``, 405 ``http.method_not_allowed``)."""
+    reason = HTTP_STATUS_CODES.get(status, "error")
+    return "http." + "_".join(re.findall(r"[a-z0-9]+", reason.lower()))
 
 
 def ok_response(**payload: Any) -> Response:
@@ -45,8 +60,8 @@ def make_blueprint(name: str) -> Blueprint:
 
 
 def _sync_error(error: SyncError) -> tuple[Response, int]:
-    # to_dict: the envelope plus the machine-readable fields some errors
-    # carry (conflicts, code, table, key, column).
+    # to_dict: the envelope with its code, plus the machine-readable fields
+    # some errors carry (conflicts, table, key, column, push_id).
     response = jsonify(error.to_dict())
     retry_after = getattr(error, "retry_after", None)
     if isinstance(retry_after, int):
@@ -56,7 +71,9 @@ def _sync_error(error: SyncError) -> tuple[Response, int]:
 
 def _http_error(error: HTTPException) -> tuple[Response, int]:
     status = error.code or 500
-    response, status = error_response(error.description or error.name, status)
+    response, status = error_response(
+        error.description or error.name, status, http_error_code(status)
+    )
     # Allow (405), WWW-Authenticate (401), Retry-After (429, 503)...
     for header, value in error.get_headers():
         if header.lower() != "content-type":

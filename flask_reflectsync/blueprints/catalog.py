@@ -83,7 +83,8 @@ def _authorised() -> Catalog:
             raise ForbiddenError(
                 "The catalog routes are closed: register an access check with "
                 "@sync.catalog_access, or set REFLECTSYNC_OPEN_CATALOG = True "
-                "to open them to anyone."
+                "to open them to anyone.",
+                code="catalog.closed",
             )
         if app not in _warned:
             _warned.add(app)

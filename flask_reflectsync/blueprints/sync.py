@@ -3,13 +3,24 @@
 ``POST /register``, ``POST /push``, ``POST /pull``, ``GET /repair``,
 ``GET /query`` and ``GET /openapi.json`` under ``REFLECTSYNC_URL_PREFIX``.
 Everything but registration and the OpenAPI document needs a signed request.
+
+The handlers leave the transaction to these views: each view commits the
+session once the handler has done its work, before answering, and rolls it
+back when anything fails (:func:`_committed`). The one exception is
+:func:`~flask_reflectsync.server.push.push`, which owns its transactions
+(see its docstring). A signed request's nonce is committed on its own,
+before the request is served, so that it stays recorded when the request
+then fails.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import sqlalchemy as sa
 from blinker import Signal
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
@@ -22,7 +33,7 @@ from ..errors import (
 )
 from ..server import nodes
 from ..server.openapi import openapi_document
-from ..server.pull import change_count, pull, repair_stream
+from ..server.pull import change_count, read_page, record_pulled, repair_stream
 from ..server.push import push
 from ..server.query import query
 from ..server.schema import TrackedSchema
@@ -159,25 +170,48 @@ def _limits() -> tuple[AddressLimit, AddressLimit]:
     return found  # type: ignore[no-any-return]
 
 
+@contextmanager
+def _committed() -> Iterator[Any]:
+    """The app's session, committed when the block ends, rolled back if it
+    raises."""
+    session = _state().db.session
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    session.commit()
+
+
 def _authenticate(settings: ServerSettings, body: bytes) -> int:
     state = _state()
     failures = _limits()[1]
     failures.check(request.remote_addr)
+    nonces = define_protocol_tables(state.db.metadata)
     try:
-        return nodes.authenticate(
-            state.db.session,
-            state.tables,
-            define_protocol_tables(state.db.metadata),
-            settings,
-            method=request.method,
-            path=request.script_root + request.path,
-            query=request.query_string.decode("latin-1"),
-            headers=request.headers,
-            body=body,
-        )
+        # Committed before the request is served, whatever it then does: a
+        # nonce protects against replays only once every process can see it.
+        with _committed() as session:
+            node_id = nodes.authenticate(
+                session,
+                state.tables,
+                nonces,
+                settings,
+                method=request.method,
+                path=request.script_root + request.path,
+                query=request.query_string.decode("latin-1"),
+                headers=request.headers,
+                body=body,
+            )
     except AuthenticationError:
         failures.count(request.remote_addr)
         raise
+    try:
+        with _committed() as session:
+            nodes.forget_old_nonces(session, nonces, settings, node_id)
+    except sa.exc.OperationalError:
+        pass  # lost a lock race (rolled back); the next request does it
+    return node_id
 
 
 def _schema() -> TrackedSchema:
@@ -204,13 +238,14 @@ def _register() -> Response:
     registrations.count(request.remote_addr)
     settings = _settings()
     message = _message(_body(settings))
-    node = nodes.register_node(
-        state.db.session,
-        state.tables,
-        message,
-        settings,
-        state.extension.registration_checks,
-    )
+    with _committed() as session:
+        node = nodes.register_node(
+            session,
+            state.tables,
+            message,
+            settings,
+            state.extension.registration_checks,
+        )
     if not node.pop("again", False):  # a retry whose first answer was lost
         _notify(signals.node_registered, node={"id": node["id"], "name": node["name"]})
     return _answer(node=node)
@@ -245,14 +280,17 @@ def _pull() -> Response:
     body = _body(settings)
     node_id = _authenticate(settings, body)
     message = _message(body)
-    page = pull(
-        state.db.session,
-        state.tables,
-        _schema(),
-        node_id,
-        message,
-        page_size=settings.pull_page_size,
-    )
+    schema = _schema()
+    with _committed() as session:
+        page = read_page(
+            session,
+            state.tables,
+            schema,
+            node_id,
+            message,
+            page_size=settings.pull_page_size,
+        )
+        record_pulled(session, state.tables, schema, node_id, page, message)
     _notify(
         signals.pull_served,
         node=node_id,
@@ -279,15 +317,15 @@ def _repair() -> Response:
 
 
 def _query() -> Response:
-    state = _state()
     settings = _settings()
     _authenticate(settings, _body(settings))
-    answer = query(
-        state.db.session,
-        _schema(),
-        {name: values for name, values in request.args.lists()},
-        page_size=settings.query_page_size,
-    )
+    with _committed() as session:  # it only reads: ends the transaction
+        answer = query(
+            session,
+            _schema(),
+            {name: values for name, values in request.args.lists()},
+            page_size=settings.query_page_size,
+        )
     return _answer(**answer)
 
 

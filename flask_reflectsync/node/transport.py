@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
@@ -37,10 +37,6 @@ from ..errors import (
 )
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.signing import sign_request
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Answers after which the same request is sent again: the server (or a
 #: proxy in front of it) was busy or rate-limited, and applied nothing.
@@ -273,6 +269,57 @@ def _check_protocol(body: Any, base_url: str) -> None:
         )
 
 
+#: The exception class a node raises for each error code a server sends (see
+#: :ref:`error-codes`), the one place codes become classes. The error keeps
+#: the code it came with in ``code``. A code not listed here (a newer
+#: server's) falls back to the status rules of :func:`_by_status`, as does
+#: an answer without a code (a server from before codes). The three codes of
+#: that time (``invalid-value``, ``invalid-key``, ``push-id-reused``) are
+#: understood for one more release.
+ERROR_CLASSES: dict[str, type[SyncError]] = {
+    "request.invalid": ValidationError,
+    "request.too_large": PayloadTooLargeError,
+    "request.protocol_mismatch": ProtocolMismatchError,
+    "pull.ahead_of_server": ValidationError,
+    "tracking.refused": ValidationError,
+    "auth.unknown_or_bad_signature": AuthenticationError,
+    "auth.unsigned": AuthenticationError,
+    "auth.malformed": AuthenticationError,
+    "auth.expired": AuthenticationError,
+    "auth.replayed": AuthenticationError,
+    "registration.token_required": AuthenticationError,
+    "registration.refused": RegistrationRefusedError,
+    "registration.closed": RegistrationRefusedError,
+    "forbidden": ForbiddenError,
+    "catalog.closed": ForbiddenError,
+    "not_found": NotFoundError,
+    "query.unknown_model": NotFoundError,
+    "http.not_found": ProtocolMismatchError,
+    "gone": GoneError,
+    "log.trimmed": GoneError,
+    "push.conflict": PushRejectedError,
+    "push.broken_reference": PushRejectedError,
+    "push.refused": PushRejectedError,
+    # Not PushIdReusedError: the node drops a refused push's id and keeps
+    # its operations queued, which is what this refusal needs too.
+    "push.id_reused": PushRejectedError,
+    "push-id-reused": PushRejectedError,
+    "push.unique_violation": UniqueConstraintError,
+    "push.invalid_value": InvalidValueError,
+    "invalid-value": InvalidValueError,
+    "push.invalid_key": InvalidKeyError,
+    "invalid-key": InvalidKeyError,
+    "server.busy": ServiceBusyError,
+    "rate.limited": TooManyRequestsError,
+    "server.error": SyncError,
+    "server.misconfigured": SyncError,
+    "catalog.refresh_locked": SyncError,
+}
+
+#: The codes servers sent before dotted codes; the error keeps its class's code.
+_LEGACY_CODES = frozenset({"invalid-value", "invalid-key", "push-id-reused"})
+
+
 def _error_from(
     answer: httpx.Response, route: str, base_url: str, words: Words
 ) -> SyncError:
@@ -292,6 +339,76 @@ def _error_from(
             f"{words.base_url} the server's URL with its sync prefix?"
         )
     message = str(body["error"])
+    sent = body.get("code")
+    code = sent if isinstance(sent, str) else ""
+    kind = ERROR_CLASSES.get(code)
+    if kind is None:
+        error = _by_status(answer, body, message, route, base_url, words)
+    else:
+        error = _build(kind, code, answer, body, message, route, base_url, words)
+    if code and code not in _LEGACY_CODES:
+        error.code = code
+    return error
+
+
+def _build(
+    kind: type[SyncError],
+    code: str,
+    answer: httpx.Response,
+    body: dict[str, Any],
+    message: str,
+    route: str,
+    base_url: str,
+    words: Words,
+) -> SyncError:
+    """The error of class ``kind`` for an answer that sent a known code."""
+    if code == "auth.unknown_or_bad_signature":
+        message += (
+            " The server does not know this node (was its database reset?); "
+            f"{words.register_again}."
+        )
+    elif code == "registration.token_required":
+        message += f" {words.token}"
+    elif code == "http.not_found":
+        message = _missing_route(message, route, base_url, words)
+    error: SyncError
+    if issubclass(kind, InvalidValueError):
+        error = kind(
+            message,
+            table=str(body.get("table")),
+            key=list(body.get("key") or []),
+            column=str(body.get("column")),
+        )
+    elif issubclass(kind, PushRejectedError):
+        error = kind(message, list(body.get("conflicts") or []))
+    elif issubclass(kind, TooManyRequestsError):
+        wait = retry_after(answer.headers.get("Retry-After"))
+        error = kind(message, retry_after=int(wait or 60))
+    else:
+        error = kind(message)
+    if kind is SyncError:
+        error.status = answer.status_code
+    return error
+
+
+def _missing_route(message: str, route: str, base_url: str, words: Words) -> str:
+    return (
+        f"{base_url}{route} does not exist ({message}); check "
+        f"{words.base_url} and the server's REFLECTSYNC_URL_PREFIX."
+    )
+
+
+def _by_status(
+    answer: httpx.Response,
+    body: dict[str, Any],
+    message: str,
+    route: str,
+    base_url: str,
+    words: Words,
+) -> SyncError:
+    """The error for an answer without a known code: chosen by its status
+    and the words of its sentence, as nodes did before codes were sent."""
+    status = answer.status_code
     if status == 400 and "protocol" in message.lower():
         return ProtocolMismatchError(message)
     if status == 400:
@@ -313,8 +430,7 @@ def _error_from(
         if route == "/query":
             return NotFoundError(message)
         return ProtocolMismatchError(
-            f"{base_url}{route} does not exist ({message}); check "
-            f"{words.base_url} and the server's REFLECTSYNC_URL_PREFIX."
+            _missing_route(message, route, base_url, words)
         )
     if status == 409:
         conflicts = list(body.get("conflicts") or [])
@@ -325,14 +441,6 @@ def _error_from(
         return GoneError(message)
     if status == 413:
         return PayloadTooLargeError(message)
-    if status == 422 and body.get("code") in ("invalid-value", "invalid-key"):
-        kind = InvalidKeyError if body["code"] == "invalid-key" else InvalidValueError
-        return kind(
-            message,
-            table=str(body.get("table")),
-            key=list(body.get("key") or []),
-            column=str(body.get("column")),
-        )
     if status in (502, 503, 504):
         return ServiceBusyError(message)
     if status == 429:

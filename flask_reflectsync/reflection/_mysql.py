@@ -130,7 +130,8 @@ class MySQLReader(UnversionedReader):
 
             raise SyncError(
                 "Another process has been refreshing the reflection catalog for "
-                f"{_LOCK_TIMEOUT_SECONDS} seconds; try again later."
+                f"{_LOCK_TIMEOUT_SECONDS} seconds; try again later.",
+                code="catalog.refresh_locked",
             )
         # GET_LOCK is held by the session, not the transaction: end the
         # transaction so that the next reads take a fresh REPEATABLE READ view.

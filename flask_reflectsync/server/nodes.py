@@ -109,6 +109,9 @@ def register_node(
 ) -> dict[str, Any]:
     """Create a node if the registration gates let it in.
 
+    The node's row is added to ``session`` and not committed: the caller
+    commits (the view does, before answering), or rolls back on an error.
+
     The gates: with ``open_registration`` anyone may register. Otherwise at
     least one gate must be configured and every configured one must pass: the
     registration token must match (compared in constant time), and every
@@ -139,7 +142,6 @@ def register_node(
                 nodes.c.last_seen_at.is_(None),
             )
         ).first()
-        session.rollback()
         if found is not None:
             return {
                 "id": found.id,
@@ -158,7 +160,6 @@ def register_node(
     )
     assert result.inserted_primary_key is not None
     (node_id,) = result.inserted_primary_key
-    session.commit()
     return {"id": node_id, "name": name, "secret": derive_secret(key, node_id, salt)}
 
 
@@ -172,14 +173,16 @@ def _admit(
         raise RegistrationRefusedError(
             "Registration is closed: the server sets neither "
             "REFLECTSYNC_REGISTRATION_TOKEN nor a registration check, and "
-            "REFLECTSYNC_OPEN_REGISTRATION is off."
+            "REFLECTSYNC_OPEN_REGISTRATION is off.",
+            code="registration.closed",
         )
     if token is not None:
         presented = registration.get("token")
         if presented is None:
             raise AuthenticationError(
                 "This server needs a registration token: send the server's "
-                "REFLECTSYNC_REGISTRATION_TOKEN when registering."
+                "REFLECTSYNC_REGISTRATION_TOKEN when registering.",
+                code="registration.token_required",
             )
         if not hmac.compare_digest(presented.encode(), str(token).encode()):
             raise RegistrationRefusedError("The registration token is wrong.")
@@ -214,8 +217,11 @@ def authenticate(
 ) -> int:
     """Check a signed request and remember its nonce.
 
-    The nonce is recorded and committed before the request is served, so a
-    replay is refused by every process sharing the database.
+    The nonce and the node's ``last_seen_at`` are added to ``session``, not
+    committed. The caller must commit them *before* serving the request
+    (the views do), and keep them even if the request then fails: a replay
+    is refused by every process sharing the database only once the nonce is
+    committed. After an error, the caller rolls back.
 
     :return: the id of the node that signed the request.
     :raises AuthenticationError: (401) for an unsigned, mis-signed, expired
@@ -226,7 +232,8 @@ def authenticate(
         raise AuthenticationError(
             "This route needs a signed request (headers "
             f"{HEADER_NODE}, {HEADER_TIMESTAMP}, {HEADER_NONCE}, "
-            f"{HEADER_SIGNATURE}); register the node first."
+            f"{HEADER_SIGNATURE}); register the node first.",
+            code="auth.unsigned",
         )
     moment = now or _now()
     node_text, stamp, nonce = (
@@ -238,17 +245,20 @@ def authenticate(
         raise AuthenticationError(
             f"The signature headers are malformed: {HEADER_NODE} must be a "
             f"node id and {HEADER_TIMESTAMP} whole seconds since the epoch, in "
-            "ASCII digits."
+            "ASCII digits.",
+            code="auth.malformed",
         )
     if not _NONCE.fullmatch(nonce):
         raise AuthenticationError(
-            "The nonce must be 16 to 64 letters, digits, '-' or '_'."
+            "The nonce must be 16 to 64 letters, digits, '-' or '_'.",
+            code="auth.malformed",
         )
     age = abs(moment.timestamp() - int(stamp))
     if age > settings.signature_max_age:
         raise AuthenticationError(
             "The request's timestamp is too far from the server's clock; "
-            "check the node's clock and sign the request again."
+            "check the node's clock and sign the request again.",
+            code="auth.expired",
         )
     node_id = int(node_text)
     stored = None
@@ -271,7 +281,6 @@ def authenticate(
         found[HEADER_SIGNATURE],
     )
     if not (known and matches):
-        session.rollback()
         raise AuthenticationError(NOT_RECOGNISED)
     _remember_nonce(session, tables, nonces, settings, node_id, nonce, moment)
     return node_id
@@ -298,35 +307,35 @@ def _remember_nonce(
             sa.insert(nonces).values(node_id=node_id, nonce=nonce, created_at=moment)
         )
     except sa.exc.IntegrityError:
-        session.rollback()
         raise AuthenticationError(
             "This request was already received (replayed nonce); sign each "
-            "request with a new nonce."
+            "request with a new nonce.",
+            code="auth.replayed",
         ) from None
-    session.commit()
-    _forget_old_nonces(session, nonces, settings, node_id, moment)
 
 
-def _forget_old_nonces(
+def forget_old_nonces(
     session: Session,
     nonces: sa.Table,
     settings: ServerSettings,
     node_id: int,
-    moment: datetime.datetime,
+    *,
+    now: datetime.datetime | None = None,
 ) -> None:
-    # Nonces older than the signature window can never be replayed (their
-    # timestamp would be refused). Dropping them is housekeeping in its own
-    # transaction: if it loses a lock race, the next request does it.
+    """Delete the nonces of ``node_id`` that can never be replayed (their
+    timestamp would be refused), without committing.
+
+    Housekeeping for its own transaction, after the request's nonce is
+    committed: if it loses a lock race (``OperationalError``), the caller
+    rolls it back and the next request does it.
+    """
+    moment = now or _now()
     expired = moment - datetime.timedelta(seconds=2 * settings.signature_max_age)
-    try:
-        session.execute(
-            sa.delete(nonces).where(
-                nonces.c.node_id == node_id, nonces.c.created_at < expired
-            )
+    session.execute(
+        sa.delete(nonces).where(
+            nonces.c.node_id == node_id, nonces.c.created_at < expired
         )
-        session.commit()
-    except sa.exc.OperationalError:
-        session.rollback()
+    )
 
 
 def _now() -> datetime.datetime:

@@ -29,11 +29,11 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "Unknown model.",
         409: "The push conflicts with changes the node has not pulled, or "
         "breaks a unique constraint, or reuses a push id for other content "
-        "(code push-id-reused); nothing was written.",
+        "(code push.id_reused); nothing was written.",
         413: "The body is larger than REFLECTSYNC_MAX_BODY_SIZE.",
-        422: "A value the server's column cannot store (code invalid-value), "
-        "or a key in the server's reserve (code invalid-key); the envelope "
-        "names table, key and column. Nothing was written.",
+        422: "A value the server's column cannot store (code push.invalid_value), "
+        "or a key in the server's reserve (code push.invalid_key); the "
+        "envelope names table, key and column. Nothing was written.",
         429: "Too many registrations or badly signed requests from this "
         "address in the last minute; wait Retry-After seconds.",
         503: "The database is busy; retry the same request.",
@@ -237,7 +237,9 @@ def openapi_document(prefix: str) -> dict[str, Any]:
             "title": "flask-reflectsync",
             "version": str(PROTOCOL_VERSION),
             "description": 'Every answer is {"ok": true, ...} or '
-            '{"ok": false, "error": "...", "status": N}.',
+            '{"ok": false, "error": "...", "status": N, "code": "..."}; '
+            "code is a stable dotted error code (auth.replayed, push.conflict, "
+            "http.not_found, ...).",
         },
         "paths": {
             f"{base}/register": {

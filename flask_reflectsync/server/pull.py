@@ -58,7 +58,7 @@ from .schema import TrackedSchema
 from .trim import check_not_trimmed
 
 
-def pull(
+def read_page(
     session: Session,
     tables: LogTables,
     schema: TrackedSchema,
@@ -67,7 +67,8 @@ def pull(
     *,
     page_size: int,
 ) -> dict[str, Any]:
-    """One page of the changes after the node's version.
+    """One page of the changes after the node's version, read without
+    writing anything: serving it is recorded by :func:`record_pulled`.
 
     :param page_size: the most operations a page may hold; a request's
         ``limit`` can only lower it.
@@ -87,7 +88,8 @@ def pull(
     if since > current:
         raise ValidationError(
             f"since {since} is newer than the server's latest version "
-            f"{current}; the node must repair from this server."
+            f"{current}; the node must repair from this server.",
+            code="pull.ahead_of_server",
         )
 
     versions, operations = tables.versions, tables.operations
@@ -141,16 +143,6 @@ def pull(
         part = None if info is None else _table_changes(session, info, keyed, aware)
         if part is not None:
             changes[name] = part
-    session.execute(
-        sa.update(nodes_table(tables))
-        .where(nodes_table(tables).c.id == node_id)
-        .values(
-            last_pulled_version=until,
-            last_seen_at=datetime.datetime.now(datetime.timezone.utc),
-        )
-    )
-    blocks = reserve_key_blocks(session, schema, request.get("keys") or ())
-    session.commit()
     page: dict[str, Any] = {
         "changes": changes,
         "until": until,
@@ -160,9 +152,41 @@ def pull(
     }
     if total is not None:
         page["total"] = total
+    return page
+
+
+def record_pulled(
+    session: Session,
+    tables: LogTables,
+    schema: TrackedSchema,
+    node_id: int,
+    page: dict[str, Any],
+    message: Any,
+    *,
+    now: datetime.datetime | None = None,
+) -> None:
+    """Write what serving ``page`` (from :func:`read_page`) to the node
+    means, without committing: the node's ``last_pulled_version`` (how far
+    the log may be trimmed) and ``last_seen_at``, and the key blocks the
+    request asked for, added to the page as ``"keys"``.
+
+    The caller commits before sending the page: a node must never hold keys
+    the server has not reserved for it.
+
+    :param message: the pull request, already validated by :func:`read_page`.
+    """
+    nodes = nodes_table(tables)
+    session.execute(
+        sa.update(nodes)
+        .where(nodes.c.id == node_id)
+        .values(
+            last_pulled_version=page["until"],
+            last_seen_at=now or datetime.datetime.now(datetime.timezone.utc),
+        )
+    )
+    blocks = reserve_key_blocks(session, schema, message.get("keys") or ())
     if blocks:
         page["keys"] = blocks
-    return page
 
 
 def _count(session: Session, query: sa.Select[Any]) -> int:

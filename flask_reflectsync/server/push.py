@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, scoped_session
 from sqlalchemy.orm.exc import StaleDataError
 
 from ..errors import (
+    ConfigurationError,
     InvalidKeyError,
     InvalidValueError,
     PushIdReusedError,
@@ -47,7 +48,12 @@ from ..errors import (
 )
 from ..rows import batches, key_filter, key_reference, unique_column_sets
 from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
-from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
+from ..tracking.capture import (
+    VERSION_ROW_VALUES,
+    ensure_version,
+    has_logged_writes,
+    record_operations,
+)
 from ..tracking.keys import encode_key
 from ..tracking.tables import VERSION_ROW, current_version
 from ..wire.codec import (
@@ -149,11 +155,29 @@ def push(
 ) -> PushOutcome:
     """Apply one push atomically and exactly once.
 
-    A deadlock or lock timeout (MariaDB picks a victim among concurrent
-    pushes) rolls everything back; the push is then tried again here, after
-    a short random pause, up to :data:`BUSY_TRIES` times, so the node sees a
-    503 only when the database stays busy.
+    Unlike the other handlers, which leave commit to their caller, a push
+    owns its transactions, and commits or rolls back ``session`` itself:
+
+    - a deadlock or lock timeout (MariaDB picks a victim among concurrent
+      pushes) rolls everything back; the push is then tried again here, in
+      a new transaction, after a short random pause, up to
+      :data:`BUSY_TRIES` times, so the node sees a 503 only when the
+      database stays busy;
+    - a constraint violation is explained after the rollback, from what
+      other transactions committed meanwhile (the same push, retried
+      concurrently, may have won);
+    - each try must run under ``READ COMMITTED``, which is set when its
+      connection is procured, so no transaction may be open when it starts.
+
+    A caller's pending work cannot survive any of this, so it is refused
+    rather than committed or lost along with the push.
+
+    :param session: the app's tracked session. A transaction that only read
+        is ended first; one with writes (pending objects, or logged
+        operations) is refused.
+    :raises ConfigurationError: if the session's transaction holds writes.
     """
+    _check_no_writes(session)
     for attempt in range(1, BUSY_TRIES + 1):
         try:
             return _push_once(session, tables, schema, node_id, message)
@@ -162,6 +186,19 @@ def push(
                 raise
             time.sleep(random.uniform(0.01, 0.05) * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _check_no_writes(given: Session) -> None:
+    session = given() if isinstance(given, scoped_session) else given
+    if not session.in_transaction():
+        return
+    if session.new or session.dirty or session.deleted or has_logged_writes(session):
+        raise ConfigurationError(
+            "push() commits or rolls back its own transaction, and the "
+            "session it was given holds uncommitted writes: commit or roll "
+            "them back before applying a push."
+        )
+    session.rollback()  # it only read: ending it loses nothing
 
 
 def _push_once(
@@ -241,6 +278,7 @@ def _push_once(
                 "server does not have (a parent deleted on one side while "
                 "referenced on the other); pull, merge and push again.",
                 broken[:MAX_LISTED],
+                code="push.broken_reference",
             )
         session.commit()
     except (sa.exc.IntegrityError, StaleDataError) as error:
@@ -1133,11 +1171,13 @@ def _explain_integrity_error(
     if isinstance(error, StaleDataError):
         return PushRejectedError(
             "The push updates rows that no longer exist on the server; pull, "
-            "merge and push again."
+            "merge and push again.",
+            code="push.refused",
         )
     detail = str(getattr(error, "orig", error)).strip().splitlines()[0]
     return PushRejectedError(
-        f"The database refused the push ({detail}); nothing was written."
+        f"The database refused the push ({detail}); nothing was written.",
+        code="push.refused",
     )
 
 

@@ -44,6 +44,8 @@ def query(
 ) -> dict[str, Any]:
     """Rows of one tracked model matching every filter.
 
+    Only reads; the caller ends the transaction.
+
     :param params: the query string, each name with all its values.
     :param page_size: the largest ``limit`` allowed (and the default).
     :return: ``{"model", "rows", "next_offset"}``; ``rows`` are objects by
@@ -67,7 +69,8 @@ def query(
     if info is None:
         raise NotFoundError(
             f"No tracked model {model!r}; the server serves "
-            f"{', '.join(sorted(schema.tables)) or 'no tables'}."
+            f"{', '.join(sorted(schema.tables)) or 'no tables'}.",
+            code="query.unknown_model",
         )
     limit = _count(single.get("limit"), "limit", page_size)
     if not 1 <= limit <= page_size:
@@ -82,7 +85,6 @@ def query(
             statement = statement.where(_condition(info.table, codecs, name, text))
     statement = statement.order_by(*info.pk_columns).limit(limit + 1).offset(offset)
     rows = session.execute(statement).all()
-    session.rollback()
     more = len(rows) > limit
     encoded = [
         {

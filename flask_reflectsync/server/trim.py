@@ -95,5 +95,6 @@ def check_not_trimmed(
         raise GoneError(
             f"The server trimmed its log through version {done} and this node's "
             f"{what} is {since}: the changes in between are gone. Repair the "
-            "node from the server (client.repair() or `reflectsync-node repair`)."
+            "node from the server (client.repair() or `reflectsync-node repair`).",
+            code="log.trimmed",
         )

@@ -399,6 +399,12 @@ def record_operations(
         _write(session, log, batch)
 
 
+def has_logged_writes(session: Session) -> bool:
+    """Whether the session's transaction has logged an operation (or been
+    given its version row) that is not committed yet."""
+    return session.info.get(_TX_KEY) is not None
+
+
 def ensure_version(session: Session) -> int:
     """Give the session's transaction its version row now, even if it logged
     no operation, and return the row's id; it is numbered at commit.

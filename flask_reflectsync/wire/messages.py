@@ -345,7 +345,7 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Error": {
         "type": "object",
-        "required": ["ok", "error", "status"],
+        "required": ["ok", "error", "status", "code"],
         "properties": {
             "ok": {"type": "boolean", "enum": [False]},
             "error": {"type": "string"},
@@ -357,24 +357,28 @@ SCHEMAS: dict[str, Schema] = {
             },
             "code": {
                 "type": "string",
-                "enum": ["invalid-value", "invalid-key", "push-id-reused"],
-                "description": "What kind of refusal, for programs.",
+                "pattern": r"^[a-z0-9_]+(\.[a-z0-9_]+)*$",
+                "description": "The stable, dotted kind of error, for programs "
+                "to branch on (auth.replayed, push.conflict, http.not_found, "
+                "...); see the error-code table of the protocol.",
             },
             "table": {
                 "type": "string",
-                "description": "invalid-value, invalid-key: the row's table.",
+                "description": "push.invalid_value, push.invalid_key: the "
+                "row's table.",
             },
             "key": {
                 "type": "array",
-                "description": "invalid-value, invalid-key: the row's key as sent.",
+                "description": "push.invalid_value, push.invalid_key: the "
+                "row's key as sent.",
             },
             "column": {
                 "type": "string",
-                "description": "invalid-value, invalid-key: the column.",
+                "description": "push.invalid_value, push.invalid_key: the column.",
             },
             "push_id": {
                 "type": "string",
-                "description": "push-id-reused: the push id.",
+                "description": "push.id_reused: the push id.",
             },
         },
     },
@@ -456,7 +460,8 @@ def validate(value: Any, schema_name: str) -> dict[str, Any]:
     if "protocol" in value and protocol != PROTOCOL_VERSION:
         raise ValidationError(
             f"Unsupported protocol version {protocol!r}; this server speaks "
-            f"protocol {PROTOCOL_VERSION}."
+            f"protocol {PROTOCOL_VERSION}.",
+            code="request.protocol_mismatch",
         )
     _VALIDATORS[schema_name](value, "message")
     return value
