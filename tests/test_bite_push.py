@@ -35,7 +35,9 @@ def _set_population(key: int, value: int) -> tuple[list[Any], dict[str, Any]]:
     )
 
 
-@pytest.mark.parametrize("resolution", [None, "server-wins", "node-wins", "last-pusher-wins"])
+@pytest.mark.parametrize(
+    "resolution", [None, "server-wins", "node-wins", "last-pusher-wins"]
+)
 def test_a_retry_after_another_node_changed_the_row_gets_the_stored_answer(
     server: ServerEnv, resolution: str | None
 ) -> None:
