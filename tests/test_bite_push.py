@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from .conftest import AppFactory
-from .http_server import ServerEnv, server_env
+from .http_server import ServerEnv, database_state, server_env, without_nonces
 from .oplog import logged
 
 
@@ -101,3 +101,56 @@ def test_a_retry_after_the_log_was_trimmed_past_it_gets_the_stored_answer(
     assert _population(server, 1) == 20
     # The node's next pull is what tells it to repair.
     assert first.pull(since=1).status_code == 410
+
+
+def _seed_country_and_city(server: ServerEnv) -> None:
+    node = server.node()
+    answer = node.push(
+        [
+            {"table": "country", "key": [1], "command": "i"},
+            {"table": "city", "key": [1], "command": "i"},
+        ],
+        {
+            "country": {"columns": ["id", "name"], "rows": [[1, "Peru"]]},
+            "city": {
+                "columns": ["id", "name", "population", "country_id"],
+                "rows": [[1, "Lima", 1, 1]],
+            },
+        },
+    )
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_push_of_a_row_pointing_at_a_missing_parent_is_refused(
+    server: ServerEnv,
+) -> None:
+    # SQLite without PRAGMA foreign_keys would store it: the server checks.
+    _seed_country_and_city(server)
+    node = server.node()
+    node.last_version = 1
+    before = without_nonces(database_state(server.env))
+    answer = node.push(
+        [{"table": "city", "key": [2], "command": "i"}],
+        {
+            "city": {
+                "columns": ["id", "name", "population", "country_id"],
+                "rows": [[2, "Nowhere", 1, 99]],
+            }
+        },
+    )
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["ok"] is False
+    assert without_nonces(database_state(server.env)) == before
+
+
+def test_a_push_deleting_a_parent_rows_still_point_at_is_refused(
+    server: ServerEnv,
+) -> None:
+    _seed_country_and_city(server)
+    node = server.node()
+    node.last_version = 1
+    before = without_nonces(database_state(server.env))
+    answer = node.push([{"table": "country", "key": [1], "command": "d"}], {})
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["ok"] is False
+    assert without_nonces(database_state(server.env)) == before

@@ -4,12 +4,21 @@ refused, and the request changes nothing."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
+import httpx
 import pytest
 
 from .conftest import AppFactory
-from .http_server import ServerEnv, database_state, insert, server_env, without_nonces
+from .http_server import (
+    ServerEnv,
+    TestNode,
+    database_state,
+    insert,
+    server_env,
+    without_nonces,
+)
 
 #: The header name is part of the protocol (docs/protocol.rst).
 SIGNATURE = "X-Reflectsync-Signature"
@@ -57,3 +66,56 @@ def test_a_signature_that_is_not_exactly_the_right_one_is_refused(
 
     # The right signature still passes (the refusal was the signature's).
     assert node.call("POST", "/push", json=body).status_code == 200
+
+
+def _pull(node: TestNode) -> httpx.Request:
+    return node.build("POST", "/pull", json={"protocol": 1, "since": 0})
+
+
+@pytest.mark.parametrize("skew", [-3600, 3600, -301, 301])
+def test_a_timestamp_too_far_from_the_servers_clock_either_way_is_refused(
+    server: ServerEnv, skew: int
+) -> None:
+    # REFLECTSYNC_SIGNATURE_MAX_AGE is 300 s: a clock ahead is no better
+    # than a clock behind (a request signed for the future could be
+    # replayed until then, after its nonce was forgotten).
+    node = server.node()
+    request = node.sign(_pull(node), timestamp=int(time.time()) + skew)
+    answer = node.send(request)
+    assert answer.status_code == 401
+    assert "clock" in answer.json()["error"]
+
+
+def test_a_timestamp_within_the_window_either_way_is_accepted(
+    server: ServerEnv,
+) -> None:
+    node = server.node()
+    for skew in (-200, 200):
+        request = node.sign(_pull(node), timestamp=int(time.time()) + skew)
+        assert node.send(request).status_code == 200, skew
+
+
+def test_a_request_replayed_after_later_requests_is_still_refused(
+    server: ServerEnv,
+) -> None:
+    # The server forgets nonces only once their timestamps are out of the
+    # window; requests in between must not make it forget earlier ones.
+    node = server.node()
+    first = node.sign(_pull(node))
+    assert node.send(first).status_code == 200
+    for _ in range(3):
+        assert (
+            node.call("POST", "/pull", json={"protocol": 1, "since": 0}).status_code
+            == 200
+        )
+    replay = node.client.build_request(
+        first.method,
+        first.url,
+        content=first.content,
+        headers={
+            k: v for k, v in first.headers.items() if k.lower() != "content-length"
+        },
+    )
+    answer = node.send(replay)
+    assert answer.status_code == 401
+    assert "replayed" in answer.json()["error"]
