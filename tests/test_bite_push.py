@@ -1,5 +1,6 @@
-"""Exactly-once pushes when the world moved on between the first attempt
-and its retry (issue 12)."""
+"""Pushes (issue 12): exactly-once when the world moved on between the first
+attempt and its retry, and refused when they would leave rows pointing at
+rows the server does not have."""
 
 from __future__ import annotations
 
