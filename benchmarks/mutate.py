@@ -46,6 +46,9 @@ class Mutation:
     :param bug: what the mutant does wrong, in words.
     :param anchor: source text that occurs exactly once in the package.
     :param replace: the text put in its place.
+    :param alternatives: further ``(anchor, replace)`` pairs, tried in turn
+        when the anchor is not found: the same bug in another version of
+        the code (before and after a refactoring).
     :param tests: pytest arguments (files or node ids) that should kill it.
     """
 
@@ -54,6 +57,7 @@ class Mutation:
     anchor: str
     replace: str
     tests: tuple[str, ...]
+    alternatives: tuple[tuple[str, str], ...] = ()
 
 
 def _load(path: Path) -> list[Mutation]:
@@ -64,6 +68,9 @@ def _load(path: Path) -> list[Mutation]:
             bug=r["bug"],
             anchor=r["anchor"],
             replace=r["replace"],
+            alternatives=tuple(
+                (a["anchor"], a["replace"]) for a in r.get("alternatives", ())
+            ),
             tests=tuple(r["tests"]),
         )
         for r in records
@@ -74,19 +81,28 @@ def _sources(package: Path) -> list[Path]:
     return sorted(p for p in package.rglob("*.py") if "__pycache__" not in p.parts)
 
 
-def locate(mutation: Mutation, package: Path) -> tuple[Path | None, str]:
-    """The file holding the mutation's anchor, or ``None`` and the reason."""
-    found = []
-    for path in _sources(package):
-        count = path.read_text(encoding="utf-8").count(mutation.anchor)
-        if count:
-            found.append((path, count))
-    if not found:
-        return None, "anchor not found"
-    if len(found) > 1 or found[0][1] > 1:
-        places = ", ".join(f"{p.relative_to(package.parent)} x{n}" for p, n in found)
-        return None, f"anchor is ambiguous ({places})"
-    return found[0][0], ""
+def locate(mutation: Mutation, package: Path) -> tuple[Path | None, str, str]:
+    """The file holding the mutation's anchor (or one of its alternatives)
+    and the rewrite to make there: ``(path, anchor, replace)``, or ``None``
+    and the reason it cannot be applied."""
+    reason = ""
+    for anchor, replacement in (
+        (mutation.anchor, mutation.replace),
+        *mutation.alternatives,
+    ):
+        found = []
+        for path in _sources(package):
+            count = path.read_text(encoding="utf-8").count(anchor)
+            if count:
+                found.append((path, count))
+        if len(found) == 1 and found[0][1] == 1:
+            return found[0][0], anchor, replacement
+        if found and not reason:
+            places = ", ".join(
+                f"{p.relative_to(package.parent)} x{n}" for p, n in found
+            )
+            reason = f"anchor is ambiguous ({places})"
+    return None, reason or "anchor not found", ""
 
 
 def _scratch_copy() -> Path:
@@ -201,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.list:
         for m in chosen:
-            path, reason = locate(m, ROOT / PACKAGE)
+            path, reason, _ = locate(m, ROOT / PACKAGE)
             where = path.relative_to(ROOT) if path else f"NOT APPLIED: {reason}"
             print(f"{m.name:34} {where}\n    {m.bug}\n    tests: {' '.join(m.tests)}")
         return 0
@@ -220,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         results = []
         for m in chosen:
-            path, reason = locate(m, scratch / PACKAGE)
+            path, anchor, rewrite = locate(m, scratch / PACKAGE)
             if path is None:
+                reason = anchor
                 results.append((m, "not applied", reason, 0.0))
                 print(f"{m.name:34} not applied ({reason})", flush=True)
                 continue
             original = path.read_text(encoding="utf-8")
-            path.write_text(original.replace(m.anchor, m.replace), encoding="utf-8")
+            path.write_text(original.replace(anchor, rewrite), encoding="utf-8")
             try:
                 outcome, took, first = _pytest(
                     scratch, everything if args.all_tests else m.tests, args.timeout
