@@ -44,7 +44,7 @@ from werkzeug.serving import make_server
 
 from flask_reflectsync import ReflectSync, track
 from flask_reflectsync.client import SyncClient
-from flask_reflectsync.protocol.signing import sign_request
+from flask_reflectsync.wire.signing import sign_request
 
 DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_srv"
 COLUMNS = ["id", "name", "count", "score"]

@@ -51,7 +51,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, scoped_session
 
 from flask_reflectsync import signals
-from flask_reflectsync.client import Conflict, SyncClient, SyncResult
+from flask_reflectsync.client import Conflict, KindResolver, SyncClient, SyncResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import soak_app  # noqa: E402  (next to this script, also imported by gunicorn)
@@ -274,11 +274,12 @@ def _unique_resolver(who: str) -> Any:
     counter = iter(range(10**9))
 
     def resolve(conflict: Conflict) -> Any:
-        if conflict.kind == "unique" and conflict.table == "soak_survey":
+        if conflict.table == "soak_survey":
             return {"code": f"u-{who}-{next(counter)}"}
         return None
 
-    return resolve
+    # Only unique conflicts: the server decides the direct ones itself.
+    return KindResolver(resolve, {"unique"})
 
 
 def open_node(

@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from flask_reflectsync import signals
 from flask_reflectsync.client import SyncClient
-from flask_reflectsync.node_cli import describe_conflict
+from flask_reflectsync.node.cli import describe_conflict
 
 from .server import Observation, Site, create_app, db, sync
 

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.errors import SyncError
-from flask_reflectsync.node_cli import describe_conflict
+from flask_reflectsync.node.cli import describe_conflict
 
 from .models import Base, Observation, Site
 

@@ -9,8 +9,10 @@ puts a relative SQLite path in the app's instance folder, ``instance/`` beside
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
+import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
@@ -47,5 +49,21 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     db.init_app(app)
     sync.init_app(app, db)
     with app.app_context():
-        db.create_all()
+        _create_tables()
     return app
+
+
+def _create_tables(tries: int = 5) -> None:
+    """``db.create_all()``, safe when several processes start at once (say
+    gunicorn's workers): two creating one table race, and the loser's error
+    just means the table now exists, so try again. A real app would rather
+    create its tables once, with its migrations, before starting workers."""
+    for attempt in range(1, tries + 1):
+        try:
+            db.create_all()
+            return
+        except sa.exc.DatabaseError:
+            db.session.rollback()
+            if attempt == tries:
+                raise
+            time.sleep(0.05 * attempt)

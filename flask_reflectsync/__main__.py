@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .node_cli import main
+from .node.cli import main
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ from .reflection.changes import (
     TableDropped,
     TableRenamed,
 )
+from .server.nodes import nodes_table
 from .tracking.tables import current_version
 
 cli = AppGroup(
@@ -148,7 +149,7 @@ def tables_command(schema: str, deleted: bool) -> None:
 def nodes_command() -> None:
     """List registered nodes: when each was last seen and how far behind it is."""
     state = _state()
-    nodes = state.tables.nodes
+    nodes = nodes_table(state.tables)
     with state.db.engine.connect() as connection:
         current = current_version(connection, state.tables)
         found = connection.execute(
@@ -196,7 +197,7 @@ def trim_command(through: int | None, dry_run: bool) -> None:
     node has pulled. The versions themselves are kept (they make retried
     pushes exactly-once).
     """
-    from .protocol import trim
+    from .server import trim
 
     state = _state()
     tables = state.tables

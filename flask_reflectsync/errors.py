@@ -204,6 +204,22 @@ class ServiceBusyError(SyncError):
     retryable = True
 
 
+class TooManyRequestsError(SyncError):
+    """An address sent more registrations, or more badly signed requests,
+    than the server allows in a minute (see :ref:`rate-limits`); answered
+    with ``Retry-After``. Nothing was written.
+
+    :param retry_after: seconds to wait before trying again.
+    """
+
+    status = 429
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class ServerUnreachableError(SyncError):
     """A node could not reach the sync server, or lost its answer (connection
     refused, timeout, broken connection). Retryable: a pending push keeps its
@@ -246,6 +262,7 @@ __all__ = [
     "PushRejectedError",
     "UniqueConstraintError",
     "ServiceBusyError",
+    "TooManyRequestsError",
     "ServerUnreachableError",
     "ProtocolMismatchError",
     "NotRegisteredError",

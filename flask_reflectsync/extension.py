@@ -12,15 +12,20 @@ from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes
 from .cli import cli
-from .protocol.key_blocks import define_key_reservations
-from .protocol.nodes import RegistrationCheck
-from .protocol.settings import SERVER_CONFIG_DEFAULTS, define_protocol_tables
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
+from .server.key_blocks import define_key_reservations
+from .server.nodes import RegistrationCheck, define_server_log
+from .server.schema import TrackedSchema
+from .server.settings import (
+    SERVER_CONFIG_DEFAULTS,
+    ServerSettings,
+    define_protocol_tables,
+)
+from .server.stale import define_push_rulings
 from .tracking import (
     LogTables,
     OperationLog,
-    define_tables,
     start_tracking,
     stop_tracking,
     track,
@@ -63,6 +68,12 @@ class AppState:
     :param tables: the extension's tables on ``db.metadata``.
     :param log: the operations log ``db.session`` writes to.
     :param config: the ``REFLECTSYNC_*`` values as they were at ``init_app``.
+    :param settings: the sync server's settings, kept with the ``SECRET_KEY``
+        they were built with (built again when it changes).
+    :param schema: the tracked tables of ``db.metadata``, kept with what they
+        were derived from (see :func:`~.tracking.registry.registry_state`).
+    :param limits: the per-address limits of the sync routes, made on first
+        use (see :mod:`.blueprints.limits`).
     """
 
     extension: ReflectSync
@@ -70,6 +81,9 @@ class AppState:
     tables: LogTables
     log: OperationLog
     config: dict[str, Any]
+    settings: tuple[Any, ServerSettings] | None = None
+    schema: tuple[tuple[int, int, int], TrackedSchema] | None = None
+    limits: Any = None
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:
@@ -127,8 +141,9 @@ class ReflectSync:
         self.registration_checks: list[RegistrationCheck] = []
         self.options = {_OPTIONS[name]: value for name, value in options.items()}
         if db is not None:
-            define_tables(db.metadata)
+            define_server_log(db.metadata)
             define_key_reservations(db.metadata)
+            define_push_rulings(db.metadata)
         if app is not None:
             self.init_app(app, db)
 
@@ -167,8 +182,9 @@ class ReflectSync:
             app.config.setdefault(key, self.options.get(key, default))
         config = {key: app.config[key] for key in CONFIG_DEFAULTS}
 
-        tables = define_tables(db.metadata)
+        tables = define_server_log(db.metadata)
         define_key_reservations(db.metadata)
+        define_push_rulings(db.metadata)
         log = OperationLog(tables=tables, assign_versions=True)
         if config["REFLECTSYNC_TRACK_CHANGES"]:
             start_tracking(db.session, _log_of_current_app)

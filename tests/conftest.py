@@ -5,6 +5,8 @@ Tests run on SQLite (a fresh file per test) unless
 ``postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_test`` or
 ``mysql+pymysql://root@127.0.0.1:3306/reflectsync_test``. A database that was
 named but cannot be reached stops the run with an error; it never skips.
+Under pytest-xdist (``-n``), each worker uses a database of its own beside
+the named one (``reflectsync_test_gw0``, ...), dropped and created afresh.
 """
 
 from __future__ import annotations
@@ -26,24 +28,51 @@ from flask_reflectsync import ReflectSync, track
 if TYPE_CHECKING:
     from .nodes import Cluster
 
-SERVER_URL = os.environ.get("REFLECTSYNC_TEST_DATABASE_URL") or None
+#: The database named by the environment; under pytest-xdist each worker
+#: uses one of its own beside it (see :func:`_worker_database`).
+NAMED_URL = os.environ.get("REFLECTSYNC_TEST_DATABASE_URL") or None
+SERVER_URL = NAMED_URL
+
+
+def _worker_database(url: str, worker: str) -> str:
+    """A fresh database ``<name>_<worker>`` on the server of ``url`` (dropped
+    and created again), for one pytest-xdist worker: the tests of one worker
+    create and drop their tables without meeting another's."""
+    parsed = sa.make_url(url)
+    name = f"{parsed.database}_{worker}"
+    backend = parsed.get_backend_name()
+    admin = parsed.set(database="postgres" if backend == "postgresql" else None)
+    engine = sa.create_engine(admin, isolation_level="AUTOCOMMIT")
+    quoted = engine.dialect.identifier_preparer.quote_identifier(name)
+    try:
+        with engine.connect() as connection:
+            connection.execute(sa.text(f"DROP DATABASE IF EXISTS {quoted}"))
+            connection.execute(sa.text(f"CREATE DATABASE {quoted}"))
+    finally:
+        engine.dispose()
+    return parsed.set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _reachable_database() -> None:
-    if SERVER_URL is None:
+    global SERVER_URL
+    if NAMED_URL is None:
         return
-    engine = sa.create_engine(SERVER_URL)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
     try:
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
+        SERVER_URL = _worker_database(NAMED_URL, worker) if worker else NAMED_URL
+        engine = sa.create_engine(SERVER_URL)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        finally:
+            engine.dispose()
     except Exception as error:  # pragma: no cover - the point is to fail loudly
         pytest.exit(
-            f"REFLECTSYNC_TEST_DATABASE_URL={SERVER_URL} cannot be reached: {error}",
+            f"REFLECTSYNC_TEST_DATABASE_URL={NAMED_URL} cannot be reached"
+            f"{f' (worker {worker})' if worker else ''}: {error}",
             returncode=1,
         )
-    finally:
-        engine.dispose()
 
 
 @pytest.fixture

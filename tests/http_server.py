@@ -2,7 +2,7 @@
 
 ``served`` runs the app under werkzeug in a thread on a free port;
 :class:`TestNode` registers and signs requests with httpx, the way a real
-node does (the shared signing code is :mod:`flask_reflectsync.protocol.signing`).
+node does (the shared signing code is :mod:`flask_reflectsync.wire.signing`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.serving import make_server
 
 from flask_reflectsync import track
-from flask_reflectsync.protocol.signing import sign_request
+from flask_reflectsync.wire.signing import sign_request
 
 from .conftest import AppEnv, AppFactory
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flask_reflectsync.protocol.signing import HEADER_NODE, HEADER_TIMESTAMP
+from flask_reflectsync.wire.signing import HEADER_NODE, HEADER_TIMESTAMP
 
 from .conftest import AppFactory
 from .http_server import (
@@ -326,6 +326,12 @@ CASES: dict[str, Case] = {
         _signed("GET", f"/tables/{10**20}"),
         404,
         f"There is no table with id {10**20}",
+        signed=False,
+    ),
+    "catalog include_deleted=maybe": Case(
+        _signed("GET", "/schemas", params={"include_deleted": "maybe"}),
+        400,
+        "include_deleted must be 0 or 1, not 'maybe'",
         signed=False,
     ),
 }

@@ -124,6 +124,69 @@ def test_update_update_with_a_callable(net: Cluster, resolved: list[Conflict]) -
     assert (1, "Lima", 300, 1) in net.assert_converged()["city"]
 
 
+def test_a_kind_resolver_leaves_direct_conflicts_to_the_server(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    """A resolver declared for unique conflicts only: the server decides the
+    node's stale update itself (no 409, no second push), by ``otherwise``."""
+    from flask_reflectsync.client import KindResolver
+
+    m = net.server.env.models
+    asked: list[str] = []
+
+    def only_unique(conflict: Conflict) -> Any:
+        asked.append(conflict.kind)
+        return None
+
+    a = net.node()
+    b = net.node(resolution=KindResolver(only_unique, {"unique"}, "server-wins"))
+    _seed(net, a, b)
+    _set(a, m.City, 1, population=100)
+    _set(b, m.City, 1, population=200)
+    a.synchronize()
+    result = b.synchronize()
+    assert result.attempts == 1  # decided by the server, not refused
+    assert [(c.kind, c.resolution) for c in result.conflicts] == [
+        ("update/update", "server")
+    ]
+    assert asked == []  # never asked about a kind it did not name
+    net.settle()
+    assert (1, "Lima", 100, 1) in net.assert_converged()["city"]
+
+
+def test_a_kind_resolver_is_asked_about_its_kinds_only() -> None:
+    from flask_reflectsync.client import KindResolver
+    from flask_reflectsync.errors import ConfigurationError
+    from flask_reflectsync.protocol.merge import Resolutions
+
+    class Model:
+        pass
+
+    def conflict(kind: str) -> Conflict:
+        return Conflict(kind, Model, "t", (1,), {"id": 1}, {"id": 1})
+
+    asked: list[str] = []
+
+    def decide(c: Conflict) -> Any:
+        asked.append(c.kind)
+        return {"code": "x"} if c.kind == "unique" else "node"
+
+    plain = Resolutions(decide)
+    kinds = Resolutions(KindResolver(decide, ["unique"], otherwise="server-wins"))
+    assert plain.named(Model) is None  # the server cannot call it
+    assert kinds.named(Model) == "server-wins"
+    assert kinds.decide(conflict("unique")) == {"code": "x"}
+    assert kinds.decide(conflict("update/update")) == "server"
+    assert kinds.decide(conflict("primary-key")) == "node"  # re-keyed
+    assert asked == ["unique"]
+    direct = Resolutions(KindResolver(decide, {"update/update"}))
+    assert direct.named(Model) is None  # it wants to see direct conflicts
+    with pytest.raises(ConfigurationError, match="kind"):
+        KindResolver(decide, {"updates"})
+    with pytest.raises(ConfigurationError, match="otherwise"):
+        KindResolver(decide, {"unique"}, otherwise="first-wins")
+
+
 def test_update_beats_a_concurrent_delete(
     net: Cluster, resolved: list[Conflict]
 ) -> None:

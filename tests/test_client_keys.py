@@ -6,10 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
-from flask_reflectsync.client import NODE_KEYS, SyncClient
+from flask_reflectsync import errors
+from flask_reflectsync.client import SyncClient
+from flask_reflectsync.node.tables import NODE_KEYS
 
 from .nodes import Cluster
 
@@ -123,9 +126,10 @@ def test_repair_raises_the_high_water(net: Cluster) -> None:
 
 def test_a_rekeyed_row_goes_above_the_high_water(net: Cluster) -> None:
     """Both nodes insert country 1; the later one's row is re-keyed, and
-    never onto a key it has seen before (here 10, added and removed)."""
+    never onto a key it has seen before (here 10, added and removed).
+    (Without key blocks: with them, see the next test.)"""
     m = net.server.env.models
-    a, b = net.node(), net.node()
+    a, b = net.node(key_blocks=False), net.node(key_blocks=False)
     _add(a, m.Country(id=10, name="gone"))
     _delete(a, m.Country, 10)
     _add(a, m.Country(id=1, name="from a"))
@@ -138,6 +142,37 @@ def test_a_rekeyed_row_goes_above_the_high_water(net: Cluster) -> None:
     b.synchronize()
     rows = net.assert_converged()
     assert sorted(rows["country"]) == [(1, "from b"), (11, "from a")]
+
+
+def test_rows_rekeyed_at_once_by_many_nodes_take_keys_of_their_blocks(
+    net: Cluster,
+) -> None:
+    """Three new nodes each add country 1 before their first pull (no block
+    yet). The first push wins; the other two are refused, both pull (and get
+    their blocks) and re-key before either pushes again: onto keys of their
+    own blocks, so their second pushes both go in (above the high water,
+    both would pick 2, and one would be refused again)."""
+    m = net.server.env.models
+    a, b, c = net.node("a"), net.node("b"), net.node("c")
+    for node in (a, b, c):
+        _add(node, m.Country(id=1, name=f"from {node.name}"))
+    a.push()
+    for node in (b, c):
+        with pytest.raises(errors.PushRejectedError):
+            node.push()
+    moved = []
+    for node in (b, c):
+        [conflict] = node.pull().conflicts
+        assert conflict.resolution == "rekeyed"
+        moved.append(conflict.new_key)
+    assert moved[0] != moved[1] and (1,) not in moved
+    for node in (b, c):
+        assert node.push().operations == 1
+    net.settle()
+    rows = net.assert_converged()["country"]
+    assert sorted(rows) == sorted(
+        [(1, "from a"), (*moved[0], "from b"), (*moved[1], "from c")]
+    )
 
 
 def test_sessions_added_with_track_session_take_new_keys(net: Cluster) -> None:

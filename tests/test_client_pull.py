@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import errors, signals
-from flask_reflectsync.client import NODE_KEYS, Conflict, SyncClient
+from flask_reflectsync.client import Conflict, SyncClient
+from flask_reflectsync.node.tables import NODE_KEYS
 
 from .nodes import Cluster
 

@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import errors
-from flask_reflectsync.client import _RepairStream
+from flask_reflectsync.node.repair import RepairStream as _RepairStream
 
 from .conftest import AppFactory
 from .nodes import Cluster, cluster
@@ -109,6 +110,55 @@ def test_cut_repair_stream_is_an_error() -> None:
     with pytest.raises(errors.ProtocolMismatchError):
         for _, _, rows in stream.tables():
             list(rows)
+
+
+class _BreakRepair(httpx.BaseTransport):
+    """Lets ``keep`` bytes of a repair answer through, then drops the
+    connection, as a network cut mid-stream would."""
+
+    def __init__(self, keep: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.keep = keep
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.inner.handle_request(request)
+        if not request.url.path.endswith("/repair"):
+            return answer
+        body = answer.read()
+        keep = self.keep
+
+        class Cut(httpx.SyncByteStream):
+            def __iter__(self) -> Iterator[bytes]:
+                yield body[:keep]
+                raise httpx.RemoteProtocolError("peer closed the connection")
+
+        return httpx.Response(answer.status_code, headers=answer.headers, stream=Cut())
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_repair_stream_cut_midway_is_a_sync_error_and_changes_nothing(
+    net: Cluster,
+) -> None:
+    m = net.server.env.models
+    a = net.node()
+    with a.Session() as session:
+        session.execute(
+            sa.insert(m.Country), [{"id": i, "name": f"c{i}"} for i in range(1, 301)]
+        )
+        session.commit()
+    a.synchronize()
+    b = net.node(transport=_BreakRepair(keep=2000), retries=0)
+    with b.Session() as session:
+        session.add(m.Country(id=9999, name="mine"))
+        session.commit()
+    with pytest.raises(errors.ServerUnreachableError, match="broke off"):
+        b.repair()
+    with b.engine.connect() as connection:
+        rows = connection.execute(sa.select(m.Country.__table__)).all()
+    assert [tuple(r) for r in rows] == [(9999, "mine")]  # rolled back
+    assert b.pending_operations() == 1
 
 
 def test_query_builds_detached_instances_from_server_rows(net: Cluster) -> None:

@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from flask import Flask, jsonify, request
 
 from flask_reflectsync import errors
-from flask_reflectsync.client import Retry, SyncClient, retry_after
+from flask_reflectsync.client import Retry, SyncClient
+from flask_reflectsync.node.transport import retry_after
 
 from .nodes import Cluster
 

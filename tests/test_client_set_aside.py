@@ -28,7 +28,7 @@ def test_a_value_the_server_refuses_is_set_aside_and_the_rest_syncs(
     net: Cluster,
 ) -> None:
     m = net.server.env.models
-    node = net.node()
+    node = net.node(check_values=False)  # the server is to refuse
     _add(node, m.Country(id=1, name="Peru"))
     _add(node, m.City(id=1, name=LONG, country_id=1), m.City(id=2, name="Lima"))
     pushed = node.push()
@@ -48,7 +48,7 @@ def test_a_set_aside_row_the_app_fixes_goes_with_the_next_push(
     net: Cluster,
 ) -> None:
     m = net.server.env.models
-    node = net.node()
+    node = net.node(check_values=False)  # the server is to refuse
     _add(node, m.City(id=1, name=LONG))
     assert len(node.push().set_aside) == 1
     with node.Session() as session:
@@ -62,7 +62,7 @@ def test_a_set_aside_row_the_app_fixes_goes_with_the_next_push(
 
 def test_a_retried_change_still_refused_is_set_aside_again(net: Cluster) -> None:
     m = net.server.env.models
-    node = net.node()
+    node = net.node(check_values=False)  # the server is to refuse
     _add(node, m.City(id=1, name=LONG), m.City(id=2, name="Lima"))
     assert len(node.push().set_aside) == 1
     assert node.retry_set_aside() == 1
@@ -75,7 +75,7 @@ def test_a_retried_change_still_refused_is_set_aside_again(net: Cluster) -> None
 
 def test_a_discarded_change_takes_the_servers_row_back(net: Cluster) -> None:
     m = net.server.env.models
-    node = net.node()
+    node = net.node(check_values=False)  # the server is to refuse
     _add(node, m.City(id=1, name="Lima"))
     node.synchronize()
     with node.Session() as session:
@@ -91,7 +91,7 @@ def test_a_discarded_change_takes_the_servers_row_back(net: Cluster) -> None:
 
 def test_rows_pointing_at_a_set_aside_insert_go_with_it(net: Cluster) -> None:
     m = net.server.env.models
-    node = net.node()
+    node = net.node(check_values=False)  # the server is to refuse
     _add(node, m.Country(id=1, name=LONG))
     _add(node, m.City(id=1, name="Lima", country_id=1), m.City(id=2, name="Ica"))
     aside = node.push().set_aside
@@ -129,7 +129,7 @@ def test_a_unique_refusal_over_a_row_the_node_lacks_brings_that_row(
     env = net.server.env
     with env.db.engine.begin() as connection:
         connection.execute(sa.insert(Sample.__table__).values(id=900, code="A-1"))
-    node = net.node()
+    node = net.node(check_values=False)  # the server is to refuse
     _add(node, Sample(id=1, code="A-1"), Sample(id=2, code="B-2"))
     with pytest.raises(errors.UniqueConstraintError) as caught:
         node.synchronize()
@@ -153,7 +153,7 @@ def test_a_retried_insert_whose_row_a_pull_removed_is_written_back(
     import sqlalchemy as sa
 
     m = net.server.env.models
-    node = net.node()
+    node = net.node(check_values=False)  # the server is to refuse
     _add(node, m.City(id=1, name=LONG, population=7))
     assert len(node.push().set_aside) == 1
     with node.engine.begin() as connection:  # as a merge would: not logged

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import errors
-from flask_reflectsync.client import NODE_LOG, NODE_STATE, SyncClient
+from flask_reflectsync.client import SyncClient
+from flask_reflectsync.node.tables import NODE_LOG, NODE_STATE
 
 from .conftest import AppFactory
 from .nodes import Cluster, cluster, rows_of
@@ -170,6 +171,87 @@ def test_lost_push_answer_is_resent_with_the_same_id_and_applied_once(
     net.assert_converged()
 
 
+def test_an_overruled_delete_is_reported_when_its_answer_was_lost(
+    net: Cluster,
+) -> None:
+    """The server decides a stale delete (the row was updated since) for the
+    server's row; the answer is lost and the push sent again: the node must
+    still hear the ruling (a conflict) and get the row back."""
+    from flask_reflectsync import signals
+
+    m = net.server.env.models
+    transport = LoseAnswers()
+    node = net.node(transport=transport, retries=0)
+    other = net.node()
+    with other.Session() as session:
+        session.add(m.Country(id=1, name="Peru"))
+        session.commit()
+    other.synchronize()
+    node.synchronize()
+    with other.Session() as session:
+        session.get(m.Country, 1).name = "Perú"
+        session.commit()
+    other.synchronize()
+    with node.Session() as session:
+        session.delete(session.get(m.Country, 1))
+        session.commit()
+
+    heard: list[Any] = []
+
+    def receive(sender: Any, conflict: Any, **extra: Any) -> None:
+        heard.append((conflict.kind, conflict.resolution, conflict.key))
+
+    signals.conflict_resolved.connect(receive, sender=node)
+    try:
+        transport.lose = True
+        with pytest.raises(errors.ServerUnreachableError):
+            node.push()
+        transport.lose = False
+        again = node.push()
+    finally:
+        signals.conflict_resolved.disconnect(receive, sender=node)
+    assert heard == [("delete/update", "server", (1,))]
+    assert [(c.kind, c.resolution) for c in again.conflicts] == [
+        ("delete/update", "server")
+    ]
+    node.synchronize()
+    assert net.server_rows()["country"] == [(1, "Perú")]
+    net.assert_converged()
+
+
+class LoseFirstRegistration(LoseAnswers):
+    """Loses the answer to the first ``/register`` only."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.lose = request.url.path.endswith("/register") and not any(
+            path.endswith("/register") for path in self.sent
+        )
+        return super().handle_request(request)
+
+
+def test_a_lost_registration_answer_leaves_no_orphan_node(net: Cluster) -> None:
+    """The server registered the node but the answer was lost: the client
+    sends the registration again (with the same registration id) and gets
+    that same node, so no node row is left that nobody holds a secret for
+    (it would pin the trim watermark for good)."""
+    transport = LoseFirstRegistration()
+    node = net.node(transport=transport, retries=2)
+    assert [p for p in transport.sent if p.endswith("/register")] == [
+        "/sync/register",
+        "/sync/register",
+    ]
+    nodes = net.server.env.db.metadata.tables["reflectsync_nodes"]
+    with net.server.env.db.engine.connect() as connection:
+        ids = connection.execute(sa.select(nodes.c.id)).scalars().all()
+    assert ids == [node.node_id]
+    m = net.server.env.models
+    with node.Session() as session:
+        session.add(m.Country(id=1, name="Peru"))
+        session.commit()
+    node.synchronize()  # the secret it got the second time signs
+    assert net.server_rows()["country"] == [(1, "Peru")]
+
+
 def test_pull_resends_a_pending_push_first(net: Cluster) -> None:
     m = net.server.env.models
     transport = LoseAnswers()
@@ -304,7 +386,7 @@ def test_wrong_prefix_is_a_protocol_mismatch(net: Cluster, tmp_path: Path) -> No
 
 def test_protocol_mismatch_from_answer(monkeypatch: Any, net: Cluster) -> None:
     node = net.node()
-    from flask_reflectsync import client as client_module
+    from flask_reflectsync.node import transport as client_module
 
     monkeypatch.setattr(client_module, "PROTOCOL_VERSION", 2)
     with pytest.raises(errors.ProtocolMismatchError):

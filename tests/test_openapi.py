@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from openapi_spec_validator import validate as validate_spec
 
-from flask_reflectsync.protocol.openapi import openapi_document
+from flask_reflectsync.server.openapi import openapi_document
 
 from .conftest import AppFactory
 from .http_server import ServerEnv, insert, server_env

@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from flask_reflectsync.protocol.pull import _columns, _in_order, _integer_keys
+from flask_reflectsync.server.pull import _columns, _in_order, _integer_keys
 
 # datetime.UTC is Python 3.11; the suite runs on 3.10 too.
 UTC = datetime.timezone.utc

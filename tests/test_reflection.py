@@ -37,6 +37,7 @@ from flask_reflectsync.reflection import (
     TableDropped,
     TableRenamed,
     UniqueConstraint,
+    define_catalog_tables,
 )
 
 from .conftest import AppEnv, AppFactory
@@ -502,6 +503,122 @@ def test_a_table_never_served_is_altered_and_dropped_with_its_columns(
     assert [(c["id"], c["name"]) for c in served] == [
         (c.id, c.name) for c in event["table"].columns
     ]
+
+
+def catalog_rows(env: AppEnv) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything the catalog tables hold, without what differs between two
+    runs of the same DDL (ids, oids, digests, versions, times)."""
+    tables = define_catalog_tables(env.db.metadata)
+    s, t, c, p = tables.schemas, tables.tables, tables.columns, tables.probes
+    with env.db.engine.connect() as connection:
+        schema_names = {row.id: row.name for row in connection.execute(sa.select(s))}
+        table_names = {
+            row.id: (schema_names[row.schema_id], row.name)
+            for row in connection.execute(sa.select(t))
+        }
+        return {
+            "schemas": sorted(
+                (row.name, row.comment, bool(row.deleted))
+                for row in connection.execute(sa.select(s))
+            ),
+            "tables": sorted(
+                (
+                    table_names[row.id], row.kind, row.comment, bool(row.deleted),
+                    bool(row.columns_written), row.columns_json,
+                    json.dumps(row.primary_key), json.dumps(row.foreign_keys),
+                    json.dumps(row.unique_constraints),
+                )
+                for row in connection.execute(sa.select(t))
+            ),
+            "columns": sorted(
+                (
+                    table_names[row.table_id], row.oid, row.name, row.position,
+                    row.type, bool(row.nullable), row.default,
+                    bool(row.primary_key), row.comment, bool(row.deleted),
+                )
+                for row in connection.execute(sa.select(c))
+            ),
+            "probes": sorted(
+                scope if ":" not in scope
+                else f"tables:{schema_names[int(scope.split(':')[1])]}"
+                for scope in connection.execute(sa.select(p.c.scope)).scalars()
+            ),
+        }
+
+
+def test_the_catalog_rows_written_do_not_depend_on_who_listens(
+    cat: AppEnv, psql: Psql
+) -> None:
+    """The same DDL, listed once with nobody listening and once with a
+    receiver on every reflection signal, leaves the same catalog rows."""
+    client = cat.app.test_client()
+
+    def run(listen: bool) -> tuple[dict[str, list[tuple[Any, ...]]], Recorder]:
+        psql.cleanup()
+        with cat.db.engine.begin() as connection:
+            tables = define_catalog_tables(cat.db.metadata)
+            for table in (tables.columns, tables.tables, tables.probes, tables.schemas):
+                connection.execute(table.delete())
+        create_family(psql)
+        psql.run("CREATE TABLE rs_item (id INTEGER PRIMARY KEY, name VARCHAR(20))")
+        schema_id = the_schema(client, psql)["id"]
+        tables_of(client, schema_id)  # the first comparison of the schema
+        heard = Recorder()
+        receivers = []
+        if listen:
+            for name, signal in REFLECTION_SIGNALS.items():
+
+                def receive(sender: Any, _name: str = name, **payload: Any) -> None:
+                    heard.events.append((_name, payload))
+
+                receivers.append((signal, receive))
+                signal.connect(receive, sender=cat.app)
+        try:
+            # Tables of the first comparison, never served: altered, dropped,
+            # renamed; and a view created after it.
+            psql.run(
+                "ALTER TABLE rs_parent ADD COLUMN extra INTEGER",
+                "DROP TABLE rs_item",
+                "CREATE VIEW rs_item_view AS SELECT id, code FROM rs_parent",
+            )
+            tables_of(client, schema_id)
+            psql.run("ALTER TABLE rs_child RENAME TO rs_renamed")
+            tables_of(client, schema_id)
+        finally:
+            for signal, receive in receivers:
+                signal.disconnect(receive, sender=cat.app)
+        return catalog_rows(cat), heard
+
+    unheard, _ = run(listen=False)
+    heard_rows, heard = run(listen=True)
+
+    (created,) = heard.about("table_created", "rs_item_view")
+    assert [c.name for c in created["table"].columns] == ["id", "code"]
+    (altered,) = heard.about("table_altered", "rs_parent")
+    assert [c.name for c in altered["table"].columns][-1] == "extra"
+    (dropped,) = heard.about("table_dropped", "rs_item")
+    assert [c.name for c in dropped["table"].columns] == ["id", "name"]
+    assert heard_rows == unheard
+
+
+def test_tables_a_first_listing_finds_are_announced_with_their_columns(
+    cat: AppEnv, psql: Psql, recorder: Recorder
+) -> None:
+    """The first listing of a schema leaves column rows for later, yet a
+    ``table_created`` receiver gets each table with its columns and the ids
+    ``GET /tables/<id>`` serves."""
+    create_family(psql)
+    client = cat.app.test_client()
+    schema_id = the_schema(client, psql)["id"]
+    recorder.clear()
+
+    parent = tables_of(client, schema_id)["rs_parent"]
+
+    (event,) = recorder.about("table_created", "rs_parent")
+    announced = [(c.id, c.name) for c in event["table"].columns]
+    assert [name for _, name in announced] == ["id", "code", "label"]
+    served = get_ok(client, f"/tables/{parent['id']}")["table"]["columns"]
+    assert [(c["id"], c["name"]) for c in served] == announced
 
 
 def test_unusual_text_survives_the_catalog(cat: AppEnv, psql: Psql) -> None:

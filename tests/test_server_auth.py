@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
-from flask_reflectsync.protocol.signing import HEADER_SIGNATURE
+from flask_reflectsync.wire.signing import HEADER_SIGNATURE
 
 from .conftest import AppFactory
 from .http_server import (
@@ -59,6 +59,45 @@ def test_registration_returns_id_and_a_secret_never_stored(server: ServerEnv) ->
     stored = repr(row)
     assert body["node"]["secret"] not in stored
     assert received == [{"node": {"id": row[0], "name": "kiosk 7"}}]
+
+
+def test_a_retried_registration_gets_the_same_node_until_it_signs(
+    server: ServerEnv,
+) -> None:
+    """A registration whose answer was lost is sent again with the same
+    registration id: the same node and secret, no second node row (an
+    orphan row would pin the trim watermark), and no second signal. Once
+    the node has signed a request, the id no longer fetches its secret."""
+    received: list[Any] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        received.append(kwargs)
+
+    rid = "r" * 40
+    node, again, later = (TestNode(server.base) for _ in range(3))
+    signals.node_registered.connect(receiver, server.env.app)
+    try:
+        first = node.register(name="kiosk", registration_id=rid)
+        second = again.register(name="kiosk", registration_id=rid)
+        assert first.status_code == second.status_code == 200, second.text
+        assert second.json()["node"] == first.json()["node"]
+        assert len(_nodes(server)) == 1 and len(received) == 1
+        assert again.call("POST", "/pull", json={"protocol": 1, "since": 0}).is_success
+        third = later.register(name="kiosk", registration_id=rid)
+    finally:
+        signals.node_registered.disconnect(receiver, server.env.app)
+    assert third.status_code == 200
+    assert third.json()["node"]["id"] != first.json()["node"]["id"]
+    assert third.json()["node"]["secret"] != first.json()["node"]["secret"]
+    assert len(_nodes(server)) == 2 and len(received) == 2
+
+
+@pytest.mark.parametrize("rid", ["short", "x" * 65, "has space" * 5, "é" * 40])
+def test_a_malformed_registration_id_is_refused(server: ServerEnv, rid: str) -> None:
+    answer = TestNode(server.base).register(registration_id=rid)
+    assert answer.status_code == 400
+    assert "registration_id" in answer.json()["error"]
+    assert _nodes(server) == []
 
 
 def test_two_nodes_get_different_secrets(server: ServerEnv) -> None:
@@ -192,8 +231,23 @@ def test_a_body_altered_after_signing_is_refused_and_changes_nothing(
     before = database_state(server.env)
     answer = node.send(tampered)
     assert answer.status_code == 401
-    assert "signature does not match" in answer.json()["error"]
+    assert "wrong signature" in answer.json()["error"]
     assert database_state(server.env) == before
+
+
+def test_an_unknown_node_and_a_wrong_signature_get_the_same_answer(
+    server: ServerEnv,
+) -> None:
+    """The answer must not tell an attacker which node ids exist."""
+    node = server.node()
+    known = node.id
+    node.secret = "not-the-secret"
+    wrong = node.send(node.sign(_push_request(node)))
+    node.id = known + 1000  # no such node
+    unknown = node.send(node.sign(_push_request(node)))
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json()
+    assert "Unknown node" in unknown.json()["error"]
 
 
 def test_an_altered_query_string_is_refused(server: ServerEnv) -> None:
@@ -237,7 +291,7 @@ def test_an_unknown_node_is_refused(server: ServerEnv) -> None:
     node.id = 9999
     answer = node.call("POST", "/pull", json={"protocol": 1, "since": 0})
     assert answer.status_code == 401
-    assert "register it first" in answer.json()["error"]
+    assert "Unknown node" in answer.json()["error"]
 
 
 def test_a_garbled_signature_header_is_refused(server: ServerEnv) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from flask_reflectsync.protocol.messages import SCHEMAS, validate
+from flask_reflectsync.wire.messages import SCHEMAS, validate
 
 from .conftest import AppFactory
 from .http_server import ServerEnv, TestNode, server_env
@@ -238,7 +238,7 @@ def test_catalog_routes_answer_the_envelope_and_their_schemas(
 
 def validate_catalog(body: dict[str, Any], name: str) -> None:
     """Check a catalog answer against the schema the OpenAPI document gives."""
-    from flask_reflectsync.protocol.openapi import CATALOG_SCHEMAS
+    from flask_reflectsync.server.openapi import CATALOG_SCHEMAS
 
     def check(value: Any, schema: dict[str, Any]) -> None:
         if "$ref" in schema:

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
-from flask_reflectsync.protocol.codec import table_codecs
+from flask_reflectsync.wire.codec import table_codecs
 
 from .conftest import AppFactory
 from .http_server import (
@@ -146,6 +146,42 @@ def test_push_accepted_signal(server: ServerEnv) -> None:
     assert received == [
         {"node": node.id, "push_id": "p1", "version": 1, "operations": 3}
     ]
+
+
+def test_a_receiver_that_raises_does_not_fail_the_answer(
+    server: ServerEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The registration and the push are committed: a receiver's bug is
+    logged, the other receivers hear the signal, and the node gets its
+    answer (a 500 after registering left a node row whose secret nobody
+    got)."""
+    heard: list[str] = []
+
+    def broken(sender: Any, **kwargs: Any) -> None:
+        raise RuntimeError("receiver bug")
+
+    def working(sender: Any, **kwargs: Any) -> None:
+        heard.append("working")
+
+    app = server.env.app
+    for signal in (signals.node_registered, signals.push_accepted):
+        signal.connect(broken, app)
+        signal.connect(working, app)
+    try:
+        with caplog.at_level("ERROR", logger="flask_reflectsync"):
+            node = server.node()  # registers
+            answer = node.push(*_country_and_cities())
+    finally:
+        for signal in (signals.node_registered, signals.push_accepted):
+            signal.disconnect(broken, app)
+            signal.disconnect(working, app)
+    assert node.id is not None
+    assert answer.status_code == 200, answer.text
+    assert heard == ["working", "working"]
+    assert [r.getMessage() for r in caplog.records].count(
+        "A receiver of push-accepted raised; the request is answered anyway."
+    ) == 1
+    assert "receiver bug" in caplog.text
 
 
 def test_a_push_without_operations_creates_no_version(server: ServerEnv) -> None:
@@ -460,6 +496,64 @@ def test_unique_violation_names_table_key_and_columns(server: ServerEnv) -> None
     assert without_nonces(database_state(server.env)) == before
 
 
+def _sample_codes(server: ServerEnv) -> list[tuple[int, str]]:
+    return sorted((r[0], r[1]) for r in database_state(server.env)["sample"])
+
+
+def test_a_unique_value_freed_and_taken_in_one_push_is_applied(
+    server: ServerEnv,
+) -> None:
+    """The node deleted a row and gave its code to a new one, and changed
+    another row's code and gave the old code away (its database accepted
+    both): the server writes the givers first, instead of refusing the push
+    for good (seen in the soak as a row set aside)."""
+    node = server.node()
+    seed = [{"table": "sample", "key": [k], "command": "i"} for k in (1, 2)]
+    rows = {"sample": {"columns": ["id", "code"], "rows": [[1, "A"], [2, "B"]]}}
+    assert node.push(seed, rows).status_code == 200
+    node.last_version = 1
+    answer = node.push(
+        [
+            {"table": "sample", "key": [1], "command": "d"},
+            {"table": "sample", "key": [2], "command": "u"},
+            {"table": "sample", "key": [3], "command": "i"},
+            {"table": "sample", "key": [4], "command": "i"},
+        ],
+        {
+            "sample": {
+                "columns": ["id", "code"],
+                "rows": [[2, "B2"], [3, "A"], [4, "B"]],
+            }
+        },
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["operations"] == 4
+    assert _sample_codes(server) == [(2, "B2"), (3, "A"), (4, "B")]
+
+
+def test_a_unique_value_taken_from_a_row_that_keeps_it_is_still_refused(
+    server: ServerEnv,
+) -> None:
+    node = server.node()
+    seed = [{"table": "sample", "key": [k], "command": "i"} for k in (1, 2)]
+    rows = {"sample": {"columns": ["id", "code"], "rows": [[1, "A"], [2, "B"]]}}
+    assert node.push(seed, rows).status_code == 200
+    node.last_version = 1
+    before = without_nonces(database_state(server.env))
+    answer = node.push(
+        [
+            {"table": "sample", "key": [2], "command": "u"},
+            {"table": "sample", "key": [3], "command": "i"},
+        ],
+        {"sample": {"columns": ["id", "code"], "rows": [[2, "B2"], [3, "A"]]}},
+    )
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["conflicts"] == [
+        {"table": "sample", "key": [3], "columns": ["code"], "existing_key": [1]}
+    ]
+    assert without_nonces(database_state(server.env)) == before
+
+
 def test_inserting_an_existing_key_is_a_unique_violation(server: ServerEnv) -> None:
     node = server.node()
     op, payload = insert("country", {"id": 1, "name": "Peru"})
@@ -601,7 +695,7 @@ def test_sequences_are_advanced_only_where_allowed(
     a role without UPDATE on the sequence, nor for a key past its bounds."""
     if backend != "postgresql":
         pytest.skip("sequences: PostgreSQL")
-    from flask_reflectsync.protocol.push import _ADVANCE_SEQUENCE
+    from flask_reflectsync.server.push import _ADVANCE_SEQUENCE
 
     engine = sa.create_engine(database_url)
     role = f"rs_limited_{uuid.uuid4().hex[:8]}"
@@ -675,7 +769,7 @@ def test_the_node_is_told_which_value_the_server_cannot_store(
     from .nodes import cluster
 
     with cluster(make_app, tmp_path) as net:
-        node = net.node()
+        node = net.node(check_values=False)  # the server is to refuse
         m = net.server.env.models
         with node.Session() as session:
             session.add(m.Country(id=1, name="Peru"))
@@ -721,7 +815,7 @@ def test_a_key_that_would_exhaust_the_key_space_is_refused(server: ServerEnv) ->
 
 
 def test_keys_up_to_the_reserve_are_accepted(server: ServerEnv) -> None:
-    from flask_reflectsync.protocol.push import key_ceiling
+    from flask_reflectsync.server.push import key_ceiling
 
     ceiling = 2**31 - 1 - 2**21
     codec = table_codecs(server.env.models.Country.__table__)["id"]

@@ -94,6 +94,23 @@ def test_a_stale_delete_loses_to_the_update_under_last_pusher_wins(
     assert _population(server) == [10]
 
 
+def test_a_retried_push_hears_the_same_rulings(server: ServerEnv) -> None:
+    """A node whose answer was lost sends the push again: the stored answer
+    must carry the rulings too, or the node never learns that its delete
+    was overruled (seen in the soak as deletes back with no conflict)."""
+    _, b = _seeded(server, "last-pusher-wins")
+    delete = [{"table": "city", "key": [1], "command": "d"}]
+    first = b.push(delete, push_id="p-ruled", resolutions={"city": "last-pusher-wins"})
+    again = b.push(delete, push_id="p-ruled", resolutions={"city": "last-pusher-wins"})
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.json()["resolved"] == first.json()["resolved"]
+    assert [(e["kind"], e["resolution"]) for e in again.json()["resolved"]] == [
+        ("delete/update", "server")
+    ]
+    assert again.json()["version"] == first.json()["version"]
+    assert _population(server) == [10]
+
+
 def test_a_stale_delete_wins_under_node_wins(server: ServerEnv) -> None:
     _, b = _seeded(server, "node-wins")
     answer = b.push(
@@ -144,7 +161,7 @@ def test_a_push_that_meets_a_deadlock_is_tried_again_by_the_server(
     deadlock victim and answer 503): the first try fails busy, the second
     applies the push once; the node sees 200."""
     from flask_reflectsync.errors import ServiceBusyError
-    from flask_reflectsync.protocol import push as push_module
+    from flask_reflectsync.server import push as push_module
 
     real = push_module._push_once
     tries: list[int] = []

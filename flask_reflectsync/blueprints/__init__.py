@@ -1,4 +1,4 @@
-"""Thin Flask views over :mod:`flask_reflectsync.protocol` and
+"""Thin Flask views over :mod:`flask_reflectsync.server` and
 :mod:`flask_reflectsync.reflection`."""
 
 from __future__ import annotations

@@ -47,7 +47,11 @@ def make_blueprint(name: str) -> Blueprint:
 def _sync_error(error: SyncError) -> tuple[Response, int]:
     # to_dict: the envelope plus the machine-readable fields some errors
     # carry (conflicts, code, table, key, column).
-    return jsonify(error.to_dict()), error.status
+    response = jsonify(error.to_dict())
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, int):
+        response.headers["Retry-After"] = str(retry_after)
+    return response, error.status
 
 
 def _http_error(error: HTTPException) -> tuple[Response, int]:

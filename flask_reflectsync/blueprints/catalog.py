@@ -18,7 +18,12 @@ from weakref import WeakSet
 
 from flask import Blueprint, Flask, Response, current_app, request
 
-from ..errors import CatalogAccessWarning, ForbiddenError, NotFoundError
+from ..errors import (
+    CatalogAccessWarning,
+    ForbiddenError,
+    NotFoundError,
+    ValidationError,
+)
 from ..reflection import Catalog, define_catalog_tables
 from .api import ok_response
 
@@ -105,8 +110,17 @@ def _known_id(value: int, what: str) -> int:
     return value
 
 
+_TRUE, _FALSE = ("1", "true", "yes"), ("", "0", "false", "no")
+
+
 def _flag(name: str) -> bool:
-    return request.args.get(name, "").lower() in ("1", "true", "yes")
+    """A yes/no query parameter; anything else is refused (400)."""
+    value = request.args.get(name, "")
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise ValidationError(f"The query parameter {name} must be 0 or 1, not {value!r}.")
 
 
 def list_schemas() -> Response:

@@ -1,4 +1,4 @@
-"""The sync routes: thin views over :mod:`flask_reflectsync.protocol`.
+"""The sync routes: thin views over :mod:`flask_reflectsync.server`.
 
 ``POST /register``, ``POST /push``, ``POST /pull``, ``GET /repair``,
 ``GET /query`` and ``GET /openapi.json`` under ``REFLECTSYNC_URL_PREFIX``.
@@ -7,25 +7,30 @@ Everything but registration and the OpenAPI document needs a signed request.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from blinker import Signal
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 
 from .. import signals
 from ..errors import (
+    AuthenticationError,
     PayloadTooLargeError,
     PushRejectedError,
     SyncError,
 )
-from ..protocol import nodes
-from ..protocol.messages import PROTOCOL_VERSION, decode_body
-from ..protocol.openapi import openapi_document
-from ..protocol.pull import change_count, pull, repair_stream
-from ..protocol.push import push
-from ..protocol.query import query
-from ..protocol.schema import TrackedSchema
-from ..protocol.settings import ServerSettings, define_protocol_tables
+from ..server import nodes
+from ..server.openapi import openapi_document
+from ..server.pull import change_count, pull, repair_stream
+from ..server.push import push
+from ..server.query import query
+from ..server.schema import TrackedSchema
+from ..server.settings import ServerSettings, define_protocol_tables
+from ..tracking.registry import registry_state
+from ..wire.messages import PROTOCOL_VERSION, decode_body
 from .api import ok_response
+from .limits import AddressLimit
 
 
 def add_sync_routes(blueprint: Blueprint) -> None:
@@ -55,10 +60,41 @@ def _app() -> Flask:
 
 
 def _settings() -> ServerSettings:
+    """The server's settings, built once per app: from the ``REFLECTSYNC_*``
+    values kept at ``init_app`` and the app's ``SECRET_KEY`` (read on every
+    request, so a new key still takes effect)."""
     state = _state()
-    return ServerSettings.from_config(
-        {**state.config, "SECRET_KEY": current_app.config.get("SECRET_KEY")}
-    )
+    secret = current_app.config.get("SECRET_KEY")
+    cached = state.settings
+    if cached is not None and cached[0] == secret:
+        return cached[1]  # type: ignore[no-any-return]
+    settings = ServerSettings.from_config({**state.config, "SECRET_KEY": secret})
+    state.settings = (secret, settings)
+    return settings
+
+
+log = logging.getLogger("flask_reflectsync")
+
+
+def _notify(signal: Signal, **payload: Any) -> None:
+    """Send a sync signal with the app as sender.
+
+    What it reports is done (committed, or refused and rolled back), and the
+    node must hear its answer: a receiver that raises is logged, the other
+    receivers still hear the signal, and the request is answered as if none
+    had raised (a 500 after a committed registration would leave a node row
+    whose secret nobody got; after a push, a retry for nothing)."""
+    if getattr(signal, "is_muted", False):  # Signal.muted(), blinker >= 1.7
+        return
+    sender = _app()
+    for receiver in signal.receivers_for(sender):
+        try:
+            receiver(sender, **payload)
+        except Exception:
+            log.exception(
+                "A receiver of %s raised; the request is answered anyway.",
+                getattr(signal, "name", signal),
+            )
 
 
 def _answer(**payload: Any) -> Response:
@@ -104,23 +140,58 @@ def _message(body: bytes) -> Any:
     return decode_body(body)
 
 
+def _limits() -> tuple[AddressLimit, AddressLimit]:
+    """This app's (registrations, authentication failures) limits, made on
+    first use from the configuration at ``init_app``."""
+    state = _state()
+    found = state.limits
+    if found is None:
+        config = state.config
+        found = state.limits = (
+            AddressLimit(
+                "registrations", config["REFLECTSYNC_REGISTRATIONS_PER_MINUTE"]
+            ),
+            AddressLimit(
+                "badly signed requests",
+                config["REFLECTSYNC_AUTH_FAILURES_PER_MINUTE"],
+            ),
+        )
+    return found  # type: ignore[no-any-return]
+
+
 def _authenticate(settings: ServerSettings, body: bytes) -> int:
     state = _state()
-    return nodes.authenticate(
-        state.db.session,
-        state.tables,
-        define_protocol_tables(state.db.metadata),
-        settings,
-        method=request.method,
-        path=request.script_root + request.path,
-        query=request.query_string.decode("latin-1"),
-        headers=request.headers,
-        body=body,
-    )
+    failures = _limits()[1]
+    failures.check(request.remote_addr)
+    try:
+        return nodes.authenticate(
+            state.db.session,
+            state.tables,
+            define_protocol_tables(state.db.metadata),
+            settings,
+            method=request.method,
+            path=request.script_root + request.path,
+            query=request.query_string.decode("latin-1"),
+            headers=request.headers,
+            body=body,
+        )
+    except AuthenticationError:
+        failures.count(request.remote_addr)
+        raise
 
 
 def _schema() -> TrackedSchema:
-    return TrackedSchema.of(_state().db.metadata)
+    """The tracked tables of the app's metadata, derived again only when a
+    class is tracked or untracked or a table is added to the metadata."""
+    state = _state()
+    metadata = state.db.metadata
+    key = (*registry_state(), len(metadata.tables))
+    cached = state.schema
+    if cached is not None and cached[0] == key:
+        return cached[1]  # type: ignore[no-any-return]
+    schema = TrackedSchema.of(metadata)
+    state.schema = (key, schema)
+    return schema
 
 
 # -- views ------------------------------------------------------------------------
@@ -128,6 +199,9 @@ def _schema() -> TrackedSchema:
 
 def _register() -> Response:
     state = _state()
+    registrations = _limits()[0]
+    registrations.check(request.remote_addr)
+    registrations.count(request.remote_addr)
     settings = _settings()
     message = _message(_body(settings))
     node = nodes.register_node(
@@ -137,7 +211,8 @@ def _register() -> Response:
         settings,
         state.extension.registration_checks,
     )
-    signals.node_registered.send(_app(), node={"id": node["id"], "name": node["name"]})
+    if not node.pop("again", False):  # a retry whose first answer was lost
+        _notify(signals.node_registered, node={"id": node["id"], "name": node["name"]})
     return _answer(node=node)
 
 
@@ -151,8 +226,8 @@ def _push() -> Response:
         outcome = push(state.db.session, state.tables, _schema(), node_id, message)
     except SyncError as error:
         push_id = message.get("push_id") if isinstance(message, dict) else None
-        signals.push_rejected.send(
-            _app(),
+        _notify(
+            signals.push_rejected,
             node=node_id,
             push_id=push_id if isinstance(push_id, str) else None,
             reason=error.message,
@@ -160,7 +235,7 @@ def _push() -> Response:
         )
         raise
     if outcome.applied:
-        signals.push_accepted.send(_app(), node=node_id, **outcome.answer)
+        _notify(signals.push_accepted, node=node_id, **outcome.answer)
     return _answer(**outcome.answer)
 
 
@@ -178,8 +253,8 @@ def _pull() -> Response:
         message,
         page_size=settings.pull_page_size,
     )
-    signals.pull_served.send(
-        _app(),
+    _notify(
+        signals.pull_served,
         node=node_id,
         since=message["since"],
         until=page["until"],

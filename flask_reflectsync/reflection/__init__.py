@@ -6,6 +6,7 @@ tables and a signal sender, and returns plain records.
 
 from __future__ import annotations
 
+from .catalog import Catalog
 from .changes import (
     Change,
     SchemaCreated,
@@ -24,7 +25,6 @@ from .models import (
     CatalogTables,
     define_catalog_tables,
 )
-from .service import Catalog
 from .snapshot import (
     CatalogReader,
     ColumnSnapshot,

@@ -28,6 +28,7 @@ from .snapshot import (
     TableSnapshot,
     UniqueConstraint,
     UnversionedReader,
+    rows_by_table,
 )
 
 _KINDS = {"BASE TABLE": TABLE, "SYSTEM VERSIONED": TABLE, "VIEW": VIEW}
@@ -150,22 +151,18 @@ class MySQLReader(UnversionedReader):
         tables = connection.execute(
             sa.text(_TABLES + one + " ORDER BY TABLE_NAME"), params
         ).all()
-        columns: dict[str, list[Any]] = defaultdict(list)
-        for row in connection.execute(
-            sa.text(_COLUMNS + one + " ORDER BY TABLE_NAME, ORDINAL_POSITION"), params
-        ):
-            columns[row.tbl].append(row)
-        keys: dict[str, list[Any]] = defaultdict(list)
-        key_filter = " AND k.TABLE_NAME = :table" if name is not None else ""
-        for row in connection.execute(
-            sa.text(
-                _KEYS
-                + key_filter
-                + " ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION"
-            ),
+        columns = rows_by_table(
+            connection, _COLUMNS + one + " ORDER BY TABLE_NAME, ORDINAL_POSITION",
             params,
-        ):
-            keys[row.tbl].append(row)
+        )
+        key_filter = " AND k.TABLE_NAME = :table" if name is not None else ""
+        keys = rows_by_table(
+            connection,
+            _KEYS
+            + key_filter
+            + " ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+            params,
+        )
         mariadb = connection.dialect.name == "mariadb" or getattr(
             connection.dialect, "is_mariadb", False
         )

@@ -26,6 +26,7 @@ from .snapshot import (
     TableSnapshot,
     UniqueConstraint,
     UnversionedReader,
+    rows_by_table,
 )
 
 _OBJECTS = (
@@ -84,43 +85,34 @@ class SQLiteReader(UnversionedReader):
             sa.text(f"SELECT m.name, m.type, m.rootpage {where} ORDER BY m.name"),
             params,
         ).all()
-        columns: dict[str, list[Any]] = defaultdict(list)
-        for row in connection.execute(
-            sa.text(
-                'SELECT m.name AS tbl, p.cid, p.name, p.type, p."notnull",'
-                " p.dflt_value, p.pk, p.hidden"
-                f" FROM (SELECT m.name {where}) m"
-                " JOIN pragma_table_xinfo(m.name, :schema) p"
-                " ORDER BY m.name, p.cid"
-            ),
+        columns = rows_by_table(
+            connection,
+            'SELECT m.name AS tbl, p.cid, p.name, p.type, p."notnull",'
+            " p.dflt_value, p.pk, p.hidden"
+            f" FROM (SELECT m.name {where}) m"
+            " JOIN pragma_table_xinfo(m.name, :schema) p"
+            " ORDER BY m.name, p.cid",
             params,
-        ):
-            columns[row.tbl].append(row)
-        foreign: dict[str, list[Any]] = defaultdict(list)
-        for row in connection.execute(
-            sa.text(
-                'SELECT m.name AS tbl, f.id, f.seq, f."table" AS referred,'
-                ' f."from" AS source, f."to" AS target, f.on_update, f.on_delete'
-                f" FROM (SELECT m.name {where}) m"
-                " JOIN pragma_foreign_key_list(m.name, :schema) f"
-                " ORDER BY m.name, f.id, f.seq"
-            ),
+        )
+        foreign = rows_by_table(
+            connection,
+            'SELECT m.name AS tbl, f.id, f.seq, f."table" AS referred,'
+            ' f."from" AS source, f."to" AS target, f.on_update, f.on_delete'
+            f" FROM (SELECT m.name {where}) m"
+            " JOIN pragma_foreign_key_list(m.name, :schema) f"
+            " ORDER BY m.name, f.id, f.seq",
             params,
-        ):
-            foreign[row.tbl].append(row)
-        unique: dict[str, list[Any]] = defaultdict(list)
-        for row in connection.execute(
-            sa.text(
-                "SELECT m.name AS tbl, il.name AS idx, ii.seqno, ii.name AS col"
-                f" FROM (SELECT m.name {where}) m"
-                " JOIN pragma_index_list(m.name, :schema) il"
-                " JOIN pragma_index_info(il.name, :schema) ii"
-                " WHERE il.\"unique\" = 1 AND il.origin = 'u'"
-                " ORDER BY m.name, il.name, ii.seqno"
-            ),
+        )
+        unique = rows_by_table(
+            connection,
+            "SELECT m.name AS tbl, il.name AS idx, ii.seqno, ii.name AS col"
+            f" FROM (SELECT m.name {where}) m"
+            " JOIN pragma_index_list(m.name, :schema) il"
+            " JOIN pragma_index_info(il.name, :schema) ii"
+            " WHERE il.\"unique\" = 1 AND il.origin = 'u'"
+            " ORDER BY m.name, il.name, ii.seqno",
             params,
-        ):
-            unique[row.tbl].append(row)
+        )
 
         primary_keys = {
             tbl: tuple(r.name for r in sorted(rows, key=lambda r: r.pk) if r.pk)

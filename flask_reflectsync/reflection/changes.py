@@ -18,7 +18,7 @@ from blinker import NamedSignal
 
 from .. import signals
 from .diff import ColumnChange
-from .models import CatalogSchema, CatalogTable
+from .models import CatalogSchema, CatalogTable, fields_dict
 
 
 @dataclass(frozen=True)
@@ -44,19 +44,7 @@ class Change:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data: the signal name and the payload."""
-        data: dict[str, Any] = {"event": self.signal.name.replace("-", "_")}
-        for name, value in self.payload().items():
-            if isinstance(value, CatalogSchema | CatalogTable):
-                data[name] = value.to_dict()
-            elif isinstance(value, tuple):
-                data[name] = [_plain(item) for item in value]
-            else:
-                data[name] = value
-        return data
-
-
-def _plain(value: Any) -> Any:
-    return value.to_dict() if hasattr(value, "to_dict") else value
+        return {"event": self.signal.name.replace("-", "_"), **fields_dict(self)}
 
 
 log = logging.getLogger("flask_reflectsync")

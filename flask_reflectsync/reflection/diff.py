@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
+from .models import fields_dict
 from .snapshot import ColumnSnapshot, SchemaSnapshot, TableSnapshot
 
 S = TypeVar("S", SchemaSnapshot, TableSnapshot)
@@ -53,14 +54,7 @@ class ColumnChange:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
-        return {
-            "kind": self.kind,
-            "name": self.name,
-            "old_name": self.old_name,
-            "fields": list(self.fields),
-            "before": self.before.to_dict() if self.before else None,
-            "after": self.after.to_dict() if self.after else None,
-        }
+        return fields_dict(self)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ the app shares it. All names start with ``reflectsync_catalog_``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -125,8 +125,30 @@ def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
     return CatalogTables(schemas=schemas, tables=tables, columns=columns, probes=probes)
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat()
+def fields_dict(
+    record: Any, *, renamed: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A record's fields as JSON-ready data, in field order: times as ISO 8601
+    text, tuples as lists, records inside as their own ``to_dict()``.
+
+    :param record: a dataclass instance.
+    :param renamed: keys to use instead of some field names.
+    """
+    names = renamed or {}
+    return {
+        names.get(field.name, field.name): _plain(getattr(record, field.name))
+        for field in fields(record)
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return value
 
 
 def as_utc(value: datetime) -> datetime:
@@ -161,14 +183,7 @@ class CatalogSchema:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data, as served by ``GET /schemas``."""
-        return {
-            "id": self.id,
-            "oid": self.oid,
-            "name": self.name,
-            "comment": self.comment,
-            "last_synced": _iso(self.last_synced),
-            "deleted": self.deleted,
-        }
+        return fields_dict(self)
 
 
 @dataclass(frozen=True)
@@ -203,19 +218,7 @@ class CatalogColumn:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data."""
-        return {
-            "id": self.id,
-            "oid": self.oid,
-            "name": self.name,
-            "position": self.position,
-            "type": self.type,
-            "nullable": self.nullable,
-            "default": self.default,
-            "primary_key": self.primary_key,
-            "comment": self.comment,
-            "last_synced": _iso(self.last_synced),
-            "deleted": self.deleted,
-        }
+        return fields_dict(self)
 
 
 @dataclass(frozen=True)
@@ -256,20 +259,7 @@ class CatalogTable:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data; ``columns`` only when they were loaded."""
-        data: dict[str, Any] = {
-            "id": self.id,
-            "schema_id": self.schema_id,
-            "schema": self.schema_name,
-            "oid": self.oid,
-            "name": self.name,
-            "kind": self.kind,
-            "comment": self.comment,
-            "primary_key": list(self.primary_key),
-            "foreign_keys": list(self.foreign_keys),
-            "unique_constraints": list(self.unique_constraints),
-            "last_synced": _iso(self.last_synced),
-            "deleted": self.deleted,
-        }
-        if self.columns is not None:
-            data["columns"] = [column.to_dict() for column in self.columns]
+        data = fields_dict(self, renamed={"schema_name": "schema"})
+        if self.columns is None:
+            del data["columns"]
         return data

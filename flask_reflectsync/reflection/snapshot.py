@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+
+from .models import fields_dict
 
 #: The ``kind`` of a table-like object.
 TABLE = "table"
@@ -76,15 +79,7 @@ class ColumnSnapshot:
 
     def to_dict(self) -> dict[str, Any]:
         """The column as JSON-ready data."""
-        return {
-            "oid": self.oid,
-            "name": self.name,
-            "position": self.position,
-            "type": self.type,
-            "nullable": self.nullable,
-            "default": self.default,
-            "comment": self.comment,
-        }
+        return fields_dict(self)
 
 
 @dataclass(frozen=True)
@@ -111,15 +106,7 @@ class ForeignKey:
 
     def to_dict(self) -> dict[str, Any]:
         """The constraint as JSON-ready data."""
-        return {
-            "name": self.name,
-            "columns": list(self.columns),
-            "referred_schema": self.referred_schema,
-            "referred_table": self.referred_table,
-            "referred_columns": list(self.referred_columns),
-            "on_update": self.on_update,
-            "on_delete": self.on_delete,
-        }
+        return fields_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ForeignKey:
@@ -148,7 +135,7 @@ class UniqueConstraint:
 
     def to_dict(self) -> dict[str, Any]:
         """The constraint as JSON-ready data."""
-        return {"name": self.name, "columns": list(self.columns)}
+        return fields_dict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UniqueConstraint:
@@ -249,20 +236,15 @@ class LiveTable:
 
     def snapshot(self) -> TableSnapshot:
         """The table decoded."""
-        return TableSnapshot(
+        return table_snapshot(
             oid=self.oid,
             name=self.name,
             kind=self.kind,
             comment=self.comment,
             columns=decode_columns(self.columns),
-            primary_key=tuple(json.loads(self.primary_key)),
-            foreign_keys=tuple(
-                ForeignKey.from_dict(key) for key in json.loads(self.foreign_keys)
-            ),
-            unique_constraints=tuple(
-                UniqueConstraint.from_dict(u)
-                for u in json.loads(self.unique_constraints)
-            ),
+            primary_key=json.loads(self.primary_key),
+            foreign_keys=json.loads(self.foreign_keys),
+            unique_constraints=json.loads(self.unique_constraints),
             rename_hint=self.rename_hint,
         )
 
@@ -283,6 +265,40 @@ class LiveTable:
             unique_constraints=_encode([u.to_dict() for u in table.unique_constraints]),
             rename_hint=table.rename_hint,
         )
+
+
+def table_snapshot(
+    *,
+    oid: str,
+    name: str,
+    kind: str,
+    comment: str | None,
+    columns: tuple[ColumnSnapshot, ...],
+    primary_key: Sequence[str],
+    foreign_keys: Sequence[dict[str, Any]],
+    unique_constraints: Sequence[dict[str, Any]],
+    rename_hint: str | None,
+) -> TableSnapshot:
+    """A :class:`TableSnapshot` from its constraints as decoded JSON (as a
+    :class:`LiveTable` and a catalog row hold them).
+
+    :param primary_key: the key's column names.
+    :param foreign_keys: :meth:`ForeignKey.to_dict` objects.
+    :param unique_constraints: :meth:`UniqueConstraint.to_dict` objects.
+    """
+    return TableSnapshot(
+        oid=oid,
+        name=name,
+        kind=kind,
+        comment=comment,
+        columns=columns,
+        primary_key=tuple(primary_key),
+        foreign_keys=tuple(ForeignKey.from_dict(key) for key in foreign_keys),
+        unique_constraints=tuple(
+            UniqueConstraint.from_dict(u) for u in unique_constraints
+        ),
+        rename_hint=rename_hint,
+    )
 
 
 def encode_columns(columns: Sequence[ColumnSnapshot]) -> str:
@@ -455,6 +471,21 @@ def reader_for(dialect: str) -> CatalogReader:
     raise ConfigurationError(
         f"Reflection supports PostgreSQL, SQLite and MariaDB/MySQL, not {dialect!r}."
     )
+
+
+def rows_by_table(
+    connection: sa.Connection, statement: str, params: dict[str, Any]
+) -> dict[str, list[Any]]:
+    """The rows of a catalog query, grouped by their ``tbl`` column (each
+    group in the query's order; a table with none gets an empty list).
+
+    :param statement: SQL text selecting a ``tbl`` column.
+    :param params: its bound parameters.
+    """
+    grouped: dict[str, list[Any]] = defaultdict(list)
+    for row in connection.execute(sa.text(statement), params):
+        grouped[row.tbl].append(row)
+    return grouped
 
 
 def column_names(

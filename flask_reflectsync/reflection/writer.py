@@ -13,13 +13,18 @@ executemany (and, for the table ids, one lookup by oid).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from .snapshot import ColumnSnapshot, LiveTable
+from .snapshot import ColumnSnapshot, LiveTable, decode_columns
+
+T = TypeVar("T")
+
+#: How many ids go into one ``IN`` list.
+CHUNK = 500
 
 _TABLE_COLUMNS = (
     ("oid", "text"),
@@ -202,13 +207,12 @@ def insert_tables(
         ],
     )
     ids: dict[str, int] = {}
-    oids = [t.oid for t in tables]
-    for start in range(0, len(oids), 500):
+    for chunk in chunks([t.oid for t in tables]):
         for oid, id_ in connection.execute(
             sa.select(table.c.oid, table.c.id).where(
                 table.c.schema_id == schema_id,
                 sa.not_(table.c.deleted),
-                table.c.oid.in_(oids[start : start + 500]),
+                table.c.oid.in_(chunk),
             )
         ):
             ids[oid] = id_
@@ -258,22 +262,69 @@ def insert_columns(
             )
         return
     rows = [
-        {
-            "table_id": table_id,
-            "oid": column.oid,
-            "name": column.name,
-            "position": column.position,
-            "type": column.type,
-            "nullable": column.nullable,
-            "default": column.default,
-            "primary_key": column.name in primary_key,
-            "comment": column.comment,
-            "last_synced": now,
-            "deleted": False,
-        }
+        column_values(table_id, column, primary_key, now)
         for table_id, columns, primary_key in owners
         for column in columns
         if only is None or column.oid in only
     ]
     if rows:
         connection.execute(table.insert(), rows)
+
+
+def insert_live_columns(
+    connection: sa.Connection,
+    table: sa.Table,
+    tables: Sequence[tuple[int, LiveTable]],
+    now: datetime,
+) -> None:
+    """Insert catalog rows for the columns of live tables as the reader
+    encoded them.
+
+    :param table: ``reflectsync_catalog_columns``.
+    :param tables: ``(catalog table id, live table)``.
+    :param now: their ``last_synced``.
+    """
+    insert_columns(
+        connection,
+        table,
+        [
+            (table_id, decode_columns(live.columns), json.loads(live.primary_key))
+            for table_id, live in tables
+        ],
+        now,
+    )
+
+
+def column_values(
+    table_id: int, column: ColumnSnapshot, primary_key: Sequence[str], now: datetime
+) -> dict[str, Any]:
+    """The values of the catalog row of a live column.
+
+    :param table_id: catalog id of its table.
+    :param primary_key: its table's primary key column names.
+    :param now: its ``last_synced``.
+    """
+    return {
+        "table_id": table_id,
+        "oid": column.oid,
+        "name": column.name,
+        "position": column.position,
+        "type": column.type,
+        "nullable": column.nullable,
+        "default": column.default,
+        "primary_key": column.name in primary_key,
+        "comment": column.comment,
+        "last_synced": now,
+        "deleted": False,
+    }
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    """``items`` in slices of ``size``: an ``IN`` list or a statement each,
+    short enough for every backend's parameter limit.
+
+    :param items: anything sliceable.
+    :param size: the slice length.
+    """
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

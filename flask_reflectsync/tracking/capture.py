@@ -44,6 +44,7 @@ from sqlalchemy.orm import (
 from sqlalchemy.orm.base import NO_VALUE, instance_state
 
 from ..errors import ConfigurationError, TrackingError
+from ..rows import key_filter
 from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
 from .tables import DELETE, INSERT, UPDATE, VERSION_ROW, LogTables
 from .writer import insert_operations
@@ -223,7 +224,7 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
             tuple(state.key[1]): state for state, _ in items if state.key
         }
         query = sa.select(*info.pk_columns, *columns).where(
-            _key_filter(list(info.pk_columns), list(by_key))
+            key_filter(list(info.pk_columns), list(by_key), inline=True)
         )
         width = len(info.pk_columns)
         connection = session.connection(bind_arguments={"mapper": mapper})
@@ -702,7 +703,7 @@ def _bulk_update_or_delete(
             select.with_for_update(), execution_options={"autoflush": True}
         )
     ]
-    restricted = statement.where(_key_filter(pk_columns, keys))
+    restricted = statement.where(key_filter(pk_columns, keys, inline=True))
     result = state.invoke_statement(statement=restricted)
     if keys:
         _write(state.session, log, _batch(info, keys, command))
@@ -714,21 +715,3 @@ def _batch(info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str) ->
     batch.extend(info, keys, command)
     return batch
 
-
-def _key_filter(
-    pk_columns: Sequence[sa.Column[Any]], keys: Sequence[tuple[Any, ...]]
-) -> sa.ColumnElement[bool]:
-    # literal_execute renders the values inline, so no backend's limit on the
-    # number of bound parameters applies however many rows are touched.
-    if len(pk_columns) == 1:
-        values = [k[0] for k in keys]
-        return pk_columns[0].in_(
-            sa.bindparam(
-                "reflectsync_keys", values, expanding=True, literal_execute=True
-            )
-        )
-    return sa.tuple_(*pk_columns).in_(
-        sa.bindparam(
-            "reflectsync_keys", list(keys), expanding=True, literal_execute=True
-        )
-    )

@@ -22,6 +22,9 @@ TRACK_ATTRIBUTE = "__reflectsync_track__"
 _lock = threading.Lock()
 # Weak, so classes defined per test (or per app factory call) can go away.
 _tracked_classes: weakref.WeakSet[type] = weakref.WeakSet()
+#: Bumped by every track() and untrack(): what was derived from the tracked
+#: classes (a server's TrackedSchema) is stale when it changes.
+_generation = 0
 # Mapper -> TrackedTable or None. Cleared whenever ``track`` is called, so a
 # class decorated after a first flush is still picked up.
 _mapper_cache: weakref.WeakKeyDictionary[Mapper[Any], TrackedTable | None] = (
@@ -84,20 +87,24 @@ def track(cls: T) -> T:
     """
     if not isinstance(cls, type):
         raise TypeError(f"track() takes a mapped class, not {cls!r}.")
+    global _generation
     with _lock:
         setattr(cls, TRACK_ATTRIBUTE, True)
         _tracked_classes.add(cls)
         _mapper_cache.clear()
+        _generation += 1
     return cls
 
 
 def untrack(cls: type) -> None:
     """Stop tracking ``cls`` (mostly useful in tests)."""
+    global _generation
     with _lock:
         if TRACK_ATTRIBUTE in cls.__dict__:
             delattr(cls, TRACK_ATTRIBUTE)
         _tracked_classes.discard(cls)
         _mapper_cache.clear()
+        _generation += 1
 
 
 def is_tracked(cls: type) -> bool:
@@ -150,6 +157,14 @@ def _describe(mapper: Mapper[Any]) -> TrackedTable | None:
         pk_attrs=pk_attrs,
         integer_key=all(isinstance(c.type, sa.Integer) for c in pk_columns),
     )
+
+
+def registry_state() -> tuple[int, int]:
+    """Changes whenever the set of tracked classes does: the number of
+    :func:`track`/:func:`untrack` calls so far and how many tracked classes
+    are alive (a collected class leaves the weak set silently)."""
+    with _lock:
+        return _generation, len(_tracked_classes)
 
 
 def tracked_classes() -> list[type]:

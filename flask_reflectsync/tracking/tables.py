@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 PREFIX = "reflectsync_"
+#: The server's table of registered nodes (see :mod:`flask_reflectsync.server`).
+NODES = PREFIX + "nodes"
 
 #: Operation commands as stored in ``reflectsync_operations.command``.
 INSERT = "i"
@@ -24,45 +26,46 @@ COMMANDS = (INSERT, UPDATE, DELETE)
 class LogTables:
     """The tables of one operations log.
 
-    :param nodes: registered offline nodes.
     :param versions: one row per committed transaction that touched tracked
         rows. ``id`` is assigned when the transaction first logs an operation;
         ``number`` is the version, assigned just before commit under a lock.
     :param operations: one row per insert, update or delete of a tracked row.
     :param counter: a single row holding the last version number handed out;
         its row lock serialises version assignment until commit.
+    :param nodes: the server's registered offline nodes
+        (``reflectsync_nodes``, defined by
+        :func:`flask_reflectsync.server.nodes.define_server_log`); ``None`` in
+        a node's own log, which has no such table.
     """
 
-    nodes: sa.Table
     versions: sa.Table
     operations: sa.Table
     counter: sa.Table
+    nodes: sa.Table | None = None
 
 
-def define_tables(metadata: sa.MetaData) -> LogTables:
+def define_tables(
+    metadata: sa.MetaData, *, nodes: sa.Table | None = None
+) -> LogTables:
     """Define the log tables on ``metadata``, or return them if already there.
 
     :param metadata: usually ``db.metadata``.
+    :param nodes: the server's table of registered nodes, which
+        ``reflectsync_versions.node_id`` then references (the server defines
+        it, see :func:`flask_reflectsync.server.nodes.define_server_log`); a
+        node's log has none.
     """
     existing = metadata.tables.get(PREFIX + "operations")
     if existing is not None:
         return LogTables(
-            nodes=metadata.tables[PREFIX + "nodes"],
             versions=metadata.tables[PREFIX + "versions"],
             operations=existing,
             counter=metadata.tables[PREFIX + "version_counter"],
+            nodes=nodes if nodes is not None else metadata.tables.get(NODES),
         )
 
-    nodes = sa.Table(
-        PREFIX + "nodes",
-        metadata,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("name", sa.String(200), nullable=False, default=""),
-        # Never the secret itself: a keyed digest of it (see the protocol docs).
-        sa.Column("secret_digest", sa.String(128), nullable=False),
-        sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_pulled_version", sa.BigInteger, nullable=False, default=0),
+    node_reference = (
+        [sa.ForeignKey(nodes.c.id, ondelete="SET NULL")] if nodes is not None else []
     )
     versions = sa.Table(
         PREFIX + "versions",
@@ -76,12 +79,7 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
         # NULL while the transaction is in flight; set under the counter lock
         # right before COMMIT, so numbers become visible in commit order.
         sa.Column("number", sa.BigInteger, nullable=True, unique=True),
-        sa.Column(
-            "node_id",
-            sa.Integer,
-            sa.ForeignKey(nodes.c.id, ondelete="SET NULL"),
-            nullable=True,
-        ),
+        sa.Column("node_id", sa.Integer, *node_reference, nullable=True),
         # The node-chosen id of the push that created this version, so a retried
         # push is answered from here and applied once.
         sa.Column("push_id", sa.String(64), nullable=True, unique=True),
@@ -124,23 +122,33 @@ def define_tables(metadata: sa.MetaData) -> LogTables:
     )
     sa.event.listen(counter, "after_create", _insert_counter_row)
     return LogTables(
-        nodes=nodes, versions=versions, operations=operations, counter=counter
+        versions=versions, operations=operations, counter=counter, nodes=nodes
     )
 
 
-#: The row of ``reflectsync_version_counter`` that holds the last version.
+#: The rows of ``reflectsync_version_counter``, by id: the last version
+#: handed out, and (on a server that trimmed its log) the version trimmed
+#: through.
 VERSION_ROW = 1
+TRIMMED_ROW = 2
+
+
+def counter_value(
+    connection: sa.Connection | sa.orm.Session, tables: LogTables, row: int
+) -> int:
+    """The value of counter row ``row`` (0 when the row is missing)."""
+    counter = tables.counter
+    value = connection.execute(
+        sa.select(counter.c.value).where(counter.c.id == row)
+    ).scalar()
+    return int(value or 0)
 
 
 def current_version(
     connection: sa.Connection | sa.orm.Session, tables: LogTables
 ) -> int:
     """The latest committed version number (0 before the first)."""
-    counter = tables.counter
-    value = connection.execute(
-        sa.select(counter.c.value).where(counter.c.id == VERSION_ROW)
-    ).scalar()
-    return int(value or 0)
+    return counter_value(connection, tables, VERSION_ROW)
 
 
 def _insert_counter_row(

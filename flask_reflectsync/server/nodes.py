@@ -22,11 +22,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..errors import AuthenticationError, RegistrationRefusedError
-from ..tracking import LogTables
-from .messages import validate
-from .settings import ServerSettings
-from .signing import (
+from ..errors import AuthenticationError, ConfigurationError, RegistrationRefusedError
+from ..tracking import LogTables, define_tables
+from ..tracking.tables import NODES
+from ..wire.messages import validate
+from ..wire.signing import (
     HEADER_NODE,
     HEADER_NONCE,
     HEADER_SIGNATURE,
@@ -35,6 +35,7 @@ from .signing import (
     signature_matches,
     signed_headers,
 )
+from .settings import ServerSettings
 
 #: Decides whether a registration may go ahead; receives the validated
 #: registration message.
@@ -47,6 +48,47 @@ _NONCE = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _NODE_ID = re.compile(r"[1-9][0-9]{0,9}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _NODE_ID_MAX = 2**31 - 1
+
+
+def define_nodes_table(metadata: sa.MetaData) -> sa.Table:
+    """Define (or return) ``reflectsync_nodes`` on ``metadata``: the server's
+    registered nodes. Only the server has it; a node's database never
+    creates it (node files made before it moved here may still hold an
+    unused copy)."""
+    found = metadata.tables.get(NODES)
+    if found is not None:
+        return found
+    return sa.Table(
+        NODES,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.String(200), nullable=False, default=""),
+        # Never the secret itself: a keyed digest of it (see the protocol docs).
+        sa.Column("secret_digest", sa.String(128), nullable=False),
+        sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("last_pulled_version", sa.BigInteger, nullable=False, default=0),
+    )
+
+
+def define_server_log(metadata: sa.MetaData) -> LogTables:
+    """The server's operations log on ``metadata``: the log tables of
+    :func:`~flask_reflectsync.tracking.define_tables`, with
+    ``reflectsync_versions.node_id`` referencing ``reflectsync_nodes``."""
+    return define_tables(metadata, nodes=define_nodes_table(metadata))
+
+
+def nodes_table(tables: LogTables) -> sa.Table:
+    """The server's ``reflectsync_nodes`` of ``tables``.
+
+    :raises ConfigurationError: ``tables`` is a log without it (a node's).
+    """
+    if tables.nodes is None:
+        raise ConfigurationError(
+            "These log tables have no reflectsync_nodes: define the server's "
+            "with flask_reflectsync.server.nodes.define_server_log()."
+        )
+    return tables.nodes
 
 
 def derive_secret(key: bytes, node_id: int, salt: str) -> str:
@@ -72,7 +114,9 @@ def register_node(
     registration token must match (compared in constant time), and every
     check must return a true value.
 
-    :return: ``{"id", "name", "secret"}``; the secret is shown only here.
+    :return: ``{"id", "name", "secret"}``; the secret is shown only here
+        (and to a retry of the same ``registration_id``, with
+        ``"again": True``, until the node signs a request).
     :raises RegistrationRefusedError: (403) when a gate says no.
     :raises AuthenticationError: (401) when a token is required but missing.
     """
@@ -82,10 +126,30 @@ def register_node(
     if not settings.open_registration:
         _admit(registration, settings, checks)
 
-    salt = secrets.token_hex(16)
     name = registration.get("name", "")
+    # The node's registration id is the salt its secret derives from: a
+    # retry of a registration whose answer was lost finds the node it made
+    # and gets the same secret, until the node signs its first request.
+    chosen = registration.get("registration_id")
+    if chosen is not None:
+        nodes = nodes_table(tables)
+        found = session.execute(
+            sa.select(nodes.c.id, nodes.c.name).where(
+                nodes.c.secret_digest == f"{_SCHEME}${chosen}",
+                nodes.c.last_seen_at.is_(None),
+            )
+        ).first()
+        session.rollback()
+        if found is not None:
+            return {
+                "id": found.id,
+                "name": found.name,
+                "secret": derive_secret(key, found.id, chosen),
+                "again": True,
+            }
+    salt = chosen or secrets.token_hex(16)
     result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
-        sa.insert(tables.nodes).values(
+        sa.insert(nodes_table(tables)).values(
             name=name,
             secret_digest=f"{_SCHEME}${salt}",
             registered_at=now or _now(),
@@ -124,6 +188,15 @@ def _admit(
             raise RegistrationRefusedError(
                 "The server's registration check refused this node."
             )
+
+
+#: The answer to a request signed by no registered node: an unknown node
+#: id, or a known one with a wrong signature (the same words for both).
+NOT_RECOGNISED = (
+    "Unknown node or wrong signature: no registered node signs with this "
+    "secret. A node the server no longer knows (its database was reset) must "
+    "register again; a request altered on the way is refused the same way."
+)
 
 
 def authenticate(
@@ -181,24 +254,25 @@ def authenticate(
     stored = None
     if node_id <= _NODE_ID_MAX:
         stored = session.execute(
-            sa.select(tables.nodes.c.secret_digest).where(
-                tables.nodes.c.id == node_id
+            sa.select(nodes_table(tables).c.secret_digest).where(
+                nodes_table(tables).c.id == node_id
             )
         ).scalar()
     key = settings.require_secret_key()
     scheme, _, salt = (stored or "").partition("$")
-    if scheme != _SCHEME:
-        session.rollback()
-        raise AuthenticationError("Unknown node; register it first.")
+    known = scheme == _SCHEME
     message = canonical_request(method, path, query, stamp, nonce, body)
-    if not signature_matches(
-        derive_secret(key, node_id, salt), message, found[HEADER_SIGNATURE]
-    ):
+    # An unknown node is checked like a known one (against a secret nobody
+    # has) and refused with the same words: the answer must not tell which
+    # node ids exist.
+    matches = signature_matches(
+        derive_secret(key, node_id, salt if known else "unknown"),
+        message,
+        found[HEADER_SIGNATURE],
+    )
+    if not (known and matches):
         session.rollback()
-        raise AuthenticationError(
-            "The request signature does not match; it was altered or signed "
-            "with another secret."
-        )
+        raise AuthenticationError(NOT_RECOGNISED)
     _remember_nonce(session, tables, nonces, settings, node_id, nonce, moment)
     return node_id
 
@@ -215,8 +289,8 @@ def _remember_nonce(
     # The node's row is locked first, so concurrent requests of one node
     # queue here instead of deadlocking on the nonce index.
     session.execute(
-        sa.update(tables.nodes)
-        .where(tables.nodes.c.id == node_id)
+        sa.update(nodes_table(tables))
+        .where(nodes_table(tables).c.id == node_id)
         .values(last_seen_at=moment)
     )
     try:

@@ -32,6 +32,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from ..errors import ValidationError
+from ..rows import batches, key_filter
 from ..tracking import (
     DELETE,
     INSERT,
@@ -43,10 +44,16 @@ from ..tracking import (
 )
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
-from .codec import ColumnCodec, key_from_log, stores_time_zones, table_codecs
+from ..wire.codec import (
+    key_codecs,
+    key_from_log,
+    stores_time_zones,
+    table_codecs,
+)
+from ..wire.messages import BIGINT_MAX, PROTOCOL_VERSION, validate
 from .key_blocks import reserve_key_blocks
-from .messages import BIGINT_MAX, PROTOCOL_VERSION, validate
-from .push import KEY_BATCH, batches, key_filter
+from .nodes import nodes_table
+from .push import KEY_BATCH
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
 
@@ -135,8 +142,8 @@ def pull(
         if part is not None:
             changes[name] = part
     session.execute(
-        sa.update(tables.nodes)
-        .where(tables.nodes.c.id == node_id)
+        sa.update(nodes_table(tables))
+        .where(nodes_table(tables).c.id == node_id)
         .values(
             last_pulled_version=until,
             last_seen_at=datetime.datetime.now(datetime.timezone.utc),
@@ -211,7 +218,7 @@ def _table_changes(
     :param commands: compressed commands by logged key text.
     """
     codecs = list(table_codecs(info.table, aware_storage=aware).values())
-    pk_codecs = _pk_codecs(info, codecs)
+    pk_codecs = key_codecs(info, codecs)
     table_columns = list(info.table.columns)
     positions = [table_columns.index(c) for c in info.pk_columns]
     integer = info.single_integer_key
@@ -473,10 +480,6 @@ def _plain_array_type(kind: sa.types.TypeEngine[Any]) -> bool:
     )
 
 
-def _pk_codecs(info: TrackedTable, codecs: list[ColumnCodec]) -> list[ColumnCodec]:
-    columns = list(info.table.columns)
-    return [codecs[columns.index(c)] for c in info.pk_columns]
-
 
 # -- repair -----------------------------------------------------------------------
 
@@ -555,7 +558,7 @@ def _row_counts(connection: sa.Connection, schema: TrackedSchema) -> dict[str, i
 def _record_pulled(
     engine: sa.Engine, tables: LogTables, node_id: int, version: int
 ) -> None:
-    nodes = tables.nodes
+    nodes = nodes_table(tables)
     try:
         with engine.begin() as connection:
             connection.execute(

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..tracking import TrackedTable
-from .codec import table_codecs
+from ..wire.codec import table_codecs
 from .push import key_ceiling, lock_sequence
 from .schema import TrackedSchema
 

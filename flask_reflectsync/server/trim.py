@@ -16,28 +16,26 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from ..errors import GoneError
-from ..tracking.tables import LogTables, current_version
-
-#: The ``reflectsync_version_counter`` row that holds the trimmed-through
-#: version (row 1 is the version counter itself).
-TRIMMED_ROW = 2
+from ..tracking.tables import (
+    TRIMMED_ROW,
+    LogTables,
+    counter_value,
+    current_version,
+)
+from .nodes import nodes_table
 
 
 def trimmed_through(
     connection: sa.Connection | sa.orm.Session, tables: LogTables
 ) -> int:
     """The highest version whose operations were trimmed (0 if none)."""
-    counter = tables.counter
-    value = connection.execute(
-        sa.select(counter.c.value).where(counter.c.id == TRIMMED_ROW)
-    ).scalar()
-    return int(value or 0)
+    return counter_value(connection, tables, TRIMMED_ROW)
 
 
 def safe_watermark(connection: sa.Connection, tables: LogTables) -> int:
     """The lowest version any registered node has pulled up to; with no node,
     the current version."""
-    nodes = tables.nodes
+    nodes = nodes_table(tables)
     lowest = connection.execute(
         sa.select(sa.func.min(nodes.c.last_pulled_version))
     ).scalar()
@@ -48,7 +46,7 @@ def safe_watermark(connection: sa.Connection, tables: LogTables) -> int:
 
 def nodes_behind(connection: sa.Connection, tables: LogTables, version: int) -> int:
     """How many nodes have not pulled up to ``version``."""
-    nodes = tables.nodes
+    nodes = nodes_table(tables)
     return int(
         connection.execute(
             sa.select(sa.func.count()).where(nodes.c.last_pulled_version < version)

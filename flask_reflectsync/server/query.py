@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, ValidationError
-from .codec import ColumnCodec, stores_time_zones, table_codecs
-from .messages import BIGINT_MAX
+from ..wire.codec import ColumnCodec, stores_time_zones, table_codecs
+from ..wire.messages import BIGINT_MAX
 from .schema import TrackedSchema
 
 #: Query parameters that are not filters.

@@ -31,6 +31,7 @@ unique conflicts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +39,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..errors import ConfigurationError
 from ..tracking import DELETE, INSERT, LogTables
+from ..tracking.tables import PREFIX
 
 #: The kinds of direct conflict (as in :attr:`~flask_reflectsync.client.Conflict.kind`).
 UPDATE_UPDATE = "update/update"
@@ -163,3 +166,73 @@ def ruling_entry(
         "resolution": ruling.resolution,
         "server": server,
     }
+
+
+# -- the rulings a push was answered with ---------------------------------------------
+
+#: The table of the ``resolved`` entries each ruled push was answered with
+#: (on the app's metadata, like the log's): a retry of the push, after a lost
+#: answer, must hear the same rulings, or the node never learns that one of
+#: its changes was overruled.
+RULINGS = "reflectsync_push_rulings"
+
+
+def define_push_rulings(metadata: sa.MetaData) -> sa.Table:
+    """Define (or return) the table of stored push rulings on ``metadata``."""
+    found = metadata.tables.get(RULINGS)
+    if found is not None:
+        return found
+    return sa.Table(
+        RULINGS,
+        metadata,
+        sa.Column(
+            "version_id",
+            sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+            sa.ForeignKey(PREFIX + "versions.id", ondelete="CASCADE"),
+            primary_key=True,
+        ),
+        sa.Column("resolved", sa.Text, nullable=False),
+    )
+
+
+def store_rulings(
+    session: Session, tables: LogTables, version_id: int, entries: list[dict[str, Any]]
+) -> None:
+    """Keep a push's ``resolved`` entries with its version row, in the push's
+    transaction.
+
+    :raises ConfigurationError: if the rulings table is not defined (the
+        extension defines it; a push handler called on bare log tables must
+        define it with :func:`define_push_rulings`).
+    """
+    if not entries:
+        return
+    table = _rulings_table(tables)
+    session.execute(
+        table.insert().values(
+            version_id=version_id,
+            resolved=json.dumps(entries, separators=(",", ":")),
+        )
+    )
+
+
+def stored_rulings(
+    session: Session, tables: LogTables, version_id: int
+) -> list[dict[str, Any]]:
+    """The ``resolved`` entries a push was first answered with (``[]`` if
+    none)."""
+    table = _rulings_table(tables)
+    found = session.execute(
+        sa.select(table.c.resolved).where(table.c.version_id == version_id)
+    ).scalar()
+    return list(json.loads(found)) if found else []
+
+
+def _rulings_table(tables: LogTables) -> sa.Table:
+    table = tables.versions.metadata.tables.get(RULINGS)
+    if table is None:
+        raise ConfigurationError(
+            f"The {RULINGS} table is not defined on the log's metadata; "
+            "call define_push_rulings(metadata) (ReflectSync does)."
+        )
+    return table

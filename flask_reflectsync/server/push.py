@@ -45,20 +45,29 @@ from ..errors import (
     UniqueConstraintError,
     ValidationError,
 )
+from ..rows import batches, key_filter, key_reference, unique_column_sets
 from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, record_operations
 from ..tracking.keys import encode_key
-from ..tracking.tables import current_version
-from .codec import (
+from ..tracking.tables import VERSION_ROW, current_version
+from ..wire.codec import (
     DECODE_ERRORS,
     UNSTORABLE_TEXT,
     ColumnCodec,
     stores_time_zones,
     table_codecs,
 )
-from .messages import validate
+from ..wire.messages import validate
+from ..wire.operations import TypedOperation
 from .schema import TrackedSchema
-from .stale import StaleRow, rule, ruling_entry, stale_rows
+from .stale import (
+    StaleRow,
+    rule,
+    ruling_entry,
+    stale_rows,
+    store_rulings,
+    stored_rulings,
+)
 from .trim import check_not_trimmed
 
 #: How many keys go into one ``IN (...)`` list.
@@ -67,13 +76,8 @@ KEY_BATCH = 1000
 MAX_LISTED = 50
 
 
-@dataclass(frozen=True)
-class PushedOperation:
-    """One operation of a push, decoded. ``row_key`` is the typed key."""
-
-    table_name: str
-    row_key: tuple[Any, ...]
-    command: str
+#: One operation of a push, decoded (``row_key`` is the typed key).
+PushedOperation = TypedOperation
 
 
 @dataclass
@@ -221,8 +225,9 @@ def _push_once(
         _advance_sequences(session, changes)
         _apply(session, schema, changes)
         # Recorded even when its operations changed nothing (deletes of rows
-        # already gone): the push id must stay, for retries to be answered.
-        ensure_version(session)
+        # already gone): the push id must stay, for retries to be answered,
+        # with the same rulings.
+        store_rulings(session, tables, ensure_version(session), resolved)
         _lock_counter(session, tables)
         conflicts = find_conflicts(
             session, tables, changes, node_id, last_version, ruled
@@ -262,8 +267,6 @@ def _push_once(
     answer = _answer_for(session, tables, stored, push_id, digest)
     session.rollback()
     assert answer is not None
-    if resolved:
-        answer["resolved"] = resolved
     return PushOutcome(answer, applied=True)
 
 
@@ -308,7 +311,15 @@ def _answer_for(
         .select_from(operations)
         .where(operations.c.version_id == row.id)
     ).scalar()
-    return {"push_id": push_id, "version": row.number, "operations": count}
+    answer: dict[str, Any] = {
+        "push_id": push_id,
+        "version": row.number,
+        "operations": count,
+    }
+    resolved = stored_rulings(session, tables, row.id)
+    if resolved:
+        answer["resolved"] = resolved
+    return answer
 
 
 # -- decoding ---------------------------------------------------------------------
@@ -562,25 +573,13 @@ def existing_keys(
             yield tuple(row)
 
 
-def key_filter(
-    pk: Sequence[sa.Column[Any]], keys: Sequence[tuple[Any, ...]]
-) -> sa.ColumnElement[bool]:
-    """``pk IN keys`` for a single or composite primary key."""
-    if len(pk) == 1:
-        return pk[0].in_([k[0] for k in keys])
-    return sa.tuple_(*pk).in_(list(keys))
-
-
-def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """``items`` in slices of at most ``size``."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _apply(
     session: Session, schema: TrackedSchema, changes: Mapping[str, _TableChanges]
 ) -> None:
     ordered = schema.in_dependency_order(changes)
+    early = _write_givers_first(session, ordered, changes)
     for name in ordered:  # parents first: restored parents too
         target = changes[name]
         if target.restores:
@@ -589,30 +588,114 @@ def _apply(
             _insert(session, target)
     for name in ordered:
         target = changes[name]
-        if target.updates:
-            # ORM "bulk UPDATE by primary key": the tracking listener reads
-            # the keys from the parameters and logs one update per row.
-            mapper = target.info.mapper
-            attrs = {
-                c.name: mapper.get_property_by_column(c).key
-                for c in target.info.table.columns
-            }
-            session.execute(
-                sa.update(mapper.class_),
-                [
-                    {attrs[c]: v for c, v in target.rows[op.row_key].items()}
-                    for op in target.updates
-                ],
-            )
+        done = early.get(name, set())
+        _update(
+            session, target, [op for op in target.updates if op.row_key not in done]
+        )
     for name in reversed(ordered):
         target = changes[name]
-        mapper = target.info.mapper
-        pk = list(target.info.pk_columns)
-        for batch in batches([op.row_key for op in target.deletes], KEY_BATCH):
-            session.execute(
-                sa.delete(mapper.class_).where(key_filter(pk, batch)),
-                execution_options={"synchronize_session": False},
-            )
+        done = early.get(name, set())
+        _delete(
+            session, target, [op for op in target.deletes if op.row_key not in done]
+        )
+
+
+def _update(
+    session: Session, target: _TableChanges, updates: Sequence[PushedOperation]
+) -> None:
+    if not updates:
+        return
+    # ORM "bulk UPDATE by primary key": the tracking listener reads the keys
+    # from the parameters and logs one update per row.
+    mapper = target.info.mapper
+    attrs = {
+        c.name: mapper.get_property_by_column(c).key for c in target.info.table.columns
+    }
+    session.execute(
+        sa.update(mapper.class_),
+        [{attrs[c]: v for c, v in target.rows[op.row_key].items()} for op in updates],
+    )
+
+
+def _delete(
+    session: Session, target: _TableChanges, deletes: Sequence[PushedOperation]
+) -> None:
+    mapper = target.info.mapper
+    pk = list(target.info.pk_columns)
+    for batch in batches([op.row_key for op in deletes], KEY_BATCH):
+        session.execute(
+            sa.delete(mapper.class_).where(key_filter(pk, batch)),
+            execution_options={"synchronize_session": False},
+        )
+
+
+def _write_givers_first(
+    session: Session, ordered: Sequence[str], changes: Mapping[str, _TableChanges]
+) -> dict[str, set[tuple[Any, ...]]]:
+    """Write first the updates and deletes of rows that give a unique value
+    up to another row of the push.
+
+    The node wrote its changes in an order its database accepted: a survey
+    deleted (or its code changed) and a new one taking the code. Applied as
+    inserts, then updates, then deletes, the new row would meet the old one
+    on the unique constraint, and the push would be refused for good. The
+    givers go first, in a savepoint; if that breaks a foreign key (a giver
+    pointing at a row the push inserts), the savepoint is rolled back and
+    the push is applied in the usual order.
+
+    :return: by table, the keys already written.
+    """
+    givers = {name: _givers(session, changes[name]) for name in ordered}
+    givers = {name: keys for name, keys in givers.items() if keys}
+    if not givers:
+        return {}
+    try:
+        with session.begin_nested():
+            for name in ordered:
+                target, keys = changes[name], givers.get(name, set())
+                _update(
+                    session, target, [op for op in target.updates if op.row_key in keys]
+                )
+            for name in reversed(ordered):
+                target, keys = changes[name], givers.get(name, set())
+                _delete(
+                    session, target, [op for op in target.deletes if op.row_key in keys]
+                )
+    except sa.exc.IntegrityError:
+        return {}
+    return givers
+
+
+def _givers(session: Session, target: _TableChanges) -> set[tuple[Any, ...]]:
+    """The pushed updates and deletes of ``target`` whose rows hold, on the
+    server now, a unique value another written row of the push takes."""
+    info = target.info
+    pk = tuple(c.name for c in info.pk_columns)
+    sets = unique_column_sets(info.table, primary_key=False)
+    leaving = [op.row_key for op in target.updates + target.deletes]
+    if not sets or not leaving or not target.written:
+        return set()
+    wanted: dict[tuple[str, ...], dict[tuple[Any, ...], tuple[Any, ...]]] = {}
+    for columns in sets:
+        taken = wanted.setdefault(columns, {})
+        for op in target.written:
+            row = target.rows.get(op.row_key) or {}
+            values = tuple(row.get(c) for c in columns)
+            if all(c in row for c in columns) and None not in values:
+                taken[values] = op.row_key
+    names = sorted({c for columns in sets for c in columns})
+    selected = [info.table.c[c] for c in (*pk, *names)]
+    givers: set[tuple[Any, ...]] = set()
+    for batch in batches(leaving, KEY_BATCH):
+        query = sa.select(*selected).where(key_filter(list(info.pk_columns), batch))
+        for values in session.execute(query):
+            row = dict(zip((*pk, *names), values, strict=True))
+            key = tuple(row[c] for c in pk)
+            for columns in sets:
+                taker = wanted[columns].get(tuple(row[c] for c in columns))
+                if taker is not None and taker != key:
+                    givers.add(key)
+    return givers
 
 
 def _insert(session: Session, target: _TableChanges) -> None:
@@ -828,7 +911,9 @@ def check_key_space(changes: Mapping[str, _TableChanges]) -> None:
 def _lock_counter(session: Session, tables: LogTables) -> None:
     counter = tables.counter
     session.execute(
-        sa.select(counter.c.value).where(counter.c.id == 1).with_for_update()
+        sa.select(counter.c.value)
+        .where(counter.c.id == VERSION_ROW)
+        .with_for_update()
     )
 
 
@@ -989,12 +1074,9 @@ def broken_references(
             for constraint in child.table.foreign_key_constraints:
                 if constraint.referred_table is not target.info.table:
                     continue
-                referred = [e.column.name for e in constraint.elements]
-                pk_names = [c.name for c in target.info.pk_columns]
-                if sorted(referred) != sorted(pk_names):
+                pointing = key_reference(constraint, target.info)
+                if pointing is None:
                     continue
-                order = [referred.index(n) for n in pk_names]
-                pointing = [constraint.elements[i].parent for i in order]
                 for batch in batches(deleted, KEY_BATCH):
                     query = sa.select(*pointing).where(key_filter(pointing, batch))
                     for row in session.execute(query.distinct()):
@@ -1063,7 +1145,7 @@ def unique_violations(
         # Updates cannot break the key; inserts and restores can.
         updated = {op.row_key for op in target.updates}
         pk_names = tuple(c.name for c in target.info.pk_columns)
-        for columns in _unique_column_sets(target.info.table):
+        for columns in unique_column_sets(target.info.table, primary_key=True):
             if not set(columns) <= set(target.columns):
                 continue
             is_pk = columns == pk_names
@@ -1108,16 +1190,3 @@ def _entry(
         entry["existing_key"] = target.wire_key(existing)
     return entry
 
-
-def _unique_column_sets(table: sa.Table) -> list[tuple[str, ...]]:
-    sets: list[tuple[str, ...]] = [tuple(c.name for c in table.primary_key.columns)]
-    for constraint in table.constraints:
-        if isinstance(constraint, sa.UniqueConstraint):
-            sets.append(tuple(c.name for c in constraint.columns))
-    for index in table.indexes:
-        if index.unique:
-            sets.append(tuple(c.name for c in index.columns))
-    for column in table.columns:
-        if column.unique:
-            sets.append((column.name,))
-    return list(dict.fromkeys(sets))

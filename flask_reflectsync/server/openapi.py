@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .messages import PROTOCOL_VERSION, SCHEMAS
-from .signing import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
+from ..wire.messages import PROTOCOL_VERSION, SCHEMAS
+from ..wire.signing import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 
 _SIGNED: dict[str, list[str]] = {
     name: [] for name in ("node", "timestamp", "nonce", "signature")
@@ -34,6 +34,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         422: "A value the server's column cannot store (code invalid-value), "
         "or a key in the server's reserve (code invalid-key); the envelope "
         "names table, key and column. Nothing was written.",
+        429: "Too many registrations or badly signed requests from this "
+        "address in the last minute; wait Retry-After seconds.",
         503: "The database is busy; retry the same request.",
     }
     return {
@@ -228,7 +230,7 @@ def _catalog_id(name: str, what: str) -> dict[str, Any]:
 def openapi_document(prefix: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of the routes mounted at ``prefix``."""
     base = prefix.rstrip("/")
-    auth = (401, 413, 503)
+    auth = (401, 413, 429, 503)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -242,7 +244,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 "post": _operation(
                     "Register a node; answers its id and secret.",
                     "RegisterResponse",
-                    (400, 401, 403, 413),
+                    (400, 401, 403, 413, 429),
                     body="RegisterRequest",
                     signed=False,
                 )

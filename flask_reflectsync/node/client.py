@@ -1,0 +1,666 @@
+"""The offline node: :class:`SyncClient`.
+
+A node keeps its own database (SQLite by default). Changes made through
+:attr:`SyncClient.Session` are logged in the node's operations log, in the
+change's transaction, by the same listeners the server uses; on a node the
+log's unnumbered versions are the *push queue*. :meth:`SyncClient.push`
+sends the queue, :meth:`SyncClient.pull` fetches the server's changes and
+merges them with the queue (see :mod:`flask_reflectsync.node.merge`),
+:meth:`SyncClient.synchronize` does both until the server accepts the push.
+
+No Flask is needed: the client works from any Python program with plain
+SQLAlchemy, and several clients and a server may live in one process.
+
+:class:`SyncClient` only orchestrates; the work is in the modules beside
+it: ``transport`` (HTTP, retries, signing, error answers), ``state`` and
+``tables`` (the node's own rows), ``push``, ``pull`` and ``merge``,
+``repair``, ``query``, ``keys`` (keys of new rows), ``set_aside``,
+``conflicts`` and ``queue``. It is longer than the layout's ~500 lines
+because its public methods carry the API's documentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import secrets
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import httpx
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..errors import (
+    ConfigurationError,
+    InvalidValueError,
+    NotRegisteredError,
+    PushRejectedError,
+    UniqueConstraintError,
+)
+from ..sqlite import use_immediate_transactions
+from ..tracking import OperationLog, TrackedTable, start_tracking, tracked_tables
+from ..wire.messages import PROTOCOL_VERSION
+from . import pull as _pull
+from . import push as _push
+from . import query as _query
+from . import repair as _repair
+from . import set_aside as _set_aside
+from . import state as _state
+from .conflicts import Conflict, KindResolver, Resolutions, Strategy
+from .keys import assign_keys_on
+from .merge import MergeSchema
+from .results import PullProgress, PullResult, PushResult, SyncResult
+from .set_aside import SetAside
+from .state import State
+from .tables import NODE_LOG, NODE_METADATA, create_node_tables, create_private_file
+from .transport import Retry, Transport, Words
+from .values import check_values_on
+
+__all__ = [
+    "SyncClient",
+    "SetAside",
+    "PushResult",
+    "PullResult",
+    "SyncResult",
+    "Conflict",
+    "KindResolver",
+    "Retry",
+    "PullProgress",
+]
+
+M = TypeVar("M")
+
+
+class _NodeSessionmaker(sessionmaker[Session]):
+    """A sessionmaker that creates the node's tables before the first session."""
+
+    client: SyncClient
+
+    def __call__(self, **local_kw: Any) -> Session:
+        self.client._prepare()
+        return super().__call__(**local_kw)
+
+
+class SyncClient:
+    """An offline node of a flask-reflectsync server.
+
+    ::
+
+        engine = sa.create_engine("sqlite:///field.db")
+        Base.metadata.create_all(engine)
+        client = SyncClient("https://example.org/sync", engine)
+        client.register(token="...")
+        with client.Session() as session:
+            session.add(City(name="Lima"))
+            session.commit()          # logged in the node's push queue
+        client.synchronize()          # push, pull and merge
+
+    :param base_url: the server's URL with the sync prefix
+        (``http://host:5000/sync``).
+    :param engine: the node's database. On SQLite every transaction of this
+        engine is made to start with ``BEGIN IMMEDIATE`` (see
+        :func:`~flask_reflectsync.sqlite.use_immediate_transactions`), so
+        merges and the app's writes queue behind each other.
+    :param models: the tracked mapped classes this node synchronises;
+        default: every tracked class whose table exists in ``engine``'s
+        database.
+    :param name: a name for the node, sent when it registers.
+    :param resolution: the default conflict strategy: ``"last-pusher-wins"``
+        (default), ``"server-wins"``, ``"node-wins"`` or a callable (see
+        :doc:`/conflicts`).
+    :param resolutions: strategies for particular models, by mapped class.
+    :param timeout: seconds to wait for the server.
+    :param transport: an :mod:`httpx` transport (tests, proxies).
+    :param page_size: ask for at most this many operations per pull page.
+    :param retries: how many times a request is sent again when the server
+        answers 503, 429, 502 or 504 or cannot be reached (see
+        :ref:`retries`); ``0`` never retries.
+    :param retry_within: the most seconds spent waiting between the tries of
+        one request; the backoff is scaled to fit.
+    :param on_retry: called with a :class:`Retry` before each wait.
+    :param secret: where the node's signing secret comes from instead of its
+        database: the secret itself, or a callable returning it (read once,
+        when first needed). See :ref:`node-secret`.
+    :param save_secret: with ``secret``, called with the new secret when the
+        node registers (the database never holds it).
+    :param key_blocks: ask the server, on each pull, for blocks of integer
+        keys reserved for this node (see :ref:`key-blocks`; PostgreSQL
+        servers), so new rows of different nodes never take the same key.
+        ``False`` always hands out keys above the high water.
+    :param check_values: refuse, at flush, values the server's columns
+        cannot store (too long, out of range, NUL; see
+        :ref:`values checked locally <local-values>`)
+        with :class:`~flask_reflectsync.errors.InvalidValueError`, instead
+        of learning it at the next push. ``False`` leaves it to the server.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        engine: sa.Engine,
+        models: Iterable[type] | None = None,
+        *,
+        name: str = "",
+        resolution: Strategy = "last-pusher-wins",
+        resolutions: Mapping[type, Strategy] | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        page_size: int | None = None,
+        retries: int = 3,
+        retry_within: float = 10.0,
+        on_retry: Callable[[Retry], Any] | None = None,
+        secret: str | Callable[[], str | None] | None = None,
+        save_secret: Callable[[str], Any] | None = None,
+        key_blocks: bool = True,
+        check_values: bool = True,
+    ) -> None:
+        if retries < 0 or retry_within < 0:
+            raise ConfigurationError("retries and retry_within cannot be negative.")
+        self.engine = engine
+        self.name = name
+        self._registration_id: str | None = None
+        self.page_size = page_size
+        self.resolutions = Resolutions(resolution, resolutions)
+        self._models = list(models) if models is not None else None
+        self._schema: MergeSchema | None = None
+        self._lock = threading.RLock()
+        self._prepared = False
+        self._credentials: tuple[int, str] | None = None
+        self._transport = Transport(
+            base_url.rstrip("/"),
+            httpx.Client(timeout=timeout, transport=transport),
+            self._signing_credentials,
+            retries=retries,
+            retry_within=retry_within,
+            on_retry=on_retry,
+        )
+        self._secret = secret
+        self._save_secret = save_secret
+        self.key_blocks = key_blocks
+        self.check_values = check_values
+        create_private_file(engine)
+        self._log = OperationLog(tables=NODE_LOG, assign_versions=False)
+        use_immediate_transactions(engine)
+        #: Sessions whose changes to tracked models are logged for the push.
+        maker = _NodeSessionmaker(bind=engine)
+        maker.client = self
+        self.Session: sessionmaker[Session] = maker
+        start_tracking(self.Session, self._log)
+        assign_keys_on(self.Session, self)
+        check_values_on(self.Session, self)
+
+    # -- setup -------------------------------------------------------------------
+
+    def track_session(self, target: Any) -> None:
+        """Log changes made through another sessionmaker, scoped session or
+        Session subclass (for example a node app's Flask-SQLAlchemy
+        ``db.session``) into this node's queue. Its sessions must use this
+        client's engine.
+        """
+        self._prepare()
+        start_tracking(target, self._log)
+        assign_keys_on(target, self)
+        check_values_on(target, self)
+
+    def _prepare(self) -> None:
+        if self._prepared:
+            return
+        with self._lock:
+            if self._prepared:
+                return
+            create_node_tables(self.engine)
+            self._prepared = True
+
+    @property
+    def schema(self) -> MergeSchema:
+        """The tracked tables this node synchronises, parents first."""
+        if self._schema is None:
+            with self.engine.connect() as connection:
+                return self._schema_on(connection)
+        return self._schema
+
+    def _schema_on(self, connection: sa.Connection) -> MergeSchema:
+        """:attr:`schema`, resolved (once) on ``connection``: inside a
+        transaction a second connection would wait for the SQLite write lock
+        this one holds (``BEGIN IMMEDIATE``), and fail after the timeout."""
+        if self._schema is None:
+            self._schema = MergeSchema.of(self._tracked(connection))
+        return self._schema
+
+    def _tracked(self, connection: sa.Connection) -> list[TrackedTable]:
+        if self._models is not None:
+            infos = []
+            for model in self._models:
+                infos.append(_query.model_table(model))
+            return infos
+        existing = set(sa.inspect(connection).get_table_names())
+        found: dict[str, TrackedTable] = {}
+        for info in tracked_tables():
+            if info.table.metadata is NODE_METADATA or info.name not in existing:
+                continue
+            if info.name in found and found[info.name].table is not info.table:
+                raise ConfigurationError(
+                    f"Several tracked classes are mapped to a table called "
+                    f"{info.name!r}; pass SyncClient(..., models=[...])."
+                )
+            found[info.name] = info
+        return list(found.values())
+
+    def set_resolution(self, model: type, strategy: Strategy) -> None:
+        """Resolve conflicts on rows of ``model`` with ``strategy``."""
+        self.resolutions.set(model, strategy)
+
+    def close(self) -> None:
+        """Close the HTTP connections (the engine is the caller's)."""
+        self._transport.http.close()
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state -------------------------------------------------------------------
+
+    def _state(self, connection: sa.Connection | None = None) -> State:
+        self._prepare()
+        if connection is None:
+            with self.engine.connect() as own:
+                return _state.read_state(own)
+        return _state.read_state(connection)
+
+    def _set_state(self, connection: sa.Connection, **values: Any) -> None:
+        _state.set_state(connection, **values)
+
+    @contextmanager
+    def _begin(self) -> Iterator[sa.Connection]:
+        """A write transaction on the node's database, logging nothing."""
+        with _state.begin(self.engine) as connection:
+            yield connection
+
+    def _registered(self) -> State:
+        state = self._state()
+        if state.node_id is None:
+            raise NotRegisteredError(
+                "This node has not registered with the server yet; "
+                f"{self._words.register}."
+            )
+        if self._secret is None and state.secret is None:
+            raise NotRegisteredError(
+                f"This node (node {state.node_id}) keeps its secret outside its "
+                f"database; {self._words.secret}."
+            )
+        return state
+
+    def _signing_credentials(self) -> tuple[int, str]:
+        # Read once and kept: signing happens inside merge transactions,
+        # where a second connection to the node's SQLite file would wait on
+        # the merge's own write lock.
+        if self._credentials is None:
+            state = self._registered()
+            assert state.node_id is not None
+            secret = self._outside_secret() if self._secret is not None else None
+            if self._secret is None:
+                secret = state.secret
+            if not secret:
+                raise NotRegisteredError(
+                    "This node's secret is not available: the secret source "
+                    "given to the client returned nothing."
+                )
+            self._credentials = (state.node_id, secret)
+        return self._credentials
+
+    def _outside_secret(self) -> str | None:
+        source = self._secret
+        return source() if callable(source) else source
+
+    @property
+    def last_version(self) -> int:
+        """The last server version this node has pulled."""
+        return self._state().last_version
+
+    @property
+    def node_id(self) -> int | None:
+        """The id the server gave this node, or ``None`` before registering."""
+        return self._state().node_id
+
+    def pending_operations(self) -> int:
+        """How many logged operations wait to be pushed (before compression)."""
+        self._prepare()
+        with self.engine.connect() as connection:
+            return _state.pending_operations(connection)
+
+    # -- HTTP (see transport.py) ---------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The server's URL with its sync prefix."""
+        return self._transport.base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        self._transport.base_url = value.rstrip("/")
+
+    @property
+    def retries(self) -> int:
+        """How many times a request is sent again (see :ref:`retries`)."""
+        return self._transport.retries
+
+    @retries.setter
+    def retries(self, value: int) -> None:
+        self._transport.retries = value
+
+    @property
+    def retry_within(self) -> float:
+        """The most seconds spent waiting between the tries of one request."""
+        return self._transport.retry_within
+
+    @retry_within.setter
+    def retry_within(self, value: float) -> None:
+        self._transport.retry_within = value
+
+    @property
+    def on_retry(self) -> Callable[[Retry], Any] | None:
+        """Called with a :class:`Retry` before each wait."""
+        return self._transport.on_retry
+
+    @on_retry.setter
+    def on_retry(self, value: Callable[[Retry], Any] | None) -> None:
+        self._transport.on_retry = value
+
+    @property
+    def _words(self) -> Words:
+        return self._transport.words
+
+    @_words.setter
+    def _words(self, value: Words) -> None:
+        self._transport.words = value
+
+    def _send(self, method: str, route: str, **kwargs: Any) -> httpx.Response:
+        return self._transport.send(method, route, **kwargs)
+
+    def _call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
+        return self._transport.call(method, route, **kwargs)
+
+    def _delay(self, attempt: int, asked: float | None) -> float:
+        return self._transport.delay(attempt, asked)
+
+    # -- registration ---------------------------------------------------------------
+
+    def register(
+        self,
+        token: str | None = None,
+        *,
+        info: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> int:
+        """Register this node with the server (once) and keep its secret.
+
+        :param token: the server's ``REFLECTSYNC_REGISTRATION_TOKEN``, if it
+            has one.
+        :param info: anything the server's registration checks want to see.
+        :param force: register again even if already registered (the node
+            gets a new id; its queue and data are kept). Needed when the
+            server no longer knows the node ("Unknown node"), for example
+            after its database was reset.
+        :return: the node id.
+        :raises RegistrationRefusedError: if the server refuses.
+        :raises AuthenticationError: if a token is needed and not given.
+        :raises ConfigurationError: the client reads its secret from outside
+            its database (``secret=``) and has no ``save_secret`` to hand
+            the new one to.
+        """
+        with self._lock:
+            state = self._state()
+            if state.node_id is not None and not force:
+                return state.node_id
+            if self._secret is not None and self._save_secret is None:
+                raise ConfigurationError(
+                    "This client reads its secret from outside its database "
+                    "(secret=...); pass save_secret= as well, to receive the "
+                    "secret the server gives when registering."
+                )
+            # One id for every try of this registration, until one succeeds:
+            # a try whose answer was lost created the node, and the server
+            # answers the next try with that node instead of a second one.
+            if self._registration_id is None:
+                self._registration_id = secrets.token_urlsafe(32)
+            message: dict[str, Any] = {
+                "protocol": PROTOCOL_VERSION,
+                "name": self.name,
+                "registration_id": self._registration_id,
+            }
+            if token is not None:
+                message["token"] = token
+            if info is not None:
+                message["info"] = dict(info)
+            answer = self._call("POST", "/register", message=message, signed=False)
+            node = answer["node"]
+            self._registration_id = None
+            self._credentials = None
+            outside = self._save_secret is not None and self._secret is not None
+            if outside:
+                assert self._save_secret is not None
+                self._save_secret(str(node["secret"]))
+            with self._begin() as connection:
+                self._set_state(
+                    connection,
+                    server_url=self.base_url,
+                    node_id=int(node["id"]),
+                    node_name=node.get("name", ""),
+                    secret=None if outside else node["secret"],
+                    registered_at=datetime.datetime.now(datetime.timezone.utc),
+                )
+            return int(node["id"])
+
+    def is_registered(self) -> bool:
+        """Whether this node has registered: its id is stored, and its secret
+        too (or the client was given a source for it)."""
+        state = self._state()
+        if state.node_id is None:
+            return False
+        return self._secret is not None or state.secret is not None
+
+    # -- push ----------------------------------------------------------------------
+
+    def push(self) -> PushResult:
+        """Send the queued operations to the server, exactly once.
+
+        The queue's version rows are recorded, with a new push id, before
+        anything is sent; until the server acknowledges that push id, every
+        call sends the same id and the same versions again (the server
+        applies it once). Operations logged meanwhile stay queued for the
+        next push.
+
+        :return: what the server did (``push_id`` is ``None`` when there was
+            nothing to push).
+        :raises PushRejectedError: the server holds changes to the same rows
+            that the node has not pulled: :meth:`pull` and push again (or
+            call :meth:`synchronize`). The push id is dropped: nothing of it
+            was applied.
+        :raises ServerUnreachableError: the push may or may not have been
+            applied; the next call resends it with the same id.
+        """
+        with self._lock:
+            state = self._registered()
+            aside: list[SetAside] = []
+            while True:
+                if state.push_id is None and not _push.start_push(self):
+                    return PushResult(None, None, 0, set_aside=aside)
+                try:
+                    result = _push.send_push(self)
+                except InvalidValueError as error:
+                    # Refused for good: set the row aside, push the rest.
+                    before = {entry.id for entry in aside}
+                    _set_aside.set_aside_refused(self, error)
+                    aside = [e for e in self.set_aside() if e.id not in before]
+                    state = self._state()
+                    continue
+                return dataclasses.replace(result, set_aside=aside)
+
+    # -- set-aside changes (see set_aside.py) -----------------------------------
+
+    def set_aside(self) -> list[SetAside]:
+        """The changes the server refused for good and the node keeps out of
+        its queue (see :ref:`set-aside`), oldest first."""
+        return _set_aside.entries(self)
+
+    def retry_set_aside(self, ids: Iterable[int] | None = None) -> int:
+        """Queue set-aside changes again (after the app fixed the rows): each
+        is pushed as the row is now (an insert or update, or a delete if the
+        row is gone). A set-aside insert or update whose row a pull has
+        removed meanwhile is written back from the values kept with it.
+
+        :param ids: which (:attr:`SetAside.id`); all when ``None``.
+        :return: how many were queued again.
+        """
+        return _set_aside.retry(self, ids)
+
+    def discard_set_aside(self, ids: Iterable[int] | None = None) -> int:
+        """Give set-aside changes up: each row takes the server's copy back
+        (or is deleted, if the server has none).
+
+        :param ids: which (:attr:`SetAside.id`); all when ``None``.
+        :return: how many were discarded.
+        """
+        return _set_aside.discard(self, ids)
+
+    # -- pull (see pull.py) -----------------------------------------------------------
+
+    def pull(
+        self,
+        progress: Callable[[int, int], Any] | None = None,
+        *,
+        on_page: Callable[[PullProgress], Any] | None = None,
+    ) -> PullResult:
+        """Fetch the server's changes since the last pull and merge them.
+
+        Every page is merged in one local transaction with the queued local
+        changes (see :doc:`/conflicts`); each resolved conflict sends
+        :data:`~flask_reflectsync.signals.conflict_resolved` with this client
+        as sender. A push whose answer was lost is first sent again.
+
+        A node that has never pulled and has nothing queued is *bootstrapped*
+        when the server has trimmed its log past version 0 (answer 410): it
+        is repaired from the server's copy, then pulls from there
+        (:attr:`PullResult.repaired` says how many rows were copied). Any
+        other node gets the :class:`~flask_reflectsync.errors.GoneError`.
+
+        :param progress: called as ``progress(version, server_version)`` after
+            each page is merged: how far the node has got, and where the
+            server was when the page was served.
+        :param on_page: called with a :class:`PullProgress` after each page
+            is merged: the logged operations merged so far, and how many the
+            pull covers when the server says.
+
+        :raises UniqueConstraintError: a local change holds unique values the
+            server gave another row; the page is not merged.
+        :raises GoneError: the server trimmed the changes this node needs;
+            :meth:`repair` it.
+        """
+        return _pull.pull(self, progress, on_page=on_page)
+
+    # -- synchronize -----------------------------------------------------------------
+
+    def synchronize(self, tries: int = 3) -> SyncResult:
+        """Push; when the server rejects the push, pull, merge and push again.
+        Ends with a pull, so the node also has every change of the others.
+
+        :param tries: how many pushes to send before giving up.
+        :raises PushRejectedError: if the push is still rejected after
+            ``tries`` attempts (the server kept changing the same rows).
+        """
+        with self._lock:
+            pulled: list[PullResult] = []
+            refused: set[tuple[str, str]] = set()
+            brought: set[tuple[str, str]] = set()
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    pushed = self.push()
+                except UniqueConstraintError as error:
+                    named = self._unique_refusals(error)
+                    again, refused = named & refused, named
+                    if again - brought:
+                        # The pull brought no row holding the values (it may
+                        # not have been committed yet): fetch the holders the
+                        # server named and merge them, so the node's own
+                        # unique-conflict rules decide.
+                        brought |= again
+                        _pull.bring_holders(self, error, again)
+                        attempt -= 1
+                        continue
+                    if again:
+                        # Refused twice for the same rows, with a merge in
+                        # between that found no local row holding the values
+                        # (nothing for it to resolve): the refusal would come
+                        # back for good. Set those rows aside, push the rest.
+                        for table, key in sorted(again):
+                            _set_aside.set_aside_key(
+                                self,
+                                table, json.loads(key), error.message, error
+                            )
+                        attempt -= 1
+                        continue
+                    if attempt >= tries:
+                        raise
+                    pulled.append(self.pull())
+                    continue
+                except PushRejectedError:
+                    if attempt >= tries:
+                        raise
+                    pulled.append(self.pull())
+                    continue
+                pulled.append(self.pull())
+                return SyncResult(pushed, pulled, attempt)
+
+    @staticmethod
+    def _unique_refusals(error: UniqueConstraintError) -> set[tuple[str, str]]:
+        return {
+            (str(c.get("table")), json.dumps(c.get("key")))
+            for c in error.conflicts
+            if isinstance(c, dict) and isinstance(c.get("key"), list)
+        }
+
+    # -- repair (see repair.py) --------------------------------------------------------
+
+    def repair(
+        self,
+        progress: Callable[[str, int], Any] | None = None,
+        *,
+        on_total: Callable[[int], Any] | None = None,
+    ) -> int:
+        """Replace the node's tracked data with the server's copy.
+
+        The server streams every tracked table; rows are written in batches
+        as they arrive, in one local transaction, so memory stays flat. The
+        node's queued (unpushed) changes are discarded, and the node goes on
+        pulling from the version the copy was taken at.
+
+        :param progress: called as ``progress(table, rows_so_far)`` after each
+            batch of rows is written.
+        :param on_total: called once, before the first row is written, with
+            how many rows the copy holds, if the server says (a server older
+            than this node's release does not).
+        :return: how many rows were written.
+        """
+        return _repair.repair(self, progress, on_total=on_total)
+
+    # -- query (see query.py) ----------------------------------------------------------
+
+    def query(self, model: type[M], **filters: Any) -> list[M]:
+        """Read rows of ``model`` from the server, not from the node.
+
+        Filters are ``column=value`` or ``column__op=value`` with ``op`` one
+        of ``ne``, ``lt``, ``lte``, ``gt``, ``gte``, ``in`` (a list) and
+        ``isnull`` (a bool). The instances are built from the server's rows
+        and added to no session.
+
+        :return: every matching row, in primary-key order.
+        """
+        return _query.query(self, model, **filters)

@@ -1,0 +1,251 @@
+"""The node's pull: pages asked for and merged one local transaction each,
+never holding the node's write lock while waiting for the server; a node
+that never pulled bootstrapped from a repair when the server trimmed its
+log.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import signals
+from ..errors import GoneError, ProtocolMismatchError, UniqueConstraintError
+from ..tracking import UPDATE
+from ..wire.codec import DECODE_ERRORS, stores_time_zones, table_codecs
+from ..wire.messages import PROTOCOL_VERSION
+from ..wire.page import decode_columns
+from . import keys as _keys
+from . import push as _push
+from . import query as _query
+from . import set_aside as _set_aside
+from .conflicts import Conflict, RememberedResolutions
+from .merge import MergeResult, PulledTable, merge_page
+from .results import PullProgress, PullResult
+from .state import State
+from .tables import NODE_KEYS, NODE_LOG
+
+if TYPE_CHECKING:
+    from .client import SyncClient
+
+
+#: How many times a page's merge may start again for rows from the server
+#: before it fetches them inside its transaction.
+_MERGE_ROUNDS = 20
+
+
+def pull(
+    client: SyncClient,
+    progress: Callable[[int, int], Any] | None = None,
+    *,
+    on_page: Callable[[PullProgress], Any] | None = None,
+) -> PullResult:
+    """What :meth:`SyncClient.pull` does."""
+    with client._lock:
+        client._registered()
+        _push.settle_push(client)
+        state = client._state()
+        since = state.last_version
+        # A pull cut off inside a version resumes where it stopped.
+        cursor = state.pull_cursor
+        conflicts: list[Conflict] = []
+        count = done = 0
+        total: int | None = None
+        version = since
+        first = True
+        while True:
+            message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "since": since}
+            if cursor is not None:
+                message["cursor"] = cursor
+            if client.page_size is not None:
+                message["limit"] = client.page_size
+            wanted = _keys.blocks_wanted(client) if first else []
+            if wanted:
+                message["keys"] = wanted
+            try:
+                page = client._call("POST", "/pull", message=message)
+            except GoneError:
+                if not first or not never_pulled(client, state):
+                    raise
+                return bootstrap(client, progress, on_page)
+            first = False
+            if page.get("keys"):
+                _keys.store_blocks(client, page["keys"])
+            changes = decode_page(client, page)
+            result = merge(client, changes, page["until"], page["cursor"])
+            for conflict in result.conflicts:
+                signals.conflict_resolved.send(client, conflict=conflict)
+            conflicts += result.conflicts
+            count += sum(len(part) for part in changes)
+            version = page["until"]
+            cursor = page["cursor"]
+            if type(page.get("total")) is int and total is None:
+                total = page["total"]
+            operations = page.get("operations")
+            if type(operations) is not int:  # an older server: rows
+                operations = sum(len(part) for part in changes)
+            done += operations
+            if progress is not None:
+                progress(version, int(page.get("version", version)))
+            if on_page is not None:
+                server_version = int(page.get("version", version))
+                on_page(PullProgress(version, server_version, done, total))
+            if cursor is None:
+                return PullResult(version, count, conflicts)
+
+
+def never_pulled(client: SyncClient, state: State) -> bool:
+    """Whether repairing this node loses nothing: it has never pulled
+    (nor started to), and has nothing to push."""
+    return (
+        state.last_version == 0
+        and state.pull_cursor is None
+        and state.push_id is None
+        and client.pending_operations() == 0
+    )
+
+
+def bootstrap(
+    client: SyncClient,
+    progress: Callable[[int, int], Any] | None,
+    on_page: Callable[[PullProgress], Any] | None,
+) -> PullResult:
+    copied = client.repair()
+    pulled = client.pull(progress, on_page=on_page)
+    return PullResult(
+        pulled.version, pulled.operations, pulled.conflicts, repaired=copied
+    )
+
+
+def merge(
+    client: SyncClient, changes: list[PulledTable], until: int, cursor: str | None
+) -> MergeResult:
+    """Merge one page in one local transaction, never holding the node's
+    write lock while waiting for the server.
+
+    When the merge needs rows from the server (to settle a conflict), the
+    transaction is rolled back, the rows are fetched with no lock held,
+    and the merge starts again from the queue as it is then: a local
+    write made meanwhile is part of the decision, never overwritten by a
+    plan made without it. Each round fetches rows the earlier ones did
+    not, so it ends; past ``_MERGE_ROUNDS`` the rows are fetched in the
+    transaction, as a last resort.
+    """
+    fetched: dict[str, dict[tuple[Any, ...], dict[str, Any] | None]] = {}
+    resolutions = RememberedResolutions(client.resolutions)
+    for round_ in range(1, _MERGE_ROUNDS + 1):
+        fetch = functools.partial(fetch_known, client, fetched, round_ == _MERGE_ROUNDS)
+        try:
+            with client._begin() as connection:
+                result = merge_page(
+                    connection,
+                    client.schema,
+                    NODE_LOG,
+                    changes,
+                    resolutions,
+                    fetch,
+                    NODE_KEYS,
+                    _keys.reserved_keys if client.key_blocks else None,
+                )
+                client._set_state(connection, last_version=until, pull_cursor=cursor)
+            return result
+        except _NeedRows as need:
+            found = _query.fetch(client, need.table, need.keys)
+            known = fetched.setdefault(need.table, {})
+            known.update({k: found.get(k) for k in need.keys})
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fetch_known(
+    client: SyncClient,
+    fetched: dict[str, dict[tuple[Any, ...], dict[str, Any] | None]],
+    last: bool,
+    table: str,
+    keys: Sequence[tuple[Any, ...]],
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """The merge's fetcher: server rows already fetched, or
+    :class:`_NeedRows` for the others (on the ``last`` round: fetched
+    there and then)."""
+    known = fetched.setdefault(table, {})
+    missing = [k for k in keys if k not in known]
+    if missing and not last:
+        raise _NeedRows(table, missing)
+    if missing:
+        found = _query.fetch(client, table, missing)
+        known.update({k: found.get(k) for k in missing})
+    return {k: row for k in keys if (row := known[k]) is not None}
+
+
+def decode_page(client: SyncClient, page: Mapping[str, Any]) -> list[PulledTable]:
+    schema = client.schema
+    aware = stores_time_zones(client.engine.dialect)
+    parts = []
+    if not isinstance(page.get("changes"), dict):
+        raise ProtocolMismatchError(
+            "The server answered a pull without its changes by table: it "
+            "runs another version of flask-reflectsync than this node; "
+            "upgrade both to the same release."
+        )
+    for name, wire in page["changes"].items():
+        info = schema.tables.get(name)
+        if info is None:
+            continue  # a table this node does not synchronise
+        codecs_ = table_codecs(info.table, aware_storage=aware)
+        commands = wire["commands"]
+        try:
+            columns, values = decode_columns(codecs_, wire, len(commands))
+            pk = [codecs_[c.name] for c in info.pk_columns]
+            deleted = decode_columns(
+                {c.name: c for c in pk},
+                {"columns": [c.name for c in pk], "values": wire["deleted"]},
+                len(wire["deleted"][0]),
+            )[1]
+        except (*DECODE_ERRORS, KeyError, IndexError):
+            raise ProtocolMismatchError(
+                f"The server sent changes of {name} that do not fit the "
+                "node's table; the server and node schemas differ."
+            ) from None
+        if commands and any(c.name not in columns for c in info.pk_columns):
+            raise ProtocolMismatchError(
+                f"The server sent rows of {name} without their keys; the "
+                "server and node versions differ."
+            )
+        keys = list(zip(*deleted, strict=True))
+        parts.append(PulledTable(name, columns, values, commands, keys))
+    return parts
+
+
+def bring_holders(
+    client: SyncClient, error: UniqueConstraintError, rows: set[tuple[str, str]]
+) -> None:
+    """Merge the server rows that hold the unique values the push of
+    ``rows`` was refused for (``existing_key`` of each entry)."""
+    state = client._state()
+    parts: list[PulledTable] = []
+    for entry in error.conflicts:
+        if not isinstance(entry, dict):
+            continue
+        ident = (str(entry.get("table")), json.dumps(entry.get("key")))
+        info = client.schema.tables.get(ident[0])
+        holder = entry.get("existing_key")
+        if ident not in rows or info is None or not isinstance(holder, list):
+            continue
+        key = _set_aside.typed_key(client, info, holder)
+        found = _query.fetch(client, info.name, [key]).get(key) if key else None
+        if found is not None:
+            columns = list(found)
+            values = [[found[c]] for c in columns]
+            parts.append(PulledTable(info.name, columns, values, UPDATE, []))
+    if parts:
+        merge(client, parts, state.last_version, state.pull_cursor)
+
+
+class _NeedRows(Exception):
+    """Raised through a merge that needs server rows not fetched yet."""
+
+    def __init__(self, table: str, keys: list[tuple[Any, ...]]) -> None:
+        super().__init__(table, keys)
+        self.table = table
+        self.keys = keys

@@ -1,0 +1,343 @@
+"""The node's HTTP side: one request sent, signed, retried on a busy server
+or a lost connection (see :ref:`retries`), and the server's error answers
+mapped to :mod:`flask_reflectsync.errors`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import email.utils
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ..errors import (
+    AuthenticationError,
+    ForbiddenError,
+    GoneError,
+    InvalidKeyError,
+    InvalidValueError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ProtocolMismatchError,
+    PushRejectedError,
+    RegistrationRefusedError,
+    ServerUnreachableError,
+    ServiceBusyError,
+    SyncError,
+    TooManyRequestsError,
+    UniqueConstraintError,
+    ValidationError,
+)
+from ..wire.messages import PROTOCOL_VERSION
+from ..wire.signing import sign_request
+
+if TYPE_CHECKING:
+    pass
+
+
+#: Answers after which the same request is sent again: the server (or a
+#: proxy in front of it) was busy or rate-limited, and applied nothing.
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Transport errors raised before the request left the node.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (a number of seconds or
+    an HTTP date), or ``None`` when there is none or it cannot be read."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        seconds = (moment - now).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A request about to be sent again (passed to ``on_retry``).
+
+    :param route: the route, e.g. ``"/pull"``.
+    :param attempt: the number of the try about to be made (2 for the first
+        retry).
+    :param attempts: how many tries are allowed in all.
+    :param delay: the seconds waited before it.
+    :param error: why the last try failed (a busy server, a lost connection).
+    """
+
+    route: str
+    attempt: int
+    attempts: int
+    delay: float
+    error: SyncError
+
+    def describe(self) -> str:
+        """One line a person can read."""
+        return (
+            f"{self.error.message} Trying {self.route} again in "
+            f"{self.delay:.1f} s (try {self.attempt} of {self.attempts})."
+        )
+
+
+@dataclass(frozen=True)
+class Words:
+    """How messages name the things a person can do: the Python API's words
+    by default, the command line's flags in ``reflectsync-node``."""
+
+    register: str = "call client.register() first"
+    register_again: str = "register it again with client.register(force=True)"
+    base_url: str = "base_url"
+    token: str = "Pass it as client.register(token=...)."
+    secret: str = "pass SyncClient(..., secret=...)"
+
+
+API_WORDS = Words()
+
+
+class Transport:
+    """Sends the node's requests to one server: signs them, tries them again
+    on a busy server or a lost connection, and turns error answers into
+    :mod:`flask_reflectsync.errors`.
+
+    :param base_url: the server's URL with its sync prefix.
+    :param http: the HTTP client (closed by its owner).
+    :param credentials: returns the node id and secret that sign a request.
+    :param retries: how many times a request is sent again.
+    :param retry_within: the most seconds spent waiting between tries.
+    :param on_retry: called with a :class:`Retry` before each wait.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        http: httpx.Client,
+        credentials: Callable[[], tuple[int, str]],
+        *,
+        retries: int = 3,
+        retry_within: float = 10.0,
+        on_retry: Callable[[Retry], Any] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.http = http
+        self.credentials = credentials
+        self.retries = retries
+        self.retry_within = retry_within
+        self.on_retry = on_retry
+        self.random = random.Random()
+        #: How messages name what a person can do (the CLI sets its own).
+        self.words = API_WORDS
+
+    def send(
+        self,
+        method: str,
+        route: str,
+        *,
+        message: Any = None,
+        params: Mapping[str, str] | None = None,
+        signed: bool = True,
+        stream: bool = False,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """Send one request, trying again on a busy server or a lost
+        connection (see :ref:`retries`).
+
+        :param idempotent: whether sending the request twice does no harm (a
+            push carries its id; pulls, repairs and queries only read). A
+            request that is not is tried again only when it cannot have
+            reached the server (busy answers, refused connections).
+        """
+        content = b"" if message is None else json.dumps(message).encode("utf-8")
+        waited = 0.0
+        for attempt in range(1, self.retries + 2):
+            # Signed anew each time: a nonce is accepted only once.
+            request = self.request(method, route, content, params, signed)
+            try:
+                answer = self.http.send(request, stream=stream)
+            except httpx.TransportError as error:
+                failure: SyncError = ServerUnreachableError(
+                    f"Cannot reach the sync server at {self.base_url} ({error!s} "
+                    f"[{type(error).__name__}]); check the network and try again."
+                )
+                failure.__cause__ = error
+                never_sent = isinstance(error, _NEVER_SENT)
+                asked: float | None = None
+                if not (idempotent or never_sent):
+                    raise failure from error
+            else:
+                if answer.status_code == 200:
+                    return answer
+                try:
+                    if stream:
+                        answer.read()
+                    failure = _error_from(answer, route, self.base_url, self.words)
+                finally:
+                    answer.close()
+                if answer.status_code not in RETRY_STATUSES:
+                    raise failure
+                asked = retry_after(answer.headers.get("Retry-After"))
+            delay = self.delay(attempt, asked)
+            if attempt > self.retries or waited + delay > self.retry_within:
+                if attempt > 1:
+                    failure.message += f" (tried {attempt} times)"
+                    failure.args = (failure.message, *failure.args[1:])
+                raise failure
+            if self.on_retry is not None:
+                self.on_retry(
+                    Retry(route, attempt + 1, self.retries + 1, delay, failure)
+                )
+            time.sleep(delay)
+            waited += delay
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def delay(self, attempt: int, asked: float | None) -> float:
+        """How long to wait before try ``attempt + 1``: what the server asked
+        for, or else exponential backoff with jitter, scaled so that every
+        wait together stays within ``retry_within``."""
+        if asked is not None:
+            return asked
+        full = self.retry_within * 2.0 ** (attempt - 1) / 2.0**self.retries
+        # Between half and all of it, so nodes turned away together do not
+        # come back together.
+        return full / 2 + self.random.uniform(0, full / 2)
+
+    def request(
+        self,
+        method: str,
+        route: str,
+        content: bytes,
+        params: Mapping[str, str] | None,
+        signed: bool,
+    ) -> httpx.Request:
+        request = self.http.build_request(
+            method,
+            self.base_url + route,
+            content=content or None,
+            params=params,
+            headers={"Content-Type": "application/json"} if content else None,
+        )
+        if signed:
+            node_id, secret = self.credentials()
+            request.headers.update(
+                sign_request(
+                    node_id,
+                    secret,
+                    request.method,
+                    request.url.path,
+                    request.url.query.decode("latin-1"),
+                    content,
+                )
+            )
+        return request
+
+    def call(self, method: str, route: str, **kwargs: Any) -> dict[str, Any]:
+        answer = self.send(method, route, **kwargs)
+        try:
+            body = answer.json()
+        except ValueError:
+            raise ProtocolMismatchError(
+                f"{self.base_url}{route} did not answer JSON; is "
+                f"{self.words.base_url} the sync server's URL with its prefix "
+                "(for example http://host:5000/sync)?"
+            ) from None
+        _check_protocol(body, self.base_url)
+        return body  # type: ignore[no-any-return]
+
+
+def _check_protocol(body: Any, base_url: str) -> None:
+    if not isinstance(body, dict) or body.get("ok") is not True:
+        raise ProtocolMismatchError(
+            f"{base_url} answered something that is not a sync server's answer."
+        )
+    if body.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolMismatchError(
+            f"The server at {base_url} speaks protocol {body.get('protocol')!r}; "
+            f"this node speaks {PROTOCOL_VERSION}. Upgrade the older side."
+        )
+
+
+def _error_from(
+    answer: httpx.Response, route: str, base_url: str, words: Words
+) -> SyncError:
+    try:
+        body = answer.json()
+    except ValueError:
+        body = None
+    status = answer.status_code
+    if not isinstance(body, dict) or "error" not in body:
+        if status >= 500:
+            return ServiceBusyError(
+                f"The sync server at {base_url} failed with HTTP {status}; try "
+                "again later."
+            )
+        return ProtocolMismatchError(
+            f"{base_url}{route} answered HTTP {status} without a sync error; is "
+            f"{words.base_url} the server's URL with its sync prefix?"
+        )
+    message = str(body["error"])
+    if status == 400 and "protocol" in message.lower():
+        return ProtocolMismatchError(message)
+    if status == 400:
+        return ValidationError(message)
+    if status == 401:
+        if message.startswith("Unknown node"):
+            message += (
+                " The server does not know this node (was its database reset?); "
+                f"{words.register_again}."
+            )
+        elif "registration token" in message and route == "/register":
+            message += f" {words.token}"
+        return AuthenticationError(message)
+    if status == 403:
+        if route == "/register":
+            return RegistrationRefusedError(message)
+        return ForbiddenError(message)
+    if status == 404:
+        if route == "/query":
+            return NotFoundError(message)
+        return ProtocolMismatchError(
+            f"{base_url}{route} does not exist ({message}); check "
+            f"{words.base_url} and the server's REFLECTSYNC_URL_PREFIX."
+        )
+    if status == 409:
+        conflicts = list(body.get("conflicts") or [])
+        if conflicts and all("columns" in c for c in conflicts):
+            return UniqueConstraintError(message, conflicts)
+        return PushRejectedError(message, conflicts)
+    if status == 410:
+        return GoneError(message)
+    if status == 413:
+        return PayloadTooLargeError(message)
+    if status == 422 and body.get("code") in ("invalid-value", "invalid-key"):
+        kind = InvalidKeyError if body["code"] == "invalid-key" else InvalidValueError
+        return kind(
+            message,
+            table=str(body.get("table")),
+            key=list(body.get("key") or []),
+            column=str(body.get("column")),
+        )
+    if status in (502, 503, 504):
+        return ServiceBusyError(message)
+    if status == 429:
+        wait = retry_after(answer.headers.get("Retry-After"))
+        return TooManyRequestsError(message, retry_after=int(wait or 60))
+    error = SyncError(message)
+    error.status = status
+    return error

@@ -1,0 +1,99 @@
+"""Values the server would refuse, refused by the node when they are flushed.
+
+SQLite stores a 101-character string in a ``String(100)`` column, or 2**31
+in an ``Integer`` one, and the node would only learn at its next push that
+the server cannot (the change is then set aside). The node's models are the
+server's, so the node knows the same column limits: a flush through one of
+the client's sessions checks every value it writes with the codec the
+server checks pushes with (:meth:`~flask_reflectsync.wire.codec.ColumnCodec.problem`:
+length, integer range, digits, NUL and unpaired surrogates) and raises
+:class:`~flask_reflectsync.errors.InvalidValueError` naming the table, key
+and column before anything is written. ``SyncClient(check_values=False)``
+leaves it to the server.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.orm import InstanceState, Session
+
+from ..errors import InvalidValueError
+from ..tracking.keys import encode_key
+from ..tracking.registry import tracked_table_for
+from ..wire.codec import ColumnCodec, table_codecs
+from .keys import session_class_of
+
+if TYPE_CHECKING:
+    from .client import SyncClient
+
+_clients: weakref.WeakKeyDictionary[type, weakref.ref[SyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
+_codecs: weakref.WeakKeyDictionary[sa.Table, dict[str, ColumnCodec]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def check_values_on(target: Any, client: SyncClient) -> None:
+    """Check the values flushed through ``target``'s sessions (a
+    sessionmaker, scoped session or Session subclass); call it after
+    :func:`.keys.assign_keys_on`, so new rows have their keys."""
+    session_class = session_class_of(target)
+    if session_class is None:
+        return
+    if session_class not in _clients:
+        event.listen(session_class, "before_flush", _check_flushed_values)
+    _clients[session_class] = weakref.ref(client)
+
+
+def _client(session: Session) -> SyncClient | None:
+    for klass in type(session).__mro__:
+        ref = _clients.get(klass)
+        if ref is not None:
+            return ref()
+    return None
+
+
+def _check_flushed_values(session: Session, flush_context: Any, instances: Any) -> None:
+    client = _client(session)
+    if client is None or not client.check_values:
+        return
+    for obj in (*session.new, *session.dirty):
+        state: InstanceState[Any] = sa.inspect(obj)
+        info = tracked_table_for(state.mapper)
+        if info is None:
+            continue
+        codecs = _codecs.get(info.table)
+        if codecs is None:
+            codecs = _codecs[info.table] = table_codecs(info.table)
+        for prop in state.mapper.column_attrs:
+            column = prop.columns[0]
+            codec = codecs.get(column.name)
+            if codec is None or column.table is not info.table:
+                continue
+            if prop.key not in state.dict:
+                continue  # not set: a default or the database decides
+            if state.key is not None and not state.attrs[prop.key].history.added:
+                continue  # an update that leaves this column alone
+            value = state.dict[prop.key]
+            if value is None or not isinstance(value, (str, int)):
+                continue  # NULLs: the node's database checks; others: the server
+            try:
+                problem = codec.problem(value)
+            except (TypeError, AttributeError, ValueError):
+                problem = None  # a type the codec does not check locally
+            if problem is not None:
+                key = list(state.mapper.primary_key_from_instance(obj))
+                raise InvalidValueError(
+                    f"{info.name} {encode_key(key)}: column {column.name!r} "
+                    f"{problem}. The server would refuse it, so the node does "
+                    "not write it (SyncClient(check_values=False) leaves it "
+                    "to the server).",
+                    table=info.name,
+                    key=key,
+                    column=column.name,
+                )
