@@ -409,12 +409,30 @@ def test_datetimes_with_other_offsets_are_kept_as_the_same_instant(
 def test_query_filters_on_typed_columns(server: ServerEnv) -> None:
     node = server.node()
     op, payload = insert("sample", SAMPLE)
-    node.push([op], payload)
+    assert node.push([op], payload).status_code == 200
+    # A second row that differs in every filtered column, so a filter that
+    # is ignored (or compares the wrong way) returns two rows, not one.
+    other = {
+        "id": 2,
+        "code": "other-2",
+        "day": "2024-03-01",
+        "moment": "2024-03-10T02:00:00+00:00",
+        "amount": "12345678.9013",
+        "ref": "1b4e28ba-2fa1-11d2-883f-0016d3cca428",
+    }
+    op, payload = insert("sample", other)
+    assert node.push([op], payload).status_code == 200
+    everything = node.call("GET", "/query", params={"model": "sample"}).json()
+    assert sorted(r["id"] for r in everything["rows"]) == [1, 2]
     for column in ("day", "amount", "ref", "moment", "code"):
         answer = node.call(
             "GET", "/query", params={"model": "sample", column: SAMPLE[column]}
         )
         assert [r["id"] for r in answer.json()["rows"]] == [1], column
+        answer = node.call(
+            "GET", "/query", params={"model": "sample", column: other[column]}
+        )
+        assert [r["id"] for r in answer.json()["rows"]] == [2], column
 
 
 @pytest.mark.parametrize(
