@@ -3,6 +3,7 @@ describes the routes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,9 +11,10 @@ import httpx
 import pytest
 
 from flask_reflectsync.wire.messages import SCHEMAS, validate
+from flask_reflectsync.wire.repair import MEDIA_TYPE
 
 from .conftest import AppFactory
-from .http_server import ServerEnv, TestNode, server_env
+from .http_server import REPAIR_ACCEPT, ServerEnv, TestNode, server_env
 
 SYNC_ROUTES = {
     "/register": "POST",
@@ -30,6 +32,10 @@ def server(make_app: AppFactory) -> Iterator[ServerEnv]:
 
 
 def _assert_envelope(answer: httpx.Response) -> dict[str, Any]:
+    if answer.headers["content-type"] == MEDIA_TYPE:  # the repair stream
+        body = json.loads(answer.content.split(b"\n", 1)[0])  # its header line
+        assert body["ok"] is True and answer.status_code == 200
+        return body  # type: ignore[no-any-return]
     assert answer.headers["content-type"].startswith("application/json")
     body = answer.json()
     assert isinstance(body, dict)
@@ -101,7 +107,8 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
         ("pull unsigned", node.build("POST", "/pull", json={"since": 0}), 401),
         ("pull invalid", signed(node.build("POST", "/pull", json={"since": -1})), 400),
         ("repair unsigned", node.build("GET", "/repair"), 401),
-        ("repair ok", signed(node.build("GET", "/repair")), 200),
+        ("repair ok", signed(node.build("GET", "/repair", headers=REPAIR_ACCEPT)), 200),
+        ("repair by an old node", signed(node.build("GET", "/repair")), 400),
         (
             "query ok",
             signed(node.build("GET", "/query", params={"model": "city"})),
@@ -158,7 +165,8 @@ def test_successful_answers_match_their_schemas(server: ServerEnv) -> None:
         ("/pull", "PullResponse", {"json": {"protocol": 1, "since": 0}}),
     ]:
         validate(node.call("POST", route, **kwargs).json(), schema)
-    validate(node.call("GET", "/repair").json(), "RepairResponse")
+    for line in node.repair().content.splitlines():
+        validate(json.loads(line), "RepairResponse")
     validate(
         node.call("GET", "/query", params={"model": "city"}).json(), "QueryResponse"
     )
