@@ -84,14 +84,8 @@ def _repair_operation(errors: tuple[int, ...]) -> dict[str, Any]:
         "The request does not accept application/x-ndjson (a node older than "
         "the repair stream): a protocol mismatch."
     )
-    operation["parameters"] = [
-        {
-            "name": "Accept",
-            "in": "header",
-            "required": True,
-            "schema": {"type": "string", "example": REPAIR_MEDIA_TYPE},
-        }
-    ]
+    # (OpenAPI ignores an Accept header parameter: the rule is stated in
+    # the summary and the 400's description.)
     return operation
 
 
