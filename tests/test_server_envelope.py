@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from flask_reflectsync.errors import ValidationError
 from flask_reflectsync.wire.messages import SCHEMAS, validate
 from flask_reflectsync.wire.repair import MEDIA_TYPE
 
@@ -167,6 +168,8 @@ def test_successful_answers_match_their_schemas(server: ServerEnv) -> None:
         validate(node.call("POST", route, **kwargs).json(), schema)
     for line in node.repair().content.splitlines():
         validate(json.loads(line), "RepairResponse")
+    with pytest.raises(ValidationError, match="exactly one of 4 forms"):
+        validate({"table": "city", "rows": [[1]]}, "RepairResponse")
     validate(
         node.call("GET", "/query", params={"model": "city"}).json(), "QueryResponse"
     )
