@@ -26,11 +26,27 @@ from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.serving import make_server
 
 from flask_reflectsync import track
+from flask_reflectsync.wire.repair import MEDIA_TYPE, RepairReader
 from flask_reflectsync.wire.signing import sign_request
 
 from .conftest import AppEnv, AppFactory
 
 SECRET_KEY = "test-server-key"
+#: What a node sends with ``GET /repair``.
+REPAIR_ACCEPT = {"Accept": MEDIA_TYPE}
+
+
+def read_repair(answer: httpx.Response) -> dict[str, Any]:
+    """A repair answer read with the node's reader, in one document:
+    ``{"header", "end", "tables": {name: {"columns", "rows"}}}``."""
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == MEDIA_TYPE
+    reader = RepairReader(iter([answer.content]), "test")
+    tables = {
+        name: {"columns": columns, "rows": [row for rows in chunks for row in rows]}
+        for name, columns, chunks in reader.tables()
+    }
+    return {"header": reader.header, "end": reader.end, "tables": tables}
 
 
 @contextmanager
@@ -137,6 +153,7 @@ class TestNode:
         json: Any = None,
         content: bytes | None = None,
         params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Request:
         if json is not None:
             content = dumps(json).encode()
@@ -145,7 +162,10 @@ class TestNode:
             self.base + route,
             content=content,
             params=params,
-            headers={"Content-Type": "application/json"} if content else None,
+            headers={
+                **({"Content-Type": "application/json"} if content else {}),
+                **(headers or {}),
+            },
         )
 
     def sign(self, request: httpx.Request, **options: Any) -> httpx.Request:
@@ -169,6 +189,10 @@ class TestNode:
     def call(self, method: str, route: str, **kwargs: Any) -> httpx.Response:
         """Build, sign and send one request."""
         return self.send(self.sign(self.build(method, route, **kwargs)))
+
+    def repair(self) -> httpx.Response:
+        """``GET /repair`` as a node asks for it (naming the stream's type)."""
+        return self.call("GET", "/repair", headers=REPAIR_ACCEPT)
 
     def push(
         self,

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import errors
-from flask_reflectsync.node.repair import RepairStream as _RepairStream
+from flask_reflectsync.wire.repair import RepairReader
 
 from .conftest import AppFactory
 from .nodes import Cluster, cluster
@@ -87,29 +87,79 @@ def test_repair_round_trips_every_column_type(net: Cluster) -> None:
     assert net.node_rows(b)["sample"] == net.node_rows(a)["sample"]
 
 
+STREAM = (
+    b'{"ok":true,"protocol":1,"counts":{"t":2,"u":0}}\n'
+    b'{"table":"t","columns":["id","s"]}\n'
+    b'{"rows":[[1,"a, ]\\n"]]}\n{"rows":[[22,"\\u00e9"]]}\n'
+    b'{"table":"u","columns":["id"]}\n'
+    b'{"end":true,"version":12345,"rows":{"t":2,"u":0}}\n'
+)
+
+
+def _read(pieces: Iterator[bytes]) -> tuple[RepairReader, list[Any]]:
+    stream = RepairReader(pieces, "http://x")
+    tables = [
+        (name, cols, [row for rows in chunks for row in rows])
+        for name, cols, chunks in stream.tables()
+    ]
+    return stream, tables
+
+
 def test_repair_stream_reads_pieces_cut_anywhere() -> None:
-    text = (
-        b'{"ok":true,"protocol":1,"version":12345,"tables":{"t":{"columns":["id","s"],'
-        b'"rows":[[1,"a, ]"],[22,"\\u00e9"]]},"u":{"columns":["id"],"rows":[]}}}'
-    )
-    for size in (1, 2, 3, 7, len(text)):
-        pieces = iter([text[i : i + size] for i in range(0, len(text), size)])
-        stream = _RepairStream(pieces, "http://x")
-        tables = [(name, cols, list(rows)) for name, cols, rows in stream.tables()]
+    for size in (1, 2, 3, 7, len(STREAM)):
+        pieces = iter([STREAM[i : i + size] for i in range(0, len(STREAM), size)])
+        stream, tables = _read(pieces)
         assert tables == [
-            ("t", ["id", "s"], [[1, "a, ]"], [22, "é"]]),
+            ("t", ["id", "s"], [[1, "a, ]\n"], [22, "é"]]),
             ("u", ["id"], []),
         ]
-        assert stream.header["version"] == 12345
+        assert stream.header["counts"] == {"t": 2, "u": 0}
+        assert stream.end["version"] == 12345
 
 
-def test_cut_repair_stream_is_an_error() -> None:
-    stream = _RepairStream(
-        iter([b'{"ok":true,"version":1,"tables":{"t":{"rows":[[1']), "x"
-    )
-    with pytest.raises(errors.ProtocolMismatchError):
-        for _, _, rows in stream.tables():
-            list(rows)
+@pytest.mark.parametrize(
+    "cut",
+    [
+        # anywhere inside a line
+        *range(1, len(STREAM) - 1, 5),
+        # between two lines: only the last line tells that the stream is whole
+        *[n + 1 for n, byte in enumerate(STREAM[:-1]) if byte == ord("\n")],
+        # the last line without its newline
+        len(STREAM) - 1,
+    ],
+)
+def test_cut_repair_stream_is_an_error(cut: int) -> None:
+    with pytest.raises(errors.ProtocolMismatchError, match="cut or malformed"):
+        _read(iter([STREAM[:cut]]))
+
+
+@pytest.mark.parametrize(
+    ("position", "bad"),
+    [
+        (1, b'{"rows":[[1]]}\n'),  # rows before any table
+        (3, b'{"table":"t","columns":["id","s"]}\n'),  # a table twice
+        (3, b"[1]\n"),  # not an object
+        (3, b'{"rows":[[1]]'),  # not JSON
+        (6, b'{"end":true,"version":12345,"rows":{"t":2,"u":0}}\n'),  # after the end
+    ],
+)
+def test_a_line_out_of_place_is_an_error(position: int, bad: bytes) -> None:
+    lines = STREAM.splitlines(keepends=True)
+    lines.insert(position, bad)
+    with pytest.raises(errors.ProtocolMismatchError, match="cut or malformed"):
+        _read(iter([b"".join(lines)]))
+
+
+def test_row_counts_must_match_the_last_line() -> None:
+    stream = STREAM.replace(b'"rows":{"t":2', b'"rows":{"t":3')
+    with pytest.raises(errors.ProtocolMismatchError, match="disagree"):
+        _read(iter([stream]))
+
+
+def test_another_protocol_is_a_protocol_mismatch() -> None:
+    stream = STREAM.replace(b'"protocol":1', b'"protocol":2')
+    with pytest.raises(errors.ProtocolMismatchError, match="speaks protocol 2"):
+        _read(iter([stream]))
 
 
 class _BreakRepair(httpx.BaseTransport):
@@ -158,6 +208,87 @@ def test_a_repair_stream_cut_midway_is_a_sync_error_and_changes_nothing(
     with b.engine.connect() as connection:
         rows = connection.execute(sa.select(m.Country.__table__)).all()
     assert [tuple(r) for r in rows] == [(9999, "mine")]  # rolled back
+    assert b.pending_operations() == 1
+
+
+class _DropLastLine(httpx.BaseTransport):
+    """Ends a repair answer cleanly, but without its last line (a proxy
+    that gave up between two lines)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.inner.handle_request(request)
+        if not request.url.path.endswith("/repair"):
+            return answer
+        lines = answer.read().splitlines(keepends=True)
+        assert b'"end"' in lines[-1]
+        return httpx.Response(
+            answer.status_code, headers=answer.headers, content=b"".join(lines[:-1])
+        )
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_repair_stream_without_its_last_line_changes_nothing(net: Cluster) -> None:
+    m = net.server.env.models
+    a = net.node()
+    with a.Session() as session:
+        session.execute(
+            sa.insert(m.Country), [{"id": i, "name": f"c{i}"} for i in range(1, 301)]
+        )
+        session.commit()
+    a.synchronize()
+    b = net.node(transport=_DropLastLine(), retries=0)
+    with b.Session() as session:
+        session.add(m.Country(id=9999, name="mine"))
+        session.commit()
+    with pytest.raises(errors.ProtocolMismatchError, match="before its last line"):
+        b.repair()
+    assert net.node_rows(b)["country"] == [(9999, "mine")]  # rolled back
+    assert b.pending_operations() == 1
+    assert b.last_version == 0
+
+
+def test_an_old_node_gets_a_protocol_mismatch(net: Cluster) -> None:
+    """A node from before the NDJSON stream asks for ``GET /repair`` without
+    naming application/x-ndjson; its transport turns the server's refusal
+    into a ProtocolMismatchError before its repair changes anything."""
+    b = net.node()
+    with pytest.raises(errors.ProtocolMismatchError, match="Upgrade the node"):
+        b._send("GET", "/repair", stream=True)  # what such a node's repair sends
+
+
+class _OldServer(httpx.BaseTransport):
+    """Answers ``GET /repair`` as servers before the NDJSON stream did: one
+    JSON document."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/repair"):
+            return self.inner.handle_request(request)
+        document = {"ok": True, "protocol": 1, "version": 1, "tables": {}}
+        return httpx.Response(200, json=document)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_node_repairing_from_an_old_server_is_told_and_changes_nothing(
+    net: Cluster,
+) -> None:
+    m = net.server.env.models
+    b = net.node(transport=_OldServer(), retries=0)
+    with b.Session() as session:
+        session.add(m.Country(id=9999, name="mine"))
+        session.commit()
+    with pytest.raises(errors.ProtocolMismatchError, match="Upgrade the server"):
+        b.repair()
+    assert net.node_rows(b)["country"] == [(9999, "mine")]
     assert b.pending_operations() == 1
 
 

@@ -3,6 +3,7 @@ describes the routes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,10 +11,12 @@ import httpx
 import pytest
 
 from flask_reflectsync.blueprints.api import http_error_code
+from flask_reflectsync.errors import ValidationError
 from flask_reflectsync.wire.messages import SCHEMAS, validate
+from flask_reflectsync.wire.repair import MEDIA_TYPE
 
 from .conftest import AppFactory
-from .http_server import ServerEnv, TestNode, server_env
+from .http_server import REPAIR_ACCEPT, ServerEnv, TestNode, server_env
 from .test_error_codes import documented_codes
 
 SYNC_ROUTES = {
@@ -32,6 +35,10 @@ def server(make_app: AppFactory) -> Iterator[ServerEnv]:
 
 
 def _assert_envelope(answer: httpx.Response) -> dict[str, Any]:
+    if answer.headers["content-type"] == MEDIA_TYPE:  # the repair stream
+        body = json.loads(answer.content.split(b"\n", 1)[0])  # its header line
+        assert body["ok"] is True and answer.status_code == 200
+        return body  # type: ignore[no-any-return]
     assert answer.headers["content-type"].startswith("application/json")
     body = answer.json()
     assert isinstance(body, dict)
@@ -77,6 +84,7 @@ CODES = {
     "pull ahead": "pull.ahead_of_server",
     "register protocol 2": "request.protocol_mismatch",
     "repair unsigned": "auth.unsigned",
+    "repair by an old node": "request.protocol_mismatch",
     "query unknown": "query.unknown_model",
     "query unsigned": "auth.unsigned",
     "not found": "http.not_found",
@@ -182,7 +190,8 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
         ),
         ("pull invalid", signed(node.build("POST", "/pull", json={"since": -1})), 400),
         ("repair unsigned", node.build("GET", "/repair"), 401),
-        ("repair ok", signed(node.build("GET", "/repair")), 200),
+        ("repair ok", signed(node.build("GET", "/repair", headers=REPAIR_ACCEPT)), 200),
+        ("repair by an old node", signed(node.build("GET", "/repair")), 400),
         (
             "query ok",
             signed(node.build("GET", "/query", params={"model": "city"})),
@@ -244,7 +253,10 @@ def test_successful_answers_match_their_schemas(server: ServerEnv) -> None:
         ("/pull", "PullResponse", {"json": {"protocol": 1, "since": 0}}),
     ]:
         validate(node.call("POST", route, **kwargs).json(), schema)
-    validate(node.call("GET", "/repair").json(), "RepairResponse")
+    for line in node.repair().content.splitlines():
+        validate(json.loads(line), "RepairResponse")
+    with pytest.raises(ValidationError, match="exactly one of 4 forms"):
+        validate({"table": "city", "rows": [[1]]}, "RepairResponse")
     validate(
         node.call("GET", "/query", params={"model": "city"}).json(), "QueryResponse"
     )

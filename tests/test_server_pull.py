@@ -16,7 +16,14 @@ import pytest
 from flask_reflectsync import signals
 
 from .conftest import AppFactory
-from .http_server import ServerEnv, TestNode, insert, server_env
+from .http_server import (
+    REPAIR_ACCEPT,
+    ServerEnv,
+    TestNode,
+    insert,
+    read_repair,
+    server_env,
+)
 
 # datetime.UTC is Python 3.11; the suite runs on 3.10 too.
 UTC = datetime.timezone.utc
@@ -230,7 +237,7 @@ def test_repair_streams_every_tracked_table_and_the_version(
         env.db.session.add(env.models.Note(id=1, name="untracked"))
         env.db.session.commit()
 
-        request = writer.sign(writer.build("GET", "/repair"))
+        request = writer.sign(writer.build("GET", "/repair", headers=REPAIR_ACCEPT))
         with writer.client.stream(
             request.method, request.url, headers=request.headers
         ) as response:
@@ -239,9 +246,22 @@ def test_repair_streams_every_tracked_table_and_the_version(
             assert "content-length" not in response.headers
             chunks = list(response.iter_raw())
         assert len(chunks) > 3
-        body = json.loads(b"".join(chunks))
+        body = b"".join(chunks)
+        lines = [json.loads(line) for line in body.split(b"\n")[:-1]]
+        assert body.endswith(b"\n")
+        # one object per line: header, per table its line and lines of at
+        # most REFLECTSYNC_REPAIR_CHUNK_ROWS rows, the end line
+        counts = {"country": 1, "city": 10, "tag": 0, "translation": 0, "sample": 0}
+        assert lines[0] == {"ok": True, "protocol": 1, "counts": counts}
+        assert lines[-1] == {"end": True, "version": 1, "rows": counts}
+        city = lines.index(
+            {"table": "city", "columns": ["id", "name", "population", "country_id"]}
+        )
+        sizes = [len(line["rows"]) for line in lines[city + 1 : city + 5]]
+        assert sizes == [3, 3, 3, 1]
+        assert set(lines[city + 5]) != {"rows"}  # the next table, or the end
 
-        assert body["ok"] is True and body["version"] == 1
+        body = read_repair(writer.repair())
         assert set(body["tables"]) == {
             "country",
             "city",
@@ -253,6 +273,22 @@ def test_repair_streams_every_tracked_table_and_the_version(
         assert city["columns"] == ["id", "name", "population", "country_id"]
         assert city["rows"] == [[i, f"city {i}", i, 1] for i in range(1, 11)]
         assert body["tables"]["tag"] == {"columns": ["id", "label"], "rows": []}
+
+
+def test_repair_to_a_node_that_does_not_accept_the_stream_is_refused(
+    server: ServerEnv,
+) -> None:
+    """Nodes from before the NDJSON stream send no Accept naming it; they
+    would misread the stream, so they get an error that names the protocol
+    (which their transport reports as a ProtocolMismatchError)."""
+    node = server.node()
+    for headers in ({}, {"Accept": "*/*"}, {"Accept": "application/json"}):
+        answer = node.call("GET", "/repair", headers=headers)
+        assert answer.status_code == 400
+        assert answer.json()["ok"] is False
+        assert "protocol" in answer.json()["error"]
+    accepted = {"Accept": "application/json, application/x-ndjson; q=0.9"}
+    assert node.call("GET", "/repair", headers=accepted).status_code == 200
 
 
 def test_repair_needs_a_signature(server: ServerEnv) -> None:
@@ -392,7 +428,7 @@ def test_every_type_round_trips_through_push_pull_repair_and_query(
     }
     rows = reader.call("GET", "/query", params={"model": "sample"}).json()["rows"]
     assert rows == [SAMPLE]
-    repair = reader.call("GET", "/repair").json()
+    repair = read_repair(reader.repair())
     assert repair["tables"]["sample"]["rows"] == [expected]
 
 

@@ -33,13 +33,20 @@ from ..errors import (
 )
 from ..server import nodes
 from ..server.openapi import openapi_document
-from ..server.pull import change_count, read_page, record_pulled, repair_stream
+from ..server.pull import (
+    change_count,
+    check_repair_accepted,
+    read_page,
+    record_pulled,
+    repair_stream,
+)
 from ..server.push import push
 from ..server.query import query
 from ..server.schema import TrackedSchema
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.registry import registry_state
 from ..wire.messages import PROTOCOL_VERSION, decode_body
+from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
 from .api import ok_response
 from .limits import AddressLimit
 
@@ -306,14 +313,15 @@ def _repair() -> Response:
     state = _state()
     settings = _settings()
     node_id = _authenticate(settings, _body(settings))
-    pieces = repair_stream(
+    check_repair_accepted(request.headers.get("Accept"))
+    lines = repair_stream(
         state.db.engine,
         state.tables,
         _schema(),
         chunk_rows=settings.repair_chunk_rows,
         node_id=node_id,
     )
-    return Response(pieces, mimetype="application/json")
+    return Response(lines, mimetype=REPAIR_MEDIA_TYPE)
 
 
 def _query() -> Response:

@@ -151,6 +151,7 @@ class Transport:
         signed: bool = True,
         stream: bool = False,
         idempotent: bool = True,
+        accept: str | None = None,
     ) -> httpx.Response:
         """Send one request, trying again on a busy server or a lost
         connection (see :ref:`retries`).
@@ -165,6 +166,8 @@ class Transport:
         for attempt in range(1, self.retries + 2):
             # Signed anew each time: a nonce is accepted only once.
             request = self.request(method, route, content, params, signed)
+            if accept is not None:
+                request.headers["Accept"] = accept
             try:
                 answer = self.http.send(request, stream=stream)
             except httpx.TransportError as error:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..wire.messages import PROTOCOL_VERSION, SCHEMAS
+from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
 from ..wire.signing import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
 
 _SIGNED: dict[str, list[str]] = {
@@ -66,6 +67,25 @@ def _operation(
         operation["security"] = [_SIGNED]
     if parameters:
         operation["parameters"] = parameters
+    return operation
+
+
+def _repair_operation(errors: tuple[int, ...]) -> dict[str, Any]:
+    operation = _operation(
+        "The full content of every tracked table, streamed as newline-delimited "
+        "JSON; the request must name application/x-ndjson in Accept.",
+        "RepairResponse",
+        (400, *errors),
+    )
+    operation["responses"]["200"]["content"] = {
+        REPAIR_MEDIA_TYPE: {"schema": _ref("RepairResponse")}
+    }
+    operation["responses"]["400"]["description"] = (
+        "The request does not accept application/x-ndjson (a node older than "
+        "the repair stream): a protocol mismatch."
+    )
+    # (OpenAPI ignores an Accept header parameter: the rule is stated in
+    # the summary and the 400's description.)
     return operation
 
 
@@ -268,11 +288,7 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                 )
             },
             f"{base}/repair": {
-                "get": _operation(
-                    "The full content of every tracked table, streamed.",
-                    "RepairResponse",
-                    auth,
-                )
+                "get": _repair_operation(auth)
             },
             f"{base}/query": {
                 "get": _operation(

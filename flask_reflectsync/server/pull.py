@@ -50,7 +50,8 @@ from ..wire.codec import (
     stores_time_zones,
     table_codecs,
 )
-from ..wire.messages import BIGINT_MAX, PROTOCOL_VERSION, validate
+from ..wire.messages import BIGINT_MAX, validate
+from ..wire.repair import MEDIA_TYPE, end_line, header_line, rows_line, table_line
 from .key_blocks import reserve_key_blocks
 from .nodes import nodes_table
 from .push import KEY_BATCH
@@ -516,52 +517,62 @@ def repair_stream(
     chunk_rows: int,
     node_id: int | None = None,
 ) -> Iterator[str]:
-    """The full content of every tracked table, as JSON text in pieces.
+    """The full content of every tracked table, as lines of newline-delimited
+    JSON (framing: :mod:`flask_reflectsync.wire.repair`).
 
     The version is read first and each table is read with a server-side
-    cursor ``chunk_rows`` rows at a time, so memory stays flat however large
-    the tables are. Rows committed after the version was read may already be
-    included; a node that pulls from that version afterwards converges,
-    because pulls carry current payloads.
+    cursor ``chunk_rows`` rows at a time, one line of rows per chunk, so
+    memory stays flat however large the tables are. Rows committed after the
+    version was read may already be included; a node that pulls from that
+    version afterwards converges, because pulls carry current payloads.
 
     :param node_id: the node served: once the whole copy has been handed
         over, the server records that node as having pulled up to the
         copy's version (as a pull would).
-    :return: an iterator of text pieces making up one JSON object,
-        ``{"ok": true, "protocol": 1, "version": N, "counts": {name: rows},
-        "tables": {name: {"columns": [...], "rows": [[...], ...]}}}``;
-        ``counts`` holds each table's row count when the copy starts (a progress
-        total: rows committed meanwhile may change it).
+    :return: an iterator of lines: a header (``counts`` holds each table's
+        row count when the copy starts, a progress total: rows committed
+        meanwhile may change it), then per table a line naming it and its
+        columns and lines of rows, then a trailer with the version and the
+        rows each table's lines held.
     """
     with engine.connect() as connection:
         version = current_version(connection, tables)
         aware = stores_time_zones(connection.dialect)
-        counts = json.dumps(_row_counts(connection, schema))
-        yield (
-            f'{{"ok":true,"protocol":{PROTOCOL_VERSION},"version":{version},'
-            f'"counts":{counts},"tables":{{'
-        )
-        for number, (name, info) in enumerate(schema.tables.items()):
+        yield header_line(_row_counts(connection, schema))
+        sent: dict[str, int] = {}
+        for name, info in schema.tables.items():
             codecs = list(table_codecs(info.table, aware_storage=aware).values())
-            columns = json.dumps([c.name for c in codecs])
-            separator = "," if number else ""
-            yield f'{separator}{json.dumps(name)}:{{"columns":{columns},"rows":['
+            yield table_line(name, [c.name for c in codecs])
             query = sa.select(info.table).order_by(*info.pk_columns)
             result = connection.execution_options(yield_per=chunk_rows).execute(query)
-            first = True
+            sent[name] = 0
             for partition in result.partitions():
-                piece = ",".join(
+                yield rows_line(
                     json.dumps([c.to_json(v) for c, v in zip(codecs, row, strict=True)])
                     for row in partition
                 )
-                yield piece if first else "," + piece
-                first = False
-            yield "]}"
-        yield "}}"
+                sent[name] += len(partition)
+        yield end_line(version, sent)
     if node_id is not None:
-        # Reached only when the server took the last piece: the node has
+        # Reached only when the server took the last line: the node has
         # the whole copy, so nodes and trim's watermark see it as caught up.
         _record_pulled(engine, tables, node_id, version)
+
+
+def check_repair_accepted(accept: str | None) -> None:
+    """Refuse a repair to a client that does not name the stream's media
+    type in ``Accept``: nodes from before the NDJSON stream read one JSON
+    document, and would misread it. The refusal mentions the protocol, which
+    such nodes turn into a :exc:`~flask_reflectsync.errors.ProtocolMismatchError`.
+    """
+    named = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
+    if MEDIA_TYPE not in named:
+        raise ValidationError(
+            f"This server streams repairs as {MEDIA_TYPE}, which the node does "
+            "not accept (Accept header): the node is older than the server's "
+            "repair protocol. Upgrade the node.",
+            code="request.protocol_mismatch",
+        )
 
 
 def _row_counts(connection: sa.Connection, schema: TrackedSchema) -> dict[str, int]:

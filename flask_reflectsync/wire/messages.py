@@ -314,23 +314,70 @@ SCHEMAS: dict[str, Schema] = {
         },
     },
     "RepairResponse": {
-        "type": "object",
-        "required": ["ok", "protocol", "version", "tables"],
-        "properties": {
-            "ok": {"type": "boolean", "enum": [True]},
-            "protocol": _protocol,
-            "version": {
-                **_version,
-                "description": "Pull from this version after restoring.",
-            },
-            "counts": {
+        "description": "One line of the repair stream (application/x-ndjson, "
+        "one JSON object per line): the header first, then per table a table "
+        "line followed by its rows lines, then the end line. A stream without "
+        "its end line is cut.",
+        "oneOf": [
+            {
                 "type": "object",
-                "additionalProperties": {"type": "integer", "minimum": 0},
-                "description": "Each table's row count when the copy started "
-                "(optional; for progress).",
+                "title": "Header",
+                "required": ["ok", "protocol"],
+                "additionalProperties": False,
+                "properties": {
+                    "ok": {"type": "boolean", "enum": [True]},
+                    "protocol": _protocol,
+                    "counts": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer", "minimum": 0},
+                        "description": "Each table's row count when the copy "
+                        "started (optional; for progress).",
+                    },
+                },
             },
-            "tables": _payloads,
-        },
+            {
+                "type": "object",
+                "title": "Table",
+                "required": ["table", "columns"],
+                "additionalProperties": False,
+                "properties": {
+                    "table": {"type": "string"},
+                    "columns": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+            {
+                "type": "object",
+                "title": "Rows",
+                "required": ["rows"],
+                "additionalProperties": False,
+                "properties": {
+                    "rows": {
+                        "type": "array",
+                        "items": {"type": "array"},
+                        "description": "Rows of the table named last, one array "
+                        "of values per row in the order of its columns.",
+                    },
+                },
+            },
+            {
+                "type": "object",
+                "title": "End",
+                "required": ["end", "version", "rows"],
+                "additionalProperties": False,
+                "properties": {
+                    "end": {"type": "boolean", "enum": [True]},
+                    "version": {
+                        **_version,
+                        "description": "Pull from this version after restoring.",
+                    },
+                    "rows": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer", "minimum": 0},
+                        "description": "How many rows each table's lines held.",
+                    },
+                },
+            },
+        ],
     },
     "QueryResponse": {
         "type": "object",
@@ -502,12 +549,32 @@ def _compile(schema: Mapping[str, Any]) -> Validator:
         checks.append(check_enum)
     checks += _string_checks(schema) + _number_checks(schema)
     checks += _array_checks(schema) + _object_checks(schema)
+    if "oneOf" in schema:
+        checks.append(_one_of([_compile(one) for one in schema["oneOf"]]))
 
     def check(value: Any, where: Path) -> None:
         for one in checks:
             one(value, where)
 
     return checks[0] if len(checks) == 1 else check
+
+
+def _one_of(alternatives: list[Validator]) -> Validator:
+    def check_one_of(value: Any, where: Path) -> None:
+        fitting = 0
+        for alternative in alternatives:
+            try:
+                alternative(value, where)
+            except ValidationError:
+                continue
+            fitting += 1
+        if fitting != 1:
+            raise ValidationError(
+                f"{_show(where)} must fit exactly one of {len(alternatives)} "
+                f"forms; it fits {fitting}."
+            )
+
+    return check_one_of
 
 
 def _type_check(expected: str | list[str]) -> Validator:
