@@ -30,7 +30,8 @@ from sqlalchemy.orm import Session
 
 from ..tracking import TrackedTable
 from ..wire.codec import table_codecs
-from .push import key_ceiling, lock_sequence
+from .push_apply import lock_sequence
+from .push_decode import key_ceiling
 from .schema import TrackedSchema
 
 #: How many keys a block holds.

@@ -54,7 +54,7 @@ from ..wire.messages import BIGINT_MAX, validate
 from ..wire.repair import MEDIA_TYPE, end_line, header_line, rows_line, table_line
 from .key_blocks import reserve_key_blocks
 from .nodes import nodes_table
-from .push import KEY_BATCH
+from .push_decode import KEY_BATCH
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
 
