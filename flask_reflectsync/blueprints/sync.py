@@ -33,15 +33,10 @@ from ..errors import (
 )
 from ..server import nodes
 from ..server.openapi import openapi_document
-from ..server.pull import (
-    change_count,
-    check_repair_accepted,
-    read_page,
-    record_pulled,
-    repair_stream,
-)
+from ..server.pull import change_count, read_page, record_pulled
 from ..server.push import push
 from ..server.query import query
+from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.registry import registry_state

@@ -1,4 +1,5 @@
-"""Serving changes to nodes: paged pulls and the streamed full repair.
+"""Serving changes to nodes: paged pulls (the streamed full repair is in
+:mod:`.repair`, re-exported here).
 
 A pull page holds at most ``limit`` logged operations after the node's
 version, compressed to one per row, with the rows' *current* payloads read
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,17 +45,13 @@ from ..tracking import (
 )
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
-from ..wire.codec import (
-    key_codecs,
-    key_from_log,
-    stores_time_zones,
-    table_codecs,
-)
+from ..wire.codec import key_codecs, key_from_log, stores_time_zones, table_codecs
 from ..wire.messages import BIGINT_MAX, validate
-from ..wire.repair import MEDIA_TYPE, end_line, header_line, rows_line, table_line
 from .key_blocks import reserve_key_blocks
 from .nodes import nodes_table
 from .push_decode import KEY_BATCH
+from .repair import check_repair_accepted as check_repair_accepted
+from .repair import repair_stream as repair_stream
 from .schema import TrackedSchema
 from .trim import check_not_trimmed
 
@@ -503,107 +500,3 @@ def _plain_array_type(kind: sa.types.TypeEngine[Any]) -> bool:
             sa.LargeBinary,
         ),
     )
-
-
-
-# -- repair -----------------------------------------------------------------------
-
-
-def repair_stream(
-    engine: sa.Engine,
-    tables: LogTables,
-    schema: TrackedSchema,
-    *,
-    chunk_rows: int,
-    node_id: int | None = None,
-) -> Iterator[str]:
-    """The full content of every tracked table, as lines of newline-delimited
-    JSON (framing: :mod:`flask_reflectsync.wire.repair`).
-
-    The version is read first and each table is read with a server-side
-    cursor ``chunk_rows`` rows at a time, one line of rows per chunk, so
-    memory stays flat however large the tables are. Rows committed after the
-    version was read may already be included; a node that pulls from that
-    version afterwards converges, because pulls carry current payloads.
-
-    :param node_id: the node served: once the whole copy has been handed
-        over, the server records that node as having pulled up to the
-        copy's version (as a pull would).
-    :return: an iterator of lines: a header (``counts`` holds each table's
-        row count when the copy starts, a progress total: rows committed
-        meanwhile may change it), then per table a line naming it and its
-        columns and lines of rows, then a trailer with the version and the
-        rows each table's lines held.
-    """
-    with engine.connect() as connection:
-        version = current_version(connection, tables)
-        aware = stores_time_zones(connection.dialect)
-        yield header_line(_row_counts(connection, schema))
-        sent: dict[str, int] = {}
-        for name, info in schema.tables.items():
-            codecs = list(table_codecs(info.table, aware_storage=aware).values())
-            yield table_line(name, [c.name for c in codecs])
-            query = sa.select(info.table).order_by(*info.pk_columns)
-            result = connection.execution_options(yield_per=chunk_rows).execute(query)
-            sent[name] = 0
-            for partition in result.partitions():
-                yield rows_line(
-                    json.dumps([c.to_json(v) for c, v in zip(codecs, row, strict=True)])
-                    for row in partition
-                )
-                sent[name] += len(partition)
-        yield end_line(version, sent)
-    if node_id is not None:
-        # Reached only when the server took the last line: the node has
-        # the whole copy, so nodes and trim's watermark see it as caught up.
-        _record_pulled(engine, tables, node_id, version)
-
-
-def check_repair_accepted(accept: str | None) -> None:
-    """Refuse a repair to a client that does not name the stream's media
-    type in ``Accept``: nodes from before the NDJSON stream read one JSON
-    document, and would misread it. The refusal mentions the protocol, which
-    such nodes turn into a :exc:`~flask_reflectsync.errors.ProtocolMismatchError`.
-    """
-    named = [part.split(";")[0].strip().lower() for part in (accept or "").split(",")]
-    if MEDIA_TYPE not in named:
-        raise ValidationError(
-            f"This server streams repairs as {MEDIA_TYPE}, which the node does "
-            "not accept (Accept header): the node is older than the server's "
-            "repair protocol. Upgrade the node.",
-            code="request.protocol_mismatch",
-        )
-
-
-def _row_counts(connection: sa.Connection, schema: TrackedSchema) -> dict[str, int]:
-    """Each tracked table's row count, in one round trip."""
-    names = list(schema.tables)
-    if not names:
-        return {}
-    counts = [
-        sa.select(sa.func.count())
-        .select_from(schema.tables[name].table)
-        .scalar_subquery()
-        for name in names
-    ]
-    found = connection.execute(sa.select(*counts)).one()
-    return {name: int(count or 0) for name, count in zip(names, found, strict=True)}
-
-
-def _record_pulled(
-    engine: sa.Engine, tables: LogTables, node_id: int, version: int
-) -> None:
-    nodes = nodes_table(tables)
-    try:
-        with engine.begin() as connection:
-            connection.execute(
-                sa.update(nodes)
-                .where(nodes.c.id == node_id)
-                .values(
-                    last_pulled_version=version,
-                    last_seen_at=datetime.datetime.now(datetime.timezone.utc),
-                )
-            )
-    except sa.exc.DBAPIError:
-        # The answer is already sent; the node's next pull records it.
-        pass
