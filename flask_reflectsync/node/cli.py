@@ -12,6 +12,10 @@ environment, so a kiosk or a cron job needs no arguments::
 ``--models`` names the module(s) defining the ``@track`` models; keep them
 in a module of their own that does not build the Flask app (see
 :doc:`/client`), and the node imports neither Flask nor the app.
+
+The module is a little over 500 lines because it is every command of the
+node's command line with its help text; the work itself is in
+:class:`~flask_reflectsync.node.client.SyncClient`.
 """
 
 from __future__ import annotations

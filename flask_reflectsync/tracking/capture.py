@@ -21,6 +21,12 @@ How it works, and why:
 
 Listeners are module-level functions registered on one sessionmaker (or
 scoped session, or Session subclass), never on the global ``Session`` class.
+
+The module stays above the layout's ~500 lines on purpose: the listeners
+share one transaction's state (:class:`_TransactionLog`, the keys in
+``session.info``), and their order across flush, commit and rollback is
+what keeps the log exact; split apart, that order could not be read in one
+place.
 """
 
 from __future__ import annotations
