@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -639,4 +640,65 @@ def test_fetching_a_unique_holder_never_overrules_the_nodes_own_change(
     with a.Session() as session:
         assert session.get(Sample, 1) is None  # still deleted locally
     a.synchronize()
+    assert [(r[0], r[1]) for r in net.assert_converged()["sample"]] == [(2, "X")]
+
+
+class _RefuseOnOwnGiver(httpx.BaseTransport):
+    """Answers the first ``times`` pushes with the unique refusal a server
+    gives when it could not write the node's own giver first (a child of
+    the deleted holder the node has not pulled yet); then the real server."""
+
+    def __init__(self, times: int) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.times = times
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/push") and self.times > 0:
+            self.times -= 1
+            return httpx.Response(
+                409,
+                json={
+                    "ok": False,
+                    "status": 409,
+                    "code": "push.unique_violation",
+                    "error": "The push breaks a unique constraint.",
+                    "conflicts": [
+                        {
+                            "table": "sample",
+                            "key": [2],
+                            "columns": ["code"],
+                            "existing_key": [1],
+                        }
+                    ],
+                },
+            )
+        return self.inner.handle_request(request)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_a_row_refused_on_a_value_the_node_itself_gives_up_is_never_set_aside(
+    net: Cluster,
+) -> None:
+    """The node deleted row 1 and gave its code to row 2. Refused on row 1's
+    value (the server could not delete row 1 first), row 2 is not in
+    conflict: the node pulls and pushes again, and never sets row 2 aside
+    for good (MariaDB soak: a new survey set aside)."""
+    Sample = net.server.Sample
+    network = _RefuseOnOwnGiver(times=3)
+    a = net.node(transport=network)
+    with a.Session() as session:
+        session.add(Sample(id=1, code="X"))
+        session.commit()
+    network.times = 0
+    a.synchronize()
+    with a.Session() as session:
+        session.delete(session.get(Sample, 1))
+        session.flush()
+        session.add(Sample(id=2, code="X"))
+        session.commit()
+    network.times = 3
+    result = a.synchronize(tries=5)
+    assert result.pushed.set_aside == [] and a.set_aside() == []
     assert [(r[0], r[1]) for r in net.assert_converged()["sample"]] == [(2, "X")]

@@ -597,6 +597,11 @@ class SyncClient:
                             pulled.append(merged)
                         attempt -= 1
                         continue
+                    # A row refused on a value whose holder the node deletes
+                    # in this very push is not in conflict: the server could
+                    # not delete the holder first (a child of it the node has
+                    # not pulled yet). Pull and push again, never set it aside.
+                    again -= _pull.refused_by_own_givers(self, error)
                     if again:
                         # Refused twice for the same rows, with a merge in
                         # between that found no local row holding the values

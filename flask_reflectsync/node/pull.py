@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals
 from ..errors import GoneError, ProtocolMismatchError, UniqueConstraintError
-from ..tracking import UPDATE
+from ..tracking import DELETE, UPDATE
 from ..wire.codec import DECODE_ERRORS, stores_time_zones, table_codecs
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.page import decode_columns
@@ -258,6 +258,30 @@ def bring_holders(
     for conflict in result.conflicts:
         signals.conflict_resolved.send(client, conflict=conflict)
     return PullResult(state.last_version, sum(len(p) for p in parts), result.conflicts)
+
+
+def refused_by_own_givers(
+    client: SyncClient, error: UniqueConstraintError
+) -> set[tuple[str, str]]:
+    """The refused rows (``(table, wire key as JSON)``) whose holder on the
+    server is a row the node deletes in the same push: the value is free
+    once the server can delete it (after the pull brings the child that
+    stopped it). A holder the node only updates stays a refusal: values
+    swapped between rows would be refused again forever."""
+    found: set[tuple[str, str]] = set()
+    with client.engine.connect() as connection:
+        queue = LocalQueue(connection, NODE_LOG)
+    for entry in error.conflicts:
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), list):
+            continue
+        info = client.schema.tables.get(str(entry.get("table")))
+        holder = entry.get("existing_key")
+        if info is None or not isinstance(holder, list):
+            continue
+        key = _set_aside.typed_key(client, info, holder)
+        if key is not None and queue.get(info.name, info.encode_key(key)) == DELETE:
+            found.add((info.name, json.dumps(entry["key"])))
+    return found
 
 
 class _NeedRows(Exception):
