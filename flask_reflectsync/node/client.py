@@ -191,7 +191,7 @@ class SyncClient:
         self.Session: sessionmaker[Session] = maker
         start_tracking(self.Session, self._log)
         assign_keys_on(self.Session, self)
-        check_values_on(self.Session, self)
+        check_values_on(self.Session)
 
     # -- setup -------------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class SyncClient:
         self._prepare()
         start_tracking(target, self._log)
         assign_keys_on(target, self)
-        check_values_on(target, self)
+        check_values_on(target)
 
     def _prepare(self) -> None:
         if self._prepared:

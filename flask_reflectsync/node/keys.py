@@ -170,7 +170,7 @@ def assign_keys_on(target: Any, client: SyncClient) -> None:
     _key_clients[target] = weakref.ref(client)
 
 
-def _key_client(session: Session) -> SyncClient | None:
+def key_client(session: Session) -> SyncClient | None:
     for klass in type(session).__mro__:
         ref = _key_clients.get(klass)
         if ref is not None:
@@ -197,7 +197,7 @@ def _assign_new_keys(session: Session, flush_context: Any, instances: Any) -> No
     turn: one query per table and flush. The high-water row is locked (and
     raised) in the flush's transaction, so concurrent flushes wait for each
     other; on SQLite the node's BEGIN IMMEDIATE serialises them anyway."""
-    client = _key_client(session)
+    client = key_client(session)
     if client is None or not session.new:
         return
     wanted: dict[str, tuple[TrackedTable, list[Any]]] = {}
@@ -265,7 +265,7 @@ def reserved_keys(
 def _raise_high_water(session: Session, flush_context: Any) -> None:
     """Raise the high water to the keys of the rows this flush inserted
     (including keys the app chose) and deleted."""
-    client = _key_client(session)
+    client = key_client(session)
     if client is None or not (session.new or session.deleted):
         return
     highest: dict[str, int] = {}

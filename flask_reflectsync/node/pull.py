@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import signals
 from ..errors import GoneError, ProtocolMismatchError, UniqueConstraintError
-from ..tracking import DELETE, UPDATE
+from ..tracking import DELETE, UPDATE, TrackedTable
 from ..wire.codec import DECODE_ERRORS, stores_time_zones, table_codecs
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.page import decode_columns
@@ -218,6 +218,27 @@ def decode_page(client: SyncClient, page: Mapping[str, Any]) -> list[PulledTable
     return parts
 
 
+def _refusal_holders(
+    client: SyncClient, error: UniqueConstraintError
+) -> Iterator[tuple[tuple[str, str], TrackedTable, tuple[Any, ...], str | None]]:
+    """For each row a unique refusal names: its ident (``(table, wire key
+    as JSON)``, as :meth:`SyncClient._unique_refusals` gives it), its table,
+    the holder's typed key and the node's queued command for the holder."""
+    with client.engine.connect() as connection:
+        queue = LocalQueue(connection, NODE_LOG)
+    for entry in error.conflicts:
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), list):
+            continue
+        info = client.schema.tables.get(str(entry.get("table")))
+        holder = entry.get("existing_key")
+        if info is None or not isinstance(holder, list):
+            continue
+        key = _set_aside.typed_key(client, info, holder)
+        if key is not None:
+            ident = (info.name, json.dumps(entry["key"]))
+            yield ident, info, key, queue.get(info.name, info.encode_key(key))
+
+
 def bring_holders(
     client: SyncClient, error: UniqueConstraintError, rows: set[tuple[str, str]]
 ) -> PullResult | None:
@@ -234,18 +255,8 @@ def bring_holders(
     """
     state = client._state()
     parts: list[PulledTable] = []
-    with client.engine.connect() as connection:
-        queue = LocalQueue(connection, NODE_LOG)
-    for entry in error.conflicts:
-        if not isinstance(entry, dict):
-            continue
-        ident = (str(entry.get("table")), json.dumps(entry.get("key")))
-        info = client.schema.tables.get(ident[0])
-        holder = entry.get("existing_key")
-        if ident not in rows or info is None or not isinstance(holder, list):
-            continue
-        key = _set_aside.typed_key(client, info, holder)
-        if key is None or queue.get(info.name, info.encode_key(key)) is not None:
+    for ident, info, key, queued in _refusal_holders(client, error):
+        if ident not in rows or queued is not None:
             continue
         found = _query.fetch(client, info.name, [key]).get(key)
         if found is not None:
@@ -268,20 +279,11 @@ def refused_by_own_givers(
     once the server can delete it (after the pull brings the child that
     stopped it). A holder the node only updates stays a refusal: values
     swapped between rows would be refused again forever."""
-    found: set[tuple[str, str]] = set()
-    with client.engine.connect() as connection:
-        queue = LocalQueue(connection, NODE_LOG)
-    for entry in error.conflicts:
-        if not isinstance(entry, dict) or not isinstance(entry.get("key"), list):
-            continue
-        info = client.schema.tables.get(str(entry.get("table")))
-        holder = entry.get("existing_key")
-        if info is None or not isinstance(holder, list):
-            continue
-        key = _set_aside.typed_key(client, info, holder)
-        if key is not None and queue.get(info.name, info.encode_key(key)) == DELETE:
-            found.add((info.name, json.dumps(entry["key"])))
-    return found
+    return {
+        ident
+        for ident, _, _, queued in _refusal_holders(client, error)
+        if queued == DELETE
+    }
 
 
 class _NeedRows(Exception):

@@ -15,7 +15,7 @@ leaves it to the server.
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -25,41 +25,28 @@ from ..errors import InvalidValueError
 from ..tracking.keys import encode_key
 from ..tracking.registry import tracked_table_for
 from ..wire.codec import ColumnCodec, table_codecs
-from .keys import session_class_of
+from .keys import key_client, session_class_of
 
-if TYPE_CHECKING:
-    from .client import SyncClient
-
-_clients: weakref.WeakKeyDictionary[type, weakref.ref[SyncClient]] = (
-    weakref.WeakKeyDictionary()
-)
+#: Session classes the check listens on.
+_listening: weakref.WeakSet[type[Session]] = weakref.WeakSet()
 _codecs: weakref.WeakKeyDictionary[sa.Table, dict[str, ColumnCodec]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def check_values_on(target: Any, client: SyncClient) -> None:
+def check_values_on(target: Any) -> None:
     """Check the values flushed through ``target``'s sessions (a
     sessionmaker, scoped session or Session subclass); call it after
-    :func:`.keys.assign_keys_on`, so new rows have their keys."""
+    :func:`.keys.assign_keys_on`, whose registry says which client a session
+    writes for, and whose listener gives new rows their keys."""
     session_class = session_class_of(target)
-    if session_class is None:
-        return
-    if session_class not in _clients:
+    if session_class is not None and session_class not in _listening:
         event.listen(session_class, "before_flush", _check_flushed_values)
-    _clients[session_class] = weakref.ref(client)
-
-
-def _client(session: Session) -> SyncClient | None:
-    for klass in type(session).__mro__:
-        ref = _clients.get(klass)
-        if ref is not None:
-            return ref()
-    return None
+        _listening.add(session_class)
 
 
 def _check_flushed_values(session: Session, flush_context: Any, instances: Any) -> None:
-    client = _client(session)
+    client = key_client(session)
     if client is None or not client.check_values:
         return
     for obj in (*session.new, *session.dirty):
