@@ -267,11 +267,14 @@ def _push_once(
 
 
 def content_digest(request: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of a push's operations and payloads in canonical JSON
+    """SHA-256 (hex) of a push's operations, payloads and patches in canonical JSON
     (sorted keys, no spaces): what a retry of the push id must repeat. The
     protocol version, push id and ``last_version`` are left out."""
+    content = [request["operations"], request.get("payloads") or {}]
+    if request.get("patches"):
+        content.append(request["patches"])
     canonical = json.dumps(
-        [request["operations"], request.get("payloads") or {}],
+        content,
         sort_keys=True,
         separators=(",", ":"),
     )

@@ -1,0 +1,59 @@
+"""Column sets: which columns an update changed.
+
+An update records the names of the columns it changed
+(``reflectsync_operations.changed_columns``), so that a push or a pull can
+carry just those, and a merge can tell two edits of different columns of a
+row apart from two edits of the same column. A column set is a
+``frozenset`` of column names; ``None`` stands for *every column* (an
+insert, a delete, a row replaced under its key, or an update logged before
+columns were recorded).
+
+In the log a set is stored as a JSON list of names in sorted order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+#: A set of column names; ``None``: every column.
+ColumnSet = frozenset[str] | None
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_columns(names: Iterable[str] | None) -> str | None:
+    """The log's text of a column set (``None`` stays ``None``)."""
+    if names is None:
+        return None
+    return _dumps(sorted(names))
+
+
+def decode_columns(text: str | None) -> ColumnSet:
+    """The column set of the log's text; ``None`` (or unreadable text, which
+    the extension never writes) means every column."""
+    if text is None:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return frozenset(names)
+
+
+def union(first: ColumnSet, second: ColumnSet) -> ColumnSet:
+    """The columns changed by two updates of one row."""
+    if first is None or second is None:
+        return None
+    return first | second
+
+
+def overlap(first: ColumnSet, second: ColumnSet) -> ColumnSet:
+    """The columns both sets hold (``None``: every column of the row)."""
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return first & second
