@@ -168,8 +168,9 @@ def run(args: argparse.Namespace, app: Flask, db: SQLAlchemy, Wide: Any) -> None
     print(f"  raw executemany UPDATE of one column: {raw * 1000:8.1f} ms")
     for shape in ("patch", "whole"):
         t, b = median(times[shape]), median(sizes[shape])
+        label = "patches" if shape == "patch" else "whole rows"
         print(
-            f"  push as {'patches' if shape == 'patch' else 'whole rows':10}: {t * 1000:8.1f} ms ({t / raw:5.2f}x raw), "
+            f"  push as {label:10}: {t * 1000:8.1f} ms ({t / raw:5.2f}x raw), "
             f"{b / 1e6:6.2f} MB on the wire"
         )
     ratio = median(sizes["whole"]) / median(sizes["patch"])

@@ -44,7 +44,7 @@ from ..tracking import (
     decode_key,
     encode_key,
 )
-from ..tracking.columns import decode_columns, union
+from ..tracking.columns import decode_columns, union, written_by_server
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
 from ..wire.codec import key_codecs, key_from_log, stores_time_zones, table_codecs
@@ -139,7 +139,7 @@ def read_page(
         names, keys, logged, report_vanished=True, watch_replaced=integer_keyed
     )
     patched = _patched_columns(names, keys, logged, changed, writers, node_id)
-    _leave_out_own_rows(commands, names, keys, writers, node_id, patched)
+    _leave_out_own_rows(commands, names, keys, writers, changed, node_id, patched)
     changes: dict[str, Any] = {}
     for name, keyed in commands.items():
         info = schema.get(name)
@@ -424,7 +424,10 @@ def _patched_columns(
     app changed ``count`` hears of ``count`` alone, and a row it changed
     last in every column it has as it is (an empty set: left out of the
     page). ``None`` is the whole row (an update whose columns are unknown;
-    it stays whole even when the node wrote some columns later).
+    it stays whole even when the node wrote some columns later). What the
+    server's database changed in the node's own pushed rows (triggers,
+    server defaults, logged in the node's version) counts as another
+    writer's change.
     """
     pending: dict[tuple[str, str], frozenset[str] | None] = {}
     mixed: set[tuple[str, str]] = set()
@@ -440,7 +443,7 @@ def _patched_columns(
             decoded[text] = decode_columns(text)
         columns = decoded[text]
         seen = pending.get(ident, frozenset())
-        if writer == node_id:
+        if writer == node_id and not written_by_server(text):
             if columns is None:
                 pending[ident] = frozenset()
             else:
@@ -459,6 +462,7 @@ def _leave_out_own_rows(
     names: Sequence[str],
     keys: Sequence[str],
     writers: Sequence[int | None],
+    changed: Sequence[str | None],
     node_id: int,
     patched: Mapping[str, Mapping[str, frozenset[str] | None]],
 ) -> None:
@@ -476,8 +480,9 @@ def _leave_out_own_rows(
     if node_id not in writers:
         return
     last: dict[tuple[str, str], bool] = {}
-    for name, key, writer in zip(names, keys, writers, strict=True):
-        last[(name, key)] = writer == node_id
+    for name, key, writer, text in zip(names, keys, writers, changed, strict=True):
+        # What the database changed in the node's own row is news to it.
+        last[(name, key)] = writer == node_id and not written_by_server(text)
     for (name, key), own in last.items():
         columns = patched.get(name, {}).get(key, False)
         if columns is not False:

@@ -124,12 +124,13 @@ class _Batch:
         keys: Iterable[tuple[Any, ...]],
         command: str,
         columns: Sequence[Iterable[str] | None] | Iterable[str] | None = None,
+        by_server: bool = False,
     ) -> None:
         encoded = [info.encode_key(key) for key in keys]
         if columns is not None and command == UPDATE:
             start = len(self.keys)
             if isinstance(columns, (set, frozenset)):
-                text = encode_columns(columns)
+                text = encode_columns(columns, by_server=by_server)
                 assert text is not None
                 self.changed.update((start + n, text) for n in range(len(encoded)))
             else:
@@ -139,10 +140,10 @@ class _Batch:
                         continue
                     if isinstance(names, frozenset):
                         if names not in texts:
-                            texts[names] = encode_columns(names)
+                            texts[names] = encode_columns(names, by_server=by_server)
                         text = texts[names]
                     else:
-                        text = encode_columns(names)
+                        text = encode_columns(names, by_server=by_server)
                     if text is not None:
                         self.changed[start + n] = text
         self.keys.extend(encoded)
@@ -443,6 +444,8 @@ def record_operations(
     keys: Iterable[tuple[Any, ...]],
     command: str,
     columns: Sequence[Iterable[str] | None] | frozenset[str] | None = None,
+    *,
+    by_server: bool = False,
 ) -> None:
     """Log operations for rows written in a way the listeners cannot see.
 
@@ -458,9 +461,12 @@ def record_operations(
     :param columns: for updates, the names of the columns written: one set
         for every key (a ``frozenset``), or one per key; ``None``: every
         column.
+    :param by_server: the columns are ones the database itself changed in
+        rows a node pushed (triggers, server defaults; see
+        :func:`.columns.written_by_server`).
     """
     session, log = _tracked(session)
-    batch = _batch(info, keys, command, columns)
+    batch = _batch(info, keys, command, columns, by_server)
     if batch.keys:
         _write(session, log, batch)
 
@@ -816,8 +822,9 @@ def _batch(
     keys: Iterable[tuple[Any, ...]],
     command: str,
     columns: Sequence[Iterable[str] | None] | frozenset[str] | None = None,
+    by_server: bool = False,
 ) -> _Batch:
     batch = _Batch()
-    batch.extend(info, keys, command, columns)
+    batch.extend(info, keys, command, columns, by_server)
     return batch
 

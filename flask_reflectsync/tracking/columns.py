@@ -8,7 +8,11 @@ row apart from two edits of the same column. A column set is a
 insert, a delete, a row replaced under its key, or an update logged before
 columns were recorded).
 
-In the log a set is stored as a JSON list of names in sorted order.
+In the log a set is stored as a JSON list of names in sorted order. The
+columns the server's database itself changed in a row a node pushed
+(a trigger, a server default) are stored as ``{"server": [names]}``: the
+pushing node must hear of them although the change is in its own version
+(see :func:`written_by_server`).
 """
 
 from __future__ import annotations
@@ -22,10 +26,18 @@ ColumnSet = frozenset[str] | None
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def encode_columns(names: Iterable[str] | None) -> str | None:
-    """The log's text of a column set (``None`` stays ``None``)."""
+def encode_columns(
+    names: Iterable[str] | None, *, by_server: bool = False
+) -> str | None:
+    """The log's text of a column set (``None`` stays ``None``).
+
+    :param by_server: the server's database changed these columns in a row
+        a node pushed (see :func:`written_by_server`).
+    """
     if names is None:
         return None
+    if by_server:
+        return _dumps({"server": sorted(names)})
     return _dumps(sorted(names))
 
 
@@ -38,9 +50,18 @@ def decode_columns(text: str | None) -> ColumnSet:
         names = json.loads(text)
     except ValueError:
         return None
+    if isinstance(names, dict):
+        names = names.get("server")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
     return frozenset(names)
+
+
+def written_by_server(text: str | None) -> bool:
+    """Whether the log's text records columns the server's database changed
+    in a pushed row (a trigger, a server default), rather than the writer's
+    own change."""
+    return text is not None and text.startswith("{")
 
 
 def union(first: ColumnSet, second: ColumnSet) -> ColumnSet:
