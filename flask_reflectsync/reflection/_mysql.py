@@ -1,15 +1,26 @@
 """MariaDB / MySQL: the connected database is the one schema; identities are
-names.
+names, renames are told by the InnoDB table id.
 
-MySQL has no schemas inside a database and no stable object ids that an
-ordinary role can read, so the catalog shows the database named in the URL as
-its only schema, a table's identity is its name and a column's identity is
-its name. A renamed table is therefore reported as a dropped table and a new
-one (with a new catalog id); a renamed column as a dropped and an added column.
+MySQL has no schemas inside a database, so the catalog shows the database
+named in the URL as its only schema. A table's identity is its name and a
+column's identity is its name, as nothing else survives every ``ALTER``
+(one that copies the table gives it a new InnoDB id).
+
+Renames are recognised all the same (see :mod:`.diff`):
+
+- a table's rename hint is its InnoDB table id
+  (``information_schema.INNODB_SYS_TABLES`` on MariaDB, ``INNODB_TABLES`` on
+  MySQL 8), which ``RENAME TABLE`` keeps and no other table ever gets. A
+  dropped and a created table with the same id are one table renamed. The
+  id needs the ``PROCESS`` privilege; without it (and for views, tables of
+  other engines, partitioned tables and names with non-ASCII characters,
+  whose InnoDB names are not looked up) a rename is a drop and a create;
+- a column is paired as renamed by position and type (:func:`.diff.pair_columns`).
 
 The fingerprint of the tables is one aggregate over ``information_schema``
-(counts and checksums of the rows describing tables, columns and keys), so
-that an unchanged database is confirmed without transferring it.
+(counts and checksums of the rows describing tables, columns and keys), and
+one over the InnoDB table ids, so that an unchanged database is confirmed
+without transferring it.
 """
 
 from __future__ import annotations
@@ -100,10 +111,62 @@ _KEYS = (
 )
 
 
+def _innodb_name(name: str) -> str | None:
+    """The name InnoDB's dictionary gives a database or table called
+    ``name`` (MySQL's ``filename`` character set), or ``None`` for a name
+    with characters outside ASCII, which that set spells in ways not worth
+    reproducing here."""
+    if not name.isascii():
+        return None
+    return "".join(
+        char if char.isalnum() or char == "_" else f"@{ord(char):04x}"
+        for char in name
+    )
+
+
+def _is_mariadb(connection: sa.Connection) -> bool:
+    return connection.dialect.name == "mariadb" or bool(
+        getattr(connection.dialect, "is_mariadb", False)
+    )
+
+
+def _innodb_rows(
+    connection: sa.Connection, schema: SchemaSnapshot, aggregate: bool
+) -> list[Any] | None:
+    """The ``(TABLE_ID, NAME)`` rows of the InnoDB dictionary for the tables
+    of ``schema`` (or one checksum row, if ``aggregate``); ``None`` when the
+    role may not read them (no ``PROCESS`` privilege) or the name cannot be
+    spelled."""
+    prefix = _innodb_name(schema.name)
+    if prefix is None:
+        return None
+    table = "INNODB_SYS_TABLES" if _is_mariadb(connection) else "INNODB_TABLES"
+    selected = (
+        "CONCAT(COUNT(*), ':', COALESCE(SUM(CRC32(CONCAT(NAME, '|', TABLE_ID))), 0))"
+        if aggregate else "TABLE_ID, NAME"
+    )
+    statement = sa.text(
+        f"SELECT {selected} FROM information_schema.{table}"
+        " WHERE LEFT(NAME, :length) = :prefix"
+    )
+    try:
+        with connection.begin_nested():
+            return list(connection.execute(
+                statement, {"length": len(prefix) + 1, "prefix": prefix + "/"}
+            ).all())
+    except sa.exc.DBAPIError:
+        return None
+
+
 class MySQLReader(UnversionedReader):
     """:class:`~.snapshot.CatalogReader` for MariaDB and MySQL."""
 
     dialect = "mysql"
+
+    #: Identities are names: columns are paired as renamed by their shape.
+    identity_by_name = True
+    #: The rename hint is the InnoDB table id, never given to another table.
+    rename_hints_are_ids = True
 
     def schemas_fingerprint(self, connection: sa.Connection) -> str:
         return ",".join(schema.name for schema in self.read_schemas(connection))
@@ -118,7 +181,8 @@ class MySQLReader(UnversionedReader):
         if not self._present(connection, schema):
             return None
         found = connection.execute(_FINGERPRINT, {"schema": schema.name})
-        return str(found.scalar_one())
+        ids = _innodb_rows(connection, schema, aggregate=True)
+        return f"{found.scalar_one()}/{'-' if ids is None else ids[0][0]}"
 
     def lock(self, connection: sa.Connection) -> None:
         acquired = connection.execute(
@@ -164,17 +228,26 @@ class MySQLReader(UnversionedReader):
             + " ORDER BY k.TABLE_NAME, k.CONSTRAINT_NAME, k.ORDINAL_POSITION",
             params,
         )
-        mariadb = connection.dialect.name == "mariadb" or getattr(
-            connection.dialect, "is_mariadb", False
-        )
+        mariadb = _is_mariadb(connection)
+        innodb = {
+            str(row.NAME): f"innodb:{row.TABLE_ID}"
+            for row in _innodb_rows(connection, schema, aggregate=False) or ()
+        }
+        prefix = _innodb_name(schema.name)
         snapshots = []
         for table in tables:
             kind = _KINDS.get(table.type)
             if kind is None:  # sequences and other table-like objects
                 continue
+            encoded = _innodb_name(table.name)
+            hint = (
+                innodb.get(f"{prefix}/{encoded}")
+                if kind == TABLE and encoded is not None else None
+            )
             snapshots.append(
                 _table(
-                    table, kind, columns[table.name], keys[table.name], schema, mariadb
+                    table, kind, columns[table.name], keys[table.name], schema,
+                    mariadb, hint,
                 )
             )
         return snapshots
@@ -195,6 +268,7 @@ def _table(
     keys: list[Any],
     schema: SchemaSnapshot,
     mariadb: bool,
+    rename_hint: str | None,
 ) -> TableSnapshot:
     by_constraint: dict[str, list[Any]] = defaultdict(list)
     for row in keys:
@@ -244,6 +318,7 @@ def _table(
         primary_key=primary_key,
         foreign_keys=tuple(sorted(foreign_keys, key=lambda k: k.name or "")),
         unique_constraints=tuple(sorted(uniques, key=lambda u: u.name or "")),
+        rename_hint=rename_hint,
     )
 
 

@@ -241,6 +241,10 @@ class PostgresReader:
 
     dialect = "postgresql"
 
+    #: Identities are oids and attnums, which renames keep.
+    identity_by_name = False
+    rename_hints_are_ids = False
+
     def schemas_fingerprint(self, connection: sa.Connection) -> str:
         return str(connection.execute(_SCHEMAS_FINGERPRINT).scalar_one())
 

@@ -7,7 +7,9 @@ bumps on every change to the schema.
 
 ``ALTER TABLE ... RENAME TO`` keeps the table's b-tree (its root page), so a
 table that disappeared and one that appeared with the same root page and the
-same columns are reported as a rename (see :mod:`.diff`).
+same columns (some possibly renamed) are reported as a rename, and a column
+that went and one that came at the same place with the same type as a
+column renamed (see :mod:`.diff`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ class SQLiteReader(UnversionedReader):
     """:class:`~.snapshot.CatalogReader` for SQLite."""
 
     dialect = "sqlite"
+
+    #: Identities are names: columns are paired as renamed by their shape.
+    identity_by_name = True
+    #: The root page is handed to the next table created after a drop.
+    rename_hints_are_ids = False
 
     def schemas_fingerprint(self, connection: sa.Connection) -> str:
         return ",".join(schema.name for schema in self.read_schemas(connection))

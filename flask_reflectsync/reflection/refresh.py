@@ -309,14 +309,17 @@ class Refresh:
         unchanged = settled | {
             row.oid for row in stored if digests.get(row.oid) == row.digest
         }
-        # Described again but unchanged: remember the new version.
+        # Described again but unchanged: remember the new version, and the
+        # new rename hint (a table MariaDB copied for an ALTER it does not
+        # show, or TRUNCATE, gets a new InnoDB id under the same name).
         store.store_versions(
             connection,
             [
-                (row.id, live[row.oid].version)
+                (row.id, live[row.oid].version, live[row.oid].rename_hint)
                 for row in stored
                 if row.oid in live and digests[row.oid] == row.digest
-                and live[row.oid].version != row.version
+                and (live[row.oid].version != row.version
+                     or live[row.oid].rename_hint != row.rename_hint)
             ],
         )
         stale = [row for row in stored if row.oid not in unchanged]
@@ -330,7 +333,12 @@ class Refresh:
 
         written = Written()
         created_oids = {t_.oid for t_ in arriving} - {t_.oid for t_ in compared}
-        for difference in diff_tables(old, [t_.snapshot() for t_ in compared]):
+        for difference in diff_tables(
+            old,
+            [t_.snapshot() for t_ in compared],
+            by_name=getattr(self.reader, "identity_by_name", False),
+            hints_are_ids=getattr(self.reader, "rename_hints_are_ids", False),
+        ):
             if isinstance(difference, Created):
                 created_oids.add(difference.new.oid)
             elif isinstance(difference, Changed):
@@ -338,6 +346,12 @@ class Refresh:
                     connection, difference.catalog_id, live[difference.new.oid],
                     difference.new, digests[difference.new.oid], now,
                     columns_written=difference.catalog_id in columns_written,
+                    renamed_columns={
+                        change.after.oid: change.before.oid
+                        for change in difference.columns
+                        if change.kind == "renamed"
+                        and change.before is not None and change.after is not None
+                    },
                 )
                 if difference.renamed:
                     written.tables_renamed.append(

@@ -12,7 +12,8 @@ Identities (``oid``) are strings on every backend:
 - PostgreSQL: the ``pg_namespace`` / ``pg_class`` oid; a column's identity is
   its ``attnum``.
 - SQLite and MariaDB/MySQL: the name. See :mod:`.diff` for how renames are
-  recognised there.
+  recognised there (SQLite: the root page; MariaDB/MySQL: the InnoDB table
+  id; columns by position and type).
 """
 
 from __future__ import annotations
@@ -157,7 +158,8 @@ class TableSnapshot:
     :param unique_constraints: unique constraints, sorted.
     :param rename_hint: on backends whose identity is the name, something a
         rename keeps and a new table almost never shares (SQLite: the root
-        page); ``None`` where there is nothing of the sort.
+        page, ``"<page>"``; MariaDB/MySQL: the InnoDB table id,
+        ``"innodb:<id>"``); ``None`` where there is nothing of the sort.
     """
 
     oid: str
@@ -334,7 +336,15 @@ def decode_columns(text: str | None) -> tuple[ColumnSnapshot, ...]:
 
 class CatalogReader(Protocol):
     """Reads one backend's system catalog. Every method is one short
-    conversation with the database; none of them writes."""
+    conversation with the database; none of them writes.
+
+    Two optional class attributes (read with ``getattr``, ``False`` when
+    missing) tell the diff how far identities go: ``identity_by_name``
+    (tables and columns are known by name, so a dropped and an added column
+    may be paired as a rename by their shape) and ``rename_hints_are_ids``
+    (a shared :attr:`TableSnapshot.rename_hint` alone proves one table
+    renamed; see :mod:`.diff`).
+    """
 
     #: The SQLAlchemy dialect name this reader serves.
     dialect: str
