@@ -26,17 +26,22 @@ from .models import (
     define_catalog_tables,
 )
 from .snapshot import (
+    PRIVILEGES,
     CatalogReader,
+    CheckConstraint,
     ColumnSnapshot,
     ForeignKey,
+    Index,
     LiveTable,
     SchemaSnapshot,
     TableSnapshot,
+    Trigger,
     UniqueConstraint,
     reader_for,
 )
 
 __all__ = [
+    "PRIVILEGES",
     "Catalog",
     "CatalogColumn",
     "CatalogReader",
@@ -44,9 +49,11 @@ __all__ = [
     "CatalogTable",
     "CatalogTables",
     "Change",
+    "CheckConstraint",
     "ColumnChange",
     "ColumnSnapshot",
     "ForeignKey",
+    "Index",
     "LiveTable",
     "SchemaCreated",
     "SchemaDropped",
@@ -57,6 +64,7 @@ __all__ = [
     "TableDropped",
     "TableRenamed",
     "TableSnapshot",
+    "Trigger",
     "UniqueConstraint",
     "define_catalog_tables",
     "reader_for",

@@ -31,12 +31,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from .snapshot import (
+    PRIVILEGES,
     TABLE,
     VIEW,
+    CheckConstraint,
     ColumnSnapshot,
     ForeignKey,
+    Index,
     SchemaSnapshot,
     TableSnapshot,
+    Trigger,
     UniqueConstraint,
     UnversionedReader,
     rows_by_table,
@@ -54,7 +58,30 @@ def _checksum(columns: str, rows: str) -> str:
     )
 
 
-_FINGERPRINT = sa.text(
+# The connected account as information_schema's GRANTEE spells it.
+_GRANTEE = (
+    "CONCAT(QUOTE(SUBSTRING_INDEX(CURRENT_USER(), '@', 1)), '@',"
+    " QUOTE(SUBSTRING_INDEX(CURRENT_USER(), '@', -1)))"
+)
+# What the connected account was granted: on everything, on the database,
+# on one table (privileges through roles and through database name patterns
+# are not read).
+_PRIVILEGE_ROWS = (
+    "SELECT 'global' AS level, '' AS tbl, PRIVILEGE_TYPE"
+    " FROM information_schema.USER_PRIVILEGES"
+    f" WHERE GRANTEE = {_GRANTEE}"
+    " UNION ALL SELECT 'schema', '', PRIVILEGE_TYPE"
+    " FROM information_schema.SCHEMA_PRIVILEGES"
+    f" WHERE GRANTEE = {_GRANTEE} AND TABLE_SCHEMA = :schema"
+    " UNION ALL SELECT 'table', TABLE_NAME, PRIVILEGE_TYPE"
+    " FROM information_schema.TABLE_PRIVILEGES"
+    f" WHERE GRANTEE = {_GRANTEE} AND TABLE_SCHEMA = :schema"
+)
+#: The privileges MariaDB/MySQL has of :data:`PRIVILEGES` (its TRUNCATE
+#: is the DROP privilege).
+_TABLE_PRIVILEGES = tuple(name for name in PRIVILEGES if name != "TRUNCATE")
+
+_FINGERPRINT_TEXT = (
     "SELECT CONCAT_WS('/', "
     + ", ".join(
         [
@@ -79,10 +106,30 @@ _FINGERPRINT = sa.text(
                 "FROM information_schema.REFERENTIAL_CONSTRAINTS"
                 " WHERE CONSTRAINT_SCHEMA = :schema",
             ),
+            _checksum(
+                "CONSTRAINT_NAME, CHECK_CLAUSE",
+                "FROM information_schema.CHECK_CONSTRAINTS"
+                " WHERE CONSTRAINT_SCHEMA = :schema",
+            ),
+            _checksum(
+                "TABLE_NAME, INDEX_NAME, NON_UNIQUE, SEQ_IN_INDEX, COLUMN_NAME",
+                "FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = :schema",
+            ),
+            _checksum(
+                "TABLE_NAME, VIEW_DEFINITION",
+                "FROM information_schema.VIEWS WHERE TABLE_SCHEMA = :schema",
+            ),
+            _checksum(
+                "TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_TIMING, EVENT_MANIPULATION,"
+                " ACTION_STATEMENT",
+                "FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = :schema",
+            ),
+            _checksum("level, tbl, PRIVILEGE_TYPE", "FROM ({privileges}) AS p"),
         ]
     )
     + ")"
 )
+_FINGERPRINT = sa.text(_FINGERPRINT_TEXT.replace("{privileges}", _PRIVILEGE_ROWS))
 
 _TABLES = (
     "SELECT TABLE_NAME AS name, TABLE_TYPE AS type, TABLE_COMMENT AS comment"
@@ -108,6 +155,45 @@ _KEYS = (
     "  AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME"
     " WHERE k.TABLE_SCHEMA = :schema"
     "  AND t.CONSTRAINT_TYPE IN ('PRIMARY KEY', 'UNIQUE', 'FOREIGN KEY')"
+)
+
+
+_CHECKS = {
+    # MariaDB names a CHECK constraint per table; MySQL per schema, and only
+    # TABLE_CONSTRAINTS says whose it is.
+    True: (
+        "SELECT TABLE_NAME AS tbl, CONSTRAINT_NAME AS name, CHECK_CLAUSE AS expr"
+        " FROM information_schema.CHECK_CONSTRAINTS"
+        " WHERE CONSTRAINT_SCHEMA = :schema{one}"
+        " ORDER BY TABLE_NAME, CONSTRAINT_NAME"
+    ),
+    False: (
+        "SELECT t.TABLE_NAME AS tbl, c.CONSTRAINT_NAME AS name,"
+        " c.CHECK_CLAUSE AS expr FROM information_schema.CHECK_CONSTRAINTS c"
+        " JOIN information_schema.TABLE_CONSTRAINTS t"
+        "  ON t.CONSTRAINT_SCHEMA = c.CONSTRAINT_SCHEMA"
+        "  AND t.CONSTRAINT_NAME = c.CONSTRAINT_NAME AND t.CONSTRAINT_TYPE = 'CHECK'"
+        " WHERE c.CONSTRAINT_SCHEMA = :schema{one}"
+        " ORDER BY t.TABLE_NAME, c.CONSTRAINT_NAME"
+    ),
+}
+# Unique indexes are unique constraints here (TABLE_CONSTRAINTS lists them).
+_INDEXES = (
+    "SELECT TABLE_NAME AS tbl, INDEX_NAME AS name, COLUMN_NAME AS col"
+    " FROM information_schema.STATISTICS"
+    " WHERE TABLE_SCHEMA = :schema AND NON_UNIQUE = 1{one}"
+    " ORDER BY TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
+)
+_VIEWS = (
+    "SELECT TABLE_NAME AS tbl, VIEW_DEFINITION AS definition"
+    " FROM information_schema.VIEWS WHERE TABLE_SCHEMA = :schema{one}"
+)
+_TRIGGERS = (
+    "SELECT EVENT_OBJECT_TABLE AS tbl, TRIGGER_NAME AS name,"
+    " ACTION_TIMING AS timing, EVENT_MANIPULATION AS event,"
+    " ACTION_STATEMENT AS definition"
+    " FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = :schema{one}"
+    " ORDER BY EVENT_OBJECT_TABLE, TRIGGER_NAME"
 )
 
 
@@ -229,6 +315,7 @@ class MySQLReader(UnversionedReader):
             params,
         )
         mariadb = _is_mariadb(connection)
+        more = _More.read(connection, params, name is not None, mariadb)
         innodb = {
             str(row.NAME): f"innodb:{row.TABLE_ID}"
             for row in _innodb_rows(connection, schema, aggregate=False) or ()
@@ -247,10 +334,67 @@ class MySQLReader(UnversionedReader):
             snapshots.append(
                 _table(
                     table, kind, columns[table.name], keys[table.name], schema,
-                    mariadb, hint,
+                    mariadb, hint, more,
                 )
             )
         return snapshots
+
+
+class _More:
+    """CHECK constraints, indexes, view queries, triggers and privileges of
+    the tables read, by table name."""
+
+    def __init__(self) -> None:
+        self.checks: dict[str, list[Any]] = {}
+        self.indexes: dict[str, list[Any]] = {}
+        self.views: dict[str, str] = {}
+        self.triggers: dict[str, list[Any]] = {}
+        self.granted: set[str] = set()
+        self.by_table: dict[str, set[str]] = defaultdict(set)
+
+    @classmethod
+    def read(
+        cls, connection: sa.Connection, params: dict[str, Any], one: bool,
+        mariadb: bool,
+    ) -> _More:
+        found = cls()
+
+        def where(column: str) -> str:
+            return f" AND {column} = :table" if one else ""
+
+        found.checks = rows_by_table(
+            connection,
+            _CHECKS[mariadb].format(
+                one=where("TABLE_NAME" if mariadb else "t.TABLE_NAME")
+            ),
+            params,
+        )
+        found.indexes = rows_by_table(
+            connection, _INDEXES.format(one=where("TABLE_NAME")), params
+        )
+        found.views = {
+            row.tbl: row.definition
+            for row in connection.execute(
+                sa.text(_VIEWS.format(one=where("TABLE_NAME"))), params
+            )
+        }
+        found.triggers = rows_by_table(
+            connection, _TRIGGERS.format(one=where("EVENT_OBJECT_TABLE")), params
+        )
+        for row in connection.execute(sa.text(_PRIVILEGE_ROWS), params):
+            if row.PRIVILEGE_TYPE == "ALL PRIVILEGES":
+                granted = set(_TABLE_PRIVILEGES)
+            else:
+                granted = {row.PRIVILEGE_TYPE}
+            if row.level == "table":
+                found.by_table[row.tbl] |= granted
+            else:
+                found.granted |= granted
+        return found
+
+    def privileges(self, table: str) -> tuple[str, ...]:
+        granted = self.granted | self.by_table.get(table, set())
+        return tuple(name for name in _TABLE_PRIVILEGES if name in granted)
 
 
 def _default(value: str | None, mariadb: bool) -> str | None:
@@ -269,6 +413,7 @@ def _table(
     schema: SchemaSnapshot,
     mariadb: bool,
     rename_hint: str | None,
+    more: _More,
 ) -> TableSnapshot:
     by_constraint: dict[str, list[Any]] = defaultdict(list)
     for row in keys:
@@ -298,6 +443,10 @@ def _table(
                 )
             )
     comment = table.comment or None
+    indexes: dict[str, list[str]] = defaultdict(list)
+    for row in more.indexes.get(table.name, ()):
+        indexes[row.name].append(row.col)
+    own_keys = {key.name: key.columns for key in foreign_keys}
     return TableSnapshot(
         oid=table.name,
         name=table.name,
@@ -319,6 +468,23 @@ def _table(
         foreign_keys=tuple(sorted(foreign_keys, key=lambda k: k.name or "")),
         unique_constraints=tuple(sorted(uniques, key=lambda u: u.name or "")),
         rename_hint=rename_hint,
+        check_constraints=tuple(
+            CheckConstraint(name=row.name, expression=row.expr)
+            for row in more.checks.get(table.name, ())
+        ),
+        indexes=tuple(
+            Index(name=index, columns=tuple(names), unique=False)
+            for index, names in sorted(indexes.items())
+            # the index InnoDB made for a foreign key: named as the key
+            if tuple(own_keys.get(index, ())) != tuple(names)
+        ),
+        definition=more.views.get(table.name) if kind == VIEW else None,
+        triggers=tuple(
+            Trigger(name=row.name, timing=row.timing, events=(row.event,),
+                    definition=row.definition)
+            for row in more.triggers.get(table.name, ())
+        ),
+        privileges=more.privileges(table.name),
     )
 
 

@@ -1,18 +1,22 @@
 """PostgreSQL: identities are oids, read from ``pg_catalog`` in one round trip.
 
 The fingerprint of a schema's tables is built from the row versions
-(``xmin``) and counts of the catalog rows that describe them: ``pg_class``,
-``pg_attribute``, ``pg_attrdef``, ``pg_constraint`` and ``pg_description``.
-Every DDL statement that changes what the catalog shows inserts, updates or
-deletes one of those rows, and an update always writes a new ``xmin``; the
-in-place updates PostgreSQL does itself (``VACUUM``, ``ANALYZE`` statistics)
-keep it. The same sums per table are its *version*: a refresh describes
-again only the tables whose version changed (and those whose foreign keys
+(``xmin``) and counts of the catalog rows that describe them: ``pg_class``
+(the relations and their indexes), ``pg_attribute``, ``pg_attrdef``,
+``pg_constraint`` (keys and CHECK constraints), ``pg_index``, ``pg_rewrite``
+(view queries), ``pg_trigger`` and ``pg_description``. Every DDL statement
+that changes what the catalog shows inserts, updates or deletes one of those
+rows, and an update always writes a new ``xmin``; the in-place updates
+PostgreSQL does itself (``VACUUM``, ``ANALYZE`` statistics) keep it. The
+same sums per table are its *version*: a refresh describes again only the
+tables whose version changed (and those whose foreign keys or view queries
 name one of them or another schema). A change that touches none of these
-rows (renaming a type that a column uses, or a sequence a default names) is
-seen when the table itself is compared: when it changes, when it is asked
-for by id, or by ``reflect(force=True)``; renaming a table in *another*
-schema that a foreign key refers to is seen at the next change of the schema.
+rows (renaming a type that a column uses, a sequence a default names, a
+function a trigger runs, or granting the connected role membership in
+another) is seen when the table itself is compared: when it changes, when
+it is asked for by id, or by ``reflect(force=True)``; renaming a table in
+*another* schema that a foreign key refers to is seen at the next change of
+the schema.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from .snapshot import (
     FOREIGN_TABLE,
     MATERIALIZED_VIEW,
     PARTITIONED_TABLE,
+    PRIVILEGES,
     TABLE,
     VIEW,
     LiveTable,
@@ -94,7 +99,21 @@ _TABLES_FINGERPRINT = sa.text(
             _versions(f"FROM pg_attrdef x WHERE x.adrelid IN ({_SCHEMA_RELATIONS})"),
             _versions(
                 "FROM pg_constraint x WHERE x.connamespace = :schema"
-                " AND x.contype IN ('p', 'u', 'f')"
+                " AND x.contype IN ('p', 'u', 'f', 'c')"
+            ),
+            _versions(
+                "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+                f" WHERE x.indrelid IN ({_SCHEMA_RELATIONS})"
+            )
+            + " || '+' || "
+            + _versions(
+                "FROM pg_class x WHERE x.relnamespace = :schema"
+                " AND x.relkind IN ('i', 'I')"
+            ),
+            _versions(f"FROM pg_rewrite x WHERE x.ev_class IN ({_SCHEMA_RELATIONS})"),
+            _versions(
+                "FROM pg_trigger x WHERE NOT x.tgisinternal"
+                f" AND x.tgrelid IN ({_SCHEMA_RELATIONS})"
             ),
             _versions(
                 "FROM pg_description x WHERE x.classoid = 'pg_class'::regclass"
@@ -158,9 +177,15 @@ LEFT JOIN pg_description td ON td.objoid = c.oid
   AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
 {{attributes}}
 CROSS JOIN LATERAL (
-  SELECT count(*) AS n, coalesce(sum(con.xmin::text::bigint), 0) AS s
-     FROM pg_constraint con
-    WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f')) AS own
+  SELECT count(*) AS n, coalesce(sum(x.xmin::text::bigint), 0) AS s FROM (
+    SELECT con.xmin FROM pg_constraint con
+     WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f', 'c')
+    UNION ALL SELECT i.xmin FROM pg_index i WHERE i.indrelid = c.oid
+    UNION ALL SELECT ic.xmin FROM pg_index i JOIN pg_class ic
+      ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid
+    UNION ALL SELECT r.xmin FROM pg_rewrite r WHERE r.ev_class = c.oid
+    UNION ALL SELECT tg.xmin FROM pg_trigger tg
+     WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) AS x) AS own
 WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
 """
 _VERSION = (
@@ -168,6 +193,18 @@ _VERSION = (
     " (c.xmin::text::bigint + coalesce(td.xmin::text::bigint, 0)"
     " + att.s + own.s)::text AS version"
 )
+
+# Trigger timing and events from pg_trigger.tgtype's bits.
+_TIMING = (
+    "CASE WHEN tg.tgtype & 64 <> 0 THEN 'INSTEAD OF'"
+    " WHEN tg.tgtype & 2 <> 0 THEN 'BEFORE' ELSE 'AFTER' END"
+)
+_EVENTS = (
+    "(SELECT coalesce(json_agg(e.name ORDER BY e.i), '[]') FROM (VALUES"
+    " (1, 'INSERT', 4), (2, 'UPDATE', 16), (3, 'DELETE', 8), (4, 'TRUNCATE', 32))"
+    " AS e(i, name, bit) WHERE tg.tgtype & e.bit <> 0)"
+)
+_PRIVILEGES = ", ".join(f"'{name}'" for name in PRIVILEGES)
 
 # One row per relation; its columns and constraints arrive as the JSON texts
 # of a LiveTable, built here so that nothing is decoded unless it is compared.
@@ -200,7 +237,39 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
             'columns', {_key_names("con.conkey")})
           ORDER BY con.conname), '[]')::text
      FROM pg_constraint con
-    WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints
+    WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints,
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', con.conname,
+            'expression', pg_get_expr(con.conbin, con.conrelid, true))
+          ORDER BY con.conname), '[]')::text
+     FROM pg_constraint con
+    WHERE con.conrelid = c.oid AND con.contype = 'c') AS check_constraints,
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', ic.relname,
+            'columns', (SELECT json_agg(pg_get_indexdef(i.indexrelid, k, true)
+                                        ORDER BY k)
+                          FROM generate_series(1, i.indnkeyatts) AS k),
+            'unique', i.indisunique,
+            'predicate', pg_get_expr(i.indpred, i.indrelid, true))
+          ORDER BY ic.relname), '[]')::text
+     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE i.indrelid = c.oid AND NOT i.indisprimary
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid
+                      AND k.conindid = i.indexrelid AND k.contype = 'u'))
+    AS indexes,
+  CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END
+    AS definition,
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', tg.tgname,
+            'timing', {_TIMING},
+            'events', {_EVENTS},
+            'definition', pg_get_triggerdef(tg.oid, true))
+          ORDER BY tg.tgname), '[]')::text
+     FROM pg_trigger tg
+    WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) AS triggers,
+  (SELECT coalesce(json_agg(p.name ORDER BY p.i), '[]')::text
+     FROM unnest(ARRAY[{_PRIVILEGES}]) WITH ORDINALITY AS p(name, i)
+    WHERE has_table_privilege(c.oid, p.name)) AS privileges
 """ + _RELATIONS.format(attributes=f"""
 CROSS JOIN LATERAL (
   SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
@@ -226,12 +295,23 @@ _SOME_TABLES = sa.text(
     _TABLES_SELECT + " AND c.oid = ANY (CAST(:oids AS oid[])) ORDER BY c.relname"
 )
 _TABLE = sa.text(_TABLES_SELECT + " AND c.oid = :oid")
+# The tables whose description names something of the changed tables (or of
+# another schema): a foreign key's referred table and columns, and a view's
+# query, which names the relations and columns it reads.
 _DEPENDENTS = sa.text(
     "SELECT DISTINCT con.conrelid::text FROM pg_constraint con"
     " JOIN pg_class fc ON fc.oid = con.confrelid"
     " WHERE con.connamespace = :schema AND con.contype = 'f'"
     " AND (con.confrelid = ANY (CAST(:oids AS oid[]))"
     " OR fc.relnamespace <> :schema)"
+    " UNION SELECT DISTINCT r.ev_class::text FROM pg_rewrite r"
+    " JOIN pg_class v ON v.oid = r.ev_class"
+    " JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid"
+    " JOIN pg_class used ON used.oid = d.refobjid"
+    " WHERE v.relnamespace = :schema AND d.refclassid = 'pg_class'::regclass"
+    " AND d.refobjid <> r.ev_class"
+    " AND (d.refobjid = ANY (CAST(:oids AS oid[]))"
+    " OR used.relnamespace <> :schema)"
 )
 _SCHEMA_PRESENT = sa.text("SELECT 1 FROM pg_namespace WHERE oid = :schema")
 
@@ -336,4 +416,9 @@ def _table(row: Any) -> LiveTable:
         foreign_keys=row.foreign_keys,
         unique_constraints=row.unique_constraints,
         version=row.version,
+        check_constraints=row.check_constraints,
+        indexes=row.indexes,
+        definition=row.definition,
+        triggers=row.triggers,
+        privileges=row.privileges,
     )

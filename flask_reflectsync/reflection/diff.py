@@ -40,7 +40,8 @@ ColumnChangeKind = Literal["added", "dropped", "renamed", "altered"]
 
 #: Table attributes other than columns whose change makes a table "altered".
 TABLE_ATTRIBUTES = ("kind", "comment", "primary_key", "foreign_keys",
-                    "unique_constraints")
+                    "unique_constraints", "check_constraints", "indexes",
+                    "definition", "triggers", "privileges")
 
 
 @dataclass(frozen=True)

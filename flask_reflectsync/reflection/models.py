@@ -78,6 +78,13 @@ def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
         sa.Column("primary_key", sa.JSON, nullable=False),
         sa.Column("foreign_keys", sa.JSON, nullable=False),
         sa.Column("unique_constraints", sa.JSON, nullable=False),
+        # Reflected since issue 18: nullable, so that a catalog from before
+        # takes them with a plain ADD COLUMN (NULL reads as none).
+        sa.Column("check_constraints", sa.JSON, nullable=True),
+        sa.Column("indexes", sa.JSON, nullable=True),
+        sa.Column("definition", sa.Text, nullable=True),
+        sa.Column("triggers", sa.JSON, nullable=True),
+        sa.Column("privileges", sa.JSON, nullable=True),
         # LiveTable.digest() of what was stored: equal means unchanged.
         sa.Column("digest", sa.String(64), nullable=False),
         # The live columns when last compared, as LiveTable.columns (JSON
@@ -241,6 +248,16 @@ class CatalogTable:
     :param deleted: whether it has been dropped.
     :param columns: live columns in position order; ``None`` when only the
         summary was loaded (listings).
+    :param check_constraints: CHECK constraints as dicts (see
+        :meth:`.snapshot.CheckConstraint.to_dict`).
+    :param indexes: indexes other than the primary key's, as dicts (see
+        :meth:`.snapshot.Index.to_dict`).
+    :param definition: a view's or materialized view's query; ``None`` for
+        tables.
+    :param triggers: triggers as dicts (see :meth:`.snapshot.Trigger.to_dict`).
+    :param privileges: what the role the app connects as may do with it
+        (from :data:`.snapshot.PRIVILEGES`); ``None`` where the backend has
+        no privileges (SQLite).
     """
 
     id: int
@@ -256,6 +273,11 @@ class CatalogTable:
     last_synced: datetime
     deleted: bool
     columns: tuple[CatalogColumn, ...] | None = None
+    check_constraints: tuple[dict[str, Any], ...] = ()
+    indexes: tuple[dict[str, Any], ...] = ()
+    definition: str | None = None
+    triggers: tuple[dict[str, Any], ...] = ()
+    privileges: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data; ``columns`` only when they were loaded."""

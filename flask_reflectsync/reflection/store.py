@@ -212,18 +212,21 @@ class CatalogStore:
         # The JSON attributes come as text and are decoded in one call: a
         # listing of thousands of tables spent more on decoding them one by
         # one than on the query.
+        width = len(JSON_ATTRIBUTES)
         rows = connection.execute(
             sa.select(
                 t.c.id, t.c.schema_id, t.c.oid, t.c.name, t.c.kind, t.c.comment,
                 t.c.last_synced, t.c.deleted, s.c.name.label("schema_name"),
-                *(sa.cast(t.c[name], sa.Text).label(name) for name in JSON_ATTRIBUTES),
+                t.c.definition,
+                *(sa.func.coalesce(sa.cast(t.c[name], sa.Text), "null").label(name)
+                  for name in JSON_ATTRIBUTES),
             )
             .join(s, s.c.id == t.c.schema_id)
             .where(where)
             .order_by(t.c.name, t.c.id)
         ).all()
         decoded = json.loads(
-            "[" + ",".join(",".join(row[-3:]) for row in rows) + "]"
+            "[" + ",".join(",".join(row[-width:]) for row in rows) + "]"
         )
         compared = self.compared_at(
             connection, {row.schema_id for row in rows if not row.deleted}
@@ -244,7 +247,7 @@ class CatalogStore:
         return [
             catalog_table(
                 row,
-                decoded[3 * i: 3 * i + 3],
+                decoded[width * i: width * i + width],
                 tuple(columns.get(row.id, ())) if with_columns else None,
                 None if row.deleted else compared.get(row.schema_id),
             )
