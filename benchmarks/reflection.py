@@ -1,6 +1,7 @@
 """Reflection on PostgreSQL: catalog listings against their baselines.
 
-Creates a schema with many tables, then measures in the same run, several
+Creates a schema with many tables (keys, defaults, a CHECK constraint and
+indexes on each, triggers on some), then measures in the same run, several
 times each:
 
 - ``MetaData.reflect()`` of the schema (SQLAlchemy's own reflection);
@@ -89,21 +90,42 @@ def create_schema(engine: sa.Engine, count: int) -> None:
 
 
 def create_tables(connection: sa.Connection, numbers: range) -> None:
+    connection.exec_driver_sql(
+        f"CREATE OR REPLACE FUNCTION {SCHEMA}.touch() RETURNS trigger"
+        " LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$"
+    )
     for number in numbers:
+        name = f"{SCHEMA}.t{number:04d}"
         reference = (
             f", parent_id INTEGER REFERENCES {SCHEMA}.t{number - 1:04d} (id)"
             if number % 10
             else ""
         )
+        # What issue 18 reflects besides columns and keys: a CHECK constraint
+        # and an index on every table, a partial index on every fifth, a
+        # trigger on every tenth.
         connection.exec_driver_sql(
-            f"CREATE TABLE {SCHEMA}.t{number:04d} ("
+            f"CREATE TABLE {name} ("
             " id SERIAL PRIMARY KEY,"
             " code VARCHAR(20) NOT NULL UNIQUE,"
             " label VARCHAR(100) DEFAULT 'none',"
-            " amount NUMERIC(12, 2) NOT NULL DEFAULT 0,"
+            " amount NUMERIC(12, 2) NOT NULL DEFAULT 0 CHECK (amount >= 0),"
             " created_at TIMESTAMPTZ NOT NULL DEFAULT now()"
             f"{reference})"
         )
+        connection.exec_driver_sql(
+            f"CREATE INDEX t{number:04d}_label ON {name} (label)"
+        )
+        if number % 5 == 0:
+            connection.exec_driver_sql(
+                f"CREATE INDEX t{number:04d}_dear ON {name} (amount)"
+                " WHERE amount > 1000"
+            )
+        if number % 10 == 0:
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER t{number:04d}_touch BEFORE UPDATE ON {name}"
+                f" FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.touch()"
+            )
 
 
 def main() -> None:

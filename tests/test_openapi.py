@@ -121,6 +121,8 @@ def test_every_route_answers_what_the_document_says(server: ServerEnv) -> None:
     check(tables)
     check(httpx.get(f"{server.base}/schemas/{schema_id}/tables?include_deleted=1"))
     check(httpx.get(f"{server.base}/tables/{tables.json()['tables'][0]['id']}"))
+    check(httpx.get(f"{server.base}/schemas/{schema_id}/objects"))
+    check(httpx.get(f"{server.base}/schemas/999999/objects"))
     check(httpx.get(f"{server.base}/schemas/999999/tables"))
     check(httpx.get(f"{server.base}/tables/999999"))
     server.env.sync.catalog_access(lambda: False)

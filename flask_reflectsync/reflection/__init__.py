@@ -9,6 +9,10 @@ from __future__ import annotations
 from .catalog import Catalog
 from .changes import (
     Change,
+    ObjectAltered,
+    ObjectCreated,
+    ObjectDropped,
+    ObjectRenamed,
     SchemaCreated,
     SchemaDropped,
     SchemaRenamed,
@@ -20,6 +24,7 @@ from .changes import (
 from .diff import ColumnChange
 from .models import (
     CatalogColumn,
+    CatalogObject,
     CatalogSchema,
     CatalogTable,
     CatalogTables,
@@ -44,6 +49,7 @@ __all__ = [
     "PRIVILEGES",
     "Catalog",
     "CatalogColumn",
+    "CatalogObject",
     "CatalogReader",
     "CatalogSchema",
     "CatalogTable",
@@ -55,6 +61,10 @@ __all__ = [
     "ForeignKey",
     "Index",
     "LiveTable",
+    "ObjectAltered",
+    "ObjectCreated",
+    "ObjectDropped",
+    "ObjectRenamed",
     "SchemaCreated",
     "SchemaDropped",
     "SchemaRenamed",

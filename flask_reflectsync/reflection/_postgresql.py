@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .objects import ObjectSnapshot
 from .snapshot import (
     FOREIGN_TABLE,
     MATERIALIZED_VIEW,
@@ -315,6 +316,74 @@ _DEPENDENTS = sa.text(
 )
 _SCHEMA_PRESENT = sa.text("SELECT 1 FROM pg_namespace WHERE oid = :schema")
 
+# Enum and domain types and sequences (see .objects). Extension members
+# (pg_depend 'e') are left out, as are a relation's own row type and array
+# types, which are no typtype 'e' or 'd' anyway.
+_SCHEMA_TYPES = (
+    "SELECT oid FROM pg_type WHERE typnamespace = :schema AND typtype IN ('e', 'd')"
+)
+_SCHEMA_SEQUENCES = (
+    "SELECT oid FROM pg_class WHERE relnamespace = :schema AND relkind = 'S'"
+)
+_OBJECTS_FINGERPRINT = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE oid = :schema) AS present, "
+    + " || '/' || ".join(
+        [
+            _versions(f"FROM pg_type x WHERE x.oid IN ({_SCHEMA_TYPES})"),
+            _versions(f"FROM pg_enum x WHERE x.enumtypid IN ({_SCHEMA_TYPES})"),
+            _versions(f"FROM pg_constraint x WHERE x.contypid IN ({_SCHEMA_TYPES})"),
+            _versions(f"FROM pg_class x WHERE x.oid IN ({_SCHEMA_SEQUENCES})"),
+            _versions(f"FROM pg_sequence x WHERE x.seqrelid IN ({_SCHEMA_SEQUENCES})"),
+            _versions(
+                "FROM pg_depend x WHERE x.classid = 'pg_class'::regclass"
+                f" AND x.objid IN ({_SCHEMA_SEQUENCES}) AND x.deptype IN ('a', 'i')"
+            ),
+        ]
+    )
+    + " AS fingerprint"
+)
+_OBJECTS = sa.text("""
+SELECT t.oid::text AS oid, t.typname AS name, 'enum' AS kind,
+  json_build_object('labels', coalesce((
+    SELECT json_agg(e.enumlabel ORDER BY e.enumsortorder)
+      FROM pg_enum e WHERE e.enumtypid = t.oid), '[]'))::text AS details
+  FROM pg_type t WHERE t.typnamespace = :schema AND t.typtype = 'e'
+UNION ALL
+SELECT t.oid::text, t.typname, 'domain',
+  json_build_object(
+    'type', format_type(t.typbasetype, t.typtypmod),
+    'nullable', NOT t.typnotnull,
+    'default', t.typdefault,
+    'check_constraints', coalesce((
+      SELECT json_agg(json_build_object(
+               'name', k.conname, 'expression', pg_get_expr(k.conbin, 0, true))
+             ORDER BY k.conname)
+        FROM pg_constraint k WHERE k.contypid = t.oid AND k.contype = 'c'), '[]')
+  )::text
+  FROM pg_type t WHERE t.typnamespace = :schema AND t.typtype = 'd'
+UNION ALL
+SELECT c.oid::text, c.relname, 'sequence',
+  json_build_object(
+    'type', format_type(q.seqtypid, NULL),
+    'start', q.seqstart::text,
+    'increment', q.seqincrement::text,
+    'minimum', q.seqmin::text,
+    'maximum', q.seqmax::text,
+    'cycle', q.seqcycle,
+    'owner', pg_get_userbyid(c.relowner),
+    'owned_by', (
+      SELECT json_build_object('table', tc.relname, 'column', a.attname)
+        FROM pg_depend d
+        JOIN pg_class tc ON tc.oid = d.refobjid
+        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+       LIMIT 1)
+  )::text
+  FROM pg_class c JOIN pg_sequence q ON q.seqrelid = c.oid
+ WHERE c.relnamespace = :schema AND c.relkind = 'S'
+""")
+
 
 class PostgresReader:
     """:class:`~.snapshot.CatalogReader` for PostgreSQL."""
@@ -387,6 +456,28 @@ class PostgresReader:
             _TABLE, {"schema": int(schema.oid), "oid": int(oid)}
         ).one_or_none()
         return None if row is None else _table(row)
+
+    def objects_fingerprint(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> str | None:
+        """See :mod:`.objects`."""
+        row = connection.execute(
+            _OBJECTS_FINGERPRINT, {"schema": int(schema.oid)}
+        ).one()
+        return str(row.fingerprint) if row.present else None
+
+    def read_objects(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> list[ObjectSnapshot] | None:
+        """See :mod:`.objects`."""
+        rows = connection.execute(_OBJECTS, {"schema": int(schema.oid)}).all()
+        if not rows and not self._schema_present(connection, schema):
+            return None
+        return sorted(
+            (ObjectSnapshot(oid=row.oid, name=row.name, kind=row.kind,
+                            details=row.details) for row in rows),
+            key=lambda item: (item.kind, item.name),
+        )
 
     def lock(self, connection: sa.Connection) -> None:
         # Released by the COMMIT that ends the refresh; READ COMMITTED makes

@@ -20,6 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .objects import ObjectSnapshot
 from .snapshot import (
     TABLE,
     VIEW,
@@ -207,6 +208,17 @@ class SQLiteReader(UnversionedReader):
 
     def unlock(self, connection: sa.Connection) -> None:
         """Nothing to do: the write lock ended with the commit."""
+
+    def read_objects(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> list[ObjectSnapshot] | None:
+        """SQLite has no enum or domain types and no sequences."""
+        return [] if self._present(connection, schema) else None
+
+    def objects_fingerprint(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> str | None:
+        return "" if self._present(connection, schema) else None
 
     def _present(self, connection: sa.Connection, schema: SchemaSnapshot) -> bool:
         return any(found.name == schema.name for found in self.read_schemas(connection))

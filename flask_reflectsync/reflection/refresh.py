@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from .changes import (
     Change,
+    ObjectDropped,
     SchemaCreated,
     SchemaDropped,
     SchemaRenamed,
@@ -49,6 +50,7 @@ from .changes import (
 from .diff import Changed, ColumnChange, Created, Dropped, diff_schemas, diff_tables
 from .event_trigger import current_epoch
 from .models import CatalogSchema
+from .objects import ObjectStore
 from .rows import schema_snapshot
 from .snapshot import CatalogReader, LiveTable, SchemaSnapshot
 from .store import SCHEMAS_SCOPE, CatalogStore, tables_scope
@@ -77,6 +79,7 @@ class Written:
         tuple[int, tuple[ColumnChange, ...], tuple[str, ...]]
     ] = field(default_factory=list)
     tables_dropped: list[int] = field(default_factory=list)
+    objects_dropped: list[int] = field(default_factory=list)
     columns_later: dict[int, LiveTable] = field(default_factory=dict)
     now: datetime = field(default_factory=_now)
 
@@ -96,6 +99,7 @@ class Refresh:
         self.store = store
         self.reader = reader
         self.exclude = tuple(exclude)
+        self.objects = ObjectStore(store.t) if store.t.objects is not None else None
 
     # -- entry points -----------------------------------------------------------
 
@@ -205,6 +209,14 @@ class Refresh:
         # A dropped schema's tables are announced before it.
         changes += [TableDropped(loaded[i]) for i in dropped
                     if loaded[i].schema_id in written.schemas_dropped]
+        if written.objects_dropped and self.objects is not None:
+            changes += [
+                ObjectDropped(item)
+                for item in self.objects.dropped_with_schemas(
+                    connection, written.objects_dropped,
+                    {i: schemas[i].name for i in written.schemas_dropped},
+                )
+            ]
         changes += [SchemaDropped(schemas[i]) for i in written.schemas_dropped]
         changes += [TableCreated(loaded[i]) for i in created]
         changes += [TableRenamed(loaded[i], old, new) for i, old, new in renamed]
@@ -254,6 +266,10 @@ class Refresh:
         lost = store.drop_schemas(connection, written.schemas_dropped)
         store.drop_tables(connection, lost, now)
         written.tables_dropped = lost
+        if self.objects is not None:
+            written.objects_dropped = self.objects.drop_with_schemas(
+                connection, written.schemas_dropped, now
+            )
         store.store_probe(connection, SCHEMAS_SCOPE, fingerprint, now)
         return written
 
@@ -404,6 +420,10 @@ class Refresh:
 
     def _excluded(self, name: str) -> bool:
         return any(fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def excluded(self, name: str) -> bool:
+        """Whether ``name`` matches one of the patterns the catalog ignores."""
+        return self._excluded(name)
 
     def _settled_tables(
         self,

@@ -219,6 +219,35 @@ CATALOG_SCHEMAS: dict[str, Any] = {
             "definition": {"type": "string"},
         },
     },
+    "CatalogObject": {
+        "type": "object",
+        "required": ["id", "schema_id", "oid", "name", "kind", "details",
+                     "last_synced", "deleted"],
+        "properties": {
+            "id": {"type": "integer"},
+            "schema_id": {"type": "integer"},
+            "schema": {"type": "string"},
+            "oid": {"type": "string"},
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["enum", "domain", "sequence"]},
+            "details": {
+                "type": "object",
+                "description": "enum: labels; domain: type, nullable, default, "
+                "check_constraints; sequence: type, start, increment, minimum, "
+                "maximum (numbers as text), cycle, owner, owned_by.",
+            },
+            "last_synced": _STAMP,
+            "deleted": {"type": "boolean"},
+        },
+    },
+    "ObjectsResponse": {
+        "type": "object",
+        "required": ["ok", "objects"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "objects": {"type": "array", "items": _ref("CatalogObject")},
+        },
+    },
     "SchemasResponse": {
         "type": "object",
         "required": ["ok", "schemas"],
@@ -294,6 +323,15 @@ def _catalog_paths(base: str) -> dict[str, Any]:
         f"{base}/tables/{{table_id}}": {
             "parameters": [_catalog_id("table_id", "table")],
             "get": table,
+        },
+        f"{base}/schemas/{{schema_id}}/objects": {
+            "parameters": [_catalog_id("schema_id", "schema")],
+            "get": listing(
+                "The enum and domain types and sequences of one schema, renewed "
+                "when they changed.",
+                "ObjectsResponse",
+                (403, 404, 410),
+            ),
         },
     }
 
