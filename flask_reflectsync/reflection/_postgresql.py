@@ -181,12 +181,14 @@ CROSS JOIN LATERAL (
   SELECT count(*) AS n, coalesce(sum(x.xmin::text::bigint), 0) AS s FROM (
     SELECT con.xmin FROM pg_constraint con
      WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f', 'c')
-    UNION ALL SELECT i.xmin FROM pg_index i WHERE i.indrelid = c.oid
-    UNION ALL SELECT ic.xmin FROM pg_index i JOIN pg_class ic
-      ON ic.oid = i.indexrelid WHERE i.indrelid = c.oid
-    UNION ALL SELECT r.xmin FROM pg_rewrite r WHERE r.ev_class = c.oid
+    UNION ALL SELECT unnest(ARRAY[i.xmin, ic.xmin]) FROM pg_index i
+      JOIN pg_class ic ON ic.oid = i.indexrelid
+     WHERE c.relhasindex AND i.indrelid = c.oid
+    UNION ALL SELECT r.xmin FROM pg_rewrite r
+     WHERE c.relkind IN ('v', 'm') AND r.ev_class = c.oid
     UNION ALL SELECT tg.xmin FROM pg_trigger tg
-     WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) AS x) AS own
+     WHERE c.relhastriggers AND tg.tgrelid = c.oid AND NOT tg.tgisinternal
+  ) AS x) AS own
 WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
 """
 _VERSION = (
@@ -194,6 +196,10 @@ _VERSION = (
     " (c.xmin::text::bigint + coalesce(td.xmin::text::bigint, 0)"
     " + att.s + own.s)::text AS version"
 )
+
+# The flags relhasindex, relhastriggers (true while the table has, or
+# recently had, indexes or triggers) and relchecks (how many CHECK
+# constraints) let the queries skip the lookups a table without any needs.
 
 # Trigger timing and events from pg_trigger.tgtype's bits.
 _TIMING = (
@@ -205,7 +211,11 @@ _EVENTS = (
     " (1, 'INSERT', 4), (2, 'UPDATE', 16), (3, 'DELETE', 8), (4, 'TRUNCATE', 32))"
     " AS e(i, name, bit) WHERE tg.tgtype & e.bit <> 0)"
 )
-_PRIVILEGES = ", ".join(f"'{name}'" for name in PRIVILEGES)
+# The privileges as one array, without the ones the role lacks.
+_PRIVILEGES = "array_remove(ARRAY[{}], NULL)".format(", ".join(
+    f"CASE WHEN has_table_privilege(c.oid, '{name}') THEN '{name}' END"
+    for name in PRIVILEGES
+))
 
 # One row per relation; its columns and constraints arrive as the JSON texts
 # of a LiveTable, built here so that nothing is decoded unless it is compared.
@@ -239,16 +249,21 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
           ORDER BY con.conname), '[]')::text
      FROM pg_constraint con
     WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints,
+  CASE WHEN c.relchecks = 0 THEN '[]' ELSE
   (SELECT coalesce(json_agg(json_build_object(
             'name', con.conname,
             'expression', pg_get_expr(con.conbin, con.conrelid, true))
           ORDER BY con.conname), '[]')::text
      FROM pg_constraint con
-    WHERE con.conrelid = c.oid AND con.contype = 'c') AS check_constraints,
+    WHERE con.conrelid = c.oid AND con.contype = 'c') END AS check_constraints,
+  CASE WHEN NOT c.relhasindex THEN '[]' ELSE
   (SELECT coalesce(json_agg(json_build_object(
             'name', ic.relname,
-            'columns', (SELECT json_agg(pg_get_indexdef(i.indexrelid, k, true)
-                                        ORDER BY k)
+            -- a column by its name, an expression as pg_get_indexdef spells it
+            'columns', (SELECT json_agg(CASE WHEN i.indkey[k - 1] > 0
+                                        THEN att.names[i.indkey[k - 1]]
+                                        ELSE pg_get_indexdef(i.indexrelid, k, true)
+                                        END ORDER BY k)
                           FROM generate_series(1, i.indnkeyatts) AS k),
             'unique', i.indisunique,
             'predicate', pg_get_expr(i.indpred, i.indrelid, true))
@@ -256,10 +271,11 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
      FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
     WHERE i.indrelid = c.oid AND NOT i.indisprimary
       AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid
-                      AND k.conindid = i.indexrelid AND k.contype = 'u'))
+                      AND k.conindid = i.indexrelid AND k.contype = 'u')) END
     AS indexes,
   CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END
     AS definition,
+  CASE WHEN NOT c.relhastriggers THEN '[]' ELSE
   (SELECT coalesce(json_agg(json_build_object(
             'name', tg.tgname,
             'timing', {_TIMING},
@@ -267,10 +283,8 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
             'definition', pg_get_triggerdef(tg.oid, true))
           ORDER BY tg.tgname), '[]')::text
      FROM pg_trigger tg
-    WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) AS triggers,
-  (SELECT coalesce(json_agg(p.name ORDER BY p.i), '[]')::text
-     FROM unnest(ARRAY[{_PRIVILEGES}]) WITH ORDINALITY AS p(name, i)
-    WHERE has_table_privilege(c.oid, p.name)) AS privileges
+    WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) END AS triggers,
+  to_json({_PRIVILEGES})::text AS privileges
 """ + _RELATIONS.format(attributes=f"""
 CROSS JOIN LATERAL (
   SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
