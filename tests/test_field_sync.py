@@ -303,7 +303,7 @@ def test_a_holder_edited_in_another_column_gives_its_unique_value_up(
     }
 
 
-# -- per-column strategies --------------------------------------------------------------
+# -- per-column strategies ----------------------------------------------------
 
 
 def test_a_column_can_have_its_own_strategy(
