@@ -935,8 +935,10 @@ def _wait_for_a_lock_wait(engine: sa.Engine) -> None:
 
     with engine.connect() as probe:
         for _ in range(200):
+            # This database's sessions only: the server may be shared.
             waiting = probe.exec_driver_sql(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             ).scalar()
             probe.rollback()
             if waiting:

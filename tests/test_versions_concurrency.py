@@ -10,6 +10,8 @@ import time
 import sqlalchemy as sa
 
 from flask_reflectsync.sqlite import use_immediate_transactions
+from flask_reflectsync.tracking import define_tables
+from flask_reflectsync.tracking.numbering import number_versions
 
 from .conftest import AppEnv, AppFactory
 
@@ -23,6 +25,7 @@ def test_concurrent_writers_never_expose_version_n_plus_1_before_n(
     env: AppEnv = make_app()
     app, db, City = env.app, env.db, env.models.City
     versions = db.metadata.tables["reflectsync_versions"]
+    tables = define_tables(db.metadata)
     with app.app_context():
         # SQLite needs writers to queue for the write lock (see the docs).
         use_immediate_transactions(db.engine)
@@ -42,6 +45,9 @@ def test_concurrent_writers_never_expose_version_n_plus_1_before_n(
                     # differently from the order versions rows were created.
                     time.sleep(rng.uniform(0, 0.004))
                     db.session.commit()
+                    if i % 3 == n % 3:
+                        # Other workers' pulls number versions too.
+                        number_versions(db.engine, tables)
                 db.session.remove()
         except BaseException as error:  # noqa: B036 - reported by the test
             errors.append(error)
@@ -58,6 +64,8 @@ def test_concurrent_writers_never_expose_version_n_plus_1_before_n(
         reader = db.engine
         while True:
             finished = done.is_set()
+            # As a pull does: committed versions get their numbers first.
+            number_versions(reader, tables)
             with reader.connect() as connection:
                 numbers = list(
                     connection.execute(

@@ -52,8 +52,14 @@ from ..errors import (
     ValidationError,
 )
 from ..tracking import LogTables
-from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, has_logged_writes
-from ..tracking.tables import VERSION_ROW, current_version
+from ..tracking.capture import (
+    VERSION_ROW_VALUES,
+    ensure_version,
+    has_logged_writes,
+    lock_numbering,
+)
+from ..tracking.numbering import number_versions
+from ..tracking.tables import current_version
 from ..wire.codec import stores_time_zones
 from ..wire.messages import validate
 from .push_apply import _ADVANCE_SEQUENCE as _ADVANCE_SEQUENCE
@@ -321,6 +327,10 @@ def _answer_for(
 def _check_version(session: Session, tables: LogTables, last_version: int) -> None:
     # Conflicts are found in the log after last_version: it must still be there.
     check_not_trimmed(session, tables, last_version, "last pulled version")
+    # Versions committed by the app so far get their numbers, for the
+    # rulings on stale rows to see them (see tracking.numbering); if a
+    # numberer is at work, _lock_counter numbers them later.
+    number_versions(session.get_bind(clause=tables.versions), tables, wait=False)
     current = current_version(session, tables)
     if last_version > current:
         raise ValidationError(
@@ -330,9 +340,5 @@ def _check_version(session: Session, tables: LogTables, last_version: int) -> No
 
 
 def _lock_counter(session: Session, tables: LogTables) -> None:
-    counter = tables.counter
-    session.execute(
-        sa.select(counter.c.value)
-        .where(counter.c.id == VERSION_ROW)
-        .with_for_update()
-    )
+    # Numbers what committed meanwhile, so the conflict check sees it all.
+    lock_numbering(session)
