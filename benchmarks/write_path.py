@@ -123,18 +123,23 @@ def latency(
             lambda n: _pair(db, untracked, other, n),
         ),
     ]
-    print(f"  single-row commit latency ({commits} commits x {rounds} rounds):")
+    print(
+        f"  single-row commit latency (median of {commits * rounds} commits "
+        "each, interleaved):"
+    )
     for name, with_tracking, without in cases:
         timings: dict[str, list[float]] = {"tracked": [], "untracked": []}
         for n in range(20):  # warm-up
             with_tracking(n)
             without(n)
+        # Interleaved, one commit of each in turn (which goes first
+        # alternating), so that load from elsewhere hits both alike.
         counter = 1000
-        for _ in range(rounds):
-            for label, function in (("untracked", without), ("tracked", with_tracking)):
-                for _ in range(commits):
-                    counter += 1
-                    timings[label].append(function(counter))
+        for round_ in range(rounds * commits):
+            pair = [("untracked", without), ("tracked", with_tracking)]
+            for label, function in pair if round_ % 2 else pair[::-1]:
+                counter += 1
+                timings[label].append(function(counter))
         base = statistics.median(timings["untracked"])
         cost = statistics.median(timings["tracked"])
         print(
