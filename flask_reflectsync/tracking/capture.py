@@ -467,8 +467,13 @@ def _transaction_log(
     )
     owner = session.get_nested_transaction() or session.get_transaction()
     assert owner is not None
-    at_commit = bool(session.info.get(_LOCKED_KEY)) or not numbered_after_commit(
-        connection.dialect
+    at_commit = (
+        bool(session.info.get(_LOCKED_KEY))
+        or not numbered_after_commit(connection.dialect)
+        # A session joined into a caller's transaction (a test fixture's
+        # outer transaction, never committed): numbered at commit, inside
+        # it, as a numberer in a transaction of its own could not see it.
+        or isinstance(session.get_bind(clause=tables.operations), sa.Connection)
     )
     tx = _TransactionLog(owner=owner, version_id=version_id, at_commit=at_commit)
     session.info[_TX_KEY] = tx
