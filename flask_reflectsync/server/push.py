@@ -188,7 +188,13 @@ def _push_once(
     push_id: str = request["push_id"]
     stored = stored_push_id(node_id, push_id)
     digest = content_digest(request)
-    dialect = session.get_bind(clause=tables.versions).dialect
+    bind = session.get_bind(clause=tables.versions)
+    # Versions the app committed so far get their numbers, for the rulings
+    # on stale rows to see them (see tracking.numbering); if a numberer is
+    # at work, _lock_counter numbers them later. Before this session takes
+    # its connection: the numbering takes one of its own from the pool.
+    number_versions(bind, tables, wait=False)
+    dialect = bind.dialect
     if dialect.name != "sqlite":
         # Later reads must see what other transactions committed meanwhile,
         # in particular after the counter lock (MySQL defaults to snapshots).
@@ -327,10 +333,6 @@ def _answer_for(
 def _check_version(session: Session, tables: LogTables, last_version: int) -> None:
     # Conflicts are found in the log after last_version: it must still be there.
     check_not_trimmed(session, tables, last_version, "last pulled version")
-    # Versions committed by the app so far get their numbers, for the
-    # rulings on stale rows to see them (see tracking.numbering); if a
-    # numberer is at work, _lock_counter numbers them later.
-    number_versions(session.get_bind(clause=tables.versions), tables, wait=False)
     current = current_version(session, tables)
     if last_version > current:
         raise ValidationError(
