@@ -8,12 +8,15 @@ How it works, and why:
   connection. The operations therefore commit or roll back with the data,
   including a SAVEPOINT rollback.
 * The first operation of a transaction also inserts its ``reflectsync_versions``
-  row. Its ``number`` (the version) is handed out in ``before_commit``, after a
-  final flush, by incrementing the one-row counter table. The counter's row
-  lock is held until COMMIT, so version N+1 can only be handed out after N has
-  committed: readers always see versions appear in order, without gaps. The
-  lock is held only for the few milliseconds between ``before_commit`` and
-  COMMIT, not for the whole transaction.
+  row (in the same statement as the operations on PostgreSQL). On PostgreSQL
+  and MySQL it commits un-numbered, and :mod:`.numbering` numbers committed
+  versions later, so tracked writers never wait for each other's COMMIT.
+  On SQLite (and in a transaction that holds the counter lock already, or
+  is joined into a caller's transaction) its ``number`` is handed out in
+  ``before_commit``, after a final flush, by incrementing the one-row
+  counter table, whose row lock is held until COMMIT: version N+1 can only
+  be handed out after N has committed. Either way readers see versions
+  appear in order, without gaps.
 * ``do_orm_execute`` captures bulk ``insert()``, ``update()`` and ``delete()``
   run through ``session.execute``, which bypass flush events.
 * ``after_soft_rollback`` forgets the transaction's version row when the
