@@ -112,7 +112,9 @@ class SyncClient:
     :param resolution: the default conflict strategy: ``"last-pusher-wins"``
         (default), ``"server-wins"``, ``"node-wins"`` or a callable (see
         :doc:`/conflicts`).
-    :param resolutions: strategies for particular models, by mapped class.
+    :param resolutions: strategies for particular models, by mapped class,
+        and for particular columns, by mapped column attribute
+        (``City.population``; a built-in strategy name).
     :param timeout: seconds to wait for the server.
     :param transport: an :mod:`httpx` transport (tests, proxies).
     :param page_size: ask for at most this many operations per pull page.
@@ -146,7 +148,7 @@ class SyncClient:
         *,
         name: str = "",
         resolution: Strategy = "last-pusher-wins",
-        resolutions: Mapping[type, Strategy] | None = None,
+        resolutions: Mapping[Any, Strategy] | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         page_size: int | None = None,
@@ -488,11 +490,20 @@ class SyncClient:
         with self._lock:
             state = self._registered()
             aside: list[SetAside] = []
+            widened = False
             while True:
                 if state.push_id is None and not _push.start_push(self):
                     return PushResult(None, None, 0, set_aside=aside)
                 try:
                     result = _push.send_push(self)
+                except PushRejectedError as error:
+                    # Patches of rows the server lacks, now queued whole:
+                    # sent again once, they bring the rows back.
+                    if widened or not _push.only_whole_rows_needed(error):
+                        raise
+                    widened = True
+                    state = self._state()
+                    continue
                 except InvalidValueError as error:
                     # Refused for good: set the row aside, push the rest.
                     before = {entry.id for entry in aside}
