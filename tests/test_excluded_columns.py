@@ -492,3 +492,100 @@ def test_sync_track_takes_the_same_arguments() -> None:
     assert info is not None and not info.excluded
     with pytest.raises(errors.ConfigurationError, match="'id' is a primary-key"):
         ReflectSync().track(_model("reg_ext_pk"), exclude=["id"])
+
+
+# -- what the server decides and the node decodes --------------------------------------
+
+
+def test_a_stale_push_decided_by_the_server_describes_its_row_without_them(
+    served: Served,
+) -> None:
+    served.add(id=1, username="alice", password_hash=HASH)
+    node = served.server.node()
+    try:
+        node.pull_all()
+        account = served.db.session.get(served.Account, 1)
+        account.username = "alice2"
+        served.db.session.commit()
+        answer = node.push(
+            [{"table": "account", "key": [1], "command": "u"}],
+            {"account": {"columns": ["id", "about"], "rows": [[1, "stale"]]}},
+            resolutions={"account": "last-pusher-wins"},
+        )
+        assert answer.status_code == 200, answer.text
+        (entry,) = answer.json()["resolved"]
+        assert entry["server"] == {"id": 1, "username": "alice2", "about": ""}
+        assert HASH not in answer.text
+    finally:
+        node.close()
+
+
+def test_a_node_drops_excluded_columns_a_server_sends(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server tracking the model without the exclusion (configured
+    otherwise) sends the column: the node writes it neither from a pull
+    page nor from a query answer."""
+    from flask_reflectsync.node.pull import decode_page
+    from flask_reflectsync.node.query import server_rows
+
+    node = served.node()
+    page = {
+        "changes": {
+            "account": {
+                "columns": ["id", "username", "password_hash"],
+                "values": [[1], ["alice"], [HASH]],
+                "commands": "i",
+                "deleted": [[]],
+            }
+        }
+    }
+    (part,) = decode_page(node, page)
+    assert part.columns == ["id", "username"]
+    assert part.values == [[1], ["alice"]]
+
+    def answer(method: str, route: str, **kwargs: Any) -> dict[str, Any]:
+        row = {"id": 1, "username": "alice", "password_hash": HASH}
+        return {"ok": True, "rows": [row], "next_offset": None}
+
+    monkeypatch.setattr(node, "_call", answer)
+    info = tracked_table_for(sa.inspect(served.Account))
+    assert info is not None
+    assert list(server_rows(node, info, {})) == [{"id": 1, "username": "alice"}]
+
+
+def test_a_node_does_not_check_excluded_values_against_the_server(
+    served: Served,
+) -> None:
+    # Never sent, so the server's limits do not apply: String(200) holds
+    # what the node's own database holds.
+    node = served.node()
+    with node.Session() as session:
+        session.add(served.Account(id=3, username="x", password_hash="h" * 300))
+        session.commit()
+    with pytest.raises(errors.InvalidValueError):
+        with node.Session() as session:
+            session.add(served.Account(id=4, username="x" * 41))
+            session.commit()
+
+
+def test_key_codecs_are_found_by_name_among_the_synced_ones() -> None:
+    from flask_reflectsync.wire.codec import key_codecs, synced_codecs
+
+    model = type(
+        "RegOrder",
+        (_Base,),
+        {
+            "__tablename__": "reg_order",
+            "secret": sa.Column(sa.String(10), nullable=True),
+            "lang": sa.Column(sa.String(5), primary_key=True),
+            "note": sa.Column(sa.String(10), nullable=True),
+            "number": sa.Column(sa.Integer, primary_key=True),
+        },
+    )
+    track(exclude=["secret", "note"])(model)
+    info = tracked_table_for(sa.inspect(model))
+    assert info is not None
+    codecs = list(synced_codecs(info).values())
+    assert [c.name for c in codecs] == ["lang", "number"]
+    assert [c.name for c in key_codecs(info, codecs)] == ["lang", "number"]
