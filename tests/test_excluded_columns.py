@@ -7,6 +7,7 @@ version."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from flask_reflectsync import errors, track
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.node.push import push_message
+from flask_reflectsync.server.schema import TrackedSchema
 from flask_reflectsync.tracking.registry import tracked_table_for
 
 from .conftest import AppFactory
@@ -520,38 +522,48 @@ def test_a_stale_push_decided_by_the_server_describes_its_row_without_them(
         node.close()
 
 
-def test_a_node_drops_excluded_columns_a_server_sends(
-    served: Served, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_node_drops_excluded_columns_a_server_sends(served: Served) -> None:
     """A server tracking the model without the exclusion (configured
-    otherwise) sends the column: the node writes it neither from a pull
-    page nor from a query answer."""
-    from flask_reflectsync.node.pull import decode_page
-    from flask_reflectsync.node.query import server_rows
-
+    otherwise, or older) sends the column: the node writes it neither from
+    a pull, nor from a repair, nor into a query's objects."""
+    served.add(id=1, username="alice", password_hash=HASH)
     node = served.node()
-    page = {
-        "changes": {
-            "account": {
-                "columns": ["id", "username", "password_hash"],
-                "values": [[1], ["alice"], [HASH]],
-                "commands": "i",
-                "deleted": [[]],
-            }
-        }
-    }
-    (part,) = decode_page(node, page)
-    assert part.columns == ["id", "username"]
-    assert part.values == [[1], ["alice"]]
+    pull = {"protocol": 1, "since": 0}
+    served_page = node._call("POST", "/pull", message=pull)
+    assert "password_hash" not in served_page["changes"]["account"]["columns"]
+    state = served.server.env.app.extensions["reflectsync"]
+    assert state.schema is not None  # built by the pull
+    key, schema = state.schema
+    info = schema.tables["account"]
+    whole = dataclasses.replace(
+        info, synced_columns=tuple(info.table.columns), excluded=frozenset()
+    )
+    state.schema = (key, TrackedSchema({**schema.tables, "account": whole}))
+    served_page = node._call("POST", "/pull", message=pull)
+    assert "password_hash" in served_page["changes"]["account"]["columns"]
 
-    def answer(method: str, route: str, **kwargs: Any) -> dict[str, Any]:
-        row = {"id": 1, "username": "alice", "password_hash": HASH}
-        return {"ok": True, "rows": [row], "next_offset": None}
-
-    monkeypatch.setattr(node, "_call", answer)
-    info = tracked_table_for(sa.inspect(served.Account))
-    assert info is not None
-    assert list(server_rows(node, info, {})) == [{"id": 1, "username": "alice"}]
+    node.synchronize()
+    assert _node_row(node, served.Account, 1)["password_hash"] == ""  # type: ignore[index]
+    with node.Session() as session:
+        session.get(served.Account, 1).password_hash = NODE_HASH
+        session.commit()
+    account = served.db.session.get(served.Account, 1)
+    account.username = "alice2"
+    served.db.session.commit()
+    node.synchronize()
+    row = _node_row(node, served.Account, 1)
+    assert row is not None and (row["username"], row["password_hash"]) == (
+        "alice2",
+        NODE_HASH,
+    )
+    served.add(id=2, username="bob", password_hash=HASH)  # new to the node
+    node.repair()
+    row = _node_row(node, served.Account, 1)
+    assert row is not None and row["password_hash"] == NODE_HASH
+    row = _node_row(node, served.Account, 2)
+    assert row is not None and row["password_hash"] == ""
+    (found,) = node.query(served.Account, username="alice2")
+    assert "password_hash" not in found.__dict__
 
 
 def test_a_node_does_not_check_excluded_values_against_the_server(
