@@ -23,7 +23,9 @@ from flask_reflectsync import errors, track
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.node.push import push_message
 from flask_reflectsync.server.schema import TrackedSchema
+from flask_reflectsync.tracking.columns import decode_columns
 from flask_reflectsync.tracking.registry import tracked_table_for
+from flask_reflectsync.wire.messages import PROTOCOL_VERSION
 
 from .conftest import AppFactory
 from .http_server import (
@@ -189,7 +191,7 @@ def test_a_query_filter_on_an_excluded_column_is_refused(
         node.close()
 
 
-@pytest.mark.parametrize("command", ["i", "u"])
+@pytest.mark.parametrize("command", ["i", "u", "patch"])
 def test_a_push_naming_an_excluded_column_is_refused(
     served: Served, command: str
 ) -> None:
@@ -198,18 +200,27 @@ def test_a_push_naming_an_excluded_column_is_refused(
     try:
         before = database_state(served.server.env)
         key = 2 if command == "i" else 1
+        block = {
+            "columns": ["id", "username", "password_hash"],
+            "rows": [[key, "mallory", "forged"]],
+        }
+        payloads: dict[str, Any] = {"sample": {"columns": ["id"], "rows": [[5]]}}
+        extra: dict[str, Any] = {}
+        if command == "patch":
+            extra["patches"] = {"account": [block]}
+        else:
+            payloads["account"] = block
         answer = node.push(
             [
-                {"table": "account", "key": [key], "command": command},
+                {
+                    "table": "account",
+                    "key": [key],
+                    "command": "i" if command == "i" else "u",
+                },
                 {"table": "sample", "key": [5], "command": "i"},
             ],
-            {
-                "sample": {"columns": ["id"], "rows": [[5]]},
-                "account": {
-                    "columns": ["id", "username", "password_hash"],
-                    "rows": [[key, "mallory", "forged"]],
-                },
-            },
+            payloads,
+            **extra,
         )
         assert answer.status_code == 400, answer.text
         body = answer.json()
@@ -379,7 +390,21 @@ def test_heartbeat_updates_make_no_version(served: Served) -> None:
     session.commit()
     session.execute(sa.update(served.Account).values(about="again", last_seen=None))
     session.commit()
-    assert served.versions() == start + 2
+    session.execute(
+        sa.update(served.Account),
+        [{"id": 1, "about": "third", "last_seen": datetime.datetime(2024, 5, 5)}],
+    )
+    session.commit()
+    assert served.versions() == start + 3
+    # ...logged with the columns that travel only.
+    operations = served.db.metadata.tables["reflectsync_operations"]
+    with served.db.engine.connect() as connection:
+        logged = connection.scalars(
+            sa.select(operations.c.changed_columns)
+            .order_by(operations.c.id.desc())
+            .limit(3)
+        ).all()
+    assert [decode_columns(text) for text in logged] == [frozenset({"about"})] * 3
 
 
 def test_an_update_of_an_expired_object_changing_only_excluded_columns(
@@ -528,7 +553,7 @@ def test_a_node_drops_excluded_columns_a_server_sends(served: Served) -> None:
     a pull, nor from a repair, nor into a query's objects."""
     served.add(id=1, username="alice", password_hash=HASH)
     node = served.node()
-    pull = {"protocol": 1, "since": 0}
+    pull = {"protocol": PROTOCOL_VERSION, "since": 0}
     served_page = node._call("POST", "/pull", message=pull)
     assert "password_hash" not in served_page["changes"]["account"]["columns"]
     state = served.server.env.app.extensions["reflectsync"]

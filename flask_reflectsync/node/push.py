@@ -107,7 +107,7 @@ def send_whole(
         info = client.schema.tables.get(str(entry.get("table")))
         if info is None:
             continue
-        codecs_ = table_codecs(info.table, aware_storage=aware)
+        codecs_ = synced_codecs(info, aware_storage=aware)
         try:
             key = tuple(
                 codecs_[c.name].to_db(v, info.name)

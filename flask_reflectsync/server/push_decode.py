@@ -165,7 +165,7 @@ def _decode_rows(
     columns: list[str] = payload["columns"]
     for column in columns:
         if column in target.info.excluded:
-            raise excluded_column(target.info.name, column, f"payloads.{name}")
+            raise excluded_column(name, column, where)
         if column not in target.codecs:
             raise ValidationError(
                 f"{where}: unknown column {column!r} in table {name!r}."
