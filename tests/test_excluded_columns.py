@@ -47,7 +47,9 @@ def define_account(db: Any) -> Any:
         id: Mapped[int] = mapped_column(primary_key=True)
         username: Mapped[str] = mapped_column(sa.String(40))
         about: Mapped[str] = mapped_column(sa.String(200), default="")
-        password_hash: Mapped[str] = mapped_column(sa.String(200), default="")
+        # A server default: pushes to the table are read back (triggers,
+        # defaults) with the excluded column in the row.
+        password_hash: Mapped[str] = mapped_column(sa.String(200), server_default="")
         last_seen: Mapped[datetime.datetime | None]
 
     return Account
