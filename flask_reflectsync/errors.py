@@ -122,6 +122,32 @@ class InvalidKeyError(InvalidValueError):
     code = "push.invalid_key"
 
 
+class ExcludedColumnError(ValidationError):
+    """A push or a query names a column kept out of sync
+    (``track(exclude=...)`` or ``track(only=...)``): such columns never
+    leave the server, and a node may not write them. Nothing was written.
+
+    The error envelope names the column beside the sentence:
+    ``{"code": "request.excluded_column", "table": ..., "column": ...}``.
+
+    :param message: one sentence a person can act on.
+    :param table: the table of the column.
+    :param column: the column's name.
+    """
+
+    code = "request.excluded_column"
+
+    def __init__(
+        self, message: str, *, table: str, column: str, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.table = table
+        self.column = column
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "table": self.table, "column": self.column}
+
+
 class PushIdReusedError(ValidationError):
     """A push id the server already applied came again with other content.
 
@@ -298,6 +324,7 @@ __all__ = [
     "ValidationError",
     "InvalidValueError",
     "InvalidKeyError",
+    "ExcludedColumnError",
     "PushIdReusedError",
     "AuthenticationError",
     "NotFoundError",

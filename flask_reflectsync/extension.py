@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from flask import Flask, current_app, has_app_context
 
@@ -147,10 +147,35 @@ class ReflectSync:
         if app is not None:
             self.init_app(app, db)
 
+    @overload
     @staticmethod
-    def track(cls: T) -> T:
-        """Same as :func:`flask_reflectsync.track`."""
-        return track(cls)
+    def track(
+        cls: T,
+        /,
+        *,
+        exclude: Iterable[str] | None = None,
+        only: Iterable[str] | None = None,
+    ) -> T: ...
+
+    @overload
+    @staticmethod
+    def track(
+        *, exclude: Iterable[str] | None = None, only: Iterable[str] | None = None
+    ) -> Callable[[T], T]: ...
+
+    @staticmethod
+    def track(
+        cls: Any = None,
+        /,
+        *,
+        exclude: Iterable[str] | None = None,
+        only: Iterable[str] | None = None,
+    ) -> Any:
+        """Same as :func:`flask_reflectsync.track`: ``@sync.track``,
+        ``@sync.track(exclude=[...])`` or ``@sync.track(only=[...])``."""
+        if cls is None:
+            return track(exclude=exclude, only=only)
+        return track(cls, exclude=exclude, only=only)
 
     def init_app(self, app: Flask, db: SQLAlchemy | None = None) -> None:
         """Register the extension on ``app``.

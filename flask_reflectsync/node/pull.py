@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .. import signals
 from ..errors import GoneError, ProtocolMismatchError, UniqueConstraintError
 from ..tracking import DELETE, UPDATE, TrackedTable
-from ..wire.codec import DECODE_ERRORS, stores_time_zones, table_codecs
+from ..wire.codec import DECODE_ERRORS, stores_time_zones, synced_codecs
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.page import decode_columns
 from . import keys as _keys
@@ -193,7 +193,7 @@ def decode_page(client: SyncClient, page: Mapping[str, Any]) -> list[PulledTable
         info = schema.tables.get(name)
         if info is None:
             continue  # a table this node does not synchronise
-        codecs_ = table_codecs(info.table, aware_storage=aware)
+        codecs_ = synced_codecs(info, aware_storage=aware)
         commands = wire["commands"]
         try:
             columns, values = decode_columns(codecs_, wire, len(commands))

@@ -22,7 +22,7 @@ from ..wire.codec import (
     key_codecs,
     key_from_log,
     stores_time_zones,
-    table_codecs,
+    synced_codecs,
 )
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.operations import LoggedOperation
@@ -107,7 +107,7 @@ def send_whole(
         info = client.schema.tables.get(str(entry.get("table")))
         if info is None:
             continue
-        codecs_ = table_codecs(info.table, aware_storage=aware)
+        codecs_ = synced_codecs(info, aware_storage=aware)
         try:
             key = tuple(
                 codecs_[c.name].to_db(v, info.name)
@@ -156,7 +156,7 @@ def server_conflict(
     if info is None:
         return None
     aware = stores_time_zones(client.engine.dialect)
-    codecs_ = table_codecs(info.table, aware_storage=aware)
+    codecs_ = synced_codecs(info, aware_storage=aware)
     pk = [codecs_[c.name] for c in info.pk_columns]
     where = f"{info.name} conflict"
     try:
@@ -220,7 +220,7 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
             by_table.setdefault(op.table_name, []).append(op)
         for name, items in by_table.items():
             info = schema.tables[name]
-            codecs_ = list(table_codecs(info.table, aware_storage=aware).values())
+            codecs_ = list(synced_codecs(info, aware_storage=aware).values())
             pk_codecs = key_codecs(info, codecs_)
             typed = {
                 op.row_key: key_from_log(decode_key(op.row_key), pk_codecs)

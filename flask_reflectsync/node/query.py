@@ -18,7 +18,7 @@ from ..errors import ConfigurationError
 from ..rows import batches, row_key
 from ..tracking import TrackedTable
 from ..tracking.registry import tracked_table_for
-from ..wire.codec import stores_time_zones, table_codecs
+from ..wire.codec import stores_time_zones, synced_codecs
 
 M = TypeVar("M")
 
@@ -59,7 +59,7 @@ def fetch(
 ) -> dict[tuple[Any, ...], dict[str, Any]]:
     info = client.schema.tables[table]
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
-    codecs_ = table_codecs(info.table, aware_storage=True)
+    codecs_ = synced_codecs(info, aware_storage=True)
     pk = [codecs_[c.name] for c in info.pk_columns]
     if len(pk) == 1:
         for batch in batches(list(keys), 50):
@@ -77,8 +77,10 @@ def fetch(
 def server_rows(
     client: SyncClient, info: TrackedTable, filters: Mapping[str, str]
 ) -> Iterator[dict[str, Any]]:
-    codecs_ = table_codecs(
-        info.table, aware_storage=stores_time_zones(client.engine.dialect)
+    # Only the columns that travel: a server that sent one kept out of sync
+    # (configured otherwise) does not get it written into the node.
+    codecs_ = synced_codecs(
+        info, aware_storage=stores_time_zones(client.engine.dialect)
     )
     offset: int | None = 0
     while offset is not None:

@@ -1,12 +1,13 @@
 """Repairing a node: its tracked tables replaced with the server's copy,
 read from the streamed ``GET /repair`` answer table by table, a line of rows
 at a time (:class:`~flask_reflectsync.wire.repair.RepairReader`), so memory
-stays flat.
+stays flat. Columns kept out of sync keep the node's own values (read before
+the tables are emptied and written back to the rows that are still there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 
 from ..errors import ProtocolMismatchError, ServerUnreachableError
 from ..rows import write_rows
-from ..wire.codec import stores_time_zones, table_codecs
+from ..wire.codec import stores_time_zones, synced_codecs
 from ..wire.page import decode_row
 from ..wire.repair import MEDIA_TYPE, RepairReader
 from . import push as _push
@@ -22,6 +23,7 @@ from .keys import HighWater
 from .tables import NODE_KEYS, NODE_LOG
 
 if TYPE_CHECKING:
+    from ..tracking import TrackedTable
     from .client import SyncClient
 
 #: Rows written per executemany (and per progress call).
@@ -51,6 +53,7 @@ def repair(
                     "node's repair protocol. Upgrade the server."
                 )
             with client._begin() as connection:
+                kept = _excluded_values(connection, schema.tables.values())
                 for tracked in reversed(list(schema.tables.values())):
                     connection.execute(sa.delete(tracked.table))
                 stream = RepairReader(answer.iter_bytes(), client.base_url)
@@ -62,7 +65,7 @@ def repair(
                     info = schema.tables.get(name)
                     if info is None:
                         continue  # a table the node does not track: skipped
-                    codecs_ = table_codecs(info.table, aware_storage=aware)
+                    codecs_ = synced_codecs(info, aware_storage=aware)
                     done = 0
                     batch: list[dict[str, Any]] = []
                     for rows in chunks:
@@ -82,6 +85,8 @@ def repair(
                     if progress is not None:
                         progress(name, done)
                     total += done
+                for info, rows in kept:
+                    write_rows(connection, info, (), rows)
                 versions, operations = NODE_LOG.versions, NODE_LOG.operations
                 queued = sa.select(versions.c.id).where(versions.c.number.is_(None))
                 connection.execute(
@@ -111,6 +116,29 @@ def repair(
         finally:
             answer.close()
         return total
+
+
+def _excluded_values(
+    connection: sa.Connection, tables: Iterable[TrackedTable]
+) -> list[tuple[TrackedTable, list[dict[str, Any]]]]:
+    """The node's own values of the columns kept out of sync, with their
+    rows' keys, per table that has such columns: the server's copy carries
+    none, so a repair writes them back where the row is still there."""
+    kept = []
+    for info in tables:
+        if not info.excluded:
+            continue
+        columns = [
+            *info.pk_columns,
+            *(c for c in info.table.columns if c.name in info.excluded),
+        ]
+        rows = [
+            dict(zip([c.name for c in columns], row, strict=True))
+            for row in connection.execute(sa.select(*columns))
+        ]
+        if rows:
+            kept.append((info, rows))
+    return kept
 
 
 def announce_total(

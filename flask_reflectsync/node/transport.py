@@ -19,6 +19,7 @@ import httpx
 
 from ..errors import (
     AuthenticationError,
+    ExcludedColumnError,
     ForbiddenError,
     GoneError,
     InvalidKeyError,
@@ -283,6 +284,7 @@ ERROR_CLASSES: dict[str, type[SyncError]] = {
     "request.invalid": ValidationError,
     "request.too_large": PayloadTooLargeError,
     "request.protocol_mismatch": ProtocolMismatchError,
+    "request.excluded_column": ExcludedColumnError,
     "pull.ahead_of_server": ValidationError,
     "tracking.refused": ValidationError,
     "auth.unknown_or_bad_signature": AuthenticationError,
@@ -381,6 +383,10 @@ def _build(
             table=str(body.get("table")),
             key=list(body.get("key") or []),
             column=str(body.get("column")),
+        )
+    elif issubclass(kind, ExcludedColumnError):
+        error = kind(
+            message, table=str(body.get("table")), column=str(body.get("column"))
         )
     elif issubclass(kind, PushRejectedError):
         error = kind(message, list(body.get("conflicts") or []))

@@ -23,13 +23,15 @@ from sqlalchemy.orm import InstanceState, Session
 
 from ..errors import InvalidValueError
 from ..tracking.keys import encode_key
-from ..tracking.registry import tracked_table_for
-from ..wire.codec import ColumnCodec, table_codecs
+from ..tracking.registry import TrackedTable, tracked_table_for
+from ..wire.codec import ColumnCodec, synced_codecs
 from .keys import key_client, session_class_of
 
 #: Session classes the check listens on.
 _listening: weakref.WeakSet[type[Session]] = weakref.WeakSet()
-_codecs: weakref.WeakKeyDictionary[sa.Table, dict[str, ColumnCodec]] = (
+# By tracked table: a column kept out of sync is never checked (the server
+# never gets its values).
+_codecs: weakref.WeakKeyDictionary[TrackedTable, dict[str, ColumnCodec]] = (
     weakref.WeakKeyDictionary()
 )
 
@@ -54,9 +56,9 @@ def _check_flushed_values(session: Session, flush_context: Any, instances: Any) 
         info = tracked_table_for(state.mapper)
         if info is None:
             continue
-        codecs = _codecs.get(info.table)
+        codecs = _codecs.get(info)
         if codecs is None:
-            codecs = _codecs[info.table] = table_codecs(info.table)
+            codecs = _codecs[info] = synced_codecs(info)
         for prop in state.mapper.column_attrs:
             column = prop.columns[0]
             codec = codecs.get(column.name)

@@ -48,7 +48,7 @@ from ..tracking.columns import decode_columns, union, written_by_server
 from ..tracking.compression import REPLACED
 from ..tracking.numbering import number_versions
 from ..tracking.tables import current_version
-from ..wire.codec import key_codecs, key_from_log, stores_time_zones, table_codecs
+from ..wire.codec import key_codecs, key_from_log, stores_time_zones, synced_codecs
 from ..wire.messages import BIGINT_MAX, validate
 from .key_blocks import reserve_key_blocks
 from .nodes import nodes_table
@@ -255,9 +255,9 @@ def _table_changes(
     :param patched: by logged key text, the columns an update changed (see
         :func:`_patched_columns`); rows not named are whole.
     """
-    codecs = list(table_codecs(info.table, aware_storage=aware).values())
+    codecs = list(synced_codecs(info, aware_storage=aware).values())
     pk_codecs = key_codecs(info, codecs)
-    table_columns = list(info.table.columns)
+    table_columns = list(info.synced_columns)
     positions = [table_columns.index(c) for c in info.pk_columns]
     integer = info.single_integer_key
     # Each row is identified by its integer key, or else by its logged text
@@ -378,7 +378,7 @@ def _current_rows(
     otherwise), column by column (see :func:`_columns`): one ``=
     ANY(array)`` query on PostgreSQL for a one-column key, batched ``IN``
     queries elsewhere."""
-    table_columns = list(info.table.columns)
+    table_columns = list(info.synced_columns)
     if not keys:
         return [[] for _ in table_columns]
     pk = list(info.pk_columns)
@@ -402,11 +402,11 @@ def _current_rows(
         else:
             param = sa.bindparam("keys", list(keys), type_=array)
             condition = pk[0] == sa.any_(sa.cast(param, array))
-        return _columns(session, sa.select(info.table).where(condition), ())
+        return _columns(session, sa.select(*table_columns).where(condition), ())
     found: list[list[Any]] = [[] for _ in table_columns]
     for batch in batches(keys, KEY_BATCH):
         condition = pk[0].in_(batch) if len(pk) == 1 else key_filter(pk, batch)
-        query = sa.select(info.table).where(condition)
+        query = sa.select(*table_columns).where(condition)
         for column, more in zip(found, _columns(session, query, ()), strict=True):
             column += more
     return found

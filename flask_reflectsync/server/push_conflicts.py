@@ -138,7 +138,7 @@ def _server_rows(
     """The server's current rows among ``keys``, in their JSON form."""
     info = target.info
     pk = list(info.pk_columns)
-    columns = list(info.table.columns)
+    columns = list(info.synced_columns)
     found: dict[tuple[Any, ...], dict[str, Any]] = {}
     for batch in batches(keys, KEY_BATCH):
         query = sa.select(*columns).where(key_filter(pk, batch))

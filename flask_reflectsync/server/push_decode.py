@@ -16,9 +16,9 @@ from typing import Any
 from ..errors import InvalidKeyError, InvalidValueError, ValidationError
 from ..tracking import DELETE, INSERT, TrackedTable, compress
 from ..tracking.keys import encode_key
-from ..wire.codec import DECODE_ERRORS, UNSTORABLE_TEXT, ColumnCodec, table_codecs
+from ..wire.codec import DECODE_ERRORS, UNSTORABLE_TEXT, ColumnCodec, synced_codecs
 from ..wire.operations import TypedOperation
-from .schema import TrackedSchema
+from .schema import TrackedSchema, excluded_column
 
 #: How many keys go into one ``IN (...)`` list.
 KEY_BATCH = 1000
@@ -104,7 +104,7 @@ def _decode(
                     f"{where}: unknown table {name!r}; the server accepts "
                     f"{', '.join(sorted(schema.tables)) or 'no tables'}."
                 )
-            found = _TableChanges(info, table_codecs(info.table, aware_storage=aware))
+            found = _TableChanges(info, synced_codecs(info, aware_storage=aware))
             changes[name] = found
         return found
 
@@ -164,6 +164,8 @@ def _decode_rows(
     name = target.info.name
     columns: list[str] = payload["columns"]
     for column in columns:
+        if column in target.info.excluded:
+            raise excluded_column(name, column, where)
         if column not in target.codecs:
             raise ValidationError(
                 f"{where}: unknown column {column!r} in table {name!r}."

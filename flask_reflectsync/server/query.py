@@ -4,7 +4,9 @@
 ``<column>=<value>`` (equality) or ``<column>__<op>=<value>`` with ``op`` one
 of ``ne``, ``lt``, ``lte``, ``gt``, ``gte``, ``in`` (comma-separated values)
 and ``isnull`` (``true``/``false``). ``limit`` and ``offset`` page through the
-rows in primary-key order. Untracked tables and unknown columns are refused.
+rows in primary-key order. Untracked tables and unknown columns are refused,
+and so are columns kept out of sync (``track(exclude=...)``), which answers
+never hold.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import NotFoundError, ValidationError
-from ..wire.codec import ColumnCodec, stores_time_zones, table_codecs
+from ..tracking import TrackedTable
+from ..wire.codec import ColumnCodec, stores_time_zones, synced_codecs
 from ..wire.messages import BIGINT_MAX
-from .schema import TrackedSchema
+from .schema import TrackedSchema, excluded_column
 
 #: Query parameters that are not filters.
 RESERVED = ("model", "limit", "offset")
@@ -78,11 +81,11 @@ def query(
     offset = _count(single.get("offset"), "offset", 0)
 
     aware = stores_time_zones(session.get_bind(clause=info.table).dialect)
-    codecs = table_codecs(info.table, aware_storage=aware)
-    statement = sa.select(info.table)
+    codecs = synced_codecs(info, aware_storage=aware)
+    statement = sa.select(*info.synced_columns)
     for name, text in single.items():
         if name not in RESERVED:
-            statement = statement.where(_condition(info.table, codecs, name, text))
+            statement = statement.where(_condition(info, codecs, name, text))
     statement = statement.order_by(*info.pk_columns).limit(limit + 1).offset(offset)
     rows = session.execute(statement).all()
     more = len(rows) > limit
@@ -115,12 +118,15 @@ def _count(text: str | None, name: str, default: int) -> int:
 
 
 def _condition(
-    table: sa.Table, codecs: Mapping[str, ColumnCodec], name: str, text: str
+    info: TrackedTable, codecs: Mapping[str, ColumnCodec], name: str, text: str
 ) -> Any:
+    table = info.table
     column_name, operator = name, "eq"
     head, separator, tail = name.rpartition("__")
     if separator and tail in _OPERATORS:
         column_name, operator = head, tail
+    if column_name in info.excluded:
+        raise excluded_column(info.name, column_name, f"filter {name}")
     codec = codecs.get(column_name)
     if codec is None:
         raise ValidationError(

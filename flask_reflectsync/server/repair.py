@@ -16,7 +16,7 @@ from ..errors import ValidationError
 from ..tracking import LogTables
 from ..tracking.numbering import number_versions
 from ..tracking.tables import current_version
-from ..wire.codec import stores_time_zones, table_codecs
+from ..wire.codec import stores_time_zones, synced_codecs
 from ..wire.repair import MEDIA_TYPE, end_line, header_line, rows_line, table_line
 from .nodes import nodes_table
 from .schema import TrackedSchema
@@ -55,9 +55,9 @@ def repair_stream(
         yield header_line(_row_counts(connection, schema))
         sent: dict[str, int] = {}
         for name, info in schema.tables.items():
-            codecs = list(table_codecs(info.table, aware_storage=aware).values())
+            codecs = list(synced_codecs(info, aware_storage=aware).values())
             yield table_line(name, [c.name for c in codecs])
-            query = sa.select(info.table).order_by(*info.pk_columns)
+            query = sa.select(*info.synced_columns).order_by(*info.pk_columns)
             result = connection.execution_options(yield_per=chunk_rows).execute(query)
             sent[name] = 0
             for partition in result.partitions():

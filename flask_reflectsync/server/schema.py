@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ..errors import ExcludedColumnError
 from ..tracking import TrackedTable, tracked_tables
 
 
@@ -35,3 +36,15 @@ class TrackedSchema:
         """``names`` sorted parents first (foreign keys point backwards)."""
         wanted = set(names)
         return [name for name in self.tables if name in wanted]
+
+
+def excluded_column(table: str, column: str, where: str) -> ExcludedColumnError:
+    """The refusal of a column kept out of sync (``track(exclude=...)``)
+    that a push or a query names: every route refuses it the same way."""
+    return ExcludedColumnError(
+        f"{where}: column {column!r} of table {table!r} is kept out of sync "
+        "(track(exclude=...) or track(only=...)): the server never sends it "
+        "and nodes may not write it.",
+        table=table,
+        column=column,
+    )

@@ -263,7 +263,7 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
         info = tracked_table_for(state.mapper)
         if info is None:
             continue
-        column_keys = state.mapper.column_attrs.keys()
+        column_keys = info.synced_attrs(state.mapper)
         unknown = [
             key
             for key, value in state.committed_state.items()
@@ -321,7 +321,7 @@ def _collect(
         info = tracked_table_for(state.mapper)
         if info is None:
             continue
-        changed = _changed_columns(state, originals.get(state, {}))
+        changed = _changed_columns(state, info, originals.get(state, {}))
         if not changed:
             continue
         old_key = _identity(state, info)
@@ -382,18 +382,22 @@ def _current_key(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ..
     return values
 
 
-def _changed_columns(state: InstanceState[Any], loaded: Mapping[str, Any]) -> list[str]:
+def _changed_columns(
+    state: InstanceState[Any], info: TrackedTable, loaded: Mapping[str, Any]
+) -> list[str]:
     """The names of the columns whose value changed (empty: the update
-    changes nothing and logs nothing).
+    changes nothing and logs nothing). Columns kept out of sync do not
+    count: changing only them logs nothing.
 
     Only attributes with recorded history can have changed; their values
     are compared, so that setting a column to the value it had logs nothing.
     """
     column_attrs = state.mapper.column_attrs
+    synced = info.synced_attrs(state.mapper)
     changed: list[str] = []
     for key, original in state.committed_state.items():
         attr = column_attrs.get(key)
-        if attr is None:
+        if attr is None or key not in synced:
             continue
         if original is NO_VALUE:
             original = loaded.get(key, NO_VALUE)
@@ -819,6 +823,13 @@ def _bulk_update_or_delete(
                 f"A bulk UPDATE that changes the primary key of tracked {class_name} "
                 "cannot be logged; change the key through the session."
             )
+        if info.excluded:
+            if state.is_executemany:
+                assigned |= {n for row in _parameter_rows(state) for n in row}
+            if info.only_excluded(assigned - pk_names):
+                # Sets only columns kept out of sync: nothing that travels
+                # changed, so nothing is logged.
+                return state.invoke_statement()
 
     if state.is_executemany:
         # ORM "bulk UPDATE by primary key": the keys are in the parameters.
@@ -868,7 +879,8 @@ def _bulk_update_or_delete(
 
 def _column_names(info: TrackedTable, names: Iterable[str]) -> frozenset[str]:
     """The column names of a bulk UPDATE's assigned names (attribute names,
-    column keys or column names), leaving out the primary key."""
+    column keys or column names), leaving out the primary key and the
+    columns kept out of sync."""
     attrs = info.mapper.column_attrs
     by_key = {column.key: column.name for column in info.table.columns}
     pk = {column.name for column in info.pk_columns}
@@ -876,7 +888,7 @@ def _column_names(info: TrackedTable, names: Iterable[str]) -> frozenset[str]:
     for name in names:
         attr = attrs.get(name)
         column = attr.columns[0].name if attr is not None else by_key.get(name, name)
-        if column not in pk:
+        if column not in pk and column not in info.excluded:
             found.add(column)
     return frozenset(found)
 

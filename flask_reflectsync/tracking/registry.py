@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapper
@@ -43,6 +43,12 @@ class TrackedTable:
     :param name: the table's name as logged (``schema.name`` when qualified).
     :param pk_columns: the primary-key columns, in key order.
     :param pk_attrs: the mapped attribute names of those columns.
+    :param synced_columns: the columns that travel between the server and
+        its nodes, in table order: every column but those kept out of sync
+        with ``track(exclude=...)`` or ``track(only=...)``. Every route reads
+        its columns here (:func:`~flask_reflectsync.wire.codec.synced_codecs`).
+    :param excluded: the names of the columns kept out of sync (empty when
+        every column travels).
     """
 
     mapper: Mapper[Any]
@@ -51,6 +57,53 @@ class TrackedTable:
     pk_columns: tuple[sa.Column[Any], ...]
     pk_attrs: tuple[str, ...]
     integer_key: bool = False
+    synced_columns: tuple[sa.Column[Any], ...] = ()
+    excluded: frozenset[str] = frozenset()
+    # Per mapper (the class's and its single-table subclasses'): the keys of
+    # the column attributes whose columns travel. Filled on first use.
+    _synced_attrs: dict[Mapper[Any], frozenset[str]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if not self.synced_columns:
+            object.__setattr__(self, "synced_columns", tuple(self.table.columns))
+
+    def synced_attrs(self, mapper: Mapper[Any]) -> frozenset[str]:
+        """The keys of ``mapper``'s column attributes that travel: what
+        capture compares to tell whether an update changed anything."""
+        found = self._synced_attrs.get(mapper)
+        if found is None:
+            found = frozenset(
+                prop.key
+                for prop in mapper.column_attrs
+                if prop.columns[0].name not in self.excluded
+            )
+            self._synced_attrs[mapper] = found
+        return found
+
+    def only_excluded(self, names: Iterable[str]) -> bool:
+        """Whether ``names`` (attribute keys, column keys or column names,
+        as a bulk ``UPDATE`` names what it sets) are all of excluded
+        columns: such a statement changes nothing that travels."""
+        if not self.excluded:
+            return False
+        excluded = {
+            name
+            for column in self.table.columns
+            if column.name in self.excluded
+            for name in (column.name, column.key, *self._attr_keys(column))
+        }
+        listed = set(names)
+        return bool(listed) and listed <= excluded
+
+    def _attr_keys(self, column: sa.Column[Any]) -> list[str]:
+        return [
+            prop.key
+            for mapper in self.mapper.self_and_descendants
+            for prop in mapper.column_attrs
+            if prop.columns[0] is column
+        ]
 
     @property
     def single_integer_key(self) -> bool:
@@ -67,7 +120,42 @@ class TrackedTable:
         return encode_key(values)
 
 
-def track(cls: T) -> T:
+@dataclass(frozen=True)
+class TrackOptions:
+    """What :func:`track` was given for one class (stored on the class).
+
+    :param exclude: names of columns kept out of sync.
+    :param only: names of the only columns synchronised besides the
+        primary key, or ``None``.
+    """
+
+    exclude: tuple[str, ...] = ()
+    only: tuple[str, ...] | None = None
+
+
+@overload
+def track(
+    cls: T,
+    /,
+    *,
+    exclude: Iterable[str] | None = None,
+    only: Iterable[str] | None = None,
+) -> T: ...
+
+
+@overload
+def track(
+    *, exclude: Iterable[str] | None = None, only: Iterable[str] | None = None
+) -> Callable[[T], T]: ...
+
+
+def track(
+    cls: Any = None,
+    /,
+    *,
+    exclude: Iterable[str] | None = None,
+    only: Iterable[str] | None = None,
+) -> Any:
     """Mark a mapped class as tracked: its inserts, updates and deletes are logged.
 
     Works on Flask-SQLAlchemy models and on plain SQLAlchemy declarative or
@@ -82,18 +170,125 @@ def track(cls: T) -> T:
             id: Mapped[int] = mapped_column(primary_key=True)
             name: Mapped[str]
 
+        @track(exclude=["password_hash", "last_seen"])
+        class User(db.Model):
+            ...
+
+    Columns kept out of sync (see :ref:`excluded-columns`) never leave the
+    server: pulls, repairs and queries leave them out, a push naming one is
+    refused, a node keeps its own value, and an update that changes only
+    such columns logs nothing.
+
     :param cls: the class to track.
-    :return: the class itself, so ``track`` works as a decorator.
+    :param exclude: names of columns (attribute or column names) kept out of
+        sync.
+    :param only: names of the only columns synchronised; the primary key
+        always is. Give ``exclude`` or ``only``, not both.
+    :return: the class itself, so ``track`` works as a decorator (with or
+        without arguments).
+    :raises ConfigurationError: for an unknown column, a primary-key column
+        left out, a left-out column a row cannot be inserted without (``NOT
+        NULL`` with no default), or both ``exclude`` and ``only``.
     """
+    options = _options(exclude, only)
+    if cls is None:
+        return lambda decorated: _register(decorated, options)
+    return _register(cls, options)
+
+
+def _options(exclude: Iterable[str] | None, only: Iterable[str] | None) -> TrackOptions:
+    if exclude is not None and only is not None:
+        raise ConfigurationError(
+            "track() takes exclude=[...] or only=[...], not both: list the "
+            "columns to leave out, or the columns to keep."
+        )
+    for name, given in (("exclude", exclude), ("only", only)):
+        if isinstance(given, str):
+            raise ConfigurationError(
+                f"track({name}=...) takes a list of column names, not the "
+                f"string {given!r}; write {name}=[{given!r}]."
+            )
+    return TrackOptions(
+        exclude=tuple(exclude or ()),
+        only=None if only is None else tuple(only),
+    )
+
+
+def _register(cls: T, options: TrackOptions) -> T:
     if not isinstance(cls, type):
         raise TypeError(f"track() takes a mapped class, not {cls!r}.")
+    mapper: Mapper[Any] | None = sa.inspect(cls, raiseerr=False)
+    if mapper is not None and isinstance(mapper.local_table, sa.Table):
+        # Mapped already (declarative): check the names now. An imperatively
+        # mapped class is checked when it is first used.
+        _excluded_columns(cls, mapper.local_table, mapper, options)
     global _generation
     with _lock:
-        setattr(cls, TRACK_ATTRIBUTE, True)
+        setattr(cls, TRACK_ATTRIBUTE, options)
         _tracked_classes.add(cls)
         _mapper_cache.clear()
         _generation += 1
     return cls
+
+
+def _excluded_columns(
+    cls: type, table: sa.Table, mapper: Mapper[Any], options: TrackOptions
+) -> frozenset[str]:
+    """The names of the columns of ``table`` that ``options`` keep out of
+    sync, checked."""
+    listed = options.exclude if options.only is None else options.only
+    what = "exclude" if options.only is None else "only"
+    named: set[str] = set()
+    for name in listed:
+        column = _column_named(mapper, table, name)
+        if column is None:
+            known = ", ".join(c.name for c in table.columns)
+            raise ConfigurationError(
+                f"track({what}=[...]) of {cls.__name__}: {name!r} is not a column "
+                f"of {table.fullname}; its columns are {known}."
+            )
+        named.add(column.name)
+    if options.only is None:
+        excluded = named
+    else:
+        pk = {c.name for c in table.primary_key.columns}
+        excluded = {c.name for c in table.columns} - named - pk
+    for column in table.columns:
+        if column.name not in excluded:
+            continue
+        if column.primary_key:
+            raise ConfigurationError(
+                f"track(exclude=[...]) of {cls.__name__}: {column.name!r} is a "
+                "primary-key column, which cannot be kept out of sync (rows "
+                "are matched by their key)."
+            )
+        if (
+            not column.nullable
+            and column.default is None
+            and column.server_default is None
+        ):
+            raise ConfigurationError(
+                f"{cls.__name__}.{column.name} is kept out of sync but is NOT "
+                "NULL without a default: a row inserted on the other side "
+                "(pulled by a node, pushed to the server) arrives without it "
+                "and could not be stored. Give the column a default or a "
+                "server_default, or make it nullable."
+            )
+    return frozenset(excluded)
+
+
+def _column_named(
+    mapper: Mapper[Any], table: sa.Table, name: str
+) -> sa.Column[Any] | None:
+    """The column of ``table`` that ``name`` names: a column attribute of
+    the class, else a column key or name of the table."""
+    prop = mapper.column_attrs.get(name) if isinstance(name, str) else None
+    by_key: dict[str, sa.Column[Any]] = {c.key: c for c in table.columns}
+    if prop is not None and prop.columns[0].table is table:
+        return by_key[prop.columns[0].key]
+    if name in by_key:
+        return by_key[name]
+    return {c.name: c for c in table.columns}.get(name)
 
 
 def untrack(cls: type) -> None:
@@ -149,6 +344,10 @@ def _describe(mapper: Mapper[Any]) -> TrackedTable | None:
         )
     pk_columns = tuple(table.c[c.key] for c in owner.primary_key)
     pk_attrs = tuple(owner.get_property_by_column(c).key for c in pk_columns)
+    options = owner.class_.__dict__[TRACK_ATTRIBUTE]
+    if not isinstance(options, TrackOptions):
+        options = TrackOptions()
+    excluded = _excluded_columns(owner.class_, table, owner, options)
     return TrackedTable(
         mapper=owner,
         table=table,
@@ -156,6 +355,8 @@ def _describe(mapper: Mapper[Any]) -> TrackedTable | None:
         pk_columns=pk_columns,
         pk_attrs=pk_attrs,
         integer_key=all(isinstance(c.type, sa.Integer) for c in pk_columns),
+        synced_columns=tuple(c for c in table.columns if c.name not in excluded),
+        excluded=excluded,
     )
 
 

@@ -408,6 +408,19 @@ def table_codecs(
     return {c.name: codec_for(c, aware_storage=aware_storage) for c in table.columns}
 
 
+def synced_codecs(
+    info: TrackedTable, *, aware_storage: bool = True
+) -> dict[str, ColumnCodec]:
+    """Codecs of the columns of ``info`` that travel, by column name, in
+    column order: every column of its table but those kept out of sync
+    (``track(exclude=...)``, ``track(only=...)``). What every route and the
+    node read, write and decode; :func:`table_codecs` is for the node's own
+    storage."""
+    return {
+        c.name: codec_for(c, aware_storage=aware_storage) for c in info.synced_columns
+    }
+
+
 def stores_time_zones(dialect: sa.Dialect) -> bool:
     """Whether ``dialect``'s DateTime(timezone=True) keeps the offset."""
     return dialect.name == "postgresql"
@@ -417,9 +430,9 @@ def key_codecs(
     info: TrackedTable, codecs: Sequence[ColumnCodec]
 ) -> list[ColumnCodec]:
     """The codecs of ``info``'s key columns, in key order, from ``codecs``
-    (one per table column, in the table's column order)."""
-    columns = list(info.table.columns)
-    return [codecs[columns.index(c)] for c in info.pk_columns]
+    (of the table's columns or of its synced ones)."""
+    by_name = {c.name: c for c in codecs}
+    return [by_name[c.name] for c in info.pk_columns]
 
 
 def key_from_log(
