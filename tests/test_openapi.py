@@ -121,7 +121,11 @@ def test_every_route_answers_what_the_document_says(server: ServerEnv) -> None:
     check(tables)
     check(httpx.get(f"{server.base}/schemas/{schema_id}/tables?include_deleted=1"))
     check(httpx.get(f"{server.base}/tables/{tables.json()['tables'][0]['id']}"))
-    check(httpx.get(f"{server.base}/schemas/{schema_id}/objects"))
+    objects = httpx.get(f"{server.base}/schemas/{schema_id}/objects")
+    check(objects)
+    for listed in objects.json()["objects"][:1]:
+        check(httpx.get(f"{server.base}/objects/{listed['id']}"))
+    check(httpx.get(f"{server.base}/objects/999999"))
     check(httpx.get(f"{server.base}/schemas/999999/objects"))
     check(httpx.get(f"{server.base}/schemas/999999/tables"))
     check(httpx.get(f"{server.base}/tables/999999"))
@@ -135,7 +139,10 @@ def test_every_route_answers_what_the_document_says(server: ServerEnv) -> None:
         for method in item
         if method in ("get", "post", "put", "patch", "delete")
     }
-    assert {(m, t) for m, t, s in checker.checked if s == "200"} == operations
+    seen = {(m, t) for m, t, s in checker.checked if s == "200"}
+    if not objects.json()["objects"]:  # SQLite has no schema-level objects
+        operations.discard(("get", "/sync/objects/{object_id}"))
+    assert seen == operations
     node.close()
 
 

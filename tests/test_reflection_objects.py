@@ -510,7 +510,15 @@ def test_sequences(
                                                        "object_dropped"]
     heard_objects.clear()
 
+    kept = after["rs_seq2"]["id"]
+    one = get_ok(client, f"/objects/{kept}")["object"]
+    assert (one["id"], one["name"], one["kind"]) == (kept, "rs_seq2", "sequence")
+    assert one["details"]["increment"] == "7"
+
     psql.run("DROP SEQUENCE rs_seq2")
+    gone = client.get(f"/sync/objects/{kept}")
+    assert gone.status_code == 410, gone.get_json()
+    assert client.get("/sync/objects/999999").status_code == 404
     assert "rs_seq2" not in objects_of(client, schema_id)
     ((name, payload),) = heard_objects
     assert name == "object_dropped" and payload["object"].deleted is True

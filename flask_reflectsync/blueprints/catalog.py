@@ -56,6 +56,9 @@ def setup_catalog(db: SQLAlchemy, blueprint: Blueprint) -> None:
         "/tables/<int:table_id>", view_func=get_table, methods=["GET"]
     )
     blueprint.add_url_rule(
+        "/objects/<int:object_id>", view_func=get_object, methods=["GET"]
+    )
+    blueprint.add_url_rule(
         "/schemas/<int:schema_id>/objects", view_func=list_objects, methods=["GET"]
     )
 
@@ -158,6 +161,16 @@ def get_table(table_id: int) -> Response:
     """
     table: Any = _authorised().get_table(_known_id(table_id, "table"))
     return ok_response(table=table.to_dict())
+
+
+def get_object(object_id: int) -> Response:
+    """``GET /objects/<id>``: one enum or domain type or sequence, its
+    schema's objects refreshed first if they changed.
+
+    A 410 answer means the object has been dropped; 404 that it never existed.
+    """
+    found: Any = _authorised().get_object(_known_id(object_id, "object"))
+    return ok_response(object=found.to_dict())
 
 
 def list_objects(schema_id: int) -> Response:

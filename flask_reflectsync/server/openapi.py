@@ -248,6 +248,14 @@ CATALOG_SCHEMAS: dict[str, Any] = {
             "objects": {"type": "array", "items": _ref("CatalogObject")},
         },
     },
+    "ObjectResponse": {
+        "type": "object",
+        "required": ["ok", "object"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "object": _ref("CatalogObject"),
+        },
+    },
     "SchemasResponse": {
         "type": "object",
         "required": ["ok", "schemas"],
@@ -306,6 +314,13 @@ def _catalog_paths(base: str) -> dict[str, Any]:
         (403, 404, 410),
     )
     del table["parameters"]
+    one_object = listing(
+        "One enum or domain type or sequence, its schema's objects renewed "
+        "when they changed.",
+        "ObjectResponse",
+        (403, 404, 410),
+    )
+    del one_object["parameters"]
     return {
         f"{base}/schemas": {
             "get": listing(
@@ -323,6 +338,10 @@ def _catalog_paths(base: str) -> dict[str, Any]:
         f"{base}/tables/{{table_id}}": {
             "parameters": [_catalog_id("table_id", "table")],
             "get": table,
+        },
+        f"{base}/objects/{{object_id}}": {
+            "parameters": [_catalog_id("object_id", "object")],
+            "get": one_object,
         },
         f"{base}/schemas/{{schema_id}}/objects": {
             "parameters": [_catalog_id("schema_id", "schema")],
