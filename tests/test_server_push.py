@@ -1102,9 +1102,12 @@ def _wait_for_a_push_lock_wait(engine: sa.Engine, backend: str) -> None:
         "SELECT count(*) FROM pg_stat_activity "
         "WHERE datname = current_database() AND wait_event_type = 'Lock'"
         if backend == "postgresql"
-        else "SELECT count(*) FROM information_schema.INNODB_TRX AS t "
-        "JOIN information_schema.PROCESSLIST AS p ON p.ID = t.trx_mysql_thread_id "
-        "WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()"
+        # MariaDB may wait for the row lock while it plans the statement
+        # (state "Statistics"), before INNODB_TRX lists the transaction: look
+        # for another connection's locking read of the counter still running.
+        else "SELECT count(*) FROM information_schema.PROCESSLIST "
+        "WHERE DB = DATABASE() AND ID <> CONNECTION_ID() "
+        "AND INFO LIKE '%%reflectsync_version_counter%%FOR UPDATE%%'"
     )
     with engine.connect() as probe:
         for _ in range(800):
