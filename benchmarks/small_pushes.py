@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from flask_reflectsync.wire.signing import sign_request
 
@@ -132,6 +134,57 @@ def server_times(access_log: Path, since: int) -> list[float]:
     return found
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User and system CPU seconds the processes ``pids`` have used (Linux's
+    ``/proc``; 0 for a process that is gone). CPU time, unlike wall time,
+    hardly moves when other work shares the machine."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / ticks
+
+
+def worker_pids(access_log: Path) -> list[int]:
+    """The gunicorn processes writing ``access_log`` (its path is unique to
+    the run)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"gunicorn" in b" ".join(command) and str(access_log).encode() in command:
+            found.append(int(entry.name))
+    return found
+
+
+def database_pids(url: str) -> list[int]:
+    """PostgreSQL's backends serving ``url``'s database (none elsewhere)."""
+    engine = sa.create_engine(url)
+    try:
+        if engine.dialect.name != "postgresql":
+            return []
+        with engine.connect() as connection:
+            return [
+                int(pid)
+                for (pid,) in connection.execute(
+                    sa.text(
+                        "SELECT pid FROM pg_stat_activity WHERE datname = "
+                        "current_database() AND pid <> pg_backend_pid()"
+                    )
+                )
+            ]
+    finally:
+        engine.dispose()
+
+
 def log_length(access_log: Path) -> int:
     return len(access_log.read_text().splitlines()) if access_log.exists() else 0
 
@@ -188,13 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     access = directory / "access.log"
     with gunicorn(args.database, args.workers, directory) as base:
         baseline = baseline_loop(base, args.pushes)
+        run(base, 0, 1, args.rows, 20, 600)  # every worker connected
         since = log_length(access)
-        _, ops, _, latencies = run(base, 0, 1, args.rows, args.pushes, 600)
+        workers, backends = worker_pids(access), database_pids(args.database)
+        cpu_before = cpu_seconds(workers), cpu_seconds(backends)
+        one_total, ops, _, latencies = run(base, 1, 1, args.rows, args.pushes, 600)
+        cpu_after = cpu_seconds(workers), cpu_seconds(backends)
         time.sleep(1)  # gunicorn writes its access log after answering
         one_server = statistics.median(server_times(access, since))
         one_client = statistics.median(latencies)
+        # Two spawned node processes registered in between: their
+        # registrations cost the server CPU too, not counted apart (small).
+        worker_cpu = (cpu_after[0] - cpu_before[0]) / one_total
+        database_cpu = (cpu_after[1] - cpu_before[1]) / one_total
         many = []
-        first = 1
+        first = 2
         for count in args.nodes:
             since = log_length(access)
             total, ops, elapsed, latencies = run(
@@ -211,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{one_server * 1000:.2f} ms a push (median; target <= 5 ms), client "
         f"{one_client * 1000:.2f} ms; baseline GET /openapi.json "
         f"{baseline * 1000:.2f} ms (push/baseline {one_client / baseline:.2f}x)"
+    )
+    print(
+        f"CPU a push: gunicorn worker {worker_cpu * 1000:.2f} ms, PostgreSQL "
+        f"backends {database_cpu * 1000:.2f} ms (0 on other databases)"
     )
     print(
         f"{'nodes':>5} {'pushes':>7} {'ops/s':>8} {'pushes/s':>9} "
