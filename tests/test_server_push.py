@@ -973,7 +973,11 @@ def _wait_for_a_lock_wait(engine: sa.Engine) -> None:
     with engine.connect() as probe:
         for _ in range(200):
             waiting = probe.exec_driver_sql(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted"
+                # Waits of this database's sessions only (the cluster may be
+                # shared; a transaction-id lock names no database itself).
+                "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a "
+                "ON a.pid = l.pid WHERE NOT l.granted "
+                "AND a.datname = current_database()"
             ).scalar()
             probe.rollback()
             if waiting:
