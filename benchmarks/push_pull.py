@@ -95,7 +95,7 @@ def served(app: Flask) -> Iterator[str]:
 class Node:
     def __init__(self, client: httpx.Client, base: str) -> None:
         self.client, self.base = client, base
-        node = client.post(base + "/register", json={"protocol": 1}).json()["node"]
+        node = client.post(base + "/register", json={"protocol": 2}).json()["node"]
         self.id, self.secret = node["id"], node["secret"]
 
     def post(self, route: str, message: dict[str, Any]) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def push(node: Node, rows: list[list[Any]]) -> tuple[float, int]:
     answer = node.post(
         "/push",
         {
-            "protocol": 1,
+            "protocol": 2,
             "push_id": uuid.uuid4().hex,
             "last_version": 0,
             "operations": [
@@ -146,7 +146,7 @@ def pull(node: Node, since: int) -> tuple[float, int]:
     start = time.perf_counter()
     cursor, count = None, 0
     while True:
-        message: dict[str, Any] = {"protocol": 1, "since": since}
+        message: dict[str, Any] = {"protocol": 2, "since": since}
         if cursor:
             message["cursor"] = cursor
         page = node.post("/pull", message)

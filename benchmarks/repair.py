@@ -126,7 +126,7 @@ def raw_write(engine: sa.Engine, table: sa.Table) -> float:
 def repair_bytes(base: str) -> bytes:
     """The repair answer's bytes, as a node gets them."""
     with httpx.Client(timeout=600) as http:
-        node = http.post(base + "/register", json={"protocol": 1}).json()["node"]
+        node = http.post(base + "/register", json={"protocol": 2}).json()["node"]
         path = "/sync/repair"
         headers = sign_request(node["id"], node["secret"], "GET", path, "", b"")
         headers["Accept"] = MEDIA_TYPE

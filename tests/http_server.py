@@ -138,7 +138,7 @@ class TestNode:
 
     def register(self, **message: Any) -> httpx.Response:
         answer = self.client.post(
-            self.base + "/register", json={"protocol": 1, **message}
+            self.base + "/register", json={"protocol": 2, **message}
         )
         if answer.status_code == 200:
             node = answer.json()["node"]
@@ -204,7 +204,7 @@ class TestNode:
         **extra: Any,
     ) -> httpx.Response:
         message: dict[str, Any] = {
-            "protocol": 1,
+            "protocol": 2,
             "push_id": push_id or uuid.uuid4().hex,
             "last_version": self.last_version if last_version is None else last_version,
             "operations": operations,
@@ -216,7 +216,7 @@ class TestNode:
 
     def pull(self, since: int | None = None, **extra: Any) -> httpx.Response:
         since = self.last_version if since is None else since
-        return self.call("POST", "/pull", json={"protocol": 1, "since": since, **extra})
+        return self.call("POST", "/pull", json={"protocol": 2, "since": since, **extra})
 
     def pull_all(self) -> list[dict[str, Any]]:
         """Every page of a pull from ``last_version``; records the new version."""

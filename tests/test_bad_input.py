@@ -59,7 +59,7 @@ def _push_body(
     operations: list[dict[str, Any]], payloads: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     message: dict[str, Any] = {
-        "protocol": 1,
+        "protocol": 2,
         "push_id": "bad-input",
         "last_version": 0,
         "operations": operations,
@@ -117,7 +117,7 @@ def _header(name: str, value: bytes) -> Any:
 
     def build(node: TestNode) -> httpx.Request:
         request = node.sign(
-            node.build("POST", "/pull", json={"protocol": 1, "since": 0})
+            node.build("POST", "/pull", json={"protocol": 2, "since": 0})
         )
         kept = [
             (k, v) for k, v in request.headers.raw if k.lower() != name.lower().encode()
@@ -129,7 +129,7 @@ def _header(name: str, value: bytes) -> Any:
 
 
 def _nested(depth: int) -> bytes:
-    return b'{"protocol": 1, "info": ' + b"[" * depth + b"]" * depth + b"}"
+    return b'{"protocol": 2, "info": ' + b"[" * depth + b"]" * depth + b"}"
 
 
 CASES: dict[str, Case] = {
@@ -177,28 +177,28 @@ CASES: dict[str, Case] = {
         code="request.invalid",
     ),
     "NaN is not JSON": Case(
-        _raw_body("/register", b'{"protocol": 1, "info": {"x": NaN}}', signed=False),
+        _raw_body("/register", b'{"protocol": 2, "info": {"x": NaN}}', signed=False),
         400,
         "not valid JSON",
         code="request.invalid",
         signed=False,
     ),
     "UTF-16 is not UTF-8": Case(
-        _raw_body("/register", '{"protocol": 1}'.encode("utf-16"), signed=False),
+        _raw_body("/register", '{"protocol": 2}'.encode("utf-16"), signed=False),
         400,
         "not UTF-8",
         code="request.invalid",
         signed=False,
     ),
     "a node name with NUL": Case(
-        _raw_body("/register", b'{"protocol": 1, "name": "a\\u0000b"}', signed=False),
+        _raw_body("/register", b'{"protocol": 2, "name": "a\\u0000b"}', signed=False),
         400,
         "message.name cannot hold NUL",
         code="request.invalid",
         signed=False,
     ),
     "a node name with a lone surrogate": Case(
-        _raw_body("/register", b'{"protocol": 1, "name": "a\\ud800"}', signed=False),
+        _raw_body("/register", b'{"protocol": 2, "name": "a\\ud800"}', signed=False),
         400,
         "unpaired surrogates",
         code="request.invalid",
@@ -299,14 +299,14 @@ CASES: dict[str, Case] = {
         _signed(
             "POST",
             "/pull",
-            json={"protocol": 1, "since": 0, "cursor": "9" * 19 + ":1"},
+            json={"protocol": 2, "since": 0, "cursor": "9" * 19 + ":1"},
         ),
         400,
         "points past any version",
         code="request.invalid",
     ),
     "pull since 10**20": Case(
-        _signed("POST", "/pull", json={"protocol": 1, "since": 10**20}),
+        _signed("POST", "/pull", json={"protocol": 2, "since": 10**20}),
         400,
         "message.since must be at most",
         code="request.invalid",
@@ -450,7 +450,7 @@ def test_a_chunked_body_over_the_limit_is_refused_not_truncated(
     node = small_server.node()
     rows = [[n, f"city {n}", n, None] for n in range(100)]
     message = (
-        {"protocol": 1, "name": "x" * 100, "info": {"pad": "y" * 5000}}
+        {"protocol": 2, "name": "x" * 100, "info": {"pad": "y" * 5000}}
         if route == "/register"
         else _push_body(
             [{"table": "city", "key": [n], "command": "i"} for n in range(100)],
@@ -477,7 +477,7 @@ def test_a_chunked_body_over_the_limit_is_refused_not_truncated(
 
 def test_a_chunked_body_within_the_limit_is_served(small_server: ServerEnv) -> None:
     node = small_server.node()
-    body = json.dumps({"protocol": 1, "name": "chunked"}).encode()
+    body = json.dumps({"protocol": 2, "name": "chunked"}).encode()
     answer = node.client.post(
         small_server.base + "/register",
         content=_chunks(body, 7),

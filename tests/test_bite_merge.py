@@ -65,6 +65,8 @@ def test_a_page_moving_a_unique_value_onto_a_row_whose_holder_yields_merges(
         s.get(Sample, giver).flag = True  # a local change of the holder
         s.commit()
     with c.Session() as s:
+        # The flag too: a conflict needs a column both sides changed.
+        s.get(Sample, giver).flag = True
         s.get(Sample, giver).code = "B"
         s.flush()
         s.get(Sample, taker).code = "X"
@@ -96,7 +98,7 @@ def test_a_holder_whose_decided_values_move_it_off_the_value_is_no_conflict(
     def keep_my_flag(conflict: Any) -> Any:
         asked.append(conflict.kind)
         if conflict.kind == "update/update":
-            return {"flag": conflict.local["flag"]}
+            return {"flag": not conflict.server["flag"]}
         return None
 
     b = net.node("b", resolutions={Sample: keep_my_flag})
@@ -110,6 +112,8 @@ def test_a_holder_whose_decided_values_move_it_off_the_value_is_no_conflict(
         s.get(Sample, 2).flag = True
         s.commit()
     with c.Session() as s:
+        # The flag too: a conflict needs a column both sides changed.
+        s.get(Sample, 2).flag = True
         s.get(Sample, 2).code = "B"
         s.flush()
         s.get(Sample, 1).code = "X"
@@ -122,7 +126,7 @@ def test_a_holder_whose_decided_values_move_it_off_the_value_is_no_conflict(
         ("update/update", (2,), "values")
     ]
     rows = {row[0]: (row[1], row[-1]) for row in net.node_rows(b)["sample"]}
-    assert rows == {1: ("X", False), 2: ("B", True)}
+    assert rows == {1: ("X", False), 2: ("B", False)}
     net.settle()
     assert {
         row[0]: (row[1], row[-1]) for row in net.assert_converged()["sample"]

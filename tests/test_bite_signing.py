@@ -47,7 +47,7 @@ def test_a_signature_that_is_not_exactly_the_right_one_is_refused(
     node = server.node()
     op, payload = insert("country", {"id": 1, "name": "Peru"})
     body = {
-        "protocol": 1,
+        "protocol": 2,
         "push_id": "p",
         "last_version": 0,
         "operations": [op],
@@ -69,7 +69,7 @@ def test_a_signature_that_is_not_exactly_the_right_one_is_refused(
 
 
 def _pull(node: TestNode) -> httpx.Request:
-    return node.build("POST", "/pull", json={"protocol": 1, "since": 0})
+    return node.build("POST", "/pull", json={"protocol": 2, "since": 0})
 
 
 @pytest.mark.parametrize("skew", [-3600, 3600, -301, 301])
@@ -105,7 +105,7 @@ def test_a_request_replayed_after_later_requests_is_still_refused(
     assert node.send(first).status_code == 200
     for _ in range(3):
         assert (
-            node.call("POST", "/pull", json={"protocol": 1, "since": 0}).status_code
+            node.call("POST", "/pull", json={"protocol": 2, "since": 0}).status_code
             == 200
         )
     replay = node.client.build_request(

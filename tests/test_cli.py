@@ -68,7 +68,7 @@ def test_tables_of_an_unknown_schema_is_a_clear_error(cli_env: AppEnv) -> None:
 def test_nodes_shows_how_far_behind_each_node_is(cli_env: AppEnv) -> None:
     assert "No registered nodes." in _run(cli_env, "nodes")
     client = cli_env.app.test_client()
-    answer = client.post("/sync/register", json={"protocol": 1, "name": "field-7"})
+    answer = client.post("/sync/register", json={"protocol": 2, "name": "field-7"})
     assert answer.status_code == 200, answer.json
     with cli_env.app.app_context():
         cli_env.db.session.add(cli_env.models.City(name="Lima"))

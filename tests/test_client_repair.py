@@ -88,7 +88,7 @@ def test_repair_round_trips_every_column_type(net: Cluster) -> None:
 
 
 STREAM = (
-    b'{"ok":true,"protocol":1,"counts":{"t":2,"u":0}}\n'
+    b'{"ok":true,"protocol":2,"counts":{"t":2,"u":0}}\n'
     b'{"table":"t","columns":["id","s"]}\n'
     b'{"rows":[[1,"a, ]\\n"]]}\n{"rows":[[22,"\\u00e9"]]}\n'
     b'{"table":"u","columns":["id"]}\n'
@@ -157,8 +157,8 @@ def test_row_counts_must_match_the_last_line() -> None:
 
 
 def test_another_protocol_is_a_protocol_mismatch() -> None:
-    stream = STREAM.replace(b'"protocol":1', b'"protocol":2')
-    with pytest.raises(errors.ProtocolMismatchError, match="speaks protocol 2"):
+    stream = STREAM.replace(b'"protocol":2', b'"protocol":1')
+    with pytest.raises(errors.ProtocolMismatchError, match="speaks protocol 1"):
         _read(iter([stream]))
 
 
@@ -271,7 +271,7 @@ class _OldServer(httpx.BaseTransport):
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not request.url.path.endswith("/repair"):
             return self.inner.handle_request(request)
-        document = {"ok": True, "protocol": 1, "version": 1, "tables": {}}
+        document = {"ok": True, "protocol": 2, "version": 1, "tables": {}}
         return httpx.Response(200, json=document)
 
     def close(self) -> None:

@@ -388,7 +388,7 @@ def test_protocol_mismatch_from_answer(monkeypatch: Any, net: Cluster) -> None:
     node = net.node()
     from flask_reflectsync.node import transport as client_module
 
-    monkeypatch.setattr(client_module, "PROTOCOL_VERSION", 2)
+    monkeypatch.setattr(client_module, "PROTOCOL_VERSION", 3)
     with pytest.raises(errors.ProtocolMismatchError):
         node.pull()
 

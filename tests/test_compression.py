@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from flask_reflectsync.tracking import compress, compressed_commands
-from flask_reflectsync.tracking.compression import REPLACED
+from flask_reflectsync.tracking.compression import REPLACED, changed_columns
 
 
 @dataclass(frozen=True)
@@ -171,3 +172,55 @@ def test_compressed_commands_agree_with_compress(
     assert {t: len(r) for t, r in marked.items()} == {
         t: len(r) for t, r in reported.items()
     }
+
+
+# -- column sets ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ColumnOp:
+    table_name: str
+    row_key: int
+    command: str
+    columns: frozenset[str] | None = None
+
+
+def _cols(*names: str) -> frozenset[str]:
+    return frozenset(names)
+
+
+def test_updates_compress_to_the_union_of_their_columns() -> None:
+    ops = [ColumnOp("t", 1, "u", _cols("count")), ColumnOp("t", 1, "u", _cols("note"))]
+    assert compress(ops) == [ColumnOp("t", 1, "u", _cols("count", "note"))]
+
+
+def test_an_update_of_unknown_columns_makes_the_whole_row() -> None:
+    ops = [ColumnOp("t", 1, "u", _cols("count")), ColumnOp("t", 1, "u", None)]
+    assert compress(ops) == [ColumnOp("t", 1, "u", None)]
+
+
+@pytest.mark.parametrize(
+    ("commands", "expected"),
+    [
+        (["i", "u"], ("i", None)),  # a new row travels whole
+        (["d", "i"], ("u", None)),  # a row replaced under its key: whole
+        (["u", "d"], ("d", None)),
+        (["u", "d", "i", "u"], ("u", None)),
+    ],
+)
+def test_a_sequence_with_an_insert_or_a_delete_is_a_whole_row(
+    commands: list[str], expected: tuple[str, None]
+) -> None:
+    ops = [ColumnOp("t", 1, c, _cols("note") if c == "u" else None) for c in commands]
+    (result,) = compress(ops)
+    assert (result.command, result.columns) == expected
+
+
+def test_changed_columns_column_by_column() -> None:
+    result = changed_columns(
+        ["t", "t", "t", "t", "s"],
+        ["[1]", "[1]", "[2]", "[2]", "[1]"],
+        ["u", "u", "i", "u", "u"],
+        ['["a"]', '["b"]', None, '["a"]', None],
+    )
+    assert result == {"t": {"[1]": _cols("a", "b")}, "s": {"[1]": None}}

@@ -204,7 +204,7 @@ def test_the_first_node_page_runs_as_written(tmp_path: Path) -> None:
 REGISTERS = """
 answer = app.test_client().post(
     "/sync/register",
-    json={"protocol": 1, "name": "docs", "token": "let-me-in"},
+    json={"protocol": 2, "name": "docs", "token": "let-me-in"},
 )
 assert answer.status_code == 200, answer.get_json()
 print("registered")

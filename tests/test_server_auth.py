@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync import signals
+from flask_reflectsync.wire.messages import PROTOCOL_VERSION
 from flask_reflectsync.wire.signing import HEADER_SIGNATURE
 
 from .conftest import AppFactory
@@ -51,7 +52,7 @@ def test_registration_returns_id_and_a_secret_never_stored(server: ServerEnv) ->
 
     assert answer.status_code == 200
     body = answer.json()
-    assert body["ok"] is True and body["protocol"] == 1
+    assert body["ok"] is True and body["protocol"] == PROTOCOL_VERSION
     assert body["node"]["name"] == "kiosk 7"
     assert len(body["node"]["secret"]) >= 40
     (row,) = _nodes(server)
@@ -82,7 +83,7 @@ def test_a_retried_registration_gets_the_same_node_until_it_signs(
         assert first.status_code == second.status_code == 200, second.text
         assert second.json()["node"] == first.json()["node"]
         assert len(_nodes(server)) == 1 and len(received) == 1
-        assert again.call("POST", "/pull", json={"protocol": 1, "since": 0}).is_success
+        assert again.call("POST", "/pull", json={"protocol": 2, "since": 0}).is_success
         third = later.register(name="kiosk", registration_id=rid)
     finally:
         signals.node_registered.disconnect(receiver, server.env.app)
@@ -196,7 +197,7 @@ def _push_request(node: TestNode) -> Any:
         "POST",
         "/push",
         json={
-            "protocol": 1,
+            "protocol": 2,
             "push_id": "p",
             "last_version": 0,
             "operations": [op],
@@ -286,14 +287,14 @@ def test_an_expired_request_is_refused(server: ServerEnv) -> None:
 def test_a_signature_from_another_secret_is_refused(server: ServerEnv) -> None:
     node, other = server.node(), server.node()
     node.secret = other.secret
-    answer = node.call("POST", "/pull", json={"protocol": 1, "since": 0})
+    answer = node.call("POST", "/pull", json={"protocol": 2, "since": 0})
     assert answer.status_code == 401
 
 
 def test_an_unknown_node_is_refused(server: ServerEnv) -> None:
     node = server.node()
     node.id = 9999
-    answer = node.call("POST", "/pull", json={"protocol": 1, "since": 0})
+    answer = node.call("POST", "/pull", json={"protocol": 2, "since": 0})
     assert answer.status_code == 401
     assert "Unknown node" in answer.json()["error"]
 

@@ -41,7 +41,7 @@ def _push_message(n: int) -> dict[str, Any]:
     # Nodes n and n + 10 update the same city: one of each pair must lose.
     city = n % CITIES + 1
     return {
-        "protocol": 1,
+        "protocol": 2,
         "push_id": f"push-{n}",
         "last_version": 1,
         "operations": [
@@ -199,7 +199,7 @@ def test_workers_share_nothing_but_the_database(
             assert page["changes"]["country"]["values"] == [[101], ["c1"]]
             # a request seen by one worker is a replay for the other
             signed = reader.sign(
-                reader.build("POST", "/pull", json={"protocol": 1, "since": 0})
+                reader.build("POST", "/pull", json={"protocol": 2, "since": 0})
             )
             assert reader.send(signed).status_code == 200
             headers = {k: v for k, v in signed.headers.items() if k.lower() != "host"}

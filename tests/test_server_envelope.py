@@ -82,7 +82,7 @@ CODES = {
     "pull replayed": "auth.replayed",
     "pull altered": "auth.unknown_or_bad_signature",
     "pull ahead": "pull.ahead_of_server",
-    "register protocol 2": "request.protocol_mismatch",
+    "register protocol 1": "request.protocol_mismatch",
     "repair unsigned": "auth.unsigned",
     "repair by an old node": "request.protocol_mismatch",
     "query unknown": "query.unknown_model",
@@ -97,14 +97,14 @@ CODES = {
 def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
     """(label, request, expected status) for every route and failure kind."""
     push = {
-        "protocol": 1,
+        "protocol": 2,
         "push_id": "e",
         "last_version": 0,
         "operations": [{"table": "country", "key": [1], "command": "i"}],
         "payloads": {"country": {"columns": ["id", "name"], "rows": [[1, "Peru"]]}},
     }
     signed = node.sign
-    pull = {"protocol": 1, "since": 0}
+    pull = {"protocol": 2, "since": 0}
     nonce = "the-same-nonce-twice"
     # Signed for one body, sent with another.
     altered = node.build("POST", "/pull", json={**pull, "limit": 1})
@@ -118,7 +118,7 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
         }
     )
     return [
-        ("register ok", node.build("POST", "/register", json={"protocol": 1}), 200),
+        ("register ok", node.build("POST", "/register", json={"protocol": 2}), 200),
         ("register bad", node.build("POST", "/register", json={"x": 1}), 400),
         ("register not json", node.build("POST", "/register", content=b"{"), 400),
         ("push ok", signed(node.build("POST", "/push", json=push)), 200),
@@ -131,7 +131,7 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
         ),
         (
             "pull ok",
-            signed(node.build("POST", "/pull", json={"protocol": 1, "since": 0})),
+            signed(node.build("POST", "/pull", json={"protocol": 2, "since": 0})),
             200,
         ),
         (
@@ -184,8 +184,8 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
             400,
         ),
         (
-            "register protocol 2",
-            node.build("POST", "/register", json={"protocol": 2}),
+            "register protocol 1",
+            node.build("POST", "/register", json={"protocol": 1}),
             400,
         ),
         ("pull invalid", signed(node.build("POST", "/pull", json={"since": -1})), 400),
@@ -243,14 +243,14 @@ def test_successful_answers_match_their_schemas(server: ServerEnv) -> None:
             "PushResponse",
             {
                 "json": {
-                    "protocol": 1,
+                    "protocol": 2,
                     "push_id": "s",
                     "last_version": 0,
                     "operations": [],
                 }
             },
         ),
-        ("/pull", "PullResponse", {"json": {"protocol": 1, "since": 0}}),
+        ("/pull", "PullResponse", {"json": {"protocol": 2, "since": 0}}),
     ]:
         validate(node.call("POST", route, **kwargs).json(), schema)
     for line in node.repair().content.splitlines():

@@ -63,7 +63,7 @@ def test_an_address_sending_bad_signatures_is_slowed_down(
     with server_env(make_app, REFLECTSYNC_AUTH_FAILURES_PER_MINUTE=3) as server:
         node = TestNode(server.base)
         assert node.register().status_code == 200
-        pull = {"protocol": 1, "since": 0}
+        pull = {"protocol": 2, "since": 0}
         assert node.call("POST", "/pull", json=pull).status_code == 200
         secret, node.secret = node.secret, "guessed"
         for _ in range(3):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from flask_reflectsync import signals
+from flask_reflectsync.wire.messages import PROTOCOL_VERSION
 
 from .conftest import AppFactory
 from .http_server import (
@@ -68,7 +69,7 @@ def test_pull_returns_other_nodes_changes_with_current_payloads(
     assert answer.status_code == 200
 
     page = reader.pull().json()
-    assert page["ok"] is True and page["protocol"] == 1
+    assert page["ok"] is True and page["protocol"] == PROTOCOL_VERSION
     # insert + update compress to insert; insert + delete to a delete (the
     # key was taken: a node may have given it to a row of its own). A row
     # carries its own key: no key is sent twice.
@@ -252,7 +253,7 @@ def test_repair_streams_every_tracked_table_and_the_version(
         # one object per line: header, per table its line and lines of at
         # most REFLECTSYNC_REPAIR_CHUNK_ROWS rows, the end line
         counts = {"country": 1, "city": 10, "tag": 0, "translation": 0, "sample": 0}
-        assert lines[0] == {"ok": True, "protocol": 1, "counts": counts}
+        assert lines[0] == {"ok": True, "protocol": 2, "counts": counts}
         assert lines[-1] == {"end": True, "version": 1, "rows": counts}
         city = lines.index(
             {"table": "city", "columns": ["id", "name", "population", "country_id"]}
@@ -306,7 +307,7 @@ def test_query_filters_by_equality(server: ServerEnv) -> None:
     answer = node.call("GET", "/query", params={"model": "city", "name": "city 2"})
     assert answer.json() == {
         "ok": True,
-        "protocol": 1,
+        "protocol": 2,
         "model": "city",
         "rows": [{"id": 2, "name": "city 2", "population": 2, "country_id": 1}],
         "next_offset": None,

@@ -74,7 +74,7 @@ def test_push_applies_every_table_in_one_version(server: ServerEnv) -> None:
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
         "ok": True,
-        "protocol": 1,
+        "protocol": 2,
         "push_id": "first",
         "version": 1,
         "operations": 3,
@@ -199,7 +199,7 @@ CITY_COLUMNS = ["id", "name", "population", "country_id"]
 
 def _city_push(**changes: Any) -> dict[str, Any]:
     message: dict[str, Any] = {
-        "protocol": 1,
+        "protocol": 2,
         "push_id": "bad",
         "last_version": 0,
         "operations": [{"table": "city", "key": [5], "command": "i"}],
@@ -271,7 +271,7 @@ BAD_PUSHES = {
         {k: v for k, v in _city_push().items() if k != "push_id"},
         "required field 'push_id'",
     ),
-    "other protocol": (_city_push(protocol=2), "Unsupported protocol version 2"),
+    "other protocol": (_city_push(protocol=1), "Unsupported protocol version 1"),
     "future version": (_city_push(last_version=7), "newer than the server's"),
     "not an object": ([1, 2], "must be a JSON object"),
 }
@@ -304,7 +304,7 @@ VALUE_CASES = {"wrong type", "string too long", "null in a non-null column"}
 def test_malformed_json_is_refused(server: ServerEnv) -> None:
     node = server.node()
     before = without_nonces(database_state(server.env))
-    answer = node.call("POST", "/push", content=b'{"protocol": 1,')
+    answer = node.call("POST", "/push", content=b'{"protocol": 2,')
     assert answer.status_code == 400
     assert answer.json()["error"] == "The request body is not valid JSON."
     assert without_nonces(database_state(server.env)) == before
@@ -664,7 +664,7 @@ def test_push_body_is_compact_json(server: ServerEnv) -> None:
     node = server.node()
     operations, payloads = _country_and_cities()
     message = {
-        "protocol": 1,
+        "protocol": 2,
         "push_id": uuid.uuid4().hex,
         "last_version": 0,
         "operations": operations,

@@ -53,7 +53,7 @@ def test_register_node_writes_nothing_until_the_caller_commits(
 ) -> None:
     session = server.env.db.session
     node = nodes.register_node(
-        session, _tables(server), {"protocol": 1, "name": "n"}, _settings(server)
+        session, _tables(server), {"protocol": 2, "name": "n"}, _settings(server)
     )
     session.rollback()
     assert _node_row(server, node["id"]) is None
@@ -61,7 +61,7 @@ def test_register_node_writes_nothing_until_the_caller_commits(
 
 def test_authenticate_leaves_the_nonce_to_the_caller(server: ServerEnv) -> None:
     node = server.node()
-    request = node.sign(node.build("POST", "/pull", json={"protocol": 1, "since": 0}))
+    request = node.sign(node.build("POST", "/pull", json={"protocol": 2, "since": 0}))
     session = server.env.db.session
     nonces = define_protocol_tables(server.env.db.metadata)
 
@@ -97,7 +97,7 @@ def test_a_page_is_read_without_a_side_effect(server: ServerEnv) -> None:
     before = _node_row(server, reader.id)
     session = server.env.db.session
     schema = TrackedSchema.of(server.env.db.metadata)
-    message = {"protocol": 1, "since": 0, "keys": ["country"]}
+    message = {"protocol": 2, "since": 0, "keys": ["country"]}
 
     page = read_page(
         session, _tables(server), schema, reader.id, message, page_size=100
@@ -125,7 +125,7 @@ def test_query_leaves_its_transaction_to_the_caller(server: ServerEnv) -> None:
 def _push_message() -> dict[str, Any]:
     operation, payloads = insert("country", {"id": 7, "name": "Chile"})
     return {
-        "protocol": 1,
+        "protocol": 2,
         "push_id": "owned",
         "last_version": 0,
         "operations": [operation],

@@ -3,7 +3,9 @@ transaction, and nothing else is."""
 
 from __future__ import annotations
 
+import json
 import uuid
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -271,3 +273,40 @@ def test_string_keys_with_quotes_backslashes_and_unicode(env: AppEnv) -> None:
     assert sorted(key for _, key, _ in commands(db)) == sorted(
         [n, lang] for n, lang in enumerate(awkward)
     )
+
+
+def _changed(db: Any) -> list[tuple[str, Any]]:
+    ops = db.metadata.tables["reflectsync_operations"]
+    with db.engine.connect() as connection:
+        found = connection.execute(
+            sa.select(ops.c.command, ops.c.changed_columns).order_by(ops.c.id)
+        ).all()
+    return [(c, None if w is None else json.loads(w)) for c, w in found]
+
+
+def test_an_update_logs_the_columns_it_changed(env: AppEnv) -> None:
+    db, City = env.db, env.models.City
+    city = City(name="Lima", population=5)
+    db.session.add(city)
+    db.session.commit()
+    city.population = 6
+    city.name = "Lima"  # set to the value it had: not a change
+    db.session.commit()
+    db.session.expire(city)
+    city.name = "Cusco"  # on an expired object: compared with the database
+    db.session.commit()
+    db.session.execute(
+        sa.update(City).where(City.id == city.id).values(population=7, name="Puno")
+    )
+    db.session.execute(sa.update(City), [{"id": city.id, "population": 8}])
+    db.session.commit()
+    db.session.delete(city)
+    db.session.commit()
+    assert _changed(db) == [
+        ("i", None),
+        ("u", ["population"]),
+        ("u", ["name"]),
+        ("u", ["name", "population"]),
+        ("u", ["population"]),
+        ("d", None),
+    ]

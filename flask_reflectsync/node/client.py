@@ -488,11 +488,20 @@ class SyncClient:
         with self._lock:
             state = self._registered()
             aside: list[SetAside] = []
+            widened = False
             while True:
                 if state.push_id is None and not _push.start_push(self):
                     return PushResult(None, None, 0, set_aside=aside)
                 try:
                     result = _push.send_push(self)
+                except PushRejectedError as error:
+                    # Patches of rows the server lacks, now queued whole:
+                    # sent again once, they bring the rows back.
+                    if widened or not _push.only_whole_rows_needed(error):
+                        raise
+                    widened = True
+                    state = self._state()
+                    continue
                 except InvalidValueError as error:
                     # Refused for good: set the row aside, push the rest.
                     before = {entry.id for entry in aside}

@@ -51,13 +51,19 @@ class Conflict:
         deleted it (or never had it).
     :param server: the server's row by column name, ``None`` if the server
         deleted it (or its copy is unknown).
-    :param columns: for ``unique`` conflicts, the constraint's columns.
+    :param columns: for ``unique`` conflicts, the constraint's columns; for
+        ``update/update`` conflicts, the columns both sides changed (empty:
+        the whole row, when one side's columns are unknown).
     :param other_key: for ``unique`` conflicts, the key of the server row
         holding the same values; for ``dependency`` conflicts, the keys of
         the rows still referencing the parent.
     :param resolution: set once resolved: ``"server"``, ``"node"``,
         ``"values"``, ``"rekeyed"`` or ``"deleted"`` (both deleted).
     :param new_key: for a re-keyed row, its new primary key.
+    :param local_columns: for ``update/update`` conflicts, the columns the
+        node changed (``None``: the whole row).
+    :param server_columns: for ``update/update`` conflicts, the columns the
+        server changed since the node's version (``None``: the whole row).
     """
 
     kind: str
@@ -70,6 +76,8 @@ class Conflict:
     other_key: Any = None
     resolution: str = ""
     new_key: tuple[Any, ...] | None = None
+    local_columns: frozenset[str] | None = None
+    server_columns: frozenset[str] | None = None
 
 
 #: A resolver: given a conflict, return ``"server"`` (keep the server's

@@ -67,6 +67,7 @@ from ..rows import (
     write_rows,
 )
 from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, decode_key
+from ..tracking.columns import ColumnSet, overlap
 from .conflicts import (
     DELETE_DELETE,
     DELETE_UPDATE,
@@ -90,12 +91,15 @@ from .queue import LocalQueue
 
 @dataclass
 class ServerChange:
-    """One row the server changed: ``row`` is ``None`` for a delete."""
+    """One row the server changed: ``row`` is ``None`` for a delete;
+    ``columns`` names the columns an update changed (``None``: the whole
+    row, as for inserts)."""
 
     table: str
     key: tuple[Any, ...]
     command: str
     row: dict[str, Any] | None
+    columns: ColumnSet = None
 
 
 @dataclass
@@ -108,6 +112,9 @@ class PulledTable:
         inserted or updated (their current state), in row order.
     :param commands: one letter per row, ``"i"`` or ``"u"``.
     :param deleted: the keys of the rows the server deleted.
+    :param changed: per row, the columns an update changed since the
+        node's version (``None``: the whole row); ``None`` when every row
+        is whole.
     """
 
     table: str
@@ -115,6 +122,7 @@ class PulledTable:
     values: Sequence[Sequence[Any]]
     commands: str
     deleted: list[tuple[Any, ...]]
+    changed: list[ColumnSet] | None = None
 
     def __len__(self) -> int:
         return len(self.commands) + len(self.deleted)
@@ -137,9 +145,12 @@ class PulledTable:
         """The part as one :class:`ServerChange` per row: written rows, then
         deleted ones. A key both deleted and written is an old row's delete,
         then a new row's insert (see :ref:`reused-keys`): it comes first."""
+        marks = self.changed or [None] * len(self.commands)
         written = [
-            ServerChange(self.table, row_key(info, row), command, row)
-            for row, command in zip(self.rows, self.commands, strict=True)
+            ServerChange(self.table, row_key(info, row), command, row, columns)
+            for row, command, columns in zip(
+                self.rows, self.commands, marks, strict=True
+            )
         ]
         replaced = self.written_keys(info) & set(self.deleted) if self.deleted else ()
         return [
@@ -388,16 +399,7 @@ class _Merge:
                 return
             queued = UPDATE  # same natural key on both sides: one row
         if queued == UPDATE and row is not None:
-            conflict, decision = self.conflict(UPDATE_UPDATE, table, key, row)
-            if decision == SERVER:
-                self.queue.drop(table, text)
-                self.write(table, key, row)
-            elif isinstance(decision, Mapping):
-                self.write(table, key, {**row, **decision})
-                self.queue.set(table, text, UPDATE)
-            else:
-                self.queue.set(table, text, UPDATE)
-            conflict.resolution = _named(decision)
+            self.update_update(change, text)
         elif queued == UPDATE:
             conflict, decision = self.conflict(UPDATE_DELETE, table, key, None)
             if decision == SERVER:
@@ -426,6 +428,47 @@ class _Merge:
             conflict, _ = self.conflict(DELETE_DELETE, table, key, None)
             self.queue.drop(table, text)
             conflict.resolution = "deleted"
+
+    def update_update(self, change: ServerChange, text: str) -> None:
+        """Both sides updated the row: a conflict only in the columns both
+        changed. The node's other columns survive on top of the server's row,
+        and stay queued; the server's other columns are written."""
+        table, key, row = change.table, change.key, change.row
+        assert row is not None
+        mine = self.queue.columns_of(table, text)
+        both = overlap(mine, change.columns)
+        local = self.local_row(table, key) or {}
+        kept = {c: local[c] for c in (mine or ()) if c in local}
+        if both is not None and not both:
+            # Different columns: both edits survive, nothing to decide.
+            self.write(table, key, {**row, **kept})
+            return
+        conflict, decision = self.conflict(
+            UPDATE_UPDATE,
+            table,
+            key,
+            row,
+            columns=() if both is None else tuple(sorted(both)),
+            local_columns=mine,
+            server_columns=change.columns,
+        )
+        if decision == SERVER:
+            rest = None if both is None or mine is None else mine - both
+            if rest:
+                self.write(table, key, {**row, **{c: kept[c] for c in rest}})
+                self.queue.set(table, text, UPDATE, rest)
+            else:
+                self.queue.drop(table, text)
+                self.write(table, key, row)
+        elif isinstance(decision, Mapping):
+            self.write(table, key, {**row, **kept, **decision})
+            chosen = None if mine is None else mine | frozenset(decision)
+            self.queue.set(table, text, UPDATE, chosen)
+        else:
+            if mine is not None:
+                self.write(table, key, {**row, **kept})
+            self.queue.set(table, text, UPDATE, mine)
+        conflict.resolution = _named(decision)
 
     def reused_key(
         self, table: str, key: tuple[Any, ...], incoming: set[Any]

@@ -214,8 +214,32 @@ def decode_page(client: SyncClient, page: Mapping[str, Any]) -> list[PulledTable
                 "server and node versions differ."
             )
         keys = list(zip(*deleted, strict=True))
-        parts.append(PulledTable(name, columns, values, commands, keys))
+        changed = _changed_columns(name, wire, len(commands))
+        parts.append(PulledTable(name, columns, values, commands, keys, changed))
     return parts
+
+
+def _changed_columns(
+    name: str, wire: Mapping[str, Any], count: int
+) -> list[frozenset[str] | None] | None:
+    """A pulled table's ``changed`` marks as column sets, one per written
+    row (``None``: the whole row), or ``None`` when every row is whole."""
+    marks = wire.get("changed")
+    if marks is None:
+        return None
+    sent = wire["columns"]
+    try:
+        if len(marks) != count:
+            raise IndexError
+        return [
+            None if mark is None else frozenset(sent[p] for p in mark)
+            for mark in marks
+        ]
+    except (IndexError, TypeError):
+        raise ProtocolMismatchError(
+            f"The server marked changed columns of {name} that do not match "
+            "its rows; the server and node versions differ."
+        ) from None
 
 
 def _refusal_holders(

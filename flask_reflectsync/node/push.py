@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from .. import signals
 from ..errors import ProtocolMismatchError, PushRejectedError
 from ..rows import batches, read_rows, row_key
-from ..tracking import DELETE, INSERT, compress, decode_key
+from ..tracking import DELETE, INSERT, UPDATE, compress, decode_key
+from ..tracking.columns import decode_columns
 from ..wire.codec import (
     DECODE_ERRORS,
     key_codecs,
@@ -77,8 +78,9 @@ def send_push(client: SyncClient) -> PushResult:
         return PushResult(state.push_id, None, 0)
     try:
         answer = client._call("POST", "/push", message=message)
-    except PushRejectedError:
+    except PushRejectedError as error:
         with client._begin() as connection:
+            send_whole(client, connection, error.conflicts)
             client._set_state(
                 connection, push_id=None, push_versions=None, push_message=None
             )
@@ -88,6 +90,49 @@ def send_push(client: SyncClient) -> PushResult:
     for conflict in conflicts:
         signals.conflict_resolved.send(client, conflict=conflict)
     return PushResult(state.push_id, answer["version"], answer["operations"], conflicts)
+
+
+def send_whole(
+    client: SyncClient, connection: sa.Connection, refused: Sequence[Any]
+) -> None:
+    """Queue as whole rows the updates the server refused as patches
+    because it lacks their rows (``"needs_row"``): sent whole, they bring
+    the row back (see :ref:`stale-pushes`)."""
+    operations, versions = NODE_LOG.operations, NODE_LOG.versions
+    queued = sa.select(versions.c.id).where(versions.c.number.is_(None))
+    aware = stores_time_zones(client.engine.dialect)
+    for entry in refused:
+        if not (isinstance(entry, dict) and entry.get("needs_row")):
+            continue
+        info = client.schema.tables.get(str(entry.get("table")))
+        if info is None:
+            continue
+        codecs_ = table_codecs(info.table, aware_storage=aware)
+        try:
+            key = tuple(
+                codecs_[c.name].to_db(v, info.name)
+                for c, v in zip(info.pk_columns, entry["key"], strict=True)
+            )
+        except (*DECODE_ERRORS, KeyError, ValueError, TypeError):
+            continue
+        connection.execute(
+            sa.update(operations)
+            .where(
+                operations.c.table_name == info.name,
+                operations.c.row_key == info.encode_key(key),
+                operations.c.version_id.in_(queued.scalar_subquery()),
+            )
+            .values(changed_columns=None)
+        )
+
+
+def only_whole_rows_needed(error: PushRejectedError) -> bool:
+    """Whether the server refused a push only because it lacks the rows of
+    some patches (which :func:`send_whole` queued whole since)."""
+    conflicts = error.conflicts
+    return bool(conflicts) and all(
+        isinstance(c, dict) and c.get("needs_row") for c in conflicts
+    )
 
 
 def server_conflicts(client: SyncClient, resolved: Sequence[Any]) -> list[Conflict]:
@@ -136,6 +181,7 @@ def server_conflict(
         key=key,
         local=next(iter(read_rows(connection, info, [key])), None),
         server=server,
+        columns=tuple(entry.get("columns") or ()),
         resolution=entry["resolution"],
     )
 
@@ -146,11 +192,12 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
     aware = stores_time_zones(client.engine.dialect)
     wire_ops: list[dict[str, Any]] = []
     payloads: dict[str, Any] = {}
+    patches: dict[str, list[dict[str, Any]]] = {}
     with client.engine.connect() as connection:
-        logged: list[tuple[int, int, str, str, str]] = []
+        logged: list[tuple[int, int, str, str, str, str | None]] = []
         for batch in batches(state.push_versions, _BATCH):
             logged += [
-                (row[0], row[1], row[2], row[3], row[4])
+                (row[0], row[1], row[2], row[3], row[4], row[5])
                 for row in connection.execute(
                     sa.select(
                         operations.c.version_id,
@@ -158,13 +205,14 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
                         operations.c.table_name,
                         operations.c.row_key,
                         operations.c.command,
+                        operations.c.changed_columns,
                     ).where(operations.c.version_id.in_(batch))
                 )
             ]
         logged.sort()
         ops = compress(
-            LoggedOperation(table, key, command)
-            for _, _, table, key, command in logged
+            LoggedOperation(table, key, command, decode_columns(changed))
+            for _, _, table, key, command, changed in logged
             if table in schema.tables
         )
         by_table: dict[str, list[LoggedOperation]] = {}
@@ -184,6 +232,11 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
                 for found in read_rows(connection, info, wanted)
             }
             rows = []
+            # Updates of known columns travel as those columns, in one block
+            # per set of columns.
+            blocks: dict[tuple[str, ...], list[list[Any]]] = {}
+            key_names = [c.name for c in info.pk_columns]
+            by_name = {c.name: c for c in codecs_}
             for op in items:
                 key = typed[op.row_key]
                 command = op.command
@@ -193,6 +246,20 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
                         if command == INSERT:
                             continue
                         command = DELETE
+                    elif command == UPDATE and op.columns is not None:
+                        sent = tuple(
+                            key_names
+                            + sorted(
+                                c
+                                for c in op.columns
+                                if c in by_name and c not in key_names
+                            )
+                        )
+                        if len(sent) == len(key_names):
+                            continue  # only columns the node does not sync
+                        blocks.setdefault(sent, []).append(
+                            [by_name[c].to_json(found[c]) for c in sent]
+                        )
                     else:
                         rows.append([c.to_json(found[c.name]) for c in codecs_])
                 wire_ops.append(
@@ -209,6 +276,11 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
                     "columns": [c.name for c in codecs_],
                     "rows": rows,
                 }
+            if blocks:
+                patches[name] = [
+                    {"columns": list(columns), "rows": block}
+                    for columns, block in blocks.items()
+                ]
     message: dict[str, Any] = {
         "protocol": PROTOCOL_VERSION,
         "push_id": state.push_id,
@@ -216,6 +288,8 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
         "operations": wire_ops,
         "payloads": payloads,
     }
+    if patches:
+        message["patches"] = patches
     # The server decides a stale push's direct conflicts as the merge
     # would, for the tables whose strategy is built in.
     named = {
@@ -250,4 +324,3 @@ def settle_push(client: SyncClient) -> None:
         send_push(client)
     except PushRejectedError:
         pass  # not applied, and the push id is dropped: the ops stay queued
-

@@ -10,7 +10,8 @@ import datetime
 
 import sqlalchemy as sa
 
-from ..tracking import DELETE, INSERT, LogTables, compress
+from ..tracking import DELETE, INSERT, UPDATE, LogTables, compress
+from ..tracking.columns import ColumnSet, decode_columns, encode_columns
 from ..wire.operations import LoggedOperation
 
 
@@ -27,15 +28,28 @@ class LocalQueue:
         versions, operations = tables.versions, tables.operations
         query = (
             sa.select(
-                operations.c.table_name, operations.c.row_key, operations.c.command
+                operations.c.table_name,
+                operations.c.row_key,
+                operations.c.command,
+                operations.c.changed_columns,
             )
             .join(versions, versions.c.id == operations.c.version_id)
             .where(versions.c.number.is_(None))
             .order_by(operations.c.version_id, operations.c.id)
         )
-        ops = [LoggedOperation(*row) for row in connection.execute(query)]
+        ops = [
+            LoggedOperation(table, key, command, decode_columns(changed))
+            for table, key, command, changed in connection.execute(query)
+        ]
+        compressed = compress(ops)
         self.commands: dict[tuple[str, str], str] = {
-            (op.table_name, op.row_key): op.command for op in compress(ops)
+            (op.table_name, op.row_key): op.command for op in compressed
+        }
+        #: The columns of queued updates (rows left out: whole rows).
+        self.columns: dict[tuple[str, str], frozenset[str]] = {
+            (op.table_name, op.row_key): op.columns
+            for op in compressed
+            if op.command == UPDATE and op.columns is not None
         }
         #: Rows inserted and deleted again locally: their operations cancel
         #: out, but they would still be compressed with later ones.
@@ -77,6 +91,11 @@ class LocalQueue:
         """The compressed queued command of a row, or ``None``."""
         return self.commands.get((table, key_text))
 
+    def columns_of(self, table: str, key_text: str) -> ColumnSet:
+        """The columns a queued update changes (``None``: the whole row, or
+        the row's queued change is not an update)."""
+        return self.columns.get((table, key_text))
+
     def drop(self, table: str, key_text: str) -> None:
         """Forget every queued change of a row: the node will not push it."""
         versions, operations = self.tables.versions, self.tables.operations
@@ -89,15 +108,22 @@ class LocalQueue:
             )
         )
         self.commands.pop((table, key_text), None)
+        self.columns.pop((table, key_text), None)
         self.replaced.discard((table, key_text))
 
-    def set(self, table: str, key_text: str, command: str) -> None:
-        """Make ``command`` the row's only queued change."""
+    def set(
+        self, table: str, key_text: str, command: str, columns: ColumnSet = None
+    ) -> None:
+        """Make ``command`` the row's only queued change (for an update, of
+        ``columns``; ``None``: the whole row)."""
         self.drop(table, key_text)
-        self.append(table, key_text, command)
+        self.append(table, key_text, command, columns)
 
-    def append(self, table: str, key_text: str, command: str) -> None:
-        """Queue one more change of a row (compressed with the earlier ones)."""
+    def append(
+        self, table: str, key_text: str, command: str, columns: ColumnSet = None
+    ) -> None:
+        """Queue one more change of a row (compressed with the earlier ones;
+        for an update, of ``columns``, ``None``: the whole row)."""
         if self._version_id is None:
             result = self.connection.execute(
                 sa.insert(self.tables.versions).values(
@@ -112,12 +138,24 @@ class LocalQueue:
                 table_name=table,
                 row_key=key_text,
                 command=command,
+                changed_columns=(
+                    encode_columns(columns) if command == UPDATE else None
+                ),
             )
         )
-        earlier = self.commands.get((table, key_text))
-        ops = [LoggedOperation(table, key_text, c) for c in (earlier, command) if c]
-        merged = compress(ops)
+        ident = (table, key_text)
+        earlier = self.commands.get(ident)
+        ops = [
+            LoggedOperation(table, key_text, earlier, self.columns.get(ident))
+            if earlier
+            else None,
+            LoggedOperation(table, key_text, command, columns),
+        ]
+        merged = compress(op for op in ops if op is not None)
+        self.columns.pop(ident, None)
         if merged:
-            self.commands[(table, key_text)] = merged[0].command
+            self.commands[ident] = merged[0].command
+            if merged[0].command == UPDATE and merged[0].columns is not None:
+                self.columns[ident] = merged[0].columns
         else:
-            self.commands.pop((table, key_text), None)
+            self.commands.pop(ident, None)

@@ -86,20 +86,16 @@ NODE_KEY_BLOCKS = sa.Table(
     sa.Column("next_key", sa.BigInteger, nullable=False),
     sa.Column("last_key", sa.BigInteger, nullable=False),
 )
-#: A node asks for a new block when fewer keys than this are left.
-
-
 #: A node asks for a new block of keys when fewer than this are left.
 KEY_BLOCK_LOW = 250
 
 
-def _add_push_message_column(connection: sa.Connection) -> None:
-    """Node files made before push messages were kept lack the column."""
-    columns = sa.inspect(connection).get_columns(NODE_STATE.name)
-    if "push_message" not in {column["name"] for column in columns}:
-        connection.exec_driver_sql(
-            f"ALTER TABLE {NODE_STATE.name} ADD COLUMN push_message TEXT"
-        )
+def _add_missing_column(connection: sa.Connection, table: sa.Table, name: str) -> None:
+    """Add a nullable text column that node files made by an older release
+    lack (``push_message`` of the state, ``changed_columns`` of the log)."""
+    columns = sa.inspect(connection).get_columns(table.name)
+    if name not in {column["name"] for column in columns}:
+        connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} TEXT")
 
 
 def create_node_tables(engine: sa.Engine) -> None:
@@ -107,7 +103,8 @@ def create_node_tables(engine: sa.Engine) -> None:
     files lack), and the state row."""
     NODE_METADATA.create_all(engine, checkfirst=True)
     with engine.begin() as connection:
-        _add_push_message_column(connection)
+        _add_missing_column(connection, NODE_STATE, "push_message")
+        _add_missing_column(connection, NODE_LOG.operations, "changed_columns")
         found = connection.execute(
             sa.select(NODE_STATE.c.id).where(NODE_STATE.c.id == STATE_ROW)
         ).first()

@@ -37,12 +37,14 @@ from ..rows import batches, key_filter
 from ..tracking import (
     DELETE,
     INSERT,
+    UPDATE,
     LogTables,
     TrackedTable,
     compressed_commands,
     decode_key,
     encode_key,
 )
+from ..tracking.columns import decode_columns, union, written_by_server
 from ..tracking.compression import REPLACED
 from ..tracking.tables import current_version
 from ..wire.codec import key_codecs, key_from_log, stores_time_zones, table_codecs
@@ -99,6 +101,7 @@ def read_page(
             operations.c.row_key,
             operations.c.command,
             versions.c.node_id,
+            operations.c.changed_columns,
         )
         .join(versions, versions.c.id == operations.c.version_id)
         .where(
@@ -107,7 +110,7 @@ def read_page(
         )
     )
     query = served.order_by(versions.c.number, operations.c.id).limit(limit + 1)
-    numbers, op_ids, names, keys, logged, writers = _columns(
+    numbers, op_ids, names, keys, logged, writers, changed = _columns(
         session, query, ("number", "id")
     )
     more = len(numbers) > limit
@@ -119,6 +122,7 @@ def read_page(
     if more:
         last_number, last_id = numbers[limit - 1], op_ids[limit - 1]
         del names[limit:], keys[limit:], logged[limit:], writers[limit:]
+        del changed[limit:]
         # The last version may continue on the next page.
         until = max(since, last_number - 1)
         cursor: str | None = f"{last_number}:{last_id}"
@@ -134,11 +138,16 @@ def read_page(
     commands = compressed_commands(
         names, keys, logged, report_vanished=True, watch_replaced=integer_keyed
     )
-    _leave_out_own_rows(commands, names, keys, writers, node_id)
+    patched = _patched_columns(names, keys, logged, changed, writers, node_id)
+    _leave_out_own_rows(commands, names, keys, writers, changed, node_id, patched)
     changes: dict[str, Any] = {}
     for name, keyed in commands.items():
         info = schema.get(name)
-        part = None if info is None else _table_changes(session, info, keyed, aware)
+        part = (
+            None
+            if info is None
+            else _table_changes(session, info, keyed, aware, patched.get(name, {}))
+        )
         if part is not None:
             changes[name] = part
     page: dict[str, Any] = {
@@ -231,6 +240,7 @@ def _table_changes(
     info: TrackedTable,
     commands: Mapping[str, str],
     aware: bool,
+    patched: Mapping[str, frozenset[str] | None] = {},  # noqa: B006 (read only)
 ) -> dict[str, Any] | None:
     """One table's part of a page, in wire form: the current rows of the keys
     inserted or updated, column by column, with their commands, and the
@@ -238,6 +248,8 @@ def _table_changes(
     nothing is left.
 
     :param commands: compressed commands by logged key text.
+    :param patched: by logged key text, the columns an update changed (see
+        :func:`_patched_columns`); rows not named are whole.
     """
     codecs = list(table_codecs(info.table, aware_storage=aware).values())
     pk_codecs = key_codecs(info, codecs)
@@ -300,12 +312,26 @@ def _table_changes(
             column.append(codec.to_json(value))
     if not idents and not gone:
         return None
-    return {
+    part: dict[str, Any] = {
         "columns": [c.name for c in codecs],
         "values": values,
         "commands": "".join([wanted[ident] for ident in idents]),
         "deleted": deleted,
     }
+    if patched:
+        position = {c.name: n for n, c in enumerate(codecs)}
+        marks: list[list[int] | None] = []
+        for ident in idents:
+            text = f"[{ident}]" if type(ident) is int else ident
+            columns = patched.get(text) if wanted[ident] != INSERT else None
+            marks.append(
+                None
+                if columns is None
+                else sorted(position[c] for c in columns if c in position)
+            )
+        if any(mark is not None for mark in marks):
+            part["changed"] = marks
+    return part
 
 
 def _integer_keys(texts: list[str]) -> list[int] | None:
@@ -382,15 +408,68 @@ def _current_rows(
     return found
 
 
+def _patched_columns(
+    names: Sequence[str],
+    keys: Sequence[str],
+    logged: Sequence[str],
+    changed: Sequence[str | None],
+    writers: Sequence[int | None],
+    node_id: int,
+) -> dict[str, dict[str, frozenset[str] | None]]:
+    """For the rows whose every operation in the page is an update: the
+    columns the node must hear about.
+
+    Those are the columns other writers changed, less the ones the node
+    wrote itself after them: a node that pushed ``note`` while the server's
+    app changed ``count`` hears of ``count`` alone, and a row it changed
+    last in every column it has as it is (an empty set: left out of the
+    page). ``None`` is the whole row (an update whose columns are unknown;
+    it stays whole even when the node wrote some columns later). What the
+    server's database changed in the node's own pushed rows (triggers,
+    server defaults, logged in the node's version) counts as another
+    writer's change.
+    """
+    pending: dict[tuple[str, str], frozenset[str] | None] = {}
+    mixed: set[tuple[str, str]] = set()
+    decoded: dict[str | None, frozenset[str] | None] = {}
+    for name, key, command, text, writer in zip(
+        names, keys, logged, changed, writers, strict=True
+    ):
+        ident = (name, key)
+        if command != UPDATE:
+            mixed.add(ident)
+            continue
+        if text not in decoded:
+            decoded[text] = decode_columns(text)
+        columns = decoded[text]
+        seen = pending.get(ident, frozenset())
+        if writer == node_id and not written_by_server(text):
+            if columns is None:
+                pending[ident] = frozenset()
+            else:
+                pending[ident] = None if seen is None else seen - columns
+        else:
+            pending[ident] = union(seen, columns)
+    result: dict[str, dict[str, frozenset[str] | None]] = {}
+    for (name, key), columns in pending.items():
+        if (name, key) not in mixed:
+            result.setdefault(name, {})[key] = columns
+    return result
+
+
 def _leave_out_own_rows(
     commands: dict[str, dict[str, str]],
     names: Sequence[str],
     keys: Sequence[str],
     writers: Sequence[int | None],
+    changed: Sequence[str | None],
     node_id: int,
+    patched: Mapping[str, Mapping[str, frozenset[str] | None]],
 ) -> None:
     """Drop from ``commands`` the rows this node changed last: it has them
-    as they are.
+    as they are. A row only updated is dropped when no column is left to
+    tell the node of (see :func:`_patched_columns`), and kept otherwise,
+    even when the node wrote last.
 
     The node's own versions are read with the others', not left out of the
     scan, so that a row's compressed command sees them: when the server
@@ -401,9 +480,13 @@ def _leave_out_own_rows(
     if node_id not in writers:
         return
     last: dict[tuple[str, str], bool] = {}
-    for name, key, writer in zip(names, keys, writers, strict=True):
-        last[(name, key)] = writer == node_id
+    for name, key, writer, text in zip(names, keys, writers, changed, strict=True):
+        # What the database changed in the node's own row is news to it.
+        last[(name, key)] = writer == node_id and not written_by_server(text)
     for (name, key), own in last.items():
+        columns = patched.get(name, {}).get(key, False)
+        if columns is not False:
+            own = columns == frozenset()
         if own and name in commands:
             commands[name].pop(key, None)
             if not commands[name]:

@@ -75,6 +75,7 @@ from .push_decode import PushedOperation as PushedOperation
 from .push_decode import _decode, check_key_space
 from .push_decode import column_fits as column_fits
 from .push_decode import key_ceiling as key_ceiling
+from .push_echo import record_database_changes, rewriting_tables, snapshot
 from .schema import TrackedSchema
 from .stale import store_rulings, stored_rulings
 from .trim import check_not_trimmed
@@ -218,9 +219,13 @@ def _push_once(
             "push_id": stored,
             "push_digest": digest,
         }
+        # What the database may change in the written rows: see push_echo.
+        rewriting = rewriting_tables(session, changes)
+        before = snapshot(session, changes, rewriting)
         # Before the rows are written: see _advance_sequences.
         _advance_sequences(session, changes)
         _apply(session, schema, changes)
+        record_database_changes(session, changes, rewriting, before)
         # Recorded even when its operations changed nothing (deletes of rows
         # already gone): the push id must stay, for retries to be answered,
         # with the same rulings.
@@ -269,11 +274,14 @@ def _push_once(
 
 
 def content_digest(request: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of a push's operations and payloads in canonical JSON
+    """SHA-256 (hex) of a push's operations, payloads and patches in canonical JSON
     (sorted keys, no spaces): what a retry of the push id must repeat. The
     protocol version, push id and ``last_version`` are left out."""
+    content = [request["operations"], request.get("payloads") or {}]
+    if request.get("patches"):
+        content.append(request["patches"])
     canonical = json.dumps(
-        [request["operations"], request.get("payloads") or {}],
+        content,
         sort_keys=True,
         separators=(",", ":"),
     )

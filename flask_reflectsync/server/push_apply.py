@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from ..errors import PushRejectedError
 from ..rows import batches, key_filter, unique_column_sets
 from ..tracking import INSERT, UPDATE, TrackedTable
 from ..tracking.capture import record_operations
@@ -32,7 +33,14 @@ def _find_restores(session: Session, changes: Mapping[str, _TableChanges]) -> No
     it, not a new row to re-key beside it. An update of a row deleted in a
     version the node has not pulled is still refused, by the conflict check
     (the delete is in the log after the node's last version).
+
+    A patch (some columns) cannot bring a row back: such rows are refused
+    with 409, each conflict marked ``"needs_row": true``, and the node sends
+    them whole after its next pull.
+
+    :raises PushRejectedError: for patches of rows the server lacks.
     """
+    needed: list[dict[str, Any]] = []
     for target in changes.values():
         wanted = {op.row_key for op in target.updates}
         if not wanted:
@@ -41,6 +49,24 @@ def _find_restores(session: Session, changes: Mapping[str, _TableChanges]) -> No
         if missing:
             target.restores = [op for op in target.updates if op.row_key in missing]
             target.updates = [op for op in target.updates if op.row_key not in missing]
+            needed += [
+                {
+                    "table": target.info.name,
+                    "key": target.wire_key(key),
+                    "needs_row": True,
+                }
+                for key in sorted(missing & target.patched, key=repr)
+            ]
+    if needed:
+        raise PushRejectedError(
+            f"The push changes some columns of {len(needed)} row(s) the server "
+            "does not have; pull, merge and push them again as whole rows.",
+            needed[:MAX_NEEDED],
+        )
+
+
+#: How many rows a refusal for missing rows lists (the node widens those).
+MAX_NEEDED = 1000
 
 
 def existing_keys(

@@ -16,6 +16,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from ..errors import PushRejectedError, UniqueConstraintError
 from ..rows import batches, key_filter, key_reference, unique_column_sets
 from ..tracking import DELETE, UPDATE, LogTables
+from ..tracking.columns import overlap
 from ..tracking.keys import encode_key
 from .push_decode import KEY_BATCH, _TableChanges
 from .schema import TrackedSchema
@@ -62,7 +63,13 @@ def _stale(
         if target.operations
     }
     found = stale_rows(session, tables, keys, node_id, last_version)
-    return [((name, key), row) for (name, key), row in found.items()]
+    # An update of some columns meets only the changes of those columns:
+    # another writer's edit of other columns of the row is no conflict.
+    return [
+        ((name, key), row)
+        for (name, key), row in found.items()
+        if row.touches(changes[name].pushed_columns(key))  # type: ignore[arg-type]
+    ]
 
 
 def _rule_stale_rows(
@@ -103,14 +110,23 @@ def _rule_stale_rows(
                 continue  # a key taken on both sides: the node re-keys
             if row.inserted and key in current and target.info.single_integer_key:
                 continue  # a new row under the key: the node re-keys its own
+            pushed = target.pushed_columns(key)
+            if pushed is not None and key not in current:
+                continue  # a patch cannot bring a deleted row back: the node merges
             command = DELETE if key in deletes else UPDATE
             ruling = rule(strategies[name], command, key in current)
-            if not ruling.apply:
+            both = None if pushed is None else overlap(pushed, row.columns)
+            if not ruling.apply and both is not None:
+                # The server keeps the columns both changed; the node's other
+                # columns are written (or nothing, when none is left).
+                target.drop_columns(key, both)
+            elif not ruling.apply:
                 discarded.add(key)
             ruled[(name, key)] = row.version
-            entries.append(
-                ruling_entry(name, target.wire_key(key), ruling, current.get(key))
-            )
+            entry = ruling_entry(name, target.wire_key(key), ruling, current.get(key))
+            if both is not None:
+                entry["columns"] = sorted(both)
+            entries.append(entry)
         if discarded:
             target.discard(discarded)
     return ruled, entries
@@ -155,12 +171,11 @@ def broken_references(
             if parent is None or not written:
                 continue
             columns = [e.parent.name for e in constraint.elements]
-            if not set(columns) <= set(target.columns):
-                continue
+            # A patch that leaves the reference alone does not check it.
             wanted = {
                 tuple(row[c] for c in columns)
                 for row in written
-                if all(row[c] is not None for c in columns)
+                if all(row.get(c) is not None for c in columns)
             }
             targets = [e.column for e in constraint.elements]
             present: set[tuple[Any, ...]] = set()
@@ -253,13 +268,14 @@ def unique_violations(
         updated = {op.row_key for op in target.updates}
         pk_names = tuple(c.name for c in target.info.pk_columns)
         for columns in unique_column_sets(target.info.table, primary_key=True):
-            if not set(columns) <= set(target.columns):
-                continue
             is_pk = columns == pk_names
             holders: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             probe = [op for op in written if not is_pk or op.row_key not in updated]
             for op in probe:
-                values = tuple(target.rows[op.row_key][c] for c in columns)
+                pushed = target.rows[op.row_key]
+                if not all(c in pushed for c in columns):
+                    continue  # a patch that leaves these columns alone
+                values = tuple(pushed[c] for c in columns)
                 if None in values:
                     continue
                 if values in holders:

@@ -9,7 +9,7 @@ against the key space (step 1 of :mod:`.push`). The result, by table, is a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,13 @@ PushedOperation = TypedOperation
 class _TableChanges:
     info: TrackedTable
     codecs: dict[str, ColumnCodec]
+    #: The columns of the whole rows (``payloads``).
     columns: list[str] = field(default_factory=list)
+    #: By key, the row's values: a whole row, or for a patch only the key
+    #: and the columns the node changed.
     rows: dict[tuple[Any, ...], dict[str, Any]] = field(default_factory=dict)
+    #: The keys whose row is a patch (``patches``): an update of some columns.
+    patched: set[tuple[Any, ...]] = field(default_factory=set)
     inserts: list[PushedOperation] = field(default_factory=list)
     updates: list[PushedOperation] = field(default_factory=list)
     deletes: list[PushedOperation] = field(default_factory=list)
@@ -53,6 +58,27 @@ class _TableChanges:
         self.deletes = [op for op in self.deletes if op.row_key not in keys]
         for key in keys:
             self.rows.pop(key, None)
+            self.patched.discard(key)
+
+    def pushed_columns(self, key: tuple[Any, ...]) -> frozenset[str] | None:
+        """The columns a patch writes (the key left out); ``None`` for a
+        whole row."""
+        if key not in self.patched:
+            return None
+        pk = {c.name for c in self.info.pk_columns}
+        return frozenset(c for c in self.rows[key] if c not in pk)
+
+    def drop_columns(self, key: tuple[Any, ...], columns: Iterable[str]) -> bool:
+        """Leave ``columns`` out of a patch (the server's side won them);
+        ``False`` when nothing is left to write, and the row's operation is
+        then left out too."""
+        row = self.rows[key]
+        for column in columns:
+            row.pop(column, None)
+        if self.pushed_columns(key):
+            return True
+        self.discard({key})
+        return False
 
     @property
     def written(self) -> list[PushedOperation]:
@@ -83,7 +109,15 @@ def _decode(
         return found
 
     for name, payload in (request.get("payloads") or {}).items():
-        _decode_rows(table_changes(name, f"payloads.{name}"), name, payload)
+        target = table_changes(name, f"payloads.{name}")
+        target.columns = _decode_rows(target, f"payloads.{name}", payload)
+    for name, blocks in (request.get("patches") or {}).items():
+        target = table_changes(name, f"patches.{name}")
+        for number, block in enumerate(blocks):
+            where = f"patches.{name}[{number}]"
+            before = set(target.rows)
+            _decode_rows(target, where, block)
+            target.patched |= set(target.rows) - before
 
     operations: list[PushedOperation] = []
     for index, item in enumerate(request["operations"]):
@@ -101,6 +135,11 @@ def _decode(
                 f"The {'insert' if op.command == INSERT else 'update'} of "
                 f"{op.table_name} {encode_key(op.row_key)} has no row in payloads."
             )
+        elif op.command == INSERT and op.row_key in target.patched:
+            raise ValidationError(
+                f"The insert of {op.table_name} {encode_key(op.row_key)} has its "
+                "row in patches; an insert sends a whole row in payloads."
+            )
         else:
             (target.inserts if op.command == INSERT else target.updates).append(op)
 
@@ -108,30 +147,35 @@ def _decode(
         used = {op.row_key for op in target.inserts + target.updates}
         unused = [k for k in target.rows if k not in used]
         if unused:
+            place = "patches" if unused[0] in target.patched else "payloads"
             raise ValidationError(
-                f"payloads.{name} has a row for {encode_key(unused[0])} but no "
+                f"{place}.{name} has a row for {encode_key(unused[0])} but no "
                 "insert or "
                 "update of it."
             )
     return changes
 
 
-def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -> None:
+def _decode_rows(
+    target: _TableChanges, where: str, payload: Mapping[str, Any]
+) -> list[str]:
+    """Decode one block of rows (``payloads.<table>`` or one of
+    ``patches.<table>``) into ``target.rows``; return its columns."""
+    name = target.info.name
     columns: list[str] = payload["columns"]
     for column in columns:
         if column not in target.codecs:
             raise ValidationError(
-                f"payloads.{name}: unknown column {column!r} in table {name!r}."
+                f"{where}: unknown column {column!r} in table {name!r}."
             )
     if len(set(columns)) != len(columns):
-        raise ValidationError(f"payloads.{name}: a column is named twice.")
+        raise ValidationError(f"{where}: a column is named twice.")
     missing = [c.name for c in target.info.pk_columns if c.name not in columns]
     if missing:
         raise ValidationError(
-            f"payloads.{name}: the primary key column(s) {', '.join(missing)} "
+            f"{where}: the primary key column(s) {', '.join(missing)} "
             "must be sent."
         )
-    target.columns = columns
     codecs = [target.codecs[c] for c in columns]
     decoders = [codec.decode for codec in codecs]
     positions = [columns.index(c.name) for c in target.info.pk_columns]
@@ -141,7 +185,7 @@ def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -
     for number, values in enumerate(rows):
         if len(values) != width:
             raise ValidationError(
-                f"payloads.{name}.rows[{number}] has {len(values)} values for "
+                f"{where}.rows[{number}] has {len(values)} values for "
                 f"{width} columns."
             )
         try:
@@ -165,10 +209,11 @@ def _decode_rows(target: _TableChanges, name: str, payload: Mapping[str, Any]) -
         row_key = tuple([decoded[p] for p in positions])
         if row_key in target.rows:
             raise ValidationError(
-                f"payloads.{name}.rows[{number}]: a second row for key "
+                f"{where}.rows[{number}]: a second row for key "
                 f"{encode_key(row_key)}."
             )
         target.rows[row_key] = dict(zip(columns, decoded, strict=True))
+    return columns
 
 
 def _check_storable(

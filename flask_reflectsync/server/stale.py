@@ -40,7 +40,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigurationError
-from ..tracking import DELETE, INSERT, LogTables
+from ..tracking import DELETE, INSERT, UPDATE, LogTables
+from ..tracking.columns import ColumnSet, decode_columns, union
 from ..tracking.tables import PREFIX
 
 #: How many pushed keys one conflict query names.
@@ -67,10 +68,20 @@ class StaleRow:
 
     :param version: the newest such version.
     :param inserted: one of them inserted the row: a new row under the key.
+    :param columns: the columns they changed, when all of them were updates
+        that recorded their columns; ``None``: the whole row.
     """
 
     version: int
     inserted: bool
+    columns: ColumnSet = None
+
+    def touches(self, pushed: ColumnSet) -> bool:
+        """Whether the other writers changed a column the node's update
+        writes (``pushed``; ``None``: a whole row, or a delete)."""
+        if pushed is None or self.columns is None:
+            return True
+        return bool(self.columns & pushed)
 
 
 def stale_rows(
@@ -111,6 +122,7 @@ def stale_rows(
                 operations.c.row_key,
                 operations.c.command,
                 versions.c.number,
+                operations.c.changed_columns,
             )
             .join(versions, versions.c.id == operations.c.version_id)
             .where(
@@ -127,16 +139,19 @@ def stale_rows(
                 ),
             )
         )
-        for table_name, row_key, command, number in session.execute(query):
+        for table_name, row_key, command, number, changed in session.execute(query):
             key = keys[table_name].get(row_key)
             if key is None:
                 continue  # matched by a case-insensitive collation (MySQL)
+            columns = decode_columns(changed) if command == UPDATE else None
             seen = found.get((table_name, key))
             if seen is None:
-                found[(table_name, key)] = StaleRow(number, command == INSERT)
+                found[(table_name, key)] = StaleRow(number, command == INSERT, columns)
             else:
                 found[(table_name, key)] = StaleRow(
-                    max(seen.version, number), seen.inserted or command == INSERT
+                    max(seen.version, number),
+                    seen.inserted or command == INSERT,
+                    union(seen.columns, columns),
                 )
     return found
 

@@ -51,6 +51,7 @@ from sqlalchemy.orm.base import NO_VALUE, instance_state
 
 from ..errors import ConfigurationError, TrackingError
 from ..rows import key_filter
+from .columns import encode_columns
 from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
 from .tables import DELETE, INSERT, UPDATE, VERSION_ROW, LogTables
 from .writer import insert_operations
@@ -99,21 +100,64 @@ class _Batch:
     keys: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     tables: set[TrackedTable] = field(default_factory=set)
+    # The changed columns of updates, by position in the lists above (see
+    # tracking.columns): sparse, so inserts cost nothing here.
+    changed: dict[int, str] = field(default_factory=dict)
 
-    def add(self, info: TrackedTable, key: tuple[Any, ...], command: str) -> None:
+    def add(
+        self,
+        info: TrackedTable,
+        key: tuple[Any, ...],
+        command: str,
+        columns: Iterable[str] | None = None,
+    ) -> None:
+        if columns is not None:
+            self.changed[len(self.keys)] = encode_columns(columns)  # type: ignore[assignment]
         self.names.append(info.name)
         self.keys.append(info.encode_key(key))
         self.commands.append(command)
         self.tables.add(info)
 
     def extend(
-        self, info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str
+        self,
+        info: TrackedTable,
+        keys: Iterable[tuple[Any, ...]],
+        command: str,
+        columns: Sequence[Iterable[str] | None] | Iterable[str] | None = None,
+        by_server: bool = False,
     ) -> None:
         encoded = [info.encode_key(key) for key in keys]
+        if columns is not None and command == UPDATE:
+            start = len(self.keys)
+            if isinstance(columns, (set, frozenset)):
+                text = encode_columns(columns, by_server=by_server)
+                assert text is not None
+                self.changed.update((start + n, text) for n in range(len(encoded)))
+            else:
+                texts: dict[Any, str | None] = {}  # one encoding per set
+                for n, names in enumerate(columns):
+                    if names is None:
+                        continue
+                    if isinstance(names, frozenset):
+                        if names not in texts:
+                            texts[names] = encode_columns(names, by_server=by_server)
+                        text = texts[names]
+                    else:
+                        text = encode_columns(names, by_server=by_server)
+                    if text is not None:
+                        self.changed[start + n] = text
         self.keys.extend(encoded)
         self.names.extend([info.name] * len(encoded))
         self.commands.extend([command] * len(encoded))
         self.tables.add(info)
+
+    def changed_columns(self) -> list[str | None] | None:
+        """The changed columns of every operation, or ``None`` when no
+        operation has any."""
+        if not self.changed:
+            return None
+        changed = self.changed
+        return [changed.get(n) for n in range(len(self.keys))]
 
 
 #: A log, or a function that picks the log of a session (``None``: the
@@ -267,12 +311,15 @@ def _collect(
     for obj in session.dirty:
         state = instance_state(obj)
         info = tracked_table_for(state.mapper)
-        if info is None or not _columns_changed(state, originals.get(state, {})):
+        if info is None:
+            continue
+        changed = _changed_columns(state, originals.get(state, {}))
+        if not changed:
             continue
         old_key = _identity(state, info)
         new_key = _current_key(state, info)
         if old_key == new_key:
-            batch.add(info, new_key, UPDATE)
+            batch.add(info, new_key, UPDATE, changed)
         else:  # the primary key itself changed: the old row is gone
             batch.add(info, old_key, DELETE)
             batch.add(info, new_key, INSERT)
@@ -327,18 +374,24 @@ def _current_key(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ..
     return values
 
 
-def _columns_changed(state: InstanceState[Any], loaded: Mapping[str, Any]) -> bool:
-    # Only attributes with recorded history can have changed; compare their
-    # values so that setting a column to the value it had logs nothing.
-    column_keys = state.mapper.column_attrs.keys()
+def _changed_columns(state: InstanceState[Any], loaded: Mapping[str, Any]) -> list[str]:
+    """The names of the columns whose value changed (empty: the update
+    changes nothing and logs nothing).
+
+    Only attributes with recorded history can have changed; their values
+    are compared, so that setting a column to the value it had logs nothing.
+    """
+    column_attrs = state.mapper.column_attrs
+    changed: list[str] = []
     for key, original in state.committed_state.items():
-        if key not in column_keys:
+        attr = column_attrs.get(key)
+        if attr is None:
             continue
         if original is NO_VALUE:
             original = loaded.get(key, NO_VALUE)
         if original is NO_VALUE or not _equal(original, state.dict.get(key)):
-            return True
-    return False
+            changed.extend(column.name for column in attr.columns[:1])
+    return changed
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -363,6 +416,7 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
         batch.names,
         batch.keys,
         batch.commands,
+        batch.changed_columns(),
     )
     if session.info.get(_COMMITTING_KEY) and not tx.numbered:
         # Written by a flush that ran after before_commit (another listener
@@ -385,7 +439,13 @@ def _tracked(session: Session) -> tuple[Session, OperationLog]:
 
 
 def record_operations(
-    session: Session, info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str
+    session: Session,
+    info: TrackedTable,
+    keys: Iterable[tuple[Any, ...]],
+    command: str,
+    columns: Sequence[Iterable[str] | None] | frozenset[str] | None = None,
+    *,
+    by_server: bool = False,
 ) -> None:
     """Log operations for rows written in a way the listeners cannot see.
 
@@ -398,9 +458,15 @@ def record_operations(
     :param info: the tracked table (:func:`.registry.tracked_table_for`).
     :param keys: the primary keys written, in key-column order.
     :param command: ``"i"``, ``"u"`` or ``"d"``.
+    :param columns: for updates, the names of the columns written: one set
+        for every key (a ``frozenset``), or one per key; ``None``: every
+        column.
+    :param by_server: the columns are ones the database itself changed in
+        rows a node pushed (triggers, server defaults; see
+        :func:`.columns.written_by_server`).
     """
     session, log = _tracked(session)
-    batch = _batch(info, keys, command)
+    batch = _batch(info, keys, command, columns, by_server)
     if batch.keys:
         _write(session, log, batch)
 
@@ -678,6 +744,7 @@ def _bulk_update_or_delete(
     statement: Any = state.statement
     class_name = info.mapper.class_.__name__
     command = UPDATE if state.is_update else DELETE
+    assigned: set[str] = set()
     if state.is_update:
         assigned = {name for row in _statement_values(statement) for name in row}
         ordered = getattr(statement, "_ordered_values", None) or ()
@@ -691,7 +758,8 @@ def _bulk_update_or_delete(
 
     if state.is_executemany:
         # ORM "bulk UPDATE by primary key": the keys are in the parameters.
-        named = _row_keys(_parameter_rows(state), info)
+        rows = _parameter_rows(state)
+        named = _row_keys(rows, info)
         if named is None:
             raise TrackingError(
                 f"A bulk {'UPDATE' if state.is_update else 'DELETE'} of tracked "
@@ -699,7 +767,18 @@ def _bulk_update_or_delete(
                 "in every set to be logged."
             )
         result = state.invoke_statement()
-        _write(state.session, log, _batch(info, named, command))
+        columns = None
+        if state.is_update:
+            # Parameter sets mostly share their names: one set per shape.
+            shapes: dict[tuple[str, ...], frozenset[str]] = {}
+            columns = []
+            for row in rows:
+                shape = tuple(row)
+                found = shapes.get(shape)
+                if found is None:
+                    found = shapes[shape] = _column_names(info, {*shape, *assigned})
+                columns.append(found)
+        _write(state.session, log, _batch(info, named, command, columns))
         return result
 
     # Lock and read the keys the statement will touch, then restrict the
@@ -718,12 +797,34 @@ def _bulk_update_or_delete(
     restricted = statement.where(key_filter(pk_columns, keys, inline=True))
     result = state.invoke_statement(statement=restricted)
     if keys:
-        _write(state.session, log, _batch(info, keys, command))
+        changed = _column_names(info, assigned) if state.is_update else None
+        _write(state.session, log, _batch(info, keys, command, changed))
     return result
 
 
-def _batch(info: TrackedTable, keys: Iterable[tuple[Any, ...]], command: str) -> _Batch:
+def _column_names(info: TrackedTable, names: Iterable[str]) -> frozenset[str]:
+    """The column names of a bulk UPDATE's assigned names (attribute names,
+    column keys or column names), leaving out the primary key."""
+    attrs = info.mapper.column_attrs
+    by_key = {column.key: column.name for column in info.table.columns}
+    pk = {column.name for column in info.pk_columns}
+    found = set()
+    for name in names:
+        attr = attrs.get(name)
+        column = attr.columns[0].name if attr is not None else by_key.get(name, name)
+        if column not in pk:
+            found.add(column)
+    return frozenset(found)
+
+
+def _batch(
+    info: TrackedTable,
+    keys: Iterable[tuple[Any, ...]],
+    command: str,
+    columns: Sequence[Iterable[str] | None] | frozenset[str] | None = None,
+    by_server: bool = False,
+) -> _Batch:
     batch = _Batch()
-    batch.extend(info, keys, command)
+    batch.extend(info, keys, command, columns, by_server)
     return batch
 

@@ -17,6 +17,10 @@ So insert + updates -> insert, insert + ... + delete -> nothing,
 update + update -> update, update + delete -> delete, and delete + insert
 (a row replaced under the same key) -> update.
 
+An update also carries the columns it changed (see :mod:`.columns`): the
+updates of a row compress to the union of their columns, and a sequence
+with an insert or a delete in it to a whole row.
+
 A node pushing its own log may drop a row it inserted and deleted again:
 nobody else ever saw the key. A server serving a pull may not: another node
 may have given that key to a new row of its own while offline, and must
@@ -30,8 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Hashable, Iterable, Sequence
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
+from .columns import ColumnSet, decode_columns, union
 from .tables import DELETE, INSERT, UPDATE
 
 #: What :func:`compressed_commands` reports for a row deleted and then
@@ -66,15 +71,29 @@ def compress(operations: Iterable[Op], *, report_vanished: bool = False) -> list
         sequence comes out as a delete instead of nothing.
     :return: one operation per ``(table_name, row_key)`` whose change survives,
         in the order each row was first touched. Each result is the row's last
-        operation with its command set to the compressed one.
+        operation with its command set to the compressed one, and, for
+        operations with a ``columns`` field, the union of the columns of the
+        row's updates when all its operations were updates (``None``, every
+        column, when an insert or a delete is among them).
     """
     first: dict[tuple[str, Hashable], str] = {}
     last: dict[tuple[str, Hashable], Op] = {}
+    # The union of the columns of a row's updates, for rows whose every
+    # operation so far is an update (see tracking.columns).
+    changed: dict[tuple[str, Hashable], ColumnSet] = {}
+    mixed: set[tuple[str, Hashable]] = set()
     for op in operations:
         ident = (op.table_name, op.row_key)
         if ident not in first:
             first[ident] = op.command
         last[ident] = op
+        if op.command != UPDATE:
+            mixed.add(ident)
+        elif ident not in mixed:
+            columns = getattr(op, "columns", None)
+            changed[ident] = (
+                union(changed[ident], columns) if ident in changed else columns
+            )
 
     result: list[Op] = []
     for ident, first_command in first.items():
@@ -82,7 +101,10 @@ def compress(operations: Iterable[Op], *, report_vanished: bool = False) -> list
         outcome = _outcome(first_command, op.command, report_vanished)
         if outcome is None:
             continue
-        result.append(op if op.command == outcome else _with_command(op, outcome))
+        columns = changed.get(ident) if ident not in mixed else None
+        if op.command != outcome or getattr(op, "columns", None) != columns:
+            op = _with(op, outcome, columns)
+        result.append(op)
     return result
 
 
@@ -125,8 +147,7 @@ def compressed_commands(
         if len(last) < len(texts):  # some row changed more than once
             first = dict(zip(reversed(texts), reversed(logged), strict=True))
             outcomes = {
-                key: _outcome(first[key], c, report_vanished)
-                for key, c in last.items()
+                key: _outcome(first[key], c, report_vanished) for key, c in last.items()
             }
             if table_name in watch_replaced:
                 for key in _replaced(texts, logged):
@@ -135,6 +156,40 @@ def compressed_commands(
             last = {key: c for key, c in outcomes.items() if c is not None}
         if last:
             result[table_name] = last
+    return result
+
+
+def changed_columns(
+    tables: Sequence[str],
+    keys: Sequence[str],
+    commands: Sequence[str],
+    columns: Sequence[str | None],
+) -> dict[str, dict[str, ColumnSet]]:
+    """The columns changed by the rows whose every operation is an update,
+    given column by column like :func:`compressed_commands`.
+
+    :param columns: the logged column set of each operation (its text, see
+        :func:`~.columns.encode_columns`).
+    :return: by table name, then key text, the union of the row's update
+        columns; rows with an insert or a delete among their operations are
+        left out (their compressed change is a whole row).
+    """
+    result: dict[str, dict[str, ColumnSet]] = {}
+    mixed: set[tuple[str, str]] = set()
+    decoded: dict[str | None, ColumnSet] = {}
+    for table_name, row_key, command, text in zip(
+        tables, keys, commands, columns, strict=True
+    ):
+        if command != UPDATE:
+            mixed.add((table_name, row_key))
+            continue
+        if text not in decoded:
+            decoded[text] = decode_columns(text)
+        found = decoded[text]
+        by_key = result.setdefault(table_name, {})
+        by_key[row_key] = union(by_key[row_key], found) if row_key in by_key else found
+    for table_name, row_key in mixed:
+        result.get(table_name, {}).pop(row_key, None)
     return result
 
 
@@ -167,11 +222,14 @@ def _outcome(
     return None
 
 
-def _with_command(op: Op, command: str) -> Op:
+def _with(op: Op, command: str, columns: ColumnSet) -> Op:
+    changes: dict[str, Any] = {"command": command}
+    if hasattr(op, "columns"):
+        changes["columns"] = columns
     if dataclasses.is_dataclass(op) and not isinstance(op, type):
-        return dataclasses.replace(op, command=command)
+        return dataclasses.replace(op, **changes)
     replace = getattr(op, "_replace", None)
     if replace is None:
         raise TypeError(f"cannot change the command of {op!r}")
-    new: Op = replace(command=command)
+    new: Op = replace(**changes)
     return new

@@ -107,6 +107,10 @@ def define_tables(
         # The primary key as canonical JSON (see tracking.keys).
         sa.Column("row_key", sa.Text, nullable=False),
         sa.Column("command", sa.String(1), nullable=False),
+        # For an update: the names of the columns it changed, as a JSON list
+        # (see tracking.columns); NULL for inserts and deletes, and for an
+        # update whose columns are unknown (all of them count as changed).
+        sa.Column("changed_columns", sa.Text, nullable=True),
         sa.CheckConstraint(
             "command IN ('i', 'u', 'd')", name=PREFIX + "operations_command"
         ),

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 _COLUMNS = ("version_id", "table_name", "row_key", "command")
+_CHANGED = "changed_columns"
 
 _json = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -40,10 +41,11 @@ def insert_operations(
     names: Sequence[str],
     keys: Sequence[str],
     commands: Sequence[str],
+    changed: Sequence[str | None] | None = None,
 ) -> None:
     """Insert operations into the operations ``table`` for one version row.
 
-    The operations come as three parallel sequences, in order.
+    The operations come as parallel sequences, in order.
 
     :param connection: the session's connection, inside its transaction.
     :param table: ``reflectsync_operations``.
@@ -51,8 +53,16 @@ def insert_operations(
     :param names: the table name of each operation.
     :param keys: the encoded primary key of each operation.
     :param commands: the command of each operation.
+    :param changed: the changed columns of each operation, as the log's
+        text (see :mod:`.columns`), or ``None`` when no operation has any
+        (inserts and deletes): the statement then leaves the column out.
     """
     if not keys:
+        return
+    if changed is not None:
+        _insert_with_changed(
+            connection, table, version_id, names, keys, commands, changed
+        )
         return
     dialect = connection.dialect
     preparer = dialect.identifier_preparer
@@ -91,5 +101,71 @@ def insert_operations(
             [
                 {"version_id": version_id, "table_name": n, "row_key": k, "command": c}
                 for n, k, c in zip(names, keys, commands, strict=True)
+            ],
+        )
+
+
+def _insert_with_changed(
+    connection: sa.Connection,
+    table: sa.Table,
+    version_id: int,
+    names: Sequence[str],
+    keys: Sequence[str],
+    commands: Sequence[str],
+    changed: Sequence[str | None],
+) -> None:
+    """:func:`insert_operations` for operations that carry changed columns
+    (updates): the same single statement per backend, with one more column."""
+    dialect = connection.dialect
+    preparer = dialect.identifier_preparer
+    target = preparer.format_table(table)
+    columns = ", ".join(preparer.quote(name) for name in (*_COLUMNS, _CHANGED))
+    if dialect.name == "postgresql" and dialect.paramstyle in ("pyformat", "format"):
+        connection.exec_driver_sql(
+            f"INSERT INTO {target} ({columns}) "
+            "SELECT %s, n, k, c, w FROM "
+            "unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
+            "AS t(n, k, c, w)",
+            (version_id, list(names), list(keys), list(commands), list(changed)),
+        )
+    elif dialect.name == "mysql" and _has_json_table(dialect):
+        document = ",".join(
+            f'[{_json(n)},{_json(k)},"{c}",{_json(w)}]'
+            for n, k, c, w in zip(names, keys, commands, changed, strict=True)
+        )
+        connection.exec_driver_sql(
+            f"INSERT INTO {target} ({columns}) SELECT %s, j.n, j.k, j.c, j.w "
+            "FROM JSON_TABLE(%s, '$[*]' COLUMNS ("
+            "n VARCHAR(255) PATH '$[0]', k LONGTEXT PATH '$[1]', "
+            "c VARCHAR(1) PATH '$[2]', w LONGTEXT PATH '$[3]')) AS j",
+            (version_id, f"[{document}]"),
+        )
+    elif dialect.paramstyle in ("qmark", "format"):
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            f"INSERT INTO {target} ({columns}) VALUES ({', '.join([mark] * 5)})",
+            list(
+                zip(
+                    [version_id] * len(keys),
+                    names,
+                    keys,
+                    commands,
+                    changed,
+                    strict=True,
+                )
+            ),
+        )
+    else:
+        connection.execute(
+            table.insert(),
+            [
+                {
+                    "version_id": version_id,
+                    "table_name": n,
+                    "row_key": k,
+                    "command": c,
+                    _CHANGED: w,
+                }
+                for n, k, c, w in zip(names, keys, commands, changed, strict=True)
             ],
         )

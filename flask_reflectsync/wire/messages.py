@@ -32,8 +32,10 @@ from ..errors import ValidationError
 from .codec import UNSTORABLE_TEXT
 
 #: The protocol version this package speaks. Every message carries it as
-#: ``"protocol"``; a request with another version is refused.
-PROTOCOL_VERSION = 1
+#: ``"protocol"``; a request with another version is refused. Version 2
+#: (0.2) carries updates as the columns they changed: ``patches`` in a push,
+#: ``changed`` in a pull page.
+PROTOCOL_VERSION = 2
 
 #: How deeply a request body may nest arrays and objects. A push needs five
 #: levels plus those of its JSON column values; decoding deeper documents
@@ -52,7 +54,7 @@ Schema = dict[str, Any]
 _protocol: Schema = {
     "type": "integer",
     "enum": [PROTOCOL_VERSION],
-    "description": "The protocol version; this server speaks 1.",
+    "description": f"The protocol version; this server speaks {PROTOCOL_VERSION}.",
 }
 #: Versions, like every counter the server stores, are 64-bit integers.
 BIGINT_MAX = 2**63 - 1
@@ -87,7 +89,15 @@ _rows: Schema = {
 _payloads: Schema = {
     "type": "object",
     "additionalProperties": _rows,
-    "description": "Row payloads by table name.",
+    "description": "Whole rows by table name: the rows of inserts, and of "
+    "updates whose changed columns the node does not know.",
+}
+_patches: Schema = {
+    "type": "object",
+    "additionalProperties": {"type": "array", "items": _rows},
+    "description": "Updates by table name, as the columns they changed: "
+    "blocks of rows, each block with its own columns (the key and the "
+    "changed columns). The server writes only those columns.",
 }
 _pulled_table: Schema = {
     "type": "object",
@@ -107,6 +117,17 @@ _pulled_table: Schema = {
             "pattern": "^[iu]*$",
             "description": "One letter per row, in the order of the values: "
             "i (inserted) or u (updated).",
+        },
+        "changed": {
+            "type": "array",
+            "items": {
+                "type": ["array", "null"],
+                "items": {"type": "integer", "minimum": 0},
+            },
+            "description": "One entry per row, in the order of the values: for "
+            "an update, the positions (in columns) of the columns changed "
+            "since the node's version; null for an insert, or an update of "
+            "the whole row. Absent when every row is whole.",
         },
         "deleted": {
             "type": "array",
@@ -188,6 +209,7 @@ SCHEMAS: dict[str, Schema] = {
             },
             "operations": {"type": "array", "items": _operation},
             "payloads": _payloads,
+            "patches": _patches,
             "resolutions": {
                 "type": "object",
                 "description": "Per table, the built-in conflict strategy the "

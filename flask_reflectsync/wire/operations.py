@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ..tracking.columns import ColumnSet
+
 K = TypeVar("K")
 
 
@@ -22,11 +24,14 @@ class Operation(Generic[K]):
     :param row_key: the row's key: its text in a log (``str``), or the typed
         key values (``tuple``).
     :param command: the command letter.
+    :param columns: for an update, the columns it changed (``None``: every
+        column, as for inserts and deletes).
     """
 
     table_name: str
     row_key: K
     command: str
+    columns: ColumnSet = None
 
 
 # The two aliases name Operation itself at run time: calling a subscripted

@@ -2,7 +2,7 @@
 (``application/x-ndjson``), one JSON object per line, each line ended by
 ``\\n``:
 
-1. a header, ``{"ok": true, "protocol": 1, "counts": {table: rows}}``
+1. a header, ``{"ok": true, "protocol": 2, "counts": {table: rows}}``
    (``counts``: each table's row count when the copy started, a progress
    total);
 2. per tracked table, ``{"table": name, "columns": [...]}``, followed by
