@@ -46,6 +46,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from flask_reflectsync.wire.messages import PROTOCOL_VERSION
 from flask_reflectsync.wire.signing import sign_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -74,7 +75,9 @@ def _pushes(
     base: str, index: int, rows: int, pushes: int, seconds: float, go: Any
 ) -> tuple[int, int, list[float]]:
     with httpx.Client(timeout=120) as client:
-        node = client.post(base + "/register", json={"protocol": 1}).json()["node"]
+        node = client.post(
+            base + "/register", json={"protocol": PROTOCOL_VERSION}
+        ).json()["node"]
         path = httpx.URL(base).path + "/push"
         next_key = 1 + (index + 1) * KEY_RANGE
         last_version = 0
@@ -86,7 +89,7 @@ def _pushes(
             keys = range(next_key, next_key + rows)
             next_key += rows
             message = {
-                "protocol": 1,
+                "protocol": PROTOCOL_VERSION,
                 "push_id": uuid.uuid4().hex,
                 "last_version": last_version,
                 "operations": [

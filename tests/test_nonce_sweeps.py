@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from flask_reflectsync.server.nodes import NonceSweeps
 from flask_reflectsync.server.settings import ServerSettings, define_protocol_tables
+from flask_reflectsync.wire.messages import PROTOCOL_VERSION
 
 from .conftest import AppFactory
 from .http_server import ServerEnv, TestNode, server_env
@@ -65,7 +66,7 @@ def _add_nonce(server: ServerEnv, node: TestNode, nonce: str, age: float) -> Non
 
 
 def _pull(node: TestNode) -> None:
-    answer = node.call("POST", "/pull", json={"protocol": 1, "since": 0})
+    answer = node.call("POST", "/pull", json={"protocol": PROTOCOL_VERSION, "since": 0})
     assert answer.status_code == 200, answer.text
 
 
