@@ -52,6 +52,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from flask_reflectsync import signals
 from flask_reflectsync.client import Conflict, KindResolver, SyncClient, SyncResult
+from flask_reflectsync.tracking import define_tables, number_versions
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import soak_app  # noqa: E402  (next to this script, also imported by gunicorn)
@@ -619,6 +620,10 @@ def server_state(url: str) -> dict[str, Any]:
     operations = meta.tables["reflectsync_operations"]
     nodes = meta.tables["reflectsync_nodes"]
     try:
+        # As a pull would: versions the app committed since the last pull or
+        # push get their numbers (PostgreSQL and MySQL number after commit);
+        # any left unnumbered after this is a fault the "gaps" check reports.
+        number_versions(engine, define_tables(meta))
         with engine.connect() as connection:
             names = dict(connection.execute(sa.select(nodes.c.id, nodes.c.name)).all())
             log = connection.execute(

@@ -27,6 +27,7 @@ from .reflection.changes import (
     TableRenamed,
 )
 from .server.nodes import nodes_table
+from .tracking.numbering import number_versions
 from .tracking.tables import current_version
 
 cli = AppGroup(
@@ -150,6 +151,7 @@ def nodes_command() -> None:
     """List registered nodes: when each was last seen and how far behind it is."""
     state = _state()
     nodes = nodes_table(state.tables)
+    number_versions(state.db.engine, state.tables)
     with state.db.engine.connect() as connection:
         current = current_version(connection, state.tables)
         found = connection.execute(
@@ -201,6 +203,7 @@ def trim_command(through: int | None, dry_run: bool) -> None:
 
     state = _state()
     tables = state.tables
+    number_versions(state.db.engine, tables)
     with state.db.engine.begin() as connection:
         current = current_version(connection, tables)
         safe = trim.safe_watermark(connection, tables)

@@ -58,8 +58,26 @@ table_renamed = _signals.signal("table-renamed")
 #: :class:`~flask_reflectsync.reflection.ColumnChange`: added, dropped,
 #: renamed, altered) and ``attributes`` (the names of other table attributes
 #: that changed: ``kind``, ``comment``, ``primary_key``, ``foreign_keys``,
-#: ``unique_constraints``).
+#: ``unique_constraints``, ``check_constraints``, ``indexes``, ``definition``,
+#: ``triggers``, ``privileges``).
 table_altered = _signals.signal("table-altered")
+
+#: An enum or domain type or a sequence appeared in a schema.
+#: Sender: the app. Keyword arguments: ``object`` (the catalog object).
+object_created = _signals.signal("object-created")
+
+#: An enum or domain type or a sequence disappeared.
+#: Sender: the app. Keyword arguments: ``object`` (marked ``deleted``).
+object_dropped = _signals.signal("object-dropped")
+
+#: A schema-level object kept its identity but changed its name.
+#: Sender: the app. Keyword arguments: ``object``, ``old_name``, ``new_name``.
+object_renamed = _signals.signal("object-renamed")
+
+#: What a schema-level object is changed (an enum's labels, a domain's
+#: checks, a sequence's increment...). Sender: the app. Keyword arguments:
+#: ``object`` and ``fields`` (the keys of ``object.details`` that changed).
+object_altered = _signals.signal("object-altered")
 
 # -- synchronisation ----------------------------------------------------------
 
@@ -104,6 +122,10 @@ __all__ = [
     "table_dropped",
     "table_renamed",
     "table_altered",
+    "object_created",
+    "object_dropped",
+    "object_renamed",
+    "object_altered",
     "node_registered",
     "push_accepted",
     "push_rejected",

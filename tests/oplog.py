@@ -8,6 +8,15 @@ from typing import Any
 import sqlalchemy as sa
 from flask_sqlalchemy import SQLAlchemy
 
+from flask_reflectsync.tracking import define_tables
+from flask_reflectsync.tracking.numbering import number_versions
+
+
+def _numbered(db: SQLAlchemy) -> None:
+    # Read the log as a pull does: committed versions get their numbers
+    # first (PostgreSQL and MySQL number them after commit).
+    number_versions(db.engine, define_tables(db.metadata))
+
 
 def logged(db: SQLAlchemy) -> list[tuple[int | None, str, list[Any], str]]:
     """Every logged operation as (version number, table, key, command), in
@@ -19,6 +28,7 @@ def logged(db: SQLAlchemy) -> list[tuple[int | None, str, list[Any], str]]:
         .join(versions, versions.c.id == ops.c.version_id)
         .order_by(versions.c.number, ops.c.id)
     )
+    _numbered(db)
     with db.engine.connect() as connection:
         return [
             (number, table, json.loads(key), command)
@@ -33,6 +43,7 @@ def commands(db: SQLAlchemy) -> list[tuple[str, list[Any], str]]:
 
 def version_numbers(db: SQLAlchemy) -> list[int | None]:
     versions = db.metadata.tables["reflectsync_versions"]
+    _numbered(db)
     with db.engine.connect() as connection:
         return list(
             connection.execute(

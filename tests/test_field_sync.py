@@ -301,3 +301,37 @@ def test_a_holder_edited_in_another_column_gives_its_unique_value_up(
         1: ("X", False),
         2: ("B", True),
     }
+
+
+# -- per-column strategies ----------------------------------------------------
+
+
+def test_a_column_can_have_its_own_strategy(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    """City rows are the node's (node-wins), but their population is the
+    server's: A and B change both columns; B's name wins, A's population
+    stays."""
+    m = net.server.env.models
+    a = net.node()
+    b = net.node(resolutions={m.City: "node-wins", m.City.population: "server-wins"})
+    _seed(net, a, b)
+    _set(a, 1, population=100, name="Ate")
+    _set(b, 1, population=200, name="Comas")
+    a.synchronize()
+    b.synchronize()
+    assert [(c.kind, c.resolution, c.columns) for c in resolved] == [
+        ("update/update", "values", ("name", "population"))
+    ]
+    net.settle()
+    assert _city(net) == (1, "Comas", 100, 1)
+
+
+def test_a_column_strategy_must_be_a_built_in_name(net: Cluster) -> None:
+    from flask_reflectsync.errors import ConfigurationError
+
+    m = net.server.env.models
+    with pytest.raises(ConfigurationError, match="City.population"):
+        net.node(resolutions={m.City.population: lambda conflict: "server"})
+    with pytest.raises(ConfigurationError, match="per mapped class"):
+        net.node(resolutions={"city": "server-wins"})

@@ -121,6 +121,8 @@ def test_every_route_answers_what_the_document_says(server: ServerEnv) -> None:
     check(tables)
     check(httpx.get(f"{server.base}/schemas/{schema_id}/tables?include_deleted=1"))
     check(httpx.get(f"{server.base}/tables/{tables.json()['tables'][0]['id']}"))
+    check(httpx.get(f"{server.base}/schemas/{schema_id}/objects"))
+    check(httpx.get(f"{server.base}/schemas/999999/objects"))
     check(httpx.get(f"{server.base}/schemas/999999/tables"))
     check(httpx.get(f"{server.base}/tables/999999"))
     server.env.sync.catalog_access(lambda: False)
@@ -135,3 +137,60 @@ def test_every_route_answers_what_the_document_says(server: ServerEnv) -> None:
     }
     assert {(m, t) for m, t, s in checker.checked if s == "200"} == operations
     node.close()
+
+
+def test_catalog_answers_with_every_object_kind_match_the_document(
+    server: ServerEnv, database_url: str
+) -> None:
+    """A table with CHECK constraints, indexes and a trigger, and a view with
+    its query, as served over HTTP, fit the catalog schemas (issue 18)."""
+    import sqlalchemy as sa
+
+    backend = sa.make_url(database_url).get_backend_name()
+    trigger = {
+        "postgresql": "CREATE TRIGGER rs_api_tg BEFORE INSERT ON rs_api"
+        " FOR EACH ROW EXECUTE FUNCTION rs_api_fn()",
+        "mysql": "CREATE TRIGGER rs_api_tg BEFORE INSERT ON rs_api"
+        " FOR EACH ROW SET NEW.price = COALESCE(NEW.price, 0)",
+        "sqlite": "CREATE TRIGGER rs_api_tg BEFORE INSERT ON rs_api"
+        " BEGIN SELECT 1; END",
+    }[backend]
+    other = sa.create_engine(database_url)
+    statements = [
+        "CREATE TABLE rs_api (id INTEGER PRIMARY KEY, price INTEGER,"
+        " code VARCHAR(10), CONSTRAINT rs_api_positive CHECK (price > 0))",
+        "CREATE INDEX rs_api_code ON rs_api (code)",
+        "CREATE VIEW rs_api_view AS SELECT id, price FROM rs_api",
+        trigger,
+    ]
+    if backend == "postgresql":
+        statements.insert(0, "CREATE OR REPLACE FUNCTION rs_api_fn() RETURNS"
+                          " trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$")
+    try:
+        with other.begin() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+        document = httpx.get(server.base + "/openapi.json").json()
+        checker = ResponseChecker(document, "/sync")
+        schemas = httpx.get(server.base + "/schemas").json()["schemas"]
+        (schema_id,) = [
+            s["id"] for s in schemas
+            if backend != "postgresql" or s["name"] == "public"
+        ]
+        tables = httpx.get(f"{server.base}/schemas/{schema_id}/tables")
+        checker.check(tables)
+        by_name = {t["name"]: t for t in tables.json()["tables"]}
+        table = by_name["rs_api"]
+        assert table["check_constraints"][0]["name"] == "rs_api_positive"
+        assert table["indexes"][0]["name"] == "rs_api_code"
+        assert table["triggers"][0]["name"] == "rs_api_tg"
+        assert by_name["rs_api_view"]["definition"]
+        for name in ("rs_api", "rs_api_view"):
+            checker.check(httpx.get(f"{server.base}/tables/{by_name[name]['id']}"))
+    finally:
+        with other.begin() as connection:
+            connection.exec_driver_sql("DROP VIEW IF EXISTS rs_api_view")
+            connection.exec_driver_sql("DROP TABLE IF EXISTS rs_api")
+            if backend == "postgresql":
+                connection.exec_driver_sql("DROP FUNCTION IF EXISTS rs_api_fn()")
+        other.dispose()

@@ -972,18 +972,16 @@ def _wait_for_a_lock_wait(engine: sa.Engine) -> None:
 
     with engine.connect() as probe:
         for _ in range(200):
+            # This database's sessions only: the server may be shared.
             waiting = probe.exec_driver_sql(
-                # Waits of this database's sessions only (the cluster may be
-                # shared; a transaction-id lock names no database itself).
-                "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a "
-                "ON a.pid = l.pid WHERE NOT l.granted "
-                "AND a.datname = current_database()"
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             ).scalar()
             probe.rollback()
             if waiting:
                 return
             time.sleep(0.025)
-    raise AssertionError("the push never waited for the counter lock")
+    raise AssertionError("the push never waited for the counter lock")  # X
 
 
 # -- push ids (issue 11 item 9) ---------------------------------------------------
@@ -1089,3 +1087,67 @@ def test_a_node_file_from_before_push_messages_is_upgraded(
             session.add(m.Country(id=1, name="Peru"))
             session.commit()
         assert reopened.push().version == 1
+
+
+def test_a_version_committed_while_a_push_waits_for_the_counter_is_checked(
+    server: ServerEnv, backend: str
+) -> None:
+    """On PostgreSQL and MySQL the app's versions are numbered after commit.
+    One that committed after the push's early numbering, before it locked
+    the counter, must still be numbered and checked by the push's conflict
+    scan: the push numbers what committed once it holds the lock."""
+    if backend == "sqlite":
+        pytest.skip("numbered at commit on SQLite")
+    import threading
+
+    env = server.env
+    node = server.node()
+    assert node.push(*_country_and_cities()).status_code == 200
+    node.last_version = 1
+    answers: list[Any] = []
+    # Holding the counter lock: the push's early numbering skips, and the
+    # push then waits for the lock after its writes.
+    with env.db.engine.connect() as holder:
+        holder.exec_driver_sql(
+            "SELECT value FROM reflectsync_version_counter WHERE id = 1 FOR UPDATE"
+        )
+        with env.app.app_context():
+            env.db.session.get(env.models.City, 12).name = "Qosqo"
+            env.db.session.commit()
+        pushing = threading.Thread(
+            target=lambda: answers.append(
+                node.push(
+                    [{"table": "city", "key": [12], "command": "u"}],
+                    {"city": {"columns": ["id", "name"], "rows": [[12, "Cuzco"]]}},
+                )
+            )
+        )
+        pushing.start()
+        _wait_for_a_push_lock_wait(env.db.engine, backend)
+        holder.rollback()
+        pushing.join()
+    assert answers[0].status_code == 409, answers[0].text
+    assert answers[0].json()["conflicts"][0]["key"] == [12]
+    with env.app.app_context():
+        assert env.db.session.get(env.models.City, 12).name == "Qosqo"
+
+
+def _wait_for_a_push_lock_wait(engine: sa.Engine, backend: str) -> None:
+    import time
+
+    probe_sql = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        if backend == "postgresql"
+        else "SELECT count(*) FROM information_schema.INNODB_TRX AS t "
+        "JOIN information_schema.PROCESSLIST AS p ON p.ID = t.trx_mysql_thread_id "
+        "WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()"
+    )
+    with engine.connect() as probe:
+        for _ in range(800):
+            waiting = probe.exec_driver_sql(probe_sql).scalar()
+            probe.rollback()
+            if waiting:
+                return
+            time.sleep(0.025)
+    raise AssertionError("the push never waited for the counter lock")

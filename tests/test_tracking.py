@@ -257,6 +257,12 @@ def test_session_bound_to_an_outer_connection(env: AppEnv) -> None:
                     ).scalar()
                     == 1
                 )
+                # Numbered inside the outer transaction, which never
+                # commits: a numberer of its own could not see the version.
+                versions = db.metadata.tables["reflectsync_versions"]
+                assert connection.execute(
+                    sa.select(versions.c.number)
+                ).scalars().all() == [1]
             outer.rollback()
     finally:
         stop_tracking(maker)

@@ -1,8 +1,9 @@
 """The catalog routes: the app's own UI browsing the reflected database.
 
-``GET /schemas``, ``GET /schemas/<id>/tables`` and ``GET /tables/<id>`` under
-the blueprint's prefix. They are for the app's users, not for offline nodes:
-no node signatures, but the check registered with
+``GET /schemas``, ``GET /schemas/<id>/tables``, ``GET /tables/<id>`` and
+``GET /schemas/<id>/objects`` under the blueprint's prefix. They are for the
+app's users, not for offline nodes: no node signatures, but the check
+registered with
 :meth:`ReflectSync.catalog_access` decides who may call them. Without one they
 are closed (403) unless ``REFLECTSYNC_OPEN_CATALOG`` opens them to anyone, and
 then a :class:`~flask_reflectsync.errors.CatalogAccessWarning` says so the
@@ -54,6 +55,10 @@ def setup_catalog(db: SQLAlchemy, blueprint: Blueprint) -> None:
     blueprint.add_url_rule(
         "/tables/<int:table_id>", view_func=get_table, methods=["GET"]
     )
+    blueprint.add_url_rule(
+        "/schemas/<int:schema_id>/objects", view_func=list_objects, methods=["GET"]
+    )
+
 
 
 def catalog_for(app: Flask) -> Catalog:
@@ -153,3 +158,17 @@ def get_table(table_id: int) -> Response:
     """
     table: Any = _authorised().get_table(_known_id(table_id, "table"))
     return ok_response(table=table.to_dict())
+
+
+def list_objects(schema_id: int) -> Response:
+    """``GET /schemas/<id>/objects``: the schema's enum and domain types and
+    sequences, refreshed if anything changed.
+
+    Query: ``include_deleted=1`` also lists dropped objects.
+    """
+    catalog = _authorised()
+    found = catalog.list_objects(
+        _known_id(schema_id, "schema"), include_deleted=_flag("include_deleted")
+    )
+    return ok_response(objects=[item.to_dict() for item in found])
+

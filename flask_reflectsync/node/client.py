@@ -112,7 +112,9 @@ class SyncClient:
     :param resolution: the default conflict strategy: ``"last-pusher-wins"``
         (default), ``"server-wins"``, ``"node-wins"`` or a callable (see
         :doc:`/conflicts`).
-    :param resolutions: strategies for particular models, by mapped class.
+    :param resolutions: strategies for particular models, by mapped class,
+        and for particular columns, by mapped column attribute
+        (``City.population``; a built-in strategy name).
     :param timeout: seconds to wait for the server.
     :param transport: an :mod:`httpx` transport (tests, proxies).
     :param page_size: ask for at most this many operations per pull page.
@@ -146,7 +148,7 @@ class SyncClient:
         *,
         name: str = "",
         resolution: Strategy = "last-pusher-wins",
-        resolutions: Mapping[type, Strategy] | None = None,
+        resolutions: Mapping[Any, Strategy] | None = None,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         page_size: int | None = None,

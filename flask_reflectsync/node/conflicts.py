@@ -169,23 +169,27 @@ _BUILT_IN: dict[str, dict[str, str | None]] = {
 
 
 class Resolutions:
-    """The strategy of each model, with a default.
+    """The strategy of each model, with a default, and of some columns.
 
     :param default: the strategy of models not named in ``per_model``.
-    :param per_model: strategies by mapped class.
-    :raises ConfigurationError: for an unknown strategy name.
+    :param per_model: strategies by mapped class; also by mapped column
+        attribute (``City.population``): a built-in strategy name deciding
+        that column of ``update/update`` conflicts, whatever the model's.
+    :raises ConfigurationError: for an unknown strategy name, or a column
+        given a callable.
     """
 
     def __init__(
         self,
         default: Strategy = "last-pusher-wins",
-        per_model: Mapping[type, Strategy] | None = None,
+        per_model: Mapping[Any, Strategy] | None = None,
     ) -> None:
         self.default = self._checked(default)
-        self.per_model: dict[type, Strategy] = {
-            model: self._checked(strategy)
-            for model, strategy in (per_model or {}).items()
-        }
+        self.per_model: dict[type, Strategy] = {}
+        #: Built-in strategies of single columns, by (mapped class, column name).
+        self.per_column: dict[tuple[type, str], str] = {}
+        for target, strategy in (per_model or {}).items():
+            self.set(target, strategy)
 
     @staticmethod
     def _checked(strategy: Strategy) -> Strategy:
@@ -196,13 +200,29 @@ class Resolutions:
             f"{', '.join(STRATEGIES)} or a callable taking a Conflict."
         )
 
-    def set(self, model: type, strategy: Strategy) -> None:
-        """Use ``strategy`` for conflicts on rows of ``model``."""
-        self.per_model[model] = self._checked(strategy)
+    def set(self, model: Any, strategy: Strategy) -> None:
+        """Use ``strategy`` for conflicts on rows of ``model`` (a mapped
+        class), or for one column of them (a mapped column attribute such as
+        ``City.population``: a built-in strategy name only)."""
+        if isinstance(model, type):
+            self.per_model[model] = self._checked(strategy)
+            return
+        column = _column_of(model)
+        if not isinstance(strategy, str) or strategy not in STRATEGIES:
+            raise ConfigurationError(
+                f"The strategy of column {model} must be one of "
+                f"{', '.join(STRATEGIES)}, not {strategy!r}; a callable decides "
+                "whole models (it sees every column in conflict)."
+            )
+        self.per_column[column] = strategy
 
     def named(self, model: type) -> str | None:
         """The built-in strategy of ``model``, or ``None`` for a callable
-        (only the node can call it: the server refuses such stale rows)."""
+        or for a model with strategies of its own per column (only the node
+        can call it, or tell its columns apart: the server refuses such
+        stale rows)."""
+        if any(owner is model for owner, _ in self.per_column):
+            return None
         strategy = self.per_model.get(model, self.default)
         if isinstance(strategy, KindResolver) and not strategy.kinds & DIRECT_KINDS:
             return strategy.otherwise
@@ -210,6 +230,42 @@ class Resolutions:
 
     def decide(self, conflict: Conflict) -> Decision:
         """The decision for ``conflict`` (``None``: cannot be resolved)."""
+        if conflict.kind == UPDATE_UPDATE and any(
+            (conflict.model, column) in self.per_column for column in conflict.columns
+        ):
+            return self._decide_columns(conflict)
+        return self._decide_row(conflict)
+
+    def _decide_columns(self, conflict: Conflict) -> Decision:
+        """An ``update/update`` conflict some of whose columns have their
+        own strategy: each column is decided by its own, the others by the
+        model's; a mix comes out as the values to write."""
+        rest = [
+            c for c in conflict.columns if (conflict.model, c) not in self.per_column
+        ]
+        row_decision = self._decide_row(conflict) if rest else None
+        local, server = conflict.local or {}, conflict.server or {}
+        sides: dict[str, Any] = {}
+        for column in conflict.columns:
+            strategy = self.per_column.get((conflict.model, column))
+            sides[column] = (
+                _BUILT_IN[strategy][UPDATE_UPDATE] if strategy else row_decision
+            )
+        if all(side == SERVER for side in sides.values()):
+            return cast(Decision, SERVER)
+        if all(side == NODE for side in sides.values()):
+            return cast(Decision, NODE)
+        values: dict[str, Any] = {}
+        if isinstance(row_decision, Mapping):
+            values.update(row_decision)
+        for column, side in sides.items():
+            if side == SERVER:
+                values[column] = server.get(column)
+            elif side == NODE or not isinstance(side, Mapping):
+                values[column] = local.get(column)
+        return values
+
+    def _decide_row(self, conflict: Conflict) -> Decision:
         strategy = self.per_model.get(conflict.model, self.default)
         fallback = self.default if isinstance(self.default, str) else ""
         if isinstance(strategy, KindResolver):
@@ -241,6 +297,7 @@ class RememberedResolutions(Resolutions):
         self.inner = inner
         self.default = inner.default
         self.per_model = inner.per_model
+        self.per_column = inner.per_column
         self.decided: list[tuple[tuple[Any, ...], Decision]] = []
 
     def decide(self, conflict: Conflict) -> Decision:
@@ -259,3 +316,16 @@ class RememberedResolutions(Resolutions):
         decision = self.inner.decide(conflict)
         self.decided.append((question, decision))
         return decision
+
+
+def _column_of(attribute: Any) -> tuple[type, str]:
+    """The mapped class and column name of a mapped column attribute."""
+    prop = getattr(attribute, "property", None)
+    columns = getattr(prop, "columns", None)
+    owner = getattr(attribute, "class_", None)
+    if not columns or not isinstance(owner, type):
+        raise ConfigurationError(
+            f"Conflict strategies are set per mapped class or per mapped "
+            f"column attribute (City.population), not {attribute!r}."
+        )
+    return owner, str(columns[0].name)

@@ -1,18 +1,22 @@
 """PostgreSQL: identities are oids, read from ``pg_catalog`` in one round trip.
 
 The fingerprint of a schema's tables is built from the row versions
-(``xmin``) and counts of the catalog rows that describe them: ``pg_class``,
-``pg_attribute``, ``pg_attrdef``, ``pg_constraint`` and ``pg_description``.
-Every DDL statement that changes what the catalog shows inserts, updates or
-deletes one of those rows, and an update always writes a new ``xmin``; the
-in-place updates PostgreSQL does itself (``VACUUM``, ``ANALYZE`` statistics)
-keep it. The same sums per table are its *version*: a refresh describes
-again only the tables whose version changed (and those whose foreign keys
+(``xmin``) and counts of the catalog rows that describe them: ``pg_class``
+(the relations and their indexes), ``pg_attribute``, ``pg_attrdef``,
+``pg_constraint`` (keys and CHECK constraints), ``pg_index``, ``pg_rewrite``
+(view queries), ``pg_trigger`` and ``pg_description``. Every DDL statement
+that changes what the catalog shows inserts, updates or deletes one of those
+rows, and an update always writes a new ``xmin``; the in-place updates
+PostgreSQL does itself (``VACUUM``, ``ANALYZE`` statistics) keep it. The
+same sums per table are its *version*: a refresh describes again only the
+tables whose version changed (and those whose foreign keys or view queries
 name one of them or another schema). A change that touches none of these
-rows (renaming a type that a column uses, or a sequence a default names) is
-seen when the table itself is compared: when it changes, when it is asked
-for by id, or by ``reflect(force=True)``; renaming a table in *another*
-schema that a foreign key refers to is seen at the next change of the schema.
+rows (renaming a type that a column uses, a sequence a default names, a
+function a trigger runs, or granting the connected role membership in
+another) is seen when the table itself is compared: when it changes, when
+it is asked for by id, or by ``reflect(force=True)``; renaming a table in
+*another* schema that a foreign key refers to is seen at the next change of
+the schema.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .objects import ObjectSnapshot
 from .snapshot import (
     FOREIGN_TABLE,
     MATERIALIZED_VIEW,
     PARTITIONED_TABLE,
+    PRIVILEGES,
     TABLE,
     VIEW,
     LiveTable,
@@ -94,7 +100,21 @@ _TABLES_FINGERPRINT = sa.text(
             _versions(f"FROM pg_attrdef x WHERE x.adrelid IN ({_SCHEMA_RELATIONS})"),
             _versions(
                 "FROM pg_constraint x WHERE x.connamespace = :schema"
-                " AND x.contype IN ('p', 'u', 'f')"
+                " AND x.contype IN ('p', 'u', 'f', 'c')"
+            ),
+            _versions(
+                "FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+                f" WHERE x.indrelid IN ({_SCHEMA_RELATIONS})"
+            )
+            + " || '+' || "
+            + _versions(
+                "FROM pg_class x WHERE x.relnamespace = :schema"
+                " AND x.relkind IN ('i', 'I')"
+            ),
+            _versions(f"FROM pg_rewrite x WHERE x.ev_class IN ({_SCHEMA_RELATIONS})"),
+            _versions(
+                "FROM pg_trigger x WHERE NOT x.tgisinternal"
+                f" AND x.tgrelid IN ({_SCHEMA_RELATIONS})"
             ),
             _versions(
                 "FROM pg_description x WHERE x.classoid = 'pg_class'::regclass"
@@ -158,9 +178,17 @@ LEFT JOIN pg_description td ON td.objoid = c.oid
   AND td.classoid = 'pg_class'::regclass AND td.objsubid = 0
 {{attributes}}
 CROSS JOIN LATERAL (
-  SELECT count(*) AS n, coalesce(sum(con.xmin::text::bigint), 0) AS s
-     FROM pg_constraint con
-    WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f')) AS own
+  SELECT count(*) AS n, coalesce(sum(x.xmin::text::bigint), 0) AS s FROM (
+    SELECT con.xmin FROM pg_constraint con
+     WHERE con.conrelid = c.oid AND con.contype IN ('p', 'u', 'f', 'c')
+    UNION ALL SELECT unnest(ARRAY[i.xmin, ic.xmin]) FROM pg_index i
+      JOIN pg_class ic ON ic.oid = i.indexrelid
+     WHERE c.relhasindex AND i.indrelid = c.oid
+    UNION ALL SELECT r.xmin FROM pg_rewrite r
+     WHERE c.relkind IN ('v', 'm') AND r.ev_class = c.oid
+    UNION ALL SELECT tg.xmin FROM pg_trigger tg
+     WHERE c.relhastriggers AND tg.tgrelid = c.oid AND NOT tg.tgisinternal
+  ) AS x) AS own
 WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
 """
 _VERSION = (
@@ -168,6 +196,26 @@ _VERSION = (
     " (c.xmin::text::bigint + coalesce(td.xmin::text::bigint, 0)"
     " + att.s + own.s)::text AS version"
 )
+
+# The flags relhasindex, relhastriggers (true while the table has, or
+# recently had, indexes or triggers) and relchecks (how many CHECK
+# constraints) let the queries skip the lookups a table without any needs.
+
+# Trigger timing and events from pg_trigger.tgtype's bits.
+_TIMING = (
+    "CASE WHEN tg.tgtype & 64 <> 0 THEN 'INSTEAD OF'"
+    " WHEN tg.tgtype & 2 <> 0 THEN 'BEFORE' ELSE 'AFTER' END"
+)
+_EVENTS = (
+    "(SELECT coalesce(json_agg(e.name ORDER BY e.i), '[]') FROM (VALUES"
+    " (1, 'INSERT', 4), (2, 'UPDATE', 16), (3, 'DELETE', 8), (4, 'TRUNCATE', 32))"
+    " AS e(i, name, bit) WHERE tg.tgtype & e.bit <> 0)"
+)
+# The privileges as one array, without the ones the role lacks.
+_PRIVILEGES = "array_remove(ARRAY[{}], NULL)".format(", ".join(
+    f"CASE WHEN has_table_privilege(c.oid, '{name}') THEN '{name}' END"
+    for name in PRIVILEGES
+))
 
 # One row per relation; its columns and constraints arrive as the JSON texts
 # of a LiveTable, built here so that nothing is decoded unless it is compared.
@@ -200,7 +248,43 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
             'columns', {_key_names("con.conkey")})
           ORDER BY con.conname), '[]')::text
      FROM pg_constraint con
-    WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints
+    WHERE con.conrelid = c.oid AND con.contype = 'u') AS unique_constraints,
+  CASE WHEN c.relchecks = 0 THEN '[]' ELSE
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', con.conname,
+            'expression', pg_get_expr(con.conbin, con.conrelid, true))
+          ORDER BY con.conname), '[]')::text
+     FROM pg_constraint con
+    WHERE con.conrelid = c.oid AND con.contype = 'c') END AS check_constraints,
+  CASE WHEN NOT c.relhasindex THEN '[]' ELSE
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', ic.relname,
+            -- a column by its name, an expression as pg_get_indexdef spells it
+            'columns', (SELECT json_agg(CASE WHEN i.indkey[k - 1] > 0
+                                        THEN att.names[i.indkey[k - 1]]
+                                        ELSE pg_get_indexdef(i.indexrelid, k, true)
+                                        END ORDER BY k)
+                          FROM generate_series(1, i.indnkeyatts) AS k),
+            'unique', i.indisunique,
+            'predicate', pg_get_expr(i.indpred, i.indrelid, true))
+          ORDER BY ic.relname), '[]')::text
+     FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+    WHERE i.indrelid = c.oid AND NOT i.indisprimary
+      AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = c.oid
+                      AND k.conindid = i.indexrelid AND k.contype = 'u')) END
+    AS indexes,
+  CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid, true) END
+    AS definition,
+  CASE WHEN NOT c.relhastriggers THEN '[]' ELSE
+  (SELECT coalesce(json_agg(json_build_object(
+            'name', tg.tgname,
+            'timing', {_TIMING},
+            'events', {_EVENTS},
+            'definition', pg_get_triggerdef(tg.oid, true))
+          ORDER BY tg.tgname), '[]')::text
+     FROM pg_trigger tg
+    WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) END AS triggers,
+  to_json({_PRIVILEGES})::text AS privileges
 """ + _RELATIONS.format(attributes=f"""
 CROSS JOIN LATERAL (
   SELECT array_agg(a.attname::text ORDER BY a.attnum) AS names,
@@ -226,20 +310,103 @@ _SOME_TABLES = sa.text(
     _TABLES_SELECT + " AND c.oid = ANY (CAST(:oids AS oid[])) ORDER BY c.relname"
 )
 _TABLE = sa.text(_TABLES_SELECT + " AND c.oid = :oid")
+# The tables whose description names something of the changed tables (or of
+# another schema): a foreign key's referred table and columns, and a view's
+# query, which names the relations and columns it reads.
 _DEPENDENTS = sa.text(
     "SELECT DISTINCT con.conrelid::text FROM pg_constraint con"
     " JOIN pg_class fc ON fc.oid = con.confrelid"
     " WHERE con.connamespace = :schema AND con.contype = 'f'"
     " AND (con.confrelid = ANY (CAST(:oids AS oid[]))"
     " OR fc.relnamespace <> :schema)"
+    " UNION SELECT DISTINCT r.ev_class::text FROM pg_rewrite r"
+    " JOIN pg_class v ON v.oid = r.ev_class"
+    " JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid"
+    " JOIN pg_class used ON used.oid = d.refobjid"
+    " WHERE v.relnamespace = :schema AND d.refclassid = 'pg_class'::regclass"
+    " AND d.refobjid <> r.ev_class"
+    " AND (d.refobjid = ANY (CAST(:oids AS oid[]))"
+    " OR used.relnamespace <> :schema)"
 )
 _SCHEMA_PRESENT = sa.text("SELECT 1 FROM pg_namespace WHERE oid = :schema")
+
+# Enum and domain types and sequences (see .objects). Extension members
+# (pg_depend 'e') are left out, as are a relation's own row type and array
+# types, which are no typtype 'e' or 'd' anyway.
+_SCHEMA_TYPES = (
+    "SELECT oid FROM pg_type WHERE typnamespace = :schema AND typtype IN ('e', 'd')"
+)
+_SCHEMA_SEQUENCES = (
+    "SELECT oid FROM pg_class WHERE relnamespace = :schema AND relkind = 'S'"
+)
+_OBJECTS_FINGERPRINT = sa.text(
+    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE oid = :schema) AS present, "
+    + " || '/' || ".join(
+        [
+            _versions(f"FROM pg_type x WHERE x.oid IN ({_SCHEMA_TYPES})"),
+            _versions(f"FROM pg_enum x WHERE x.enumtypid IN ({_SCHEMA_TYPES})"),
+            _versions(f"FROM pg_constraint x WHERE x.contypid IN ({_SCHEMA_TYPES})"),
+            _versions(f"FROM pg_class x WHERE x.oid IN ({_SCHEMA_SEQUENCES})"),
+            _versions(f"FROM pg_sequence x WHERE x.seqrelid IN ({_SCHEMA_SEQUENCES})"),
+            _versions(
+                "FROM pg_depend x WHERE x.classid = 'pg_class'::regclass"
+                f" AND x.objid IN ({_SCHEMA_SEQUENCES}) AND x.deptype IN ('a', 'i')"
+            ),
+        ]
+    )
+    + " AS fingerprint"
+)
+_OBJECTS = sa.text("""
+SELECT t.oid::text AS oid, t.typname AS name, 'enum' AS kind,
+  json_build_object('labels', coalesce((
+    SELECT json_agg(e.enumlabel ORDER BY e.enumsortorder)
+      FROM pg_enum e WHERE e.enumtypid = t.oid), '[]'))::text AS details
+  FROM pg_type t WHERE t.typnamespace = :schema AND t.typtype = 'e'
+UNION ALL
+SELECT t.oid::text, t.typname, 'domain',
+  json_build_object(
+    'type', format_type(t.typbasetype, t.typtypmod),
+    'nullable', NOT t.typnotnull,
+    'default', t.typdefault,
+    'check_constraints', coalesce((
+      SELECT json_agg(json_build_object(
+               'name', k.conname, 'expression', pg_get_expr(k.conbin, 0, true))
+             ORDER BY k.conname)
+        FROM pg_constraint k WHERE k.contypid = t.oid AND k.contype = 'c'), '[]')
+  )::text
+  FROM pg_type t WHERE t.typnamespace = :schema AND t.typtype = 'd'
+UNION ALL
+SELECT c.oid::text, c.relname, 'sequence',
+  json_build_object(
+    'type', format_type(q.seqtypid, NULL),
+    'start', q.seqstart::text,
+    'increment', q.seqincrement::text,
+    'minimum', q.seqmin::text,
+    'maximum', q.seqmax::text,
+    'cycle', q.seqcycle,
+    'owner', pg_get_userbyid(c.relowner),
+    'owned_by', (
+      SELECT json_build_object('table', tc.relname, 'column', a.attname)
+        FROM pg_depend d
+        JOIN pg_class tc ON tc.oid = d.refobjid
+        JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+       WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+         AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+       LIMIT 1)
+  )::text
+  FROM pg_class c JOIN pg_sequence q ON q.seqrelid = c.oid
+ WHERE c.relnamespace = :schema AND c.relkind = 'S'
+""")
 
 
 class PostgresReader:
     """:class:`~.snapshot.CatalogReader` for PostgreSQL."""
 
     dialect = "postgresql"
+
+    #: Identities are oids and attnums, which renames keep.
+    identity_by_name = False
+    rename_hints_are_ids = False
 
     def schemas_fingerprint(self, connection: sa.Connection) -> str:
         return str(connection.execute(_SCHEMAS_FINGERPRINT).scalar_one())
@@ -304,6 +471,28 @@ class PostgresReader:
         ).one_or_none()
         return None if row is None else _table(row)
 
+    def objects_fingerprint(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> str | None:
+        """See :mod:`.objects`."""
+        row = connection.execute(
+            _OBJECTS_FINGERPRINT, {"schema": int(schema.oid)}
+        ).one()
+        return str(row.fingerprint) if row.present else None
+
+    def read_objects(
+        self, connection: sa.Connection, schema: SchemaSnapshot
+    ) -> list[ObjectSnapshot] | None:
+        """See :mod:`.objects`."""
+        rows = connection.execute(_OBJECTS, {"schema": int(schema.oid)}).all()
+        if not rows and not self._schema_present(connection, schema):
+            return None
+        return sorted(
+            (ObjectSnapshot(oid=row.oid, name=row.name, kind=row.kind,
+                            details=row.details) for row in rows),
+            key=lambda item: (item.kind, item.name),
+        )
+
     def lock(self, connection: sa.Connection) -> None:
         # Released by the COMMIT that ends the refresh; READ COMMITTED makes
         # every later statement see what the previous holder committed.
@@ -332,4 +521,9 @@ def _table(row: Any) -> LiveTable:
         foreign_keys=row.foreign_keys,
         unique_constraints=row.unique_constraints,
         version=row.version,
+        check_constraints=row.check_constraints,
+        indexes=row.indexes,
+        definition=row.definition,
+        triggers=row.triggers,
+        privileges=row.privileges,
     )

@@ -12,13 +12,29 @@ catalog as it now is. The catalog rows themselves are read and written by
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
 
 from ..errors import GoneError
-from .changes import Change, announce
-from .models import CatalogSchema, CatalogTable, CatalogTables
+from .changes import (
+    Change,
+    ObjectAltered,
+    ObjectCreated,
+    ObjectDropped,
+    ObjectRenamed,
+    announce,
+)
+from .models import CatalogObject, CatalogSchema, CatalogTable, CatalogTables
+from .objects import (
+    ObjectStore,
+    catalog_object,
+    check_live,
+    fingerprint,
+    objects_scope,
+    read_live,
+)
 from .refresh import Refresh
 from .rows import gone_schema, gone_table, schema_snapshot
 from .snapshot import CatalogReader, reader_for
@@ -53,6 +69,7 @@ class Catalog:
         self.reader = reader or reader_for(engine.dialect.name)
         self.store = CatalogStore(tables)
         self.refresh = Refresh(self.store, self.reader, self.exclude)
+        self.objects = ObjectStore(tables) if tables.objects is not None else None
 
     def reflect(self, *, force: bool = False) -> list[Change]:
         """Bring the whole catalog up to date now and announce the changes.
@@ -66,7 +83,91 @@ class Catalog:
             for schema in self.store.schemas(connection, include_deleted=False):
                 changes += self.refresh.tables(connection, schema, force=force,
                                                all_changes=True)
+                changes += self._refresh_objects(connection, schema, force=force)
         self._send(changes)
+        return changes
+
+    def list_objects(
+        self, schema_id: int, *, include_deleted: bool = False
+    ) -> list[CatalogObject]:
+        """The enum and domain types and sequences of a schema, refreshed if
+        their probe says they changed.
+
+        :param schema_id: catalog id of the schema.
+        :param include_deleted: also list dropped objects.
+        :raises NotFoundError: if the catalog never had this schema.
+        :raises GoneError: if the schema has been dropped.
+        """
+        with self.engine.connect() as connection:
+            schema = self.store.schema(connection, schema_id)
+            changes = self._refresh_objects(connection, schema, force=False)
+            found = (
+                [] if self.objects is None
+                else self.objects.of_schema(connection, schema,
+                                            include_deleted=include_deleted)
+            )
+        self._send(changes)
+        return found
+
+    def get_object(self, object_id: int) -> CatalogObject:
+        """One schema-level object, its schema's objects refreshed first if
+        their probe says they changed.
+
+        :raises NotFoundError: if the catalog never had it.
+        :raises GoneError: if it (or its schema) has been dropped.
+        """
+        from ..errors import NotFoundError
+
+        if self.objects is None:
+            raise NotFoundError(f"There is no object with id {object_id}.")
+        changes: list[Change] = []
+        with self.engine.connect() as connection:
+            row, _ = self.objects.one(connection, object_id)
+            schema = self.store.schema(connection, row.schema_id, allow_deleted=True)
+            if not row.deleted and not schema.deleted:
+                changes = self._refresh_objects(connection, schema, force=False)
+                row, _ = self.objects.one(connection, object_id)
+        self._send(changes)
+        check_live(row)
+        if schema.deleted:
+            raise GoneError(gone_schema(schema))
+        return catalog_object(row, row.schema_name)
+
+    def _refresh_objects(
+        self, connection: sa.Connection, schema: CatalogSchema, *, force: bool
+    ) -> list[Change]:
+        """Refresh one schema's objects if their probe changed (or
+        ``force``); the committed changes, to be announced."""
+        if self.objects is None:
+            return []
+        scope = objects_scope(schema.id)
+        snapshot = schema_snapshot(schema)
+        live = fingerprint(self.reader, connection, snapshot)
+        if live is None:
+            return []  # the schema is gone: its refresh says so
+        if not force and live == self.store.probe(connection, scope):
+            return []
+        with self.refresh.locked(connection):
+            live = fingerprint(self.reader, connection, snapshot)
+            if live is None or (
+                not force and live == self.store.probe(connection, scope)
+            ):
+                return []
+            found = read_live(self.reader, connection, snapshot)
+            if found is None:
+                return []
+            # The extension's own tables' sequences are its own too.
+            found = [item for item in found if not self.refresh.excluded(item.name)]
+            now = datetime.now(timezone.utc)
+            written = self.objects.write(connection, schema.id, found, now)
+            self.store.store_probe(connection, scope, live, now)
+            loaded = self.objects.by_ids(connection, written.ids(), schema.name)
+            changes: list[Change] = [ObjectCreated(loaded[i]) for i in written.created]
+            changes += [ObjectRenamed(loaded[i], old, new)
+                        for i, old, new in written.renamed]
+            changes += [ObjectAltered(loaded[i], fields)
+                        for i, fields in written.altered]
+            changes += [ObjectDropped(loaded[i]) for i in written.dropped]
         return changes
 
     def list_schemas(self, *, include_deleted: bool = False) -> list[CatalogSchema]:

@@ -18,7 +18,7 @@ from blinker import NamedSignal
 
 from .. import signals
 from .diff import ColumnChange
-from .models import CatalogSchema, CatalogTable, fields_dict
+from .models import CatalogObject, CatalogSchema, CatalogTable, fields_dict
 
 
 @dataclass(frozen=True)
@@ -155,3 +155,43 @@ class TableAltered(Change):
     table: CatalogTable
     changes: tuple[ColumnChange, ...]
     attributes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ObjectCreated(Change):
+    """An enum or domain type or a sequence appeared.
+    Sent as :data:`~flask_reflectsync.signals.object_created`."""
+
+    signal = signals.object_created
+    object: CatalogObject
+
+
+@dataclass(frozen=True)
+class ObjectDropped(Change):
+    """A schema-level object disappeared; ``object.deleted`` is true.
+    Sent as :data:`~flask_reflectsync.signals.object_dropped`."""
+
+    signal = signals.object_dropped
+    object: CatalogObject
+
+
+@dataclass(frozen=True)
+class ObjectRenamed(Change):
+    """A schema-level object kept its identity and changed its name.
+    Sent as :data:`~flask_reflectsync.signals.object_renamed`."""
+
+    signal = signals.object_renamed
+    object: CatalogObject
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True)
+class ObjectAltered(Change):
+    """What a schema-level object is changed; ``fields`` names the keys of
+    ``object.details`` that did. Sent as
+    :data:`~flask_reflectsync.signals.object_altered`."""
+
+    signal = signals.object_altered
+    object: CatalogObject
+    fields: tuple[str, ...]

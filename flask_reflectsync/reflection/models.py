@@ -27,14 +27,18 @@ class CatalogTables:
         each also keeps its columns as they were last compared, as JSON text.
     :param columns: one row per column of a catalog table, written the first
         time the table is served or announced with its columns.
-    :param probes: the last fingerprint seen per scope (``"schemas"``, or
-        ``"tables:<schema id>"``), so an unchanged level is not re-read.
+    :param probes: the last fingerprint seen per scope (``"schemas"``,
+        ``"tables:<schema id>"`` or ``"objects:<schema id>"``), so an
+        unchanged level is not re-read.
+    :param objects: one row per schema-level object (enum and domain types,
+        sequences) ever seen, dropped ones kept with ``deleted`` set.
     """
 
     schemas: sa.Table
     tables: sa.Table
     columns: sa.Table
     probes: sa.Table
+    objects: sa.Table | None = None
 
 
 def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
@@ -49,6 +53,7 @@ def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
             tables=metadata.tables[PREFIX + "tables"],
             columns=metadata.tables[PREFIX + "columns"],
             probes=metadata.tables[PREFIX + "probes"],
+            objects=metadata.tables.get(PREFIX + "objects"),
         )
     when = sa.DateTime(timezone=True)
     schemas = sa.Table(
@@ -78,6 +83,13 @@ def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
         sa.Column("primary_key", sa.JSON, nullable=False),
         sa.Column("foreign_keys", sa.JSON, nullable=False),
         sa.Column("unique_constraints", sa.JSON, nullable=False),
+        # Reflected since issue 18: nullable, so that a catalog from before
+        # takes them with a plain ADD COLUMN (NULL reads as none).
+        sa.Column("check_constraints", sa.JSON, nullable=True),
+        sa.Column("indexes", sa.JSON, nullable=True),
+        sa.Column("definition", sa.Text, nullable=True),
+        sa.Column("triggers", sa.JSON, nullable=True),
+        sa.Column("privileges", sa.JSON, nullable=True),
         # LiveTable.digest() of what was stored: equal means unchanged.
         sa.Column("digest", sa.String(64), nullable=False),
         # The live columns when last compared, as LiveTable.columns (JSON
@@ -122,7 +134,28 @@ def define_catalog_tables(metadata: sa.MetaData) -> CatalogTables:
         sa.Column("fingerprint", sa.Text, nullable=False),
         sa.Column("checked_at", when, nullable=False),
     )
-    return CatalogTables(schemas=schemas, tables=tables, columns=columns, probes=probes)
+    objects = sa.Table(
+        PREFIX + "objects",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(
+            "schema_id",
+            sa.Integer,
+            sa.ForeignKey(schemas.c.id, ondelete="CASCADE"),
+            nullable=False,
+            index=True,
+        ),
+        sa.Column("oid", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
+        # What the object is, as the reader's JSON text (CatalogObject.details).
+        sa.Column("details", sa.Text, nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("last_synced", when, nullable=False),
+        sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+    )
+    return CatalogTables(schemas=schemas, tables=tables, columns=columns,
+                         probes=probes, objects=objects)
 
 
 def fields_dict(
@@ -241,6 +274,16 @@ class CatalogTable:
     :param deleted: whether it has been dropped.
     :param columns: live columns in position order; ``None`` when only the
         summary was loaded (listings).
+    :param check_constraints: CHECK constraints as dicts (see
+        :meth:`.snapshot.CheckConstraint.to_dict`).
+    :param indexes: indexes other than the primary key's, as dicts (see
+        :meth:`.snapshot.Index.to_dict`).
+    :param definition: a view's or materialized view's query; ``None`` for
+        tables.
+    :param triggers: triggers as dicts (see :meth:`.snapshot.Trigger.to_dict`).
+    :param privileges: what the role the app connects as may do with it
+        (from :data:`.snapshot.PRIVILEGES`); ``None`` where the backend has
+        no privileges (SQLite).
     """
 
     id: int
@@ -256,6 +299,11 @@ class CatalogTable:
     last_synced: datetime
     deleted: bool
     columns: tuple[CatalogColumn, ...] | None = None
+    check_constraints: tuple[dict[str, Any], ...] = ()
+    indexes: tuple[dict[str, Any], ...] = ()
+    definition: str | None = None
+    triggers: tuple[dict[str, Any], ...] = ()
+    privileges: tuple[str, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready data; ``columns`` only when they were loaded."""
@@ -263,3 +311,40 @@ class CatalogTable:
         if self.columns is None:
             del data["columns"]
         return data
+
+
+@dataclass(frozen=True)
+class CatalogObject:
+    """A schema-level object (an enum or domain type, a sequence) as the
+    catalog remembers it.
+
+    :param id: catalog id, stable for as long as the object keeps its
+        identity.
+    :param schema_id: catalog id of its schema.
+    :param schema_name: name of its schema.
+    :param oid: the backend's identity.
+    :param name: its name.
+    :param kind: ``enum``, ``domain`` or ``sequence``.
+    :param details: by kind: ``{"labels": [...]}`` for an enum; ``{"type",
+        "nullable", "default", "check_constraints"}`` for a domain;
+        ``{"type", "start", "increment", "minimum", "maximum", "cycle",
+        "owner", "owned_by"}`` for a sequence (numbers as text, they may
+        exceed what JSON numbers hold exactly; ``owned_by`` is
+        ``{"table", "column"}`` or ``None``).
+    :param last_synced: when reflection last wrote it.
+    :param deleted: whether it has been dropped.
+    """
+
+    id: int
+    schema_id: int
+    schema_name: str
+    oid: str
+    name: str
+    kind: str
+    details: dict[str, Any]
+    last_synced: datetime
+    deleted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready data, as served by ``GET /objects/<id>``."""
+        return fields_dict(self, renamed={"schema_name": "schema"})

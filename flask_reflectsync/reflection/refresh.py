@@ -38,6 +38,7 @@ import sqlalchemy as sa
 
 from .changes import (
     Change,
+    ObjectDropped,
     SchemaCreated,
     SchemaDropped,
     SchemaRenamed,
@@ -49,6 +50,7 @@ from .changes import (
 from .diff import Changed, ColumnChange, Created, Dropped, diff_schemas, diff_tables
 from .event_trigger import current_epoch
 from .models import CatalogSchema
+from .objects import ObjectStore
 from .rows import schema_snapshot
 from .snapshot import CatalogReader, LiveTable, SchemaSnapshot
 from .store import SCHEMAS_SCOPE, CatalogStore, tables_scope
@@ -77,6 +79,7 @@ class Written:
         tuple[int, tuple[ColumnChange, ...], tuple[str, ...]]
     ] = field(default_factory=list)
     tables_dropped: list[int] = field(default_factory=list)
+    objects_dropped: list[int] = field(default_factory=list)
     columns_later: dict[int, LiveTable] = field(default_factory=dict)
     now: datetime = field(default_factory=_now)
 
@@ -96,6 +99,7 @@ class Refresh:
         self.store = store
         self.reader = reader
         self.exclude = tuple(exclude)
+        self.objects = ObjectStore(store.t) if store.t.objects is not None else None
 
     # -- entry points -----------------------------------------------------------
 
@@ -205,6 +209,14 @@ class Refresh:
         # A dropped schema's tables are announced before it.
         changes += [TableDropped(loaded[i]) for i in dropped
                     if loaded[i].schema_id in written.schemas_dropped]
+        if written.objects_dropped and self.objects is not None:
+            changes += [
+                ObjectDropped(item)
+                for item in self.objects.dropped_with_schemas(
+                    connection, written.objects_dropped,
+                    {i: schemas[i].name for i in written.schemas_dropped},
+                )
+            ]
         changes += [SchemaDropped(schemas[i]) for i in written.schemas_dropped]
         changes += [TableCreated(loaded[i]) for i in created]
         changes += [TableRenamed(loaded[i], old, new) for i, old, new in renamed]
@@ -254,6 +266,10 @@ class Refresh:
         lost = store.drop_schemas(connection, written.schemas_dropped)
         store.drop_tables(connection, lost, now)
         written.tables_dropped = lost
+        if self.objects is not None:
+            written.objects_dropped = self.objects.drop_with_schemas(
+                connection, written.schemas_dropped, now
+            )
         store.store_probe(connection, SCHEMAS_SCOPE, fingerprint, now)
         return written
 
@@ -309,14 +325,17 @@ class Refresh:
         unchanged = settled | {
             row.oid for row in stored if digests.get(row.oid) == row.digest
         }
-        # Described again but unchanged: remember the new version.
+        # Described again but unchanged: remember the new version, and the
+        # new rename hint (a table MariaDB copied for an ALTER it does not
+        # show, or TRUNCATE, gets a new InnoDB id under the same name).
         store.store_versions(
             connection,
             [
-                (row.id, live[row.oid].version)
+                (row.id, live[row.oid].version, live[row.oid].rename_hint)
                 for row in stored
                 if row.oid in live and digests[row.oid] == row.digest
-                and live[row.oid].version != row.version
+                and (live[row.oid].version != row.version
+                     or live[row.oid].rename_hint != row.rename_hint)
             ],
         )
         stale = [row for row in stored if row.oid not in unchanged]
@@ -330,7 +349,12 @@ class Refresh:
 
         written = Written()
         created_oids = {t_.oid for t_ in arriving} - {t_.oid for t_ in compared}
-        for difference in diff_tables(old, [t_.snapshot() for t_ in compared]):
+        for difference in diff_tables(
+            old,
+            [t_.snapshot() for t_ in compared],
+            by_name=getattr(self.reader, "identity_by_name", False),
+            hints_are_ids=getattr(self.reader, "rename_hints_are_ids", False),
+        ):
             if isinstance(difference, Created):
                 created_oids.add(difference.new.oid)
             elif isinstance(difference, Changed):
@@ -338,6 +362,12 @@ class Refresh:
                     connection, difference.catalog_id, live[difference.new.oid],
                     difference.new, digests[difference.new.oid], now,
                     columns_written=difference.catalog_id in columns_written,
+                    renamed_columns={
+                        change.after.oid: change.before.oid
+                        for change in difference.columns
+                        if change.kind == "renamed"
+                        and change.before is not None and change.after is not None
+                    },
                 )
                 if difference.renamed:
                     written.tables_renamed.append(
@@ -390,6 +420,10 @@ class Refresh:
 
     def _excluded(self, name: str) -> bool:
         return any(fnmatchcase(name, pattern) for pattern in self.exclude)
+
+    def excluded(self, name: str) -> bool:
+        """Whether ``name`` matches one of the patterns the catalog ignores."""
+        return self._excluded(name)
 
     def _settled_tables(
         self,

@@ -20,7 +20,8 @@ from .snapshot import (
 
 #: The table attributes stored as JSON, in the order :func:`catalog_table`
 #: takes them.
-JSON_ATTRIBUTES = ("primary_key", "foreign_keys", "unique_constraints")
+JSON_ATTRIBUTES = ("primary_key", "foreign_keys", "unique_constraints",
+                   "check_constraints", "indexes", "triggers", "privileges")
 
 
 def schema_snapshot(schema: CatalogSchema) -> SchemaSnapshot:
@@ -77,7 +78,8 @@ def catalog_table(
     :param columns: its column records, or ``None`` for a summary.
     :param compared: its schema's last full comparison.
     """
-    primary_key, foreign_keys, unique_constraints = attributes
+    (primary_key, foreign_keys, unique_constraints, checks, indexes, triggers,
+     privileges) = attributes
     return CatalogTable(
         id=row.id,
         schema_id=row.schema_id,
@@ -92,6 +94,11 @@ def catalog_table(
         last_synced=synced(row.last_synced, compared),
         deleted=bool(row.deleted),
         columns=columns,
+        check_constraints=tuple(checks or ()),
+        indexes=tuple(indexes or ()),
+        definition=row.definition,
+        triggers=tuple(triggers or ()),
+        privileges=None if privileges is None else tuple(privileges),
     )
 
 
@@ -107,6 +114,11 @@ def stored_snapshot(row: Any) -> TableSnapshot:
         foreign_keys=row.foreign_keys,
         unique_constraints=row.unique_constraints,
         rename_hint=row.rename_hint,
+        check_constraints=row.check_constraints,
+        indexes=row.indexes,
+        definition=row.definition,
+        triggers=row.triggers,
+        privileges=row.privileges,
     )
 
 
@@ -127,6 +139,11 @@ def table_values(
         "primary_key": list(table.primary_key),
         "foreign_keys": [key.to_dict() for key in table.foreign_keys],
         "unique_constraints": [u.to_dict() for u in table.unique_constraints],
+        "check_constraints": [c.to_dict() for c in table.check_constraints],
+        "indexes": [i.to_dict() for i in table.indexes],
+        "definition": table.definition,
+        "triggers": [t.to_dict() for t in table.triggers],
+        "privileges": None if table.privileges is None else list(table.privileges),
         "digest": digest,
         "columns_json": live.columns,
         "version": live.version,

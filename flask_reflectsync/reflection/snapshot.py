@@ -12,7 +12,8 @@ Identities (``oid``) are strings on every backend:
 - PostgreSQL: the ``pg_namespace`` / ``pg_class`` oid; a column's identity is
   its ``attnum``.
 - SQLite and MariaDB/MySQL: the name. See :mod:`.diff` for how renames are
-  recognised there.
+  recognised there (SQLite: the root page; MariaDB/MySQL: the InnoDB table
+  id; columns by position and type).
 """
 
 from __future__ import annotations
@@ -144,6 +145,95 @@ class UniqueConstraint:
 
 
 @dataclass(frozen=True)
+class CheckConstraint:
+    """A CHECK constraint of a table (column-level ones included).
+
+    :param name: constraint name, ``None`` where the backend has none.
+    :param expression: the condition as the backend spells it
+        (``price > 0``).
+    """
+
+    name: str | None
+    expression: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The constraint as JSON-ready data."""
+        return fields_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckConstraint:
+        """The inverse of :meth:`to_dict`."""
+        return cls(name=data["name"], expression=data["expression"])
+
+
+@dataclass(frozen=True)
+class Index:
+    """An index of a table, other than those behind its primary key and its
+    unique constraints (which show as those; on MariaDB/MySQL every unique
+    index is a unique constraint) and, on MariaDB/MySQL, the one InnoDB made
+    for a foreign key (named as the key, on its columns).
+
+    :param name: index name, ``None`` where the backend makes one up
+        (SQLite's automatic indexes behind inline ``UNIQUE``).
+    :param columns: the indexed column names, or expressions as the backend
+        spells them (``lower(code)``), in key order.
+    :param unique: whether it is a unique index (those behind unique
+        constraints included).
+    :param predicate: a partial index's ``WHERE`` condition, else ``None``.
+    """
+
+    name: str | None
+    columns: tuple[str, ...]
+    unique: bool
+    predicate: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The index as JSON-ready data."""
+        return fields_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Index:
+        """The inverse of :meth:`to_dict`."""
+        return cls(name=data["name"], columns=tuple(data["columns"]),
+                   unique=bool(data["unique"]), predicate=data["predicate"])
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """A trigger on a table or view.
+
+    :param name: trigger name.
+    :param timing: ``BEFORE``, ``AFTER`` or ``INSTEAD OF``.
+    :param events: ``INSERT``, ``UPDATE``, ``DELETE``, ``TRUNCATE``, in that
+        order.
+    :param definition: as the backend spells it: the ``CREATE TRIGGER``
+        statement on PostgreSQL and SQLite, the trigger body on
+        MariaDB/MySQL.
+    """
+
+    name: str
+    timing: str
+    events: tuple[str, ...]
+    definition: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The trigger as JSON-ready data."""
+        return fields_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Trigger:
+        """The inverse of :meth:`to_dict`."""
+        return cls(name=data["name"], timing=data["timing"],
+                   events=tuple(data["events"]), definition=data["definition"])
+
+
+#: The privileges a table's ``privileges`` lists, in this order, where the
+#: backend has them (TRUNCATE is PostgreSQL's).
+PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES",
+              "TRIGGER")
+
+
+@dataclass(frozen=True)
 class TableSnapshot:
     """A table, view or materialized view as the database reports it.
 
@@ -157,7 +247,16 @@ class TableSnapshot:
     :param unique_constraints: unique constraints, sorted.
     :param rename_hint: on backends whose identity is the name, something a
         rename keeps and a new table almost never shares (SQLite: the root
-        page); ``None`` where there is nothing of the sort.
+        page, ``"<page>"``; MariaDB/MySQL: the InnoDB table id,
+        ``"innodb:<id>"``); ``None`` where there is nothing of the sort.
+    :param check_constraints: CHECK constraints, sorted.
+    :param indexes: indexes (see :class:`Index` for those left out), sorted.
+    :param definition: a view's or materialized view's query as the backend
+        spells it; ``None`` for tables.
+    :param triggers: triggers, sorted by name.
+    :param privileges: what the connected role may do with it, from
+        :data:`PRIVILEGES`; ``None`` where the backend has no privileges
+        (SQLite).
     """
 
     oid: str
@@ -169,6 +268,11 @@ class TableSnapshot:
     foreign_keys: tuple[ForeignKey, ...] = ()
     unique_constraints: tuple[UniqueConstraint, ...] = ()
     rename_hint: str | None = field(default=None, compare=False)
+    check_constraints: tuple[CheckConstraint, ...] = ()
+    indexes: tuple[Index, ...] = ()
+    definition: str | None = None
+    triggers: tuple[Trigger, ...] = ()
+    privileges: tuple[str, ...] | None = None
 
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
@@ -200,6 +304,12 @@ class LiveTable:
     :param version: where the reader has them, a cheap token that changes
         whenever the catalog rows behind the table change (see
         :meth:`CatalogReader.read_versions`); not part of the digest.
+    :param check_constraints: a JSON array of :meth:`CheckConstraint.to_dict`
+        objects, sorted.
+    :param indexes: a JSON array of :meth:`Index.to_dict` objects, sorted.
+    :param definition: as :attr:`TableSnapshot.definition` (plain text).
+    :param triggers: a JSON array of :meth:`Trigger.to_dict` objects, sorted.
+    :param privileges: a JSON array of privilege names, or ``null``.
     """
 
     oid: str
@@ -212,6 +322,11 @@ class LiveTable:
     unique_constraints: str = "[]"
     rename_hint: str | None = None
     version: str | None = None
+    check_constraints: str = "[]"
+    indexes: str = "[]"
+    definition: str | None = None
+    triggers: str = "[]"
+    privileges: str = "null"
 
     def digest(self) -> str:
         """A short hash of everything a user sees of the table.
@@ -230,6 +345,11 @@ class LiveTable:
                 self.primary_key,
                 self.foreign_keys,
                 self.unique_constraints,
+                self.check_constraints,
+                self.indexes,
+                "\x00" if self.definition is None else self.definition,
+                self.triggers,
+                self.privileges,
             )
         )
         return hashlib.sha1(described.encode("utf-8")).hexdigest()
@@ -246,6 +366,11 @@ class LiveTable:
             foreign_keys=json.loads(self.foreign_keys),
             unique_constraints=json.loads(self.unique_constraints),
             rename_hint=self.rename_hint,
+            check_constraints=json.loads(self.check_constraints),
+            indexes=json.loads(self.indexes),
+            definition=self.definition,
+            triggers=json.loads(self.triggers),
+            privileges=json.loads(self.privileges),
         )
 
     @classmethod
@@ -264,6 +389,13 @@ class LiveTable:
             foreign_keys=_encode([key.to_dict() for key in table.foreign_keys]),
             unique_constraints=_encode([u.to_dict() for u in table.unique_constraints]),
             rename_hint=table.rename_hint,
+            check_constraints=_encode([c.to_dict() for c in table.check_constraints]),
+            indexes=_encode([i.to_dict() for i in table.indexes]),
+            definition=table.definition,
+            triggers=_encode([t.to_dict() for t in table.triggers]),
+            privileges=_encode(
+                None if table.privileges is None else list(table.privileges)
+            ),
         )
 
 
@@ -278,6 +410,11 @@ def table_snapshot(
     foreign_keys: Sequence[dict[str, Any]],
     unique_constraints: Sequence[dict[str, Any]],
     rename_hint: str | None,
+    check_constraints: Sequence[dict[str, Any]] | None = (),
+    indexes: Sequence[dict[str, Any]] | None = (),
+    definition: str | None = None,
+    triggers: Sequence[dict[str, Any]] | None = (),
+    privileges: Sequence[str] | None = None,
 ) -> TableSnapshot:
     """A :class:`TableSnapshot` from its constraints as decoded JSON (as a
     :class:`LiveTable` and a catalog row hold them).
@@ -285,6 +422,11 @@ def table_snapshot(
     :param primary_key: the key's column names.
     :param foreign_keys: :meth:`ForeignKey.to_dict` objects.
     :param unique_constraints: :meth:`UniqueConstraint.to_dict` objects.
+    :param check_constraints: :meth:`CheckConstraint.to_dict` objects
+        (``None``: none, as a catalog row from before they were reflected).
+    :param indexes: :meth:`Index.to_dict` objects (likewise).
+    :param triggers: :meth:`Trigger.to_dict` objects (likewise).
+    :param privileges: privilege names, or ``None``.
     """
     return TableSnapshot(
         oid=oid,
@@ -298,6 +440,13 @@ def table_snapshot(
             UniqueConstraint.from_dict(u) for u in unique_constraints
         ),
         rename_hint=rename_hint,
+        check_constraints=tuple(
+            CheckConstraint.from_dict(c) for c in check_constraints or ()
+        ),
+        indexes=tuple(Index.from_dict(i) for i in indexes or ()),
+        definition=definition,
+        triggers=tuple(Trigger.from_dict(t) for t in triggers or ()),
+        privileges=None if privileges is None else tuple(privileges),
     )
 
 
@@ -334,7 +483,15 @@ def decode_columns(text: str | None) -> tuple[ColumnSnapshot, ...]:
 
 class CatalogReader(Protocol):
     """Reads one backend's system catalog. Every method is one short
-    conversation with the database; none of them writes."""
+    conversation with the database; none of them writes.
+
+    Two optional class attributes (read with ``getattr``, ``False`` when
+    missing) tell the diff how far identities go: ``identity_by_name``
+    (tables and columns are known by name, so a dropped and an added column
+    may be paired as a rename by their shape) and ``rename_hints_are_ids``
+    (a shared :attr:`TableSnapshot.rename_hint` alone proves one table
+    renamed; see :mod:`.diff`).
+    """
 
     #: The SQLAlchemy dialect name this reader serves.
     dialect: str

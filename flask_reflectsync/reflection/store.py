@@ -212,18 +212,21 @@ class CatalogStore:
         # The JSON attributes come as text and are decoded in one call: a
         # listing of thousands of tables spent more on decoding them one by
         # one than on the query.
+        width = len(JSON_ATTRIBUTES)
         rows = connection.execute(
             sa.select(
                 t.c.id, t.c.schema_id, t.c.oid, t.c.name, t.c.kind, t.c.comment,
                 t.c.last_synced, t.c.deleted, s.c.name.label("schema_name"),
-                *(sa.cast(t.c[name], sa.Text).label(name) for name in JSON_ATTRIBUTES),
+                t.c.definition,
+                *(sa.func.coalesce(sa.cast(t.c[name], sa.Text), "null").label(name)
+                  for name in JSON_ATTRIBUTES),
             )
             .join(s, s.c.id == t.c.schema_id)
             .where(where)
             .order_by(t.c.name, t.c.id)
         ).all()
         decoded = json.loads(
-            "[" + ",".join(",".join(row[-3:]) for row in rows) + "]"
+            "[" + ",".join(",".join(row[-width:]) for row in rows) + "]"
         )
         compared = self.compared_at(
             connection, {row.schema_id for row in rows if not row.deleted}
@@ -244,7 +247,7 @@ class CatalogStore:
         return [
             catalog_table(
                 row,
-                decoded[3 * i: 3 * i + 3],
+                decoded[width * i: width * i + width],
                 tuple(columns.get(row.id, ())) if with_columns else None,
                 None if row.deleted else compared.get(row.schema_id),
             )
@@ -317,10 +320,11 @@ class CatalogStore:
 
     def live_table_rows(self, connection: sa.Connection, schema_id: int) -> list[Any]:
         """A schema's live tables as a refresh first compares them: ``id``,
-        ``oid``, ``name``, ``digest`` and ``version``."""
+        ``oid``, ``name``, ``digest``, ``version`` and ``rename_hint``."""
         t = self.t.tables
         return list(connection.execute(
-            sa.select(t.c.id, t.c.oid, t.c.name, t.c.digest, t.c.version).where(
+            sa.select(t.c.id, t.c.oid, t.c.name, t.c.digest, t.c.version,
+                      t.c.rename_hint).where(
                 t.c.schema_id == schema_id, sa.not_(t.c.deleted)
             )
         ).all())
@@ -409,13 +413,18 @@ class CatalogStore:
         now: datetime,
         *,
         columns_written: bool,
+        renamed_columns: dict[str, str] | None = None,
     ) -> None:
         """Store a known table as it is now, with its column rows: kept
-        (same column identity) and updated, added, or marked dropped; all
-        written from ``table`` if it had none yet.
+        (same column identity, or renamed) and updated, added, or marked
+        dropped; all written from ``table`` if it had none yet.
 
         :param columns_written: whether the table has column rows.
+        :param renamed_columns: ``{new oid: old oid}`` of the columns paired
+            as renamed where identities are names: each keeps its row (and
+            its catalog id) under its new identity.
         """
+        renames = renamed_columns or {}
         t, c = self.t.tables, self.t.columns
         values = table_values(live, table, digest, now)
         if not columns_written:
@@ -437,7 +446,7 @@ class CatalogStore:
         }
         added: set[str] = set()
         for column in table.columns:
-            column_id = existing.pop(column.oid, None)
+            column_id = existing.pop(renames.get(column.oid, column.oid), None)
             if column_id is None:
                 added.add(column.oid)
             else:
@@ -471,19 +480,24 @@ class CatalogStore:
         self.write_columns(connection, table_ids)
 
     def store_versions(
-        self, connection: sa.Connection, versions: Sequence[tuple[int, str | None]]
+        self,
+        connection: sa.Connection,
+        versions: Sequence[tuple[int, str | None, str | None]],
     ) -> None:
-        """Remember new versions of tables found unchanged otherwise.
+        """Remember new versions and rename hints of tables found unchanged
+        otherwise.
 
-        :param versions: ``(catalog id, version)``.
+        :param versions: ``(catalog id, version, rename hint)``.
         """
         if not versions:
             return
         t = self.t.tables
         connection.execute(
             t.update().where(t.c.id == sa.bindparam("table_id"))
-            .values(version=sa.bindparam("new_version")),
-            [{"table_id": i, "new_version": v} for i, v in versions],
+            .values(version=sa.bindparam("new_version"),
+                    rename_hint=sa.bindparam("new_hint")),
+            [{"table_id": i, "new_version": v, "new_hint": h}
+             for i, v, h in versions],
         )
 
     def write_columns(

@@ -38,6 +38,11 @@ _TABLE_COLUMNS = (
     ("columns_json", "text"),
     ("rename_hint", "text"),
     ("version", "text"),
+    ("check_constraints", "json"),
+    ("indexes", "json"),
+    ("definition", "text"),
+    ("triggers", "json"),
+    ("privileges", "json"),
 )
 _COLUMN_COLUMNS = (
     ("table_id", "int"),
@@ -171,6 +176,11 @@ def insert_tables(
             [t.columns for t in tables],
             [t.rename_hint for t in tables],
             [t.version for t in tables],
+            [t.check_constraints for t in tables],
+            [t.indexes for t in tables],
+            [t.definition for t in tables],
+            [t.triggers for t in tables],
+            [t.privileges for t in tables],
         ]
         result = _unnest_insert(
             connection,
@@ -200,6 +210,11 @@ def insert_tables(
                 "columns_written": columns_written,
                 "rename_hint": t.rename_hint,
                 "version": t.version,
+                "check_constraints": json.loads(t.check_constraints),
+                "indexes": json.loads(t.indexes),
+                "definition": t.definition,
+                "triggers": json.loads(t.triggers),
+                "privileges": json.loads(t.privileges),
                 "last_synced": now,
                 "deleted": False,
             }

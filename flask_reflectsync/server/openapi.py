@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..reflection.snapshot import PRIVILEGES
 from ..wire.messages import PROTOCOL_VERSION, SCHEMAS
 from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
 from ..wire.signing import HEADER_NODE, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP
@@ -142,7 +143,8 @@ CATALOG_SCHEMAS: dict[str, Any] = {
             "name": {"type": "string"},
             "kind": {
                 "type": "string",
-                "description": "table, view or materialized_view.",
+                "description": "table, view, materialized_view, "
+                "partitioned_table or foreign_table.",
             },
             "comment": _TEXT_OR_NULL,
             "primary_key": {"type": "array", "items": {"type": "string"}},
@@ -155,6 +157,95 @@ CATALOG_SCHEMAS: dict[str, Any] = {
                 "items": _ref("CatalogColumn"),
                 "description": "Only in GET /tables/<id>.",
             },
+            "check_constraints": {
+                "type": "array", "items": _ref("CatalogCheckConstraint"),
+            },
+            "indexes": {
+                "type": "array",
+                "items": _ref("CatalogIndex"),
+                "description": "Not those behind the primary key and the unique "
+                "constraints.",
+            },
+            "definition": {
+                "type": ["string", "null"],
+                "description": "A view's or materialized view's query; null for "
+                "tables.",
+            },
+            "triggers": {"type": "array", "items": _ref("CatalogTrigger")},
+            "privileges": {
+                "type": ["array", "null"],
+                "items": {"type": "string", "enum": list(PRIVILEGES)},
+                "description": "What the role the app connects as may do with "
+                "it; null where the backend has no privileges (SQLite).",
+            },
+        },
+    },
+    "CatalogCheckConstraint": {
+        "type": "object",
+        "required": ["name", "expression"],
+        "properties": {"name": _TEXT_OR_NULL, "expression": {"type": "string"}},
+    },
+    "CatalogIndex": {
+        "type": "object",
+        "required": ["name", "columns", "unique", "predicate"],
+        "properties": {
+            "name": _TEXT_OR_NULL,
+            "columns": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Column names, or expressions as the database "
+                "spells them.",
+            },
+            "unique": {"type": "boolean"},
+            "predicate": {
+                "type": ["string", "null"],
+                "description": "A partial index's WHERE condition.",
+            },
+        },
+    },
+    "CatalogTrigger": {
+        "type": "object",
+        "required": ["name", "timing", "events", "definition"],
+        "properties": {
+            "name": {"type": "string"},
+            "timing": {"type": "string", "enum": ["BEFORE", "AFTER", "INSTEAD OF"]},
+            "events": {
+                "type": "array",
+                "items": {
+                    "type": "string",
+                    "enum": ["INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+                },
+            },
+            "definition": {"type": "string"},
+        },
+    },
+    "CatalogObject": {
+        "type": "object",
+        "required": ["id", "schema_id", "oid", "name", "kind", "details",
+                     "last_synced", "deleted"],
+        "properties": {
+            "id": {"type": "integer"},
+            "schema_id": {"type": "integer"},
+            "schema": {"type": "string"},
+            "oid": {"type": "string"},
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["enum", "domain", "sequence"]},
+            "details": {
+                "type": "object",
+                "description": "enum: labels; domain: type, nullable, default, "
+                "check_constraints; sequence: type, start, increment, minimum, "
+                "maximum (numbers as text), cycle, owner, owned_by.",
+            },
+            "last_synced": _STAMP,
+            "deleted": {"type": "boolean"},
+        },
+    },
+    "ObjectsResponse": {
+        "type": "object",
+        "required": ["ok", "objects"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "objects": {"type": "array", "items": _ref("CatalogObject")},
         },
     },
     "SchemasResponse": {
@@ -232,6 +323,15 @@ def _catalog_paths(base: str) -> dict[str, Any]:
         f"{base}/tables/{{table_id}}": {
             "parameters": [_catalog_id("table_id", "table")],
             "get": table,
+        },
+        f"{base}/schemas/{{schema_id}}/objects": {
+            "parameters": [_catalog_id("schema_id", "schema")],
+            "get": listing(
+                "The enum and domain types and sequences of one schema, renewed "
+                "when they changed.",
+                "ObjectsResponse",
+                (403, 404, 410),
+            ),
         },
     }
 

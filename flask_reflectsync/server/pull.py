@@ -46,6 +46,7 @@ from ..tracking import (
 )
 from ..tracking.columns import decode_columns, union, written_by_server
 from ..tracking.compression import REPLACED
+from ..tracking.numbering import number_versions
 from ..tracking.tables import current_version
 from ..wire.codec import key_codecs, key_from_log, stores_time_zones, table_codecs
 from ..wire.messages import BIGINT_MAX, validate
@@ -83,6 +84,9 @@ def read_page(
     since: int = request["since"]
     limit = min(request.get("limit", page_size), page_size)
     after = _parse_cursor(request.get("cursor"), since)
+    # Versions committed so far get their numbers first (in a transaction of
+    # their own), so the page holds everything committed before the pull.
+    number_versions(session.get_bind(clause=tables.versions), tables)
     check_not_trimmed(session, tables, since, "last pulled version")
     current = current_version(session, tables)
     if since > current:

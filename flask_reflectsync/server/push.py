@@ -52,7 +52,13 @@ from ..errors import (
     ValidationError,
 )
 from ..tracking import LogTables
-from ..tracking.capture import VERSION_ROW_VALUES, ensure_version, has_logged_writes
+from ..tracking.capture import (
+    VERSION_ROW_VALUES,
+    ensure_version,
+    has_logged_writes,
+    lock_numbering,
+)
+from ..tracking.numbering import number_versions
 from ..tracking.tables import TRIMMED_ROW, VERSION_ROW
 from ..wire.codec import stores_time_zones
 from ..wire.messages import validate
@@ -183,7 +189,13 @@ def _push_once(
     push_id: str = request["push_id"]
     stored = stored_push_id(node_id, push_id)
     digest = content_digest(request)
-    dialect = session.get_bind(clause=tables.versions).dialect
+    bind = session.get_bind(clause=tables.versions)
+    # Versions the app committed so far get their numbers, for the rulings
+    # on stale rows to see them (see tracking.numbering); if a numberer is
+    # at work, _lock_counter numbers them later. Before this session takes
+    # its connection: the numbering takes one of its own from the pool.
+    number_versions(bind, tables, wait=False)
+    dialect = bind.dialect
     if dialect.name != "sqlite":
         # Later reads must see what other transactions committed meanwhile,
         # in particular after the counter lock (MySQL defaults to snapshots).
@@ -435,9 +447,5 @@ def _check_version(
 
 
 def _lock_counter(session: Session, tables: LogTables) -> None:
-    counter = tables.counter
-    session.execute(
-        sa.select(counter.c.value)
-        .where(counter.c.id == VERSION_ROW)
-        .with_for_update()
-    )
+    # Numbers what committed meanwhile, so the conflict check sees it all.
+    lock_numbering(session)

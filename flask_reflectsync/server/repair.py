@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from ..errors import ValidationError
 from ..tracking import LogTables
+from ..tracking.numbering import number_versions
 from ..tracking.tables import current_version
 from ..wire.codec import stores_time_zones, table_codecs
 from ..wire.repair import MEDIA_TYPE, end_line, header_line, rows_line, table_line
@@ -47,6 +48,7 @@ def repair_stream(
         columns and lines of rows, then a trailer with the version and the
         rows each table's lines held.
     """
+    number_versions(engine, tables)
     with engine.connect() as connection:
         version = current_version(connection, tables)
         aware = stores_time_zones(connection.dialect)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .capture import OperationLog, start_tracking, stop_tracking
 from .compression import compress, compressed_commands
 from .keys import decode_key, encode_key
+from .numbering import number_versions
 from .registry import TrackedTable, is_tracked, track, tracked_tables, untrack
 from .tables import DELETE, INSERT, UPDATE, LogTables, define_tables
 
@@ -25,6 +26,7 @@ __all__ = [
     "define_tables",
     "encode_key",
     "is_tracked",
+    "number_versions",
     "start_tracking",
     "stop_tracking",
     "track",

@@ -8,12 +8,15 @@ How it works, and why:
   connection. The operations therefore commit or roll back with the data,
   including a SAVEPOINT rollback.
 * The first operation of a transaction also inserts its ``reflectsync_versions``
-  row. Its ``number`` (the version) is handed out in ``before_commit``, after a
-  final flush, by incrementing the one-row counter table. The counter's row
-  lock is held until COMMIT, so version N+1 can only be handed out after N has
-  committed: readers always see versions appear in order, without gaps. The
-  lock is held only for the few milliseconds between ``before_commit`` and
-  COMMIT, not for the whole transaction.
+  row (in the same statement as the operations on PostgreSQL). On PostgreSQL
+  and MySQL it commits un-numbered, and :mod:`.numbering` numbers committed
+  versions later, so tracked writers never wait for each other's COMMIT.
+  On SQLite (and in a transaction that holds the counter lock already, or
+  is joined into a caller's transaction) its ``number`` is handed out in
+  ``before_commit``, after a final flush, by incrementing the one-row
+  counter table, whose row lock is held until COMMIT: version N+1 can only
+  be handed out after N has committed. Either way readers see versions
+  appear in order, without gaps.
 * ``do_orm_execute`` captures bulk ``insert()``, ``update()`` and ``delete()``
   run through ``session.execute``, which bypass flush events.
 * ``after_soft_rollback`` forgets the transaction's version row when the
@@ -52,9 +55,10 @@ from sqlalchemy.orm.base import NO_VALUE, instance_state
 from ..errors import ConfigurationError, TrackingError
 from ..rows import key_filter
 from .columns import encode_columns
+from .numbering import lock_and_number, numbered_after_commit
 from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
 from .tables import DELETE, INSERT, UPDATE, VERSION_ROW, LogTables
-from .writer import insert_operations
+from .writer import insert_operations, insert_version
 
 #: Key in ``session.info`` under which a caller may put extra column values
 #: for the transaction's ``reflectsync_versions`` row (the sync server puts the
@@ -64,6 +68,7 @@ VERSION_ROW_VALUES = "reflectsync.version_row_values"
 _TX_KEY = "reflectsync.tx"
 _ORIGINALS_KEY = "reflectsync.originals"
 _COMMITTING_KEY = "reflectsync.committing"
+_LOCKED_KEY = "reflectsync.counter_locked"
 
 
 @dataclass
@@ -88,6 +93,9 @@ class _TransactionLog:
     version_id: int
     numbered: bool = False
     checked_binds: set[Any] = field(default_factory=set)
+    # Numbered in before_commit (SQLite; or the transaction holds the
+    # counter lock), rather than after commit (see .numbering).
+    at_commit: bool = True
 
 
 @dataclass
@@ -407,18 +415,25 @@ def _equal(a: Any, b: Any) -> bool:
 def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
     tables = log.tables
     connection = session.connection(bind_arguments={"clause": tables.operations})
-    tx = _transaction_log(session, log, connection)
-    _check_binds(session, connection, tx, batch.tables)
-    insert_operations(
-        connection,
-        tables.operations,
-        tx.version_id,
-        batch.names,
-        batch.keys,
-        batch.commands,
-        batch.changed_columns(),
-    )
-    if session.info.get(_COMMITTING_KEY) and not tx.numbered:
+    tx: _TransactionLog | None = session.info.get(_TX_KEY)
+    checked = tx.checked_binds if tx is not None else set()
+    _check_binds(session, connection, checked, batch.tables)
+    if tx is None:
+        # The version row and the first operations, in one statement where
+        # the backend allows.
+        tx = _transaction_log(session, log, connection, batch)
+        tx.checked_binds = checked
+    else:
+        insert_operations(
+            connection,
+            tables.operations,
+            tx.version_id,
+            batch.names,
+            batch.keys,
+            batch.commands,
+            batch.changed_columns(),
+        )
+    if session.info.get(_COMMITTING_KEY) and tx.at_commit and not tx.numbered:
         # Written by a flush that ran after before_commit (another listener
         # added objects): number it now, the commit follows.
         _assign_number(connection, log, tx)
@@ -494,8 +509,13 @@ def ensure_version(session: Session) -> int:
 
 
 def _transaction_log(
-    session: Session, log: OperationLog, connection: sa.Connection
+    session: Session,
+    log: OperationLog,
+    connection: sa.Connection,
+    batch: _Batch | None = None,
 ) -> _TransactionLog:
+    """The transaction's version row, created (with ``batch``'s operations,
+    if given) when it has none yet."""
     tx = session.info.get(_TX_KEY)
     if tx is not None:
         return tx  # type: ignore[no-any-return]
@@ -503,26 +523,66 @@ def _transaction_log(
         "created_at": datetime.datetime.now(datetime.timezone.utc)
     }
     values.update(session.info.get(VERSION_ROW_VALUES) or {})
-    result = connection.execute(log.tables.versions.insert().values(**values))
-    assert result.inserted_primary_key is not None
-    (version_id,) = result.inserted_primary_key
+    tables = log.tables
+    first = batch or _Batch()
+    version_id = insert_version(
+        connection,
+        tables.versions,
+        tables.operations,
+        values,
+        first.names,
+        first.keys,
+        first.commands,
+        first.changed_columns(),
+    )
     owner = session.get_nested_transaction() or session.get_transaction()
     assert owner is not None
-    tx = _TransactionLog(owner=owner, version_id=version_id)
+    at_commit = (
+        bool(session.info.get(_LOCKED_KEY))
+        or not numbered_after_commit(connection.dialect)
+        # A session joined into a caller's transaction (a test fixture's
+        # outer transaction, never committed): numbered at commit, inside
+        # it, as a numberer in a transaction of its own could not see it.
+        or isinstance(session.get_bind(clause=tables.operations), sa.Connection)
+    )
+    tx = _TransactionLog(owner=owner, version_id=version_id, at_commit=at_commit)
     session.info[_TX_KEY] = tx
     return tx
+
+
+def lock_numbering(session: Session) -> None:
+    """Lock the version counter for the rest of the session's transaction,
+    and number every version committed so far.
+
+    For the sync server's push: after it, the log holds a number for every
+    committed version (so a conflict check sees them all), and no version
+    can be numbered by anyone else until the transaction ends; the
+    transaction's own version is numbered at its commit. The transaction
+    must read committed data (``READ COMMITTED``).
+
+    :param session: a tracked session, or a scoped session (``db.session``).
+    """
+    session, log = _tracked(session)
+    connection = session.connection(bind_arguments={"clause": log.tables.operations})
+    tx: _TransactionLog | None = session.info.get(_TX_KEY)
+    lock_and_number(
+        connection, log.tables, own=None if tx is None else tx.version_id
+    )
+    session.info[_LOCKED_KEY] = True
+    if tx is not None:
+        tx.at_commit = True
 
 
 def _check_binds(
     session: Session,
     connection: sa.Connection,
-    tx: _TransactionLog,
+    checked: set[Any],
     touched: Iterable[TrackedTable],
 ) -> None:
     # The operations must commit with the data, so both must live in the same
     # database and go through the same connection.
     for mapper in {info.mapper for info in touched}:
-        if mapper in tx.checked_binds:
+        if mapper in checked:
             continue
         # Compare engines: a session may be bound to a Connection.
         if session.get_bind(mapper=mapper).engine is not connection.engine:
@@ -531,7 +591,7 @@ def _check_binds(
                 "the operations log; tracked models must share the bind of the "
                 "extension's tables."
             )
-        tx.checked_binds.add(mapper)
+        checked.add(mapper)
 
 
 def _assign_number(
@@ -576,12 +636,15 @@ def _before_commit(session: Session) -> None:
     log = _log_for(session)
     if log is None or not log.assign_versions:
         return
+    tx = session.info.get(_TX_KEY)
+    if tx is not None and not tx.at_commit:
+        return  # numbered after commit (see .numbering)
     # The commit's own final flush runs after this hook; flush now so every
     # operation of the transaction exists before its version is numbered.
     session.flush()
     session.info[_COMMITTING_KEY] = True
     tx = session.info.get(_TX_KEY)
-    if tx is not None and not tx.numbered:
+    if tx is not None and tx.at_commit and not tx.numbered:
         connection = session.connection(
             bind_arguments={"clause": log.tables.operations}
         )
@@ -610,6 +673,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     if transaction.parent is None:
         session.info.pop(_TX_KEY, None)
         session.info.pop(_COMMITTING_KEY, None)
+        session.info.pop(_LOCKED_KEY, None)
 
 
 # -- bulk statements ---------------------------------------------------------------

@@ -28,10 +28,12 @@ class LogTables:
 
     :param versions: one row per committed transaction that touched tracked
         rows. ``id`` is assigned when the transaction first logs an operation;
-        ``number`` is the version, assigned just before commit under a lock.
+        ``number`` is the version, assigned under the counter lock: after
+        commit on PostgreSQL and MySQL, just before it on SQLite (see
+        :mod:`.numbering`).
     :param operations: one row per insert, update or delete of a tracked row.
     :param counter: a single row holding the last version number handed out;
-        its row lock serialises version assignment until commit.
+        its row lock serialises version numbering.
     :param nodes: the server's registered offline nodes
         (``reflectsync_nodes``, defined by
         :func:`flask_reflectsync.server.nodes.define_server_log`); ``None`` in
@@ -76,8 +78,9 @@ def define_tables(
             primary_key=True,
             autoincrement=True,
         ),
-        # NULL while the transaction is in flight; set under the counter lock
-        # right before COMMIT, so numbers become visible in commit order.
+        # NULL until numbered under the counter lock (after COMMIT on
+        # PostgreSQL and MySQL, right before it on SQLite; see numbering.py),
+        # so a reader never sees a later number before an earlier one.
         sa.Column("number", sa.BigInteger, nullable=True, unique=True),
         sa.Column("node_id", sa.Integer, *node_reference, nullable=True),
         # The node-chosen id of the push that created this version, so a retried

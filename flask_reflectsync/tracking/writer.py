@@ -16,7 +16,8 @@ processing (every value is already a plain ``int`` or ``str``):
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -169,3 +170,79 @@ def _insert_with_changed(
                 for n, k, c, w in zip(names, keys, commands, changed, strict=True)
             ],
         )
+
+
+def insert_version(
+    connection: sa.Connection,
+    versions: sa.Table,
+    operations: sa.Table,
+    values: Mapping[str, Any],
+    names: Sequence[str],
+    keys: Sequence[str],
+    commands: Sequence[str],
+    changed: Sequence[str | None] | None = None,
+) -> int:
+    """Insert a transaction's ``reflectsync_versions`` row, with its first
+    operations (which may be none), and return the row's id.
+
+    On PostgreSQL both go in one statement (the version row's insert is a
+    common table expression the operations select from); elsewhere the
+    version row is one plain statement and the operations another. The
+    statements are written for the driver directly: compiling them through
+    SQLAlchemy would cost more than the round trip they save.
+
+    :param values: the version row's columns, by column key.
+    :param changed: as for :func:`insert_operations`.
+    """
+    dialect = connection.dialect
+    preparer = dialect.identifier_preparer
+    target = preparer.format_table(versions)
+    names_sql = ", ".join(preparer.quote(versions.c[name].name) for name in values)
+    params = list(values.values())
+    if dialect.paramstyle not in ("pyformat", "format") or dialect.name not in (
+        "postgresql",
+        "mysql",
+    ):
+        result = connection.execute(versions.insert().values(**values))
+        assert result.inserted_primary_key is not None
+        (version_id,) = result.inserted_primary_key
+        insert_operations(
+            connection, operations, version_id, names, keys, commands, changed
+        )
+        return int(version_id)
+    marks = ", ".join(["%s"] * len(params))
+    if dialect.name == "postgresql":
+        if not keys:
+            return int(
+                connection.exec_driver_sql(
+                    f"INSERT INTO {target} ({names_sql}) VALUES ({marks}) RETURNING id",
+                    tuple(params),
+                ).scalar_one()
+            )
+        ops = preparer.format_table(operations)
+        arrays: list[Any] = [list(names), list(keys), list(commands)]
+        fields: tuple[str, ...] = _COLUMNS
+        if changed is not None:
+            arrays.append(list(changed))
+            fields = (*_COLUMNS, _CHANGED)
+        columns = ", ".join(preparer.quote(name) for name in fields)
+        letters = "nkcw"[: len(arrays)]
+        return int(
+            connection.exec_driver_sql(
+                f"WITH v AS (INSERT INTO {target} ({names_sql}) VALUES ({marks}) "
+                f"RETURNING id), o AS (INSERT INTO {ops} ({columns}) "
+                f"SELECT v.id, {', '.join('t.' + x for x in letters)} FROM v, "
+                f"unnest({', '.join(['%s::text[]'] * len(arrays))}) "
+                f"AS t({', '.join(letters)})) "
+                "SELECT id FROM v",
+                (*params, *arrays),
+            ).scalar_one()
+        )
+    result = connection.exec_driver_sql(
+        f"INSERT INTO {target} ({names_sql}) VALUES ({marks})", tuple(params)
+    )
+    version_id = int(result.lastrowid)
+    insert_operations(
+        connection, operations, version_id, names, keys, commands, changed
+    )
+    return version_id

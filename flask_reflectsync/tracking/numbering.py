@@ -1,0 +1,204 @@
+"""Numbering versions after their transactions committed.
+
+A version's ``number`` is what pulls page by and what nodes remember. The
+guarantees (see :doc:`/design`, "Version numbering"):
+
+1. only committed versions are numbered, and a number, once visible, never
+   changes;
+2. numbers are gap-free, and the counter row (``reflectsync_version_counter``
+   row 1) always equals the highest committed number;
+3. a reader that saw counter value ``C`` has every version ``<= C`` fully
+   visible, and every version numbered later gets a number ``> C``: no
+   puller ever skips one.
+
+On SQLite (one writer at a time) a transaction is still numbered in
+``before_commit``, under the write lock it holds anyway. On PostgreSQL and
+MySQL / MariaDB a tracked transaction commits its version with ``number``
+NULL and takes no shared lock at all; :func:`number_versions` numbers the
+committed ones later in a short transaction of its own: it locks the counter
+row, reads the un-numbered versions it can see (a plain read sees only
+committed rows), numbers them in ``id`` order from the counter on, moves the
+counter and commits. Numberers queue on the counter row for the length of
+that one small transaction, never behind an application's commit. Pulls,
+trims and repairs call it first, so they see everything committed before
+they started; a push calls :func:`lock_and_number` inside its own
+transaction, so its conflict check sees every committed version, and its
+own version is numbered at its commit under the lock it already holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+
+from .tables import VERSION_ROW, LogTables
+
+#: Backends on which versions are numbered after commit.
+AFTER_COMMIT = ("postgresql", "mysql")
+
+#: How many versions one UPDATE numbers on backends without window
+#: functions in UPDATE (MySQL / MariaDB).
+_CHUNK = 500
+
+
+def numbered_after_commit(dialect: sa.Dialect) -> bool:
+    """Whether versions on this backend are numbered after commit (by
+    :func:`number_versions`) rather than in ``before_commit``."""
+    return dialect.name in AFTER_COMMIT
+
+
+def number_versions(
+    bind: sa.Engine | sa.Connection, tables: LogTables, *, wait: bool = True
+) -> None:
+    """Number every committed, un-numbered version, in a transaction of its
+    own.
+
+    Safe to call from any number of processes at once. It costs one
+    statement when nothing is waiting to be numbered, and otherwise one
+    short transaction holding the counter row's lock. On backends that
+    number at commit it does nothing.
+
+    Only for a server's log (``assign_versions``): a node's un-numbered
+    versions are its push queue.
+
+    :param bind: an engine, or a connection whose engine is used (the
+        numbering never runs inside the connection's own transaction).
+    :param tables: the server's log tables.
+    :param wait: wait for the counter lock if another transaction holds it
+        (the default). With ``False`` the numbering is left to the holder
+        and later numberers: for a caller that only wants fresher numbers
+        and takes the lock itself later (a push).
+    """
+    engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    if not numbered_after_commit(engine.dialect):
+        return
+    with engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            connection = connection.execution_options(
+                isolation_level="READ COMMITTED"
+            )
+        else:
+            # Every read of the numbering must see what committed before it,
+            # the counter lock's previous holder included; applies to the
+            # next transaction only, so nothing is left to reset.
+            connection.exec_driver_sql(
+                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+            )
+        versions = tables.versions
+        waiting = connection.execute(
+            sa.select(versions.c.id).where(versions.c.number.is_(None)).limit(1)
+        ).first()
+        if waiting is None:
+            connection.rollback()
+            return
+        skip = not wait and _skips_locked(connection.dialect)
+        base = lock_counter(connection, tables, skip_locked=skip)
+        if base is not None:
+            _number_locked(connection, tables, base)
+        connection.commit()
+
+
+def lock_and_number(
+    connection: sa.Connection, tables: LogTables, *, own: int | None = None
+) -> int:
+    """Inside the caller's transaction: lock the counter row (held until that
+    transaction ends) and number the committed versions waiting, leaving out
+    the caller's own version ``own``.
+
+    The transaction must read committed data (``READ COMMITTED``). On
+    backends that number at commit it only takes the lock.
+
+    :return: the counter's value after numbering.
+    """
+    base = lock_counter(connection, tables)
+    assert base is not None
+    if not numbered_after_commit(connection.dialect):
+        return base
+    return _number_locked(connection, tables, base, own=own)
+
+
+def lock_counter(
+    connection: sa.Connection, tables: LogTables, *, skip_locked: bool = False
+) -> int | None:
+    """Lock the counter row until the transaction ends; return its value
+    (the row is created if a migration left it out).
+
+    :param skip_locked: return ``None`` at once if another transaction
+        holds the lock.
+    """
+    counter = tables.counter
+    locked = (
+        sa.select(counter.c.value)
+        .where(counter.c.id == VERSION_ROW)
+        .with_for_update(skip_locked=skip_locked)
+    )
+    value = connection.execute(locked).scalar()
+    if value is None and skip_locked:
+        present = sa.select(counter.c.id).where(counter.c.id == VERSION_ROW)
+        if connection.execute(present).first() is not None:
+            return None  # held by another transaction
+    if value is None:
+        # Two first numberers racing here make one fail loudly on the
+        # primary key, never hand out a number twice.
+        connection.execute(sa.insert(counter).values(id=VERSION_ROW, value=0))
+        value = connection.execute(locked).scalar()
+    return int(value or 0)
+
+
+def _skips_locked(dialect: sa.Dialect) -> bool:
+    """Whether the backend knows ``FOR UPDATE SKIP LOCKED``."""
+    version = tuple(getattr(dialect, "server_version_info", None) or ())
+    if dialect.name == "postgresql":
+        return True
+    if getattr(dialect, "is_mariadb", False):
+        return version[:2] >= (10, 6)
+    return version[:1] >= (8,)
+
+
+def _number_locked(
+    connection: sa.Connection, tables: LogTables, base: int, *, own: int | None = None
+) -> int:
+    """Number the waiting versions from ``base`` on, under the counter lock
+    (already held), and move the counter; return its new value."""
+    versions, counter = tables.versions, tables.counter
+    if connection.dialect.name == "postgresql":
+        # One statement: a new snapshot, taken after the lock was granted,
+        # so it sees every version the lock's previous holder numbered.
+        v = connection.dialect.identifier_preparer.format_table(versions)
+        c = connection.dialect.identifier_preparer.format_table(counter)
+        skip = "" if own is None else " AND id <> %(own)s"
+        moved = connection.exec_driver_sql(
+            f"WITH waiting AS (SELECT id, row_number() OVER (ORDER BY id) AS n "
+            f"FROM {v} WHERE number IS NULL{skip}), "
+            f"numbered AS (UPDATE {v} AS v SET number = %(base)s + waiting.n "
+            "FROM waiting WHERE v.id = waiting.id RETURNING 1) "
+            f"UPDATE {c} SET value = %(base)s + (SELECT count(*) FROM numbered) "
+            "WHERE id = %(row)s RETURNING value",
+            {"base": base, "own": own, "row": VERSION_ROW},
+        ).scalar_one()
+        return int(moved)
+    waiting_query = sa.select(versions.c.id).where(versions.c.number.is_(None))
+    if own is not None:
+        waiting_query = waiting_query.where(versions.c.id != own)
+    waiting = list(connection.execute(waiting_query.order_by(versions.c.id)).scalars())
+    if not waiting:
+        return base
+    for start in range(0, len(waiting), _CHUNK):
+        ids = waiting[start : start + _CHUNK]
+        numbers: dict[Any, Any] = {
+            version_id: base + start + n + 1 for n, version_id in enumerate(ids)
+        }
+        value: Any = (
+            numbers[ids[0]]
+            if len(ids) == 1
+            else sa.case(numbers, value=versions.c.id)
+        )
+        connection.execute(
+            sa.update(versions).where(versions.c.id.in_(ids)).values(number=value)
+        )
+    top = base + len(waiting)
+    connection.execute(
+        sa.update(counter).where(counter.c.id == VERSION_ROW).values(value=top)
+    )
+    return top
