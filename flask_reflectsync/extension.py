@@ -74,6 +74,8 @@ class AppState:
         were derived from (see :func:`~.tracking.registry.registry_state`).
     :param limits: the per-address limits of the sync routes, made on first
         use (see :mod:`.blueprints.limits`).
+    :param nonce_sweeps: when each node's old nonces were last deleted
+        (:class:`~.server.nodes.NonceSweeps`), made on first use.
     """
 
     extension: ReflectSync
@@ -84,6 +86,7 @@ class AppState:
     settings: tuple[Any, ServerSettings] | None = None
     schema: tuple[tuple[int, int, int], TrackedSchema] | None = None
     limits: Any = None
+    nonce_sweeps: Any = None
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:

@@ -104,6 +104,30 @@ def test_a_retry_after_the_log_was_trimmed_past_it_gets_the_stored_answer(
     assert first.pull(since=1).status_code == 410
 
 
+def test_a_new_push_from_behind_the_trimmed_mark_is_refused_with_410(
+    server: ServerEnv,
+) -> None:
+    # Its conflicts would be searched in versions the trim emptied: the push
+    # must be refused (the node repairs), not judged on a log with holes.
+    seeder, behind = server.node(), server.node()
+    seeded = seeder.push(
+        [{"table": "city", "key": [1], "command": "i"}],
+        {"city": {"columns": ["id", "name", "population"], "rows": [[1, "Lima", 1]]}},
+    )
+    assert seeded.status_code == 200, seeded.text
+    assert seeder.push(*_set_population(1, 20), last_version=1).status_code == 200
+    runner = server.env.app.test_cli_runner()
+    trimmed = runner.invoke(args=["reflectsync", "trim", "--through", "2"])
+    assert trimmed.exit_code == 0, trimmed.output
+
+    answer = behind.push(*_set_population(1, 10), last_version=1)
+    assert answer.status_code == 410, answer.text
+    assert answer.json()["code"] == "log.trimmed"
+    assert _population(server, 1) == 20
+    at_the_mark = behind.push(*_set_population(1, 30), last_version=2)
+    assert at_the_mark.status_code == 200, at_the_mark.text
+
+
 def _seed_country_and_city(server: ServerEnv) -> None:
     node = server.node()
     answer = node.push(

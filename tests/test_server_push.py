@@ -414,6 +414,43 @@ def test_newer_versions_on_other_rows_do_not_block_a_push(server: ServerEnv) -> 
     assert answer.json()["version"] == 3
 
 
+def test_a_conflict_past_the_first_thousand_keys_is_found(server: ServerEnv) -> None:
+    # The conflict scan names the pushed keys in its WHERE, a batch of 1,000
+    # at a time: a stale row in a later batch, or in another table of the
+    # same batch, must still be found.
+    writer, behind = server.node(), server.node()
+    rows = [[i, f"c{i}"] for i in range(1, 1501)]
+    ops = [{"table": "city", "key": [i], "command": "i"} for i, _ in rows]
+    country, payload = insert("country", {"id": 1, "name": "Peru"})
+    answer = writer.push(
+        [*ops, country],
+        {**payload, "city": {"columns": ["id", "name"], "rows": rows}},
+    )
+    assert answer.status_code == 200, answer.text
+    behind.last_version = 1
+    changed = [{"table": "city", "key": [1400], "command": "u"}]
+    changed_rows = {"city": {"columns": ["id", "name"], "rows": [[1400, "x"]]}}
+    assert writer.push(changed, changed_rows, last_version=1).status_code == 200
+    op, payload = insert("country", {"id": 1, "name": "Peru?"})
+    assert (
+        writer.push([{**op, "command": "u"}], payload, last_version=1).status_code
+        == 200
+    )
+
+    updates = [{"table": "city", "key": [i], "command": "u"} for i, _ in rows]
+    answer = behind.push(
+        [*updates, {"table": "country", "key": [1], "command": "u"}],
+        {
+            "city": {"columns": ["id", "name"], "rows": [[i, "y"] for i, _ in rows]},
+            "country": {"columns": ["id", "name"], "rows": [[1, "Chile"]]},
+        },
+    )
+    assert answer.status_code == 409, answer.text
+    assert sorted(
+        (c["table"], c["key"], c["version"]) for c in answer.json()["conflicts"]
+    ) == [("city", [1400], 2), ("country", [1], 3)]
+
+
 def test_changes_made_by_the_app_on_the_server_conflict_too(server: ServerEnv) -> None:
     node = server.node()
     assert node.push(*_country_and_cities()).status_code == 200

@@ -10,12 +10,15 @@ back when anything fails (:func:`_committed`). The one exception is
 :func:`~flask_reflectsync.server.push.push`, which owns its transactions
 (see its docstring). A signed request's nonce is committed on its own,
 before the request is served, so that it stays recorded when the request
-then fails.
+then fails; a node's expired nonces are deleted once per signature window
+and process (:class:`~flask_reflectsync.server.nodes.NonceSweeps`), not on
+every request.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -208,12 +211,21 @@ def _authenticate(settings: ServerSettings, body: bytes) -> int:
     except AuthenticationError:
         failures.count(request.remote_addr)
         raise
-    try:
-        with _committed() as session:
-            nodes.forget_old_nonces(session, nonces, settings, node_id)
-    except sa.exc.OperationalError:
-        pass  # lost a lock race (rolled back); the next request does it
+    if _sweeps().due(node_id, settings, time.monotonic()):
+        try:
+            with _committed() as session:
+                nodes.forget_old_nonces(session, nonces, settings, node_id)
+        except sa.exc.OperationalError:
+            pass  # lost a lock race (rolled back); a later request does it
     return node_id
+
+
+def _sweeps() -> nodes.NonceSweeps:
+    """This app's record of when each node's old nonces were deleted."""
+    state = _state()
+    if state.nonce_sweeps is None:
+        state.nonce_sweeps = nodes.NonceSweeps()
+    return state.nonce_sweeps  # type: ignore[no-any-return]
 
 
 def _schema() -> TrackedSchema:

@@ -16,6 +16,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -314,6 +315,36 @@ def _remember_nonce(
         ) from None
 
 
+class NonceSweeps:
+    """When this process last deleted each node's old nonces, so that it
+    does so once per signature window (``signature_max_age`` seconds) and
+    node rather than on every request: two round trips (a ``DELETE`` and
+    its commit) off the hot path of every signed request.
+
+    A nonce is kept at least twice the window (see :func:`forget_old_nonces`),
+    so deleting late never lets a replay in: by then its timestamp is refused.
+    The table holds at most about three windows of each node's requests.
+    Per process and thread-safe; each worker sweeps the nodes it serves.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def due(self, node_id: int, settings: ServerSettings, now: float) -> bool:
+        """Whether ``node_id``'s old nonces should be deleted now (and, if
+        so, note that they are).
+
+        :param now: a monotonic clock reading, in seconds.
+        """
+        with self._lock:
+            last = self._last.get(node_id)
+            if last is not None and now - last < settings.signature_max_age:
+                return False
+            self._last[node_id] = now
+            return True
+
+
 def forget_old_nonces(
     session: Session,
     nonces: sa.Table,
@@ -326,8 +357,9 @@ def forget_old_nonces(
     timestamp would be refused), without committing.
 
     Housekeeping for its own transaction, after the request's nonce is
-    committed: if it loses a lock race (``OperationalError``), the caller
-    rolls it back and the next request does it.
+    committed, when :meth:`NonceSweeps.due` says so: if it loses a lock
+    race (``OperationalError``), the caller rolls it back and a later
+    request does it.
     """
     moment = now or _now()
     expired = moment - datetime.timedelta(seconds=2 * settings.signature_max_age)

@@ -59,7 +59,7 @@ from ..tracking.capture import (
     lock_numbering,
 )
 from ..tracking.numbering import number_versions
-from ..tracking.tables import current_version
+from ..tracking.tables import TRIMMED_ROW, VERSION_ROW
 from ..wire.codec import stores_time_zones
 from ..wire.messages import validate
 from .push_apply import _ADVANCE_SEQUENCE as _ADVANCE_SEQUENCE
@@ -203,7 +203,9 @@ def _push_once(
             bind_arguments={"clause": tables.versions},
             execution_options={"isolation_level": "READ COMMITTED"},
         )
-    answer = _answer_for(session, tables, stored, push_id, digest)
+    # One statement: the push id's stored version (a retry) and the counter.
+    first = _first_look(session, tables, stored)
+    answer = _stored_answer(session, tables, first.stored, push_id, digest)
     if answer is not None:
         session.rollback()
         return PushOutcome(answer, applied=False)
@@ -219,7 +221,7 @@ def _push_once(
         )
 
     try:
-        _check_version(session, tables, last_version)
+        _check_version(session, tables, last_version, first)
         _find_restores(session, changes)
         ruled, resolved = _rule_stale_rows(
             session, tables, changes, node_id, last_version, strategies
@@ -239,7 +241,8 @@ def _push_once(
         # Recorded even when its operations changed nothing (deletes of rows
         # already gone): the push id must stay, for retries to be answered,
         # with the same rulings.
-        store_rulings(session, tables, ensure_version(session), resolved)
+        version_id = ensure_version(session)
+        store_rulings(session, tables, version_id, resolved)
         _lock_counter(session, tables)
         conflicts = find_conflicts(
             session, tables, changes, node_id, last_version, ruled
@@ -277,9 +280,8 @@ def _push_once(
     finally:
         session.info.pop(VERSION_ROW_VALUES, None)
 
-    answer = _answer_for(session, tables, stored, push_id, digest)
+    answer = _applied_answer(session, tables, version_id, push_id, resolved)
     session.rollback()
-    assert answer is not None
     return PushOutcome(answer, applied=True)
 
 
@@ -298,6 +300,52 @@ def content_digest(request: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
+@dataclass(frozen=True)
+class _FirstLook:
+    """What a push reads before anything else, in one statement.
+
+    :param stored: the version row stored under the push id (``id``,
+        ``number``, ``push_digest``), or ``None``.
+    :param current: the latest committed version.
+    :param trimmed: the version the log is trimmed through.
+    """
+
+    stored: Any
+    current: int
+    trimmed: int
+
+
+def _first_look(session: Session, tables: LogTables, stored: str) -> _FirstLook:
+    """The push id's stored version row and the two counter rows, in one
+    round trip (a left join from a one-row table, so the counters come back
+    whether or not the id is stored)."""
+    versions, counter = tables.versions, tables.counter
+
+    def value(row: int) -> sa.ScalarSelect[Any]:
+        return sa.select(counter.c.value).where(counter.c.id == row).scalar_subquery()
+
+    found = (
+        sa.select(versions.c.id, versions.c.number, versions.c.push_digest)
+        .where(versions.c.push_id == stored)
+        .subquery()
+    )
+    one = sa.select(sa.literal(1).label("one")).subquery()
+    row = session.execute(
+        sa.select(
+            value(VERSION_ROW).label("current"),
+            value(TRIMMED_ROW).label("trimmed"),
+            found.c.id,
+            found.c.number,
+            found.c.push_digest,
+        ).select_from(one.outerjoin(found, sa.true()))
+    ).one()
+    return _FirstLook(
+        stored=row if row.id is not None else None,
+        current=int(row.current or 0),
+        trimmed=int(row.trimmed or 0),
+    )
+
+
 def _answer_for(
     session: Session, tables: LogTables, stored: str, push_id: str, digest: str
 ) -> dict[str, Any] | None:
@@ -306,12 +354,27 @@ def _answer_for(
     :raises PushIdReusedError: if the id was applied with other content
         (versions from before digests were stored match any content).
     """
-    versions, operations = tables.versions, tables.operations
+    versions = tables.versions
     row = session.execute(
         sa.select(versions.c.id, versions.c.number, versions.c.push_digest).where(
             versions.c.push_id == stored
         )
     ).first()
+    return _stored_answer(session, tables, row, push_id, digest)
+
+
+def _stored_answer(
+    session: Session,
+    tables: LogTables,
+    row: Any,
+    push_id: str,
+    digest: str,
+) -> dict[str, Any] | None:
+    """The answer of the push stored as version ``row`` (``None``: none is).
+
+    :raises PushIdReusedError: if the id was applied with other content
+        (versions from before digests were stored match any content).
+    """
     if row is None:
         return None
     if row.push_digest is not None and row.push_digest != digest:
@@ -322,6 +385,7 @@ def _answer_for(
             "the first attempt sent, and new changes need a new push id.",
             push_id=push_id,
         )
+    operations = tables.operations
     count = session.execute(
         sa.select(sa.func.count())
         .select_from(operations)
@@ -338,14 +402,47 @@ def _answer_for(
     return answer
 
 
-def _check_version(session: Session, tables: LogTables, last_version: int) -> None:
+def _applied_answer(
+    session: Session,
+    tables: LogTables,
+    version_id: int,
+    push_id: str,
+    resolved: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The answer of the push just committed as version row ``version_id``:
+    its number and operation count in one query, the rulings as they were
+    stored. A retry hears the same from :func:`_stored_answer`."""
+    versions, operations = tables.versions, tables.operations
+    count = (
+        sa.select(sa.func.count())
+        .select_from(operations)
+        .where(operations.c.version_id == versions.c.id)
+        .scalar_subquery()
+    )
+    row = session.execute(
+        sa.select(versions.c.number, count).where(versions.c.id == version_id)
+    ).one()
+    answer: dict[str, Any] = {
+        "push_id": push_id,
+        "version": row[0],
+        "operations": row[1],
+    }
+    if resolved:
+        answer["resolved"] = resolved
+    return answer
+
+
+def _check_version(
+    session: Session, tables: LogTables, last_version: int, first: _FirstLook
+) -> None:
     # Conflicts are found in the log after last_version: it must still be there.
-    check_not_trimmed(session, tables, last_version, "last pulled version")
-    current = current_version(session, tables)
-    if last_version > current:
+    check_not_trimmed(
+        session, tables, last_version, "last pulled version", done=first.trimmed
+    )
+    if last_version > first.current:
         raise ValidationError(
             f"last_version {last_version} is newer than the server's latest "
-            f"version {current}; the node must repair from this server."
+            f"version {first.current}; the node must repair from this server."
         )
 
 

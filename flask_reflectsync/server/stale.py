@@ -44,6 +44,9 @@ from ..tracking import DELETE, INSERT, UPDATE, LogTables
 from ..tracking.columns import ColumnSet, decode_columns, union
 from ..tracking.tables import PREFIX
 
+#: How many pushed keys one conflict query names.
+KEY_BATCH = 1000
+
 #: The kinds of direct conflict (as in :attr:`~flask_reflectsync.client.Conflict.kind`).
 UPDATE_UPDATE = "update/update"
 UPDATE_DELETE = "update/delete"  # the node updated, the server deleted
@@ -90,49 +93,66 @@ def stale_rows(
 ) -> dict[tuple[str, Hashable], StaleRow]:
     """The pushed rows another writer changed after ``last_version``.
 
-    The scan reads the operations of the versions after ``last_version``
-    once, so its cost grows with how far behind the node is, not with the
-    size of the log. The node's own versions never count.
+    A plain query per batch of :data:`KEY_BATCH` pushed keys (one for a
+    small push), the keys in its ``WHERE``: it walks the versions after
+    ``last_version`` by their unique ``number`` index and their operations
+    by the ``version_id`` index, so its cost grows with how far behind the
+    node is and with the push, never with the size of the log, and what it
+    returns is only the operations of pushed rows. (It once read every
+    operation after ``last_version`` through a server-side cursor, which
+    PostgreSQL plans for a fast first row: with stale statistics that walked
+    the whole log, 27.7 ms against 0.29 ms at 30,000 operations.) The
+    node's own versions never count.
 
     :param keys: per table, the pushed keys by their log text
-        (:func:`~flask_reflectsync.tracking.keys.encode_key`), each mapped to
+        (:func:`~flask_reflectsync.tracking.encode_key`), each mapped to
         the key the caller wants back.
     :return: by ``(table, key)``, what happened to the row.
     """
-    if not keys:
-        return {}
     versions, operations = tables.versions, tables.operations
-    query = (
-        sa.select(
-            operations.c.table_name,
-            operations.c.row_key,
-            operations.c.command,
-            versions.c.number,
-            operations.c.changed_columns,
-        )
-        .join(versions, versions.c.id == operations.c.version_id)
-        .where(
-            versions.c.number > last_version,
-            sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
-            operations.c.table_name.in_(list(keys)),
-        )
-        .execution_options(yield_per=5000)
-    )
+    pairs = [(name, text) for name, by_text in keys.items() for text in by_text]
     found: dict[tuple[str, Hashable], StaleRow] = {}
-    for table_name, row_key, command, number, changed in session.execute(query):
-        key = keys[table_name].get(row_key)
-        if key is None:
-            continue
-        columns = decode_columns(changed) if command == UPDATE else None
-        seen = found.get((table_name, key))
-        if seen is None:
-            found[(table_name, key)] = StaleRow(number, command == INSERT, columns)
-        else:
-            found[(table_name, key)] = StaleRow(
-                max(seen.version, number),
-                seen.inserted or command == INSERT,
-                union(seen.columns, columns),
+    for start in range(0, len(pairs), KEY_BATCH):
+        by_table: dict[str, list[str]] = {}
+        for name, text in pairs[start : start + KEY_BATCH]:
+            by_table.setdefault(name, []).append(text)
+        query = (
+            sa.select(
+                operations.c.table_name,
+                operations.c.row_key,
+                operations.c.command,
+                versions.c.number,
+                operations.c.changed_columns,
             )
+            .join(versions, versions.c.id == operations.c.version_id)
+            .where(
+                versions.c.number > last_version,
+                sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
+                sa.or_(
+                    *(
+                        sa.and_(
+                            operations.c.table_name == name,
+                            operations.c.row_key.in_(texts),
+                        )
+                        for name, texts in by_table.items()
+                    )
+                ),
+            )
+        )
+        for table_name, row_key, command, number, changed in session.execute(query):
+            key = keys[table_name].get(row_key)
+            if key is None:
+                continue  # matched by a case-insensitive collation (MySQL)
+            columns = decode_columns(changed) if command == UPDATE else None
+            seen = found.get((table_name, key))
+            if seen is None:
+                found[(table_name, key)] = StaleRow(number, command == INSERT, columns)
+            else:
+                found[(table_name, key)] = StaleRow(
+                    max(seen.version, number),
+                    seen.inserted or command == INSERT,
+                    union(seen.columns, columns),
+                )
     return found
 
 

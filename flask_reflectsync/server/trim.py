@@ -84,13 +84,21 @@ def trim(connection: sa.Connection, tables: LogTables, through: int) -> int:
 
 
 def check_not_trimmed(
-    session: sa.Connection | sa.orm.Session, tables: LogTables, since: int, what: str
+    session: sa.Connection | sa.orm.Session,
+    tables: LogTables,
+    since: int,
+    what: str,
+    *,
+    done: int | None = None,
 ) -> None:
     """Refuse a node whose ``since`` version lies in the trimmed part of the log.
 
+    :param done: the version trimmed through, if the caller has read it
+        already (see :func:`trimmed_through`); read here otherwise.
     :raises GoneError: (410) telling the node to repair.
     """
-    done = trimmed_through(session, tables)
+    if done is None:
+        done = trimmed_through(session, tables)
     if since < done:
         raise GoneError(
             f"The server trimmed its log through version {done} and this node's "
