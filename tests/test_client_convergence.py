@@ -40,7 +40,19 @@ from sqlalchemy.orm import Session
 from flask_reflectsync import errors
 from flask_reflectsync.client import SyncClient
 
-from .nodes import Cluster
+from .conftest import AppFactory
+from .nodes import Cluster, cluster
+
+
+@pytest.fixture
+def busy_net(make_app: AppFactory, tmp_path: Any) -> Iterator[Cluster]:
+    """The served app, open to as many registrations as the examples make
+    (three nodes each, far more than the default 120 a minute from one
+    address)."""
+    with cluster(
+        make_app, tmp_path, REFLECTSYNC_REGISTRATIONS_PER_MINUTE=1_000_000
+    ) as found:
+        yield found
 
 
 class FlakyNetwork(httpx.BaseTransport):
@@ -304,8 +316,13 @@ PARTS = max(1, int(os.environ.get("REFLECTSYNC_CONVERGENCE_PARTS", "1")))
     seed=0,
 )
 def test_random_offline_histories_converge(
-    net: Cluster, part: int, steps: list[tuple[int, str, int]], loss: float, seed: int
+    busy_net: Cluster,
+    part: int,
+    steps: list[tuple[int, str, int]],
+    loss: float,
+    seed: int,
 ) -> None:
+    net = busy_net
     example = len(getattr(net, "examples", []))
     net.examples = [*getattr(net, "examples", []), example]  # type: ignore[attr-defined]
     nodes, networks = _reset(net, example)

@@ -21,6 +21,10 @@ The fingerprint of the tables is one aggregate over ``information_schema``
 (counts and checksums of the rows describing tables, columns and keys), and
 one over the InnoDB table ids, so that an unchanged database is confirmed
 without transferring it.
+
+The module stays above the layout's ~500 lines on purpose: it is one
+backend's ``information_schema`` queries and the shape-based rename
+pairing they feed, which change together when a catalog field is added.
 """
 
 from __future__ import annotations

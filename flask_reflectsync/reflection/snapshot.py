@@ -14,6 +14,11 @@ Identities (``oid``) are strings on every backend:
 - SQLite and MariaDB/MySQL: the name. See :mod:`.diff` for how renames are
   recognised there (SQLite: the root page; MariaDB/MySQL: the InnoDB table
   id; columns by position and type).
+
+The module stays above the layout's ~500 lines on purpose: the snapshot
+records and their digest are one definition of what "the same table"
+means; every field added to the catalog is added here once, in its record
+and in its digest, side by side.
 """
 
 from __future__ import annotations

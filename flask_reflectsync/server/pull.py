@@ -37,14 +37,12 @@ from ..rows import batches, key_filter
 from ..tracking import (
     DELETE,
     INSERT,
-    UPDATE,
     LogTables,
     TrackedTable,
     compressed_commands,
     decode_key,
     encode_key,
 )
-from ..tracking.columns import decode_columns, union, written_by_server
 from ..tracking.compression import REPLACED
 from ..tracking.numbering import number_versions
 from ..tracking.tables import current_version
@@ -52,6 +50,7 @@ from ..wire.codec import key_codecs, key_from_log, stores_time_zones, synced_cod
 from ..wire.messages import BIGINT_MAX, validate
 from .key_blocks import reserve_key_blocks
 from .nodes import nodes_table
+from .pull_rows import leave_out_own_rows, patched_columns
 from .push_decode import KEY_BATCH
 from .repair import check_repair_accepted as check_repair_accepted
 from .repair import repair_stream as repair_stream
@@ -142,8 +141,8 @@ def read_page(
     commands = compressed_commands(
         names, keys, logged, report_vanished=True, watch_replaced=integer_keyed
     )
-    patched = _patched_columns(names, keys, logged, changed, writers, node_id)
-    _leave_out_own_rows(commands, names, keys, writers, changed, node_id, patched)
+    patched = patched_columns(names, keys, logged, changed, writers, node_id)
+    leave_out_own_rows(commands, names, keys, writers, changed, node_id, patched)
     changes: dict[str, Any] = {}
     for name, keyed in commands.items():
         info = schema.get(name)
@@ -253,7 +252,7 @@ def _table_changes(
 
     :param commands: compressed commands by logged key text.
     :param patched: by logged key text, the columns an update changed (see
-        :func:`_patched_columns`); rows not named are whole.
+        :func:`.pull_rows.patched_columns`); rows not named are whole.
     """
     codecs = list(synced_codecs(info, aware_storage=aware).values())
     pk_codecs = key_codecs(info, codecs)
@@ -410,91 +409,6 @@ def _current_rows(
         for column, more in zip(found, _columns(session, query, ()), strict=True):
             column += more
     return found
-
-
-def _patched_columns(
-    names: Sequence[str],
-    keys: Sequence[str],
-    logged: Sequence[str],
-    changed: Sequence[str | None],
-    writers: Sequence[int | None],
-    node_id: int,
-) -> dict[str, dict[str, frozenset[str] | None]]:
-    """For the rows whose every operation in the page is an update: the
-    columns the node must hear about.
-
-    Those are the columns other writers changed, less the ones the node
-    wrote itself after them: a node that pushed ``note`` while the server's
-    app changed ``count`` hears of ``count`` alone, and a row it changed
-    last in every column it has as it is (an empty set: left out of the
-    page). ``None`` is the whole row (an update whose columns are unknown;
-    it stays whole even when the node wrote some columns later). What the
-    server's database changed in the node's own pushed rows (triggers,
-    server defaults, logged in the node's version) counts as another
-    writer's change.
-    """
-    pending: dict[tuple[str, str], frozenset[str] | None] = {}
-    mixed: set[tuple[str, str]] = set()
-    decoded: dict[str | None, frozenset[str] | None] = {}
-    for name, key, command, text, writer in zip(
-        names, keys, logged, changed, writers, strict=True
-    ):
-        ident = (name, key)
-        if command != UPDATE:
-            mixed.add(ident)
-            continue
-        if text not in decoded:
-            decoded[text] = decode_columns(text)
-        columns = decoded[text]
-        seen = pending.get(ident, frozenset())
-        if writer == node_id and not written_by_server(text):
-            if columns is None:
-                pending[ident] = frozenset()
-            else:
-                pending[ident] = None if seen is None else seen - columns
-        else:
-            pending[ident] = union(seen, columns)
-    result: dict[str, dict[str, frozenset[str] | None]] = {}
-    for (name, key), columns in pending.items():
-        if (name, key) not in mixed:
-            result.setdefault(name, {})[key] = columns
-    return result
-
-
-def _leave_out_own_rows(
-    commands: dict[str, dict[str, str]],
-    names: Sequence[str],
-    keys: Sequence[str],
-    writers: Sequence[int | None],
-    changed: Sequence[str | None],
-    node_id: int,
-    patched: Mapping[str, Mapping[str, frozenset[str] | None]],
-) -> None:
-    """Drop from ``commands`` the rows this node changed last: it has them
-    as they are. A row only updated is dropped when no column is left to
-    tell the node of (see :func:`_patched_columns`), and kept otherwise,
-    even when the node wrote last.
-
-    The node's own versions are read with the others', not left out of the
-    scan, so that a row's compressed command sees them: when the server
-    restored a row for the node after another node's delete (a stale push
-    decided for the node, see :ref:`stale-pushes`), the page must not tell
-    the node to delete it.
-    """
-    if node_id not in writers:
-        return
-    last: dict[tuple[str, str], bool] = {}
-    for name, key, writer, text in zip(names, keys, writers, changed, strict=True):
-        # What the database changed in the node's own row is news to it.
-        last[(name, key)] = writer == node_id and not written_by_server(text)
-    for (name, key), own in last.items():
-        columns = patched.get(name, {}).get(key, False)
-        if columns is not False:
-            own = columns == frozenset()
-        if own and name in commands:
-            commands[name].pop(key, None)
-            if not commands[name]:
-                del commands[name]
 
 
 def _columns(
