@@ -26,6 +26,8 @@ from sqlalchemy.orm import Mapped, mapped_column
 from werkzeug.serving import make_server
 
 from flask_reflectsync import track
+from flask_reflectsync.tracking import define_tables
+from flask_reflectsync.tracking.numbering import number_versions
 from flask_reflectsync.wire.repair import MEDIA_TYPE, RepairReader
 from flask_reflectsync.wire.signing import sign_request
 
@@ -250,7 +252,14 @@ def insert(
 
 def database_state(env: AppEnv) -> dict[str, list[tuple[Any, ...]]]:
     """Every row of every table on the app's metadata, sorted: equal states
-    mean nothing was written."""
+    mean nothing was written.
+
+    Committed versions are numbered first, as any pull or push does on
+    PostgreSQL and MySQL (they are numbered after commit): a refused request
+    may number the app's earlier versions, which writes nothing of its own.
+    """
+    if "reflectsync_operations" in env.db.metadata.tables:
+        number_versions(env.db.engine, define_tables(env.db.metadata))
     state = {}
     with env.db.engine.connect() as connection:
         for table in env.db.metadata.sorted_tables:
