@@ -115,14 +115,13 @@ def run(args: argparse.Namespace, app: Flask, db: SQLAlchemy, Wide: Any) -> None
             )
             session.commit()
         client.push()
-        log = client.engine  # the node's own log lives in its database
         for round_ in range(1, args.rounds + 1):
             shape = "patch" if round_ % 2 else "whole"
             with client.Session() as session:
                 session.execute(sa.update(Wide).values(c1=f"round {round_}"))
                 session.commit()
             if shape == "whole":
-                with log.begin() as connection:
+                with engine.begin() as connection:  # the node's own log
                     connection.execute(
                         sa.text(
                             "UPDATE reflectsync_operations SET changed_columns = NULL"

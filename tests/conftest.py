@@ -23,7 +23,8 @@ from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from flask_reflectsync import ReflectSync, track
+from flask_reflectsync import ReflectSync, signals, track
+from flask_reflectsync.client import Conflict
 
 if TYPE_CHECKING:
     from .nodes import Cluster
@@ -219,3 +220,18 @@ def net(make_app: AppFactory, tmp_path: Any) -> Iterator[Cluster]:
 
     with cluster(make_app, tmp_path) as found:
         yield found
+
+
+@pytest.fixture
+def resolved() -> Iterator[list[Conflict]]:
+    """The conflicts announced by ``conflict_resolved`` during the test."""
+    found: list[Conflict] = []
+
+    def receive(sender: Any, conflict: Conflict, **extra: Any) -> None:
+        found.append(conflict)
+
+    signals.conflict_resolved.connect(receive)
+    try:
+        yield found
+    finally:
+        signals.conflict_resolved.disconnect(receive)

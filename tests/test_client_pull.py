@@ -10,14 +10,13 @@ import datetime
 import decimal
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
-from flask_reflectsync import errors, signals
+from flask_reflectsync import errors
 from flask_reflectsync.client import Conflict, SyncClient
 from flask_reflectsync.node.tables import NODE_KEYS
 
@@ -25,20 +24,6 @@ from .nodes import Cluster
 
 # datetime.UTC is Python 3.11; the suite runs on 3.10 too.
 UTC = datetime.timezone.utc
-
-
-@pytest.fixture
-def resolved() -> Iterator[list[Conflict]]:
-    found: list[Conflict] = []
-
-    def receive(sender: Any, conflict: Conflict, **extra: Any) -> None:
-        found.append(conflict)
-
-    signals.conflict_resolved.connect(receive)
-    try:
-        yield found
-    finally:
-        signals.conflict_resolved.disconnect(receive)
 
 
 def _high_water(node: SyncClient, table: str) -> int:

@@ -9,30 +9,14 @@ nodes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from flask_reflectsync import signals
 from flask_reflectsync.client import Conflict, SyncClient
 
 from .nodes import Cluster
-
-
-@pytest.fixture
-def resolved() -> Iterator[list[Conflict]]:
-    found: list[Conflict] = []
-
-    def receive(sender: Any, conflict: Conflict, **extra: Any) -> None:
-        found.append(conflict)
-
-    signals.conflict_resolved.connect(receive)
-    try:
-        yield found
-    finally:
-        signals.conflict_resolved.disconnect(receive)
 
 
 def _seed(net: Cluster, *nodes: SyncClient) -> None:

@@ -6,12 +6,10 @@ server's table, on each backend, and a server-side ``onupdate`` value.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from flask_reflectsync import signals
 from flask_reflectsync.client import Conflict, SyncClient
 
 from .nodes import Cluster
@@ -63,20 +61,6 @@ def upper_names(net: Cluster) -> Iterator[None]:
         with engine.begin() as connection:
             for statement in _DROP[backend]:
                 connection.exec_driver_sql(statement)
-
-
-@pytest.fixture
-def resolved() -> Iterator[list[Conflict]]:
-    found: list[Conflict] = []
-
-    def receive(sender: Any, conflict: Conflict, **extra: Any) -> None:
-        found.append(conflict)
-
-    signals.conflict_resolved.connect(receive)
-    try:
-        yield found
-    finally:
-        signals.conflict_resolved.disconnect(receive)
 
 
 def _names(node: SyncClient) -> list[tuple[int, str]]:
