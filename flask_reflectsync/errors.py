@@ -122,6 +122,46 @@ class InvalidKeyError(InvalidValueError):
     code = "push.invalid_key"
 
 
+class ScopeDeniedError(InvalidValueError):
+    """A push writes outside the node's share (see :doc:`/scopes`): an
+    update or delete of a row outside it, an insert that would land outside
+    it, an update that would move a row out of it (unless the table's rule
+    allows moves), or any write to a read-only table. The push was refused
+    whole with a 403 and nothing was written.
+
+    Envelope: ``{"code": "push.out_of_share", "table": ..., "key": [...],
+    "rule": ...}``; ``rule`` is ``"outside_share"``,
+    ``"insert_outside_share"``, ``"moves_out"`` or ``"read_only"``. A
+    :class:`~flask_reflectsync.SyncClient` sets the refused row aside
+    (:ref:`set-aside`) and pushes the rest, as for a value the server
+    refuses for good.
+    """
+
+    status = 403
+    code = "push.out_of_share"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str,
+        key: list[Any],
+        column: str = "",
+        rule: str = "",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, table=table, key=key, column=column, code=code)
+        self.rule = rule
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "rule": self.rule}
+
+
+class ScopeWarning(UserWarning):
+    """Sync scopes are declared, yet some tracked table has no rule: every
+    node reads and writes all of its rows (see :doc:`/scopes`)."""
+
+
 class ExcludedColumnError(ValidationError):
     """A push or a query names a column kept out of sync
     (``track(exclude=...)`` or ``track(only=...)``): such columns never
@@ -325,6 +365,8 @@ __all__ = [
     "InvalidValueError",
     "InvalidKeyError",
     "ExcludedColumnError",
+    "ScopeDeniedError",
+    "ScopeWarning",
     "PushIdReusedError",
     "AuthenticationError",
     "NotFoundError",

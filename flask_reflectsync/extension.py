@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -10,13 +10,15 @@ from flask import Flask, current_app, has_app_context
 
 from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
-from .blueprints.sync import add_sync_routes
+from .blueprints.sync import add_sync_routes, current_schema
 from .cli import cli
+from .errors import NotFoundError
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
 from .server.key_blocks import define_key_reservations
-from .server.nodes import RegistrationCheck, define_server_log
+from .server.nodes import RegistrationCheck, bind_node, define_server_log
 from .server.schema import TrackedSchema
+from .server.scopes import Scopes, table_scope
 from .server.settings import (
     SERVER_CONFIG_DEFAULTS,
     ServerSettings,
@@ -30,6 +32,8 @@ from .tracking import (
     stop_tracking,
     track,
 )
+from .tracking.capture import TagReader
+from .tracking.registry import TrackedTable
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -142,6 +146,8 @@ class ReflectSync:
         self.db = db
         #: The checks registered with :meth:`registration_check`.
         self.registration_checks: list[RegistrationCheck] = []
+        #: The sync scopes declared with :meth:`scope` (see :doc:`/scopes`).
+        self.scopes = Scopes()
         self.options = {_OPTIONS[name]: value for name, value in options.items()}
         if db is not None:
             define_server_log(db.metadata)
@@ -213,7 +219,9 @@ class ReflectSync:
         tables = define_server_log(db.metadata)
         define_key_reservations(db.metadata)
         define_push_rulings(db.metadata)
-        log = OperationLog(tables=tables, assign_versions=True)
+        log = OperationLog(
+            tables=tables, assign_versions=True, tags=self._share_tag_reader
+        )
         if config["REFLECTSYNC_TRACK_CHANGES"]:
             start_tracking(db.session, _log_of_current_app)
 
@@ -338,6 +346,85 @@ class ReflectSync:
         """
         self.registration_checks.append(check)
         return check
+
+    def scope(
+        self,
+        model: Any,
+        column: Any = None,
+        *,
+        equals: str | None = None,
+        follows: Any = None,
+        read_only: bool = False,
+        hidden: bool = False,
+        moves: bool = False,
+    ) -> None:
+        """Declare which rows of a tracked model each node may read and
+        write (its *share*; see :doc:`/scopes`). One rule per model::
+
+            sync.scope(Survey, Survey.region, equals="region")
+            sync.scope(Answer, follows=Answer.survey_id)
+            sync.scope(Species, read_only=True)
+            sync.scope(Salary, hidden=True)
+
+        :param model: the tracked model (or its ``Table``).
+        :param column: with ``equals``: the column whose value decides the
+            share: a row belongs to the nodes whose principal attribute
+            ``equals`` holds that value (or a list holding it).
+        :param equals: the principal attribute compared with ``column``.
+        :param follows: a foreign key column: a row belongs where the row
+            it references belongs (a chain of ``follows`` rules must end at
+            an ``equals`` rule).
+        :param read_only: every node reads every row; no node may write.
+        :param hidden: no node may read or write the table; sync routes
+            answer as if it were not tracked.
+        :param moves: allow nodes to move a row out of their share with an
+            update (refused by default; the row is then evicted from the
+            node).
+        :raises ConfigurationError: the arguments do not make one rule.
+        """
+        self.scopes.declare(
+            table_scope(
+                model,
+                column,
+                equals=equals,
+                follows=follows,
+                read_only=read_only,
+                hidden=hidden,
+                moves=moves,
+            )
+        )
+
+    def bind_node(
+        self,
+        node_id: int,
+        principal: Mapping[str, Any] | None,
+        *,
+        app: Flask | None = None,
+    ) -> None:
+        """Give a registered node a new principal (the user moved team), and
+        commit. The node's share changes with it: on its next pull it is told
+        to repair (:class:`~flask_reflectsync.SyncClient` does so by itself
+        when nothing is queued), and receives its new share.
+
+        :raises NotFoundError: no node has this id.
+        """
+        state = self.get_state(app)
+        session = state.db.session()
+        try:
+            found = bind_node(session, state.tables, node_id, principal)
+            if not found:
+                raise NotFoundError(f"No registered node has id {node_id}.")
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+
+    def _share_tag_reader(self, info: TrackedTable) -> TagReader | None:
+        """The share tags capture writes for ``info`` (see
+        :class:`~.tracking.capture.OperationLog`)."""
+        if not self.scopes:
+            return None
+        return self.scopes.tag_reader(info, current_schema().tables)
 
     def stop_tracking(self, app: Flask | None = None) -> None:
         """Stop logging changes made through the app's ``db.session``.

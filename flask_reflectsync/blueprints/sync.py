@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +31,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from .. import signals
 from ..errors import (
     AuthenticationError,
+    GoneError,
     PayloadTooLargeError,
     PushRejectedError,
     SyncError,
@@ -37,10 +39,12 @@ from ..errors import (
 from ..server import nodes
 from ..server.openapi import openapi_document
 from ..server.pull import change_count, read_page, record_pulled
+from ..server.pull_scopes import Share
 from ..server.push import push
 from ..server.query import query
 from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
+from ..server.scopes import ScopeNode, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.registry import registry_state
 from ..wire.messages import PROTOCOL_VERSION, decode_body
@@ -228,9 +232,10 @@ def _sweeps() -> nodes.NonceSweeps:
     return state.nonce_sweeps  # type: ignore[no-any-return]
 
 
-def _schema() -> TrackedSchema:
-    """The tracked tables of the app's metadata, derived again only when a
-    class is tracked or untracked or a table is added to the metadata."""
+def current_schema() -> TrackedSchema:
+    """The tracked tables of the current app's metadata, derived again only
+    when a class is tracked or untracked or a table is added to the
+    metadata."""
     state = _state()
     metadata = state.db.metadata
     key = (*registry_state(), len(metadata.tables))
@@ -240,6 +245,36 @@ def _schema() -> TrackedSchema:
     schema = TrackedSchema.of(metadata)
     state.schema = (key, schema)
     return schema
+
+
+@dataclass(frozen=True)
+class _Served:
+    """What a signed request of a node is served from: the tracked tables it
+    may know of (hidden ones left out), its share (``None`` without scopes),
+    and whether its data was served under another principal or other rules
+    (it must repair first) with the digest it is served under now."""
+
+    schema: TrackedSchema
+    share: Share | None
+    stale: bool
+    scoped_as: str | None
+
+
+def _served(node_id: int) -> _Served:
+    state = _state()
+    schema = current_schema()
+    scopes = state.extension.scopes
+    if not scopes:
+        return _Served(schema, None, False, None)
+    scopes.warn_unscoped(schema.tables)
+    with _committed() as session:  # it only reads: ends the transaction
+        principal, scoped_as = nodes.node_principal(session, state.tables, node_id)
+    visible = TrackedSchema(
+        {n: i for n, i in schema.tables.items() if not scopes.hidden(n)}
+    )
+    digest = scopes.digest(principal_text(principal) if principal else None)
+    share = Share(scopes, schema.tables, ScopeNode(node_id, principal))
+    return _Served(visible, share, scoped_as != digest, digest)
 
 
 # -- views ------------------------------------------------------------------------
@@ -252,6 +287,7 @@ def _register() -> Response:
     registrations.count(request.remote_addr)
     settings = _settings()
     message = _message(_body(settings))
+    scopes = state.extension.scopes
     with _committed() as session:
         node = nodes.register_node(
             session,
@@ -259,6 +295,7 @@ def _register() -> Response:
             message,
             settings,
             state.extension.registration_checks,
+            scope_digest=scopes.digest if scopes else None,
         )
     if not node.pop("again", False):  # a retry whose first answer was lost
         _notify(signals.node_registered, node={"id": node["id"], "name": node["name"]})
@@ -271,8 +308,16 @@ def _push() -> Response:
     body = _body(settings)
     node_id = _authenticate(settings, body)
     message = _message(body) if body else None
+    served = _served(node_id)
     try:
-        outcome = push(state.db.session, state.tables, _schema(), node_id, message)
+        outcome = push(
+            state.db.session,
+            state.tables,
+            served.schema,
+            node_id,
+            message,
+            served.share,
+        )
     except SyncError as error:
         push_id = message.get("push_id") if isinstance(message, dict) else None
         _notify(
@@ -294,7 +339,16 @@ def _pull() -> Response:
     body = _body(settings)
     node_id = _authenticate(settings, body)
     message = _message(body)
-    schema = _schema()
+    served = _served(node_id)
+    schema = served.schema
+    if served.stale:
+        raise GoneError(
+            "This node's share changed (its principal was re-bound, or the "
+            "server's sync scopes changed) since its data was served: repair "
+            "it to receive its share as it is now. Nothing queued is lost: "
+            "push first.",
+            code="pull.share_changed",
+        )
     with _committed() as session:
         page = read_page(
             session,
@@ -303,6 +357,7 @@ def _pull() -> Response:
             node_id,
             message,
             page_size=settings.pull_page_size,
+            share=served.share,
         )
         record_pulled(session, state.tables, schema, node_id, page, message)
     _notify(
@@ -321,25 +376,30 @@ def _repair() -> Response:
     settings = _settings()
     node_id = _authenticate(settings, _body(settings))
     check_repair_accepted(request.headers.get("Accept"))
+    served = _served(node_id)
     lines = repair_stream(
         state.db.engine,
         state.tables,
-        _schema(),
+        served.schema,
         chunk_rows=settings.repair_chunk_rows,
         node_id=node_id,
+        share=served.share,
+        scoped_as=served.scoped_as,
     )
     return Response(lines, mimetype=REPAIR_MEDIA_TYPE)
 
 
 def _query() -> Response:
     settings = _settings()
-    _authenticate(settings, _body(settings))
+    node_id = _authenticate(settings, _body(settings))
+    served = _served(node_id)
     with _committed() as session:  # it only reads: ends the transaction
         answer = query(
             session,
-            _schema(),
+            served.schema,
             {name: values for name, values in request.args.lists()},
             page_size=settings.query_page_size,
+            share=served.share,
         )
     return _answer(**answer)
 

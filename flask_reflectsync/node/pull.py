@@ -22,6 +22,7 @@ from . import push as _push
 from . import query as _query
 from . import set_aside as _set_aside
 from .conflicts import Conflict, RememberedResolutions
+from .evict import decode_evictions, evict
 from .merge import MergeResult, PulledTable, merge_page
 from .queue import LocalQueue
 from .results import PullProgress, PullResult
@@ -56,6 +57,7 @@ def pull(
         total: int | None = None
         version = since
         first = True
+        removed = [0]  # rows evicted (see evict.py)
         while True:
             message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "since": since}
             if cursor is not None:
@@ -67,7 +69,11 @@ def pull(
                 message["keys"] = wanted
             try:
                 page = client._call("POST", "/pull", message=message)
-            except GoneError:
+            except GoneError as error:
+                if error.code == SHARE_CHANGED and first and nothing_queued(client):
+                    # Served under another principal or other rules: the
+                    # node's share is copied again (it loses nothing).
+                    return bootstrap(client, progress, on_page)
                 if not first or not never_pulled(client, state):
                     raise
                 return bootstrap(client, progress, on_page)
@@ -75,7 +81,10 @@ def pull(
             if page.get("keys"):
                 _keys.store_blocks(client, page["keys"])
             changes = decode_page(client, page)
-            result = merge(client, changes, page["until"], page["cursor"])
+            evictions = decode_evictions(client, page)
+            result = merge(
+                client, changes, page["until"], page["cursor"], evictions, removed
+            )
             for conflict in result.conflicts:
                 signals.conflict_resolved.send(client, conflict=conflict)
             conflicts += result.conflicts
@@ -94,7 +103,16 @@ def pull(
                 server_version = int(page.get("version", version))
                 on_page(PullProgress(version, server_version, done, total))
             if cursor is None:
-                return PullResult(version, count, conflicts)
+                return PullResult(version, count, conflicts, evicted=removed[0])
+
+
+#: The code of a pull refused because the node's share changed.
+SHARE_CHANGED = "pull.share_changed"
+
+
+def nothing_queued(client: SyncClient) -> bool:
+    """Whether the node has nothing to push (repairing it loses nothing)."""
+    return client._state().push_id is None and client.pending_operations() == 0
 
 
 def never_pulled(client: SyncClient, state: State) -> bool:
@@ -121,7 +139,12 @@ def bootstrap(
 
 
 def merge(
-    client: SyncClient, changes: list[PulledTable], until: int, cursor: str | None
+    client: SyncClient,
+    changes: list[PulledTable],
+    until: int,
+    cursor: str | None,
+    evictions: Mapping[str, list[tuple[Any, ...]]] | None = None,
+    removed: list[int] | None = None,
 ) -> MergeResult:
     """Merge one page in one local transaction, never holding the node's
     write lock while waiting for the server.
@@ -140,6 +163,7 @@ def merge(
         fetch = functools.partial(fetch_known, client, fetched, round_ == _MERGE_ROUNDS)
         try:
             with client._begin() as connection:
+                gone = evict(connection, client, evictions) if evictions else 0
                 result = merge_page(
                     connection,
                     client.schema,
@@ -151,6 +175,8 @@ def merge(
                     _keys.reserved_keys if client.key_blocks else None,
                 )
                 client._set_state(connection, last_version=until, pull_cursor=cursor)
+            if removed is not None:
+                removed[0] += gone
             return result
         except _NeedRows as need:
             found = _query.fetch(client, need.table, need.keys)

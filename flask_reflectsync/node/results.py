@@ -43,13 +43,17 @@ class PullResult:
     :param operations: how many server changes were merged.
     :param conflicts: every conflict found, with its resolution.
     :param repaired: rows copied from the server when the pull bootstrapped
-        a new node (0 when it did not).
+        a new node, or repaired a node whose share changed (0 when it did
+        not).
+    :param evicted: local rows removed because they left the node's share
+        on the server (see :doc:`/scopes`), their children included.
     """
 
     version: int
     operations: int
     conflicts: list[Conflict] = field(default_factory=list)
     repaired: int = 0
+    evicted: int = 0
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from ..wire.signing import (
     signature_matches,
     signed_headers,
 )
+from .scopes import principal_from_text, principal_text
 from .settings import ServerSettings
 
 #: Decides whether a registration may go ahead; receives the validated
@@ -69,6 +70,13 @@ def define_nodes_table(metadata: sa.MetaData) -> sa.Table:
         sa.Column("registered_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("last_pulled_version", sa.BigInteger, nullable=False, default=0),
+        # Whom the node acts for: the attributes the registration check
+        # returned, as canonical JSON (see server.scopes); NULL for none.
+        sa.Column("principal", sa.Text, nullable=True),
+        # The principal and scope rules the node's data was last served
+        # under (a digest); a node whose principal or rules changed since
+        # must repair its share before it pulls again.
+        sa.Column("scoped_as", sa.String(64), nullable=True),
     )
 
 
@@ -107,6 +115,7 @@ def register_node(
     checks: Iterable[RegistrationCheck] = (),
     *,
     now: datetime.datetime | None = None,
+    scope_digest: Callable[[str | None], str] | None = None,
 ) -> dict[str, Any]:
     """Create a node if the registration gates let it in.
 
@@ -116,7 +125,13 @@ def register_node(
     The gates: with ``open_registration`` anyone may register. Otherwise at
     least one gate must be configured and every configured one must pass: the
     registration token must match (compared in constant time), and every
-    check must return a true value.
+    check must return a true value. A check that returns a mapping admits
+    the node and gives its *principal* (whom it acts for, see
+    :mod:`.scopes`); the mappings of several checks are merged in order.
+
+    :param scope_digest: the digest of the scope rules for a stored
+        principal (see :func:`.scopes.Scopes.digest`), recorded as what the
+        node's data is served under.
 
     :return: ``{"id", "name", "secret"}``; the secret is shown only here
         (and to a retry of the same ``registration_id``, with
@@ -128,7 +143,9 @@ def register_node(
     checks = list(checks)
     key = settings.require_secret_key()
     if not settings.open_registration:
-        _admit(registration, settings, checks)
+        principal = _admit(registration, settings, checks)
+    else:
+        principal = None
 
     name = registration.get("name", "")
     # The node's registration id is the salt its secret derives from: a
@@ -151,12 +168,15 @@ def register_node(
                 "again": True,
             }
     salt = chosen or secrets.token_hex(16)
+    stored_principal = principal_text(principal)
     result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
         sa.insert(nodes_table(tables)).values(
             name=name,
             secret_digest=f"{_SCHEME}${salt}",
             registered_at=now or _now(),
             last_pulled_version=0,
+            principal=stored_principal,
+            scoped_as=None if scope_digest is None else scope_digest(stored_principal),
         )
     )
     assert result.inserted_primary_key is not None
@@ -168,7 +188,8 @@ def _admit(
     registration: Mapping[str, Any],
     settings: ServerSettings,
     checks: list[RegistrationCheck],
-) -> None:
+) -> dict[str, Any] | None:
+    """Apply the gates; the principal the checks gave (``None``: none)."""
     token = settings.registration_token
     if token is None and not checks:
         raise RegistrationRefusedError(
@@ -187,11 +208,62 @@ def _admit(
             )
         if not hmac.compare_digest(presented.encode(), str(token).encode()):
             raise RegistrationRefusedError("The registration token is wrong.")
+    principal: dict[str, Any] | None = None
     for check in checks:
-        if not check(registration):
+        verdict = check(registration)
+        if not verdict:
             raise RegistrationRefusedError(
                 "The server's registration check refused this node."
             )
+        if isinstance(verdict, Mapping):
+            principal = {**(principal or {}), **verdict}
+    return principal
+
+
+def bind_node(
+    session: Session,
+    tables: LogTables,
+    node_id: int,
+    principal: Mapping[str, Any] | None,
+) -> bool:
+    """Give node ``node_id`` a new principal, without committing. Its data
+    was served under the old one: the node must repair its share before it
+    pulls again (its ``scoped_as`` is cleared).
+
+    :return: whether the node exists.
+    """
+    nodes = nodes_table(tables)
+    result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
+        sa.update(nodes)
+        .where(nodes.c.id == node_id)
+        .values(principal=principal_text(principal), scoped_as=None)
+    )
+    return bool(result.rowcount)
+
+
+def node_principal(
+    session: Session, tables: LogTables, node_id: int
+) -> tuple[dict[str, Any], str | None]:
+    """The principal of node ``node_id`` and what its data was last served
+    under (``scoped_as``)."""
+    nodes = nodes_table(tables)
+    row = session.execute(
+        sa.select(nodes.c.principal, nodes.c.scoped_as).where(nodes.c.id == node_id)
+    ).first()
+    if row is None:
+        return {}, None
+    return principal_from_text(row.principal), row.scoped_as
+
+
+def record_served_scope(
+    session: Session, tables: LogTables, node_id: int, scoped_as: str
+) -> None:
+    """Note, without committing, that node ``node_id``'s data is now served
+    under ``scoped_as`` (after a repair of its share)."""
+    nodes = nodes_table(tables)
+    session.execute(
+        sa.update(nodes).where(nodes.c.id == node_id).values(scoped_as=scoped_as)
+    )
 
 
 #: The answer to a request signed by no registered node: an unknown node

@@ -37,6 +37,7 @@ from ..rows import batches, key_filter
 from ..tracking import (
     DELETE,
     INSERT,
+    UPDATE,
     LogTables,
     TrackedTable,
     compressed_commands,
@@ -51,6 +52,7 @@ from ..wire.messages import BIGINT_MAX, validate
 from .key_blocks import reserve_key_blocks
 from .nodes import nodes_table
 from .pull_rows import leave_out_own_rows, patched_columns
+from .pull_scopes import RowWalk, Share, entering_children, walk_rows
 from .push_decode import KEY_BATCH
 from .repair import check_repair_accepted as check_repair_accepted
 from .repair import repair_stream as repair_stream
@@ -66,9 +68,14 @@ def read_page(
     message: Any,
     *,
     page_size: int,
+    share: Share | None = None,
 ) -> dict[str, Any]:
     """One page of the changes after the node's version, read without
     writing anything: serving it is recorded by :func:`record_pulled`.
+
+    :param share: the node's share when scopes are declared (see
+        :mod:`.pull_scopes`): only its rows are served, and rows that left
+        it are listed as ``evicted``.
 
     :param page_size: the most operations a page may hold; a request's
         ``limit`` can only lower it.
@@ -96,24 +103,29 @@ def read_page(
         )
 
     versions, operations = tables.versions, tables.operations
+    selected: list[Any] = [
+        versions.c.number,
+        operations.c.id,
+        operations.c.table_name,
+        operations.c.row_key,
+        operations.c.command,
+        versions.c.node_id,
+        operations.c.changed_columns,
+    ]
+    if share is not None:
+        selected += [operations.c.scope_before, operations.c.scope_after]
     served = (
-        sa.select(
-            versions.c.number,
-            operations.c.id,
-            operations.c.table_name,
-            operations.c.row_key,
-            operations.c.command,
-            versions.c.node_id,
-            operations.c.changed_columns,
-        )
+        sa.select(*selected)
         .join(versions, versions.c.id == operations.c.version_id)
         .where(
             _after(versions.c.number, operations.c.id, since, after),
             versions.c.number <= current,
         )
     )
+    if share is not None:
+        served = served.where(share.log_filter(operations))
     query = served.order_by(versions.c.number, operations.c.id).limit(limit + 1)
-    numbers, op_ids, names, keys, logged, writers, changed = _columns(
+    numbers, op_ids, names, keys, logged, writers, changed, *tags = _columns(
         session, query, ("number", "id")
     )
     more = len(numbers) > limit
@@ -126,6 +138,8 @@ def read_page(
         last_number, last_id = numbers[limit - 1], op_ids[limit - 1]
         del names[limit:], keys[limit:], logged[limit:], writers[limit:]
         del changed[limit:]
+        for column in tags:
+            del column[limit:]
         # The last version may continue on the next page.
         until = max(since, last_number - 1)
         cursor: str | None = f"{last_number}:{last_id}"
@@ -142,17 +156,38 @@ def read_page(
         names, keys, logged, report_vanished=True, watch_replaced=integer_keyed
     )
     patched = patched_columns(names, keys, logged, changed, writers, node_id)
+    walk: RowWalk | None = None
+    if share is not None:
+        walk = walk_rows(share, names, keys, logged, tags[0], tags[1])
     leave_out_own_rows(commands, names, keys, writers, changed, node_id, patched)
+    if walk is not None:
+        # A row the node itself moved out of its share still leaves it.
+        for name, key in walk.out_last:
+            if walk.had.get((name, key)) and key not in commands.get(name, {}):
+                commands.setdefault(name, {})[key] = UPDATE
     changes: dict[str, Any] = {}
-    for name, keyed in commands.items():
-        info = schema.get(name)
-        part = (
-            None
-            if info is None
-            else _table_changes(session, info, keyed, aware, patched.get(name, {}))
+    brought: dict[str, dict[str, str]] = {}
+    for name, info in schema.tables.items():
+        keyed = {**brought.pop(name, {}), **commands.get(name, {})}
+        if not keyed:
+            continue
+        scoped = None if share is None else _ShareView(share, walk, name)
+        part = _table_changes(
+            session, info, keyed, aware, patched.get(name, {}), scoped
         )
         if part is not None:
             changes[name] = part
+        if share is not None and scoped is not None and scoped.entered:
+            children = entering_children(session, share, name, scoped.entered)
+            for child, child_keys in children.items():
+                child_info = schema.tables[child]
+                into = brought.setdefault(child, {})
+                for child_key in child_keys:
+                    text = child_info.encode_key(child_key)
+                    into[text] = INSERT
+                    scoped_child = (child, text)
+                    assert walk is not None
+                    walk.had.setdefault(scoped_child, False)
     page: dict[str, Any] = {
         "changes": changes,
         "until": until,
@@ -244,6 +279,7 @@ def _table_changes(
     commands: Mapping[str, str],
     aware: bool,
     patched: Mapping[str, frozenset[str] | None] = {},  # noqa: B006 (read only)
+    scoped: _ShareView | None = None,
 ) -> dict[str, Any] | None:
     """One table's part of a page, in wire form: the current rows of the keys
     inserted or updated, column by column, with their commands, and the
@@ -253,6 +289,9 @@ def _table_changes(
     :param commands: compressed commands by logged key text.
     :param patched: by logged key text, the columns an update changed (see
         :func:`.pull_rows.patched_columns`); rows not named are whole.
+    :param scoped: the node's share of the table: rows outside it are not
+        sent (those the node had are listed in ``evicted``), rows the node
+        did not have are sent as inserts.
     """
     codecs = list(synced_codecs(info, aware_storage=aware).values())
     pk_codecs = key_codecs(info, codecs)
@@ -285,7 +324,9 @@ def _table_changes(
 
     single = len(positions) == 1
     keys = [(typed[i][0] if single else typed[i]) if i in typed else i for i in wanted]
-    values = _current_rows(session, info, keys)
+    values = _current_rows(
+        session, info, keys, None if scoped is None else scoped.condition
+    )
     if integer:
         idents: list[Any] = values[positions[0]]
     else:
@@ -298,7 +339,33 @@ def _table_changes(
         values = [[column[n] for n in kept] for column in values]
         idents = [idents[n] for n in kept]
     found = set(idents)
-    gone += [ident for ident in wanted if ident not in found]
+    missing = [ident for ident in wanted if ident not in found]
+    evicted: list[Any] = []
+    if scoped is not None:
+        text_of = _text_of
+        if missing:
+            # Outside the share now, or gone: the node had the row, or not.
+            asked = [
+                (typed[i][0] if single else typed[i]) if i in typed else i
+                for i in missing
+            ]
+            present = _present_keys(session, info, asked, integer, positions)
+            outside = [i for i in missing if i in present]
+            missing = [i for i in missing if i not in present]
+            evicted = [i for i in outside if scoped.had(text_of(i))]
+        for ident in idents:
+            text = text_of(ident)
+            if not scoped.had(text):
+                wanted[ident] = INSERT
+                scoped.whole.add(text)
+                scoped.entered.append(
+                    typed[ident] if ident in typed else (ident,)
+                )
+            elif scoped.left(text):
+                if wanted[ident] == INSERT:
+                    continue
+                scoped.whole.add(text)
+    gone += missing
     if REPLACED in wanted.values():
         # A new row under an old key: the old row's delete, then the insert.
         gone += [ident for ident in idents if wanted[ident] == REPLACED]
@@ -308,12 +375,8 @@ def _table_changes(
         if not codec.json_as_is:
             encode = codec.encode
             values[i] = [None if v is None else encode(v) for v in values[i]]
-    deleted: list[list[Any]] = [[] for _ in positions]
-    for ident in gone:
-        key = typed[ident] if ident in typed else (ident,)
-        for column, codec, value in zip(deleted, pk_codecs, key, strict=True):
-            column.append(codec.to_json(value))
-    if not idents and not gone:
+    deleted = _wire_keys(gone, typed, pk_codecs, len(positions))
+    if not idents and not gone and not evicted:
         return None
     part: dict[str, Any] = {
         "columns": [c.name for c in codecs],
@@ -321,6 +384,10 @@ def _table_changes(
         "commands": "".join([wanted[ident] for ident in idents]),
         "deleted": deleted,
     }
+    if evicted:
+        part["evicted"] = _wire_keys(evicted, typed, pk_codecs, len(positions))
+    if scoped is not None and scoped.whole:
+        patched = {k: v for k, v in patched.items() if k not in scoped.whole}
     if patched:
         position = {c.name: n for n, c in enumerate(codecs)}
         marks: list[list[int] | None] = []
@@ -335,6 +402,65 @@ def _table_changes(
         if any(mark is not None for mark in marks):
             part["changed"] = marks
     return part
+
+
+class _ShareView:
+    """One table's part of a node's share, while a page is served."""
+
+    def __init__(self, share: Share, walk: RowWalk | None, name: str) -> None:
+        self.name = name
+        self.walk = walk
+        self.condition = share.condition(share.tables[name])
+        #: Logged keys sent whole (entering the share, or back in it).
+        self.whole: set[str] = set()
+        #: Typed keys of rows that entered the share (their children follow).
+        self.entered: list[tuple[Any, ...]] = []
+
+    def had(self, text: str) -> bool:
+        """Whether the node had the row before the page (rows of tables
+        not routed: yes)."""
+        if self.walk is None:
+            return True
+        return self.walk.had.get((self.name, text), True)
+
+    def left(self, text: str) -> bool:
+        return self.walk is not None and (self.name, text) in self.walk.left
+
+
+def _text_of(ident: Any) -> str:
+    """The logged key text of a page row's identity (an integer key, or
+    the text itself)."""
+    return f"[{ident}]" if type(ident) is int else str(ident)
+
+
+def _wire_keys(
+    idents: Sequence[Any],
+    typed: Mapping[str, tuple[Any, ...]],
+    pk_codecs: Sequence[Any],
+    width: int,
+) -> list[list[Any]]:
+    """Keys in wire form, column-wise (as ``deleted`` and ``evicted``)."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for ident in idents:
+        key = typed[ident] if ident in typed else (ident,)
+        for column, codec, value in zip(columns, pk_codecs, key, strict=True):
+            column.append(codec.to_json(value))
+    return columns
+
+
+def _present_keys(
+    session: Session,
+    info: TrackedTable,
+    keys: Sequence[Any],
+    integer: bool,
+    positions: Sequence[int],
+) -> set[Any]:
+    """The identities (as :func:`_table_changes` keeps them) of the rows
+    among ``keys`` that exist, in any share."""
+    values = _current_rows(session, info, keys, key_only=True)
+    if integer:
+        return set(values[0])
+    return {encode_key(k) for k in zip(*values, strict=True)}
 
 
 def _integer_keys(texts: list[str]) -> list[int] | None:
@@ -371,13 +497,22 @@ _ARRAY_KEYS = (sa.Integer, sa.String, sa.Uuid, sa.Date)
 
 
 def _current_rows(
-    session: Session, info: TrackedTable, keys: Sequence[Any]
+    session: Session,
+    info: TrackedTable,
+    keys: Sequence[Any],
+    share_condition: sa.ColumnElement[bool] | None = None,
+    *,
+    key_only: bool = False,
 ) -> list[list[Any]]:
     """The live rows among ``keys`` (values for a one-column key, tuples
     otherwise), column by column (see :func:`_columns`): one ``=
     ANY(array)`` query on PostgreSQL for a one-column key, batched ``IN``
-    queries elsewhere."""
-    table_columns = list(info.synced_columns)
+    queries elsewhere.
+
+    :param share_condition: only rows that also meet it (a node's share).
+    :param key_only: read the key columns only.
+    """
+    table_columns = list(info.pk_columns if key_only else info.synced_columns)
     if not keys:
         return [[] for _ in table_columns]
     pk = list(info.pk_columns)
@@ -401,11 +536,16 @@ def _current_rows(
         else:
             param = sa.bindparam("keys", list(keys), type_=array)
             condition = pk[0] == sa.any_(sa.cast(param, array))
-        return _columns(session, sa.select(*table_columns).where(condition), ())
+        query = sa.select(*table_columns).where(condition)
+        if share_condition is not None:
+            query = query.where(share_condition)
+        return _columns(session, query, ())
     found: list[list[Any]] = [[] for _ in table_columns]
     for batch in batches(keys, KEY_BATCH):
         condition = pk[0].in_(batch) if len(pk) == 1 else key_filter(pk, batch)
         query = sa.select(*table_columns).where(condition)
+        if share_condition is not None:
+            query = query.where(share_condition)
         for column, more in zip(found, _columns(session, query, ()), strict=True):
             column += more
     return found

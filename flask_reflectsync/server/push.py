@@ -62,6 +62,7 @@ from ..tracking.numbering import number_versions
 from ..tracking.tables import TRIMMED_ROW, VERSION_ROW
 from ..wire.codec import stores_time_zones
 from ..wire.messages import validate
+from .pull_scopes import Share
 from .push_apply import _ADVANCE_SEQUENCE as _ADVANCE_SEQUENCE
 from .push_apply import _advance_sequences, _apply, _find_restores
 from .push_apply import existing_keys as existing_keys
@@ -117,6 +118,7 @@ def push(
     schema: TrackedSchema,
     node_id: int,
     message: Any,
+    share: Share | None = None,
 ) -> PushOutcome:
     """Apply one push atomically and exactly once.
 
@@ -140,12 +142,15 @@ def push(
     :param session: the app's tracked session. A transaction that only read
         is ended first; one with writes (pending objects, or logged
         operations) is refused.
+    :param share: the node's share (see :mod:`.scopes`): a push writing
+        outside it is refused whole
+        (:class:`~flask_reflectsync.errors.ScopeDeniedError`).
     :raises ConfigurationError: if the session's transaction holds writes.
     """
     _check_no_writes(session)
     for attempt in range(1, BUSY_TRIES + 1):
         try:
-            return _push_once(session, tables, schema, node_id, message)
+            return _push_once(session, tables, schema, node_id, message, share)
         except ServiceBusyError:
             if attempt == BUSY_TRIES:
                 raise
@@ -172,6 +177,7 @@ def _push_once(
     schema: TrackedSchema,
     node_id: int,
     message: Any,
+    share: Share | None = None,
 ) -> PushOutcome:
     """One try of :func:`push`.
 
@@ -222,6 +228,8 @@ def _push_once(
 
     try:
         _check_version(session, tables, last_version, first)
+        if share is not None:
+            share.check_push(session, changes, written=False)
         _find_restores(session, changes)
         ruled, resolved = _rule_stale_rows(
             session, tables, changes, node_id, last_version, strategies
@@ -238,6 +246,8 @@ def _push_once(
         _advance_sequences(session, changes)
         _apply(session, schema, changes)
         record_database_changes(session, changes, rewriting, before)
+        if share is not None:
+            share.check_push(session, changes, written=True)
         # Recorded even when its operations changed nothing (deletes of rows
         # already gone): the push id must stay, for retries to be answered,
         # with the same rulings.

@@ -21,6 +21,7 @@ from ..errors import NotFoundError, ValidationError
 from ..tracking import TrackedTable
 from ..wire.codec import ColumnCodec, stores_time_zones, synced_codecs
 from ..wire.messages import BIGINT_MAX
+from .pull_scopes import Share
 from .schema import TrackedSchema, excluded_column
 
 #: Query parameters that are not filters.
@@ -44,8 +45,10 @@ def query(
     params: Mapping[str, Sequence[str]],
     *,
     page_size: int,
+    share: Share | None = None,
 ) -> dict[str, Any]:
-    """Rows of one tracked model matching every filter.
+    """Rows of one tracked model matching every filter (and in the node's
+    ``share``, when given).
 
     Only reads; the caller ends the transaction.
 
@@ -86,6 +89,9 @@ def query(
     for name, text in single.items():
         if name not in RESERVED:
             statement = statement.where(_condition(info, codecs, name, text))
+    condition = None if share is None else share.condition(info)
+    if condition is not None:
+        statement = statement.where(condition)
     statement = statement.order_by(*info.pk_columns).limit(limit + 1).offset(offset)
     rows = session.execute(statement).all()
     more = len(rows) > limit

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import sqlalchemy as sa
 
@@ -19,6 +19,7 @@ from ..tracking.tables import current_version
 from ..wire.codec import stores_time_zones, synced_codecs
 from ..wire.repair import MEDIA_TYPE, end_line, header_line, rows_line, table_line
 from .nodes import nodes_table
+from .pull_scopes import Share
 from .schema import TrackedSchema
 
 
@@ -29,6 +30,8 @@ def repair_stream(
     *,
     chunk_rows: int,
     node_id: int | None = None,
+    share: Share | None = None,
+    scoped_as: str | None = None,
 ) -> Iterator[str]:
     """The full content of every tracked table, as lines of newline-delimited
     JSON (framing: :mod:`flask_reflectsync.wire.repair`).
@@ -42,6 +45,10 @@ def repair_stream(
     :param node_id: the node served: once the whole copy has been handed
         over, the server records that node as having pulled up to the
         copy's version (as a pull would).
+    :param share: the node's share: only its rows are copied (see
+        :mod:`.scopes`).
+    :param scoped_as: what the copy is served under (see
+        :meth:`.scopes.Scopes.digest`), recorded for the node with the copy.
     :return: an iterator of lines: a header (``counts`` holds each table's
         row count when the copy starts, a progress total: rows committed
         meanwhile may change it), then per table a line naming it and its
@@ -52,12 +59,19 @@ def repair_stream(
     with engine.connect() as connection:
         version = current_version(connection, tables)
         aware = stores_time_zones(connection.dialect)
-        yield header_line(_row_counts(connection, schema))
+        conditions = {
+            name: None if share is None else share.condition(info)
+            for name, info in schema.tables.items()
+        }
+        yield header_line(_row_counts(connection, schema, conditions))
         sent: dict[str, int] = {}
         for name, info in schema.tables.items():
             codecs = list(synced_codecs(info, aware_storage=aware).values())
             yield table_line(name, [c.name for c in codecs])
             query = sa.select(*info.synced_columns).order_by(*info.pk_columns)
+            condition = conditions[name]
+            if condition is not None:
+                query = query.where(condition)
             result = connection.execution_options(yield_per=chunk_rows).execute(query)
             sent[name] = 0
             for partition in result.partitions():
@@ -70,7 +84,7 @@ def repair_stream(
     if node_id is not None:
         # Reached only when the server took the last line: the node has
         # the whole copy, so nodes and trim's watermark see it as caught up.
-        _record_pulled(engine, tables, node_id, version)
+        _record_pulled(engine, tables, node_id, version, scoped_as)
 
 
 def check_repair_accepted(accept: str | None) -> None:
@@ -89,23 +103,31 @@ def check_repair_accepted(accept: str | None) -> None:
         )
 
 
-def _row_counts(connection: sa.Connection, schema: TrackedSchema) -> dict[str, int]:
-    """Each tracked table's row count, in one round trip."""
+def _row_counts(
+    connection: sa.Connection,
+    schema: TrackedSchema,
+    conditions: Mapping[str, sa.ColumnElement[bool] | None],
+) -> dict[str, int]:
+    """Each tracked table's row count (in the share), in one round trip."""
     names = list(schema.tables)
     if not names:
         return {}
-    counts = [
-        sa.select(sa.func.count())
-        .select_from(schema.tables[name].table)
-        .scalar_subquery()
-        for name in names
-    ]
+    counts = []
+    for name in names:
+        count = sa.select(sa.func.count()).select_from(schema.tables[name].table)
+        if conditions.get(name) is not None:
+            count = count.where(conditions[name])  # type: ignore[arg-type]
+        counts.append(count.scalar_subquery())
     found = connection.execute(sa.select(*counts)).one()
     return {name: int(count or 0) for name, count in zip(names, found, strict=True)}
 
 
 def _record_pulled(
-    engine: sa.Engine, tables: LogTables, node_id: int, version: int
+    engine: sa.Engine,
+    tables: LogTables,
+    node_id: int,
+    version: int,
+    scoped_as: str | None = None,
 ) -> None:
     nodes = nodes_table(tables)
     try:
@@ -116,6 +138,7 @@ def _record_pulled(
                 .values(
                     last_pulled_version=version,
                     last_seen_at=datetime.datetime.now(datetime.timezone.utc),
+                    **({} if scoped_as is None else {"scoped_as": scoped_as}),
                 )
             )
     except sa.exc.DBAPIError:

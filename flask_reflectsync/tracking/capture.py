@@ -57,7 +57,7 @@ from ..rows import key_filter
 from .columns import encode_columns
 from .numbering import lock_and_number, numbered_after_commit
 from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
-from .tables import DELETE, INSERT, UPDATE, VERSION_ROW, LogTables
+from .tables import DELETE, INSERT, NO_ROW, UPDATE, VERSION_ROW, LogTables
 from .writer import insert_operations, insert_version
 
 #: Key in ``session.info`` under which a caller may put extra column values
@@ -67,6 +67,7 @@ VERSION_ROW_VALUES = "reflectsync.version_row_values"
 
 _TX_KEY = "reflectsync.tx"
 _ORIGINALS_KEY = "reflectsync.originals"
+_TAGS_KEY = "reflectsync.tags_before"
 _COMMITTING_KEY = "reflectsync.committing"
 _LOCKED_KEY = "reflectsync.counter_locked"
 
@@ -82,6 +83,15 @@ class OperationLog:
 
     tables: LogTables
     assign_versions: bool = True
+    #: The server's share tags (see :mod:`flask_reflectsync.server.scopes`):
+    #: for a tracked table, how to read its rows' tags by key, or ``None``
+    #: when the table's operations carry none.
+    tags: Callable[[TrackedTable], TagReader | None] | None = None
+
+
+#: Reads the share tags of rows by logged key text (the tags of rows not
+#: found are left out).
+TagReader = Callable[[sa.Connection, Sequence[str]], Mapping[str, str]]
 
 
 @dataclass
@@ -111,6 +121,9 @@ class _Batch:
     # The changed columns of updates, by position in the lists above (see
     # tracking.columns): sparse, so inserts cost nothing here.
     changed: dict[int, str] = field(default_factory=dict)
+    # The share tags rows had before a bulk statement changed them, by
+    # (table name, key) (server with scopes only; see OperationLog.tags).
+    tags_before: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def add(
         self,
@@ -253,8 +266,12 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
     # query per model, so "an update that changes nothing logs nothing" holds
     # for them too. Objects whose attributes were loaded cost nothing here.
     session.info.pop(_ORIGINALS_KEY, None)  # left over by a failed flush
-    if _log_for(session) is None:
+    session.info.pop(_TAGS_KEY, None)
+    log = _log_for(session)
+    if log is None:
         return
+    if log.tags is not None:
+        _read_tags_before(session, log)
     wanted: dict[TrackedTable, list[tuple[InstanceState[Any], list[str]]]] = {}
     for obj in session.dirty:
         state: InstanceState[Any] = sa.inspect(obj)
@@ -299,8 +316,46 @@ def _after_flush(session: Session, flush_context: Any) -> None:
         return
     originals = session.info.pop(_ORIGINALS_KEY, None) or {}
     batch = _collect(session, originals)
+    batch.tags_before = session.info.pop(_TAGS_KEY, None) or {}
     if batch.keys:
         _write(session, log, batch)
+
+
+def _read_tags_before(session: Session, log: OperationLog) -> None:
+    """The share tags of the rows the flush will update or delete, read
+    before it does (one query per routed table)."""
+    assert log.tags is not None
+    wanted: dict[TrackedTable, list[str]] = {}
+    readers: dict[TrackedTable, TagReader | None] = {}
+    for obj in (*session.deleted, *session.dirty):
+        state: InstanceState[Any] = instance_state(obj)
+        if state.key is None:
+            continue
+        info = tracked_table_for(state.mapper)
+        if info is None:
+            continue
+        if info not in readers:
+            readers[info] = log.tags(info)
+        if readers[info] is not None:
+            wanted.setdefault(info, []).append(info.encode_key(tuple(state.key[1])))
+    if wanted:
+        session.info[_TAGS_KEY] = _tags_of(session, readers, wanted)
+
+
+def _tags_of(
+    session: Session,
+    readers: Mapping[TrackedTable, TagReader | None],
+    wanted: Mapping[TrackedTable, Sequence[str]],
+) -> dict[tuple[str, str], str]:
+    found: dict[tuple[str, str], str] = {}
+    for info, keys in wanted.items():
+        reader = readers[info]
+        if reader is None or not keys:
+            continue
+        connection = session.connection(bind_arguments={"mapper": info.mapper})
+        for key, tag in reader(connection, keys).items():
+            found[(info.name, key)] = tag
+    return found
 
 
 def _collect(
@@ -422,10 +477,11 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
     tx: _TransactionLog | None = session.info.get(_TX_KEY)
     checked = tx.checked_binds if tx is not None else set()
     _check_binds(session, connection, checked, batch.tables)
+    scopes = _share_tags(session, log, batch) if log.tags is not None else None
     if tx is None:
         # The version row and the first operations, in one statement where
         # the backend allows.
-        tx = _transaction_log(session, log, connection, batch)
+        tx = _transaction_log(session, log, connection, batch, scopes)
         tx.checked_binds = checked
     else:
         insert_operations(
@@ -436,11 +492,94 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
             batch.keys,
             batch.commands,
             batch.changed_columns(),
+            scopes,
         )
     if session.info.get(_COMMITTING_KEY) and tx.at_commit and not tx.numbered:
         # Written by a flush that ran after before_commit (another listener
         # added objects): number it now, the commit follows.
         _assign_number(connection, log, tx)
+
+
+def _share_tags(
+    session: Session, log: OperationLog, batch: _Batch
+) -> tuple[list[str | None], list[str | None]] | None:
+    """The share tags of ``batch``'s operations, before and after (``None``
+    when no operation is of a routed table): after, read from the rows as
+    written; before, read before the change (:func:`_read_tags_before`,
+    the bulk paths), else the last tag the log holds for the row (an
+    update that changed no share keeps its row's tag)."""
+    assert log.tags is not None
+    readers: dict[str, TagReader | None] = {}
+    infos = {info.name: info for info in batch.tables}
+    for name, info in infos.items():
+        readers[name] = log.tags(info)
+    if not any(readers.values()):
+        return None
+    written: dict[str, list[str]] = {}
+    operations = list(zip(batch.names, batch.keys, batch.commands, strict=True))
+    for name, text, command in operations:
+        if command != DELETE and readers.get(name) is not None:
+            written.setdefault(name, []).append(text)
+    after = _tags_of(
+        session,
+        {infos[n]: readers[n] for n in written},
+        {infos[n]: keys for n, keys in written.items()},
+    )
+    before_all = batch.tags_before
+    missing: dict[str, list[str]] = {}
+    result_before: list[str | None] = []
+    result_after: list[str | None] = []
+    for name, text, command in operations:
+        if readers.get(name) is None:
+            result_before.append(None)
+            result_after.append(None)
+            continue
+        key = text
+        now = NO_ROW if command == DELETE else after.get((name, key), NO_ROW)
+        if command == INSERT:
+            was: str | None = NO_ROW
+        else:
+            was = before_all.get((name, key))
+            if was is None:
+                if command == UPDATE:
+                    was = now
+                else:
+                    missing.setdefault(name, []).append(text)
+        result_before.append(was)
+        result_after.append(now)
+    if missing:
+        last = _last_logged_tags(session, log, missing)
+        for n, (name, text) in enumerate(zip(batch.names, batch.keys, strict=True)):
+            if result_before[n] is None and readers.get(name) is not None:
+                result_before[n] = last.get((name, text), NO_ROW)
+    return result_before, result_after
+
+
+def _last_logged_tags(
+    session: Session, log: OperationLog, wanted: Mapping[str, Sequence[str]]
+) -> dict[tuple[str, str], str]:
+    """The share tag each row had after its last logged operation: what a
+    row deleted without its tag read before had."""
+    operations = log.tables.operations
+    after = operations.c.scope_after
+    found: dict[tuple[str, str], str] = {}
+    connection = session.connection(bind_arguments={"clause": operations})
+    for name, texts in wanted.items():
+        for start in range(0, len(texts), 500):
+            part = texts[start : start + 500]
+            query = (
+                sa.select(operations.c.row_key, after)
+                .where(
+                    operations.c.table_name == name,
+                    operations.c.row_key.in_(part),
+                    after.is_not(None),
+                    after != NO_ROW,
+                )
+                .order_by(operations.c.id)
+            )
+            for row_key, tag in connection.execute(query):
+                found[(name, row_key)] = tag
+    return found
 
 
 def _tracked(session: Session) -> tuple[Session, OperationLog]:
@@ -517,6 +656,7 @@ def _transaction_log(
     log: OperationLog,
     connection: sa.Connection,
     batch: _Batch | None = None,
+    scopes: tuple[Sequence[str | None], Sequence[str | None]] | None = None,
 ) -> _TransactionLog:
     """The transaction's version row, created (with ``batch``'s operations,
     if given) when it has none yet."""
@@ -538,6 +678,7 @@ def _transaction_log(
         first.keys,
         first.commands,
         first.changed_columns(),
+        scopes,
     )
     owner = session.get_nested_transaction() or session.get_transaction()
     assert owner is not None
@@ -841,6 +982,7 @@ def _bulk_update_or_delete(
                 f"{class_name} with parameter sets must name the primary key "
                 "in every set to be logged."
             )
+        before = _bulk_tags_before(state, log, info, named)
         result = state.invoke_statement()
         columns = None
         if state.is_update:
@@ -853,7 +995,9 @@ def _bulk_update_or_delete(
                 if found is None:
                     found = shapes[shape] = _column_names(info, {*shape, *assigned})
                 columns.append(found)
-        _write(state.session, log, _batch(info, named, command, columns))
+        batch = _batch(info, named, command, columns)
+        batch.tags_before = before
+        _write(state.session, log, batch)
         return result
 
     # Lock and read the keys the statement will touch, then restrict the
@@ -870,11 +1014,28 @@ def _bulk_update_or_delete(
         )
     ]
     restricted = statement.where(key_filter(pk_columns, keys, inline=True))
+    before = _bulk_tags_before(state, log, info, keys)
     result = state.invoke_statement(statement=restricted)
     if keys:
         changed = _column_names(info, assigned) if state.is_update else None
-        _write(state.session, log, _batch(info, keys, command, changed))
+        batch = _batch(info, keys, command, changed)
+        batch.tags_before = before
+        _write(state.session, log, batch)
     return result
+
+
+def _bulk_tags_before(
+    state: ORMExecuteState,
+    log: OperationLog,
+    info: TrackedTable,
+    keys: Sequence[tuple[Any, ...]],
+) -> dict[tuple[str, str], str]:
+    """The share tags of the rows a bulk statement is about to change."""
+    reader = log.tags(info) if log.tags is not None else None
+    if reader is None or not keys:
+        return {}
+    texts = [info.encode_key(tuple(key)) for key in keys]
+    return _tags_of(state.session, {info: reader}, {info: texts})
 
 
 def _column_names(info: TrackedTable, names: Iterable[str]) -> frozenset[str]:

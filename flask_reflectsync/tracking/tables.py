@@ -8,6 +8,7 @@ Alembic / Flask-Migrate autogenerate sees them. All names start with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -114,6 +115,10 @@ def define_tables(
         # (see tracking.columns); NULL for inserts and deletes, and for an
         # update whose columns are unknown (all of them count as changed).
         sa.Column("changed_columns", sa.Text, nullable=True),
+        # The server's log only: the row's share before and after the
+        # operation (see server.scopes; "" for no row, NULL for a table
+        # without a scope rule), which pulls route by.
+        *_scope_columns(server=nodes is not None),
         sa.CheckConstraint(
             "command IN ('i', 'u', 'd')", name=PREFIX + "operations_command"
         ),
@@ -131,6 +136,23 @@ def define_tables(
     return LogTables(
         versions=versions, operations=operations, counter=counter, nodes=nodes
     )
+
+
+#: The server log's share tags of an operation (see server.scopes), and
+#: the tag of "no row" (before an insert, after a delete).
+SCOPE_BEFORE, SCOPE_AFTER = "scope_before", "scope_after"
+NO_ROW = ""
+
+
+def _scope_columns(*, server: bool) -> list[Any]:
+    if not server:
+        return []
+    return [
+        sa.Column(SCOPE_BEFORE, sa.String(255), nullable=True),
+        sa.Column(SCOPE_AFTER, sa.String(255), nullable=True),
+        sa.Index(PREFIX + "operations_scope_before", SCOPE_BEFORE),
+        sa.Index(PREFIX + "operations_scope_after", SCOPE_AFTER),
+    ]
 
 
 #: The rows of ``reflectsync_version_counter``, by id: the last version

@@ -21,8 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-_COLUMNS = ("version_id", "table_name", "row_key", "command")
 _CHANGED = "changed_columns"
+_SCOPE_BEFORE, _SCOPE_AFTER = "scope_before", "scope_after"
 
 _json = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -43,6 +43,7 @@ def insert_operations(
     keys: Sequence[str],
     commands: Sequence[str],
     changed: Sequence[str | None] | None = None,
+    scopes: tuple[Sequence[str | None], Sequence[str | None]] | None = None,
 ) -> None:
     """Insert operations into the operations ``table`` for one version row.
 
@@ -57,117 +58,87 @@ def insert_operations(
     :param changed: the changed columns of each operation, as the log's
         text (see :mod:`.columns`), or ``None`` when no operation has any
         (inserts and deletes): the statement then leaves the column out.
+    :param scopes: the server's share tags of each operation, before and
+        after (see :mod:`flask_reflectsync.server.scopes`), or ``None`` when
+        no operation has any.
     """
     if not keys:
         return
+    columns: dict[str, Sequence[str | None]] = {
+        "table_name": names,
+        "row_key": keys,
+        "command": commands,
+    }
     if changed is not None:
-        _insert_with_changed(
-            connection, table, version_id, names, keys, commands, changed
-        )
-        return
-    dialect = connection.dialect
-    preparer = dialect.identifier_preparer
-    target = preparer.format_table(table)
-    columns = ", ".join(preparer.quote(name) for name in _COLUMNS)
-    if dialect.name == "postgresql" and dialect.paramstyle in ("pyformat", "format"):
-        connection.exec_driver_sql(
-            f"INSERT INTO {target} ({columns}) "
-            "SELECT %s, n, k, c FROM unnest(%s::text[], %s::text[], %s::text[]) "
-            "AS t(n, k, c)",
-            (version_id, list(names), list(keys), list(commands)),
-        )
-    elif dialect.name == "mysql" and _has_json_table(dialect):
-        # One JSON document instead of 4 x N parameters: the driver escapes a
-        # single string, and no per-row tuple is built.
-        document = ",".join(
-            f'[{_json(n)},{_json(k)},"{c}"]'
-            for n, k, c in zip(names, keys, commands, strict=True)
-        )
-        connection.exec_driver_sql(
-            f"INSERT INTO {target} ({columns}) SELECT %s, j.n, j.k, j.c "
-            "FROM JSON_TABLE(%s, '$[*]' COLUMNS ("
-            "n VARCHAR(255) PATH '$[0]', k LONGTEXT PATH '$[1]', "
-            "c VARCHAR(1) PATH '$[2]')) AS j",
-            (version_id, f"[{document}]"),
-        )
-    elif dialect.paramstyle in ("qmark", "format"):
-        mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        connection.exec_driver_sql(
-            f"INSERT INTO {target} ({columns}) VALUES ({mark}, {mark}, {mark}, {mark})",
-            list(zip([version_id] * len(keys), names, keys, commands, strict=True)),
-        )
-    else:
-        connection.execute(
-            table.insert(),
-            [
-                {"version_id": version_id, "table_name": n, "row_key": k, "command": c}
-                for n, k, c in zip(names, keys, commands, strict=True)
-            ],
-        )
+        columns[_CHANGED] = changed
+    if scopes is not None:
+        columns[_SCOPE_BEFORE], columns[_SCOPE_AFTER] = scopes
+    _insert(connection, table, version_id, columns)
 
 
-def _insert_with_changed(
+#: The JSON_TABLE type of each column of an operation.
+_JSON_TYPES = {
+    "table_name": "VARCHAR(255)",
+    "row_key": "LONGTEXT",
+    "command": "VARCHAR(1)",
+    _CHANGED: "LONGTEXT",
+    _SCOPE_BEFORE: "VARCHAR(255)",
+    _SCOPE_AFTER: "VARCHAR(255)",
+}
+
+
+def _insert(
     connection: sa.Connection,
     table: sa.Table,
     version_id: int,
-    names: Sequence[str],
-    keys: Sequence[str],
-    commands: Sequence[str],
-    changed: Sequence[str | None],
+    columns: Mapping[str, Sequence[str | None]],
 ) -> None:
-    """:func:`insert_operations` for operations that carry changed columns
-    (updates): the same single statement per backend, with one more column."""
+    """One statement per backend for the operations given column by column
+    (every value a ``str`` or ``None``)."""
     dialect = connection.dialect
     preparer = dialect.identifier_preparer
     target = preparer.format_table(table)
-    columns = ", ".join(preparer.quote(name) for name in (*_COLUMNS, _CHANGED))
+    names = list(columns)
+    listed = ", ".join(preparer.quote(name) for name in ("version_id", *names))
+    values = list(columns.values())
+    count = len(values[0])
     if dialect.name == "postgresql" and dialect.paramstyle in ("pyformat", "format"):
+        aliases = [f"c{n}" for n in range(len(names))]
+        arrays = ", ".join(["%s::text[]"] * len(names))
         connection.exec_driver_sql(
-            f"INSERT INTO {target} ({columns}) "
-            "SELECT %s, n, k, c, w FROM "
-            "unnest(%s::text[], %s::text[], %s::text[], %s::text[]) "
-            "AS t(n, k, c, w)",
-            (version_id, list(names), list(keys), list(commands), list(changed)),
+            f"INSERT INTO {target} ({listed}) "
+            f"SELECT %s, {', '.join(aliases)} FROM unnest({arrays}) "
+            f"AS t({', '.join(aliases)})",
+            (version_id, *[list(v) for v in values]),
         )
     elif dialect.name == "mysql" and _has_json_table(dialect):
+        # One JSON document instead of N x columns parameters: the driver
+        # escapes a single string, and no per-row tuple is built.
         document = ",".join(
-            f'[{_json(n)},{_json(k)},"{c}",{_json(w)}]'
-            for n, k, c, w in zip(names, keys, commands, changed, strict=True)
+            "[" + ",".join(map(_json, row)) + "]" for row in zip(*values, strict=True)
         )
+        paths = ", ".join(
+            f"c{n} {_JSON_TYPES[name]} PATH '$[{n}]'" for n, name in enumerate(names)
+        )
+        selected = ", ".join(f"j.c{n}" for n in range(len(names)))
         connection.exec_driver_sql(
-            f"INSERT INTO {target} ({columns}) SELECT %s, j.n, j.k, j.c, j.w "
-            "FROM JSON_TABLE(%s, '$[*]' COLUMNS ("
-            "n VARCHAR(255) PATH '$[0]', k LONGTEXT PATH '$[1]', "
-            "c VARCHAR(1) PATH '$[2]', w LONGTEXT PATH '$[3]')) AS j",
+            f"INSERT INTO {target} ({listed}) SELECT %s, {selected} "
+            f"FROM JSON_TABLE(%s, '$[*]' COLUMNS ({paths})) AS j",
             (version_id, f"[{document}]"),
         )
     elif dialect.paramstyle in ("qmark", "format"):
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        marks = ", ".join([mark] * (len(names) + 1))
         connection.exec_driver_sql(
-            f"INSERT INTO {target} ({columns}) VALUES ({', '.join([mark] * 5)})",
-            list(
-                zip(
-                    [version_id] * len(keys),
-                    names,
-                    keys,
-                    commands,
-                    changed,
-                    strict=True,
-                )
-            ),
+            f"INSERT INTO {target} ({listed}) VALUES ({marks})",
+            list(zip([version_id] * count, *values, strict=True)),
         )
     else:
         connection.execute(
             table.insert(),
             [
-                {
-                    "version_id": version_id,
-                    "table_name": n,
-                    "row_key": k,
-                    "command": c,
-                    _CHANGED: w,
-                }
-                for n, k, c, w in zip(names, keys, commands, changed, strict=True)
+                {"version_id": version_id, **dict(zip(names, row, strict=True))}
+                for row in zip(*values, strict=True)
             ],
         )
 
@@ -181,6 +152,7 @@ def insert_version(
     keys: Sequence[str],
     commands: Sequence[str],
     changed: Sequence[str | None] | None = None,
+    scopes: tuple[Sequence[str | None], Sequence[str | None]] | None = None,
 ) -> int:
     """Insert a transaction's ``reflectsync_versions`` row, with its first
     operations (which may be none), and return the row's id.
@@ -193,6 +165,7 @@ def insert_version(
 
     :param values: the version row's columns, by column key.
     :param changed: as for :func:`insert_operations`.
+    :param scopes: as for :func:`insert_operations`.
     """
     dialect = connection.dialect
     preparer = dialect.identifier_preparer
@@ -207,7 +180,7 @@ def insert_version(
         assert result.inserted_primary_key is not None
         (version_id,) = result.inserted_primary_key
         insert_operations(
-            connection, operations, version_id, names, keys, commands, changed
+            connection, operations, version_id, names, keys, commands, changed, scopes
         )
         return int(version_id)
     marks = ", ".join(["%s"] * len(params))
@@ -221,12 +194,15 @@ def insert_version(
             )
         ops = preparer.format_table(operations)
         arrays: list[Any] = [list(names), list(keys), list(commands)]
-        fields: tuple[str, ...] = _COLUMNS
+        fields = ["table_name", "row_key", "command"]
         if changed is not None:
             arrays.append(list(changed))
-            fields = (*_COLUMNS, _CHANGED)
-        columns = ", ".join(preparer.quote(name) for name in fields)
-        letters = "nkcw"[: len(arrays)]
+            fields.append(_CHANGED)
+        if scopes is not None:
+            arrays += [list(scopes[0]), list(scopes[1])]
+            fields += [_SCOPE_BEFORE, _SCOPE_AFTER]
+        columns = ", ".join(preparer.quote(name) for name in ("version_id", *fields))
+        letters = [f"c{n}" for n in range(len(arrays))]
         return int(
             connection.exec_driver_sql(
                 f"WITH v AS (INSERT INTO {target} ({names_sql}) VALUES ({marks}) "
@@ -243,6 +219,6 @@ def insert_version(
     )
     version_id = int(result.lastrowid)
     insert_operations(
-        connection, operations, version_id, names, keys, commands, changed
+        connection, operations, version_id, names, keys, commands, changed, scopes
     )
     return version_id
