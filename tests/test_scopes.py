@@ -413,3 +413,18 @@ def test_a_new_principal_serves_the_new_share(field: Field) -> None:
     assert _rows(north, field.Answer) == [(11, 3, "s1-a")]
     with pytest.raises(errors.NotFoundError):
         field.env.sync.bind_node(10**6, {"region": "x"})
+
+
+def test_a_row_that_passed_through_the_share_unseen_is_not_named(
+    field: Field,
+) -> None:
+    _seed(field)
+    node = field.raw(region="north")
+    node.pull_all()
+    survey = field.db.session.get(field.Survey, 3)
+    survey.region = "north"  # into the node's share...
+    field.db.session.commit()
+    survey.region = "south"  # ...and out again before the node pulls
+    field.db.session.commit()
+    page = node.pull().json()
+    assert page["changes"] == {}, page

@@ -137,6 +137,15 @@ _pulled_table: Schema = {
             "keys of the deleted rows, including rows inserted or updated and "
             "gone since.",
         },
+        "evicted": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"type": "array"},
+            "description": "Sync scopes: the keys (as in deleted) of rows the "
+            "node had that left its share; the node removes them and the "
+            "rows pointing at them without logging a delete. Absent when "
+            "there are none.",
+        },
     },
     "description": "One table's changes in a pull page, column by column.",
 }
@@ -452,6 +461,12 @@ SCHEMAS: dict[str, Schema] = {
             "push_id": {
                 "type": "string",
                 "description": "push.id_reused: the push id.",
+            },
+            "rule": {
+                "type": "string",
+                "description": "push.out_of_share: the scope rule the push "
+                "broke (outside_share, insert_outside_share, moves_out, "
+                "read_only).",
             },
         },
     },
