@@ -39,10 +39,7 @@ def _codecs(connection: sa.Connection, info: TrackedTable) -> dict[str, ColumnCo
     return synced_codecs(info, aware_storage=stores_time_zones(connection.dialect))
 
 
-def _encoded(
-    connection: sa.Connection, info: TrackedTable, values: Mapping[str, Any]
-) -> str:
-    codecs_ = _codecs(connection, info)
+def _encoded(codecs_: Mapping[str, ColumnCodec], values: Mapping[str, Any]) -> str:
     return _dumps(
         {c: codecs_[c].to_json(v) for c, v in sorted(values.items()) if c in codecs_}
     )
@@ -56,16 +53,22 @@ def keep(
     """The node's :attr:`OperationLog.keep_bases
     <flask_reflectsync.tracking.capture.OperationLog>`: one base row per
     logged update, in the flush's transaction (one executemany)."""
-    rows = [
-        {
-            "version_id": version_id,
-            "table_name": info.name,
-            "row_key": info.encode_key(key),
-            "base_values": _encoded(connection, info, replaced),
-        }
-        for info, key, replaced in updates
-        if replaced
-    ]
+    codecs_: dict[str, Mapping[str, ColumnCodec]] = {}
+    rows = []
+    for info, key, replaced in updates:
+        if not replaced:
+            continue
+        found = codecs_.get(info.name)
+        if found is None:
+            found = codecs_[info.name] = _codecs(connection, info)
+        rows.append(
+            {
+                "version_id": version_id,
+                "table_name": info.name,
+                "row_key": info.encode_key(key),
+                "base_values": _encoded(found, replaced),
+            }
+        )
     if rows:
         connection.execute(sa.insert(NODE_BASES), rows)
 
@@ -120,7 +123,7 @@ def write_base(
                 version_id=version_id,
                 table_name=info.name,
                 row_key=key_text,
-                base_values=_encoded(connection, info, values),
+                base_values=_encoded(_codecs(connection, info), values),
             )
         )
 
