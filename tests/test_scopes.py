@@ -248,11 +248,26 @@ def _push(node: TestNode, table: str, command: str, row: dict[str, Any]) -> Any:
 @pytest.mark.parametrize(
     ("table", "command", "row", "rule"),
     [
-        ("survey", "u", {"id": 3, "region": "south", "title": "hacked"}, "outside_share"),
+        (
+            "survey",
+            "u",
+            {"id": 3, "region": "south", "title": "hacked"},
+            "outside_share",
+        ),
         ("survey", "d", {"id": 3}, "outside_share"),
-        ("survey", "i", {"id": 9, "region": "south", "title": "x"}, "insert_outside_share"),
+        (
+            "survey",
+            "i",
+            {"id": 9, "region": "south", "title": "x"},
+            "insert_outside_share",
+        ),
         ("survey", "u", {"id": 1, "region": "south", "title": "N1"}, "moves_out"),
-        ("answer", "i", {"id": 20, "survey_id": 3, "text": "x"}, "insert_outside_share"),
+        (
+            "answer",
+            "i",
+            {"id": 20, "survey_id": 3, "text": "x"},
+            "insert_outside_share",
+        ),
         ("answer", "d", {"id": 11}, "outside_share"),
         ("answer", "u", {"id": 10, "survey_id": 3, "text": "n1-a"}, "moves_out"),
         ("species", "i", {"id": 2, "name": "elm"}, "read_only"),

@@ -44,6 +44,7 @@ from ..errors import (
 from ..sqlite import use_immediate_transactions
 from ..tracking import OperationLog, TrackedTable, start_tracking, tracked_tables
 from ..wire.messages import PROTOCOL_VERSION
+from . import bases as _bases
 from . import pull as _pull
 from . import push as _push
 from . import query as _query
@@ -185,7 +186,9 @@ class SyncClient:
         self.key_blocks = key_blocks
         self.check_values = check_values
         create_private_file(engine)
-        self._log = OperationLog(tables=NODE_LOG, assign_versions=False)
+        self._log = OperationLog(
+            tables=NODE_LOG, assign_versions=False, keep_bases=_bases.keep
+        )
         use_immediate_transactions(engine)
         #: Sessions whose changes to tracked models are logged for the push.
         maker = _NodeSessionmaker(bind=engine)

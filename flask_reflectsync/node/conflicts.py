@@ -64,6 +64,12 @@ class Conflict:
         node changed (``None``: the whole row).
     :param server_columns: for ``update/update`` conflicts, the columns the
         server changed since the node's version (``None``: the whole row).
+    :param base: for ``update/update`` conflicts, the values the columns
+        the node changed had when it last synchronised them (pulled or
+        pushed), by column name: the common ancestor of ``local`` and
+        ``server``. A column whose base is unknown is missing (changed by
+        a bulk ``update()`` statement, queued by a release before bases
+        were kept); ``None`` when none is known (see :doc:`/conflicts`).
     """
 
     kind: str
@@ -78,6 +84,7 @@ class Conflict:
     new_key: tuple[Any, ...] | None = None
     local_columns: frozenset[str] | None = None
     server_columns: frozenset[str] | None = None
+    base: dict[str, Any] | None = None
 
 
 #: A resolver: given a conflict, return ``"server"`` (keep the server's

@@ -68,6 +68,7 @@ from ..rows import (
 )
 from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, decode_key
 from ..tracking.columns import ColumnSet, overlap
+from .bases import read_base
 from .conflicts import (
     DELETE_DELETE,
     DELETE_UPDATE,
@@ -432,7 +433,9 @@ class _Merge:
     def update_update(self, change: ServerChange, text: str) -> None:
         """Both sides updated the row: a conflict only in the columns both
         changed. The node's other columns survive on top of the server's row,
-        and stay queued; the server's other columns are written."""
+        and stay queued; the server's other columns are written. A queued
+        update kept over the server's change takes the server's values as
+        its base (see :mod:`.bases`)."""
         table, key, row = change.table, change.key, change.row
         assert row is not None
         mine = self.queue.columns_of(table, text)
@@ -443,6 +446,8 @@ class _Merge:
             # Different columns: both edits survive, nothing to decide.
             self.write(table, key, {**row, **kept})
             return
+        info = self.info(table)
+        base = read_base(self.connection, info, text)
         conflict, decision = self.conflict(
             UPDATE_UPDATE,
             table,
@@ -451,23 +456,31 @@ class _Merge:
             columns=() if both is None else tuple(sorted(both)),
             local_columns=mine,
             server_columns=change.columns,
+            base=dict(base) if base else None,
         )
+        queued: ColumnSet
         if decision == SERVER:
             rest = None if both is None or mine is None else mine - both
             if rest:
                 self.write(table, key, {**row, **{c: kept[c] for c in rest}})
                 self.queue.set(table, text, UPDATE, rest)
+                queued = rest
             else:
                 self.queue.drop(table, text)
                 self.write(table, key, row)
+                queued = frozenset()
         elif isinstance(decision, Mapping):
             self.write(table, key, {**row, **kept, **decision})
-            chosen = None if mine is None else mine | frozenset(decision)
-            self.queue.set(table, text, UPDATE, chosen)
+            queued = None if mine is None else mine | frozenset(decision)
+            self.queue.set(table, text, UPDATE, queued)
         else:
             if mine is not None:
                 self.write(table, key, {**row, **kept})
-            self.queue.set(table, text, UPDATE, mine)
+            queued = mine
+            self.queue.set(table, text, UPDATE, queued)
+        self.queue.set_base(
+            info, text, _moved_base(base, row, change.columns, queued, mine, local)
+        )
         conflict.resolution = _named(decision)
 
     def reused_key(
@@ -960,6 +973,30 @@ def separate_replaced_rows(
         water = HighWater(connection, high_water) if high_water is not None else None
         merge = _Merge(connection, schema, queue, Resolutions(), _no_fetch, water)
         merge.separate_replaced(set())
+
+
+def _moved_base(
+    base: Mapping[str, Any],
+    server: Mapping[str, Any],
+    server_columns: ColumnSet,
+    queued: ColumnSet,
+    mine: ColumnSet,
+    local: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The base of a queued update kept over a server change: the server's
+    values where it changed the column (what the node now last synced),
+    the old base elsewhere, and the local value of a column neither side
+    had changed (a resolver's choice: its synced value is the local one)."""
+    names = server if queued is None else queued
+    moved: dict[str, Any] = {}
+    for name in names:
+        if (server_columns is None or name in server_columns) and name in server:
+            moved[name] = server[name]
+        elif name in base:
+            moved[name] = base[name]
+        elif mine is not None and name not in mine and name in local:
+            moved[name] = local[name]
+    return moved
 
 
 def _copy(row: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ from .merge import separate_replaced_rows
 from .results import PushResult
 from .set_aside import rejoin_changed
 from .state import State
-from .tables import NODE_KEYS, NODE_LOG, NODE_SET_ASIDE
+from .tables import NODE_BASES, NODE_KEYS, NODE_LOG, NODE_SET_ASIDE
 
 if TYPE_CHECKING:
     from .client import SyncClient
@@ -310,6 +310,9 @@ def acknowledge(client: SyncClient, version_ids: Sequence[int]) -> None:
                 sa.delete(operations).where(operations.c.version_id.in_(batch))
             )
             connection.execute(sa.delete(versions).where(versions.c.id.in_(batch)))
+            connection.execute(
+                sa.delete(NODE_BASES).where(NODE_BASES.c.version_id.in_(batch))
+            )
         client._set_state(
             connection, push_id=None, push_versions=None, push_message=None
         )

@@ -7,12 +7,15 @@ push reads it.
 from __future__ import annotations
 
 import datetime
+from collections.abc import Mapping
+from typing import Any
 
 import sqlalchemy as sa
 
-from ..tracking import DELETE, INSERT, UPDATE, LogTables, compress
+from ..tracking import DELETE, INSERT, UPDATE, LogTables, TrackedTable, compress
 from ..tracking.columns import ColumnSet, decode_columns, encode_columns
 from ..wire.operations import LoggedOperation
+from .bases import drop_bases, write_base
 
 
 class LocalQueue:
@@ -107,6 +110,7 @@ class LocalQueue:
                 operations.c.version_id.in_(queued.scalar_subquery()),
             )
         )
+        drop_bases(self.connection, table, key_text)
         self.commands.pop((table, key_text), None)
         self.columns.pop((table, key_text), None)
         self.replaced.discard((table, key_text))
@@ -118,6 +122,14 @@ class LocalQueue:
         ``columns``; ``None``: the whole row)."""
         self.drop(table, key_text)
         self.append(table, key_text, command, columns)
+
+    def set_base(
+        self, info: TrackedTable, key_text: str, values: Mapping[str, Any]
+    ) -> None:
+        """Make ``values`` the base of the row's change queued last by
+        :meth:`append` (see :mod:`.bases`)."""
+        if self._version_id is not None:
+            write_base(self.connection, self._version_id, info, key_text, values)
 
     def append(
         self, table: str, key_text: str, command: str, columns: ColumnSet = None

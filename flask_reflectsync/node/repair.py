@@ -20,7 +20,7 @@ from ..wire.page import decode_row
 from ..wire.repair import MEDIA_TYPE, RepairReader
 from . import push as _push
 from .keys import HighWater
-from .tables import NODE_KEYS, NODE_LOG
+from .tables import NODE_BASES, NODE_KEYS, NODE_LOG
 
 if TYPE_CHECKING:
     from ..tracking import TrackedTable
@@ -97,6 +97,7 @@ def repair(
                 connection.execute(
                     sa.delete(versions).where(versions.c.number.is_(None))
                 )
+                connection.execute(sa.delete(NODE_BASES))
                 HighWater(connection, NODE_KEYS).raise_to_tables(schema)
                 client._set_state(
                     connection,

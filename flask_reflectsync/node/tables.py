@@ -86,6 +86,21 @@ NODE_KEY_BLOCKS = sa.Table(
     sa.Column("next_key", sa.BigInteger, nullable=False),
     sa.Column("last_key", sa.BigInteger, nullable=False),
 )
+#: The values a queued update replaced: per logged update of the node's own
+#: sessions, the columns it changed as they were before (JSON wire form).
+#: A row's *base* (its columns' last-synced values) is read from the
+#: earliest of its queued ones (see :mod:`.bases`). Nodes only: the server
+#: keeps none.
+NODE_BASES = sa.Table(
+    "reflectsync_node_bases",
+    NODE_METADATA,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version_id", sa.BigInteger, nullable=False),
+    sa.Column("table_name", sa.String(255), nullable=False),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("base_values", sa.Text, nullable=False),
+    sa.Index("reflectsync_node_bases_row", "table_name", "row_key"),
+)
 #: A node asks for a new block of keys when fewer than this are left.
 KEY_BLOCK_LOW = 250
 

@@ -72,6 +72,14 @@ _COMMITTING_KEY = "reflectsync.committing"
 _LOCKED_KEY = "reflectsync.counter_locked"
 
 
+#: What an :class:`OperationLog` calls to keep the replaced values of
+#: updates: ``keep(connection, version_id, [(info, key, {column: value})])``.
+BaseKeeper = Callable[
+    [sa.Connection, int, list[tuple["TrackedTable", tuple[Any, ...], dict[str, Any]]]],
+    None,
+]
+
+
 @dataclass
 class OperationLog:
     """Where and how one set of sessions logs operations.
@@ -79,10 +87,16 @@ class OperationLog:
     :param tables: the log tables (see :func:`~.tables.define_tables`).
     :param assign_versions: number each committed transaction (the server).
         A node leaves its versions unnumbered: they are its push queue.
+    :param keep_bases: a node's: called after a flush logged updates, with
+        the session's connection, the version row's id and, per updated
+        row, its table, key and the values its changed columns had before
+        (see :doc:`/conflicts`). ``None`` (the server): nothing is kept,
+        nothing costs.
     """
 
     tables: LogTables
     assign_versions: bool = True
+    keep_bases: BaseKeeper | None = None
     #: The server's share tags (see :mod:`flask_reflectsync.server.scopes`):
     #: for a tracked table, how to read its rows' tags by key, or ``None``
     #: when the table's operations carry none.
@@ -124,6 +138,10 @@ class _Batch:
     # The share tags rows had before a bulk statement changed them, by
     # (table name, key) (server with scopes only; see OperationLog.tags).
     tags_before: dict[tuple[str, str], str] = field(default_factory=dict)
+    # Updates' replaced values, for a log that keeps them (a node's).
+    originals: list[tuple[TrackedTable, tuple[Any, ...], dict[str, Any]]] = field(
+        default_factory=list
+    )
 
     def add(
         self,
@@ -315,7 +333,7 @@ def _after_flush(session: Session, flush_context: Any) -> None:
     if log is None:
         return
     originals = session.info.pop(_ORIGINALS_KEY, None) or {}
-    batch = _collect(session, originals)
+    batch = _collect(session, originals, log.keep_bases is not None)
     batch.tags_before = session.info.pop(_TAGS_KEY, None) or {}
     if batch.keys:
         _write(session, log, batch)
@@ -359,7 +377,9 @@ def _tags_of(
 
 
 def _collect(
-    session: Session, originals: Mapping[InstanceState[Any], Mapping[str, Any]]
+    session: Session,
+    originals: Mapping[InstanceState[Any], Mapping[str, Any]],
+    keep_originals: bool = False,
 ) -> _Batch:
     # Deletes first, then inserts, then updates: a "row switch" (delete an
     # object and add another with the same key in one flush) must read as
@@ -383,6 +403,9 @@ def _collect(
         new_key = _current_key(state, info)
         if old_key == new_key:
             batch.add(info, new_key, UPDATE, changed)
+            if keep_originals:
+                replaced = _replaced_values(state, info, originals.get(state, {}))
+                batch.originals.append((info, new_key, replaced))
         else:  # the primary key itself changed: the old row is gone
             batch.add(info, old_key, DELETE)
             batch.add(info, new_key, INSERT)
@@ -461,6 +484,25 @@ def _changed_columns(
     return changed
 
 
+def _replaced_values(
+    state: InstanceState[Any], info: TrackedTable, loaded: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The values the changed synced columns of an updated object had
+    before the flush, by column name (see :func:`_changed_columns`)."""
+    column_attrs = state.mapper.column_attrs
+    synced = info.synced_attrs(state.mapper)
+    replaced: dict[str, Any] = {}
+    for key, original in state.committed_state.items():
+        attr = column_attrs.get(key)
+        if attr is None or key not in synced:
+            continue
+        if original is NO_VALUE:
+            original = loaded.get(key, NO_VALUE)
+        if original is not NO_VALUE and not _equal(original, state.dict.get(key)):
+            replaced[attr.columns[0].name] = original
+    return replaced
+
+
 def _equal(a: Any, b: Any) -> bool:
     try:
         return bool(a == b)
@@ -494,6 +536,8 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
             batch.changed_columns(),
             scopes,
         )
+    if log.keep_bases is not None and batch.originals:
+        log.keep_bases(connection, tx.version_id, batch.originals)
     if session.info.get(_COMMITTING_KEY) and tx.at_commit and not tx.numbered:
         # Written by a flush that ran after before_commit (another listener
         # added objects): number it now, the commit follows.
