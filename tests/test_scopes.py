@@ -168,7 +168,7 @@ def _server_rows(field: Field, model: Any) -> list[tuple[Any, ...]]:
         ]
 
 
-# -- reading ----------------------------------------------------------------------------
+# -- reading ------------------------------------------------------------
 
 
 def test_a_node_pulls_only_its_share(field: Field) -> None:
@@ -233,7 +233,7 @@ def test_query_reads_only_the_share_and_hidden_tables_are_unknown(
     assert "salary" not in body["error"].split("serves", 1)[1]
 
 
-# -- writing ----------------------------------------------------------------------------
+# -- writing ------------------------------------------------------------
 
 
 def _push(node: TestNode, table: str, command: str, row: dict[str, Any]) -> Any:
@@ -359,7 +359,7 @@ def test_a_local_write_outside_the_share_is_set_aside_and_the_rest_syncs(
     assert 201 in ids and 200 not in ids
 
 
-# -- moves ------------------------------------------------------------------------------
+# -- moves ------------------------------------------------------------
 
 
 def test_a_row_moved_by_the_server_app_leaves_one_node_and_reaches_another(
