@@ -34,7 +34,7 @@ from ..errors import (
     PushRejectedError,
     SyncError,
 )
-from ..server import nodes
+from ..server import fleet, nodes
 from ..server.openapi import openapi_document
 from ..server.pull import change_count, read_page, record_pulled
 from ..server.push import push
@@ -296,6 +296,7 @@ def _pull() -> Response:
     message = _message(body)
     schema = _schema()
     with _committed() as session:
+        fleet.check_not_retired(session, state.tables, node_id)
         page = read_page(
             session,
             state.tables,

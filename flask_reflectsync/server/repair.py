@@ -116,6 +116,8 @@ def _record_pulled(
                 .values(
                     last_pulled_version=version,
                     last_seen_at=datetime.datetime.now(datetime.timezone.utc),
+                    # A full copy: whatever the node missed, it has now.
+                    retired_at=None,
                 )
             )
     except sa.exc.DBAPIError:
