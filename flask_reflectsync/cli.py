@@ -14,7 +14,7 @@ from typing import Any
 import click
 import sqlalchemy as sa
 from flask import current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from .reflection.changes import (
     Change,
@@ -26,7 +26,6 @@ from .reflection.changes import (
     TableDropped,
     TableRenamed,
 )
-from .server.nodes import nodes_table
 from .tracking.numbering import number_versions
 from .tracking.tables import current_version
 
@@ -146,39 +145,75 @@ def tables_command(schema: str, deleted: bool) -> None:
     _table(("id", "name", "kind", "oid", "last synced", "deleted"), rows)
 
 
-@cli.command("nodes")
-def nodes_command() -> None:
-    """List registered nodes: when each was last seen and how far behind it is."""
+@cli.group("nodes", invoke_without_command=True)
+@click.pass_context
+@with_appcontext
+def nodes_command(context: click.Context) -> None:
+    """List registered nodes: when each was last seen, the version it has
+    acknowledged and how far behind it is (lag), and its state.
+
+    \b
+    States: active; inactive (not seen for longer than
+    REFLECTSYNC_NODE_INACTIVE_DAYS: no longer pins trim, told to repair
+    when it returns); retired; revoked.
+    """
+    if context.invoked_subcommand is not None:
+        return
     state = _state()
-    nodes = nodes_table(state.tables)
+    found = state.extension.nodes(current_app._get_current_object())  # type: ignore[attr-defined]
     number_versions(state.db.engine, state.tables)
     with state.db.engine.connect() as connection:
         current = current_version(connection, state.tables)
-        found = connection.execute(
-            sa.select(
-                nodes.c.id,
-                nodes.c.name,
-                nodes.c.registered_at,
-                nodes.c.last_seen_at,
-                nodes.c.last_pulled_version,
-            ).order_by(nodes.c.id)
-        ).all()
     if not found:
         click.echo("No registered nodes.")
         return
     rows = [
         (
-            str(node_id),
-            name or "",
-            _when(registered),
-            _when(seen) if seen else "never",
-            str(pulled),
-            str(current - pulled),
+            str(node.id),
+            node.name,
+            node.state,
+            _when(node.registered_at),
+            _when(node.last_seen_at) if node.last_seen_at else "never",
+            str(node.version),
+            str(node.lag),
         )
-        for node_id, name, registered, seen, pulled in found
+        for node in found
     ]
-    _table(("id", "name", "registered", "last seen", "pulled up to", "behind"), rows)
+    _table(
+        ("id", "name", "state", "registered", "last seen", "pulled up to", "behind"),
+        rows,
+    )
     click.echo(f"Server version: {current}")
+
+
+@nodes_command.command("revoke")
+@click.argument("node_id", type=click.IntRange(min=1), metavar="ID")
+def revoke_command(node_id: int) -> None:
+    """Refuse node ID on every signed route from now on (a lost device)."""
+    _fleet_mark("revoke_node", node_id)
+    click.echo(f"Node {node_id} revoked: the server refuses its requests.")
+
+
+@nodes_command.command("retire")
+@click.argument("node_id", type=click.IntRange(min=1), metavar="ID")
+def retire_command(node_id: int) -> None:
+    """Stop node ID from pinning the trim watermark; it must repair if it
+    comes back."""
+    _fleet_mark("retire_node", node_id)
+    click.echo(
+        f"Node {node_id} retired: it no longer holds back trimming, and must "
+        "repair if it comes back."
+    )
+
+
+def _fleet_mark(method: str, node_id: int) -> None:
+    from .errors import SyncError
+
+    state = _state()
+    try:
+        getattr(state.extension, method)(node_id, current_app._get_current_object())  # type: ignore[attr-defined]
+    except SyncError as error:
+        raise click.ClickException(error.message) from error
 
 
 @cli.command("trim")
@@ -195,25 +230,28 @@ def nodes_command() -> None:
 def trim_command(through: int | None, dry_run: bool) -> None:
     """Drop the logged operations every node has pulled.
 
-    By default up to the safe watermark: the lowest version any registered
-    node has pulled. The versions themselves are kept (they make retried
-    pushes exactly-once).
+    By default up to the safe watermark: the lowest version any node that
+    is neither revoked, retired nor inactive has pulled. The version rows
+    go too, but each node's latest push (it keeps a retried push
+    exactly-once).
     """
     from .server import trim
+    from .server.settings import ServerSettings
 
     state = _state()
     tables = state.tables
+    settings = ServerSettings.from_config(state.config)
     number_versions(state.db.engine, tables)
     with state.db.engine.begin() as connection:
         current = current_version(connection, tables)
-        safe = trim.safe_watermark(connection, tables)
+        safe = trim.safe_watermark(connection, tables, settings)
         target = safe if through is None else through
         if target > current:
             raise click.ClickException(
                 f"Version {target} does not exist yet; the server is at {current}."
             )
         done = trim.trimmed_through(connection, tables)
-        behind = trim.nodes_behind(connection, tables, target)
+        behind = trim.nodes_behind(connection, tables, target, settings)
         if target <= done:
             click.echo(
                 f"Nothing to trim: the log is already trimmed through "

@@ -237,6 +237,26 @@ class GoneError(SyncError):
     code = "gone"
 
 
+class NodeRevokedError(ForbiddenError):
+    """The server revoked this node (``flask reflectsync nodes revoke`` or
+    :meth:`~flask_reflectsync.ReflectSync.revoke_node`): every signed route
+    refuses it from then on. Envelope ``code``: ``"auth.revoked"``. Nothing
+    the node does can lift it; the device must register again as a new node
+    if it is to sync at all."""
+
+    code = "auth.revoked"
+
+
+class NodeRetiredError(GoneError):
+    """The server retired this node, by hand (``flask reflectsync nodes
+    retire``) or because it was not seen for ``REFLECTSYNC_NODE_INACTIVE_DAYS``:
+    the server stopped keeping its log for it. Pull and push are refused
+    until the node repairs from a full copy (``client.repair()``), which
+    makes it an active node again. Envelope ``code``: ``"fleet.retired"``."""
+
+    code = "fleet.retired"
+
+
 class CatalogAccessWarning(UserWarning):
     """The reflection catalog routes are served without an access check."""
 
@@ -372,6 +392,8 @@ __all__ = [
     "NotFoundError",
     "ForbiddenError",
     "GoneError",
+    "NodeRevokedError",
+    "NodeRetiredError",
     "CatalogAccessWarning",
     "RegistrationRefusedError",
     "PayloadTooLargeError",

@@ -15,6 +15,8 @@ from .cli import cli
 from .errors import NotFoundError
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
+from .server import fleet
+from .server.fleet import NodeInfo
 from .server.key_blocks import define_key_reservations
 from .server.nodes import RegistrationCheck, bind_node, define_server_log
 from .server.schema import TrackedSchema
@@ -33,7 +35,9 @@ from .tracking import (
     track,
 )
 from .tracking.capture import TagReader
+from .tracking.numbering import number_versions
 from .tracking.registry import TrackedTable
+from .tracking.tables import current_version
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -425,6 +429,48 @@ class ReflectSync:
         if not self.scopes:
             return None
         return self.scopes.tag_reader(info, current_schema().tables)
+    # -- fleet ------------------------------------------------------------------------
+
+    def nodes(self, app: Flask | None = None) -> list[NodeInfo]:
+        """Every registered node with its last contact, the version it has
+        acknowledged, its lag behind the server and its state (see
+        :class:`~flask_reflectsync.server.fleet.NodeInfo`); what
+        ``flask reflectsync nodes`` prints."""
+        state = self.get_state(app)
+        engine = state.db.engine
+        number_versions(engine, state.tables)
+        with engine.connect() as connection:
+            current = current_version(connection, state.tables)
+            return fleet.list_nodes(
+                connection,
+                state.tables,
+                ServerSettings.from_config(state.config),
+                current,
+            )
+
+    def revoke_node(self, node_id: int, app: Flask | None = None) -> None:
+        """Refuse node ``node_id`` on every signed route from now on (403,
+        ``auth.revoked``; the node raises
+        :exc:`~flask_reflectsync.errors.NodeRevokedError`). For a lost or
+        stolen device; it cannot be undone (the device registers again as a
+        new node). A revoked node no longer pins the trim watermark.
+
+        :raises NotFoundError: no node has that id.
+        """
+        state = self.get_state(app)
+        with state.db.engine.begin() as connection:
+            fleet.revoke_node(connection, state.tables, node_id)
+
+    def retire_node(self, node_id: int, app: Flask | None = None) -> None:
+        """Stop node ``node_id`` from pinning the trim watermark. If it comes
+        back, its pulls are answered 410 (``fleet.retired``; the node raises
+        :exc:`~flask_reflectsync.errors.NodeRetiredError`) until it repairs.
+
+        :raises NotFoundError: no node has that id.
+        """
+        state = self.get_state(app)
+        with state.db.engine.begin() as connection:
+            fleet.retire_node(connection, state.tables, node_id)
 
     def stop_tracking(self, app: Flask | None = None) -> None:
         """Stop logging changes made through the app's ``db.session``.

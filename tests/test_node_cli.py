@@ -376,3 +376,16 @@ def test_a_refused_change_is_set_aside_listed_and_discarded(
         names = connection.execute(sa.text("SELECT name FROM site")).scalars().all()
     assert names == ["Bay"]
     engine.dispose()
+
+
+def test_a_revoked_node_is_told_in_one_line(database_url: str, node_url: str) -> None:
+    with serve_survey(database_url) as (app, url):
+        ok(url, node_url, "register", "--name=lost")
+        with app.app_context():
+            (node,) = survey.sync.nodes()
+            survey.sync.revoke_node(node.id)
+        for command in ("pull", "sync"):
+            result = run(url, node_url, command)
+            assert result.exit_code == 1, result.output
+            (line,) = result.output.strip().splitlines()
+            assert "revoked node" in line and "register" in line.lower()

@@ -36,7 +36,7 @@ from ..errors import (
     PushRejectedError,
     SyncError,
 )
-from ..server import nodes
+from ..server import fleet, nodes
 from ..server.openapi import openapi_document
 from ..server.pull import change_count, read_page, record_pulled
 from ..server.pull_scopes import Share
@@ -350,6 +350,7 @@ def _pull() -> Response:
             code="pull.share_changed",
         )
     with _committed() as session:
+        fleet.check_not_retired(session, state.tables, node_id)
         page = read_page(
             session,
             state.tables,

@@ -23,7 +23,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from ..errors import AuthenticationError, ConfigurationError, RegistrationRefusedError
+from ..errors import (
+    AuthenticationError,
+    ConfigurationError,
+    NodeRevokedError,
+    RegistrationRefusedError,
+)
 from ..tracking import LogTables, define_tables
 from ..tracking.tables import NODES
 from ..wire.messages import validate
@@ -77,6 +82,11 @@ def define_nodes_table(metadata: sa.MetaData) -> sa.Table:
         # under (a digest); a node whose principal or rules changed since
         # must repair its share before it pulls again.
         sa.Column("scoped_as", sa.String(64), nullable=True),
+        # Fleet operations (server/fleet.py): a revoked node is refused on
+        # every signed route; a retired one no longer pins the trim watermark
+        # and must repair before it pulls or pushes again.
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("retired_at", sa.DateTime(timezone=True), nullable=True),
     )
 
 
@@ -299,6 +309,12 @@ def authenticate(
     :return: the id of the node that signed the request.
     :raises AuthenticationError: (401) for an unsigned, mis-signed, expired
         or replayed request, or an unknown node. Nothing else is written.
+    :raises NodeRevokedError: (403) for a correctly signed request of a
+        revoked node. Nothing is written.
+
+    A node last seen longer ago than ``node_inactive_days`` is marked
+    retired here (committed with the nonce): it must repair before it
+    pulls or pushes again (see :mod:`flask_reflectsync.server.fleet`).
     """
     found = signed_headers(headers)
     if found is None:
@@ -334,13 +350,19 @@ def authenticate(
             code="auth.expired",
         )
     node_id = int(node_text)
-    stored = None
+    row = None
     if node_id <= _NODE_ID_MAX:
-        stored = session.execute(
-            sa.select(nodes_table(tables).c.secret_digest).where(
-                nodes_table(tables).c.id == node_id
-            )
-        ).scalar()
+        table = nodes_table(tables)
+        row = session.execute(
+            sa.select(
+                table.c.secret_digest,
+                table.c.revoked_at,
+                table.c.retired_at,
+                table.c.last_seen_at,
+                table.c.registered_at,
+            ).where(table.c.id == node_id)
+        ).first()
+    stored = row.secret_digest if row is not None else None
     key = settings.require_secret_key()
     scheme, _, salt = (stored or "").partition("$")
     known = scheme == _SCHEME
@@ -355,7 +377,21 @@ def authenticate(
     )
     if not (known and matches):
         raise AuthenticationError(NOT_RECOGNISED)
-    _remember_nonce(session, tables, nonces, settings, node_id, nonce, moment)
+    assert row is not None
+    if row.revoked_at is not None:
+        raise NodeRevokedError(
+            f"The server revoked node {node_id}: it refuses this node's "
+            "requests for good. Register the device again as a new node if "
+            "it is to sync."
+        )
+    from .fleet import inactive_since  # beside the fleet's other rules
+
+    retire = row.retired_at is None and inactive_since(
+        settings, row.last_seen_at or row.registered_at, moment
+    )
+    _remember_nonce(
+        session, tables, nonces, settings, node_id, nonce, moment, retire=retire
+    )
     return node_id
 
 
@@ -367,13 +403,18 @@ def _remember_nonce(
     node_id: int,
     nonce: str,
     moment: datetime.datetime,
+    *,
+    retire: bool = False,
 ) -> None:
     # The node's row is locked first, so concurrent requests of one node
     # queue here instead of deadlocking on the nonce index.
+    seen: dict[str, Any] = {"last_seen_at": moment}
+    if retire:
+        seen["retired_at"] = moment
     session.execute(
         sa.update(nodes_table(tables))
         .where(nodes_table(tables).c.id == node_id)
-        .values(last_seen_at=moment)
+        .values(**seen)
     )
     try:
         session.execute(

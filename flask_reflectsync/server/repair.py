@@ -139,6 +139,8 @@ def _record_pulled(
                     last_pulled_version=version,
                     last_seen_at=datetime.datetime.now(datetime.timezone.utc),
                     **({} if scoped_as is None else {"scoped_as": scoped_as}),
+                    # A full copy: whatever the node missed, it has now.
+                    retired_at=None,
                 )
             )
     except sa.exc.DBAPIError:

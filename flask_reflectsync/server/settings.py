@@ -22,6 +22,7 @@ SERVER_CONFIG_DEFAULTS: dict[str, Any] = {
     "REFLECTSYNC_REPAIR_CHUNK_ROWS": 1000,
     "REFLECTSYNC_REGISTRATIONS_PER_MINUTE": 120,
     "REFLECTSYNC_AUTH_FAILURES_PER_MINUTE": 120,
+    "REFLECTSYNC_NODE_INACTIVE_DAYS": None,
 }
 
 
@@ -38,6 +39,8 @@ class ServerSettings:
     :param pull_page_size: most operations in one pull page.
     :param query_page_size: most rows in one query page.
     :param repair_chunk_rows: rows read per database round trip by repair.
+    :param node_inactive_days: a node not seen for longer no longer pins
+        the trim watermark and must repair when it returns (``None``: never).
     """
 
     secret_key: bytes | None
@@ -48,6 +51,7 @@ class ServerSettings:
     pull_page_size: int = 5000
     query_page_size: int = 100
     repair_chunk_rows: int = 1000
+    node_inactive_days: float | None = None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ServerSettings:
@@ -66,6 +70,7 @@ class ServerSettings:
             pull_page_size=int(get("REFLECTSYNC_PULL_PAGE_SIZE")),
             query_page_size=int(get("REFLECTSYNC_QUERY_PAGE_SIZE")),
             repair_chunk_rows=int(get("REFLECTSYNC_REPAIR_CHUNK_ROWS")),
+            node_inactive_days=_days(get("REFLECTSYNC_NODE_INACTIVE_DAYS")),
         )
 
     def require_secret_key(self) -> bytes:
@@ -100,3 +105,17 @@ def define_protocol_tables(metadata: sa.MetaData) -> sa.Table:
         sa.Column("nonce", sa.String(64), primary_key=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
+
+
+def _days(value: Any) -> float | None:
+    """``REFLECTSYNC_NODE_INACTIVE_DAYS``: ``None`` (never), else a positive
+    number of days."""
+    if value is None:
+        return None
+    days = float(value)
+    if not days > 0:
+        raise ConfigurationError(
+            "REFLECTSYNC_NODE_INACTIVE_DAYS must be a positive number of days "
+            f"or None (never); it is {value!r}."
+        )
+    return days

@@ -1,9 +1,13 @@
 """Trimming the operations log: drop what every node has already pulled.
 
 The log grows with every change. Operations at or below the *safe
-watermark* (the lowest version any registered node has pulled) will never be
-served again, so they can go. The ``reflectsync_versions`` rows stay: they
-carry the push ids that keep pushes exactly-once.
+watermark* (the lowest version any node that pins it has pulled: not revoked,
+not retired, not inactive, see :mod:`~flask_reflectsync.server.fleet`) will
+never be served again, so they can go, and so can their
+``reflectsync_versions`` rows but one per node: the node's latest push. A
+node keeps one push id at a time and starts a new push only once the
+previous one is acknowledged, so only its latest push can ever be retried,
+and that row keeps the retry exactly-once.
 
 The version trimmed through is remembered (row 2 of
 ``reflectsync_version_counter``). A pull or push from a node that is further
@@ -22,7 +26,10 @@ from ..tracking.tables import (
     counter_value,
     current_version,
 )
+from .fleet import pins_trim
 from .nodes import nodes_table
+from .settings import ServerSettings
+from .stale import RULINGS
 
 
 def trimmed_through(
@@ -32,31 +39,52 @@ def trimmed_through(
     return counter_value(connection, tables, TRIMMED_ROW)
 
 
-def safe_watermark(connection: sa.Connection, tables: LogTables) -> int:
-    """The lowest version any registered node has pulled up to; with no node,
-    the current version."""
+def safe_watermark(
+    connection: sa.Connection,
+    tables: LogTables,
+    settings: ServerSettings | None = None,
+) -> int:
+    """The lowest version any node that pins the watermark has pulled up to
+    (see :func:`~flask_reflectsync.server.fleet.pins_trim`); with no such
+    node, the current version.
+
+    :param settings: for ``REFLECTSYNC_NODE_INACTIVE_DAYS``; without them,
+        inactive nodes pin the watermark too.
+    """
     nodes = nodes_table(tables)
     lowest = connection.execute(
-        sa.select(sa.func.min(nodes.c.last_pulled_version))
+        sa.select(sa.func.min(nodes.c.last_pulled_version)).where(
+            pins_trim(tables, settings or ServerSettings(None))
+        )
     ).scalar()
     if lowest is not None:
         return int(lowest)
     return current_version(connection, tables)
 
 
-def nodes_behind(connection: sa.Connection, tables: LogTables, version: int) -> int:
-    """How many nodes have not pulled up to ``version``."""
+def nodes_behind(
+    connection: sa.Connection,
+    tables: LogTables,
+    version: int,
+    settings: ServerSettings | None = None,
+) -> int:
+    """How many nodes that pin the watermark have not pulled up to
+    ``version``."""
     nodes = nodes_table(tables)
     return int(
         connection.execute(
-            sa.select(sa.func.count()).where(nodes.c.last_pulled_version < version)
+            sa.select(sa.func.count()).where(
+                nodes.c.last_pulled_version < version,
+                pins_trim(tables, settings or ServerSettings(None)),
+            )
         ).scalar()
         or 0
     )
 
 
 def trim(connection: sa.Connection, tables: LogTables, through: int) -> int:
-    """Delete the operations of every version up to ``through``.
+    """Delete the operations of every version up to ``through``, and those
+    versions' rows but each node's latest push (see the module docstring).
 
     Runs in the caller's transaction; never moves the trimmed mark backwards.
 
@@ -73,6 +101,7 @@ def trim(connection: sa.Connection, tables: LogTables, through: int) -> int:
             )
         )
     ).rowcount
+    _trim_versions(connection, tables, through)
     if (
         connection.execute(
             counter.update().where(counter.c.id == TRIMMED_ROW).values(value=through)
@@ -81,6 +110,44 @@ def trim(connection: sa.Connection, tables: LogTables, through: int) -> int:
     ):
         connection.execute(counter.insert().values(id=TRIMMED_ROW, value=through))
     return int(deleted or 0)
+
+
+def _trim_versions(connection: sa.Connection, tables: LogTables, through: int) -> int:
+    versions = tables.versions
+    # Read first, not as a subquery of the DELETE: MySQL refuses a DELETE
+    # that selects from its own table. One number per node that ever pushed.
+    kept = [
+        number
+        for (number,) in connection.execute(
+            sa.select(sa.func.max(versions.c.number))
+            .where(versions.c.push_id.is_not(None))
+            .group_by(versions.c.node_id)
+        )
+        if number is not None
+    ]
+    condition = versions.c.number <= through
+    if kept:
+        condition = sa.and_(condition, versions.c.number.not_in(kept))
+    # The rulings of those pushes go with them (their foreign key cascades,
+    # but SQLite enforces foreign keys only when asked to).
+    rulings = tables.versions.metadata.tables.get(RULINGS)
+    if rulings is not None:
+        connection.execute(
+            rulings.delete().where(
+                rulings.c.version_id.in_(sa.select(versions.c.id).where(condition))
+            )
+        )
+    return int(connection.execute(versions.delete().where(condition)).rowcount or 0)
+
+
+def versions_kept(connection: sa.Connection, tables: LogTables) -> int:
+    """How many ``reflectsync_versions`` rows the server holds."""
+    return int(
+        connection.execute(
+            sa.select(sa.func.count()).select_from(tables.versions)
+        ).scalar()
+        or 0
+    )
 
 
 def check_not_trimmed(
