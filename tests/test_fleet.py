@@ -57,7 +57,8 @@ def test_a_revoked_node_is_refused_on_every_signed_route(net: Cluster) -> None:
     _add_cities(lost, net, "Cusco")
     cities = _count(net, "city")
     versions = _count(net, "reflectsync_versions")
-    for attempt in (lost.pull, lost.push, lost.repair, lambda: lost.query(net.server.env.models.City)):
+    City = net.server.env.models.City
+    for attempt in (lost.pull, lost.push, lost.repair, lambda: lost.query(City)):
         with pytest.raises(NodeRevokedError, match="revoked") as refused:
             attempt()
         assert (refused.value.status, refused.value.code) == (403, "auth.revoked")
