@@ -176,11 +176,21 @@ def nodes_command(context: click.Context) -> None:
             _when(node.last_seen_at) if node.last_seen_at else "never",
             str(node.version),
             str(node.lag),
+            _principal(node.principal),
         )
         for node in found
     ]
     _table(
-        ("id", "name", "state", "registered", "last seen", "pulled up to", "behind"),
+        (
+            "id",
+            "name",
+            "state",
+            "registered",
+            "last seen",
+            "pulled up to",
+            "behind",
+            "principal",
+        ),
         rows,
     )
     click.echo(f"Server version: {current}")
@@ -214,6 +224,11 @@ def _fleet_mark(method: str, node_id: int) -> None:
         getattr(state.extension, method)(node_id, current_app._get_current_object())  # type: ignore[attr-defined]
     except SyncError as error:
         raise click.ClickException(error.message) from error
+
+
+def _principal(principal: dict[str, Any]) -> str:
+    """A node's principal in one cell: ``region=north team=7``."""
+    return " ".join(f"{key}={value}" for key, value in sorted(principal.items()))
 
 
 @cli.command("trim")

@@ -443,3 +443,16 @@ def test_a_row_that_passed_through_the_share_unseen_is_not_named(
     field.db.session.commit()
     page = node.pull().json()
     assert page["changes"] == {}, page
+
+
+def test_the_nodes_command_shows_each_nodes_principal(field: Field) -> None:
+    field.raw(region="north")
+    field.env.sync.bind_node(field.raw(region="south").id, {"region": "east"})
+    output = field.env.app.test_cli_runner().invoke(args=["reflectsync", "nodes"])
+    assert output.exit_code == 0, output.output
+    assert "principal" in output.output.splitlines()[0]
+    assert "region=north" in output.output and "region=east" in output.output
+    assert [n.principal for n in field.env.sync.nodes()] == [
+        {"region": "north"},
+        {"region": "east"},
+    ]

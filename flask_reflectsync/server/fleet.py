@@ -22,7 +22,7 @@ stay.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from ..errors import NodeRetiredError, NotFoundError
 from ..tracking import LogTables
 from .nodes import nodes_table
+from .scopes import principal_from_text
 from .settings import ServerSettings
 
 
@@ -46,6 +47,8 @@ class NodeInfo:
     :param state: ``"active"``, ``"inactive"`` (not seen for longer than
         ``REFLECTSYNC_NODE_INACTIVE_DAYS``; retired when it returns),
         ``"retired"`` or ``"revoked"``.
+    :param principal: whom the node acts for (see :doc:`/scopes`); empty
+        when the registration check gave nothing.
     """
 
     id: int
@@ -55,6 +58,7 @@ class NodeInfo:
     version: int
     lag: int
     state: str
+    principal: dict[str, Any] = field(default_factory=dict)
 
 
 def _utc(moment: datetime.datetime) -> datetime.datetime:
@@ -206,6 +210,7 @@ def list_nodes(
             nodes.c.last_pulled_version,
             nodes.c.revoked_at,
             nodes.c.retired_at,
+            nodes.c.principal,
         ).order_by(nodes.c.id)
     ).all()
     listed = []
@@ -227,6 +232,7 @@ def list_nodes(
                 version=int(row.last_pulled_version),
                 lag=current - int(row.last_pulled_version),
                 state=state,
+                principal=principal_from_text(row.principal),
             )
         )
     return listed
