@@ -104,6 +104,13 @@ def fill(app: Flask, db: SQLAlchemy, Visit: Any, teams: int, share: int) -> None
             ]
             db.session.execute(sa.insert(Visit), rows)
             db.session.commit()
+        if db.engine.dialect.name == "postgresql":
+            # Statistics as autovacuum would have them by then: planned on
+            # an empty log's estimates, the pull's log query walks the tag
+            # index once per version (measured 0.77 s instead of 0.12 s).
+            with db.engine.connect() as connection:
+                connection.execution_options(isolation_level="AUTOCOMMIT")
+                connection.exec_driver_sql("ANALYZE")
 
 
 def pull_times(base: str, Visit: Any, share: int, rounds: int) -> list[float]:
