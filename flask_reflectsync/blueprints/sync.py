@@ -349,8 +349,12 @@ def _pull() -> Response:
             "push first.",
             code="pull.share_changed",
         )
+    # In a transaction of its own: the page's must start after the
+    # numbering in read_page (a MySQL snapshot taken by this read would
+    # hide the versions numbered there).
     with _committed() as session:
         fleet.check_not_retired(session, state.tables, node_id)
+    with _committed() as session:
         page = read_page(
             session,
             state.tables,
