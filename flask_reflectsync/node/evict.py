@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from ..errors import ProtocolMismatchError
-from ..rows import key_filter, row_key, select_rows
-from ..wire.codec import DECODE_ERRORS, stores_time_zones, synced_codecs, table_codecs
+from ..rows import key_filter
+from ..wire.codec import DECODE_ERRORS, stores_time_zones, synced_codecs
 from ..wire.page import decode_columns
 from .merge import MergeSchema
 from .queue import LocalQueue
-from .set_aside import set_aside_row
+from .set_aside import children_of, row_encoder, set_aside_row
 from .tables import NODE_LOG, NODE_SET_ASIDE
 
 if TYPE_CHECKING:
@@ -88,22 +88,8 @@ def evict(
             continue
         seen.add((name, key))
         order.append((name, key))
-        for ref in schema.referenced_by.get(name, ()):
-            child = ref.child
-            condition = sa.and_(
-                *[
-                    child.table.c[c] == v
-                    for c, v in zip(ref.child_columns, key, strict=True)
-                ]
-            )
-            for row in select_rows(connection, child, condition):
-                pending.append((child.name, row_key(child, row)))
-    aware = stores_time_zones(client.engine.dialect)
-
-    def encode(name: str, row: dict[str, Any]) -> dict[str, Any]:
-        codecs_ = table_codecs(schema.tables[name].table, aware_storage=aware)
-        return {c: codecs_[c].to_json(v) for c, v in row.items() if c in codecs_}
-
+        pending += children_of(connection, schema, name, key)
+    encode = row_encoder(client)
     for name, key in order:
         if queue.get(name, schema.tables[name].encode_key(key)) is not None:
             set_aside_row(

@@ -131,24 +131,47 @@ def set_aside_row(
             )
         )
         if command == INSERT:
-            for ref in schema.referenced_by.get(name, ()):
-                child = ref.child
-                condition = sa.and_(
-                    *[
-                        child.table.c[c] == v
-                        for c, v in zip(ref.child_columns, key, strict=True)
-                    ]
-                )
-                for row in select_rows(connection, child, condition):
-                    pending.append(
-                        (
-                            child.name,
-                            row_key(child, row),
-                            f"It points at {name} {list(key)}, whose insert was "
-                            "set aside.",
-                        )
+            for child, child_key in children_of(connection, schema, name, key):
+                pending.append(
+                    (
+                        child,
+                        child_key,
+                        f"It points at {name} {list(key)}, whose insert was "
+                        "set aside.",
                     )
+                )
     return len(done)
+
+
+def children_of(
+    connection: sa.Connection, schema: MergeSchema, name: str, key: tuple[Any, ...]
+) -> list[tuple[str, tuple[Any, ...]]]:
+    """The local rows whose foreign keys point at row ``key`` of ``name``:
+    (table, key) pairs."""
+    found = []
+    for ref in schema.referenced_by.get(name, ()):
+        child = ref.child
+        condition = sa.and_(
+            *[
+                child.table.c[c] == v
+                for c, v in zip(ref.child_columns, key, strict=True)
+            ]
+        )
+        for row in select_rows(connection, child, condition):
+            found.append((child.name, row_key(child, row)))
+    return found
+
+
+def row_encoder(client: SyncClient) -> RowEncoder:
+    """How the node stores a local row of any tracked table in the
+    set-aside table (wire form, by column name)."""
+    aware = stores_time_zones(client.engine.dialect)
+
+    def encode(name: str, row: dict[str, Any]) -> dict[str, Any]:
+        codecs_ = table_codecs(client.schema.tables[name].table, aware_storage=aware)
+        return {c: codecs_[c].to_json(v) for c, v in row.items() if c in codecs_}
+
+    return encode
 
 
 def rejoin_changed(connection: sa.Connection, log: LogTables, table: sa.Table) -> int:
@@ -215,12 +238,7 @@ def set_aside_key(
             f"The server refused a value of {table} {list(wire_key)}, a row "
             f"this node does not have: {reason}"
         ) from error
-    aware = stores_time_zones(client.engine.dialect)
-
-    def encode(name: str, row: dict[str, Any]) -> dict[str, Any]:
-        codecs_ = table_codecs(client.schema.tables[name].table, aware_storage=aware)
-        return {c: codecs_[c].to_json(v) for c, v in row.items() if c in codecs_}
-
+    encode = row_encoder(client)
     with client._begin() as connection:
         moved = set_aside_row(
             connection,

@@ -443,11 +443,10 @@ def _existing_outside(
 def _denied(
     change: Any, key: tuple[Any, ...], rule: str, what: str
 ) -> ScopeDeniedError:
-    scope_rule = change.info.name
     return ScopeDeniedError(
         f"The push was refused whole and nothing was written: {what} "
         f"(rule {rule!r}, row {change.wire_key(key)}).",
-        table=scope_rule,
+        table=change.info.name,
         key=change.wire_key(key),
         column="",
         rule=rule,
