@@ -207,7 +207,7 @@ def _act(
         session.commit()
 
 
-#: Examples in all (REFLECTSYNC_CONVERGENCE_EXAMPLES, CI's SQLite run: 200),
+#: Examples in all (REFLECTSYNC_CONVERGENCE_EXAMPLES, CI's SQLite run: 300),
 #: shared by REFLECTSYNC_CONVERGENCE_PARTS tests that pytest-xdist runs side
 #: by side (each draws its own random examples).
 EXAMPLES = int(os.environ.get("REFLECTSYNC_CONVERGENCE_EXAMPLES", "30"))
