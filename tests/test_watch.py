@@ -298,7 +298,10 @@ def test_a_push_through_another_server_reaches_a_watching_node(
 
 def test_a_watching_node_pushes_its_local_commits(net: Cluster) -> None:
     watcher = net.node()
-    with watching(watcher, wait=1):
+    with watching(watcher, wait=LONG):
+        # Caught up first, then the feed holds: only the commit can start
+        # the push.
+        _eventually(lambda: watcher.status.last_synced_at is not None, "synced")
         with watcher.Session() as session:
             session.add(net.server.env.models.City(name="Cusco"))
             session.commit()
