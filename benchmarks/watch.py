@@ -68,7 +68,11 @@ def _reset(url: str) -> None:
 
 
 def _serve(url: str, port: int, threads: int) -> subprocess.Popen[bytes]:
-    environment = {**os.environ, "SOAK_DATABASE_URL": url}
+    environment = {
+        **os.environ,
+        "SOAK_DATABASE_URL": url,
+        "SOAK_REGISTRATIONS_PER_MINUTE": "0",  # every watcher registers at once
+    }
     process = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "gunicorn"),
@@ -243,7 +247,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="reflectsync-watch-") as folder:
             directory = Path(folder)
-            latency(options.database, base, directory, options.commits)
+            if options.commits:
+                latency(options.database, base, directory, options.commits)
             if options.watchers:
                 idle(server, base, directory, options.watchers, options.idle)
     finally:
