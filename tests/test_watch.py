@@ -30,6 +30,7 @@ from .http_server import (
     ServerEnv,
     TestNode,
     database_state,
+    end_feed_holds,
     server_env,
     without_nonces,
 )
@@ -332,6 +333,7 @@ class Restartable:
         self.thread.start()
 
     def stop(self) -> None:
+        end_feed_holds(self.app)
         self.server.shutdown()
         assert self.thread is not None
         self.thread.join()

@@ -108,6 +108,8 @@ def wait_for_news(
         if changed or left <= 0:
             return {"changed": changed, "version": version}
         hub.wait(generation, left)
+        if hub.closed:
+            return {"changed": False, "version": version}
 
 
 class FeedHub:
@@ -131,6 +133,8 @@ class FeedHub:
         self._thread: threading.Thread | None = None
         #: Whether a PostgreSQL ``LISTEN`` connection is open now.
         self.listening = False
+        #: Set by :meth:`close`: held requests answer at once.
+        self.closed = False
 
     @property
     def generation(self) -> int:
@@ -141,6 +145,8 @@ class FeedHub:
         """Wait until the generation moves past ``generation`` or ``timeout``
         seconds pass; return the generation."""
         with self._condition:
+            if self.closed:
+                return self._generation
             self._waiters += 1
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -158,6 +164,13 @@ class FeedHub:
             finally:
                 self._waiters -= 1
             return self._generation
+
+    def close(self) -> None:
+        """End every hold now (the requests answer ``changed: false``
+        without another query), for a server shutting down; the hub's
+        thread stops once they are gone."""
+        self.closed = True
+        self.bump()
 
     def bump(self) -> None:
         """Wake every waiter: the log may have changed."""
@@ -239,7 +252,7 @@ def _run_hub(ref: weakref.ref[FeedHub]) -> None:
     at a time) otherwise, ends when the hub is collected."""
     while True:
         hub = ref()
-        if hub is None:
+        if hub is None or (hub.closed and not hub._busy()):
             return
         try:
             if not hub._idle():
