@@ -275,8 +275,9 @@ def test_a_push_through_another_server_reaches_a_watching_node(
             writer.base_url = other.base
             with watching(watcher, wait=LONG):
                 _eventually(
-                    lambda: "/changes" in recorder.asked,
-                    "the watcher asks the feed",
+                    lambda: watcher.status.last_synced_at is not None
+                    and "/changes" in recorder.asked,
+                    "the watcher caught up and asks the feed",
                 )
                 with writer.Session() as session:
                     session.add(net.server.env.models.City(name="Lima"))

@@ -52,9 +52,9 @@ class Watch:
         self.wake = threading.Event()
         #: The server's share of the node changed: pull.
         self.server_changed = threading.Event()
-        #: The loop handled the last news: the feed may ask again.
+        #: The loop handled the last news: the feed may ask again (not
+        #: before the first catch-up).
         self.handled = threading.Event()
-        self.handled.set()
         self.local_changed = threading.Event()
         self.random = random.Random()
 
