@@ -55,7 +55,9 @@ def read_repair(answer: httpx.Response) -> dict[str, Any]:
 def served(app: Flask) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 (a free port) in a thread; yields its URL."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.port}"

@@ -152,7 +152,9 @@ def test_a_refused_connection_is_retried(net: Cluster, tmp_path: Path) -> None:
 
         server = make_server("127.0.0.1", port, net.server.env.app, threaded=True)
         up.set()
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         thread.start()
         done.wait(30)
         server.shutdown()

@@ -85,6 +85,7 @@ from .conflicts import (
     Resolutions,
 )
 from .keys import HighWater, KeyReserve
+from .patches import complete_patches
 from .queue import LocalQueue
 
 # -- the incoming page -----------------------------------------------------------------
@@ -914,6 +915,7 @@ def merge_page(
     queue.forget_cancelled()
     water = HighWater(connection, high_water) if high_water is not None else None
     merge = _Merge(connection, schema, queue, resolutions, fetch, water, reserve)
+    page = complete_patches(connection, schema, queue, page, fetch)
     page = [part for part in page if part.table in schema.tables and len(part)]
     if untouched(schema, queue, [part.table for part in page]):
         result = merge.run_untouched(page)

@@ -401,7 +401,25 @@ def _table_changes(
             )
         if any(mark is not None for mark in marks):
             part["changed"] = marks
+            _leave_out_unchanged(values, marks, positions)
     return part
+
+
+def _leave_out_unchanged(
+    values: list[list[Any]], marks: Sequence[list[int] | None], keys: Sequence[int]
+) -> None:
+    """Make each marked row a patch: its values in the columns it did not
+    change are sent as ``null`` (the node completes them, see
+    :ref:`patches in pull pages <pull-patches>`); its key columns and the
+    marked ones stay."""
+    kept = set(keys)
+    for n, mark in enumerate(marks):
+        if mark is None:
+            continue
+        shown = kept.union(mark)
+        for position, column in enumerate(values):
+            if position not in shown:
+                column[n] = None
 
 
 class _ShareView:
