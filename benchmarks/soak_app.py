@@ -58,6 +58,10 @@ def create_app(database_url: str | None = None) -> Flask:
         SQLALCHEMY_DATABASE_URI=database_url or os.environ["SOAK_DATABASE_URL"],
         SECRET_KEY=os.environ.get("SOAK_SECRET_KEY", "soak-secret"),
         REFLECTSYNC_OPEN_REGISTRATION=True,
+        # benchmarks/watch.py registers hundreds of nodes from one address
+        REFLECTSYNC_REGISTRATIONS_PER_MINUTE=int(
+            os.environ.get("SOAK_REGISTRATIONS_PER_MINUTE", "120")
+        ),
     )
     db.init_app(app)
     sync.init_app(app, db)

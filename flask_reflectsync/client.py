@@ -16,6 +16,7 @@ from .node.client import (
     SetAside,
     SyncClient,
     SyncResult,
+    SyncStatus,
 )
 
 __all__ = [
@@ -28,4 +29,5 @@ __all__ = [
     "KindResolver",
     "Retry",
     "PullProgress",
+    "SyncStatus",
 ]

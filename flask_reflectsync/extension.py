@@ -84,6 +84,8 @@ class AppState:
         use (see :mod:`.blueprints.limits`).
     :param nonce_sweeps: when each node's old nonces were last deleted
         (:class:`~.server.nodes.NonceSweeps`), made on first use.
+    :param feed_hub: this process's watch of the log for the change feed
+        (:class:`~.server.feed.FeedHub`), made on first use.
     """
 
     extension: ReflectSync
@@ -95,6 +97,7 @@ class AppState:
     schema: tuple[tuple[int, int, int], TrackedSchema] | None = None
     limits: Any = None
     nonce_sweeps: Any = None
+    feed_hub: Any = None
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:

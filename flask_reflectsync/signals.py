@@ -114,6 +114,16 @@ pull_served = _signals.signal("pull-served")
 #: model, the primary key and the resolution).
 conflict_resolved = _signals.signal("conflict-resolved")
 
+#: A node's view of its synchronisation changed (connected, last synced,
+#: pending or set-aside counts, last error, watching; see :doc:`/fleet`).
+#: Sent on the node after each push, pull, repair or synchronize whose
+#: outcome changes it, and by ``watch()`` as it goes.
+#: Sender: the :class:`~flask_reflectsync.client.SyncClient`. Keyword
+#: arguments: ``status`` (the new
+#: :class:`~flask_reflectsync.client.SyncStatus`). Sent from the thread
+#: doing the work: a receiver updating a UI hands it to the UI's thread.
+sync_status_changed = _signals.signal("sync-status-changed")
+
 __all__ = [
     "schema_created",
     "schema_dropped",
@@ -131,4 +141,5 @@ __all__ = [
     "push_rejected",
     "pull_served",
     "conflict_resolved",
+    "sync_status_changed",
 ]

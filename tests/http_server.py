@@ -62,9 +62,20 @@ def served(app: Flask) -> Iterator[str]:
     try:
         yield f"http://127.0.0.1:{server.port}"
     finally:
+        end_feed_holds(app)
         server.shutdown()
         thread.join()
         server.server_close()
+
+
+def end_feed_holds(app: Flask) -> None:
+    """Answer every change-feed request ``app`` holds at once (a server
+    shutting down), so none is left querying the database after the test;
+    the next request makes a new hub."""
+    state = app.extensions.get("reflectsync")
+    if state is not None and state.feed_hub is not None:
+        state.feed_hub.close()
+        state.feed_hub = None
 
 
 def define_sample(db: SQLAlchemy) -> Any:

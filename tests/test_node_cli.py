@@ -389,3 +389,47 @@ def test_a_revoked_node_is_told_in_one_line(database_url: str, node_url: str) ->
             assert result.exit_code == 1, result.output
             (line,) = result.output.strip().splitlines()
             assert "revoked node" in line and "register" in line.lower()
+
+
+# -- issue 17: sync --watch ------------------------------------------------------
+
+
+def test_sync_watch_runs_until_sigterm_and_stops_cleanly(
+    survey_url: str, node_url: str
+) -> None:
+    import signal
+    import time
+
+    options = ["--server", survey_url, "--database", node_url,
+               "--models", "example_app.models"]
+    base = [sys.executable, "-m", "flask_reflectsync", *options]
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [*base, "register"], capture_output=True, text=True, timeout=60, cwd=root
+    )
+    assert done.returncode == 0, done.stderr
+    watching = subprocess.Popen(
+        [*base, "sync", "--watch", "--wait", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=root,
+    )
+    try:
+        assert watching.stderr is not None
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = watching.stderr.readline()
+            lines.append(line)
+            if line.startswith("[connected]"):
+                break
+        assert lines[-1].startswith("[connected]"), lines
+        watching.send_signal(signal.SIGTERM)
+        out, err = watching.communicate(timeout=60)
+    finally:
+        if watching.poll() is None:
+            watching.kill()
+            watching.wait()
+    assert watching.returncode == 0, err
+    assert "Stopped at version" in out

@@ -23,6 +23,7 @@ SYNC_ROUTES = {
     "/register": "POST",
     "/push": "POST",
     "/pull": "POST",
+    "/changes": "POST",
     "/repair": "GET",
     "/query": "GET",
 }
@@ -82,6 +83,7 @@ CODES = {
     "pull replayed": "auth.replayed",
     "pull altered": "auth.unknown_or_bad_signature",
     "pull ahead": "pull.ahead_of_server",
+    "changes invalid": "request.invalid",
     "register protocol 1": "request.protocol_mismatch",
     "repair unsigned": "auth.unsigned",
     "repair by an old node": "request.protocol_mismatch",
@@ -189,6 +191,11 @@ def _requests(node: TestNode) -> list[tuple[str, httpx.Request, int]]:
             400,
         ),
         ("pull invalid", signed(node.build("POST", "/pull", json={"since": -1})), 400),
+        (
+            "changes invalid",
+            signed(node.build("POST", "/changes", json={"since": 0, "wait": -1})),
+            400,
+        ),
         ("repair unsigned", node.build("GET", "/repair"), 401),
         ("repair ok", signed(node.build("GET", "/repair", headers=REPAIR_ACCEPT)), 200),
         ("repair by an old node", signed(node.build("GET", "/repair")), 400),
@@ -251,6 +258,11 @@ def test_successful_answers_match_their_schemas(server: ServerEnv) -> None:
             },
         ),
         ("/pull", "PullResponse", {"json": {"protocol": 2, "since": 0}}),
+        (
+            "/changes",
+            "ChangesResponse",
+            {"json": {"protocol": 2, "since": 0, "wait": 0}},
+        ),
     ]:
         validate(node.call("POST", route, **kwargs).json(), schema)
     for line in node.repair().content.splitlines():

@@ -1,7 +1,8 @@
 """The sync routes: thin views over :mod:`flask_reflectsync.server`.
 
-``POST /register``, ``POST /push``, ``POST /pull``, ``GET /repair``,
-``GET /query`` and ``GET /openapi.json`` under ``REFLECTSYNC_URL_PREFIX``.
+``POST /register``, ``POST /push``, ``POST /pull``, ``POST /changes``,
+``GET /repair``, ``GET /query`` and ``GET /openapi.json`` under
+``REFLECTSYNC_URL_PREFIX``.
 Everything but registration and the OpenAPI document needs a signed request.
 
 The handlers leave the transaction to these views: each view commits the
@@ -35,8 +36,10 @@ from ..errors import (
     PayloadTooLargeError,
     PushRejectedError,
     SyncError,
+    ValidationError,
 )
 from ..server import fleet, nodes
+from ..server.feed import FeedHub, read_changes_request, wait_for_news
 from ..server.openapi import openapi_document
 from ..server.pull import change_count, read_page, record_pulled
 from ..server.pull_scopes import Share
@@ -46,7 +49,9 @@ from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
 from ..server.scopes import ScopeNode, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
+from ..tracking.numbering import number_versions
 from ..tracking.registry import registry_state
+from ..tracking.tables import current_version
 from ..wire.messages import PROTOCOL_VERSION, decode_body
 from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
 from .api import ok_response
@@ -58,6 +63,7 @@ def add_sync_routes(blueprint: Blueprint) -> None:
     blueprint.add_url_rule("/register", view_func=_register, methods=["POST"])
     blueprint.add_url_rule("/push", view_func=_push, methods=["POST"])
     blueprint.add_url_rule("/pull", view_func=_pull, methods=["POST"])
+    blueprint.add_url_rule("/changes", view_func=_changes, methods=["POST"])
     blueprint.add_url_rule("/repair", view_func=_repair, methods=["GET"])
     blueprint.add_url_rule("/query", view_func=_query, methods=["GET"])
     blueprint.add_url_rule("/openapi.json", view_func=_openapi, methods=["GET"])
@@ -374,6 +380,54 @@ def _pull() -> Response:
         more=page["cursor"] is not None,
     )
     return _answer(**page)
+
+
+def _feed_hub(settings: ServerSettings) -> FeedHub:
+    """This process's watch of the log, made on first use."""
+    state = _state()
+    hub = state.feed_hub
+    if hub is None:
+        hub = state.feed_hub = FeedHub(
+            state.db.engine, state.tables, settings.feed_poll_interval
+        )
+    return hub  # type: ignore[no-any-return]
+
+
+def _changes() -> Response:
+    """The change feed: held until the node's share has a version after
+    ``since`` (see :mod:`flask_reflectsync.server.feed`)."""
+    state = _state()
+    settings = _settings()
+    body = _body(settings)
+    node_id = _authenticate(settings, body)
+    since, wait = read_changes_request(_message(body), settings.feed_max_wait)
+    served = _served(node_id)
+    with _committed() as session:
+        fleet.check_not_retired(session, state.tables, node_id)
+        current = current_version(session, state.tables)
+    if since > current:
+        number_versions(state.db.engine, state.tables)
+        with _committed() as session:
+            current = current_version(session, state.tables)
+        if since > current:
+            raise ValidationError(
+                f"since {since} is newer than the server's latest version "
+                f"{current}; the node must repair from this server.",
+                code="pull.ahead_of_server",
+            )
+    if served.stale:
+        # The pull tells the node what to do (repair its share).
+        return _answer(changed=True, version=current)
+    answer = wait_for_news(
+        state.db.engine,
+        state.tables,
+        _feed_hub(settings),
+        node_id,
+        since,
+        served.share,
+        wait,
+    )
+    return _answer(**answer)
 
 
 def _repair() -> Response:

@@ -34,6 +34,7 @@ from ..errors import SyncError
 from ..tracking.registry import tracked_classes
 from .client import SyncClient
 from .results import PullProgress
+from .status import SyncStatus
 from .transport import Retry, Words
 
 #: The messages' advice in the command line's words.
@@ -365,9 +366,28 @@ class _Bar:
     show_default=True,
     help="Pushes to attempt when the server holds conflicting changes.",
 )
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep running: push after local changes, pull when the server's "
+    "change feed says so, until Ctrl-C or SIGTERM.",
+)
+@click.option(
+    "--wait",
+    default=25.0,
+    show_default=True,
+    help="With --watch: seconds the server may hold each feed request.",
+)
 @click.pass_obj
-def sync_command(node: _Node, tries: int) -> None:
-    """Push, and when the server refuses, pull, merge and push again."""
+def sync_command(node: _Node, tries: int, watch: bool, wait: float) -> None:
+    """Push, and when the server refuses, pull, merge and push again.
+
+    With --watch, keep the node in sync until stopped (Ctrl-C or SIGTERM
+    end it between two operations, never in the middle of one)."""
+    if watch:
+        with node.client() as client:
+            _watch(client, wait)
+        return
     with node.client() as client:
         result = client.synchronize(tries=tries)
         version = client.last_version
@@ -378,6 +398,27 @@ def sync_command(node: _Node, tries: int) -> None:
     )
     _conflicts(result.conflicts)
     _set_aside_lines(result.pushed.set_aside)
+
+
+def _watch(client: SyncClient, wait: float) -> None:
+    """``sync --watch``: one line per change of the node's status."""
+
+    def say(status: SyncStatus) -> None:
+        state = {True: "connected", False: "offline", None: "starting"}[
+            status.connected
+        ]
+        line = (
+            f"[{state}] version {status.version}, {status.pending} pending, "
+            f"{status.set_aside} set aside"
+        )
+        if status.last_error:
+            line += f"; last error: {status.last_error}"
+        click.echo(line, err=True)
+
+    client._status.callback = say
+    click.echo("Watching; Ctrl-C to stop.", err=True)
+    client.watch(wait=wait, handle_signals=True)
+    click.echo(f"Stopped at version {client.last_version}.")
 
 
 @cli.command()

@@ -26,6 +26,7 @@ import datetime
 import json
 import secrets
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -51,12 +52,14 @@ from . import query as _query
 from . import repair as _repair
 from . import set_aside as _set_aside
 from . import state as _state
+from . import watch as _watch
 from .conflicts import Conflict, KindResolver, Resolutions, Strategy
 from .keys import assign_keys_on
 from .merge import MergeSchema
 from .results import PullProgress, PullResult, PushResult, SyncResult
 from .set_aside import SetAside
 from .state import State
+from .status import StatusKeeper, SyncStatus
 from .tables import NODE_LOG, NODE_METADATA, create_node_tables, create_private_file
 from .transport import Retry, Transport, Words
 from .values import check_values_on
@@ -71,6 +74,7 @@ __all__ = [
     "KindResolver",
     "Retry",
     "PullProgress",
+    "SyncStatus",
 ]
 
 M = TypeVar("M")
@@ -160,6 +164,7 @@ class SyncClient:
         save_secret: Callable[[str], Any] | None = None,
         key_blocks: bool = True,
         check_values: bool = True,
+        on_status: Callable[[SyncStatus], Any] | None = None,
     ) -> None:
         if retries < 0 or retry_within < 0:
             raise ConfigurationError("retries and retry_within cannot be negative.")
@@ -194,9 +199,12 @@ class SyncClient:
         maker = _NodeSessionmaker(bind=engine)
         maker.client = self
         self.Session: sessionmaker[Session] = maker
+        self._status = StatusKeeper(self, on_status)
+        self._watches: list[_watch.Watch] = []
         start_tracking(self.Session, self._log)
         assign_keys_on(self.Session, self)
         check_values_on(self.Session)
+        self._hear_commits(self.Session)
 
     # -- setup -------------------------------------------------------------------
 
@@ -210,6 +218,12 @@ class SyncClient:
         start_tracking(target, self._log)
         assign_keys_on(target, self)
         check_values_on(target)
+        self._hear_commits(target)
+
+    def _hear_commits(self, target: Any) -> None:
+        """Tell a running :meth:`watch` of each commit of ``target``'s
+        sessions (no SQL: ``after_commit`` may not emit any)."""
+        sa.event.listen(target, "after_commit", _LocalCommits(self))
 
     def _prepare(self) -> None:
         if self._prepared:
@@ -338,6 +352,81 @@ class SyncClient:
         self._prepare()
         with self.engine.connect() as connection:
             return _state.pending_operations(connection)
+
+    # -- status (see status.py) ----------------------------------------------------
+
+    @property
+    def status(self) -> SyncStatus:
+        """This node's synchronisation as last seen: connected, last synced,
+        pending and set-aside counts, last error, watching (a
+        :class:`SyncStatus`, immutable). Reading it costs nothing: it is
+        kept up to date by every push, pull, repair and synchronize, and by
+        :meth:`watch`; :meth:`refresh_status` counts the queue again (local
+        commits change ``pending`` without a sync)."""
+        return self._status.current
+
+    def refresh_status(self) -> SyncStatus:
+        """Count the queue and the set-aside changes again and return the
+        status (announced if it changed)."""
+        self._prepare()
+        return self._status.refresh()
+
+    # -- watching (see watch.py) -------------------------------------------------
+
+    def watch(
+        self,
+        stop: threading.Event | None = None,
+        *,
+        wait: float = 25.0,
+        debounce: float = 0.5,
+        max_backoff: float = 60.0,
+        handle_signals: bool = False,
+    ) -> None:
+        """Keep the node in sync until stopped: push soon after local
+        commits, pull as soon as the server's change feed (``POST
+        /changes``) says the node's share changed, back off with jitter
+        while the server cannot be reached or is busy, and catch up when it
+        comes back. Blocks the calling thread (run it in a thread of its
+        own in an app); :attr:`status` follows it (``watching`` is true
+        meanwhile). See :doc:`/fleet`.
+
+        A push or a pull is never interrupted: stopping is looked at between
+        operations. A revoked node ends the watch with
+        :class:`~flask_reflectsync.errors.NodeRevokedError`; a retired one
+        repairs by itself when nothing is queued. Other errors are kept in
+        :attr:`status` and tried again later.
+
+        :param stop: set it (from any thread) to end the watch; or call
+            :meth:`stop_watching`.
+        :param wait: how long the server may hold each feed request (it
+            holds at most its ``REFLECTSYNC_FEED_MAX_WAIT``).
+        :param debounce: seconds to let a burst of local commits end before
+            pushing them together.
+        :param max_backoff: the longest wait between tries while failing.
+        :param handle_signals: SIGINT (Ctrl-C) and SIGTERM stop the watch
+            cleanly instead of interrupting it (main thread only).
+        """
+        if wait < 0 or debounce < 0 or max_backoff <= 0:
+            raise ConfigurationError(
+                "wait and debounce cannot be negative, max_backoff must be "
+                "positive."
+            )
+        self._registered()
+        _watch.watch(
+            self,
+            stop if stop is not None else threading.Event(),
+            wait=wait,
+            debounce=debounce,
+            max_backoff=max_backoff,
+            handle_signals=handle_signals,
+        )
+
+    def stop_watching(self) -> None:
+        """End every running :meth:`watch` of this client once its current
+        operation is done."""
+        for watch in list(self._watches):
+            watch.stop.set()
+            watch.wake.set()
 
     # -- HTTP (see transport.py) ---------------------------------------------------
 
@@ -490,7 +579,7 @@ class SyncClient:
         :raises ServerUnreachableError: the push may or may not have been
             applied; the next call resends it with the same id.
         """
-        with self._lock:
+        with self._lock, self._status.exchange(caught_up=False):
             state = self._registered()
             aside: list[SetAside] = []
             widened = False
@@ -576,7 +665,8 @@ class SyncClient:
         :raises GoneError: the server trimmed the changes this node needs;
             :meth:`repair` it.
         """
-        return _pull.pull(self, progress, on_page=on_page)
+        with self._status.exchange(caught_up=True):
+            return _pull.pull(self, progress, on_page=on_page)
 
     # -- synchronize -----------------------------------------------------------------
 
@@ -588,7 +678,7 @@ class SyncClient:
         :raises PushRejectedError: if the push is still rejected after
             ``tries`` attempts (the server kept changing the same rows).
         """
-        with self._lock:
+        with self._lock, self._status.exchange(caught_up=True):
             pulled: list[PullResult] = []
             refused: set[tuple[str, str]] = set()
             brought: set[tuple[str, str]] = set()
@@ -670,7 +760,8 @@ class SyncClient:
             than this node's release does not).
         :return: how many rows were written.
         """
-        return _repair.repair(self, progress, on_total=on_total)
+        with self._status.exchange(caught_up=True):
+            return _repair.repair(self, progress, on_total=on_total)
 
     # -- query (see query.py) ----------------------------------------------------------
 
@@ -685,3 +776,17 @@ class SyncClient:
         :return: every matching row, in primary-key order.
         """
         return _query.query(self, model, **filters)
+
+
+class _LocalCommits:
+    """An ``after_commit`` listener waking the client's running watches
+    (holding the client weakly: a session maker may outlive it)."""
+
+    def __init__(self, client: SyncClient) -> None:
+        self.client = weakref.ref(client)
+
+    def __call__(self, session: Session) -> None:
+        client = self.client()
+        if client is not None:
+            for watch in client._watches:
+                watch.local_commit()

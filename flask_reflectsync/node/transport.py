@@ -156,6 +156,8 @@ class Transport:
         stream: bool = False,
         idempotent: bool = True,
         accept: str | None = None,
+        retries: int | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         """Send one request, trying again on a busy server or a lost
         connection (see :ref:`retries`).
@@ -164,14 +166,20 @@ class Transport:
             push carries its id; pulls, repairs and queries only read). A
             request that is not is tried again only when it cannot have
             reached the server (busy answers, refused connections).
+        :param retries: instead of :attr:`retries`, for this request.
+        :param timeout: seconds to wait for this request's answer, instead
+            of the client's timeout (a held change feed).
         """
+        retries = self.retries if retries is None else retries
         content = b"" if message is None else json.dumps(message).encode("utf-8")
         waited = 0.0
-        for attempt in range(1, self.retries + 2):
+        for attempt in range(1, retries + 2):
             # Signed anew each time: a nonce is accepted only once.
             request = self.request(method, route, content, params, signed)
             if accept is not None:
                 request.headers["Accept"] = accept
+            if timeout is not None:
+                request.extensions["timeout"] = httpx.Timeout(timeout).as_dict()
             try:
                 answer = self.http.send(request, stream=stream)
             except httpx.TransportError as error:
@@ -197,14 +205,14 @@ class Transport:
                     raise failure
                 asked = retry_after(answer.headers.get("Retry-After"))
             delay = self.delay(attempt, asked)
-            if attempt > self.retries or waited + delay > self.retry_within:
+            if attempt > retries or waited + delay > self.retry_within:
                 if attempt > 1:
                     failure.message += f" (tried {attempt} times)"
                     failure.args = (failure.message, *failure.args[1:])
                 raise failure
             if self.on_retry is not None:
                 self.on_retry(
-                    Retry(route, attempt + 1, self.retries + 1, delay, failure)
+                    Retry(route, attempt + 1, retries + 1, delay, failure)
                 )
             time.sleep(delay)
             waited += delay

@@ -11,8 +11,11 @@ and progress:
     Set by :func:`retire_node`, or by ``authenticate`` when a node comes back
     after more than ``REFLECTSYNC_NODE_INACTIVE_DAYS`` without contact. A
     retired node no longer pins the trim watermark (:func:`pins_trim`); when
-    it comes back, pull and push answer 410 (``fleet.retired``) until it
-    repairs, which clears the mark. It can have missed trimmed changes, so
+    it comes back, pull and the change feed answer 410 (``fleet.retired``)
+    until it repairs, which clears the mark. Its push is still accepted
+    while the log after its last pulled version is there (the conflict
+    check needs it): refusing it would lose the work it queued offline,
+    since a repair discards the queue. It can have missed trimmed changes, so
     nothing it holds is trusted to be complete.
 
 Neither mark deletes anything: the node's row, and the versions it pushed,

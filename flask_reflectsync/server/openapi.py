@@ -27,8 +27,10 @@ def _errors(*statuses: int) -> dict[str, Any]:
     reasons = {
         400: "The message is malformed; nothing was written.",
         401: "Unsigned, mis-signed, expired or replayed request.",
-        403: "Registration refused.",
+        403: "Registration refused, or the node was revoked (code "
+        "auth.revoked).",
         404: "Unknown model.",
+        410: "The node was retired (code fleet.retired): repair it.",
         409: "The push conflicts with changes the node has not pulled, or "
         "breaks a unique constraint, or reuses a push id for other content "
         "(code push.id_reused); nothing was written.",
@@ -404,6 +406,17 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     "PullResponse",
                     (400, *auth),
                     body="PullRequest",
+                )
+            },
+            f"{base}/changes": {
+                "post": _operation(
+                    "The change feed: held (at most REFLECTSYNC_FEED_MAX_WAIT "
+                    "seconds) until the node's share has a version after since "
+                    "that the node did not push; changed false when the hold "
+                    "ends. 403 auth.revoked and 410 fleet.retired as on pull.",
+                    "ChangesResponse",
+                    (400, *auth, 403, 410),
+                    body="ChangesRequest",
                 )
             },
             f"{base}/repair": {

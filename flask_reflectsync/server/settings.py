@@ -23,6 +23,8 @@ SERVER_CONFIG_DEFAULTS: dict[str, Any] = {
     "REFLECTSYNC_REGISTRATIONS_PER_MINUTE": 120,
     "REFLECTSYNC_AUTH_FAILURES_PER_MINUTE": 120,
     "REFLECTSYNC_NODE_INACTIVE_DAYS": None,
+    "REFLECTSYNC_FEED_MAX_WAIT": 25.0,
+    "REFLECTSYNC_FEED_POLL_INTERVAL": 0.25,
 }
 
 
@@ -41,6 +43,10 @@ class ServerSettings:
     :param repair_chunk_rows: rows read per database round trip by repair.
     :param node_inactive_days: a node not seen for longer no longer pins
         the trim watermark and must repair when it returns (``None``: never).
+    :param feed_max_wait: the most seconds ``POST /changes`` holds a request
+        (and its default wait).
+    :param feed_poll_interval: seconds between two looks at the version
+        counter by a worker process's change feed while nodes wait.
     """
 
     secret_key: bytes | None
@@ -52,6 +58,8 @@ class ServerSettings:
     query_page_size: int = 100
     repair_chunk_rows: int = 1000
     node_inactive_days: float | None = None
+    feed_max_wait: float = 25.0
+    feed_poll_interval: float = 0.25
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ServerSettings:
@@ -71,6 +79,10 @@ class ServerSettings:
             query_page_size=int(get("REFLECTSYNC_QUERY_PAGE_SIZE")),
             repair_chunk_rows=int(get("REFLECTSYNC_REPAIR_CHUNK_ROWS")),
             node_inactive_days=_days(get("REFLECTSYNC_NODE_INACTIVE_DAYS")),
+            feed_max_wait=_seconds(get("REFLECTSYNC_FEED_MAX_WAIT"), "MAX_WAIT"),
+            feed_poll_interval=_seconds(
+                get("REFLECTSYNC_FEED_POLL_INTERVAL"), "POLL_INTERVAL"
+            ),
         )
 
     def require_secret_key(self) -> bytes:
@@ -119,3 +131,14 @@ def _days(value: Any) -> float | None:
             f"or None (never); it is {value!r}."
         )
     return days
+
+
+def _seconds(value: Any, name: str) -> float:
+    """``REFLECTSYNC_FEED_<name>``: a positive number of seconds."""
+    seconds = float(value)
+    if not 0 < seconds < float("inf"):
+        raise ConfigurationError(
+            f"REFLECTSYNC_FEED_{name} must be a positive number of seconds; "
+            f"it is {value!r}."
+        )
+    return seconds

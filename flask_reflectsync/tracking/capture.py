@@ -55,7 +55,7 @@ from sqlalchemy.orm.base import NO_VALUE, instance_state
 from ..errors import ConfigurationError, TrackingError
 from ..rows import key_filter
 from .columns import encode_columns
-from .numbering import lock_and_number, numbered_after_commit
+from .numbering import lock_and_number, notify_numbered, numbered_after_commit
 from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
 from .tables import DELETE, INSERT, NO_ROW, UPDATE, VERSION_ROW, LogTables
 from .writer import insert_operations, insert_version
@@ -813,6 +813,9 @@ def _assign_number(
     connection.execute(
         sa.update(versions).where(versions.c.id == tx.version_id).values(number=number)
     )
+    # Under the counter lock held through commit already (SQLite's write
+    # lock, a push's counter lock): the feed's listeners hear of it.
+    notify_numbered(connection, log.tables)
     tx.numbered = True
 
 

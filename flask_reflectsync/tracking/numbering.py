@@ -42,6 +42,29 @@ AFTER_COMMIT = ("postgresql", "mysql")
 _CHUNK = 500
 
 
+def feed_channel(tables: LogTables) -> str:
+    """The PostgreSQL ``NOTIFY`` channel on which newly numbered versions are
+    announced (the versions table's name: one per log)."""
+    return tables.versions.name
+
+
+def notify_numbered(connection: sa.Connection, tables: LogTables) -> None:
+    """Announce, at the commit of ``connection``'s transaction, that versions
+    were numbered (PostgreSQL ``pg_notify``; elsewhere nothing): the change
+    feed's listeners in every process wake (see
+    :mod:`flask_reflectsync.server.feed`).
+
+    Only called by transactions that hold the counter lock through their
+    commit anyway (numberers, a push): PostgreSQL serialises the commits of
+    notifying transactions, which every tracked commit of the app must not
+    pay (see :doc:`/design`).
+    """
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(
+            "SELECT pg_notify(%(channel)s, '')", {"channel": feed_channel(tables)}
+        )
+
+
 def numbered_after_commit(dialect: sa.Dialect) -> bool:
     """Whether versions on this backend are numbered after commit (by
     :func:`number_versions`) rather than in ``before_commit``."""
@@ -177,6 +200,8 @@ def _number_locked(
             "WHERE id = %(row)s RETURNING value",
             {"base": base, "own": own, "row": VERSION_ROW},
         ).scalar_one()
+        if int(moved) > base:
+            notify_numbered(connection, tables)
         return int(moved)
     waiting_query = sa.select(versions.c.id).where(versions.c.number.is_(None))
     if own is not None:

@@ -297,6 +297,40 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "ChangesRequest": {
+        "type": "object",
+        "required": ["protocol", "since"],
+        "additionalProperties": False,
+        "properties": {
+            "protocol": _protocol,
+            "since": {
+                **_version,
+                "description": "The last server version the node has.",
+            },
+            "wait": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 3600,
+                "description": "The most seconds to hold the request waiting "
+                "for a change (the server holds it at most "
+                "REFLECTSYNC_FEED_MAX_WAIT, its default).",
+            },
+        },
+    },
+    "ChangesResponse": {
+        "type": "object",
+        "required": ["ok", "protocol", "changed", "version"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "protocol": _protocol,
+            "changed": {
+                "type": "boolean",
+                "description": "Whether the node's share has a version after "
+                "since that the node did not push itself: pull now.",
+            },
+            "version": {**_version, "description": "The server's latest version."},
+        },
+    },
     "PullResponse": {
         "type": "object",
         "required": [
