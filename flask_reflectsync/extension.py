@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from flask import Flask, current_app, has_app_context
@@ -12,7 +13,7 @@ from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes, current_schema
 from .cli import cli
-from .errors import NotFoundError
+from .errors import NotFoundError, UntrackedLinkWarning
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
 from .server import fleet
@@ -35,6 +36,8 @@ from .tracking import (
     track,
 )
 from .tracking.capture import TagReader
+from .tracking.links import describe as describe_links
+from .tracking.links import untracked_links
 from .tracking.numbering import number_versions
 from .tracking.registry import TrackedTable
 from .tracking.tables import current_version
@@ -95,6 +98,23 @@ class AppState:
     schema: tuple[tuple[int, int, int], TrackedSchema] | None = None
     limits: Any = None
     nonce_sweeps: Any = None
+    #: The :class:`~.errors.UntrackedLinkWarning` sentences given already.
+    warned_links: set[str] = field(default_factory=set)
+
+
+def warn_untracked_links(state: AppState, schema: TrackedSchema) -> None:
+    """An :class:`~.errors.UntrackedLinkWarning` naming every tracked model
+    of ``schema`` with a relationship or foreign key to an untracked table
+    (once per distinct set: at ``init_app``, and again when models tracked
+    later add some)."""
+    links = untracked_links(schema.tables.values())
+    if not links:
+        return
+    message = describe_links(links)
+    if message in state.warned_links:
+        return
+    state.warned_links.add(message)
+    warnings.warn(message, UntrackedLinkWarning, stacklevel=3)
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:
@@ -241,9 +261,10 @@ class ReflectSync:
         if config["REFLECTSYNC_CLI_GROUP"]:
             app.cli.add_command(cli, name=config["REFLECTSYNC_CLI_GROUP"])
 
-        app.extensions[EXTENSION_KEY] = AppState(
+        app.extensions[EXTENSION_KEY] = state = AppState(
             extension=self, db=db, tables=tables, log=log, config=config
         )
+        warn_untracked_links(state, TrackedSchema.of(db.metadata))
 
     def get_state(self, app: Flask | None = None) -> AppState:
         """The per-app state of ``app`` (default: the current app).
