@@ -147,7 +147,7 @@ def test_append_and_remove_are_logged_once(social: Social) -> None:
     ann.following.append(cy)
     session.commit()
     assert social.server_links() == [(1, 2), (1, 3)]
-    assert social.operations() == [
+    assert sorted(social.operations()) == [
         ("followers", "[1,2]", "i"),
         ("followers", "[1,3]", "i"),
     ]
@@ -220,11 +220,12 @@ def test_core_statements_through_the_session_are_logged_once(
     session.execute(sa.delete(followers).where(followers.c.follower_id == 2))
     session.commit()
     assert social.server_links() == [(1, 2)]
-    assert social.operations() == [
+    operations = social.operations()
+    assert sorted(operations[:2]) == [
         ("followers", "[1,2]", "i"),
         ("followers", "[2,1]", "i"),
-        ("followers", "[2,1]", "d"),
     ]
+    assert operations[2:] == [("followers", "[2,1]", "d")]
 
 
 # -- sync -------------------------------------------------------------------------
