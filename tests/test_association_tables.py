@@ -352,3 +352,83 @@ def test_an_untracked_association_table_is_warned_of(make_app: AppFactory) -> No
     message = str(found[0].message)
     assert "Club" in message and "club_members" in message
     assert "City" not in message  # City's foreign key points at tracked Country
+
+
+# -- scopes -----------------------------------------------------------------------
+
+
+def test_a_scoped_association_table_follows_its_parent(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    env = make_app(SECRET_KEY=SECRET_KEY, REFLECTSYNC_OPEN_REGISTRATION=False)
+    db = env.db
+    members = track(
+        db.Table(
+            "team_members",
+            sa.Column("team_id", sa.ForeignKey("team.id"), primary_key=True),
+            sa.Column("player_id", sa.ForeignKey("player.id"), primary_key=True),
+        )
+    )
+
+    @track
+    class Team(db.Model):  # type: ignore[name-defined]
+        __tablename__ = "team"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        region: Mapped[str] = mapped_column(sa.String(20))
+        players: Mapped[list[Any]] = relationship("Player", secondary=members)
+
+    @track
+    class Player(db.Model):  # type: ignore[name-defined]
+        __tablename__ = "player"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+
+    sync = env.sync
+    sync.scope(Team, Team.region, equals="region")
+    sync.scope(Player, read_only=True)
+    for model in vars(env.models).values():
+        sync.scope(model, hidden=True)
+
+    @sync.registration_check
+    def principal(registration: dict[str, Any]) -> dict[str, Any]:
+        return {"region": registration.get("info", {}).get("region")}
+
+    clients: list[SyncClient] = []
+    try:
+        with env.app.app_context():
+            db.create_all()
+        with served(env.app) as url, env.app.app_context():
+            north_team, south_team = (
+                Team(id=1, region="north"),
+                Team(id=2, region="south"),
+            )
+            ann = Player(id=7, name="ann")
+            north_team.players.append(ann)
+            south_team.players.append(ann)
+            db.session.add_all([north_team, south_team])
+            db.session.commit()
+
+            def node(name: str, region: str) -> SyncClient:
+                engine = sa.create_engine(f"sqlite:///{tmp_path / name}.db")
+                tables = [Team.__table__, Player.__table__, members]
+                db.metadata.create_all(engine, tables=tables)
+                client = SyncClient(
+                    url + "/sync", engine, name=name, models=[Team, Player, members]
+                )
+                clients.append(client)
+                client.register(info={"region": region})
+                return client
+
+            # Without a rule the link table is every node's: the usual warning.
+            with pytest.warns(errors.ScopeWarning, match="team_members"):
+                node("first", "north").synchronize()
+            sync.scope(members, follows=members.c.team_id)
+            north = node("north", "north")
+            north.synchronize()
+            assert links_of(north.engine, members) == [(1, 7)]
+            db.session.remove()
+    finally:
+        for client in clients:
+            client.close()
+            client.engine.dispose()
+        untrack(members)
