@@ -432,3 +432,62 @@ def test_a_scoped_association_table_follows_its_parent(
             client.close()
             client.engine.dispose()
         untrack(members)
+
+
+# -- tracking by name -------------------------------------------------------------
+
+
+def test_a_table_created_by_another_program_is_tracked_by_name(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    env = make_app(SECRET_KEY=SECRET_KEY, REFLECTSYNC_OPEN_REGISTRATION=True)
+    db = env.db
+    with env.app.app_context(), db.engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE IF EXISTS legacy_items"))
+        connection.execute(
+            sa.text(
+                "CREATE TABLE legacy_items (code VARCHAR(10) NOT NULL, "
+                "lot INTEGER NOT NULL, label VARCHAR(50), PRIMARY KEY (code, lot))"
+            )
+        )
+    clients: list[SyncClient] = []
+    table: sa.Table | None = None
+    try:
+        with env.app.app_context():
+            with pytest.raises(errors.ConfigurationError, match="no table"):
+                env.sync.track_table("no_such_items")
+            table = env.sync.track_table("legacy_items")
+        assert [c.name for c in table.primary_key.columns] == ["code", "lot"]
+        with served(env.app) as url, env.app.app_context():
+            db.session.execute(
+                sa.insert(table), [{"code": "A", "lot": 1, "label": "first"}]
+            )
+            db.session.commit()
+            engine = sa.create_engine(f"sqlite:///{tmp_path / 'node'}.db")
+            db.metadata.create_all(engine, tables=[table])
+            client = SyncClient(url + "/sync", engine, name="n", models=[table])
+            clients.append(client)
+            client.register()
+            client.synchronize()
+            with engine.connect() as connection:
+                rows = connection.execute(sa.select(table)).all()
+            assert [tuple(r) for r in rows] == [("A", 1, "first")]
+            with client.Session() as session:
+                session.execute(
+                    sa.update(table).where(table.c.code == "A").values(label="new")
+                )
+                session.commit()
+            client.synchronize()
+            with db.engine.connect() as connection:
+                label = connection.execute(sa.select(table.c.label)).scalar()
+            assert label == "new"
+            db.session.remove()
+    finally:
+        for client in clients:
+            client.close()
+            client.engine.dispose()
+        if table is not None:
+            untrack(table)
+            with env.app.app_context(), db.engine.begin() as connection:
+                table.drop(connection)
+            db.metadata.remove(table)
