@@ -283,6 +283,7 @@ def test_links_made_on_a_node_reach_the_server_and_another_node(
 def test_the_same_link_made_on_two_nodes_converges_to_one(social: Social) -> None:
     _seed(social)
     one, two = social.node("n1"), social.node("n2")
+    two.set_resolution(social.followers, "server-wins")  # strategies by table
     one.synchronize()
     two.synchronize()
     for client in (one, two):
@@ -491,3 +492,18 @@ def test_a_table_created_by_another_program_is_tracked_by_name(
             with env.app.app_context(), db.engine.begin() as connection:
                 table.drop(connection)
             db.metadata.remove(table)
+
+
+def test_a_repair_restores_the_links(social: Social) -> None:
+    _seed(social)
+    session = social.db.session
+    ann, bob, cy = (session.get(social.User, n) for n in (1, 2, 3))
+    ann.following.extend([bob, cy])
+    session.commit()
+    node = social.node("n1")
+    node.synchronize()
+    with node.engine.begin() as connection:  # lost behind the log's back
+        connection.execute(sa.delete(social.followers))
+    node.repair()
+    assert links_of(node.engine, social.followers) == [(1, 2), (1, 3)]
+    assert _node_following(node, social, 1) == [2, 3]
