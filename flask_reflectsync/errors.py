@@ -162,6 +162,13 @@ class ScopeWarning(UserWarning):
     node reads and writes all of its rows (see :doc:`/scopes`)."""
 
 
+class UntrackedLinkWarning(UserWarning):
+    """A tracked model has a relationship or a foreign key to a table that
+    is not tracked (a ``secondary=`` association table, a referenced model):
+    nodes never receive that table's rows, so the link is lost on them
+    (see :ref:`association-tables`)."""
+
+
 class ExcludedColumnError(ValidationError):
     """A push or a query names a column kept out of sync
     (``track(exclude=...)`` or ``track(only=...)``): such columns never
@@ -387,6 +394,7 @@ __all__ = [
     "ExcludedColumnError",
     "ScopeDeniedError",
     "ScopeWarning",
+    "UntrackedLinkWarning",
     "PushIdReusedError",
     "AuthenticationError",
     "NotFoundError",

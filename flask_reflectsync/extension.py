@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+import sqlalchemy as sa
 from flask import Flask, current_app, has_app_context
 
 from .blueprints.api import install_prefix_guard, make_blueprint
 from .blueprints.catalog import catalog_for, setup_catalog
 from .blueprints.sync import add_sync_routes, current_schema
 from .cli import cli
-from .errors import NotFoundError
+from .errors import ConfigurationError, NotFoundError, UntrackedLinkWarning
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
 from .server import fleet
@@ -35,6 +37,8 @@ from .tracking import (
     track,
 )
 from .tracking.capture import TagReader
+from .tracking.links import describe as describe_links
+from .tracking.links import untracked_links
 from .tracking.numbering import number_versions
 from .tracking.registry import TrackedTable
 from .tracking.tables import current_version
@@ -98,6 +102,23 @@ class AppState:
     limits: Any = None
     nonce_sweeps: Any = None
     feed_hub: Any = None
+    #: The :class:`~.errors.UntrackedLinkWarning` sentences given already.
+    warned_links: set[str] = field(default_factory=set)
+
+
+def warn_untracked_links(state: AppState, schema: TrackedSchema) -> None:
+    """An :class:`~.errors.UntrackedLinkWarning` naming every tracked model
+    of ``schema`` with a relationship or foreign key to an untracked table
+    (once per distinct set: at ``init_app``, and again when models tracked
+    later add some)."""
+    links = untracked_links(schema.tables.values())
+    if not links:
+        return
+    message = describe_links(links)
+    if message in state.warned_links:
+        return
+    state.warned_links.add(message)
+    warnings.warn(message, UntrackedLinkWarning, stacklevel=3)
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:
@@ -244,9 +265,10 @@ class ReflectSync:
         if config["REFLECTSYNC_CLI_GROUP"]:
             app.cli.add_command(cli, name=config["REFLECTSYNC_CLI_GROUP"])
 
-        app.extensions[EXTENSION_KEY] = AppState(
+        app.extensions[EXTENSION_KEY] = state = AppState(
             extension=self, db=db, tables=tables, log=log, config=config
         )
+        warn_untracked_links(state, TrackedSchema.of(db.metadata))
 
     def get_state(self, app: Flask | None = None) -> AppState:
         """The per-app state of ``app`` (default: the current app).
@@ -262,6 +284,56 @@ class ReflectSync:
                 "did you call sync.init_app(app, db)?"
             )
         return state  # type: ignore[no-any-return]
+
+    def track_table(
+        self,
+        name: str,
+        *,
+        schema: str | None = None,
+        app: Flask | None = None,
+        exclude: Iterable[str] | None = None,
+        only: Iterable[str] | None = None,
+    ) -> sa.Table:
+        """Track a table by its name, without a mapped class: a table
+        another program created and writes (see :ref:`tracking-by-name`).
+
+        The table is reflected from the app's database (that one table) onto
+        ``db.metadata``, unless ``db.metadata`` defines it already, and
+        tracked like a plain table passed to :func:`~flask_reflectsync.track`.
+        Only the writes made through ``db.session`` are logged (Core
+        ``insert`` / ``update`` / ``delete`` run with ``session.execute``);
+        another program's own writes are not seen.
+
+        :param name: the table's name.
+        :param schema: its schema, if not the default one.
+        :param app: the app whose database holds it (default: the current
+            app).
+        :param exclude: as for :func:`~flask_reflectsync.track`.
+        :param only: as for :func:`~flask_reflectsync.track`.
+        :return: the reflected :class:`~sqlalchemy.Table`.
+        :raises ConfigurationError: the table does not exist, or has no
+            primary key.
+        """
+        state = self.get_state(app)
+        metadata = state.db.metadata
+        key = f"{schema}.{name}" if schema else name
+        table = metadata.tables.get(key)
+        if table is None:
+            target: Flask = (
+                app if app is not None else current_app._get_current_object()  # type: ignore[attr-defined]
+            )
+            with target.app_context():
+                engine = state.db.engine
+                try:
+                    table = sa.Table(
+                        name, metadata, schema=schema, autoload_with=engine
+                    )
+                except sa.exc.NoSuchTableError:
+                    raise ConfigurationError(
+                        f"track_table({key!r}): the app's database has no table "
+                        f"{key!r}; create it first (or check the name and schema)."
+                    ) from None
+        return track(table, exclude=exclude, only=only)
 
     # -- reflection catalog ------------------------------------------------------
 

@@ -110,7 +110,8 @@ class SyncClient:
         engine is made to start with ``BEGIN IMMEDIATE`` (see
         :func:`~flask_reflectsync.sqlite.use_immediate_transactions`), so
         merges and the app's writes queue behind each other.
-    :param models: the tracked mapped classes this node synchronises;
+    :param models: the tracked mapped classes (and tracked plain tables,
+        such as association tables) this node synchronises;
         default: every tracked class whose table exists in ``engine``'s
         database.
     :param name: a name for the node, sent when it registers.
@@ -149,7 +150,7 @@ class SyncClient:
         self,
         base_url: str,
         engine: sa.Engine,
-        models: Iterable[type] | None = None,
+        models: Iterable[type | sa.Table] | None = None,
         *,
         name: str = "",
         resolution: Strategy = "last-pusher-wins",

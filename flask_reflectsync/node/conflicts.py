@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import sqlalchemy as sa
+
 from ..errors import ConfigurationError
 
 #: The kinds of conflict, as found in :attr:`Conflict.kind`.
@@ -192,7 +194,7 @@ class Resolutions:
         per_model: Mapping[Any, Strategy] | None = None,
     ) -> None:
         self.default = self._checked(default)
-        self.per_model: dict[type, Strategy] = {}
+        self.per_model: dict[Any, Strategy] = {}
         #: Built-in strategies of single columns, by (mapped class, column name).
         self.per_column: dict[tuple[type, str], str] = {}
         for target, strategy in (per_model or {}).items():
@@ -209,9 +211,10 @@ class Resolutions:
 
     def set(self, model: Any, strategy: Strategy) -> None:
         """Use ``strategy`` for conflicts on rows of ``model`` (a mapped
-        class), or for one column of them (a mapped column attribute such as
+        class, or a tracked plain table such as an association table), or
+        for one column of them (a mapped column attribute such as
         ``City.population``: a built-in strategy name only)."""
-        if isinstance(model, type):
+        if isinstance(model, (type, sa.Table)):
             self.per_model[model] = self._checked(strategy)
             return
         column = _column_of(model)
@@ -223,7 +226,7 @@ class Resolutions:
             )
         self.per_column[column] = strategy
 
-    def named(self, model: type) -> str | None:
+    def named(self, model: Any) -> str | None:
         """The built-in strategy of ``model``, or ``None`` for a callable
         or for a model with strategies of its own per column (only the node
         can call it, or tell its columns apart: the server refuses such

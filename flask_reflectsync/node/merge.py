@@ -289,7 +289,7 @@ class _Merge:
         is false: there is only one way to resolve it)."""
         conflict = Conflict(
             kind=kind,
-            model=self.info(table).mapper.class_,
+            model=self.info(table).model,
             table=table,
             key=key,
             local=_copy(self.local_row(table, key)),
@@ -832,7 +832,7 @@ class _Merge:
             holder_key,
         )
         return {
-            "model": info.mapper.class_,
+            "model": info.model,
             "table": table,
             "key": before,
             "columns": list(columns),

@@ -176,7 +176,7 @@ def server_conflict(
         ) from None
     return Conflict(
         kind=entry["kind"],
-        model=info.mapper.class_,
+        model=info.model,
         table=info.name,
         key=key,
         local=next(iter(read_rows(connection, info, [key])), None),
@@ -293,7 +293,7 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
     # The server decides a stale push's direct conflicts as the merge
     # would, for the tables whose strategy is built in.
     named = {
-        name: client.resolutions.named(schema.tables[name].mapper.class_)
+        name: client.resolutions.named(schema.tables[name].model)
         for name in by_table
     }
     strategies = {name: found for name, found in named.items() if found}

@@ -17,7 +17,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from ..errors import ConfigurationError
 from ..rows import batches, row_key
 from ..tracking import TrackedTable
-from ..tracking.registry import tracked_table_for
+from ..tracking.registry import plain_tracked, tracked_table_for
 from ..wire.codec import stores_time_zones, synced_codecs
 
 M = TypeVar("M")
@@ -108,11 +108,17 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def model_table(model: type) -> TrackedTable:
-    mapper: Mapper[Any] | None = sa.inspect(model, raiseerr=False)
-    info = tracked_table_for(mapper) if mapper is not None else None
+def model_table(model: type | sa.Table) -> TrackedTable:
+    """The tracked table of ``model``: a tracked mapped class, or a plain
+    table passed to ``track``."""
+    if isinstance(model, sa.Table):
+        info = plain_tracked(model)
+    else:
+        mapper: Mapper[Any] | None = sa.inspect(model, raiseerr=False)
+        info = tracked_table_for(mapper) if mapper is not None else None
     if info is None:
         raise ConfigurationError(
-            f"{getattr(model, '__name__', model)!r} is not a tracked mapped class."
+            f"{getattr(model, '__name__', model)!r} is not a tracked mapped "
+            "class or table."
         )
     return info

@@ -110,9 +110,12 @@ def _update(
 ) -> None:
     if not updates:
         return
+    mapper = target.info.mapper
+    if mapper is None:
+        _update_table(session, target, updates)
+        return
     # ORM "bulk UPDATE by primary key": the tracking listener reads the keys
     # from the parameters and logs one update per row.
-    mapper = target.info.mapper
     attrs = {
         c.name: mapper.get_property_by_column(c).key for c in target.info.table.columns
     }
@@ -122,14 +125,38 @@ def _update(
     )
 
 
+def _update_table(
+    session: Session, target: _TableChanges, updates: Sequence[PushedOperation]
+) -> None:
+    """Updates of a plain tracked table (an association table with columns
+    besides its key): one Core ``UPDATE`` per row, each logged by the
+    tracking listener (there is no ORM bulk update by key without a class).
+    """
+    info = target.info
+    pk = list(info.pk_columns)
+    keyed = {c.name for c in pk}
+    for op in updates:
+        row = target.rows[op.row_key]
+        values = {c: v for c, v in row.items() if c not in keyed}
+        if not values:
+            continue
+        key = tuple(row[c.name] for c in pk)
+        session.execute(
+            sa.update(info.table)
+            .where(key_filter(pk, [key]))
+            .values(values)
+        )
+
+
 def _delete(
     session: Session, target: _TableChanges, deletes: Sequence[PushedOperation]
 ) -> None:
     mapper = target.info.mapper
     pk = list(target.info.pk_columns)
+    entity: Any = target.info.table if mapper is None else mapper.class_
     for batch in batches([op.row_key for op in deletes], KEY_BATCH):
         session.execute(
-            sa.delete(mapper.class_).where(key_filter(pk, batch)),
+            sa.delete(entity).where(key_filter(pk, batch)),
             execution_options={"synchronize_session": False},
         )
 

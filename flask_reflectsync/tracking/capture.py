@@ -19,6 +19,15 @@ How it works, and why:
   appear in order, without gaps.
 * ``do_orm_execute`` captures bulk ``insert()``, ``update()`` and ``delete()``
   run through ``session.execute``, which bypass flush events.
+* Link rows of ``secondary=`` relationships are written by the unit of
+  work's dependency processor as plain-table statements, not as objects:
+  for tracked plain tables (:ref:`association-tables`), ``before_flush``
+  marks the session's connection and an ``after_execute`` listener on its
+  engine records the keys of the ``INSERT``/``DELETE``/``UPDATE`` statements
+  the flush runs on them; ``after_flush`` logs them with the objects'
+  operations. Only statements of a flush count (a Core statement run
+  through ``session.execute`` is logged by ``do_orm_execute``), so nothing
+  is logged twice.
 * ``after_soft_rollback`` forgets the transaction's version row when the
   savepoint or transaction that created it is rolled back.
 
@@ -56,7 +65,13 @@ from ..errors import ConfigurationError, TrackingError
 from ..rows import key_filter
 from .columns import encode_columns
 from .numbering import lock_and_number, notify_numbered, numbered_after_commit
-from .registry import TrackedTable, tracked_table_by_table, tracked_table_for
+from .registry import (
+    TrackedTable,
+    plain_tracked,
+    tracked_plain_tables,
+    tracked_table_by_table,
+    tracked_table_for,
+)
 from .tables import DELETE, INSERT, NO_ROW, UPDATE, VERSION_ROW, LogTables
 from .writer import insert_operations, insert_version
 
@@ -70,6 +85,13 @@ _ORIGINALS_KEY = "reflectsync.originals"
 _TAGS_KEY = "reflectsync.tags_before"
 _COMMITTING_KEY = "reflectsync.committing"
 _LOCKED_KEY = "reflectsync.counter_locked"
+_LINKS_KEY = "reflectsync.links"
+#: Key in a connection's ``info``: a weak reference to the session whose
+#: flush runs on it (see :func:`_after_execute`).
+_FLUSHING_KEY = "reflectsync.flushing_session"
+
+# Engines the link-row listener is installed on (weak: test engines go away).
+_link_engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
 
 #: What an :class:`OperationLog` calls to keep the replaced values of
@@ -285,9 +307,11 @@ def _before_flush(session: Session, flush_context: Any, instances: Any) -> None:
     # for them too. Objects whose attributes were loaded cost nothing here.
     session.info.pop(_ORIGINALS_KEY, None)  # left over by a failed flush
     session.info.pop(_TAGS_KEY, None)
+    session.info.pop(_LINKS_KEY, None)
     log = _log_for(session)
     if log is None:
         return
+    _watch_link_rows(session)
     if log.tags is not None:
         _read_tags_before(session, log)
     wanted: dict[TrackedTable, list[tuple[InstanceState[Any], list[str]]]] = {}
@@ -334,9 +358,91 @@ def _after_flush(session: Session, flush_context: Any) -> None:
         return
     originals = session.info.pop(_ORIGINALS_KEY, None) or {}
     batch = _collect(session, originals, log.keep_bases is not None)
+    links: list[tuple[TrackedTable, tuple[Any, ...], str]] = (
+        session.info.pop(_LINKS_KEY, None) or []
+    )
+    for info, key, command in links:
+        batch.add(info, key, command)
     batch.tags_before = session.info.pop(_TAGS_KEY, None) or {}
     if batch.keys:
         _write(session, log, batch)
+
+
+def _watch_link_rows(session: Session) -> None:
+    """Mark the connections of tracked plain tables with ``session`` for
+    the flush about to run, so :func:`_after_execute` records the link rows
+    the unit of work writes on them."""
+    plain = tracked_plain_tables()
+    if not plain:
+        return
+    session.info[_LINKS_KEY] = []
+    marked: set[int] = set()
+    for info in plain:
+        try:
+            bind = session.get_bind(clause=info.table)
+        except sa.exc.UnboundExecutionError:
+            continue
+        engine = bind.engine
+        if engine not in _link_engines:
+            event.listen(engine, "after_execute", _after_execute)
+            _link_engines.add(engine)
+        if id(engine) in marked:
+            continue
+        marked.add(id(engine))
+        connection = session.connection(bind_arguments={"clause": info.table})
+        connection.info[_FLUSHING_KEY] = weakref.ref(session)
+
+
+def _after_execute(
+    connection: sa.Connection,
+    clause: Any,
+    multiparams: Any,
+    params: Any,
+    execution_options: Any,
+    result: Any,
+) -> None:
+    # Runs for every statement on an engine that has tracked plain tables:
+    # return as early and cheaply as possible for all others.
+    if not isinstance(clause, (sa.Insert, sa.Delete, sa.Update)):
+        return
+    info = plain_tracked(clause.table)
+    if info is None:
+        return
+    ref = connection.info.get(_FLUSHING_KEY)
+    session: Session | None = ref() if ref is not None else None
+    # The mark outlives a failed flush (connection info is kept with the
+    # pooled connection): only a flush running now counts.
+    if session is None or not session._flushing:
+        return
+    links = session.info.get(_LINKS_KEY)
+    if links is None:
+        return
+    rows: Sequence[Mapping[str, Any]] = multiparams or [params or {}]
+    for row in rows:
+        if isinstance(clause, sa.Update):
+            # A parent's key changed (ON UPDATE of the link's columns): the
+            # old link is gone and a new one exists.
+            links.append((info, _link_key(info, row, "old_"), DELETE))
+            links.append((info, _link_key(info, row), INSERT))
+        else:
+            command = INSERT if isinstance(clause, sa.Insert) else DELETE
+            links.append((info, _link_key(info, row), command))
+
+
+def _link_key(
+    info: TrackedTable, row: Mapping[str, Any], prefix: str = ""
+) -> tuple[Any, ...]:
+    try:
+        values = tuple(row[prefix + column.key] for column in info.pk_columns)
+    except KeyError:
+        values = (None,)
+    if None in values:
+        raise TrackingError(
+            f"A flush wrote a row of tracked {info.label} without its whole "
+            "primary key in the statement's parameters, so the change cannot "
+            "be logged; give the key columns values (not database defaults)."
+        )
+    return values
 
 
 def _read_tags_before(session: Session, log: OperationLog) -> None:
@@ -370,7 +476,11 @@ def _tags_of(
         reader = readers[info]
         if reader is None or not keys:
             continue
-        connection = session.connection(bind_arguments={"mapper": info.mapper})
+        connection = session.connection(
+            bind_arguments={"mapper": info.mapper}
+            if info.mapper is not None
+            else {"clause": info.table}
+        )
         for key, tag in reader(connection, keys).items():
             found[(info.name, key)] = tag
     return found
@@ -454,7 +564,7 @@ def _current_key(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ..
     values = tuple([data.get(attr) for attr in info.pk_attrs])
     if None in values:
         raise TrackingError(
-            f"A flushed {info.mapper.class_.__name__} has no primary key value, "
+            f"A flushed {info.label} has no primary key value, "
             "so its change cannot be logged."
         )
     return values
@@ -770,17 +880,26 @@ def _check_binds(
 ) -> None:
     # The operations must commit with the data, so both must live in the same
     # database and go through the same connection.
-    for mapper in {info.mapper for info in touched}:
-        if mapper in checked:
+    for info in touched:
+        target: Any = info.mapper if info.mapper is not None else info.table
+        if target in checked:
             continue
         # Compare engines: a session may be bound to a Connection.
-        if session.get_bind(mapper=mapper).engine is not connection.engine:
+        if _bind_of(session, info).engine is not connection.engine:
             raise ConfigurationError(
-                f"{mapper.class_.__name__} is stored in another database than "
+                f"{info.label} is stored in another database than "
                 "the operations log; tracked models must share the bind of the "
                 "extension's tables."
             )
-        checked.add(mapper)
+        checked.add(target)
+
+
+def _bind_of(session: Session, info: TrackedTable) -> Any:
+    """The session's bind for ``info``'s rows (a mapped class's or a plain
+    table's)."""
+    if info.mapper is not None:
+        return session.get_bind(mapper=info.mapper)
+    return session.get_bind(clause=info.table)
 
 
 def _assign_number(
@@ -863,6 +982,7 @@ def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:
+        session.info.pop(_LINKS_KEY, None)
         session.info.pop(_TX_KEY, None)
         session.info.pop(_COMMITTING_KEY, None)
         session.info.pop(_LOCKED_KEY, None)
@@ -960,7 +1080,7 @@ def _name(key: Any) -> str:
 
 def _bulk_insert(state: ORMExecuteState, log: OperationLog, info: TrackedTable) -> Any:
     statement: Any = state.statement
-    class_name = info.mapper.class_.__name__
+    class_name = info.label
     if getattr(statement, "_post_values_clause", None) is not None:
         raise TrackingError(
             f"An upsert (ON CONFLICT / ON DUPLICATE KEY) into tracked {class_name} "
@@ -974,7 +1094,7 @@ def _bulk_insert(state: ORMExecuteState, log: OperationLog, info: TrackedTable) 
         return result
 
     # The keys are generated by the database: ask for them back.
-    dialect = state.session.get_bind(mapper=info.mapper).dialect
+    dialect = _bind_of(state.session, info).dialect
     supported = (
         dialect.insert_executemany_returning
         if state.is_executemany
@@ -986,7 +1106,11 @@ def _bulk_insert(state: ORMExecuteState, log: OperationLog, info: TrackedTable) 
             "cannot be logged here; give the keys in the parameters, or add "
             "the objects through the session."
         )
-    returning = [getattr(info.mapper.class_, a) for a in info.pk_attrs]
+    returning = (
+        list(info.pk_columns)
+        if info.mapper is None
+        else [getattr(info.mapper.class_, a) for a in info.pk_attrs]
+    )
     result = state.invoke_statement(statement=statement.returning(*returning))
     frozen = result.freeze()
     generated = [tuple(row) for row in frozen().all()]
@@ -998,7 +1122,7 @@ def _bulk_update_or_delete(
     state: ORMExecuteState, log: OperationLog, info: TrackedTable
 ) -> Any:
     statement: Any = state.statement
-    class_name = info.mapper.class_.__name__
+    class_name = info.label
     command = UPDATE if state.is_update else DELETE
     assigned: set[str] = set()
     if state.is_update:
@@ -1089,7 +1213,7 @@ def _column_names(info: TrackedTable, names: Iterable[str]) -> frozenset[str]:
     """The column names of a bulk UPDATE's assigned names (attribute names,
     column keys or column names), leaving out the primary key and the
     columns kept out of sync."""
-    attrs = info.mapper.column_attrs
+    attrs: Any = info.mapper.column_attrs if info.mapper is not None else {}
     by_key = {column.key: column.name for column in info.table.columns}
     pk = {column.name for column in info.pk_columns}
     found = set()

@@ -1,4 +1,5 @@
-"""Which mapped classes are tracked, and what the log needs to know of them."""
+"""Which mapped classes and plain tables are tracked, and what the log needs
+to know of them."""
 
 from __future__ import annotations
 
@@ -30,19 +31,28 @@ _generation = 0
 _mapper_cache: weakref.WeakKeyDictionary[Mapper[Any], TrackedTable | None] = (
     weakref.WeakKeyDictionary()
 )
+# Plain tables passed to track() (association tables, see
+# docs/tracking.rst), described once at registration.
+_tracked_plain: weakref.WeakKeyDictionary[sa.Table, TrackedTable] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 # eq=False: one instance per mapper (cached below), hashed by identity, which
 # is cheap; capture puts them in sets on hot paths.
 @dataclass(frozen=True, eq=False)
 class TrackedTable:
-    """What the operations log records for one tracked mapped class.
+    """What the operations log records for one tracked mapped class or
+    plain table.
 
-    :param mapper: the mapper of the decorated class.
+    :param mapper: the mapper of the decorated class; ``None`` for a plain
+        :class:`~sqlalchemy.Table` passed to :func:`track` (an association
+        table).
     :param table: the table its rows live in.
     :param name: the table's name as logged (``schema.name`` when qualified).
     :param pk_columns: the primary-key columns, in key order.
-    :param pk_attrs: the mapped attribute names of those columns.
+    :param pk_attrs: the mapped attribute names of those columns (their
+        column keys for a plain table).
     :param synced_columns: the columns that travel between the server and
         its nodes, in table order: every column but those kept out of sync
         with ``track(exclude=...)`` or ``track(only=...)``. Every route reads
@@ -51,7 +61,7 @@ class TrackedTable:
         every column travels).
     """
 
-    mapper: Mapper[Any]
+    mapper: Mapper[Any] | None
     table: sa.Table
     name: str
     pk_columns: tuple[sa.Column[Any], ...]
@@ -97,7 +107,22 @@ class TrackedTable:
         listed = set(names)
         return bool(listed) and listed <= excluded
 
+    @property
+    def model(self) -> Any:
+        """What the user tracked: the mapped class, or the plain table.
+        Conflicts name it (``Conflict.model``) and strategies are set on it."""
+        return self.table if self.mapper is None else self.mapper.class_
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the class name, or ``table <name>``."""
+        if self.mapper is None:
+            return f"table {self.name}"
+        return self.mapper.class_.__name__
+
     def _attr_keys(self, column: sa.Column[Any]) -> list[str]:
+        if self.mapper is None:
+            return []
         return [
             prop.key
             for mapper in self.mapper.self_and_descendants
@@ -135,6 +160,16 @@ class TrackOptions:
 
 @overload
 def track(
+    cls: sa.Table,
+    /,
+    *,
+    exclude: Iterable[str] | None = None,
+    only: Iterable[str] | None = None,
+) -> sa.Table: ...
+
+
+@overload
+def track(
     cls: T,
     /,
     *,
@@ -163,6 +198,17 @@ def track(
     Subclasses sharing the decorated class's table (single-table inheritance)
     are tracked with it.
 
+    A plain :class:`~sqlalchemy.Table` can be tracked too: the association
+    table of a ``secondary=`` relationship, whose link rows the ORM writes
+    without a mapped object (see :ref:`association-tables`). It needs a
+    primary key (its foreign-key columns, usually)::
+
+        followers = track(db.Table(
+            "followers",
+            db.Column("follower_id", db.ForeignKey("user.id"), primary_key=True),
+            db.Column("followed_id", db.ForeignKey("user.id"), primary_key=True),
+        ))
+
     ::
 
         @track
@@ -179,14 +225,15 @@ def track(
     refused, a node keeps its own value, and an update that changes only
     such columns logs nothing.
 
-    :param cls: the class to track.
+    :param cls: the class (or plain table) to track.
     :param exclude: names of columns (attribute or column names) kept out of
         sync.
     :param only: names of the only columns synchronised; the primary key
         always is. Give ``exclude`` or ``only``, not both.
     :return: the class itself, so ``track`` works as a decorator (with or
         without arguments).
-    :raises ConfigurationError: for an unknown column, a primary-key column
+    :raises ConfigurationError: for a plain table without a primary key,
+        an unknown column, a primary-key column
         left out, a left-out column a row cannot be inserted without (``NOT
         NULL`` with no default), or both ``exclude`` and ``only``.
     """
@@ -215,8 +262,13 @@ def _options(exclude: Iterable[str] | None, only: Iterable[str] | None) -> Track
 
 
 def _register(cls: T, options: TrackOptions) -> T:
+    if isinstance(cls, sa.Table):
+        _register_table(cls, options)
+        return cls
     if not isinstance(cls, type):
-        raise TypeError(f"track() takes a mapped class, not {cls!r}.")
+        raise TypeError(
+            f"track() takes a mapped class or a Table, not {cls!r}."
+        )
     mapper: Mapper[Any] | None = sa.inspect(cls, raiseerr=False)
     if mapper is not None and isinstance(mapper.local_table, sa.Table):
         # Mapped already (declarative): check the names now. An imperatively
@@ -231,20 +283,52 @@ def _register(cls: T, options: TrackOptions) -> T:
     return cls
 
 
+def _register_table(table: sa.Table, options: TrackOptions) -> None:
+    """Track a plain table (an association table of a ``secondary=``
+    relationship): its rows are matched by their primary key."""
+    pk_columns = tuple(table.primary_key.columns)
+    if not pk_columns:
+        raise ConfigurationError(
+            f"track() of table {table.fullname}: the table has no primary key, "
+            "so its rows cannot be matched between the server and its nodes. "
+            "Make its foreign-key columns the primary key "
+            "(Column(..., primary_key=True) on each); a link is then stored once."
+        )
+    excluded = _excluded_columns(table, table, None, options)
+    info = TrackedTable(
+        mapper=None,
+        table=table,
+        name=table.fullname,
+        pk_columns=pk_columns,
+        pk_attrs=tuple(c.key for c in pk_columns),
+        integer_key=all(isinstance(c.type, sa.Integer) for c in pk_columns),
+        synced_columns=tuple(c for c in table.columns if c.name not in excluded),
+        excluded=excluded,
+    )
+    global _generation
+    with _lock:
+        _tracked_plain[table] = info
+        _generation += 1
+
+
 def _excluded_columns(
-    cls: type, table: sa.Table, mapper: Mapper[Any], options: TrackOptions
+    cls: type | sa.Table,
+    table: sa.Table,
+    mapper: Mapper[Any] | None,
+    options: TrackOptions,
 ) -> frozenset[str]:
     """The names of the columns of ``table`` that ``options`` keep out of
     sync, checked."""
     listed = options.exclude if options.only is None else options.only
     what = "exclude" if options.only is None else "only"
+    label = cls.fullname if isinstance(cls, sa.Table) else cls.__name__
     named: set[str] = set()
     for name in listed:
         column = _column_named(mapper, table, name)
         if column is None:
             known = ", ".join(c.name for c in table.columns)
             raise ConfigurationError(
-                f"track({what}=[...]) of {cls.__name__}: {name!r} is not a column "
+                f"track({what}=[...]) of {label}: {name!r} is not a column "
                 f"of {table.fullname}; its columns are {known}."
             )
         named.add(column.name)
@@ -258,7 +342,7 @@ def _excluded_columns(
             continue
         if column.primary_key:
             raise ConfigurationError(
-                f"track(exclude=[...]) of {cls.__name__}: {column.name!r} is a "
+                f"track(exclude=[...]) of {label}: {column.name!r} is a "
                 "primary-key column, which cannot be kept out of sync (rows "
                 "are matched by their key)."
             )
@@ -268,7 +352,7 @@ def _excluded_columns(
             and column.server_default is None
         ):
             raise ConfigurationError(
-                f"{cls.__name__}.{column.name} is kept out of sync but is NOT "
+                f"{label}.{column.name} is kept out of sync but is NOT "
                 "NULL without a default: a row inserted on the other side "
                 "(pulled by a node, pushed to the server) arrives without it "
                 "and could not be stored. Give the column a default or a "
@@ -278,11 +362,15 @@ def _excluded_columns(
 
 
 def _column_named(
-    mapper: Mapper[Any], table: sa.Table, name: str
+    mapper: Mapper[Any] | None, table: sa.Table, name: str
 ) -> sa.Column[Any] | None:
     """The column of ``table`` that ``name`` names: a column attribute of
     the class, else a column key or name of the table."""
-    prop = mapper.column_attrs.get(name) if isinstance(name, str) else None
+    prop = (
+        mapper.column_attrs.get(name)
+        if mapper is not None and isinstance(name, str)
+        else None
+    )
     by_key: dict[str, sa.Column[Any]] = {c.key: c for c in table.columns}
     if prop is not None and prop.columns[0].table is table:
         return by_key[prop.columns[0].key]
@@ -291,10 +379,14 @@ def _column_named(
     return {c.name: c for c in table.columns}.get(name)
 
 
-def untrack(cls: type) -> None:
+def untrack(cls: type | sa.Table) -> None:
     """Stop tracking ``cls`` (mostly useful in tests)."""
     global _generation
     with _lock:
+        if isinstance(cls, sa.Table):
+            _tracked_plain.pop(cls, None)
+            _generation += 1
+            return
         if TRACK_ATTRIBUTE in cls.__dict__:
             delattr(cls, TRACK_ATTRIBUTE)
         _tracked_classes.discard(cls)
@@ -302,8 +394,10 @@ def untrack(cls: type) -> None:
         _generation += 1
 
 
-def is_tracked(cls: type) -> bool:
-    """Whether instances of ``cls`` are logged."""
+def is_tracked(cls: type | sa.Table) -> bool:
+    """Whether instances of ``cls`` (or rows of a plain table) are logged."""
+    if isinstance(cls, sa.Table):
+        return cls in _tracked_plain
     mapper: Mapper[Any] | None = sa.inspect(cls, raiseerr=False)
     if mapper is None:
         return bool(cls.__dict__.get(TRACK_ATTRIBUTE, False))
@@ -365,7 +459,7 @@ def registry_state() -> tuple[int, int]:
     :func:`track`/:func:`untrack` calls so far and how many tracked classes
     are alive (a collected class leaves the weak set silently)."""
     with _lock:
-        return _generation, len(_tracked_classes)
+        return _generation, len(_tracked_classes) + len(_tracked_plain)
 
 
 def tracked_classes() -> list[type]:
@@ -388,10 +482,36 @@ def tracked_tables(metadata: sa.MetaData | None = None) -> Iterator[TrackedTable
             continue
         seen.add(id(info.table))
         yield info
+    for info in tracked_plain_tables():
+        if id(info.table) in seen:
+            continue
+        if metadata is not None and info.table.metadata is not metadata:
+            continue
+        seen.add(id(info.table))
+        yield info
+
+
+def tracked_plain_tables() -> list[TrackedTable]:
+    """The plain tables passed to :func:`track` (no mapped class)."""
+    with _lock:
+        return list(_tracked_plain.values())
+
+
+def plain_tracked(table: Any) -> TrackedTable | None:
+    """The :class:`TrackedTable` of ``table`` when it was tracked as a plain
+    table, else ``None`` (cheap: capture asks for every statement a flush
+    runs)."""
+    try:
+        return _tracked_plain.get(table)
+    except TypeError:  # not weak-referenceable, so not a tracked table
+        return None
 
 
 def tracked_table_by_table(table: Any) -> TrackedTable | None:
     """The tracked table whose :class:`~sqlalchemy.Table` is ``table``."""
+    plain = plain_tracked(table)
+    if plain is not None:
+        return plain
     for info in tracked_tables():
         if info.table is table:
             return info
