@@ -41,6 +41,7 @@ from flask_reflectsync import errors
 from flask_reflectsync.client import SyncClient
 
 from .conftest import AppFactory
+from .http_server import tls_context
 from .nodes import Cluster, cluster
 
 
@@ -60,7 +61,7 @@ class FlakyNetwork(httpx.BaseTransport):
     acted on it, with probability ``loss`` each."""
 
     def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
+        self.inner = httpx.HTTPTransport(verify=tls_context())
         self.loss = 0.0
         self.random = random.Random(0)
 

@@ -21,6 +21,7 @@ from flask import Flask, jsonify, request
 from example_app import server as survey
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.node.cli import _Bar, cli
+from flask_reflectsync.node.transport import Transport
 
 from .http_server import served
 
@@ -167,10 +168,16 @@ def test_missing_server_and_models_are_explained(node_url: str) -> None:
     assert result.exit_code != 0 and "--models" in result.output
 
 
-def test_an_unreachable_server_is_a_clear_error(node_url: str) -> None:
+def test_an_unreachable_server_is_a_clear_error(
+    node_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every try is made and reported; only the backoff between them (up to
+    # the client's 10 s retry_within, which the CLI does not set) is cut.
+    monkeypatch.setattr(Transport, "delay", lambda self, attempt, asked: 0.01)
     result = run("http://127.0.0.1:9/sync", node_url, "register")
     assert result.exit_code == 1
     assert "Error:" in result.output and "127.0.0.1:9" in result.output
+    assert "(tried 4 times)" in result.output  # --retries 3 by default
 
 
 def test_help_explains_every_command() -> None:
