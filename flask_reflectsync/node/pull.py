@@ -58,6 +58,7 @@ def pull(
         version = since
         first = True
         removed = [0]  # rows evicted (see evict.py)
+        moving = 0
         while True:
             message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "since": since}
             if cursor is not None:
@@ -102,9 +103,19 @@ def pull(
             if on_page is not None:
                 server_version = int(page.get("version", version))
                 on_page(PullProgress(version, server_version, done, total))
+            if cursor is None and page.get("moving") is True and moving < _MOVING_PAGES:
+                # The node's principal changed: it is brought up to date
+                # under the old one, then moved to its new share.
+                moving += 1
+                since = version
+                continue
             if cursor is None:
                 return PullResult(version, count, conflicts, evicted=removed[0])
 
+
+#: How many pages answered "moving" one pull follows (the server's writes
+#: may keep the node from being current for a while; the next pull goes on).
+_MOVING_PAGES = 100
 
 #: The code of a pull refused because the node's share changed.
 SHARE_CHANGED = "pull.share_changed"
