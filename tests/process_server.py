@@ -102,6 +102,7 @@ class ServerProcess:
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=environment,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its workers die with it (kill)
         )
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
@@ -127,8 +128,9 @@ class ServerProcess:
         return time.monotonic() - began
 
     def kill(self) -> None:
+        """SIGKILL to the master and its workers (a crash, or cleaning up)."""
         if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
     def add_site(self, name: str) -> int:

@@ -277,6 +277,15 @@ def _wait_line(lines: queue.Queue[str], start: str, seen: list[str]) -> str:
     raise AssertionError(f"no line starting {start!r} in {seen}")
 
 
+def _node_sites(url: str) -> set[str]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            return set(connection.execute(sa.text("SELECT name FROM site")).scalars())
+    finally:
+        engine.dispose()
+
+
 def test_sync_watch_rides_out_a_server_restart_and_stops_cleanly(
     local: Flask, database_url: str, tmp_path: Path
 ) -> None:
@@ -330,16 +339,18 @@ def test_sync_watch_rides_out_a_server_restart_and_stops_cleanly(
             survey.db.session.add(survey.Site(name="while down"))
             survey.db.session.commit()
         server.start()
-        node = sa.create_engine(node_url)
-        try:
-            with node.connect() as connection:
-                names = lambda: set(  # noqa: E731
-                    connection.execute(sa.text("SELECT name FROM site")).scalars()
-                )
-                _eventually(lambda: "while down" in names(), "the node caught up")
-                connection.rollback()
-        finally:
-            node.dispose()
+        _wait_line(lines, "[connected]", seen)
+        _eventually(lambda: "while down" in _node_sites(node_url), "caught up")
+
+        # A crash (SIGKILL, no graceful anything), the app writing meanwhile.
+        server.kill()
+        with local.app_context():
+            survey.db.session.add(survey.Site(name="after the crash"))
+            survey.db.session.commit()
+        server.start()
+        _eventually(
+            lambda: "after the crash" in _node_sites(node_url), "caught up again"
+        )
 
         watching.terminate()  # SIGTERM
         out, err = watching.communicate(timeout=PATIENCE)
