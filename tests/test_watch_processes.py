@@ -286,6 +286,36 @@ def _node_sites(url: str) -> set[str]:
         engine.dispose()
 
 
+def _missed(app: Flask, client: SyncClient) -> list[int]:
+    """The server's versions after the node's last one that it did not
+    push itself: what it would still have to pull."""
+    with app.app_context():
+        tables = app.extensions["reflectsync"].tables
+        number_versions(survey.db.engine, tables)
+        versions = tables.versions
+        with survey.db.engine.connect() as connection:
+            return list(
+                connection.execute(
+                    sa.select(versions.c.number).where(
+                        versions.c.number > client.last_version,
+                        sa.or_(
+                            versions.c.node_id.is_(None),
+                            versions.c.node_id != client.node_id,
+                        ),
+                    )
+                ).scalars()
+            )
+
+
+def _pending(url: str) -> int:
+    client = SyncClient("http://127.0.0.1:9/sync", sa.create_engine(url))
+    try:
+        return client.pending_operations()
+    finally:
+        client.close()
+        client.engine.dispose()
+
+
 def test_sync_watch_rides_out_a_server_restart_and_stops_cleanly(
     local: Flask, database_url: str, tmp_path: Path
 ) -> None:
@@ -342,34 +372,55 @@ def test_sync_watch_rides_out_a_server_restart_and_stops_cleanly(
         _wait_line(lines, "[connected]", seen)
         _eventually(lambda: "while down" in _node_sites(node_url), "caught up")
 
-        # A crash (SIGKILL, no graceful anything), the app writing meanwhile.
+        # A crash (SIGKILL, no graceful anything); meanwhile the app writes
+        # and so does the node (queued: its server is gone).
         server.kill()
         with local.app_context():
             survey.db.session.add(survey.Site(name="after the crash"))
             survey.db.session.commit()
+        offline = SyncClient(
+            server.base, sa.create_engine(node_url),
+            models=[survey.Site, survey.Observation],
+        )
+        try:
+            with offline.Session() as session:
+                session.add(survey.Site(name="made offline"))
+                session.commit()
+        finally:
+            offline.close()
+            offline.engine.dispose()
         server.start()
         _eventually(
             lambda: "after the crash" in _node_sites(node_url), "caught up again"
         )
+        server_sites = lambda: _node_sites(database_url)  # noqa: E731
+        _eventually(
+            lambda: "made offline" in server_sites() and _pending(node_url) == 0,
+            "the queue pushed and acknowledged",
+        )
 
+        # Stopped while it cannot reach the server (backing off): at once,
+        # cleanly, between two tries.
+        server.kill()
+        _wait_line(lines, "[offline]", seen)
+        began = time.monotonic()
         watching.terminate()  # SIGTERM
         out, err = watching.communicate(timeout=PATIENCE)
         assert watching.returncode == 0, err
-        with local.app_context():
-            tables = local.extensions["reflectsync"].tables
-            number_versions(survey.db.engine, tables)
-            version = survey.db.session.execute(
-                sa.select(tables.counter.c.value)
-            ).scalar()
-        assert f"Stopped at version {version}." in out, (out, err)
-        # Nothing half-done: nothing queued, the node holds the server's rows.
+        assert time.monotonic() - began < 3, "it sat out the retries"
+        # Nothing half-done: nothing queued, the node holds the server's rows
+        # and its latest version.
         client = SyncClient(server.base, sa.create_engine(node_url))
         try:
-            assert client.pending_operations() == 0
-            assert client.last_version == version
+            assert client.pending_operations() == 0, (out, err)
+            assert f"Stopped at version {client.last_version}." in out, (out, err)
+            assert _missed(local, client) == []
         finally:
             client.close()
             client.engine.dispose()
+        assert _node_sites(node_url) == server_sites() == {
+            "while down", "after the crash", "made offline"
+        }
     finally:
         holder.close()
         if watching is not None and watching.poll() is None:

@@ -96,7 +96,8 @@ def watch(
         )
         try:
             feed.start()
-            _loop(client, state, debounce, max_backoff)
+            with client._transport.stopping_on(stop):
+                _loop(client, state, debounce, max_backoff)
         finally:
             stop.set()
             state.wake.set()
