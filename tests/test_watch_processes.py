@@ -338,7 +338,7 @@ def test_sync_watch_rides_out_a_server_restart_and_stops_cleanly(
         )
         assert done.returncode == 0, done.stderr
         watching = subprocess.Popen(
-            [*command, "sync", "--watch", "--wait", str(HOLD)],
+            [*command, "sync", "--watch", "--wait", str(HOLD), "--max-backoff", "1"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         )
         assert watching.stderr is not None and watching.stdout is not None
