@@ -31,6 +31,7 @@ from flask_reflectsync.client import SyncClient
 from flask_reflectsync.tracking.numbering import number_versions, settle_numbering
 
 from .http_server import REPAIR_ACCEPT, TestNode
+from .nodes import Cluster
 from .process_server import ROOT, ServerProcess
 
 #: What a test waits at most for something that takes a fraction of a second.
@@ -427,3 +428,49 @@ def test_sync_watch_rides_out_a_server_restart_and_stops_cleanly(
             watching.kill()
             watching.wait()
         server.kill()
+
+
+class Refusing(httpx.HTTPTransport):
+    """A network that goes away when told: every request after ``down``
+    is refused as by a server that is not there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("Connection refused", request=request)
+        return super().handle_request(request)
+
+
+def test_a_stopped_watch_does_not_sit_out_a_requests_retries(net: Cluster) -> None:
+    network = Refusing()
+    retrying = threading.Event()
+    client = net.node(
+        transport=network,
+        retries=3,
+        retry_within=60,
+        on_retry=lambda retry: retrying.set(),
+    )
+    stop = threading.Event()
+    thread = threading.Thread(
+        target=client.watch, args=(stop,), kwargs={"wait": HOLD, "debounce": 0},
+        daemon=True,
+    )
+    thread.start()
+    _eventually(lambda: client.status.last_synced_at is not None, "caught up")
+    network.down = True
+    with client.Session() as session:
+        session.add(net.server.env.models.City(name="Lima"))
+        session.commit()
+    assert retrying.wait(PATIENCE), "the push was not tried again"
+    began = time.monotonic()
+    stop.set()
+    thread.join(PATIENCE)
+    # Up to a minute of retries left, yet it stopped between two tries,
+    # the change still queued for the next run.
+    assert not thread.is_alive()
+    assert time.monotonic() - began < 2
+    assert client.pending_operations() == 1
+    assert client.status.watching is False
