@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from flask_reflectsync import errors, track
+from flask_reflectsync import errors, signals, track
 from flask_reflectsync.client import SyncClient
 
 from .conftest import AppFactory
@@ -357,6 +357,55 @@ def test_a_local_write_outside_the_share_is_set_aside_and_the_rest_syncs(
     assert "share" in aside[0].reason
     ids = [row[0] for row in _server_rows(field, field.Survey)]
     assert 201 in ids and 200 not in ids
+
+
+def test_a_new_row_under_a_key_taken_in_another_share_is_rekeyed(
+    field: Field,
+) -> None:
+    # Found by the scoped convergence property: two field nodes add a
+    # survey offline before their first pull, both under key 1. South's
+    # insert collides with north's survey, which south may not see: no pull
+    # or fetch brings it, so the node's merge never meets it. The node moves
+    # its own row (with its answers) to a new key and pushes again; before,
+    # the insert was set aside as refused for good, and lost once discarded.
+    north = field.node("north", region="north")
+    south = field.node("south", region="south")
+    for node, region in ((north, "north"), (south, "south")):
+        with node.Session() as session:
+            survey = field.Survey(region=region, title=f"{region} first")
+            session.add(survey)
+            session.flush()
+            session.add(field.Answer(survey_id=survey.id, text=f"{region} answer"))
+            session.commit()
+    north.synchronize()
+    rekeyed: list[Any] = []
+    with signals.conflict_resolved.connected_to(
+        lambda sender, conflict: rekeyed.append(conflict), sender=south
+    ):
+        result = south.synchronize(tries=5)
+    assert result.pushed.set_aside == [] and south.set_aside() == []
+    assert south.pending_operations() == 0
+    surveys = {
+        title: (key, region) for key, region, title in _server_rows(field, field.Survey)
+    }
+    assert set(surveys) == {"north first", "south first"}
+    assert surveys["north first"] == (1, "north")
+    new_key = surveys["south first"][0]
+    assert new_key != 1
+    # Its answer followed it, and the node holds its share under the new key.
+    answers = {text: survey for _, survey, text in _server_rows(field, field.Answer)}
+    assert answers == {"north answer": 1, "south answer": new_key}
+    assert _rows(south, field.Survey) == [(new_key, "south", "south first")]
+    # Both of south's rows collided (north's answer holds key 1 as well).
+    moved = {c.table: (c.key, c.new_key, c.resolution) for c in rekeyed}
+    answer_key = next(
+        k for k, _, t in _server_rows(field, field.Answer) if t == "south answer"
+    )
+    assert moved == {
+        "survey": ((1,), (new_key,), "rekeyed"),
+        "answer": ((1,), (answer_key,), "rekeyed"),
+    }
+    assert all(c.server is None for c in rekeyed)  # nothing of north's rows
 
 
 # -- moves ------------------------------------------------------------
