@@ -363,7 +363,7 @@ def test_sync_watch_rides_out_a_server_restart_and_stops_cleanly(
         request.join(PATIENCE)
         assert held and held[0].status_code == 200, held
         assert held[0].json()["changed"] is False
-        assert took < 5, f"gunicorn took {took:.1f} s to stop"
+        assert took < 10, f"gunicorn took {took:.1f} s to stop"  # 30 s unhooked
 
         _wait_line(lines, "[offline]", seen)
         with local.app_context():  # the app writes while the server is down
