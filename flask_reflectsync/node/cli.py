@@ -378,15 +378,25 @@ class _Bar:
     show_default=True,
     help="With --watch: seconds the server may hold each feed request.",
 )
+@click.option(
+    "--max-backoff",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --watch: the longest wait, in seconds, between two tries "
+    "while the server cannot be reached or is busy.",
+)
 @click.pass_obj
-def sync_command(node: _Node, tries: int, watch: bool, wait: float) -> None:
+def sync_command(
+    node: _Node, tries: int, watch: bool, wait: float, max_backoff: float
+) -> None:
     """Push, and when the server refuses, pull, merge and push again.
 
     With --watch, keep the node in sync until stopped (Ctrl-C or SIGTERM
     end it between two operations, never in the middle of one)."""
     if watch:
         with node.client() as client:
-            _watch(client, wait)
+            _watch(client, wait, max_backoff)
         return
     with node.client() as client:
         result = client.synchronize(tries=tries)
@@ -400,7 +410,7 @@ def sync_command(node: _Node, tries: int, watch: bool, wait: float) -> None:
     _set_aside_lines(result.pushed.set_aside)
 
 
-def _watch(client: SyncClient, wait: float) -> None:
+def _watch(client: SyncClient, wait: float, max_backoff: float) -> None:
     """``sync --watch``: one line per change of the node's status."""
 
     def say(status: SyncStatus) -> None:
@@ -417,7 +427,7 @@ def _watch(client: SyncClient, wait: float) -> None:
 
     client._status.callback = say
     click.echo("Watching; Ctrl-C to stop.", err=True)
-    client.watch(wait=wait, handle_signals=True)
+    client.watch(wait=wait, max_backoff=max_backoff, handle_signals=True)
     click.echo(f"Stopped at version {client.last_version}.")
 
 

@@ -10,8 +10,10 @@ import email.utils
 import json
 import math
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +146,20 @@ class Transport:
         self.random = random.Random()
         #: How messages name what a person can do (the CLI sets its own).
         self.words = API_WORDS
+        self._local = threading.local()
+
+    @contextmanager
+    def stopping_on(self, stop: threading.Event) -> Iterator[None]:
+        """Within it, this thread's waits between two tries of a request
+        end when ``stop`` is set: the request fails with its last error, as
+        when its tries run out (``watch()``: a stopped node does not sit
+        out the retries of a server that is gone)."""
+        previous = getattr(self._local, "stop", None)
+        self._local.stop = stop
+        try:
+            yield
+        finally:
+            self._local.stop = previous
 
     def send(
         self,
@@ -214,7 +230,11 @@ class Transport:
                 self.on_retry(
                     Retry(route, attempt + 1, retries + 1, delay, failure)
                 )
-            time.sleep(delay)
+            stop: threading.Event | None = getattr(self._local, "stop", None)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise failure  # nothing sent since the last try failed
             waited += delay
         raise AssertionError("unreachable")  # pragma: no cover
 
