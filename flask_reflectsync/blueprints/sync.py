@@ -360,17 +360,16 @@ def _pull() -> Response:
     node_id = _authenticate(settings, body)
     message = _message(body)
     served = _served(node_id)
-    schema = served.schema
-    if served.stale and served.moved_from is not None:
-        return _answer(**_moving_page(node_id, message, served))
-    if served.stale:
+    if served.stale and served.moved_from is None:
         raise GoneError(
-            "This node's share changed (its principal was re-bound, or the "
-            "server's sync scopes changed) since its data was served: repair "
-            "it to receive its share as it is now. Nothing queued is lost: "
-            "push first.",
+            "This node's share changed (the server's sync scopes changed, or "
+            "its principal and the server cannot tell its old share) since "
+            "its data was served: repair it to receive its share as it is "
+            "now. Nothing queued is lost: push first.",
             code="pull.share_changed",
         )
+    # A node whose principal changed is first served under the old one.
+    share = served.moved_from if served.stale else served.share
     # In a transaction of its own: the page's must start after the
     # numbering in read_page (a MySQL snapshot taken by this read would
     # hide the versions numbered there).
@@ -380,69 +379,49 @@ def _pull() -> Response:
         page = read_page(
             session,
             state.tables,
-            schema,
+            served.schema,
             node_id,
             message,
             page_size=settings.pull_page_size,
-            share=served.share,
+            share=share,
         )
-        record_pulled(session, state.tables, schema, node_id, page, message)
+        record_pulled(session, state.tables, served.schema, node_id, page, message)
+    if served.stale:
+        page = _moving_page(node_id, message, served, page)
     _notify(
         signals.pull_served,
         node=node_id,
         since=message["since"],
         until=page["until"],
         operations=change_count(page),
-        more=page["cursor"] is not None,
+        more=page["cursor"] is not None or bool(page.get("moving")),
     )
     return _answer(**page)
 
 
-def _moving_page(node_id: int, message: dict[str, Any], served: _Served) -> Any:
-    """A pull of a node whose principal changed: pages under the old
-    principal until it is current, then the page that moves it to its new
-    share (see :mod:`~flask_reflectsync.server.pull_reshare`)."""
-    state = _state()
-    settings = _settings()
+def _moving_page(
+    node_id: int, message: dict[str, Any], served: _Served, page: dict[str, Any]
+) -> dict[str, Any]:
+    """What a node whose principal changed is answered, after ``page`` was
+    read under its old principal: that page while it catches up (marked
+    ``moving``: the node pulls again), then, once it is current, the page
+    that moves it to its new share (see
+    :mod:`~flask_reflectsync.server.pull_reshare`)."""
     assert served.moved_from is not None and served.share is not None
-    with _committed() as session:
-        fleet.check_not_retired(session, state.tables, node_id)
-    with _committed() as session:
-        page = read_page(
-            session,
-            state.tables,
-            served.schema,
-            node_id,
-            message,
-            page_size=settings.pull_page_size,
-            share=served.moved_from,
-        )
-        record_pulled(session, state.tables, served.schema, node_id, page, message)
-    if page["cursor"] is None and page["until"] == message["since"] and (
-        not page["changes"]
-    ):
-        page = reshare_page(
-            state.db.engine,
-            state.tables,
-            served.schema,
-            node_id,
-            page["until"],
-            served.moved_from,
-            served.share,
-            served.scoped_as,
-        )
-        if not page.get("moving"):
-            _notify(
-                signals.pull_served,
-                node=node_id,
-                since=message["since"],
-                until=page["until"],
-                operations=change_count(page),
-                more=False,
-            )
-        return page
-    page["moving"] = True  # under the old principal: the node pulls again
-    return page
+    current = page["cursor"] is None and page["until"] == message["since"]
+    if not (current and not page["changes"]):
+        return {**page, "moving": True}
+    state = _state()
+    return reshare_page(
+        state.db.engine,
+        state.tables,
+        served.schema,
+        node_id,
+        page["until"],
+        served.moved_from,
+        served.share,
+        served.scoped_as,
+    )
 
 
 def _feed_hub(settings: ServerSettings) -> FeedHub:
