@@ -47,6 +47,7 @@ from ..server.push import push
 from ..server.query import query
 from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
+from ..server.schema_check import fit_page
 from ..server.scopes import ScopeNode, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.numbering import number_versions
@@ -370,6 +371,9 @@ def _pull() -> Response:
             page_size=settings.pull_page_size,
             share=served.share,
         )
+        # Before anything is recorded: a page the node cannot store is
+        # refused with its version unmoved.
+        fit_page(page, message, schema)
         record_pulled(session, state.tables, schema, node_id, page, message)
     _notify(
         signals.pull_served,

@@ -40,6 +40,7 @@ from ..errors import (
     InvalidValueError,
     NotRegisteredError,
     PushRejectedError,
+    SchemaRefusedError,
     UniqueConstraintError,
 )
 from ..sqlite import use_immediate_transactions
@@ -50,6 +51,7 @@ from . import pull as _pull
 from . import push as _push
 from . import query as _query
 from . import repair as _repair
+from . import schema as _node_schema
 from . import set_aside as _set_aside
 from . import state as _state
 from . import watch as _watch
@@ -176,6 +178,9 @@ class SyncClient:
         self.resolutions = Resolutions(resolution, resolutions)
         self._models = list(models) if models is not None else None
         self._schema: MergeSchema | None = None
+        self._description: dict[str, dict[str, str]] | None = None
+        self._local_checked = False
+        self._unserved: dict[str, list[str]] = {}
         self._lock = threading.RLock()
         self._prepared = False
         self._credentials: tuple[int, str] | None = None
@@ -347,6 +352,13 @@ class SyncClient:
     def node_id(self) -> int | None:
         """The id the server gave this node, or ``None`` before registering."""
         return self._state().node_id
+
+    @property
+    def unserved(self) -> dict[str, list[str]]:
+        """The server's tables and columns this node does not store, as its
+        pulls were told (see :doc:`/schema-changes`): by table, the columns
+        left out of what it was sent. Empty when the schemas match."""
+        return {t: list(c) for t, c in self._unserved.items()}
 
     def pending_operations(self) -> int:
         """How many logged operations wait to be pushed (before compression)."""
@@ -582,6 +594,7 @@ class SyncClient:
         """
         with self._lock, self._status.exchange(caught_up=False):
             state = self._registered()
+            _node_schema.check_local(self)
             aside: list[SetAside] = []
             widened = False
             while True:
@@ -595,6 +608,14 @@ class SyncClient:
                     if widened or not _push.only_whole_rows_needed(error):
                         raise
                     widened = True
+                    state = self._state()
+                    continue
+                except SchemaRefusedError as error:
+                    # Rows the server's schema cannot take: set them all
+                    # aside with their reasons, push the rest.
+                    before = {entry.id for entry in aside}
+                    _set_aside.set_aside_rows(self, error)
+                    aside = [e for e in self.set_aside() if e.id not in before]
                     state = self._state()
                     continue
                 except InvalidValueError as error:
