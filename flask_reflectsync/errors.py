@@ -203,7 +203,7 @@ class SchemaMismatchError(SyncError):
     file. Nothing was applied and the node's version did not move; its
     queue is kept. Envelope: ``{"code": "schema.mismatch", "differences":
     [{"table", "column", "problem", "message", "renamed_to"?}, ...]}``
-    (``schema.local_mismatch`` when the node's own file differs from its
+    (``node.schema_mismatch`` when the node's own file differs from its
     models).
 
     :param message: one sentence naming the tables and columns.

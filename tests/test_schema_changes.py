@@ -450,7 +450,7 @@ def test_new_model_code_on_an_old_file_gives_one_line_not_a_traceback(
     for action in (node.pull, node.repair, node.push):
         with pytest.raises(errors.SchemaMismatchError) as caught:
             action()
-        assert caught.value.code == "schema.local_mismatch"
+        assert caught.value.code == "node.schema_mismatch"
         assert "post.lang_code" in str(caught.value)
     assert node_rows_raw(node) == []
 

@@ -42,7 +42,7 @@ def check_local(client: SyncClient) -> None:
     database file does not have (new model code on an old file), once per
     client.
 
-    :raises SchemaMismatchError: (``schema.local_mismatch``) naming them.
+    :raises SchemaMismatchError: (``node.schema_mismatch``) naming them.
     """
     if client._local_checked:
         return
@@ -71,7 +71,7 @@ def check_local(client: SyncClient) -> None:
             "example with reflectsync-node migrate once available, or an "
             "ALTER TABLE), then sync again.",
             problems,
-            code="schema.local_mismatch",
+            code="node.schema_mismatch",
         )
     client._local_checked = True
 

@@ -330,7 +330,6 @@ ERROR_CLASSES: dict[str, type[SyncError]] = {
     "push.invalid_key": InvalidKeyError,
     "push.out_of_share": ScopeDeniedError,
     "schema.mismatch": SchemaMismatchError,
-    "schema.local_mismatch": SchemaMismatchError,
     "schema.refused": SchemaRefusedError,
     "pull.share_changed": GoneError,
     "invalid-key": InvalidKeyError,
