@@ -37,7 +37,7 @@ def post_table(metadata: sa.MetaData, columns: Columns) -> sa.Table:
         "post",
         metadata,
         sa.Column("id", sa.Integer, primary_key=True),
-        *[sa.Column(name, type_, **options) for name, (type_, options) in columns.items()],
+        *[sa.Column(name, kind, **options) for name, (kind, options) in columns.items()],
     )
 
 
@@ -238,7 +238,7 @@ def test_a_repair_of_an_old_node_is_refused_and_its_data_kept(
     write(old, {"id": 5, "title": "local", "lang": "fr"})
     with pytest.raises(
         errors.SchemaMismatchError,
-        match="post.lang is not a column on the server .renamed to lang_code",
+        match="post.lang is not a column on the server: renamed to lang_code",
     ):
         old.repair()
     assert [r["id"] for r in node_rows(old)] == [5]
@@ -502,3 +502,88 @@ def test_a_pull_without_description_is_served_as_before(world: ServerFactory) ->
         assert "unserved" not in page
     finally:
         node.close()
+
+
+# -- the node's own guard, for a server that does not cut pages ---------------------
+
+
+def test_the_node_refuses_a_page_or_copy_it_cannot_store_by_itself() -> None:
+    from flask_reflectsync.node.schema import check_copy, check_page
+    from flask_reflectsync.tracking.registry import tracked_table_for
+
+    Post = node_model({**V1, "score": (sa.Integer, {"nullable": False})})[0]
+    info = tracked_table_for(sa.inspect(Post))
+    assert info is not None
+    # Values of a column the node lacks: refused when one is not null.
+    check_page(info, ["id", "title", "lang", "score", "extra"],
+               [[1], ["t"], [None], [2], [None]], "i", None)
+    with pytest.raises(errors.SchemaMismatchError, match="post.extra"):
+        check_page(info, ["id", "title", "lang", "score", "extra"],
+                   [[1], ["t"], [None], [2], ["x"]], "i", None)
+    # Whole rows without a column the node's table requires: refused;
+    # patches without it pass.
+    with pytest.raises(errors.SchemaMismatchError, match="score"):
+        check_page(info, ["id", "title", "lang"], [[1], ["t"], [None]], "i", None)
+    check_page(info, ["id", "title", "lang"], [[1], ["t"], [None]], "u", [[1]])
+    check_page(info, ["id", "title", "score"], [[1], ["t"], [3]], "i", None)
+    # A copy missing a node column beside a column the node lacks: renamed.
+    with pytest.raises(errors.SchemaMismatchError, match="renamed to lang_code"):
+        check_copy(info, ["id", "title", "lang_code", "score"])
+    check_copy(info, ["id", "title", "score"])  # lang dropped: nothing lost
+    check_copy(info, ["id", "title", "lang", "score", "summary"])
+    with pytest.raises(errors.SchemaMismatchError, match="post.score"):
+        check_copy(info, ["id", "title", "lang"])
+
+
+MODELS_MODULE = '''
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase
+
+from flask_reflectsync import track
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+@track
+class Post(Base):
+    __table__ = sa.Table(
+        "post",
+        Base.metadata,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("title", sa.String(100)),
+        sa.Column("lang_code", sa.String(8), nullable=True),
+    )
+'''
+
+
+def test_reflectsync_node_pull_and_repair_say_one_line_for_new_models_on_an_old_file(
+    world: ServerFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from flask_reflectsync.node.cli import cli
+
+    w = world(RENAMED)
+    w.add(id=1, title="t", lang_code="en")
+    (tmp_path / "schema_models_v2.py").write_text(MODELS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    database = f"sqlite:///{tmp_path / 'cli-node.db'}"
+    engine = sa.create_engine(database)
+    node_model(V1)[0].__table__.metadata.create_all(engine)  # the old file
+    engine.dispose()
+    options = [
+        "--server", w.server.base, "--database", database,
+        "--models", "schema_models_v2",
+    ]
+    runner = CliRunner()
+    registered = runner.invoke(cli, [*options, "register"])
+    assert registered.exit_code == 0, registered.output
+    for command in (["pull"], ["repair", "--yes"], ["sync"]):
+        result = runner.invoke(cli, [*options, *command])
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert lines[-1].startswith("Error: The node's models name post.lang_code")
+        assert "Traceback" not in result.output
+        assert not isinstance(result.exception, errors.SyncError)

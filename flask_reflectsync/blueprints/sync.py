@@ -47,13 +47,13 @@ from ..server.push import push
 from ..server.query import query
 from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
-from ..server.schema_check import fit_page
+from ..server.schema_check import check_repair, fit_page
 from ..server.scopes import ScopeNode, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.numbering import number_versions
 from ..tracking.registry import registry_state
 from ..tracking.tables import current_version
-from ..wire.messages import PROTOCOL_VERSION, decode_body
+from ..wire.messages import PROTOCOL_VERSION, decode_body, validate
 from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
 from .api import ok_response
 from .limits import AddressLimit
@@ -437,9 +437,14 @@ def _changes() -> Response:
 def _repair() -> Response:
     state = _state()
     settings = _settings()
-    node_id = _authenticate(settings, _body(settings))
+    body = _body(settings)
+    node_id = _authenticate(settings, body)
     check_repair_accepted(request.headers.get("Accept"))
     served = _served(node_id)
+    # The node's schema identity, when it sent one (nodes from before the
+    # handshake send no body): compared before anything is streamed.
+    if body:
+        check_repair(validate(_message(body), "RepairRequest"), served.schema)
     lines = repair_stream(
         state.db.engine,
         state.tables,

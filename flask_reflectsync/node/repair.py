@@ -45,7 +45,13 @@ def repair(
         schema = client.schema
         aware = stores_time_zones(client.engine.dialect)
         total = 0
-        answer = client._send("GET", "/repair", stream=True, accept=MEDIA_TYPE)
+        answer = client._send(
+            "GET",
+            "/repair",
+            stream=True,
+            accept=MEDIA_TYPE,
+            message={"schema": _schema.description(client)},
+        )
         try:
             media_type = answer.headers.get("content-type", "").split(";")[0]
             if media_type.strip().lower() != MEDIA_TYPE:

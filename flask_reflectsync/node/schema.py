@@ -96,8 +96,8 @@ def check_page(
     module's docstring)."""
     mine = {c.name for c in info.synced_columns}
     problems = []
-    for name, column in zip(columns, values, strict=False):
-        if name not in mine and any(v is not None for v in column):
+    for name, sent in zip(columns, values, strict=False):
+        if name not in mine and any(v is not None for v in sent):
             problems.append(
                 f"{info.name}.{name} is a column this node does not have, and "
                 "the server sent values of it"

@@ -85,7 +85,7 @@ def fit_page(
     if blocked:
         raise SchemaMismatchError(
             "This node cannot store what the server sends: "
-            f"{summary(blocked)}. Nothing was applied and the node's version "
+            f"{summary(blocked)} Nothing was applied and the node's version "
             "did not move; migrate the node (or the server) so that the "
             "columns match, then pull again.",
             [d.to_dict() for d in blocked],
@@ -156,6 +156,43 @@ def _cut_to(part: dict[str, Any], mine: Mapping[str, str]) -> list[str]:
     if new_marks is not None:
         part["changed"] = new_marks
     return left_out
+
+
+# -- repairs -------------------------------------------------------------------------
+
+
+def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
+    """Refuse a repair whose copy the node cannot store: a table where the
+    node has a column the server lacks beside one the server has and the
+    node lacks (renamed), or a column whose kind differs. Columns only the
+    server has are left out by the node, which the copy's column lines
+    tell. Without a description (a node from before the handshake) the
+    node's own check of the copy's columns is all there is.
+
+    :raises SchemaMismatchError: before anything is streamed.
+    """
+    node = read_description(message.get("schema"))
+    if node is None:
+        return
+    by_table: dict[str, list[Difference]] = {}
+    for difference in compare(node, schema.tables):
+        by_table.setdefault(difference.table, []).append(difference)
+    blocked = []
+    for problems in by_table.values():
+        renamed = any(d.problem == "server_only_column" for d in problems)
+        blocked += [
+            d
+            for d in problems
+            if d.problem == "kind" or (d.problem == "node_only_column" and renamed)
+        ]
+    if blocked:
+        raise SchemaMismatchError(
+            "This node cannot store the server's copy: "
+            f"{summary(blocked)} Nothing was sent and the node's data is "
+            "unchanged; migrate the node (or the server) so that the columns "
+            "match, then repair.",
+            [d.to_dict() for d in blocked],
+        )
 
 
 # -- pushes --------------------------------------------------------------------------

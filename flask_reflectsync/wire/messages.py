@@ -310,6 +310,14 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "RepairRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"schema": _schema_identity},
+        "description": "GET /repair may carry a JSON body with the node's "
+        "schema identity (signed with the request); without one the server "
+        "streams the copy unchecked.",
+    },
     "ChangesRequest": {
         "type": "object",
         "required": ["protocol", "since"],

@@ -142,8 +142,10 @@ def compare(
 
 
 def summary(differences: Iterable[Difference]) -> str:
-    """The differences in one sentence."""
-    return "; ".join(d.message for d in differences)
+    """The differences in one sentence, with its full stop (or question
+    mark)."""
+    text = "; ".join(d.message for d in differences)
+    return text if text.endswith(("?", ".")) else text + "."
 
 
 def read_description(value: Any) -> Description | None:
