@@ -37,7 +37,7 @@ def post_table(metadata: sa.MetaData, columns: Columns) -> sa.Table:
         "post",
         metadata,
         sa.Column("id", sa.Integer, primary_key=True),
-        *[sa.Column(name, kind, **options) for name, (kind, options) in columns.items()],
+        *[sa.Column(name, kind, **extra) for name, (kind, extra) in columns.items()],
     )
 
 
