@@ -239,8 +239,10 @@ def test_a_repair_of_an_old_node_is_refused_and_its_data_kept(
     with pytest.raises(
         errors.SchemaMismatchError,
         match="post.lang is not a column on the server: renamed to lang_code",
-    ):
+    ) as caught:
         old.repair()
+    # Refused by the server, before anything was streamed.
+    assert "Nothing was sent" in str(caught.value)
     assert [r["id"] for r in node_rows(old)] == [5]
     assert old.pending_operations() == 1
 
