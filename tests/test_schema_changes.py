@@ -320,22 +320,33 @@ def test_a_new_not_null_column_without_default_sets_old_inserts_aside_only(
     """One refused insert among many good changes: the rest syncs, the one
     is kept with its reason."""
     w = world(WITH_RATING)
-    for key in range(1, 201):
-        w.add(id=key, title=f"p{key}", lang="en", rating=3)
+    db = w.server.env.db
+    db.session.add_all(
+        [w.Post(id=key, title=f"p{key}", lang="en", rating=3) for key in range(1, 1000)]
+    )
+    db.session.commit()
     old = w.node(V1)
     old.pull()
-    for key in range(1, 201):
-        change(old, key, title=f"edited {key}")
-    write(old, {"id": 500, "title": "new", "lang": "en"})
+    Post = old.schema.tables["post"].model
+    with old.Session() as session:
+        for post in session.scalars(sa.select(Post)):
+            post.title = f"edited {post.id}"
+        session.commit()
+    write(old, {"id": 5000, "title": "new", "lang": "en"})
     result = old.push()
     (aside,) = result.set_aside
-    assert aside.key == (500,) and aside.command == "i"
+    assert aside.key == (5000,) and aside.command == "i"
     assert "rating" in aside.reason and "NOT NULL" in aside.reason
-    assert result.operations == 200
+    assert result.operations == 999
     rows = w.server_rows()
-    assert len(rows) == 200
+    assert len(rows) == 999
     assert all(r["title"] == f"edited {r['id']}" and r["rating"] == 3 for r in rows)
     assert old.pending_operations() == 0
+    # The app resolves it: given up, the row takes the server's copy (none).
+    assert old.discard_set_aside() == 1
+    assert old.set_aside() == [] and len(node_rows(old)) == 999
+    old.synchronize()
+    assert len(w.server_rows()) == 999
 
 
 # -- a changed type ------------------------------------------------------------------

@@ -60,6 +60,8 @@ def fit_page(
     if node is None:
         return
     differences = compare(node, schema.tables)
+    if not differences and len(node) == len(schema.tables):
+        return  # the same tables and columns: the page fits as it is
     by_table: dict[str, list[Difference]] = {}
     for difference in differences:
         by_table.setdefault(difference.table, []).append(difference)

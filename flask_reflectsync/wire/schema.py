@@ -13,6 +13,7 @@ column (or table), each with a sentence naming it.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,12 +28,24 @@ Description = dict[str, dict[str, str]]
 Problem = Literal["node_only_table", "node_only_column", "server_only_column", "kind"]
 
 
+#: Each tracked table's columns and kinds, described once (the server
+#: compares every pull page and push with them).
+_described: weakref.WeakKeyDictionary[TrackedTable, dict[str, str]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def describe(tables: Iterable[TrackedTable]) -> Description:
     """The description of ``tables`` (their synced columns and kinds)."""
-    return {
-        info.name: {c.name: codec_for(c).kind for c in info.synced_columns}
-        for info in tables
-    }
+    found: Description = {}
+    for info in tables:
+        columns = _described.get(info)
+        if columns is None:
+            columns = _described[info] = {
+                c.name: codec_for(c).kind for c in info.synced_columns
+            }
+        found[info.name] = dict(columns)
+    return found
 
 
 @dataclass(frozen=True)
