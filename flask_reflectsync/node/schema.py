@@ -47,10 +47,13 @@ def check_local(client: SyncClient) -> None:
     if client._local_checked:
         return
     with client.engine.connect() as connection:
+        # On this connection: on SQLite it holds the write lock once it
+        # reads (BEGIN IMMEDIATE), and a second one would wait for it.
+        tables = client._schema_on(connection).tables
         inspector = sa.inspect(connection)
         existing = set(inspector.get_table_names())
         problems: list[dict[str, Any]] = []
-        for info in client.schema.tables.values():
+        for info in tables.values():
             table = info.table
             if table.name not in existing:
                 problems.append(_local(info.name, None, f"table {info.name}"))
