@@ -600,3 +600,97 @@ def test_reflectsync_node_pull_and_repair_say_one_line_for_new_models_on_an_old_
         assert lines[-1].startswith("Error: The node's models name post.lang_code")
         assert "Traceback" not in result.output
         assert not isinstance(result.exception, errors.SyncError)
+
+
+# -- a real migration of the server, the node offline across it --------------------
+
+
+def _migrated_app(database_url: str, columns: Columns) -> Any:
+    """The server's app after its migration: new model code on the same
+    database (nothing created or dropped)."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_reflectsync import ReflectSync
+
+    from .http_server import SECRET_KEY
+
+    app = Flask("migrated")
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        SECRET_KEY=SECRET_KEY,
+        REFLECTSYNC_OPEN_REGISTRATION=True,
+    )
+    db = SQLAlchemy()
+    db.init_app(app)
+
+    @track
+    class Post(db.Model):  # type: ignore[name-defined]
+        __table__ = post_table(db.metadata, columns)
+
+    ReflectSync().init_app(app, db)
+    return app, db, Post
+
+
+def test_a_node_offline_across_a_rename_loses_nothing_and_catches_up(
+    world: ServerFactory, database_url: str
+) -> None:
+    """The server renames post.lang to lang_code (ALTER TABLE on its own
+    database, new model code) while a node is offline with queued changes.
+    Its edit of another column syncs, its insert carrying the old name is
+    set aside, its pull is refused with the column named and its version
+    kept; once the node's file is migrated too (the column renamed, keeping
+    its data), the set-aside insert goes and the node catches up."""
+    from .http_server import served
+
+    w = world(V1)
+    w.add(id=1, title="first", lang="en")
+    node = w.node(V1)
+    node.pull()
+    change(node, 1, title="edited offline")
+    write(node, {"id": 2, "title": "offline", "lang": "fr"})
+    with w.server.env.db.engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE post RENAME COLUMN lang TO lang_code"))
+    app, db, Post = _migrated_app(database_url, RENAMED)
+    try:
+        with served(app) as url, app.app_context():
+            db.session.add(Post(id=3, title="after", lang_code="de"))
+            db.session.commit()
+            node.base_url = url + "/sync"
+            result = node.push()
+            assert [(a.key, a.command) for a in result.set_aside] == [((2,), "i")]
+            before = node.last_version
+            renamed = "renamed to lang_code"
+            with pytest.raises(errors.SchemaMismatchError, match=renamed):
+                node.pull()
+            assert node.last_version == before
+            # The node's own migration: its file, then its model code.
+            with node.engine.begin() as connection:
+                connection.execute(
+                    sa.text("ALTER TABLE post RENAME COLUMN lang TO lang_code")
+                )
+            node.close()
+            migrated = SyncClient(
+                url + "/sync", node.engine, models=node_model(RENAMED), name="again"
+            )
+            w.nodes.append(migrated)
+            assert migrated.retry_set_aside() == 1
+            migrated.synchronize()
+            with db.engine.connect() as connection:
+                rows = connection.execute(
+                    sa.select(Post.__table__).order_by(Post.__table__.c.id)
+                ).all()
+            assert [tuple(r) for r in rows] == [
+                (1, "edited offline", "en"),
+                (2, "offline", "fr"),
+                (3, "after", "de"),
+            ]
+            assert [tuple(r.values()) for r in node_rows(migrated)] == [
+                tuple(r) for r in rows
+            ]
+            assert migrated.pending_operations() == 0
+            assert migrated.set_aside() == []
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
