@@ -694,3 +694,96 @@ def test_a_node_offline_across_a_rename_loses_nothing_and_catches_up(
         with app.app_context():
             db.session.remove()
             db.engine.dispose()
+
+
+# -- migrate -------------------------------------------------------------------------
+
+FINAL: Columns = {
+    "title": (sa.String(100), {}),
+    "lang_code": (sa.String(8), {"nullable": True}),
+    "summary": (sa.String(200), {"nullable": True}),
+}
+
+
+def test_a_node_offline_across_two_migrations_catches_up_with_one_migrate_and_one_sync(
+    world: ServerFactory, database_url: str
+) -> None:
+    """The server adds post.summary, then renames post.lang to lang_code and
+    tracks a new table, while a node is offline with queued changes; the
+    node's app then gets the new model code, its file and queue still from
+    before. One migrate (the column renamed with its data and its queued
+    change, the new column and table fetched) and one sync bring it level,
+    nothing lost."""
+    from .http_server import served
+
+    w = world(V1)
+    w.add(id=1, title="first", lang="en")
+    w.add(id=2, title="second", lang="de")
+    old = w.node(V1, name="field")
+    old.pull()
+    change(old, 1, lang="fr")
+    write(old, {"id": 3, "title": "offline", "lang": "es"})
+    old.close()
+    with w.server.env.db.engine.begin() as connection:
+        connection.execute(sa.text("ALTER TABLE post ADD COLUMN summary VARCHAR(200)"))
+        connection.execute(sa.text("ALTER TABLE post RENAME COLUMN lang TO lang_code"))
+    app, db, ServerPost = _migrated_app(database_url, FINAL)
+
+    @track
+    class ServerComment(db.Model):  # type: ignore[name-defined]
+        __tablename__ = "comment"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(100))
+
+    # New model code on the node's file.
+    (Post,) = node_model(FINAL)
+
+    class CommentBase(DeclarativeBase):
+        pass
+
+    @track
+    class Comment(CommentBase):
+        __tablename__ = "comment"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        text: Mapped[str] = mapped_column(sa.String(100))
+
+    try:
+        with served(app) as url, app.app_context():
+            db.create_all()
+            for key, summary in ((1, "s1"), (2, "s2")):
+                db.session.get(ServerPost, key).summary = summary
+            db.session.add(ServerComment(id=1, text="a comment"))
+            db.session.commit()
+            node = SyncClient(url + "/sync", old.engine, models=[Post, Comment])
+            w.nodes.append(node)
+            with pytest.raises(errors.SchemaMismatchError):
+                node.pull()
+            done = node.migrate()
+            assert done.created == ["comment"]
+            assert done.renamed == {"post": {"lang": "lang_code"}}
+            assert done.added == {"post": ["summary"]}
+            assert done.fetched == 3  # the summaries of two posts, one comment
+            assert node.pending_operations() == 2
+            node.synchronize()
+            with db.engine.connect() as connection:
+                table = ServerPost.__table__
+                server = [
+                    dict(r._mapping)
+                    for r in connection.execute(sa.select(table).order_by(table.c.id))
+                ]
+            assert server == [
+                {"id": 1, "title": "first", "lang_code": "fr", "summary": "s1"},
+                {"id": 2, "title": "second", "lang_code": "de", "summary": "s2"},
+                {"id": 3, "title": "offline", "lang_code": "es", "summary": None},
+            ]
+            assert node_rows(node) == server
+            with node.engine.connect() as connection:
+                found = connection.execute(sa.text("SELECT id, text FROM comment"))
+                assert found.all() == [(1, "a comment")]
+            assert node.pending_operations() == 0 and node.set_aside() == []
+            assert node.migrate().changed is False
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()

@@ -47,6 +47,7 @@ from ..sqlite import use_immediate_transactions
 from ..tracking import OperationLog, TrackedTable, start_tracking, tracked_tables
 from ..wire.messages import PROTOCOL_VERSION
 from . import bases as _bases
+from . import migrate as _migrate
 from . import pull as _pull
 from . import push as _push
 from . import query as _query
@@ -58,6 +59,7 @@ from . import watch as _watch
 from .conflicts import Conflict, KindResolver, Resolutions, Strategy
 from .keys import assign_keys_on
 from .merge import MergeSchema
+from .migrate import Migration
 from .results import PullProgress, PullResult, PushResult, SyncResult
 from .set_aside import SetAside
 from .state import State
@@ -784,6 +786,27 @@ class SyncClient:
         """
         with self._status.exchange(caught_up=True):
             return _repair.repair(self, progress, on_total=on_total)
+
+    # -- migrate (see migrate.py) -----------------------------------------------------
+
+    def migrate(self) -> Migration:
+        """Bring the node's database file to its models, after the app got
+        new model code (see :doc:`/schema-changes`): create the tables the
+        file lacks, rename a column the models renamed (one per table,
+        recognised by shape: the only column gone beside the only one come,
+        holding the same kind of value), keeping its data and rewriting the
+        queued changes to the new name, add the other new columns, and fetch
+        from the server what the node could not store before (the new
+        columns' values, the new tables' rows). Run it before the first
+        sync with the new models; a push in flight is settled first.
+
+        :return: what was created, renamed, added and fetched.
+        :raises ConfigurationError: a push is still unanswered, or a column
+            the models no longer name has queued changes and no new name
+            could be told.
+        """
+        with self._status.exchange(caught_up=False):
+            return _migrate.migrate(self)
 
     # -- query (see query.py) ----------------------------------------------------------
 
