@@ -600,6 +600,16 @@ def test_reflectsync_node_pull_and_repair_say_one_line_for_new_models_on_an_old_
         assert lines[-1].startswith("Error: The node's models name post.lang_code")
         assert "Traceback" not in result.output
         assert not isinstance(result.exception, errors.SyncError)
+    migrated = runner.invoke(cli, [*options, "migrate"])
+    assert migrated.exit_code == 0, migrated.output
+    assert "Renamed post.lang to lang_code" in migrated.output
+    pulled = runner.invoke(cli, [*options, "pull"])
+    assert pulled.exit_code == 0, pulled.output
+    engine = sa.create_engine(database)
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT id, title, lang_code FROM post"))
+        assert rows.all() == [(1, "t", "en")]
+    engine.dispose()
 
 
 # -- a real migration of the server, the node offline across it --------------------
@@ -639,8 +649,9 @@ def test_a_node_offline_across_a_rename_loses_nothing_and_catches_up(
     database, new model code) while a node is offline with queued changes.
     Its edit of another column syncs, its insert carrying the old name is
     set aside, its pull is refused with the column named and its version
-    kept; once the node's file is migrated too (the column renamed, keeping
-    its data), the set-aside insert goes and the node catches up."""
+    kept; once the node has migrated too (the column renamed, keeping its
+    data), the set-aside insert is resolved by a retry and the node catches
+    up."""
     from .http_server import served
 
     w = world(V1)
@@ -664,16 +675,16 @@ def test_a_node_offline_across_a_rename_loses_nothing_and_catches_up(
             with pytest.raises(errors.SchemaMismatchError, match=renamed):
                 node.pull()
             assert node.last_version == before
-            # The node's own migration: its file, then its model code.
-            with node.engine.begin() as connection:
-                connection.execute(
-                    sa.text("ALTER TABLE post RENAME COLUMN lang TO lang_code")
-                )
+            # The node's own migration: new model code, then migrate (the
+            # column renamed with its data, the set-aside row with it).
             node.close()
             migrated = SyncClient(
                 url + "/sync", node.engine, models=node_model(RENAMED), name="again"
             )
             w.nodes.append(migrated)
+            assert migrated.migrate().renamed == {"post": {"lang": "lang_code"}}
+            (aside,) = migrated.set_aside()
+            assert aside.row == {"id": 2, "title": "offline", "lang_code": "fr"}
             assert migrated.retry_set_aside() == 1
             migrated.synchronize()
             with db.engine.connect() as connection:
