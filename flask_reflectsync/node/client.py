@@ -79,6 +79,7 @@ __all__ = [
     "Retry",
     "PullProgress",
     "SyncStatus",
+    "Migration",
 ]
 
 M = TypeVar("M")

@@ -70,9 +70,8 @@ def check_local(client: SyncClient) -> None:
             f"The node's models name {named}, which its database "
             f"({client.engine.url.render_as_string(hide_password=True)}) does "
             "not have: the model code is newer than the file. Nothing was "
-            "synced; bring the file to the models (add the columns, for "
-            "example with reflectsync-node migrate once available, or an "
-            "ALTER TABLE), then sync again.",
+            "synced; bring the file to the models (client.migrate() or "
+            "reflectsync-node migrate), then sync again.",
             problems,
             code="node.schema_mismatch",
         )
