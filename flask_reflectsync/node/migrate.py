@@ -53,6 +53,7 @@ class Migration:
 
     @property
     def changed(self) -> bool:
+        """Whether anything was created, renamed or added."""
         return bool(self.created or self.renamed or self.added)
 
 
