@@ -36,7 +36,7 @@ from .tracking import (
     stop_tracking,
     track,
 )
-from .tracking.capture import TagReader
+from .tracking.capture import ObjectTagger, TagReader
 from .tracking.links import describe as describe_links
 from .tracking.links import untracked_links
 from .tracking.numbering import number_versions
@@ -248,7 +248,10 @@ class ReflectSync:
         define_key_reservations(db.metadata)
         define_push_rulings(db.metadata)
         log = OperationLog(
-            tables=tables, assign_versions=True, tags=self._share_tag_reader
+            tables=tables,
+            assign_versions=True,
+            tags=self._share_tag_reader,
+            object_tags=self._share_object_tagger,
         )
         if config["REFLECTSYNC_TRACK_CHANGES"]:
             start_tracking(db.session, _log_of_current_app)
@@ -481,9 +484,10 @@ class ReflectSync:
         app: Flask | None = None,
     ) -> None:
         """Give a registered node a new principal (the user moved team), and
-        commit. The node's share changes with it: on its next pull it is told
-        to repair (:class:`~flask_reflectsync.SyncClient` does so by itself
-        when nothing is queued), and receives its new share.
+        commit. The node's share changes with it: its next pull sends it
+        the difference, the rows of its new share it did not have and
+        evictions for those it may no longer see (see
+        :ref:`principal changes <principal-changes>`).
 
         :raises NotFoundError: no node has this id.
         """
@@ -504,6 +508,14 @@ class ReflectSync:
         if not self.scopes:
             return None
         return self.scopes.tag_reader(info, current_schema().tables)
+
+    def _share_object_tagger(self, info: TrackedTable) -> ObjectTagger | None:
+        """How capture tags a flushed object of ``info`` (see
+        :class:`~.tracking.capture.OperationLog`)."""
+        if not self.scopes:
+            return None
+        return self.scopes.object_tagger(info)
+
     # -- fleet ------------------------------------------------------------------------
 
     def nodes(self, app: Flask | None = None) -> list[NodeInfo]:

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from flask_reflectsync import errors, track
+from flask_reflectsync import errors, signals, track
 from flask_reflectsync.client import SyncClient
 
 from .conftest import AppFactory
@@ -363,6 +363,55 @@ def test_a_local_write_outside_the_share_is_set_aside_and_the_rest_syncs(
     assert 201 in ids and 200 not in ids
 
 
+def test_a_new_row_under_a_key_taken_in_another_share_is_rekeyed(
+    field: Field,
+) -> None:
+    # Found by the scoped convergence property: two field nodes add a
+    # survey offline before their first pull, both under key 1. South's
+    # insert collides with north's survey, which south may not see: no pull
+    # or fetch brings it, so the node's merge never meets it. The node moves
+    # its own row (with its answers) to a new key and pushes again; before,
+    # the insert was set aside as refused for good, and lost once discarded.
+    north = field.node("north", region="north")
+    south = field.node("south", region="south")
+    for node, region in ((north, "north"), (south, "south")):
+        with node.Session() as session:
+            survey = field.Survey(region=region, title=f"{region} first")
+            session.add(survey)
+            session.flush()
+            session.add(field.Answer(survey_id=survey.id, text=f"{region} answer"))
+            session.commit()
+    north.synchronize()
+    rekeyed: list[Any] = []
+    with signals.conflict_resolved.connected_to(
+        lambda sender, conflict: rekeyed.append(conflict), sender=south
+    ):
+        result = south.synchronize(tries=5)
+    assert result.pushed.set_aside == [] and south.set_aside() == []
+    assert south.pending_operations() == 0
+    surveys = {
+        title: (key, region) for key, region, title in _server_rows(field, field.Survey)
+    }
+    assert set(surveys) == {"north first", "south first"}
+    assert surveys["north first"] == (1, "north")
+    new_key = surveys["south first"][0]
+    assert new_key != 1
+    # Its answer followed it, and the node holds its share under the new key.
+    answers = {text: survey for _, survey, text in _server_rows(field, field.Answer)}
+    assert answers == {"north answer": 1, "south answer": new_key}
+    assert _rows(south, field.Survey) == [(new_key, "south", "south first")]
+    # Both of south's rows collided (north's answer holds key 1 as well).
+    moved = {c.table: (c.key, c.new_key, c.resolution) for c in rekeyed}
+    answer_key = next(
+        k for k, _, t in _server_rows(field, field.Answer) if t == "south answer"
+    )
+    assert moved == {
+        "survey": ((1,), (new_key,), "rekeyed"),
+        "answer": ((1,), (answer_key,), "rekeyed"),
+    }
+    assert all(c.server is None for c in rekeyed)  # nothing of north's rows
+
+
 # -- moves ------------------------------------------------------------
 
 
@@ -427,11 +476,69 @@ def test_a_new_principal_serves_the_new_share(field: Field) -> None:
     assert node_id is not None
     field.env.sync.bind_node(node_id, {"region": "south"})
     result = north.synchronize()
-    assert result.pulled[-1].repaired > 0
+    # The difference, not a repair: south's survey and answer arrive, north's
+    # two surveys and their answer are evicted.
+    pulled = result.pulled[-1]
+    assert (pulled.repaired, pulled.operations, pulled.evicted) == (0, 2, 3)
     assert _rows(north, field.Survey) == [(3, "south", "S1")]
     assert _rows(north, field.Answer) == [(11, 3, "s1-a")]
     with pytest.raises(errors.NotFoundError):
         field.env.sync.bind_node(10**6, {"region": "x"})
+
+
+def test_a_principal_change_sends_exactly_the_difference(field: Field) -> None:
+    _seed(field)
+    S, A = field.Survey, field.Answer
+    node = field.node("north", region="north")
+    node.synchronize()
+    assert node.node_id is not None
+    served: list[Any] = []
+    with signals.pull_served.connected_to(
+        lambda sender, **page: served.append(page)
+    ):
+        # A wider share: only south's rows travel, nothing is evicted.
+        field.env.sync.bind_node(node.node_id, {"region": ["north", "south"]})
+        pulled = node.pull()
+        assert (pulled.repaired, pulled.operations, pulled.evicted) == (0, 2, 0)
+        assert [r[0] for r in _rows(node, S)] == [1, 2, 3]
+        assert [r[0] for r in _rows(node, A)] == [10, 11]
+        # While the node is away, the server app changes rows of the share
+        # it still holds: N1 is retitled, N2 moves to a region no share of
+        # the node has, S1 is deleted with its answer; then the node is
+        # narrowed to south. It is first brought up to date under its old
+        # share (N2 and S1 leave), then moved: N1 and its answer leave.
+        field.db.session.get(S, 1).title = "N1 retitled"
+        field.db.session.get(S, 2).region = "east"
+        field.db.session.delete(field.db.session.get(A, 11))
+        field.db.session.delete(field.db.session.get(S, 3))
+        field.add(S(id=4, region="south", title="S2"))
+        field.env.sync.bind_node(node.node_id, {"region": "south"})
+        pulled = node.pull()
+        assert pulled.repaired == 0
+        assert _rows(node, S) == [(4, "south", "S2")]
+        assert _rows(node, A) == []
+    assert served, "the pulls were served as pulls, not repairs"
+    # Pushes are judged by the new share, and the node goes on pulling.
+    with node.Session() as session:
+        session.add(S(id=5, region="south", title="S3"))
+        session.commit()
+    node.synchronize()
+    assert (5, "south", "S3") in _server_rows(field, S)
+    field.add(S(id=6, region="south", title="S4"), S(id=7, region="north", title="N3"))
+    node.pull()
+    assert [r[0] for r in _rows(node, S)] == [4, 5, 6]
+
+
+def test_a_rule_change_still_repairs_the_share(field: Field) -> None:
+    _seed(field)
+    node = field.node("north", region="north")
+    node.synchronize()
+    # Other rules: what the node holds cannot be told from the old principal
+    # alone, so its share is copied again.
+    field.env.sync.scope(field.Species, hidden=True)
+    pulled = node.pull()
+    assert pulled.repaired > 0
+    assert [r[0] for r in _rows(node, field.Survey)] == [1, 2]
 
 
 def test_a_row_that_passed_through_the_share_unseen_is_not_named(

@@ -42,13 +42,14 @@ from ..server import fleet, nodes
 from ..server.feed import FeedHub, read_changes_request, wait_for_news
 from ..server.openapi import openapi_document
 from ..server.pull import change_count, read_page, record_pulled
+from ..server.pull_reshare import reshare_page
 from ..server.pull_scopes import Share
 from ..server.push import push
 from ..server.query import query
 from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
 from ..server.schema_check import check_repair, fit_page
-from ..server.scopes import ScopeNode, principal_text
+from ..server.scopes import ScopeNode, principal_from_text, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.numbering import number_versions
 from ..tracking.registry import registry_state
@@ -259,12 +260,15 @@ class _Served:
     """What a signed request of a node is served from: the tracked tables it
     may know of (hidden ones left out), its share (``None`` without scopes),
     and whether its data was served under another principal or other rules
-    (it must repair first) with the digest it is served under now."""
+    (it must repair first) with the digest it is served under now; when
+    only the principal changed, the share it was served (``moved_from``:
+    its next pull moves it, see :mod:`~flask_reflectsync.server.pull_reshare`)."""
 
     schema: TrackedSchema
     share: Share | None
     stale: bool
     scoped_as: str | None
+    moved_from: Share | None = None
 
 
 def _served(node_id: int) -> _Served:
@@ -275,13 +279,23 @@ def _served(node_id: int) -> _Served:
         return _Served(schema, None, False, None)
     scopes.warn_unscoped(schema.tables)
     with _committed() as session:  # it only reads: ends the transaction
-        principal, scoped_as = nodes.node_principal(session, state.tables, node_id)
+        principal, scoped_as, served = nodes.node_principal(
+            session, state.tables, node_id
+        )
     visible = TrackedSchema(
         {n: i for n, i in schema.tables.items() if not scopes.hidden(n)}
     )
     digest = scopes.digest(principal_text(principal) if principal else None)
     share = Share(scopes, schema.tables, ScopeNode(node_id, principal))
-    return _Served(visible, share, scoped_as != digest, digest)
+    moved_from = None
+    if scoped_as != digest and scoped_as is not None and (
+        scopes.digest(served) == scoped_as
+    ):
+        # The rules are the ones it was served under: only its principal
+        # changed, and the old one tells what it holds.
+        old = ScopeNode(node_id, principal_from_text(served))
+        moved_from = Share(scopes, schema.tables, old)
+    return _Served(visible, share, scoped_as != digest, digest, moved_from)
 
 
 # -- views ------------------------------------------------------------------------
@@ -348,6 +362,8 @@ def _pull() -> Response:
     message = _message(body)
     served = _served(node_id)
     schema = served.schema
+    if served.stale and served.moved_from is not None:
+        return _answer(**_moving_page(node_id, message, served))
     if served.stale:
         raise GoneError(
             "This node's share changed (its principal was re-bound, or the "
@@ -384,6 +400,53 @@ def _pull() -> Response:
         more=page["cursor"] is not None,
     )
     return _answer(**page)
+
+
+def _moving_page(node_id: int, message: dict[str, Any], served: _Served) -> Any:
+    """A pull of a node whose principal changed: pages under the old
+    principal until it is current, then the page that moves it to its new
+    share (see :mod:`~flask_reflectsync.server.pull_reshare`)."""
+    state = _state()
+    settings = _settings()
+    assert served.moved_from is not None and served.share is not None
+    with _committed() as session:
+        fleet.check_not_retired(session, state.tables, node_id)
+    with _committed() as session:
+        page = read_page(
+            session,
+            state.tables,
+            served.schema,
+            node_id,
+            message,
+            page_size=settings.pull_page_size,
+            share=served.moved_from,
+        )
+        record_pulled(session, state.tables, served.schema, node_id, page, message)
+    if page["cursor"] is None and page["until"] == message["since"] and (
+        not page["changes"]
+    ):
+        page = reshare_page(
+            state.db.engine,
+            state.tables,
+            served.schema,
+            node_id,
+            page["until"],
+            served.moved_from,
+            served.share,
+            served.scoped_as,
+        )
+        if not page.get("moving"):
+            _notify(
+                signals.pull_served,
+                node=node_id,
+                since=message["since"],
+                until=page["until"],
+                operations=change_count(page),
+                more=False,
+            )
+        return page
+    page["moving"] = True  # under the old principal: the node pulls again
+    return page
 
 
 def _feed_hub(settings: ServerSettings) -> FeedHub:

@@ -84,6 +84,13 @@ __all__ = [
 
 M = TypeVar("M")
 
+#: How many times one ``synchronize()`` moves inserts off keys that rows of
+#: other shares hold before setting what is still refused aside: each move
+#: takes a key of the node's reserved block (free on the server), so one is
+#: the rule; more only where the server's own app takes keys of the block
+#: (MariaDB, SQLite; see server/key_blocks.py).
+_REKEY_ROUNDS = 5
+
 
 class _NodeSessionmaker(sessionmaker[Session]):
     """A sessionmaker that creates the node's tables before the first session."""
@@ -707,7 +714,7 @@ class SyncClient:
             pulled: list[PullResult] = []
             refused: set[tuple[str, str]] = set()
             brought: set[tuple[str, str]] = set()
-            attempt = 0
+            attempt = rekeyed = 0
             while True:
                 attempt += 1
                 try:
@@ -731,6 +738,17 @@ class SyncClient:
                     # not delete the holder first (a child of it the node has
                     # not pulled yet). Pull and push again, never set it aside.
                     again -= _pull.refused_by_own_givers(self, error)
+                    if again and rekeyed < _REKEY_ROUNDS:
+                        # An insert whose key holds a row of another share:
+                        # the node moves its row and pushes again.
+                        moved, result = _pull.rekey_unseen_holders(self, error, again)
+                        if result is not None:
+                            rekeyed += 1
+                            pulled.append(result)
+                            again -= moved
+                            if not again:
+                                attempt -= 1
+                                continue
                     if again:
                         # Refused twice for the same rows, with a merge in
                         # between that found no local row holding the values

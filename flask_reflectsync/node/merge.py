@@ -977,6 +977,39 @@ def separate_replaced_rows(
         merge.separate_replaced(set())
 
 
+def rekey_unseen(
+    connection: sa.Connection,
+    schema: MergeSchema,
+    tables: LogTables,
+    keys: Iterable[tuple[str, tuple[Any, ...]]],
+    high_water: sa.Table | None = None,
+    reserve: KeyReserve | None = None,
+) -> list[Conflict]:
+    """Move each local row the node inserted under one of ``keys`` (table,
+    integer key) to a free key, with the references to it, in
+    ``connection``'s transaction.
+
+    The server holds a row under each of those keys that this node may not
+    see (outside its share, see :doc:`/scopes`): no pull or fetch brings
+    it, so no merge meets it, and the node's insert would be refused for
+    good. The only resolution that loses nothing, and shows nothing of the
+    other row, is the one :meth:`_Merge.reused_key` makes: the local row
+    moves, reported as a re-keyed primary-key conflict with no server row.
+    Rows no longer queued as inserts, and keys other than single integers,
+    are left alone.
+    """
+    queue = LocalQueue(connection, tables)
+    water = HighWater(connection, high_water) if high_water is not None else None
+    merge = _Merge(connection, schema, queue, Resolutions(), _no_fetch, water, reserve)
+    for table, key in keys:
+        info = schema.tables.get(table)
+        if info is None or not info.single_integer_key:
+            continue
+        if merge.queued(table, key) == INSERT:
+            merge.reused_key(table, key, set())
+    return merge.result.conflicts
+
+
 def _moved_base(
     base: Mapping[str, Any],
     server: Mapping[str, Any],

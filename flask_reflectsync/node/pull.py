@@ -24,7 +24,7 @@ from . import schema as _schema
 from . import set_aside as _set_aside
 from .conflicts import Conflict, RememberedResolutions
 from .evict import decode_evictions, evict
-from .merge import MergeResult, PulledTable, merge_page
+from .merge import MergeResult, PulledTable, merge_page, rekey_unseen
 from .queue import LocalQueue
 from .results import PullProgress, PullResult
 from .state import State
@@ -61,6 +61,7 @@ def pull(
         first = True
         removed = [0]  # rows evicted (see evict.py)
         unserved: dict[str, list[str]] = {}
+        moving = 0
         while True:
             message: dict[str, Any] = {
                 "protocol": PROTOCOL_VERSION,
@@ -111,11 +112,21 @@ def pull(
             if on_page is not None:
                 server_version = int(page.get("version", version))
                 on_page(PullProgress(version, server_version, done, total))
+            if cursor is None and page.get("moving") is True and moving < _MOVING_PAGES:
+                # The node's principal changed: it is brought up to date
+                # under the old one, then moved to its new share.
+                moving += 1
+                since = version
+                continue
             if cursor is None:
                 return PullResult(
                     version, count, conflicts, evicted=removed[0], unserved=unserved
                 )
 
+
+#: How many pages answered "moving" one pull follows (the server's writes
+#: may keep the node from being current for a while; the next pull goes on).
+_MOVING_PAGES = 100
 
 #: The code of a pull refused because the node's share changed.
 SHARE_CHANGED = "pull.share_changed"
@@ -336,6 +347,46 @@ def bring_holders(
     for conflict in result.conflicts:
         signals.conflict_resolved.send(client, conflict=conflict)
     return PullResult(state.last_version, sum(len(p) for p in parts), result.conflicts)
+
+
+def rekey_unseen_holders(
+    client: SyncClient, error: UniqueConstraintError, rows: set[tuple[str, str]]
+) -> tuple[set[tuple[str, str]], PullResult | None]:
+    """Re-key the node's inserts among ``rows`` that the server refused
+    because their primary key holds a row the node cannot see (see
+    :func:`~flask_reflectsync.node.merge.rekey_unseen`): refused twice
+    with a pull in between, the holder is not in the node's share (a holder
+    it could see would have been merged, and the row re-keyed, by that
+    pull). Sends ``conflict_resolved`` for each.
+
+    :return: the refused rows (as in ``rows``) that were re-keyed, and a
+        result holding their conflicts (``None`` if none was).
+    """
+    wanted: dict[tuple[str, tuple[Any, ...]], tuple[str, str]] = {}
+    for ident, info, key, _ in _refusal_holders(client, error):
+        if ident not in rows:
+            continue
+        # The holder is the row's own key: the primary key collides (which
+        # rows are still queued inserts is read again in the transaction).
+        if _set_aside.typed_key(client, info, json.loads(ident[1])) == key:
+            wanted[(info.name, key)] = ident
+    if not wanted:
+        return set(), None
+    with client._begin() as connection:
+        conflicts = rekey_unseen(
+            connection,
+            client.schema,
+            NODE_LOG,
+            list(wanted),
+            NODE_KEYS,
+            _keys.reserved_keys if client.key_blocks else None,
+        )
+    for conflict in conflicts:
+        signals.conflict_resolved.send(client, conflict=conflict)
+    if not conflicts:
+        return set(), None
+    done = {wanted[(c.table, c.key)] for c in conflicts}
+    return done, PullResult(client._state().last_version, 0, conflicts)
 
 
 def refused_by_own_givers(

@@ -46,7 +46,7 @@ import sqlalchemy as sa
 from ..errors import ConfigurationError, ScopeDeniedError, ScopeWarning
 from ..rows import batches, key_filter
 from ..tracking import TrackedTable, decode_key
-from ..tracking.capture import TagReader
+from ..tracking.capture import ObjectTagger, TagReader
 from ..tracking.tables import NO_ROW
 from ..wire.codec import key_codecs, key_from_log, stores_time_zones, synced_codecs
 
@@ -55,6 +55,9 @@ EQUALS, FOLLOWS, READ_ONLY, HIDDEN = "equals", "follows", "read_only", "hidden"
 
 #: Tags are stored in ``String(255)`` columns; longer ones are hashed.
 _TAG_LIMIT = 255
+
+#: How many values' tags capture keeps per table (see ``object_tagger``).
+_KNOWN_TAGS = 4096
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,24 @@ def tag(attribute: str, value: Any) -> str:
     return "#" + hashlib.sha256(text.encode()).hexdigest()
 
 
+def _stored_as_given(type_: sa.types.TypeEngine[Any]) -> type | None:
+    """The Python type whose values a column of ``type_`` stores and reads
+    back unchanged (so an object's value tags its row), or ``None``: a
+    type decorator may convert, fixed-width strings are padded, enums and
+    everything else are read back to be sure."""
+    if isinstance(type_, sa.types.TypeDecorator) or isinstance(
+        type_, (sa.Enum, sa.CHAR, sa.NCHAR)
+    ):
+        return None
+    if isinstance(type_, sa.Boolean):
+        return bool
+    if isinstance(type_, sa.Integer):
+        return int
+    if isinstance(type_, sa.String):
+        return str
+    return None
+
+
 def principal_text(principal: Mapping[str, Any] | None) -> str | None:
     """A principal as stored in ``reflectsync_nodes.principal`` (canonical
     JSON), ``None`` for none.
@@ -168,6 +189,7 @@ class Scopes:
         self._rules: dict[str, TableScope] = {}
         self._warned: set[frozenset[str]] = set()
         self._readers: dict[tuple[str, int], TagReader | None] = {}
+        self._taggers: dict[str, ObjectTagger | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self._rules)
@@ -181,6 +203,7 @@ class Scopes:
         """Add or replace a table's rule."""
         self._rules[rule.table] = rule
         self._readers.clear()
+        self._taggers.clear()
 
     def digest(self, principal: str | None) -> str:
         """What a node's data is served under: a digest of its stored
@@ -341,6 +364,48 @@ class Scopes:
             return found
 
         return read
+
+    def object_tagger(self, info: TrackedTable) -> ObjectTagger | None:
+        """How capture tags a flushed object of ``info`` without reading its
+        row back (see :class:`~flask_reflectsync.tracking.capture.OperationLog`):
+        for an ``equals`` rule on a plain string, integer or boolean column
+        of a mapped class, whose values the database stores as they are;
+        ``None`` for every other rule and column type (their tags are read
+        from the rows)."""
+        if info.name not in self._taggers:
+            self._taggers[info.name] = self._object_tagger(info)
+        return self._taggers[info.name]
+
+    def _object_tagger(self, info: TrackedTable) -> ObjectTagger | None:
+        rule = self._rules.get(info.name)
+        if rule is None or rule.kind != EQUALS or info.mapper is None:
+            return None
+        assert rule.column is not None and rule.attribute is not None
+        column = info.table.c[rule.column]
+        kind = _stored_as_given(column.type)
+        if kind is None:
+            return None
+        try:
+            key = info.mapper.get_property_by_column(column).key
+        except sa.orm.exc.UnmappedColumnError:
+            return None
+        attribute = rule.attribute
+        # Rows share few values (teams, regions): each is encoded once.
+        known: dict[Any, str] = {}
+
+        def tag_of(value: Any) -> str | None:
+            if value is None:
+                return NO_ROW
+            if type(value) is not kind:
+                return None
+            found = known.get(value)
+            if found is None:
+                if len(known) >= _KNOWN_TAGS:
+                    known.clear()
+                found = known[value] = tag(attribute, value)
+            return found
+
+        return key, tag_of
 
     # -- write rules -------------------------------------------------------------------
 

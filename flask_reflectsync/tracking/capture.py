@@ -123,11 +123,21 @@ class OperationLog:
     #: for a tracked table, how to read its rows' tags by key, or ``None``
     #: when the table's operations carry none.
     tags: Callable[[TrackedTable], TagReader | None] | None = None
+    #: For a routed table whose tag is one of its own mapped columns: that
+    #: attribute and how to tag an object's value of it (see
+    #: :data:`ObjectTagger`), so a flush tags its objects without reading
+    #: them back; ``None``: every tag is read from the database.
+    object_tags: Callable[[TrackedTable], ObjectTagger | None] | None = None
 
 
 #: Reads the share tags of rows by logged key text (the tags of rows not
 #: found are left out).
 TagReader = Callable[[sa.Connection, Sequence[str]], Mapping[str, str]]
+
+#: The mapped attribute holding a routed table's tag value, and the tag of a
+#: value of it as the database would store it, or ``None`` when the value
+#: may not be stored as it is (a type the column converts): read back then.
+ObjectTagger = tuple[str, Callable[[Any], "str | None"]]
 
 
 @dataclass
@@ -160,6 +170,9 @@ class _Batch:
     # The share tags rows had before a bulk statement changed them, by
     # (table name, key) (server with scopes only; see OperationLog.tags).
     tags_before: dict[tuple[str, str], str] = field(default_factory=dict)
+    # The share tags rows have after the flush, taken from the flushed
+    # objects, by position in the lists above (see OperationLog.object_tags).
+    tags_after: dict[int, str] = field(default_factory=dict)
     # Updates' replaced values, for a log that keeps them (a node's).
     originals: list[tuple[TrackedTable, tuple[Any, ...], dict[str, Any]]] = field(
         default_factory=list
@@ -357,7 +370,7 @@ def _after_flush(session: Session, flush_context: Any) -> None:
     if log is None:
         return
     originals = session.info.pop(_ORIGINALS_KEY, None) or {}
-    batch = _collect(session, originals, log.keep_bases is not None)
+    batch = _collect(session, originals, log.keep_bases is not None, log.object_tags)
     links: list[tuple[TrackedTable, tuple[Any, ...], str]] = (
         session.info.pop(_LINKS_KEY, None) or []
     )
@@ -490,6 +503,7 @@ def _collect(
     session: Session,
     originals: Mapping[InstanceState[Any], Mapping[str, Any]],
     keep_originals: bool = False,
+    object_tags: Callable[[TrackedTable], ObjectTagger | None] | None = None,
 ) -> _Batch:
     # Deletes first, then inserts, then updates: a "row switch" (delete an
     # object and add another with the same key in one flush) must read as
@@ -500,7 +514,8 @@ def _collect(
         info = tracked_table_for(state.mapper)
         if info is not None:
             batch.add(info, _identity(state, info), DELETE)
-    _collect_inserts(session, batch)
+    taggers: dict[TrackedTable, ObjectTagger | None] = {}
+    _collect_inserts(session, batch, object_tags, taggers)
     for obj in session.dirty:
         state = instance_state(obj)
         info = tracked_table_for(state.mapper)
@@ -513,6 +528,8 @@ def _collect(
         new_key = _current_key(state, info)
         if old_key == new_key:
             batch.add(info, new_key, UPDATE, changed)
+            if object_tags is not None:
+                _tag_object(batch, state, _tagger(info, object_tags, taggers))
             if keep_originals:
                 replaced = _replaced_values(state, info, originals.get(state, {}))
                 batch.originals.append((info, new_key, replaced))
@@ -522,16 +539,24 @@ def _collect(
     return batch
 
 
-def _collect_inserts(session: Session, batch: _Batch) -> None:
+def _collect_inserts(
+    session: Session,
+    batch: _Batch,
+    object_tags: Callable[[TrackedTable], ObjectTagger | None] | None = None,
+    taggers: dict[TrackedTable, ObjectTagger | None] | None = None,
+) -> None:
     # The hot loop of capture: one pass per inserted row. It allocates one
     # string per row and no container, because container allocations here
     # trigger garbage-collector passes over all of the session's objects,
-    # which cost more than the loop itself.
+    # which cost more than the loop itself (a tag is a string in a dict
+    # keyed by position: no container either).
     names, keys, commands = batch.names, batch.keys, batch.commands
+    tags_after = batch.tags_after
     last_mapper: Any = None
     info: TrackedTable | None = None
     attr = ""
     single = False
+    tagger: ObjectTagger | None = None
     for obj in session.new:
         state = instance_state(obj)
         if state.mapper is not last_mapper:
@@ -541,16 +566,46 @@ def _collect_inserts(session: Session, batch: _Batch) -> None:
                 batch.tables.add(info)
                 single = info.single_integer_key
                 attr = info.pk_attrs[0]
+                if object_tags is not None and taggers is not None:
+                    tagger = _tagger(info, object_tags, taggers)
         if info is None:
             continue
         names.append(info.name)
         commands.append(INSERT)
+        if tagger is not None:
+            data = state.dict
+            if tagger[0] in data:
+                found = tagger[1](data[tagger[0]])
+                if found is not None:
+                    tags_after[len(names) - 1] = found
         if single:
             value = state.dict.get(attr)
             if type(value) is int:
                 keys.append(f"[{value}]")
                 continue
         keys.append(info.encode_key(_current_key(state, info)))
+
+
+def _tagger(
+    info: TrackedTable,
+    object_tags: Callable[[TrackedTable], ObjectTagger | None],
+    taggers: dict[TrackedTable, ObjectTagger | None],
+) -> ObjectTagger | None:
+    if info not in taggers:
+        taggers[info] = object_tags(info)
+    return taggers[info]
+
+
+def _tag_object(
+    batch: _Batch, state: InstanceState[Any], tagger: ObjectTagger | None
+) -> None:
+    """Tag the operation just added to ``batch`` from its flushed object,
+    when the object holds the tag's value as the database stores it."""
+    if tagger is None or tagger[0] not in state.dict:
+        return  # expired (a server-side value): read back
+    found = tagger[1](state.dict[tagger[0]])
+    if found is not None:
+        batch.tags_after[len(batch.keys) - 1] = found
 
 
 def _identity(state: InstanceState[Any], info: TrackedTable) -> tuple[Any, ...]:
@@ -671,8 +726,9 @@ def _share_tags(
         return None
     written: dict[str, list[str]] = {}
     operations = list(zip(batch.names, batch.keys, batch.commands, strict=True))
-    for name, text, command in operations:
-        if command != DELETE and readers.get(name) is not None:
+    known = batch.tags_after
+    for n, (name, text, command) in enumerate(operations):
+        if command != DELETE and n not in known and readers.get(name) is not None:
             written.setdefault(name, []).append(text)
     after = _tags_of(
         session,
@@ -683,13 +739,16 @@ def _share_tags(
     missing: dict[str, list[str]] = {}
     result_before: list[str | None] = []
     result_after: list[str | None] = []
-    for name, text, command in operations:
+    for n, (name, text, command) in enumerate(operations):
         if readers.get(name) is None:
             result_before.append(None)
             result_after.append(None)
             continue
         key = text
-        now = NO_ROW if command == DELETE else after.get((name, key), NO_ROW)
+        if command == DELETE:
+            now = NO_ROW
+        else:
+            now = known.get(n) or after.get((name, key), NO_ROW)
         if command == INSERT:
             was: str | None = NO_ROW
         else:

@@ -395,6 +395,12 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "How many logged operations this page covers "
                 "(optional; for progress).",
             },
+            "moving": {
+                "type": "boolean",
+                "description": "The node's principal changed: it is being "
+                "moved to its new share; pull again (with the same since and "
+                "cursor rules) even though cursor is null.",
+            },
             "total": {
                 "type": "integer",
                 "minimum": 0,
