@@ -421,6 +421,7 @@ def _moving_page(node_id: int, message: dict[str, Any], served: _Served) -> Any:
             page_size=settings.pull_page_size,
             share=served.moved_from,
         )
+        fit_page(page, message, served.schema)
         record_pulled(session, state.tables, served.schema, node_id, page, message)
     if page["cursor"] is None and page["until"] == message["since"] and (
         not page["changes"]
@@ -434,6 +435,7 @@ def _moving_page(node_id: int, message: dict[str, Any], served: _Served) -> Any:
             served.moved_from,
             served.share,
             served.scoped_as,
+            check=lambda moved: fit_page(moved, message, served.schema),
         )
         if not page.get("moving"):
             _notify(
