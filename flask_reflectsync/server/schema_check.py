@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from ..errors import SchemaMismatchError, SchemaRefusedError
 from ..tracking import INSERT, TrackedTable
 from ..wire.codec import codec_for
-from ..wire.schema import Description, Difference, compare, read_description, summary
+from ..wire.schema import Difference, compare, read_description, summary
 from .schema import TrackedSchema
 
 #: The most refused rows listed in one answer (the node sets those aside and
@@ -377,7 +377,3 @@ def _fills_itself(table: sa.Table, column: sa.Column[Any]) -> bool:
         or table.autoincrement_column is column
     )
 
-
-def description_of(message: Mapping[str, Any]) -> Description | None:
-    """The node's schema identity a message carries, if any."""
-    return read_description(message.get("schema"))
