@@ -306,8 +306,12 @@ def test_a_push_to_a_hidden_table_is_refused_as_if_untracked(field: Field) -> No
     node.pull_all()
     before = field.state()
     answer = _push(node, "salary", "u", {"id": 1, "amount": 1})
-    assert answer.status_code == 400, answer.text
-    assert "salary" in answer.json()["error"]
+    # As for a table the server does not track (the same sentence): a
+    # schema refusal of its rows, which the node sets aside.
+    assert answer.status_code == 422, answer.text
+    body = answer.json()
+    assert body["code"] == "schema.refused"
+    assert body["rows"][0]["reason"] == "salary is not a table the server synchronises."
     assert field.state() == before
 
 

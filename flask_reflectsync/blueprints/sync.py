@@ -48,12 +48,13 @@ from ..server.push import push
 from ..server.query import query
 from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
+from ..server.schema_check import check_repair, fit_page
 from ..server.scopes import ScopeNode, principal_from_text, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.numbering import number_versions
 from ..tracking.registry import registry_state
 from ..tracking.tables import current_version
-from ..wire.messages import PROTOCOL_VERSION, decode_body
+from ..wire.messages import PROTOCOL_VERSION, decode_body, validate
 from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
 from .api import ok_response
 from .limits import AddressLimit
@@ -385,6 +386,9 @@ def _pull() -> Response:
             page_size=settings.pull_page_size,
             share=share,
         )
+        # Before anything is recorded: a page the node cannot store is
+        # refused with its version unmoved.
+        fit_page(page, message, served.schema)
         record_pulled(session, state.tables, served.schema, node_id, page, message)
     if served.stale:
         page = _moving_page(node_id, message, served, page)
@@ -421,6 +425,7 @@ def _moving_page(
         served.moved_from,
         served.share,
         served.scoped_as,
+        check=lambda moved: fit_page(moved, message, served.schema),
     )
 
 
@@ -475,9 +480,14 @@ def _changes() -> Response:
 def _repair() -> Response:
     state = _state()
     settings = _settings()
-    node_id = _authenticate(settings, _body(settings))
+    body = _body(settings)
+    node_id = _authenticate(settings, body)
     check_repair_accepted(request.headers.get("Accept"))
     served = _served(node_id)
+    # The node's schema identity, when it sent one (nodes from before the
+    # handshake send no body): compared before anything is streamed.
+    if body:
+        check_repair(validate(_message(body), "RepairRequest"), served.schema)
     lines = repair_stream(
         state.db.engine,
         state.tables,

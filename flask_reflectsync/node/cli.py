@@ -69,7 +69,11 @@ class _Node:
 
     @contextmanager
     def client(
-        self, *, need_server: bool = True, print_secret: bool = False
+        self,
+        *,
+        need_server: bool = True,
+        print_secret: bool = False,
+        create_tables: bool = True,
     ) -> Iterator[SyncClient]:
         if need_server and not self.server:
             raise click.UsageError(
@@ -91,7 +95,8 @@ class _Node:
                 **_secret_options(print_secret),
             )
             client._words = CLI_WORDS
-            _create_tables(engine, classes, self.database)
+            if create_tables:
+                _create_tables(engine, classes, self.database)
             try:
                 yield client
             except SyncError as error:
@@ -317,6 +322,28 @@ def pull(node: _Node) -> None:
         f"Merged {result.operations} change(s); now at version {result.version}."
     )
     _conflicts(result.conflicts)
+
+
+@cli.command()
+@click.pass_obj
+def migrate(node: _Node) -> None:
+    """Bring the node's database file to its models (after new model code):
+    create tables, rename or add columns, fetch what it could not store."""
+    # Tables are created by the migration itself, which then fetches their
+    # rows (created empty beforehand, they would never receive them).
+    with node.client(create_tables=False) as client:
+        done = client.migrate()
+    for name in done.created:
+        click.echo(f"Created table {name}.")
+    for name, renames in done.renamed.items():
+        for old, new in renames.items():
+            click.echo(f"Renamed {name}.{old} to {new} (data and queue kept).")
+    for name, columns in done.added.items():
+        click.echo(f"Added {', '.join(f'{name}.{c}' for c in columns)}.")
+    if not done.changed:
+        click.echo("The node's database already matches its models.")
+    else:
+        click.echo(f"Fetched {done.fetched} row(s) from the server.")
 
 
 def _no_length() -> Iterator[int]:

@@ -33,6 +33,8 @@ from ..errors import (
     ProtocolMismatchError,
     PushRejectedError,
     RegistrationRefusedError,
+    SchemaMismatchError,
+    SchemaRefusedError,
     ScopeDeniedError,
     ServerUnreachableError,
     ServiceBusyError,
@@ -347,6 +349,8 @@ ERROR_CLASSES: dict[str, type[SyncError]] = {
     "invalid-value": InvalidValueError,
     "push.invalid_key": InvalidKeyError,
     "push.out_of_share": ScopeDeniedError,
+    "schema.mismatch": SchemaMismatchError,
+    "schema.refused": SchemaRefusedError,
     "pull.share_changed": GoneError,
     "invalid-key": InvalidKeyError,
     "server.busy": ServiceBusyError,
@@ -425,6 +429,10 @@ def _build(
         )
     elif issubclass(kind, PushRejectedError):
         error = kind(message, list(body.get("conflicts") or []))
+    elif issubclass(kind, SchemaMismatchError):
+        error = kind(message, list(body.get("differences") or []))
+    elif issubclass(kind, SchemaRefusedError):
+        error = kind(message, list(body.get("rows") or []))
     elif issubclass(kind, TooManyRequestsError):
         wait = retry_after(answer.headers.get("Retry-After"))
         error = kind(message, retry_after=int(wait or 60))

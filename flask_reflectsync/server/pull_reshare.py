@@ -29,7 +29,7 @@ read as "in the share".
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -56,6 +56,7 @@ def reshare_page(
     old: Share,
     new: Share,
     scoped_as: str | None,
+    check: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """The page moving node ``node_id``, current at version ``since``, from
     share ``old`` to share ``new``, committed with the new principal
@@ -64,6 +65,9 @@ def reshare_page(
     If versions were numbered after ``since`` meanwhile, nothing is moved:
     the page is empty and says ``moving``, and the node pulls again (the
     catch-up under the old principal comes first).
+
+    :param check: called with the page before the move is recorded; what
+        it raises rolls the move back.
     """
     options: dict[str, Any] = {}
     if engine.dialect.name in ("postgresql", "mysql", "mariadb"):
@@ -82,6 +86,11 @@ def reshare_page(
                 part = _moved_table(session, tables, info, since, old, new, aware)
                 if part is not None:
                     changes[name] = part
+            page = _page(changes, since, current, moving=False)
+            if check is not None:
+                # Before the move is recorded: a refused page (a schema the
+                # node cannot store, see schema_check) leaves it unmoved.
+                check(page)
             nodes = nodes_table(tables)
             session.execute(
                 sa.update(nodes)
@@ -91,7 +100,7 @@ def reshare_page(
                     served_principal=principal_text(new.node.principal),
                 )
             )
-    return _page(changes, since, current, moving=False)
+    return page
 
 
 def _page(
