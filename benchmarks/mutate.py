@@ -50,6 +50,9 @@ class Mutation:
         when the anchor is not found: the same bug in another version of
         the code (before and after a refactoring).
     :param tests: pytest arguments (files or node ids) that should kill it.
+    :param backend: ``"sqlite"`` (the default), or ``"postgresql"`` for a
+        bug only PostgreSQL shows: run on the PostgreSQL database named by
+        ``REFLECTSYNC_TEST_DATABASE_URL``, and not run without one.
     """
 
     name: str
@@ -58,6 +61,7 @@ class Mutation:
     replace: str
     tests: tuple[str, ...]
     alternatives: tuple[tuple[str, str], ...] = ()
+    backend: str = "sqlite"
 
 
 def _load(path: Path) -> list[Mutation]:
@@ -72,6 +76,7 @@ def _load(path: Path) -> list[Mutation]:
                 (a["anchor"], a["replace"]) for a in r.get("alternatives", ())
             ),
             tests=tuple(r["tests"]),
+            backend=r.get("backend", "sqlite"),
         )
         for r in records
     ]
@@ -116,13 +121,23 @@ def _scratch_copy() -> Path:
     return scratch
 
 
+#: The PostgreSQL database for mutations that need one (``None``: not run).
+POSTGRESQL_URL = (
+    os.environ.get("REFLECTSYNC_TEST_DATABASE_URL", "").startswith("postgresql")
+    and os.environ["REFLECTSYNC_TEST_DATABASE_URL"]
+    or None
+)
+
+
 def _pytest(
-    scratch: Path, tests: tuple[str, ...], timeout: float
+    scratch: Path, tests: tuple[str, ...], timeout: float, backend: str = "sqlite"
 ) -> tuple[str, float, str]:
     """Run ``tests`` in ``scratch``: "passed", "failed" or "timeout", the
     time taken, and the first failing test."""
     environment = dict(os.environ)
-    environment.pop("REFLECTSYNC_TEST_DATABASE_URL", None)  # SQLite only
+    environment.pop("REFLECTSYNC_TEST_DATABASE_URL", None)  # SQLite
+    if backend == "postgresql" and POSTGRESQL_URL:
+        environment["REFLECTSYNC_TEST_DATABASE_URL"] = POSTGRESQL_URL
     environment["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size rewrite in the
     # same second would otherwise be served from a stale .pyc
     command = [
@@ -226,15 +241,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _check_imports_the_copy(scratch)
         everything: tuple[str, ...] = ("tests",)
-        subset = sorted({t for m in chosen for t in m.tests})
-        baseline, took, first = _pytest(
-            scratch, everything if args.all_tests else tuple(subset), args.timeout * 4
-        )
-        print(f"baseline (no mutation): {baseline} in {took:.0f} s", flush=True)
-        if baseline != "passed":
-            print(f"the chosen tests do not pass unmutated ({first}); fix that first")
-            return 2
         results = []
+        runnable = []
+        for m in chosen:
+            if m.backend == "postgresql" and not POSTGRESQL_URL:
+                results.append((m, "not applied", "needs PostgreSQL", 0.0))
+                print(f"{m.name:34} not run (needs a PostgreSQL "
+                      "REFLECTSYNC_TEST_DATABASE_URL)", flush=True)
+            else:
+                runnable.append(m)
+        chosen = runnable
+        for backend in sorted({m.backend for m in chosen}):
+            subset = sorted(
+                {t for m in chosen if m.backend == backend for t in m.tests}
+            )
+            baseline, took, first = _pytest(
+                scratch,
+                everything if args.all_tests else tuple(subset),
+                args.timeout * 4,
+                backend,
+            )
+            print(f"baseline on {backend} (no mutation): {baseline} in {took:.0f} s",
+                  flush=True)
+            if baseline != "passed":
+                print(f"the chosen tests do not pass unmutated ({first}); "
+                      "fix that first")
+                return 2
         for m in chosen:
             path, anchor, rewrite = locate(m, scratch / PACKAGE)
             if path is None:
@@ -246,7 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(original.replace(anchor, rewrite), encoding="utf-8")
             try:
                 outcome, took, first = _pytest(
-                    scratch, everything if args.all_tests else m.tests, args.timeout
+                    scratch,
+                    everything if args.all_tests else m.tests,
+                    args.timeout,
+                    m.backend,
                 )
             finally:
                 path.write_text(original, encoding="utf-8")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .node.client import (
     Conflict,
     KindResolver,
+    Migration,
     PullProgress,
     PullResult,
     PushResult,
@@ -30,4 +31,5 @@ __all__ = [
     "Retry",
     "PullProgress",
     "SyncStatus",
+    "Migration",
 ]

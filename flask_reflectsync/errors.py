@@ -195,6 +195,67 @@ class ExcludedColumnError(ValidationError):
         return {**super().to_dict(), "table": self.table, "column": self.column}
 
 
+class SchemaMismatchError(SyncError):
+    """The node's tracked tables and the server's differ in a way that would
+    lose or alter a value (see :doc:`/schema-changes`): a pull page whose
+    rows the node cannot store, a repair copy missing one of the node's
+    columns, or a node whose model code does not match its own database
+    file. Nothing was applied and the node's version did not move; its
+    queue is kept. Envelope: ``{"code": "schema.mismatch", "differences":
+    [{"table", "column", "problem", "message", "renamed_to"?}, ...]}``
+    (``node.schema_mismatch`` when the node's own file differs from its
+    models).
+
+    :param message: one sentence naming the tables and columns.
+    :param differences: one entry per table or column that differs.
+    """
+
+    status = 409
+    code = "schema.mismatch"
+
+    def __init__(
+        self,
+        message: str,
+        differences: list[dict[str, Any]] | None = None,
+        *,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.differences = differences or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "differences": self.differences}
+
+
+class SchemaRefusedError(ValidationError):
+    """Rows of a push that the server's schema cannot take (see
+    :doc:`/schema-changes`): a non-null value in a column the server does
+    not have or that holds another kind of value there, a row of a table
+    the server does not track, or an insert without a value for a column
+    the server added as ``NOT NULL`` without a default. Nothing of the push
+    was written. A :class:`~flask_reflectsync.SyncClient` sets the listed
+    rows aside (:ref:`set-aside`) with their reasons and pushes the rest.
+
+    Envelope: ``{"code": "schema.refused", "rows": [{"table", "key",
+    "column", "reason"}, ...]}``.
+
+    :param message: one sentence.
+    :param rows: the refused rows, keys in their wire form.
+    """
+
+    status = 422
+    code = "schema.refused"
+
+    def __init__(
+        self, message: str, rows: list[dict[str, Any]], *, code: str | None = None
+    ) -> None:
+        super().__init__(message, code=code)
+        self.rows = rows
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "rows": self.rows}
+
+
 class PushIdReusedError(ValidationError):
     """A push id the server already applied came again with other content.
 
@@ -395,6 +456,8 @@ __all__ = [
     "ScopeDeniedError",
     "ScopeWarning",
     "UntrackedLinkWarning",
+    "SchemaMismatchError",
+    "SchemaRefusedError",
     "PushIdReusedError",
     "AuthenticationError",
     "NotFoundError",

@@ -484,9 +484,10 @@ class ReflectSync:
         app: Flask | None = None,
     ) -> None:
         """Give a registered node a new principal (the user moved team), and
-        commit. The node's share changes with it: on its next pull it is told
-        to repair (:class:`~flask_reflectsync.SyncClient` does so by itself
-        when nothing is queued), and receives its new share.
+        commit. The node's share changes with it: its next pull sends it
+        the difference, the rows of its new share it did not have and
+        evictions for those it may no longer see (see
+        :ref:`principal changes <principal-changes>`).
 
         :raises NotFoundError: no node has this id.
         """

@@ -440,3 +440,47 @@ def test_sync_watch_runs_until_sigterm_and_stops_cleanly(
             watching.wait()
     assert watching.returncode == 0, err
     assert "Stopped at version" in out
+
+
+def test_a_new_model_on_a_synchronised_node_is_migrated_not_created_empty(
+    database_url: str, node_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node first syncs sites only; its next model code adds observations,
+    # which the server already holds. Created empty by the command, the table
+    # would never receive them (they are behind the node's version): the
+    # command refuses and names migrate, which creates it and fetches them.
+    (tmp_path / "cli_sites_only.py").write_text("from example_app.models import Site\n")
+    (tmp_path / "cli_sites_and_observations.py").write_text(
+        "from example_app.models import Observation, Site\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with serve_survey(database_url) as (app, url):
+        with app.app_context():
+            site = survey.Site(name="Marsh")
+            survey.db.session.add(site)
+            survey.db.session.flush()
+            survey.db.session.add(survey.Observation(site_id=site.id, species="heron"))
+            survey.db.session.commit()
+
+        def node(models: str, *args: str) -> Any:
+            options = ["--server", url, "--database", node_url, "--models", models]
+            return _runner().invoke(cli, [*options, *args])
+
+        assert node("cli_sites_only", "register").exit_code == 0
+        assert node("cli_sites_only", "sync").exit_code == 0
+        refused = node("cli_sites_and_observations", "pull")
+        assert refused.exit_code == 1, refused.output
+        assert "reflectsync-node migrate" in refused.output
+        assert "observation" in refused.output
+        engine = sa.create_engine(node_url)
+        try:
+            assert not sa.inspect(engine).has_table("observation")
+            migrated = node("cli_sites_and_observations", "migrate")
+            assert migrated.exit_code == 0, migrated.output
+            assert "Created table observation." in migrated.output
+            with engine.connect() as connection:
+                found = connection.execute(sa.text("SELECT species FROM observation"))
+                assert found.all() == [("heron",)]
+            assert node("cli_sites_and_observations", "sync").exit_code == 0
+        finally:
+            engine.dispose()

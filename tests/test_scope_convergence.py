@@ -6,8 +6,10 @@ field nodes of region ``north`` and ``south`` and a supervisor of both.
 Surveys are scoped by region, answers follow their survey. The nodes add,
 edit and drop surveys and answers in their share while offline, the
 supervisor and the server's own app also move surveys between regions (so
-rows leave and enter the field nodes' shares, with their answers), and
-everyone synchronises in a random order over a network that loses requests
+rows leave and enter the field nodes' shares, with their answers), the
+server app re-binds nodes to other regions (each then receives the
+difference between its old share and its new one), and everyone
+synchronises in a random order over a network that loses requests
 and answers. Then every node gives up what the server refused for good
 (its set-aside changes, see :ref:`set-aside`) and synchronises until quiet,
 and the test checks that
@@ -63,6 +65,8 @@ class Scoped:
     directory: Path
     nodes: list[SyncClient] = field(default_factory=list)
     examples: int = 0
+    #: Each node's principal in this example (the server app re-binds them).
+    principals: list[dict[str, Any]] = field(default_factory=list)
 
 
 @pytest.fixture
@@ -118,6 +122,7 @@ def _reset(net: Scoped) -> list[FlakyNetwork]:
     networks = [FlakyNetwork() for _ in PRINCIPALS]
     example = net.examples
     net.examples += 1
+    net.principals = [dict(p) for p in PRINCIPALS]
     for index, principal in enumerate(PRINCIPALS):
         name = f"e{example}n{index}"
         engine = sa.create_engine(f"sqlite:///{net.directory / name}.db")
@@ -153,10 +158,10 @@ def _tag(text: str) -> str:
     return text.split("~")[0]
 
 
-def _regions(writer: int) -> tuple[str, ...]:
+def _regions(net: Scoped, writer: int) -> tuple[str, ...]:
     if writer == SERVER:
         return REGIONS
-    region = PRINCIPALS[writer]["region"]
+    region = net.principals[writer]["region"]
     return tuple(region) if isinstance(region, list) else (region,)
 
 
@@ -178,6 +183,7 @@ ACTIONS = (
     "drop_answer",
     "drop_survey",
     "move_survey",
+    "rebind",
     "sync",
     "sync",
     "pull",
@@ -188,7 +194,10 @@ def _act(
     net: Scoped, writer: int, name: str, action: str, number: int, h: History
 ) -> None:
     S, A = net.Survey, net.Answer
-    regions = _regions(writer)
+    if action == "rebind":
+        _rebind(net, writer, number, h)
+        return
+    regions = _regions(net, writer)
     with _session(net, writer) as session:
         surveys = session.scalars(sa.select(S).order_by(S.id)).all()
         # A node sees its share only; the server's app sees everything.
@@ -233,6 +242,30 @@ def _act(
         else:
             return
         session.commit()
+
+
+#: What the server app re-binds a field node to (the user moved team).
+REBINDS: list[Any] = ["north", "south", ["north", "south"]]
+
+
+def _rebind(net: Scoped, writer: int, number: int, h: History) -> None:
+    """The server app gives node ``writer`` another principal. Its queued
+    changes to rows the new share leaves out will be refused and set aside
+    (then discarded by the test), so the surveys it holds there no longer
+    count as kept."""
+    if writer == SERVER:
+        return
+    region = REBINDS[number % len(REBINDS)]
+    node = net.nodes[writer]
+    assert node.node_id is not None
+    new = (region,) if isinstance(region, str) else tuple(region)
+    S = net.Survey
+    with node.Session() as session:
+        for survey in session.scalars(sa.select(S)):
+            if survey.region not in new:
+                h.gone.add(_tag(survey.title))
+    net.principals[writer] = {"region": region}
+    net.env.sync.bind_node(node.node_id, {"region": region})
 
 
 def _share(net: Scoped, regions: tuple[str, ...]) -> dict[str, list[tuple[Any, ...]]]:
@@ -363,7 +396,7 @@ def test_random_scoped_histories_converge_to_each_share(
     for index, node in enumerate(net.nodes):
         assert node.pending_operations() == 0, node.name
         assert node.set_aside() == [], node.name
-        assert _local(node, net) == _share(net, _regions(index)), node.name
+        assert _local(node, net) == _share(net, _regions(net, index)), node.name
     titles = [title for _, _, title in server["survey"]]
     texts = [text for _, _, text in server["answer"]]
     tags = [_tag(t) for t in titles + texts]

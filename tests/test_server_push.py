@@ -212,13 +212,13 @@ def _city_push(**changes: Any) -> dict[str, Any]:
 BAD_PUSHES = {
     "unknown table": (
         _city_push(operations=[{"table": "note", "key": [5], "command": "i"}]),
-        "unknown table 'note'",
+        "note is not a table the server synchronises",
     ),
     "unknown column": (
         _city_push(
             payloads={"city": {"columns": ["id", "nme"], "rows": [[5, "Lima"]]}}
         ),
-        "unknown column 'nme'",
+        "city.nme is not a column on the server",
     ),
     "wrong type": (
         _city_push(
@@ -286,19 +286,25 @@ def test_an_invalid_push_is_refused_and_writes_nothing(
     before = without_nonces(database_state(server.env))
     answer = node.call("POST", "/push", json=message)
 
-    # A value the column cannot take is 422 and named; a malformed push 400.
-    status = 422 if case in VALUE_CASES else 400
+    # A value the column cannot take is 422 and named, as is a row the
+    # server's schema cannot take (schema.refused, set aside by the node);
+    # a malformed push 400.
+    status = 422 if case in VALUE_CASES | SCHEMA_CASES else 400
     assert answer.status_code == status, answer.text
     body = answer.json()
     assert body["ok"] is False and body["status"] == status
     assert expected in body["error"]
-    if status == 422:
+    if case in SCHEMA_CASES:
+        assert body["code"] == "schema.refused"
+        assert [r["key"] for r in body["rows"]] == [[5]]
+    elif status == 422:
         assert body["code"] == "push.invalid_value"
         assert (body["table"], body["key"]) == ("city", [5])
     assert without_nonces(database_state(server.env)) == before
 
 
 VALUE_CASES = {"wrong type", "string too long", "null in a non-null column"}
+SCHEMA_CASES = {"unknown table", "unknown column"}
 
 
 def test_malformed_json_is_refused(server: ServerEnv) -> None:

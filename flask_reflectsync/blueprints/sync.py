@@ -42,17 +42,19 @@ from ..server import fleet, nodes
 from ..server.feed import FeedHub, read_changes_request, wait_for_news
 from ..server.openapi import openapi_document
 from ..server.pull import change_count, read_page, record_pulled
+from ..server.pull_reshare import reshare_page
 from ..server.pull_scopes import Share
 from ..server.push import push
 from ..server.query import query
 from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
-from ..server.scopes import ScopeNode, principal_text
+from ..server.schema_check import check_repair, fit_page
+from ..server.scopes import ScopeNode, principal_from_text, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.numbering import number_versions
 from ..tracking.registry import registry_state
 from ..tracking.tables import current_version
-from ..wire.messages import PROTOCOL_VERSION, decode_body
+from ..wire.messages import PROTOCOL_VERSION, decode_body, validate
 from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
 from .api import ok_response
 from .limits import AddressLimit
@@ -258,12 +260,15 @@ class _Served:
     """What a signed request of a node is served from: the tracked tables it
     may know of (hidden ones left out), its share (``None`` without scopes),
     and whether its data was served under another principal or other rules
-    (it must repair first) with the digest it is served under now."""
+    (it must repair first) with the digest it is served under now; when
+    only the principal changed, the share it was served (``moved_from``:
+    its next pull moves it, see :mod:`~flask_reflectsync.server.pull_reshare`)."""
 
     schema: TrackedSchema
     share: Share | None
     stale: bool
     scoped_as: str | None
+    moved_from: Share | None = None
 
 
 def _served(node_id: int) -> _Served:
@@ -274,13 +279,23 @@ def _served(node_id: int) -> _Served:
         return _Served(schema, None, False, None)
     scopes.warn_unscoped(schema.tables)
     with _committed() as session:  # it only reads: ends the transaction
-        principal, scoped_as = nodes.node_principal(session, state.tables, node_id)
+        principal, scoped_as, served = nodes.node_principal(
+            session, state.tables, node_id
+        )
     visible = TrackedSchema(
         {n: i for n, i in schema.tables.items() if not scopes.hidden(n)}
     )
     digest = scopes.digest(principal_text(principal) if principal else None)
     share = Share(scopes, schema.tables, ScopeNode(node_id, principal))
-    return _Served(visible, share, scoped_as != digest, digest)
+    moved_from = None
+    if scoped_as != digest and scoped_as is not None and (
+        scopes.digest(served) == scoped_as
+    ):
+        # The rules are the ones it was served under: only its principal
+        # changed, and the old one tells what it holds.
+        old = ScopeNode(node_id, principal_from_text(served))
+        moved_from = Share(scopes, schema.tables, old)
+    return _Served(visible, share, scoped_as != digest, digest, moved_from)
 
 
 # -- views ------------------------------------------------------------------------
@@ -346,15 +361,16 @@ def _pull() -> Response:
     node_id = _authenticate(settings, body)
     message = _message(body)
     served = _served(node_id)
-    schema = served.schema
-    if served.stale:
+    if served.stale and served.moved_from is None:
         raise GoneError(
-            "This node's share changed (its principal was re-bound, or the "
-            "server's sync scopes changed) since its data was served: repair "
-            "it to receive its share as it is now. Nothing queued is lost: "
-            "push first.",
+            "This node's share changed (the server's sync scopes changed, or "
+            "its principal and the server cannot tell its old share) since "
+            "its data was served: repair it to receive its share as it is "
+            "now. Nothing queued is lost: push first.",
             code="pull.share_changed",
         )
+    # A node whose principal changed is first served under the old one.
+    share = served.moved_from if served.stale else served.share
     # In a transaction of its own: the page's must start after the
     # numbering in read_page (a MySQL snapshot taken by this read would
     # hide the versions numbered there).
@@ -364,22 +380,53 @@ def _pull() -> Response:
         page = read_page(
             session,
             state.tables,
-            schema,
+            served.schema,
             node_id,
             message,
             page_size=settings.pull_page_size,
-            share=served.share,
+            share=share,
         )
-        record_pulled(session, state.tables, schema, node_id, page, message)
+        # Before anything is recorded: a page the node cannot store is
+        # refused with its version unmoved.
+        fit_page(page, message, served.schema)
+        record_pulled(session, state.tables, served.schema, node_id, page, message)
+    if served.stale:
+        page = _moving_page(node_id, message, served, page)
     _notify(
         signals.pull_served,
         node=node_id,
         since=message["since"],
         until=page["until"],
         operations=change_count(page),
-        more=page["cursor"] is not None,
+        more=page["cursor"] is not None or bool(page.get("moving")),
     )
     return _answer(**page)
+
+
+def _moving_page(
+    node_id: int, message: dict[str, Any], served: _Served, page: dict[str, Any]
+) -> dict[str, Any]:
+    """What a node whose principal changed is answered, after ``page`` was
+    read under its old principal: that page while it catches up (marked
+    ``moving``: the node pulls again), then, once it is current, the page
+    that moves it to its new share (see
+    :mod:`~flask_reflectsync.server.pull_reshare`)."""
+    assert served.moved_from is not None and served.share is not None
+    current = page["cursor"] is None and page["until"] == message["since"]
+    if not (current and not page["changes"]):
+        return {**page, "moving": True}
+    state = _state()
+    return reshare_page(
+        state.db.engine,
+        state.tables,
+        served.schema,
+        node_id,
+        page["until"],
+        served.moved_from,
+        served.share,
+        served.scoped_as,
+        check=lambda moved: fit_page(moved, message, served.schema),
+    )
 
 
 def _feed_hub(settings: ServerSettings) -> FeedHub:
@@ -433,9 +480,14 @@ def _changes() -> Response:
 def _repair() -> Response:
     state = _state()
     settings = _settings()
-    node_id = _authenticate(settings, _body(settings))
+    body = _body(settings)
+    node_id = _authenticate(settings, body)
     check_repair_accepted(request.headers.get("Accept"))
     served = _served(node_id)
+    # The node's schema identity, when it sent one (nodes from before the
+    # handshake send no body): compared before anything is streamed.
+    if body:
+        check_repair(validate(_message(body), "RepairRequest"), served.schema)
     lines = repair_stream(
         state.db.engine,
         state.tables,

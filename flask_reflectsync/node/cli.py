@@ -69,7 +69,11 @@ class _Node:
 
     @contextmanager
     def client(
-        self, *, need_server: bool = True, print_secret: bool = False
+        self,
+        *,
+        need_server: bool = True,
+        print_secret: bool = False,
+        create_tables: bool = True,
     ) -> Iterator[SyncClient]:
         if need_server and not self.server:
             raise click.UsageError(
@@ -91,7 +95,8 @@ class _Node:
                 **_secret_options(print_secret),
             )
             client._words = CLI_WORDS
-            _create_tables(engine, classes, self.database)
+            if create_tables:
+                _create_tables(engine, classes, self.database, client)
             try:
                 yield client
             except SyncError as error:
@@ -112,13 +117,33 @@ def _engine(url: str) -> sa.Engine:
         ) from None
 
 
-def _create_tables(engine: sa.Engine, classes: list[type], url: str) -> None:
-    """Create the synced tables that are missing (never alter one)."""
+def _create_tables(
+    engine: sa.Engine, classes: list[type], url: str, client: SyncClient
+) -> None:
+    """Create the synced tables that are missing (never alter one) in a
+    node that has not synchronised yet. A node that has cannot be given a
+    new table empty: the server's rows of it are behind the node's version
+    and would never reach it, so it is told to migrate (which creates the
+    table and fetches them)."""
     tables: dict[sa.MetaData, list[sa.Table]] = {}
     for cls in classes:
         table: sa.Table = sa.inspect(cls).local_table
         tables.setdefault(table.metadata, []).append(table)
     try:
+        present = set(sa.inspect(engine).get_table_names())
+        missing = sorted(  # (checked before any table is created)
+            t.name for own in tables.values() for t in own if t.name not in present
+        )
+        if missing:
+            state = client._state()
+            if state.last_version or state.pull_cursor is not None:
+                raise click.ClickException(
+                    f"The node's database has no table {', '.join(missing)} "
+                    "yet, and it has synchronised already: created empty, it "
+                    "would never receive the server's rows. Run "
+                    "`reflectsync-node migrate` first (it creates the table "
+                    "and fetches them)."
+                )
         for metadata, own in tables.items():
             metadata.create_all(engine, tables=own)
     except sa.exc.DBAPIError as error:
@@ -319,6 +344,28 @@ def pull(node: _Node) -> None:
     _conflicts(result.conflicts)
 
 
+@cli.command()
+@click.pass_obj
+def migrate(node: _Node) -> None:
+    """Bring the node's database file to its models (after new model code):
+    create tables, rename or add columns, fetch what it could not store."""
+    # Tables are created by the migration itself, which then fetches their
+    # rows (created empty beforehand, they would never receive them).
+    with node.client(create_tables=False) as client:
+        done = client.migrate()
+    for name in done.created:
+        click.echo(f"Created table {name}.")
+    for name, renames in done.renamed.items():
+        for old, new in renames.items():
+            click.echo(f"Renamed {name}.{old} to {new} (data and queue kept).")
+    for name, columns in done.added.items():
+        click.echo(f"Added {', '.join(f'{name}.{c}' for c in columns)}.")
+    if not done.changed:
+        click.echo("The node's database already matches its models.")
+    else:
+        click.echo(f"Fetched {done.fetched} row(s) from the server.")
+
+
 def _no_length() -> Iterator[int]:
     """An empty iterator without a length hint: click's bar then counts
     without a total (an empty list would make the total 0)."""
@@ -378,15 +425,25 @@ class _Bar:
     show_default=True,
     help="With --watch: seconds the server may hold each feed request.",
 )
+@click.option(
+    "--max-backoff",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="With --watch: the longest wait, in seconds, between two tries "
+    "while the server cannot be reached or is busy.",
+)
 @click.pass_obj
-def sync_command(node: _Node, tries: int, watch: bool, wait: float) -> None:
+def sync_command(
+    node: _Node, tries: int, watch: bool, wait: float, max_backoff: float
+) -> None:
     """Push, and when the server refuses, pull, merge and push again.
 
     With --watch, keep the node in sync until stopped (Ctrl-C or SIGTERM
     end it between two operations, never in the middle of one)."""
     if watch:
         with node.client() as client:
-            _watch(client, wait)
+            _watch(client, wait, max_backoff)
         return
     with node.client() as client:
         result = client.synchronize(tries=tries)
@@ -400,7 +457,7 @@ def sync_command(node: _Node, tries: int, watch: bool, wait: float) -> None:
     _set_aside_lines(result.pushed.set_aside)
 
 
-def _watch(client: SyncClient, wait: float) -> None:
+def _watch(client: SyncClient, wait: float, max_backoff: float) -> None:
     """``sync --watch``: one line per change of the node's status."""
 
     def say(status: SyncStatus) -> None:
@@ -417,7 +474,7 @@ def _watch(client: SyncClient, wait: float) -> None:
 
     client._status.callback = say
     click.echo("Watching; Ctrl-C to stop.", err=True)
-    client.watch(wait=wait, handle_signals=True)
+    client.watch(wait=wait, max_backoff=max_backoff, handle_signals=True)
     click.echo(f"Stopped at version {client.last_version}.")
 
 

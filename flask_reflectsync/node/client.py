@@ -40,22 +40,26 @@ from ..errors import (
     InvalidValueError,
     NotRegisteredError,
     PushRejectedError,
+    SchemaRefusedError,
     UniqueConstraintError,
 )
 from ..sqlite import use_immediate_transactions
 from ..tracking import OperationLog, TrackedTable, start_tracking, tracked_tables
 from ..wire.messages import PROTOCOL_VERSION
 from . import bases as _bases
+from . import migrate as _migrate
 from . import pull as _pull
 from . import push as _push
 from . import query as _query
 from . import repair as _repair
+from . import schema as _node_schema
 from . import set_aside as _set_aside
 from . import state as _state
 from . import watch as _watch
 from .conflicts import Conflict, KindResolver, Resolutions, Strategy
 from .keys import assign_keys_on
 from .merge import MergeSchema
+from .migrate import Migration
 from .results import PullProgress, PullResult, PushResult, SyncResult
 from .set_aside import SetAside
 from .state import State
@@ -75,6 +79,7 @@ __all__ = [
     "Retry",
     "PullProgress",
     "SyncStatus",
+    "Migration",
 ]
 
 M = TypeVar("M")
@@ -183,6 +188,9 @@ class SyncClient:
         self.resolutions = Resolutions(resolution, resolutions)
         self._models = list(models) if models is not None else None
         self._schema: MergeSchema | None = None
+        self._description: dict[str, dict[str, str]] | None = None
+        self._local_checked = False
+        self._unserved: dict[str, list[str]] = {}
         self._lock = threading.RLock()
         self._prepared = False
         self._credentials: tuple[int, str] | None = None
@@ -354,6 +362,13 @@ class SyncClient:
     def node_id(self) -> int | None:
         """The id the server gave this node, or ``None`` before registering."""
         return self._state().node_id
+
+    @property
+    def unserved(self) -> dict[str, list[str]]:
+        """The server's tables and columns this node does not store, as its
+        pulls were told (see :doc:`/schema-changes`): by table, the columns
+        left out of what it was sent. Empty when the schemas match."""
+        return {t: list(c) for t, c in self._unserved.items()}
 
     def pending_operations(self) -> int:
         """How many logged operations wait to be pushed (before compression)."""
@@ -589,6 +604,7 @@ class SyncClient:
         """
         with self._lock, self._status.exchange(caught_up=False):
             state = self._registered()
+            _node_schema.check_local(self)
             aside: list[SetAside] = []
             widened = False
             while True:
@@ -602,6 +618,14 @@ class SyncClient:
                     if widened or not _push.only_whole_rows_needed(error):
                         raise
                     widened = True
+                    state = self._state()
+                    continue
+                except SchemaRefusedError as error:
+                    # Rows the server's schema cannot take: set them all
+                    # aside with their reasons, push the rest.
+                    before = {entry.id for entry in aside}
+                    _set_aside.set_aside_rows(self, error)
+                    aside = [e for e in self.set_aside() if e.id not in before]
                     state = self._state()
                     continue
                 except InvalidValueError as error:
@@ -781,6 +805,27 @@ class SyncClient:
         """
         with self._status.exchange(caught_up=True):
             return _repair.repair(self, progress, on_total=on_total)
+
+    # -- migrate (see migrate.py) -----------------------------------------------------
+
+    def migrate(self) -> Migration:
+        """Bring the node's database file to its models, after the app got
+        new model code (see :doc:`/schema-changes`): create the tables the
+        file lacks, rename a column the models renamed (one per table,
+        recognised by shape: the only column gone beside the only one come,
+        holding the same kind of value), keeping its data and rewriting the
+        queued changes to the new name, add the other new columns, and fetch
+        from the server what the node could not store before (the new
+        columns' values, the new tables' rows). Run it before the first
+        sync with the new models; a push in flight is settled first.
+
+        :return: what was created, renamed, added and fetched.
+        :raises ConfigurationError: a push is still unanswered, or a column
+            the models no longer name has queued changes and no new name
+            could be told.
+        """
+        with self._status.exchange(caught_up=False):
+            return _migrate.migrate(self)
 
     # -- query (see query.py) ----------------------------------------------------------
 

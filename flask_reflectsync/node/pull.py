@@ -20,6 +20,7 @@ from ..wire.page import decode_columns
 from . import keys as _keys
 from . import push as _push
 from . import query as _query
+from . import schema as _schema
 from . import set_aside as _set_aside
 from .conflicts import Conflict, RememberedResolutions
 from .evict import decode_evictions, evict
@@ -47,6 +48,7 @@ def pull(
     """What :meth:`SyncClient.pull` does."""
     with client._lock:
         client._registered()
+        _schema.check_local(client)
         _push.settle_push(client)
         state = client._state()
         since = state.last_version
@@ -58,8 +60,14 @@ def pull(
         version = since
         first = True
         removed = [0]  # rows evicted (see evict.py)
+        unserved: dict[str, list[str]] = {}
+        moving = 0
         while True:
-            message: dict[str, Any] = {"protocol": PROTOCOL_VERSION, "since": since}
+            message: dict[str, Any] = {
+                "protocol": PROTOCOL_VERSION,
+                "since": since,
+                "schema": _schema.description(client),
+            }
             if cursor is not None:
                 message["cursor"] = cursor
             if client.page_size is not None:
@@ -78,6 +86,8 @@ def pull(
                     raise
                 return bootstrap(client, progress, on_page)
             first = False
+            if isinstance(page.get("unserved"), dict):
+                unserved.update(_schema.note_unserved(client, page["unserved"]))
             if page.get("keys"):
                 _keys.store_blocks(client, page["keys"])
             changes = decode_page(client, page)
@@ -102,9 +112,21 @@ def pull(
             if on_page is not None:
                 server_version = int(page.get("version", version))
                 on_page(PullProgress(version, server_version, done, total))
+            if cursor is None and page.get("moving") is True and moving < _MOVING_PAGES:
+                # The node's principal changed: it is brought up to date
+                # under the old one, then moved to its new share.
+                moving += 1
+                since = version
+                continue
             if cursor is None:
-                return PullResult(version, count, conflicts, evicted=removed[0])
+                return PullResult(
+                    version, count, conflicts, evicted=removed[0], unserved=unserved
+                )
 
+
+#: How many pages answered "moving" one pull follows (the server's writes
+#: may keep the node from being current for a while; the next pull goes on).
+_MOVING_PAGES = 100
 
 #: The code of a pull refused because the node's share changed.
 SHARE_CHANGED = "pull.share_changed"
@@ -221,6 +243,12 @@ def decode_page(client: SyncClient, page: Mapping[str, Any]) -> list[PulledTable
             continue  # a table this node does not synchronise
         codecs_ = synced_codecs(info, aware_storage=aware)
         commands = wire["commands"]
+        try:
+            _schema.check_page(
+                info, wire["columns"], wire["values"], commands, wire.get("changed")
+            )
+        except (KeyError, TypeError, IndexError):
+            pass  # malformed: the decoding below says so
         try:
             columns, values = decode_columns(codecs_, wire, len(commands))
             pk = [codecs_[c.name] for c in info.pk_columns]

@@ -26,6 +26,7 @@ from ..wire.codec import (
 )
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.operations import LoggedOperation
+from . import schema as _schema
 from .conflicts import Conflict
 from .merge import separate_replaced_rows
 from .results import PushResult
@@ -287,6 +288,7 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
         "last_version": state.last_version,
         "operations": wire_ops,
         "payloads": payloads,
+        "schema": _schema.description(client),
     }
     if patches:
         message["patches"] = patches

@@ -19,6 +19,7 @@ from ..wire.codec import stores_time_zones, synced_codecs
 from ..wire.page import decode_row
 from ..wire.repair import MEDIA_TYPE, RepairReader
 from . import push as _push
+from . import schema as _schema
 from .keys import HighWater
 from .tables import NODE_BASES, NODE_KEYS, NODE_LOG
 
@@ -39,11 +40,18 @@ def repair(
     """What :meth:`SyncClient.repair` does."""
     with client._lock:
         client._registered()
+        _schema.check_local(client)
         _push.settle_push(client)
         schema = client.schema
         aware = stores_time_zones(client.engine.dialect)
         total = 0
-        answer = client._send("GET", "/repair", stream=True, accept=MEDIA_TYPE)
+        answer = client._send(
+            "GET",
+            "/repair",
+            stream=True,
+            accept=MEDIA_TYPE,
+            message={"schema": _schema.description(client)},
+        )
         try:
             media_type = answer.headers.get("content-type", "").split(";")[0]
             if media_type.strip().lower() != MEDIA_TYPE:
@@ -65,6 +73,11 @@ def repair(
                     info = schema.tables.get(name)
                     if info is None:
                         continue  # a table the node does not track: skipped
+                    # Before a row is written (the copy rolls back whole).
+                    _schema.check_copy(info, columns)
+                    extra = [c for c in columns if c not in info.table.c]
+                    if extra:
+                        _schema.note_unserved(client, {name: extra})
                     codecs_ = synced_codecs(info, aware_storage=aware)
                     done = 0
                     batch: list[dict[str, Any]] = []

@@ -47,6 +47,9 @@ class PullResult:
         not).
     :param evicted: local rows removed because they left the node's share
         on the server (see :doc:`/scopes`), their children included.
+    :param unserved: by table, the server's columns this node does not
+        have and was not sent (see :doc:`/schema-changes`); empty when the
+        schemas match.
     """
 
     version: int
@@ -54,6 +57,7 @@ class PullResult:
     conflicts: list[Conflict] = field(default_factory=list)
     repaired: int = 0
     evicted: int = 0
+    unserved: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

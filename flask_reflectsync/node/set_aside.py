@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from ..errors import InvalidValueError, ProtocolMismatchError, SyncError
+from ..errors import (
+    InvalidValueError,
+    ProtocolMismatchError,
+    SchemaRefusedError,
+    SyncError,
+)
 from ..rows import key_filter, read_rows, row_key, select_rows, write_rows
 from ..tracking import (
     DELETE,
@@ -222,6 +227,56 @@ def requeue_command(command: str, exists: bool) -> str | None:
 
 def set_aside_refused(client: SyncClient, error: InvalidValueError) -> None:
     set_aside_key(client, error.table, error.key, error.message, error)
+
+
+def set_aside_rows(client: SyncClient, error: SchemaRefusedError) -> None:
+    """Set aside every row a schema refusal lists, in one transaction, each
+    with its own reason (see :doc:`/schema-changes`)."""
+    encode = row_encoder(client)
+    named = []
+    for entry in error.rows:
+        if not isinstance(entry, dict) or not isinstance(entry.get("key"), list):
+            continue
+        info = client.schema.tables.get(str(entry.get("table")))
+        key = typed_key(client, info, entry["key"]) if info is not None else None
+        if info is None or key is None:
+            raise ProtocolMismatchError(
+                f"The server refused {entry.get('table')} {entry['key']}, a row "
+                f"this node does not have: {error.message}"
+            ) from error
+        named.append((info, key, str(entry.get("reason") or error.message)))
+    if not named:
+        raise ProtocolMismatchError(
+            f"The server refused rows of the push without naming them: {error.message}"
+        ) from error
+    moved = 0
+    with client._begin() as connection:
+        for info, key, reason in named:
+            moved += set_aside_row(
+                connection,
+                NODE_LOG,
+                NODE_SET_ASIDE,
+                client.schema,
+                info.name,
+                key,
+                reason,
+                encode,
+            )
+        if not moved:  # nothing queued for them: the server and node disagree
+            raise ProtocolMismatchError(
+                f"The server refused rows this node has not queued: {error.message}"
+            ) from error
+        client._set_state(
+            connection, push_id=None, push_versions=None, push_message=None
+        )
+    for info, key, reason in named:
+        _log.warning(
+            "The server's schema cannot take %s %s (%s); it is set aside, the "
+            "rest of the queue is pushed.",
+            info.name,
+            list(key),
+            reason,
+        )
 
 
 def set_aside_key(

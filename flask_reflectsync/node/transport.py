@@ -10,8 +10,10 @@ import email.utils
 import json
 import math
 import random
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +33,8 @@ from ..errors import (
     ProtocolMismatchError,
     PushRejectedError,
     RegistrationRefusedError,
+    SchemaMismatchError,
+    SchemaRefusedError,
     ScopeDeniedError,
     ServerUnreachableError,
     ServiceBusyError,
@@ -144,6 +148,20 @@ class Transport:
         self.random = random.Random()
         #: How messages name what a person can do (the CLI sets its own).
         self.words = API_WORDS
+        self._local = threading.local()
+
+    @contextmanager
+    def stopping_on(self, stop: threading.Event) -> Iterator[None]:
+        """Within it, this thread's waits between two tries of a request
+        end when ``stop`` is set: the request fails with its last error, as
+        when its tries run out (``watch()``: a stopped node does not sit
+        out the retries of a server that is gone)."""
+        previous = getattr(self._local, "stop", None)
+        self._local.stop = stop
+        try:
+            yield
+        finally:
+            self._local.stop = previous
 
     def send(
         self,
@@ -214,7 +232,11 @@ class Transport:
                 self.on_retry(
                     Retry(route, attempt + 1, retries + 1, delay, failure)
                 )
-            time.sleep(delay)
+            stop: threading.Event | None = getattr(self._local, "stop", None)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise failure  # nothing sent since the last try failed
             waited += delay
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -327,6 +349,8 @@ ERROR_CLASSES: dict[str, type[SyncError]] = {
     "invalid-value": InvalidValueError,
     "push.invalid_key": InvalidKeyError,
     "push.out_of_share": ScopeDeniedError,
+    "schema.mismatch": SchemaMismatchError,
+    "schema.refused": SchemaRefusedError,
     "pull.share_changed": GoneError,
     "invalid-key": InvalidKeyError,
     "server.busy": ServiceBusyError,
@@ -405,6 +429,10 @@ def _build(
         )
     elif issubclass(kind, PushRejectedError):
         error = kind(message, list(body.get("conflicts") or []))
+    elif issubclass(kind, SchemaMismatchError):
+        error = kind(message, list(body.get("differences") or []))
+    elif issubclass(kind, SchemaRefusedError):
+        error = kind(message, list(body.get("rows") or []))
     elif issubclass(kind, TooManyRequestsError):
         wait = retry_after(answer.headers.get("Retry-After"))
         error = kind(message, retry_after=int(wait or 60))

@@ -9,9 +9,10 @@ a local commit (the commits of the node's sessions are heard with
 ``debounce`` seconds), synchronizes when the feed says so, and backs off
 with jitter when the server cannot be reached or is busy. Stopping (the
 ``stop`` event, :meth:`SyncClient.stop_watching`, or SIGINT / SIGTERM with
-``handle_signals``) is only looked at between two operations, so a push or
-a merge is never cut in the middle; the feed's request, which only reads,
-is left to end by itself.
+``handle_signals``) is only looked at between two operations, and between
+two tries of a request to a server that is gone (the request then fails as
+when its tries run out), so a push or a merge is never cut in the middle;
+the feed's request, which only reads, is left to end by itself.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def watch(
         )
         try:
             feed.start()
-            _loop(client, state, debounce, max_backoff)
+            with client._transport.stopping_on(stop):
+                _loop(client, state, debounce, max_backoff)
         finally:
             stop.set()
             state.wake.set()

@@ -42,6 +42,9 @@ from .trim import trimmed_through
 
 log = logging.getLogger("flask_reflectsync")
 
+#: Every hub of this process (see :func:`close_feeds`).
+_hubs: weakref.WeakSet[FeedHub] = weakref.WeakSet()
+
 
 def read_changes_request(message: Any, max_wait: float) -> tuple[int, float]:
     """``(since, wait)`` of a ``POST /changes`` body, the wait cut to
@@ -135,6 +138,7 @@ class FeedHub:
         self.listening = False
         #: Set by :meth:`close`: held requests answer at once.
         self.closed = False
+        _hubs.add(self)
 
     @property
     def generation(self) -> int:
@@ -233,6 +237,16 @@ class FeedHub:
                 heard = True
             if heard:
                 self.bump()
+
+
+def close_feeds() -> None:
+    """Close every hub of this process (:meth:`FeedHub.close`): each held
+    change-feed request answers ``changed: false`` at once, and requests
+    arriving later answer without holding. For a server shutting down
+    gracefully, which otherwise waits for every hold to run out (see
+    :mod:`flask_reflectsync.gunicorn`). Safe in a signal handler."""
+    for hub in list(_hubs):
+        hub.close()
 
 
 def _listen(engine: sa.Engine, channel: str) -> Any:

@@ -82,6 +82,10 @@ def define_nodes_table(metadata: sa.MetaData) -> sa.Table:
         # under (a digest); a node whose principal or rules changed since
         # must repair its share before it pulls again.
         sa.Column("scoped_as", sa.String(64), nullable=True),
+        # The principal itself (canonical JSON) that ``scoped_as`` digests:
+        # a node re-bound under the same rules is moved to its new share by
+        # the difference (server/pull_reshare.py), not a repair.
+        sa.Column("served_principal", sa.Text, nullable=True),
         # Fleet operations (server/fleet.py): a revoked node is refused on
         # every signed route; a retired one no longer pins the trim watermark
         # and must repair before it pulls or pushes again.
@@ -187,6 +191,7 @@ def register_node(
             last_pulled_version=0,
             principal=stored_principal,
             scoped_as=None if scope_digest is None else scope_digest(stored_principal),
+            served_principal=stored_principal,
         )
     )
     assert result.inserted_primary_key is not None
@@ -237,8 +242,9 @@ def bind_node(
     principal: Mapping[str, Any] | None,
 ) -> bool:
     """Give node ``node_id`` a new principal, without committing. Its data
-    was served under the old one: the node must repair its share before it
-    pulls again (its ``scoped_as`` is cleared).
+    was served under the old one, which is kept (``scoped_as``,
+    ``served_principal``): its next pull moves it to the new share (see
+    :mod:`.pull_reshare`).
 
     :return: whether the node exists.
     """
@@ -246,34 +252,26 @@ def bind_node(
     result: sa.CursorResult[Any] = session.execute(  # type: ignore[assignment]
         sa.update(nodes)
         .where(nodes.c.id == node_id)
-        .values(principal=principal_text(principal), scoped_as=None)
+        .values(principal=principal_text(principal))
     )
     return bool(result.rowcount)
 
 
 def node_principal(
     session: Session, tables: LogTables, node_id: int
-) -> tuple[dict[str, Any], str | None]:
-    """The principal of node ``node_id`` and what its data was last served
-    under (``scoped_as``)."""
+) -> tuple[dict[str, Any], str | None, str | None]:
+    """The principal of node ``node_id``, what its data was last served
+    under (``scoped_as``) and the principal that was (``served_principal``,
+    canonical JSON)."""
     nodes = nodes_table(tables)
     row = session.execute(
-        sa.select(nodes.c.principal, nodes.c.scoped_as).where(nodes.c.id == node_id)
+        sa.select(
+            nodes.c.principal, nodes.c.scoped_as, nodes.c.served_principal
+        ).where(nodes.c.id == node_id)
     ).first()
     if row is None:
-        return {}, None
-    return principal_from_text(row.principal), row.scoped_as
-
-
-def record_served_scope(
-    session: Session, tables: LogTables, node_id: int, scoped_as: str
-) -> None:
-    """Note, without committing, that node ``node_id``'s data is now served
-    under ``scoped_as`` (after a repair of its share)."""
-    nodes = nodes_table(tables)
-    session.execute(
-        sa.update(nodes).where(nodes.c.id == node_id).values(scoped_as=scoped_as)
-    )
+        return {}, None, None
+    return principal_from_text(row.principal), row.scoped_as, row.served_principal
 
 
 #: The answer to a request signed by no registered node: an unknown node

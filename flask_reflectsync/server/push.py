@@ -84,6 +84,7 @@ from .push_decode import column_fits as column_fits
 from .push_decode import key_ceiling as key_ceiling
 from .push_echo import record_database_changes, rewriting_tables, snapshot
 from .schema import TrackedSchema
+from .schema_check import check_push
 from .stale import store_rulings, stored_rulings
 from .trim import check_not_trimmed
 
@@ -216,6 +217,11 @@ def _push_once(
         session.rollback()
         return PushOutcome(answer, applied=False)
 
+    try:
+        check_push(request, schema)
+    except BaseException:
+        session.rollback()
+        raise
     changes = _decode(request, schema, aware=stores_time_zones(dialect))
     check_key_space(changes)
     last_version: int = request["last_version"]

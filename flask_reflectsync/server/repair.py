@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,6 +22,7 @@ from ..wire.repair import MEDIA_TYPE, end_line, header_line, rows_line, table_li
 from .nodes import nodes_table
 from .pull_scopes import Share
 from .schema import TrackedSchema
+from .scopes import principal_text
 
 
 def repair_stream(
@@ -84,7 +86,8 @@ def repair_stream(
     if node_id is not None:
         # Reached only when the server took the last line: the node has
         # the whole copy, so nodes and trim's watermark see it as caught up.
-        _record_pulled(engine, tables, node_id, version, scoped_as)
+        served = None if share is None else principal_text(share.node.principal)
+        _record_pulled(engine, tables, node_id, version, scoped_as, served)
 
 
 def check_repair_accepted(accept: str | None) -> None:
@@ -128,8 +131,14 @@ def _record_pulled(
     node_id: int,
     version: int,
     scoped_as: str | None = None,
+    served_principal: str | None = None,
 ) -> None:
+    """Record the node as having pulled up to ``version`` (and, after a copy
+    of its share, the digest and the principal it was served under)."""
     nodes = nodes_table(tables)
+    scope: dict[str, Any] = {}
+    if scoped_as is not None:
+        scope = {"scoped_as": scoped_as, "served_principal": served_principal}
     try:
         with engine.begin() as connection:
             connection.execute(
@@ -138,7 +147,7 @@ def _record_pulled(
                 .values(
                     last_pulled_version=version,
                     last_seen_at=datetime.datetime.now(datetime.timezone.utc),
-                    **({} if scoped_as is None else {"scoped_as": scoped_as}),
+                    **scope,
                     # A full copy: whatever the node missed, it has now.
                     retired_at=None,
                 )

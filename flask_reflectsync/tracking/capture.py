@@ -64,7 +64,12 @@ from sqlalchemy.orm.base import NO_VALUE, instance_state
 from ..errors import ConfigurationError, TrackingError
 from ..rows import key_filter
 from .columns import encode_columns
-from .numbering import lock_and_number, notify_numbered, numbered_after_commit
+from .numbering import (
+    lock_and_number,
+    notify_numbered,
+    number_soon,
+    numbered_after_commit,
+)
 from .registry import (
     TrackedTable,
     plain_tracked,
@@ -265,6 +270,7 @@ _LISTENERS = (
     ("before_flush", "_before_flush"),
     ("after_flush", "_after_flush"),
     ("before_commit", "_before_commit"),
+    ("after_commit", "_after_commit"),
     ("after_soft_rollback", "_after_soft_rollback"),
     ("after_transaction_end", "_after_transaction_end"),
     ("do_orm_execute", "_do_orm_execute"),
@@ -1019,6 +1025,22 @@ def _before_commit(session: Session) -> None:
             bind_arguments={"clause": log.tables.operations}
         )
         _assign_number(connection, log, tx)
+
+
+def _after_commit(session: Session) -> None:
+    """A server's version left for numbering after commit (see
+    :mod:`.numbering`) on PostgreSQL: number it soon, so its ``NOTIFY``
+    wakes the change feed in every process at once (no SQL here: the
+    numbering runs in a thread of its own)."""
+    tx: _TransactionLog | None = session.info.get(_TX_KEY)
+    if tx is None or tx.at_commit:
+        return
+    log = _log_for(session)
+    if log is None or not log.assign_versions:
+        return
+    bind = session.get_bind(clause=log.tables.operations)
+    if isinstance(bind, sa.Engine) and bind.dialect.name == "postgresql":
+        number_soon(bind, log.tables)
 
 
 def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:

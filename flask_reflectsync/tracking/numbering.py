@@ -28,6 +28,11 @@ own version is numbered at its commit under the lock it already holds.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
+import weakref
 from typing import Any
 
 import sqlalchemy as sa
@@ -36,6 +41,8 @@ from .tables import VERSION_ROW, LogTables
 
 #: Backends on which versions are numbered after commit.
 AFTER_COMMIT = ("postgresql", "mysql")
+
+log = logging.getLogger("flask_reflectsync")
 
 #: How many versions one UPDATE numbers on backends without window
 #: functions in UPDATE (MySQL / MariaDB).
@@ -97,29 +104,35 @@ def number_versions(
     if not numbered_after_commit(engine.dialect):
         return
     with engine.connect() as connection:
-        if connection.dialect.name == "postgresql":
-            connection = connection.execution_options(
-                isolation_level="READ COMMITTED"
-            )
-        else:
-            # Every read of the numbering must see what committed before it,
-            # the counter lock's previous holder included; applies to the
-            # next transaction only, so nothing is left to reset.
-            connection.exec_driver_sql(
-                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
-            )
-        versions = tables.versions
-        waiting = connection.execute(
-            sa.select(versions.c.id).where(versions.c.number.is_(None)).limit(1)
-        ).first()
-        if waiting is None:
-            connection.rollback()
-            return
-        skip = not wait and _skips_locked(connection.dialect)
-        base = lock_counter(connection, tables, skip_locked=skip)
-        if base is not None:
-            _number_locked(connection, tables, base)
-        connection.commit()
+        _number_on(connection, tables, wait=wait)
+
+
+def _number_on(connection: sa.Connection, tables: LogTables, *, wait: bool) -> None:
+    """:func:`number_versions` on a connection of its own (not in a
+    transaction)."""
+    if connection.dialect.name == "postgresql":
+        connection = connection.execution_options(
+            isolation_level="READ COMMITTED"
+        )
+    else:
+        # Every read of the numbering must see what committed before it,
+        # the counter lock's previous holder included; applies to the
+        # next transaction only, so nothing is left to reset.
+        connection.exec_driver_sql(
+            "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
+        )
+    versions = tables.versions
+    waiting = connection.execute(
+        sa.select(versions.c.id).where(versions.c.number.is_(None)).limit(1)
+    ).first()
+    if waiting is None:
+        connection.rollback()
+        return
+    skip = not wait and _skips_locked(connection.dialect)
+    base = lock_counter(connection, tables, skip_locked=skip)
+    if base is not None:
+        _number_locked(connection, tables, base)
+    connection.commit()
 
 
 def lock_and_number(
@@ -227,3 +240,110 @@ def _number_locked(
         sa.update(counter).where(counter.c.id == VERSION_ROW).values(value=top)
     )
     return top
+
+
+class _SoonNumberer:
+    """Numbers an engine's committed versions in a thread of its own, soon
+    after an app's commit pokes it (see :func:`number_soon`)."""
+
+    #: Seconds without a poke after which the thread ends.
+    IDLE = 5.0
+
+    def __init__(self, engine: sa.Engine, tables: LogTables) -> None:
+        # Weakly: an engine nobody else holds is gone, and so is the thread.
+        self._engine = weakref.ref(engine)
+        self.tables = tables
+        self._poked = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.running = False
+
+    @property
+    def idle(self) -> bool:
+        """Neither numbering nor asked to."""
+        return not (self.running or self._poked.is_set())
+
+    def poke(self) -> None:
+        """Ask for a numbering soon; pokes during one run are served by
+        one more run, not one each."""
+        self._poked.set()
+        with self._lock:
+            alive = self._thread is not None and self._pid == os.getpid()
+            if not alive:  # none yet, ended idle, or lost in a fork
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="reflectsync-numbering", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            if not self._poked.wait(self.IDLE):
+                with self._lock:
+                    if not self._poked.is_set():
+                        self._thread = None
+                        return
+            engine = self._engine()
+            if engine is None:
+                return
+            self.running = True
+            # Cleared before numbering: a commit after this point is seen
+            # by this run or pokes the next one.
+            self._poked.clear()
+            try:
+                with engine.connect() as connection:
+                    try:
+                        _number_on(connection, self.tables, wait=True)
+                    finally:
+                        # Closed, not pooled: a thread that outlives the
+                        # engine's pool (a dispose) leaves nothing open.
+                        connection.invalidate()
+            except Exception:
+                # The versions wait for the next numberer (any pull, push,
+                # feed or poke); nothing is lost.
+                log.warning("Numbering after a commit failed.", exc_info=True)
+            finally:
+                self.running = False
+                del engine
+
+
+_numberers: weakref.WeakKeyDictionary[sa.Engine, dict[str, _SoonNumberer]] = (
+    weakref.WeakKeyDictionary()
+)
+_numberers_lock = threading.Lock()
+
+
+def number_soon(engine: sa.Engine, tables: LogTables) -> None:
+    """Number ``engine``'s committed versions soon, in a thread of this
+    process (one per engine and log, running only while commits come), so
+    the numbering's ``NOTIFY`` wakes the change feed of every process and
+    host at once, not at its next poll.
+
+    Called after an app's tracked commit on PostgreSQL, the only backend
+    with a ``NOTIFY`` to send: the commit itself must not notify (see
+    :func:`notify_numbered`), the numberer's own short transaction may.
+    """
+    with _numberers_lock:
+        per_engine = _numberers.setdefault(engine, {})
+        numberer = per_engine.get(tables.versions.name)
+        if numberer is None:
+            numberer = per_engine[tables.versions.name] = _SoonNumberer(
+                engine, tables
+            )
+    numberer.poke()
+
+
+def settle_numbering(engine: sa.Engine, timeout: float = 5.0) -> bool:
+    """Wait until :func:`number_soon`'s numbering of ``engine`` is done
+    (before disposing of the engine or dropping its tables); whether it
+    is."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with _numberers_lock:
+            numberers = list(_numberers.get(engine, {}).values())
+        if all(n.idle for n in numberers):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)

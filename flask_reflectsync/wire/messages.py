@@ -149,6 +149,17 @@ _pulled_table: Schema = {
     },
     "description": "One table's changes in a pull page, column by column.",
 }
+_schema_identity: Schema = {
+    "type": "object",
+    "additionalProperties": {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": 100},
+    },
+    "description": "The node's schema identity (see the schema-changes "
+    "page): by tracked table, its synced columns and their kinds (the "
+    "codec's kind, such as 'an integer'). The server compares it with its "
+    "own before applying or serving anything.",
+}
 _pulled: Schema = {
     "type": "object",
     "additionalProperties": _pulled_table,
@@ -219,6 +230,7 @@ SCHEMAS: dict[str, Schema] = {
             "operations": {"type": "array", "items": _operation},
             "payloads": _payloads,
             "patches": _patches,
+            "schema": _schema_identity,
             "resolutions": {
                 "type": "object",
                 "description": "Per table, the built-in conflict strategy the "
@@ -288,6 +300,7 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "From the previous page, to continue a pull.",
             },
             "limit": {"type": "integer", "minimum": 1},
+            "schema": _schema_identity,
             "keys": {
                 "type": "array",
                 "maxItems": 200,
@@ -296,6 +309,14 @@ SCHEMAS: dict[str, Schema] = {
                 "for (see key blocks in the conflicts page).",
             },
         },
+    },
+    "RepairRequest": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"schema": _schema_identity},
+        "description": "GET /repair may carry a JSON body with the node's "
+        "schema identity (signed with the request); without one the server "
+        "streams the copy unchecked.",
     },
     "ChangesRequest": {
         "type": "object",
@@ -374,11 +395,28 @@ SCHEMAS: dict[str, Schema] = {
                 "description": "How many logged operations this page covers "
                 "(optional; for progress).",
             },
+            "moving": {
+                "type": "boolean",
+                "description": "The node's principal changed: it is being "
+                "moved to its new share; pull again (with the same since and "
+                "cursor rules) even though cursor is null.",
+            },
             "total": {
                 "type": "integer",
                 "minimum": 0,
                 "description": "On a pull's first page: how many logged "
                 "operations the whole pull covers (optional; for progress).",
+            },
+            "unserved": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                },
+                "description": "When the request carried the node's schema: "
+                "by table, the server's columns the node does not have, left "
+                "out of the page (the node fetches them once it has "
+                "migrated). Absent when there are none.",
             },
         },
     },
@@ -495,6 +533,19 @@ SCHEMAS: dict[str, Schema] = {
             "push_id": {
                 "type": "string",
                 "description": "push.id_reused: the push id.",
+            },
+            "differences": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "schema.mismatch: what differs, one entry per "
+                "table or column (table, column, problem, message, "
+                "renamed_to).",
+            },
+            "rows": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "schema.refused: the refused rows (table, key, "
+                "column, reason).",
             },
             "rule": {
                 "type": "string",

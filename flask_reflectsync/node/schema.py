@@ -1,0 +1,192 @@
+"""The node's side of the schema handshake (see :doc:`/schema-changes`).
+
+- :func:`description` is what pushes and pulls carry as ``"schema"``;
+- :func:`check_local` compares the node's models with its own database file
+  before a pull, push or repair writes anything (new model code on an old
+  file used to fail inside the merge with a raw database error);
+- :func:`check_page` and :func:`check_copy` are the node's own guard on what
+  it is sent, for a server that did not cut the page to the node's columns:
+  a page is refused when it holds a value the node cannot store (a non-null
+  value of a column the node lacks) or rows missing one of the node's
+  columns; nothing is merged and the node's version does not move.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from ..errors import SchemaMismatchError
+from ..wire.schema import Description, describe
+
+if TYPE_CHECKING:
+    from ..tracking import TrackedTable
+    from .client import SyncClient
+
+_log = logging.getLogger("flask_reflectsync.client")
+
+
+def description(client: SyncClient) -> Description:
+    """The node's schema identity: its tracked tables' synced columns."""
+    found = client._description
+    if found is None:
+        found = client._description = describe(client.schema.tables.values())
+    return found
+
+
+def check_local(client: SyncClient) -> None:
+    """Refuse to sync when the node's models name columns or tables its own
+    database file does not have (new model code on an old file), once per
+    client.
+
+    :raises SchemaMismatchError: (``node.schema_mismatch``) naming them.
+    """
+    if client._local_checked:
+        return
+    with client.engine.connect() as connection:
+        # On this connection: on SQLite it holds the write lock once it
+        # reads (BEGIN IMMEDIATE), and a second one would wait for it.
+        tables = client._schema_on(connection).tables
+        inspector = sa.inspect(connection)
+        existing = set(inspector.get_table_names())
+        problems: list[dict[str, Any]] = []
+        for info in tables.values():
+            table = info.table
+            if table.name not in existing:
+                problems.append(_local(info.name, None, f"table {info.name}"))
+                continue
+            have = {c["name"] for c in inspector.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have:
+                    problems.append(
+                        _local(info.name, column.name, f"{info.name}.{column.name}")
+                    )
+    if problems:
+        named = ", ".join(p["message"] for p in problems)
+        raise SchemaMismatchError(
+            f"The node's models name {named}, which its database "
+            f"({client.engine.url.render_as_string(hide_password=True)}) does "
+            "not have: the model code is newer than the file. Nothing was "
+            "synced; bring the file to the models (client.migrate() or "
+            "reflectsync-node migrate), then sync again.",
+            problems,
+            code="node.schema_mismatch",
+        )
+    client._local_checked = True
+
+
+def _local(table: str, column: str | None, what: str) -> dict[str, Any]:
+    return {
+        "table": table,
+        "column": column,
+        "problem": "not_in_database",
+        "message": what,
+    }
+
+
+def check_page(
+    info: TrackedTable,
+    columns: Sequence[str],
+    values: Sequence[Sequence[Any]],
+    commands: str,
+    marks: Sequence[Any] | None,
+) -> None:
+    """Refuse a pulled table part the node cannot store whole (see the
+    module's docstring)."""
+    mine = {c.name for c in info.synced_columns}
+    problems = []
+    for name, sent in zip(columns, values, strict=False):
+        if name not in mine and any(v is not None for v in sent):
+            problems.append(
+                f"{info.name}.{name} is a column this node does not have, and "
+                "the server sent values of it"
+            )
+    whole = any(marks is None or marks[n] is None for n in range(len(commands)))
+    if whole:
+        for column in info.synced_columns:
+            if column.name not in columns and not _fills_itself(column):
+                problems.append(
+                    f"the server sent rows of {info.name} without "
+                    f"{column.name}, which this node's table requires (NOT "
+                    "NULL without a default)"
+                )
+    if problems:
+        raise _mismatch(info.name, problems)
+
+
+def _fills_itself(column: sa.Column[Any]) -> bool:
+    """Whether the node's table may store a row without ``column``."""
+    return (
+        column.nullable is not False
+        or column.default is not None
+        or column.server_default is not None
+    )
+
+
+def check_copy(info: TrackedTable, columns: Sequence[str]) -> None:
+    """Refuse a repair copy of a table that lacks one of the node's columns
+    while holding one the node lacks (renamed: the node would store nulls
+    for values the server has under the new name), or lacks one the node's
+    table requires."""
+    mine = [c.name for c in info.synced_columns]
+    extra = [c for c in columns if c not in mine]
+    gone = [
+        c.name
+        for c in info.synced_columns
+        if c.name not in columns and (extra or not _fills_itself(c))
+    ]
+    if gone:
+        hint = (
+            f" (renamed to {extra[0]} on the server?)"
+            if len(gone) == 1 and len(extra) == 1
+            else ""
+        )
+        raise _mismatch(
+            info.name,
+            [
+                f"{info.name}.{c} is not a column on the server{hint}"
+                for c in gone
+            ],
+        )
+
+
+def _mismatch(table: str, problems: list[str]) -> SchemaMismatchError:
+    return SchemaMismatchError(
+        f"This node cannot store what the server sends: {'; '.join(problems)}. "
+        "Nothing was applied and the node's version did not move; migrate "
+        "the node (or the server) so that the columns match.",
+        [{"table": table, "column": None, "problem": "node_check", "message": p}
+         for p in problems],
+    )
+
+
+def note_unserved(
+    client: SyncClient, unserved: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """Keep and log the server's columns a pull left out (the node lacks
+    them); returns them by table."""
+    found = {
+        str(table): [str(c) for c in columns]
+        for table, columns in unserved.items()
+        if isinstance(columns, list)
+    }
+    fresh = {t: c for t, c in found.items() if client._unserved.get(t) != c}
+    client._unserved.update(found)
+    for table, columns in fresh.items():
+        if table in client.schema.tables:
+            _log.warning(
+                "The server has columns of %s that this node does not store "
+                "(%s), left out of its pulls; migrate the node to receive them.",
+                table,
+                ", ".join(columns),
+            )
+        else:  # a table the node does not track (perhaps by choice)
+            _log.info(
+                "The server has changes of %s, a table this node does not "
+                "track; they were left out of its pull.",
+                table,
+            )
+    return found
