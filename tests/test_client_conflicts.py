@@ -358,6 +358,34 @@ def test_a_local_child_of_a_replaced_parent_goes_with_server_wins(
     assert [r[0] for r in rows["city"]] == [1, 2]  # Arequipa went with Peru
 
 
+def test_a_pulled_insert_of_the_nodes_own_row_is_no_replacement(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    # Node a adds Chile and pushes it; b renames it; a, before pulling,
+    # adds a city in Chile. a's pull brings Chile back as an insert (a's own
+    # insert and b's update, compressed) without a delete: the same row, not
+    # a new one under an old key, so nothing is restored beside it.
+    m = net.server.env.models
+    a, b = net.node(), net.node()
+    _seed(net, a, b)
+    with a.Session() as session:
+        session.add(m.Country(id=5, name="Chile"))
+        session.commit()
+    a.push()
+    b.synchronize()
+    _set(b, m.Country, 5, name="Chile (renamed)")
+    b.synchronize()
+    with a.Session() as session:
+        session.add(m.City(id=7, name="Santiago", population=3, country_id=5))
+        session.commit()
+    a.synchronize()
+    assert [c for c in resolved if c.kind == "dependency"] == []
+    net.settle()
+    rows = net.assert_converged()
+    assert sorted(rows["country"]) == [(1, "Peru"), (5, "Chile (renamed)")]
+    assert (7, "Santiago", 3, 5) in rows["city"]
+
+
 def test_node_deleted_parent_is_restored_for_a_server_child(
     net: Cluster, resolved: list[Conflict]
 ) -> None:

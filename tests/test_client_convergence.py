@@ -231,6 +231,25 @@ PARTS = max(1, int(os.environ.get("REFLECTSYNC_CONVERGENCE_PARTS", "1")))
     loss=st.sampled_from([0.0, 0.1, 0.3]),
     seed=st.integers(0, 2**32),
 )
+# A lossy history (partly shrunk) in which a first version of the rule
+# below duplicated a country: a pulled insert of a row the node holds is
+# not a replacement unless the page also deletes the key.
+@example(
+    steps=[
+        *[(0, "add_country", 0)] * 6,
+        (2, "add_city", 0),
+        *[(0, "add_country", 0)] * 4,
+        (2, "add_country", 0),
+        *[(0, "add_country", 0)] * 2,
+        (2, "sync", 0),
+        *[(0, "add_country", 0)] * 5,
+        (2, "move_city", 0),
+        *[(0, "add_country", 0)] * 4,
+        (3, "move_city", 0),
+    ],
+    loss=0.3,
+    seed=0,
+)
 # Found by a CI helper's run (1 in 300): node 0's offline city points at
 # country 1, which the server's app deletes and whose key it gives to a new
 # country; the city must not end up in the new country.

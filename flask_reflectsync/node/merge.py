@@ -248,6 +248,8 @@ class _Merge:
         self.local: dict[tuple[str, tuple[Any, ...]], dict[str, Any] | None] = {}
         # Pulled tables written as they came, column-wise (see run_untouched).
         self.bulk: dict[str, PulledTable] = {}
+        # Keys a page deletes and inserts again (see run).
+        self.replaced: set[tuple[str, tuple[Any, ...]]] = set()
 
     # -- helpers ------------------------------------------------------------------
 
@@ -324,6 +326,12 @@ class _Merge:
         for table, items in by_table.items():
             self.load(table, [c.key for c in items])
         incoming = {(c.table, c.key) for c in changes}
+        # Keys the page deletes and writes again: rows replaced under their
+        # key (see pull compression); an insert alone may be the node's own
+        # row with others' updates.
+        self.replaced = {
+            (c.table, c.key) for c in changes if c.row is None
+        } & {(c.table, c.key) for c in changes if c.command == INSERT}
         self.separate_replaced(incoming)
         for table in self.schema.tables:
             for change in by_table.get(table, ()):
@@ -369,7 +377,7 @@ class _Merge:
             if row is None:
                 self.delete(table, key)
             else:
-                if change.command == INSERT:
+                if (table, key) in self.replaced:
                     self.replaced_parent(table, key, incoming)
                 self.write(table, key, row)
             return
@@ -490,7 +498,8 @@ class _Merge:
         self, table: str, key: tuple[Any, ...], incoming: set[Any]
     ) -> None:
         """The server sends a new row under the integer key of a row the node
-        holds (the old one was deleted there and its key given again). Local
+        holds (the page deletes the old one and inserts the new one: its key
+        was given again). Local
         rows the node inserted pointing at the old row, or whose queued
         update set that reference, meant the old row, not the new one: a
         ``dependency`` conflict, as for a parent the server deleted. Decided
