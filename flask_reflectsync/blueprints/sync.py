@@ -340,6 +340,8 @@ def _push() -> Response:
             served.share,
         )
     except SyncError as error:
+        if error.code == "schema.describe":
+            raise  # not refused: the node sends its description at once
         push_id = message.get("push_id") if isinstance(message, dict) else None
         _notify(
             signals.push_rejected,

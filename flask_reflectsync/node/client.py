@@ -189,6 +189,10 @@ class SyncClient:
         self._models = list(models) if models is not None else None
         self._schema: MergeSchema | None = None
         self._description: dict[str, dict[str, str]] | None = None
+        #: The node's digest of each table, and the server's as its last
+        #: ``schema.describe`` answer told them (``None``: never told).
+        self._digests: dict[str, str] | None = None
+        self._server_digests: dict[str, str] | None = None
         self._local_checked = False
         self._unserved: dict[str, list[str]] = {}
         self._lock = threading.RLock()

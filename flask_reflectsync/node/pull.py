@@ -66,7 +66,6 @@ def pull(
             message: dict[str, Any] = {
                 "protocol": PROTOCOL_VERSION,
                 "since": since,
-                "schema": _schema.description(client),
             }
             if cursor is not None:
                 message["cursor"] = cursor
@@ -76,7 +75,12 @@ def pull(
             if wanted:
                 message["keys"] = wanted
             try:
-                page = client._call("POST", "/pull", message=message)
+                page = _schema.sending(
+                    client,
+                    lambda fields: client._call(
+                        "POST", "/pull", message={**message, **fields}
+                    ),
+                )
             except GoneError as error:
                 if error.code == SHARE_CHANGED and first and nothing_queued(client):
                     # Served under another principal or other rules: the

@@ -1,6 +1,9 @@
 """The node's side of the schema handshake (see :doc:`/schema-changes`).
 
-- :func:`description` is what pushes and pulls carry as ``"schema"``;
+- :func:`description` is the node's schema identity, and :func:`sending`
+  sends a request with it: as one digest while the server has said nothing
+  else, then with the columns of the tables whose digests differ from the
+  server's (see :ref:`schema-digests`);
 - :func:`check_local` compares the node's models with its own database file
   before a pull, push or repair writes anything (new model code on an old
   file used to fail inside the merge with a raw database error);
@@ -14,13 +17,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from ..errors import SchemaMismatchError
-from ..wire.schema import Description, describe
+from ..errors import SchemaDescriptionNeededError, SchemaMismatchError
+from ..wire.schema import Description, describe, digest_all, digest_table
 
 if TYPE_CHECKING:
     from ..tracking import TrackedTable
@@ -35,6 +38,46 @@ def description(client: SyncClient) -> Description:
     if found is None:
         found = client._description = describe(client.schema.tables.values())
     return found
+
+
+def identity(client: SyncClient) -> dict[str, Any]:
+    """What a request carries of the node's schema: ``schema_digest`` while
+    the server's digests are unknown or all the same as the node's, else
+    ``schema`` with the columns of the tables whose digests differ (or that
+    the server lacks) and the digests of the others."""
+    mine = description(client)
+    ours = client._digests
+    if ours is None:
+        ours = client._digests = {t: digest_table(c) for t, c in mine.items()}
+    theirs = client._server_digests
+    if theirs is None or theirs == ours:
+        return {"schema_digest": digest_all(ours)}
+    return {
+        "schema": {
+            table: digest if theirs.get(table) == digest else mine[table]
+            for table, digest in ours.items()
+        }
+    }
+
+
+T = TypeVar("T")
+
+
+def sending(client: SyncClient, send: Callable[[dict[str, Any]], T]) -> T:
+    """``send(fields)`` with the node's :func:`identity` as ``fields``;
+    when the server asks for the description (``schema.describe``: its
+    digests differ), at once again with the tables it named as differing,
+    and a third time with the whole description if the server changed in
+    between. The server's digests are kept for the next requests."""
+    try:
+        return send(identity(client))
+    except SchemaDescriptionNeededError as error:
+        client._server_digests = error.digests
+    try:
+        return send(identity(client))
+    except SchemaDescriptionNeededError as error:
+        client._server_digests = error.digests
+    return send({"schema": description(client)})
 
 
 def check_local(client: SyncClient) -> None:

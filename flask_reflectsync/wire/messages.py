@@ -149,16 +149,31 @@ _pulled_table: Schema = {
     },
     "description": "One table's changes in a pull page, column by column.",
 }
+_digest: Schema = {"type": "string", "pattern": "^[0-9a-f]{16}$"}
 _schema_identity: Schema = {
     "type": "object",
     "additionalProperties": {
-        "type": "object",
-        "additionalProperties": {"type": "string", "maxLength": 100},
+        "anyOf": [
+            {
+                "type": "object",
+                "additionalProperties": {"type": "string", "maxLength": 100},
+            },
+            _digest,
+        ]
     },
     "description": "The node's schema identity (see the schema-changes "
     "page): by tracked table, its synced columns and their kinds (the "
-    "codec's kind, such as 'an integer'). The server compares it with its "
-    "own before applying or serving anything.",
+    "codec's kind, such as 'an integer'), or the table's digest when the "
+    "node knows the server's is the same (from a schema.describe answer). "
+    "The server compares it with its own before applying or serving "
+    "anything.",
+}
+_schema_digest: Schema = {
+    **_digest,
+    "description": "The digest of the node's whole schema identity, sent "
+    "instead of it: equal to the server's, the schemas are the same; "
+    "otherwise the server answers schema.describe with its tables' digests "
+    "and the node sends its identity.",
 }
 _pulled: Schema = {
     "type": "object",
@@ -231,6 +246,7 @@ SCHEMAS: dict[str, Schema] = {
             "payloads": _payloads,
             "patches": _patches,
             "schema": _schema_identity,
+            "schema_digest": _schema_digest,
             "resolutions": {
                 "type": "object",
                 "description": "Per table, the built-in conflict strategy the "
@@ -301,6 +317,7 @@ SCHEMAS: dict[str, Schema] = {
             },
             "limit": {"type": "integer", "minimum": 1},
             "schema": _schema_identity,
+            "schema_digest": _schema_digest,
             "keys": {
                 "type": "array",
                 "maxItems": 200,
@@ -313,7 +330,10 @@ SCHEMAS: dict[str, Schema] = {
     "RepairRequest": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"schema": _schema_identity},
+        "properties": {
+            "schema": _schema_identity,
+            "schema_digest": _schema_digest,
+        },
         "description": "GET /repair may carry a JSON body with the node's "
         "schema identity (signed with the request); without one the server "
         "streams the copy unchecked.",
