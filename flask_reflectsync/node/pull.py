@@ -76,10 +76,7 @@ def pull(
                 message["keys"] = wanted
             try:
                 page = _schema.sending(
-                    client,
-                    lambda fields: client._call(
-                        "POST", "/pull", message={**message, **fields}
-                    ),
+                    client, functools.partial(_ask_page, client, message)
                 )
             except GoneError as error:
                 if error.code == SHARE_CHANGED and first and nothing_queued(client):
@@ -126,6 +123,13 @@ def pull(
                 return PullResult(
                     version, count, conflicts, evicted=removed[0], unserved=unserved
                 )
+
+
+def _ask_page(
+    client: SyncClient, message: dict[str, Any], fields: dict[str, Any]
+) -> dict[str, Any]:
+    """One ``POST /pull`` of ``message`` with the schema ``fields``."""
+    return client._call("POST", "/pull", message={**message, **fields})
 
 
 #: How many pages answered "moving" one pull follows (the server's writes
