@@ -222,7 +222,9 @@ def test_a_node_told_of_a_rename_by_digest_gets_the_same_refusal(
         db.session.commit()
         node, recording = make_node(env, tmp_path, V1)
         try:
-            with pytest.raises(errors.SchemaMismatchError, match="renamed to lang_code"):
+            with pytest.raises(
+                errors.SchemaMismatchError, match="renamed to lang_code"
+            ):
                 node.pull()
             assert [(s.route, s.status) for s in recording.sent] == [
                 ("pull", 409),
