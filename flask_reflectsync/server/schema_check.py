@@ -39,13 +39,13 @@ from ..errors import (
 from ..tracking import INSERT, TrackedTable
 from ..wire.codec import codec_for
 from ..wire.schema import (
-    Description,
     Difference,
+    columns_of,
     combined_digest,
     compare,
-    describe,
     digests,
     summary,
+    table_digest,
 )
 from .schema import TrackedSchema
 
@@ -57,9 +57,14 @@ MAX_REFUSED = 1000
 # -- the node's identity -----------------------------------------------------------
 
 
+#: A node's description as read: by table, its columns and kinds (read only:
+#: a table sent by digest is the server's own mapping).
+NodeDescription = dict[str, Mapping[str, str]]
+
+
 def node_schema(
     message: Mapping[str, Any], schema: TrackedSchema
-) -> tuple[Description | None, bool]:
+) -> tuple[NodeDescription | None, bool]:
     """The node's schema as its request gives it: ``(description, same)``.
 
     ``same`` is true when its ``schema_digest`` is the server's own (the
@@ -81,15 +86,15 @@ def node_schema(
         if digest is None:
             return None, False  # a node from before the handshake
         raise _needed(tables, "the digest of its schema")
-    found: Description = {}
+    found: NodeDescription = {}
     for table, columns in sent.items():
         if isinstance(columns, dict):
             found[str(table)] = {str(c): str(k) for c, k in columns.items()}
             continue
         info = tables.get(table)
-        if info is None or digests([info])[table] != columns:
+        if info is None or table_digest(info) != columns:
             raise _needed(tables, f"a digest of {table}")
-        found[table] = describe([info])[table]
+        found[table] = columns_of(info)  # the server's own: compared as same
     return found, False
 
 

@@ -65,15 +65,17 @@ def digest_all(digests: Mapping[str, str]) -> str:
     return hashlib.sha256(_DIGEST_RULES + text.encode("utf-8")).hexdigest()[:16]
 
 
+def table_digest(info: TrackedTable) -> str:
+    """``info``'s digest (computed once per table)."""
+    digest = _digested.get(info)
+    if digest is None:
+        digest = _digested[info] = digest_table(columns_of(info))
+    return digest
+
+
 def digests(tables: Iterable[TrackedTable]) -> dict[str, str]:
-    """By table name, each table's digest (computed once per table)."""
-    found: dict[str, str] = {}
-    for info in tables:
-        digest = _digested.get(info)
-        if digest is None:
-            digest = _digested[info] = digest_table(describe([info])[info.name])
-        found[info.name] = digest
-    return found
+    """By table name, each table's digest."""
+    return {info.name: table_digest(info) for info in tables}
 
 
 def combined_digest(tables: Iterable[TrackedTable]) -> str:
@@ -87,17 +89,20 @@ def combined_digest(tables: Iterable[TrackedTable]) -> str:
     return found
 
 
+def columns_of(info: TrackedTable) -> Mapping[str, str]:
+    """``info``'s synced columns and kinds, described once (not a copy:
+    read only)."""
+    columns = _described.get(info)
+    if columns is None:
+        columns = _described[info] = {
+            c.name: codec_for(c).kind for c in info.synced_columns
+        }
+    return columns
+
+
 def describe(tables: Iterable[TrackedTable]) -> Description:
     """The description of ``tables`` (their synced columns and kinds)."""
-    found: Description = {}
-    for info in tables:
-        columns = _described.get(info)
-        if columns is None:
-            columns = _described[info] = {
-                c.name: codec_for(c).kind for c in info.synced_columns
-            }
-        found[info.name] = dict(columns)
-    return found
+    return {info.name: dict(columns_of(info)) for info in tables}
 
 
 @dataclass(frozen=True)
@@ -146,9 +151,9 @@ def compare(
     and MariaDB it is the name anyway).
     """
     found: list[Difference] = []
-    theirs = describe(server.values())
     for table, columns in node.items():
-        kinds = theirs.get(table)
+        info = server.get(table)
+        kinds = None if info is None else columns_of(info)
         if kinds is None:
             found.append(
                 Difference(
@@ -160,6 +165,8 @@ def compare(
                 )
             )
             continue
+        if columns is kinds or columns == kinds:
+            continue  # the same columns and kinds (given by digest: the same)
         mine = dict(columns)
         gone = [c for c in mine if c not in kinds]
         came = [c for c in kinds if c not in mine]
