@@ -124,6 +124,8 @@ def test_digests_ignore_column_order_and_tell_every_difference() -> None:
     assert digest_all(both) == digest_all(dict(reversed(both.items())))
     assert digest_all(both) != digest_all({"post": both["post"]})
     assert digest_all(both) != digest_all({"post": both["tag"], "tag": both["post"]})
+    # The same columns under another table's name (a table renamed).
+    assert digest_all({"post": both["post"]}) != digest_all({"article": both["post"]})
 
 
 def test_a_node_with_the_servers_schema_sends_one_digest_and_is_served_at_once(
