@@ -25,6 +25,9 @@ message and :func:`~flask_reflectsync.server.schema_check.fit_page` on the
 page), and the ratio to the baseline. Then the one-time cost of a differing
 node's first request: the digest, the 409 ``schema.describe`` answer, and
 the request again.
+
+Run with ``PYTHONPATH`` naming a checkout from before digests, it measures
+that package's baselines alone (the same forms, its own code).
 """
 
 from __future__ import annotations
@@ -45,13 +48,15 @@ from flask_reflectsync import ReflectSync, track
 from flask_reflectsync.server.schema import TrackedSchema
 from flask_reflectsync.server.schema_check import fit_page
 from flask_reflectsync.wire.messages import PROTOCOL_VERSION, validate
-from flask_reflectsync.wire.schema import (
-    describe,
-    digest_all,
-    digest_table,
-    digests,
-)
+from flask_reflectsync.wire.schema import describe
 from flask_reflectsync.wire.signing import sign_request
+
+try:
+    from flask_reflectsync.wire.schema import digest_all, digest_table, digests
+except ImportError:  # the package from before digests (PYTHONPATH=old checkout)
+    DIGESTS = False
+else:
+    DIGESTS = True
 
 #: The kinds of the extra columns, in turn.
 KINDS: list[Any] = [
@@ -112,11 +117,17 @@ class Node:
 
 
 def forms(schema: TrackedSchema) -> dict[str, dict[str, Any]]:
-    """The four forms' schema fields."""
+    """The four forms' schema fields (the baselines only, for the package
+    from before digests)."""
     same = describe(schema.tables.values())
-    theirs = digests(schema.tables.values())
     first = next(iter(same))
     differing = {**same, first: dict(list(same[first].items())[:-1])}
+    if not DIGESTS:
+        return {
+            "baseline, same schema": {"schema": same},
+            "baseline, one difference": {"schema": differing},
+        }
+    theirs = digests(schema.tables.values())
     mixed = {
         table: digest
         if theirs.get(table) == (digest := digest_table(columns))
@@ -185,7 +196,8 @@ def run(app: Flask, args: argparse.Namespace) -> None:
             f"{request / median(whole[base]):5.2f}x {alone * 1000:13.4f} "
             f"{alone / median(part[base]):5.2f}x"
         )
-    first_contact(node, since, schema)
+    if DIGESTS:
+        first_contact(node, since, schema)
 
 
 def handshake(body: bytes, page: dict[str, Any], schema: TrackedSchema) -> float:
