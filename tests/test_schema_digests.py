@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase
 
-from flask_reflectsync import signals, track
+from flask_reflectsync import errors, signals, track
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.server.schema import TrackedSchema
 from flask_reflectsync.tracking import TrackedTable
@@ -210,8 +210,6 @@ def test_a_node_told_of_a_rename_by_digest_gets_the_same_refusal(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
     """The differences are told exactly as with a full description."""
-    from flask_reflectsync import errors
-
     with server_env(make_app) as env:
         db = env.env.db
 
@@ -299,3 +297,158 @@ def test_the_combined_digest_is_the_digest_of_the_tables_digests(
     assert len(tables) > 2
     assert combined_digest(tables) == digest_all(digests(tables))
     assert combined_digest(tables[:1]) != combined_digest(tables)
+
+
+# -- checking the schema at start-up -------------------------------------------------
+
+
+def test_check_schema_says_the_schemas_agree_in_one_digest_request(
+    server: ServerEnv, tmp_path: Path
+) -> None:
+    node, recording = make_node(server, tmp_path, WITH_SUMMARY)
+    try:
+        check = node.check_schema()
+        assert check.same and check.differences == []
+        assert check.message == "The node's tracked tables are the server's."
+        ((sent),) = recording.sent
+        assert (sent.route, sent.status) == ("schema-check", 200)
+        assert set(sent.body) == {"protocol", "schema_digest"}
+        assert node.last_version == 0  # nothing pulled or recorded
+    finally:
+        node.close()
+        node.engine.dispose()
+
+
+def test_check_schema_names_a_rename_an_untracked_table_and_an_old_file(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    """What the first pull would refuse, told at start-up: the server's
+    rename, its tables the node does not track, and model code newer than
+    the node's own file."""
+    from flask_reflectsync.node.schema import check_local
+
+    with server_env(make_app) as env:
+        db = env.env.db
+
+        @track
+        class Post(db.Model):  # type: ignore[name-defined]
+            __table__ = post_table(db.metadata, RENAMED)
+
+        db.create_all()
+        node, recording = make_node(env, tmp_path, V1)
+        try:
+            with node.engine.begin() as connection:
+                connection.execute(sa.text("DROP TABLE tag"))
+            check = node.check_schema()
+            assert not check.same
+            problems = {
+                (d["table"], d["column"], d["problem"]) for d in check.differences
+            }
+            assert ("tag", None, "not_in_database") in problems
+            assert ("post", "lang", "node_only_column") in problems
+            assert ("post", "lang_code", "server_only_column") in problems
+            (renamed,) = [d for d in check.differences if d.get("renamed_to")]
+            assert renamed["renamed_to"] == "lang_code"
+            assert "renamed to lang_code" in check.message
+            assert "table tag is not in the node's database" in check.message
+            assert check.server_only_tables == []
+            assert [(s.route, s.status) for s in recording.sent] == [
+                ("schema-check", 409),
+                ("schema-check", 200),
+            ]
+            with pytest.raises(errors.SchemaMismatchError, match="table tag"):
+                check_local(node)  # the pulls and pushes still refuse
+        finally:
+            node.close()
+            node.engine.dispose()
+
+
+def test_check_schema_tells_the_tables_the_node_does_not_track(
+    server: ServerEnv, tmp_path: Path
+) -> None:
+    node, _ = make_node(server, tmp_path, WITH_SUMMARY)
+    try:
+        node._models = [node.schema.tables["post"].model]
+        node._schema = None
+        node._description = node._digests = None
+        check = node.check_schema()
+        assert check.differences == []
+        assert "post" not in check.server_only_tables
+        assert set(check.server_only_tables) == {
+            t.name for t in server_tables(server)
+        } - {"post"}
+        assert "which this node does not track" in check.message
+    finally:
+        node.close()
+        node.engine.dispose()
+
+
+def test_the_schema_check_route_refuses_a_message_without_a_schema(
+    server: ServerEnv,
+) -> None:
+    node = server.node()
+    try:
+        answer = node.call("POST", "/schema-check", json={"protocol": 2})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["code"] == "request.invalid"
+        answer = node.call(
+            "POST", "/schema-check", json={"protocol": 2, "schema_digest": "0" * 16}
+        )
+        assert answer.status_code == 409
+        assert answer.json()["code"] == "schema.describe"
+        answer = node.call(
+            "POST",
+            "/schema-check",
+            json={"protocol": 2, "schema": describe(server_tables(server))},
+        )
+        assert answer.json()["same"] is True, answer.text
+        answer = node.call(
+            "POST", "/schema-check", json={"protocol": 2, "schema": {"draft": {}}}
+        )
+        body = answer.json()
+        assert body["same"] is False
+        assert body["differences"][0]["problem"] == "node_only_table"
+        assert set(body["server_only_tables"]) == set(server_digests(server))
+    finally:
+        node.close()
+
+
+def test_reflectsync_node_status_schema_and_watch_say_the_schema(
+    server: ServerEnv,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from click.testing import CliRunner
+
+    from flask_reflectsync.node.cli import _say_schema, cli
+
+    from .test_schema_changes import MODELS_MODULE
+
+    (tmp_path / "schema_check_models.py").write_text(MODELS_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    database = f"sqlite:///{tmp_path / 'cli-node.db'}"
+    options = [
+        "--server", server.base, "--database", database,
+        "--models", "schema_check_models",
+    ]
+    runner = CliRunner()
+    assert runner.invoke(cli, [*options, "register"]).exit_code == 0
+    result = runner.invoke(cli, [*options, "status", "--schema"])
+    assert result.exit_code == 0, result.output
+    (line,) = [x for x in result.output.splitlines() if x.startswith("Schema")]
+    assert line.startswith("Schema differs from the server's: post.lang_code")
+    assert "reflectsync-node migrate" in line
+    plain = runner.invoke(cli, [*options, "status"])
+    assert "Schema" not in plain.output
+    # Starting a watch with the server gone: said, and not fatal.
+    node, _ = make_node(server, tmp_path, WITH_SUMMARY, name="gone")
+    try:
+        node._transport.base_url = "http://127.0.0.1:9/sync"
+        node.retries = 0
+        capsys.readouterr()
+        _say_schema(node, starting=True)
+        assert capsys.readouterr().err.startswith("Schema not checked: Cannot reach")
+    finally:
+        node.close()
+        node.engine.dispose()

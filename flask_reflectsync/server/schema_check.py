@@ -35,6 +35,7 @@ from ..errors import (
     SchemaDescriptionNeededError,
     SchemaMismatchError,
     SchemaRefusedError,
+    ValidationError,
 )
 from ..tracking import INSERT, TrackedTable
 from ..wire.codec import codec_for
@@ -106,6 +107,30 @@ def _needed(
         "of the tables whose digests differ from these (nothing was applied).",
         digests(tables.values()),
     )
+
+
+def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
+    """The answer of ``POST /schema-check``: whether the node's schema is
+    the server's, and what differs (nothing is applied or recorded).
+
+    :raises ValidationError: the message gives no schema.
+    :raises SchemaDescriptionNeededError: a digest that is not the server's.
+    """
+    node, same = node_schema(message, schema)
+    if same:
+        return {"same": True, "differences": [], "server_only_tables": []}
+    if node is None:
+        raise ValidationError(
+            "message: give the node's schema (schema or schema_digest) to "
+            "compare with the server's."
+        )
+    differences = [d.to_dict() for d in compare(node, schema.tables)]
+    server_only = [name for name in schema.tables if name not in node]
+    return {
+        "same": not differences and not server_only,
+        "differences": differences,
+        "server_only_tables": server_only,
+    }
 
 
 # -- pulls ---------------------------------------------------------------------------

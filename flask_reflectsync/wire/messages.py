@@ -356,6 +356,51 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
     },
+    "SchemaCheckRequest": {
+        "type": "object",
+        "required": ["protocol"],
+        "additionalProperties": False,
+        "properties": {
+            "protocol": _protocol,
+            "schema": _schema_identity,
+            "schema_digest": _schema_digest,
+        },
+    },
+    "SchemaCheckResponse": {
+        "type": "object",
+        "required": ["ok", "protocol", "same", "differences", "server_only_tables"],
+        "properties": {
+            "ok": {"type": "boolean", "enum": [True]},
+            "protocol": _protocol,
+            "same": {
+                "type": "boolean",
+                "description": "Whether the node's tracked tables are the "
+                "server's: the same tables, columns and kinds.",
+            },
+            "differences": {
+                "type": "array",
+                "description": "What differs, one entry per table or column "
+                "(as in schema.mismatch answers).",
+                "items": {
+                    "type": "object",
+                    "required": ["table", "column", "problem", "message"],
+                    "properties": {
+                        "table": {"type": "string"},
+                        "column": {"type": ["string", "null"]},
+                        "problem": {"type": "string"},
+                        "message": {"type": "string"},
+                        "renamed_to": {"type": "string"},
+                    },
+                },
+            },
+            "server_only_tables": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Tables the server synchronises that the node "
+                "does not track (their changes are left out of its pulls).",
+            },
+        },
+    },
     "ChangesResponse": {
         "type": "object",
         "required": ["ok", "protocol", "changed", "version"],
