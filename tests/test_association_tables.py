@@ -324,6 +324,35 @@ def test_a_table_without_a_primary_key_is_refused() -> None:
         track(loose)
 
 
+def test_a_table_tracked_as_a_class_and_as_a_table_is_refused() -> None:
+    # Each of its writes would be logged twice: once for the object, once for
+    # the statement on the plain table.
+    class Base(sa.orm.DeclarativeBase):
+        pass
+
+    class Pair(Base):
+        __tablename__ = "pair"
+        a: Mapped[int] = mapped_column(primary_key=True)
+        b: Mapped[int] = mapped_column(primary_key=True)
+
+    class Other(Base):
+        __tablename__ = "other_pair"
+        a: Mapped[int] = mapped_column(primary_key=True)
+
+    track(Pair)
+    try:
+        with pytest.raises(errors.ConfigurationError, match="tracked twice"):
+            track(Pair.__table__)
+    finally:
+        untrack(Pair)
+    track(Other.__table__)
+    try:
+        with pytest.raises(errors.ConfigurationError, match="tracked twice"):
+            track(Other)
+    finally:
+        untrack(Other.__table__)
+
+
 def test_an_untracked_association_table_is_warned_of(make_app: AppFactory) -> None:
     env = make_app()
     db = env.db

@@ -296,6 +296,68 @@ def test_server_deleted_parent_takes_local_children_with_server_wins(
     assert [r[0] for r in rows["city"]] == [1, 2]
 
 
+def _replace_country_on_the_server(net: Cluster) -> None:
+    """The server's own app deletes country 1 (its cities first lose it)
+    and gives key 1 to a new country."""
+    env = net.server.env
+    m = env.models
+    with env.app.app_context():
+        for city in env.db.session.scalars(sa.select(m.City)):
+            city.country_id = None
+        env.db.session.delete(env.db.session.get(m.Country, 1))
+        env.db.session.commit()
+        env.db.session.add(m.Country(id=1, name="Chile"))
+        env.db.session.commit()
+
+
+def test_a_local_child_of_a_parent_replaced_under_its_key_keeps_the_old_parent(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    # The node's new city points at Peru, key 1. Meanwhile the server's app
+    # deletes Peru and gives key 1 to Chile. Accepted as it came, the city
+    # would silently move to Chile; the push is refused instead, and the
+    # node's merge meets a dependency conflict: Peru is restored beside
+    # Chile, under a new key, and the city follows it.
+    m = net.server.env.models
+    a = net.node()
+    _seed(net, a)
+    with a.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    _replace_country_on_the_server(net)
+    a.synchronize()
+    (conflict,) = [c for c in resolved if c.kind == "dependency"]
+    assert (conflict.table, conflict.key, conflict.resolution) == (
+        "country",
+        (1,),
+        "node",
+    )
+    assert conflict.new_key is not None
+    net.settle()
+    rows = net.assert_converged()
+    restored = conflict.new_key[0]
+    assert sorted(rows["country"]) == sorted([(1, "Chile"), (restored, "Peru")])
+    assert (3, "Arequipa", 1, restored) in rows["city"]
+
+
+def test_a_local_child_of_a_replaced_parent_goes_with_server_wins(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    m = net.server.env.models
+    a = net.node(resolution="server-wins")
+    _seed(net, a)
+    with a.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    _replace_country_on_the_server(net)
+    a.synchronize()
+    assert ("dependency", "country", "server") in _kinds(resolved)
+    net.settle()
+    rows = net.assert_converged()
+    assert rows["country"] == [(1, "Chile")]
+    assert [r[0] for r in rows["city"]] == [1, 2]  # Arequipa went with Peru
+
+
 def test_node_deleted_parent_is_restored_for_a_server_child(
     net: Cluster, resolved: list[Conflict]
 ) -> None:

@@ -41,6 +41,7 @@ from flask_reflectsync import errors
 from flask_reflectsync.client import SyncClient
 
 from .conftest import AppFactory
+from .http_server import tls_context
 from .nodes import Cluster, cluster
 
 
@@ -60,7 +61,7 @@ class FlakyNetwork(httpx.BaseTransport):
     acted on it, with probability ``loss`` each."""
 
     def __init__(self) -> None:
-        self.inner = httpx.HTTPTransport()
+        self.inner = httpx.HTTPTransport(verify=tls_context())
         self.loss = 0.0
         self.random = random.Random(0)
 
@@ -229,6 +230,20 @@ PARTS = max(1, int(os.environ.get("REFLECTSYNC_CONVERGENCE_PARTS", "1")))
     ),
     loss=st.sampled_from([0.0, 0.1, 0.3]),
     seed=st.integers(0, 2**32),
+)
+# Found by a CI helper's run (1 in 300): node 0's offline city points at
+# country 1, which the server's app deletes and whose key it gives to a new
+# country; the city must not end up in the new country.
+@example(
+    steps=[
+        (0, "add_country", 0),
+        (0, "sync", 0),
+        (0, "add_city", 0),
+        (3, "drop_country", 0),
+        (3, "add_country", 0),
+    ],
+    loss=0.0,
+    seed=0,
 )
 # Shrunk from a CI failure: node 1 deletes node 2's country and adds one,
 # which SQLite gives the freed id, while node 2 renames the old one.

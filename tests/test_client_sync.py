@@ -235,7 +235,7 @@ def test_a_lost_registration_answer_leaves_no_orphan_node(net: Cluster) -> None:
     that same node, so no node row is left that nobody holds a secret for
     (it would pin the trim watermark for good)."""
     transport = LoseFirstRegistration()
-    node = net.node(transport=transport, retries=2)
+    node = net.node(transport=transport, retries=2, retry_within=0.3)
     assert [p for p in transport.sent if p.endswith("/register")] == [
         "/sync/register",
         "/sync/register",

@@ -21,6 +21,7 @@ from flask import Flask, jsonify, request
 from example_app import server as survey
 from flask_reflectsync.client import SyncClient
 from flask_reflectsync.node.cli import _Bar, cli
+from flask_reflectsync.node.transport import Transport
 
 from .http_server import served
 
@@ -167,10 +168,16 @@ def test_missing_server_and_models_are_explained(node_url: str) -> None:
     assert result.exit_code != 0 and "--models" in result.output
 
 
-def test_an_unreachable_server_is_a_clear_error(node_url: str) -> None:
+def test_an_unreachable_server_is_a_clear_error(
+    node_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every try is made and reported; only the backoff between them (up to
+    # the client's 10 s retry_within, which the CLI does not set) is cut.
+    monkeypatch.setattr(Transport, "delay", lambda self, attempt, asked: 0.01)
     result = run("http://127.0.0.1:9/sync", node_url, "register")
     assert result.exit_code == 1
     assert "Error:" in result.output and "127.0.0.1:9" in result.output
+    assert "(tried 4 times)" in result.output  # --retries 3 by default
 
 
 def test_help_explains_every_command() -> None:
@@ -433,3 +440,47 @@ def test_sync_watch_runs_until_sigterm_and_stops_cleanly(
             watching.wait()
     assert watching.returncode == 0, err
     assert "Stopped at version" in out
+
+
+def test_a_new_model_on_a_synchronised_node_is_migrated_not_created_empty(
+    database_url: str, node_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The node first syncs sites only; its next model code adds observations,
+    # which the server already holds. Created empty by the command, the table
+    # would never receive them (they are behind the node's version): the
+    # command refuses and names migrate, which creates it and fetches them.
+    (tmp_path / "cli_sites_only.py").write_text("from example_app.models import Site\n")
+    (tmp_path / "cli_sites_and_observations.py").write_text(
+        "from example_app.models import Observation, Site\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with serve_survey(database_url) as (app, url):
+        with app.app_context():
+            site = survey.Site(name="Marsh")
+            survey.db.session.add(site)
+            survey.db.session.flush()
+            survey.db.session.add(survey.Observation(site_id=site.id, species="heron"))
+            survey.db.session.commit()
+
+        def node(models: str, *args: str) -> Any:
+            options = ["--server", url, "--database", node_url, "--models", models]
+            return _runner().invoke(cli, [*options, *args])
+
+        assert node("cli_sites_only", "register").exit_code == 0
+        assert node("cli_sites_only", "sync").exit_code == 0
+        refused = node("cli_sites_and_observations", "pull")
+        assert refused.exit_code == 1, refused.output
+        assert "reflectsync-node migrate" in refused.output
+        assert "observation" in refused.output
+        engine = sa.create_engine(node_url)
+        try:
+            assert not sa.inspect(engine).has_table("observation")
+            migrated = node("cli_sites_and_observations", "migrate")
+            assert migrated.exit_code == 0, migrated.output
+            assert "Created table observation." in migrated.output
+            with engine.connect() as connection:
+                found = connection.execute(sa.text("SELECT species FROM observation"))
+                assert found.all() == [("heron",)]
+            assert node("cli_sites_and_observations", "sync").exit_code == 0
+        finally:
+            engine.dispose()

@@ -529,6 +529,45 @@ def test_a_principal_change_sends_exactly_the_difference(field: Field) -> None:
     assert [r[0] for r in _rows(node, S)] == [4, 5, 6]
 
 
+def test_a_move_committed_while_the_node_is_moved_is_not_missed(
+    field: Field, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server app moves N2 out of every region of the node between the
+    # node's last page under its old principal and the page that moves it.
+    # Where versions are numbered after commit (PostgreSQL, MariaDB), that
+    # version is not numbered yet when the move is computed (the thread that
+    # numbers app commits soon is held off here): the move sees N2 outside
+    # the old share, and N2's log entry will reach the node under the new
+    # share's tags only, which it does not name. It must be evicted anyway.
+    _seed(field)
+    S = field.Survey
+    node = field.node("north", region="north")
+    node.synchronize()
+    assert node.node_id is not None
+    import flask_reflectsync.blueprints.sync as routes
+    import flask_reflectsync.tracking.capture as capture
+
+    real = routes.reshare_page
+    raced: list[bool] = []
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            monkeypatch.setattr(capture, "number_soon", lambda *a, **k: None)
+            field.db.session.get(S, 2).region = "east"
+            field.db.session.commit()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(routes, "reshare_page", racing)
+    field.env.sync.bind_node(node.node_id, {"region": "south"})
+    node.pull()
+    assert raced
+    assert _rows(node, S) == [(3, "south", "S1")]
+    assert _rows(node, field.Answer) == [(11, 3, "s1-a")]
+    node.pull()
+    assert _rows(node, S) == [(3, "south", "S1")]
+
+
 def test_a_rule_change_still_repairs_the_share(field: Field) -> None:
     _seed(field)
     node = field.node("north", region="north")

@@ -96,7 +96,7 @@ class _Node:
             )
             client._words = CLI_WORDS
             if create_tables:
-                _create_tables(engine, classes, self.database)
+                _create_tables(engine, classes, self.database, client)
             try:
                 yield client
             except SyncError as error:
@@ -117,13 +117,33 @@ def _engine(url: str) -> sa.Engine:
         ) from None
 
 
-def _create_tables(engine: sa.Engine, classes: list[type], url: str) -> None:
-    """Create the synced tables that are missing (never alter one)."""
+def _create_tables(
+    engine: sa.Engine, classes: list[type], url: str, client: SyncClient
+) -> None:
+    """Create the synced tables that are missing (never alter one) in a
+    node that has not synchronised yet. A node that has cannot be given a
+    new table empty: the server's rows of it are behind the node's version
+    and would never reach it, so it is told to migrate (which creates the
+    table and fetches them)."""
     tables: dict[sa.MetaData, list[sa.Table]] = {}
     for cls in classes:
         table: sa.Table = sa.inspect(cls).local_table
         tables.setdefault(table.metadata, []).append(table)
     try:
+        present = set(sa.inspect(engine).get_table_names())
+        missing = sorted(  # (checked before any table is created)
+            t.name for own in tables.values() for t in own if t.name not in present
+        )
+        if missing:
+            state = client._state()
+            if state.last_version or state.pull_cursor is not None:
+                raise click.ClickException(
+                    f"The node's database has no table {', '.join(missing)} "
+                    "yet, and it has synchronised already: created empty, it "
+                    "would never receive the server's rows. Run "
+                    "`reflectsync-node migrate` first (it creates the table "
+                    "and fetches them)."
+                )
         for metadata, own in tables.items():
             metadata.create_all(engine, tables=own)
     except sa.exc.DBAPIError as error:

@@ -369,6 +369,8 @@ class _Merge:
             if row is None:
                 self.delete(table, key)
             else:
+                if change.command == INSERT:
+                    self.replaced_parent(table, key, incoming)
                 self.write(table, key, row)
             return
         text = self.text(table, key)
@@ -483,6 +485,46 @@ class _Merge:
             info, text, _moved_base(base, row, change.columns, queued, mine, local)
         )
         conflict.resolution = _named(decision)
+
+    def replaced_parent(
+        self, table: str, key: tuple[Any, ...], incoming: set[Any]
+    ) -> None:
+        """The server sends a new row under the integer key of a row the node
+        holds (the old one was deleted there and its key given again). Local
+        rows the node inserted pointing at the old row, or whose queued
+        update set that reference, meant the old row, not the new one: a
+        ``dependency`` conflict, as for a parent the server deleted. Decided
+        for the node (the default), the old row is restored beside the new
+        one, under a new key, and those rows follow it; for the server, they
+        go (local inserts) or return to the server's copy."""
+        info = self.info(table)
+        if not info.single_integer_key or self.local_row(table, key) is None:
+            return
+        meant: list[tuple[TrackedTable, tuple[Any, ...]]] = []
+        for child, child_key, ref in self.referencing(table, key):
+            child_text = child.encode_key(child_key)
+            command = self.queue.get(child.name, child_text)
+            if command == INSERT:
+                meant.append((child, child_key))
+            elif command == UPDATE:
+                mine = self.queue.columns_of(child.name, child_text)
+                if mine is None or overlap(mine, frozenset(ref.child_columns)):
+                    meant.append((child, child_key))
+        if not meant:
+            return
+        conflict, decision = self.conflict(
+            DEPENDENCY,
+            table,
+            key,
+            None,
+            other_key=[(c.name, k) for c, k in meant],
+        )
+        if decision == SERVER:
+            self.cascade_local_delete(table, key)
+            conflict.resolution = SERVER
+            return
+        conflict.new_key = self.rekey(table, key, incoming)
+        conflict.resolution = NODE
 
     def reused_key(
         self, table: str, key: tuple[Any, ...], incoming: set[Any]

@@ -74,6 +74,7 @@ from .push_conflicts import (
     _rule_stale_rows,
     broken_references,
     find_conflicts,
+    replaced_parents,
 )
 from .push_conflicts import unique_violations as unique_violations
 from .push_decode import KEY_BATCH as KEY_BATCH
@@ -262,6 +263,9 @@ def _push_once(
         _lock_counter(session, tables)
         conflicts = find_conflicts(
             session, tables, changes, node_id, last_version, ruled
+        )
+        conflicts += replaced_parents(
+            session, tables, schema, changes, node_id, last_version
         )
         if conflicts:
             raise _conflict_error(conflicts)

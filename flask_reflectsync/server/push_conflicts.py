@@ -151,6 +151,53 @@ def _server_rows(
     return found
 
 
+def replaced_parents(
+    session: Session,
+    tables: LogTables,
+    schema: TrackedSchema,
+    changes: Mapping[str, _TableChanges],
+    node_id: int,
+    last_version: int,
+) -> list[dict[str, Any]]:
+    """Parents that rows of the push point at, and that another writer gave
+    to a new row after ``last_version``: the key of a table with one integer
+    key column was deleted and inserted again (the server app's
+    ``max(id) + 1``), so the node, which has not seen the new row, meant the
+    old one. Accepted, its row would silently join the new parent; refused,
+    the node pulls, meets the replacement, and its merge decides (a
+    ``dependency`` conflict, see :doc:`/conflicts`)."""
+    by_table = {info.table: info for info in schema.tables.values()}
+    wanted: dict[str, dict[str, tuple[Any, ...]]] = {}
+    for target in changes.values():
+        written = [target.rows[op.row_key] for op in target.written]
+        if not written:
+            continue
+        for constraint in target.info.table.foreign_key_constraints:
+            parent = by_table.get(constraint.referred_table)
+            if parent is None or not parent.single_integer_key:
+                continue
+            (element,) = constraint.elements
+            column = element.parent.name
+            for row in written:
+                value = row.get(column)
+                if type(value) is int:
+                    wanted.setdefault(parent.name, {})[encode_key((value,))] = (value,)
+    if not wanted:
+        return []
+    found = stale_rows(session, tables, wanted, node_id, last_version)
+    return [
+        {
+            "table": name,
+            # One integer key column: the wire key is the integer itself.
+            "key": list(key) if isinstance(key, tuple) else [key],
+            "version": row.version,
+            "replaced": True,
+        }
+        for (name, key), row in sorted(found.items(), key=lambda item: str(item[0]))
+        if row.inserted
+    ]
+
+
 def broken_references(
     session: Session, schema: TrackedSchema, changes: Mapping[str, _TableChanges]
 ) -> list[dict[str, Any]]:

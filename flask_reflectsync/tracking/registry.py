@@ -273,6 +273,7 @@ def _register(cls: T, options: TrackOptions) -> T:
     if mapper is not None and isinstance(mapper.local_table, sa.Table):
         # Mapped already (declarative): check the names now. An imperatively
         # mapped class is checked when it is first used.
+        _check_not_plain(cls.__name__, mapper.local_table)
         _excluded_columns(cls, mapper.local_table, mapper, options)
     global _generation
     with _lock:
@@ -294,6 +295,10 @@ def _register_table(table: sa.Table, options: TrackOptions) -> None:
             "Make its foreign-key columns the primary key "
             "(Column(..., primary_key=True) on each); a link is then stored once."
         )
+    for cls in tracked_classes():
+        found: Mapper[Any] | None = sa.inspect(cls, raiseerr=False)
+        if found is not None and found.local_table is table:
+            _check_not_plain(cls.__name__, table, plain_first=False)
     excluded = _excluded_columns(table, table, None, options)
     info = TrackedTable(
         mapper=None,
@@ -309,6 +314,21 @@ def _register_table(table: sa.Table, options: TrackOptions) -> None:
     with _lock:
         _tracked_plain[table] = info
         _generation += 1
+
+
+def _check_not_plain(name: str, table: sa.Table, *, plain_first: bool = True) -> None:
+    """Refuse to track a table both as a plain table and through a mapped
+    class: every write would be logged twice (once per object, once per
+    statement on the table)."""
+    if plain_first and table not in _tracked_plain:
+        return
+    raise ConfigurationError(
+        f"Table {table.fullname} is tracked twice: as a plain table "
+        f"(track({table.fullname})) and through the mapped class {name} "
+        "(@track), so each of its writes would be logged twice. Track one "
+        "of them: the class if the app writes objects of it, the table if "
+        "only a secondary= relationship writes its rows."
+    )
 
 
 def _excluded_columns(
@@ -430,6 +450,7 @@ def _describe(mapper: Mapper[Any]) -> TrackedTable | None:
             f"{owner.class_.__name__} is mapped to {table!r}, not to a table; "
             "only classes mapped to a table can be tracked."
         )
+    _check_not_plain(owner.class_.__name__, table)
     if mapper.local_table is not table and mapper.inherits is not None:
         raise ConfigurationError(
             f"{mapper.class_.__name__} adds its own table to the tracked "
