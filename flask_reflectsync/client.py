@@ -14,6 +14,7 @@ from .node.client import (
     PullResult,
     PushResult,
     Retry,
+    SchemaCheck,
     SetAside,
     SyncClient,
     SyncResult,
@@ -32,4 +33,5 @@ __all__ = [
     "PullProgress",
     "SyncStatus",
     "Migration",
+    "SchemaCheck",
 ]

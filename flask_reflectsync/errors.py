@@ -227,6 +227,32 @@ class SchemaMismatchError(SyncError):
         return {**super().to_dict(), "differences": self.differences}
 
 
+class SchemaDescriptionNeededError(SyncError):
+    """The node sent its schema as digests (``schema_digest``, or a table's
+    digest in ``schema``) and the server's differ: the server needs the
+    node's description of those tables to tell what differs (see
+    :ref:`schema-digests`). Nothing was applied or recorded. Envelope:
+    ``{"code": "schema.describe", "digests": {table: digest, ...}}``, the
+    server's digest of each table the node may see. A
+    :class:`~flask_reflectsync.SyncClient` sends the request again at once,
+    with the columns of the tables whose digests differ; it never raises
+    this to the app.
+
+    :param message: one sentence.
+    :param digests: the server's digest of each table, by name.
+    """
+
+    status = 409
+    code = "schema.describe"
+
+    def __init__(self, message: str, digests: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.digests = digests or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "digests": self.digests}
+
+
 class SchemaRefusedError(ValidationError):
     """Rows of a push that the server's schema cannot take (see
     :doc:`/schema-changes`): a non-null value in a column the server does
@@ -456,6 +482,7 @@ __all__ = [
     "ScopeDeniedError",
     "ScopeWarning",
     "UntrackedLinkWarning",
+    "SchemaDescriptionNeededError",
     "SchemaMismatchError",
     "SchemaRefusedError",
     "PushIdReusedError",

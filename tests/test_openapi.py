@@ -109,6 +109,13 @@ def test_every_route_answers_what_the_document_says(server: ServerEnv) -> None:
     check(node.pull(-1))
     check(node.call("POST", "/changes", json={"protocol": 2, "since": 0, "wait": 0}))
     check(node.call("POST", "/changes", json={"protocol": 2, "since": -1}))
+    check(node.call("POST", "/schema-check", json={"protocol": 2, "schema": {}}))
+    check(node.call("POST", "/schema-check", json={"protocol": 2}))  # 400
+    check(
+        node.call(
+            "POST", "/schema-check", json={"protocol": 2, "schema_digest": "0" * 16}
+        )
+    )  # 409 schema.describe
     check(node.repair())
     check(node.call("GET", "/repair"))  # from a node older than the stream: 400
     check(node.call("GET", "/query", params={"model": "country"}))

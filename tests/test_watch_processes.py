@@ -208,6 +208,9 @@ NODE_ROUTES: dict[str, Callable[[TestNode], httpx.Response]] = {
     ),
     "/repair": lambda n: n.call("GET", "/repair", headers=REPAIR_ACCEPT),
     "/query": lambda n: n.call("GET", "/query", params={"model": "site"}),
+    "/schema-check": lambda n: n.call(
+        "POST", "/schema-check", json={"protocol": 2, "schema": {}}
+    ),
 }
 #: The routes a node may call without being registered.
 UNSIGNED_ROUTES = {"/register", "/openapi.json"}

@@ -48,7 +48,7 @@ from ..server.push import push
 from ..server.query import query
 from ..server.repair import check_repair_accepted, repair_stream
 from ..server.schema import TrackedSchema
-from ..server.schema_check import check_repair, fit_page
+from ..server.schema_check import check_repair, fit_page, report
 from ..server.scopes import ScopeNode, principal_from_text, principal_text
 from ..server.settings import ServerSettings, define_protocol_tables
 from ..tracking.numbering import number_versions
@@ -67,6 +67,7 @@ def add_sync_routes(blueprint: Blueprint) -> None:
     blueprint.add_url_rule("/pull", view_func=_pull, methods=["POST"])
     blueprint.add_url_rule("/changes", view_func=_changes, methods=["POST"])
     blueprint.add_url_rule("/repair", view_func=_repair, methods=["GET"])
+    blueprint.add_url_rule("/schema-check", view_func=_schema_check, methods=["POST"])
     blueprint.add_url_rule("/query", view_func=_query, methods=["GET"])
     blueprint.add_url_rule("/openapi.json", view_func=_openapi, methods=["GET"])
     blueprint.register_error_handler(PushRejectedError, _rejected)
@@ -340,6 +341,8 @@ def _push() -> Response:
             served.share,
         )
     except SyncError as error:
+        if error.code == "schema.describe":
+            raise  # not refused: the node sends its description at once
         push_id = message.get("push_id") if isinstance(message, dict) else None
         _notify(
             signals.push_rejected,
@@ -498,6 +501,17 @@ def _repair() -> Response:
         scoped_as=served.scoped_as,
     )
     return Response(lines, mimetype=REPAIR_MEDIA_TYPE)
+
+
+def _schema_check() -> Response:
+    """What differs between the node's tracked tables and the server's (see
+    :func:`~flask_reflectsync.server.schema_check.report`)."""
+    settings = _settings()
+    body = _body(settings)
+    node_id = _authenticate(settings, body)
+    message = validate(_message(body), "SchemaCheckRequest")
+    served = _served(node_id)
+    return _answer(**report(message, served.schema))
 
 
 def _query() -> Response:

@@ -473,6 +473,7 @@ def _watch(client: SyncClient, wait: float, max_backoff: float) -> None:
         click.echo(line, err=True)
 
     client._status.callback = say
+    _say_schema(client, starting=True)
     click.echo("Watching; Ctrl-C to stop.", err=True)
     client.watch(wait=wait, max_backoff=max_backoff, handle_signals=True)
     click.echo(f"Stopped at version {client.last_version}.")
@@ -515,11 +516,39 @@ def _current(seen: dict[str, int]) -> str | None:
     return f"{table}: {seen[table]} rows"
 
 
+def _say_schema(client: SyncClient, *, starting: bool = False) -> None:
+    """One line: whether the node's models, its file and the server's
+    tracked tables agree (see SyncClient.check_schema). Starting a watch, a
+    server that cannot be reached is no reason to stop: the watch waits."""
+    try:
+        check = client.check_schema()
+    except SyncError as error:
+        if not starting:
+            raise
+        click.echo(f"Schema not checked: {error.message}", err=True)
+        return
+    if check.same:
+        click.echo(f"Schema: {check.message}", err=starting)
+        return
+    click.echo(
+        f"Schema differs from the server's: {check.message} Pulls refuse what "
+        "this node cannot store and refused rows are set aside; after new "
+        "model code run `reflectsync-node migrate`.",
+        err=starting,
+    )
+
+
 @cli.command()
+@click.option(
+    "--schema",
+    "check_schema",
+    is_flag=True,
+    help="Also ask the server whether its tracked tables are this node's.",
+)
 @click.pass_obj
-def status(node: _Node) -> None:
+def status(node: _Node, check_schema: bool) -> None:
     """Show whether this node is registered, its version and its queue."""
-    with node.client(need_server=False) as client:
+    with node.client(need_server=check_schema) as client:
         if client.is_registered():
             click.echo(f"Registered as node {client.node_id}.")
         elif client.node_id is not None:
@@ -534,6 +563,8 @@ def status(node: _Node) -> None:
         aside = len(client.set_aside())
         click.echo(f"Changes set aside (refused by the server): {aside}")
         click.echo(f"Database: {node.database}")
+        if check_schema:
+            _say_schema(client)
 
 
 @cli.command("set-aside")

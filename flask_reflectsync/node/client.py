@@ -61,6 +61,7 @@ from .keys import assign_keys_on
 from .merge import MergeSchema
 from .migrate import Migration
 from .results import PullProgress, PullResult, PushResult, SyncResult
+from .schema import SchemaCheck
 from .set_aside import SetAside
 from .state import State
 from .status import StatusKeeper, SyncStatus
@@ -70,6 +71,7 @@ from .values import check_values_on
 
 __all__ = [
     "SyncClient",
+    "SchemaCheck",
     "SetAside",
     "PushResult",
     "PullResult",
@@ -189,6 +191,10 @@ class SyncClient:
         self._models = list(models) if models is not None else None
         self._schema: MergeSchema | None = None
         self._description: dict[str, dict[str, str]] | None = None
+        #: The node's digest of each table, and the server's as its last
+        #: ``schema.describe`` answer told them (``None``: never told).
+        self._digests: dict[str, str] | None = None
+        self._server_digests: dict[str, str] | None = None
         self._local_checked = False
         self._unserved: dict[str, list[str]] = {}
         self._lock = threading.RLock()
@@ -826,6 +832,22 @@ class SyncClient:
         """
         with self._status.exchange(caught_up=False):
             return _migrate.migrate(self)
+
+    def check_schema(self) -> SchemaCheck:
+        """Compare the node's models with its own database file and with the
+        server's tracked tables, and say what differs (one request; nothing
+        is sent but the node's schema, nothing applied on either side).
+
+        Call it when the app starts, to learn of a disagreement then rather
+        than at the first refused pull or set-aside row; the client never
+        does it by itself (constructing it makes no request).
+        ``reflectsync-node status --schema`` prints it, and
+        ``reflectsync-node sync --watch`` says it when it starts.
+
+        :return: the differences (``same`` when there are none).
+        :raises ServerUnreachableError: the server cannot be reached.
+        """
+        return _node_schema.check_schema(self)
 
     # -- query (see query.py) ----------------------------------------------------------
 

@@ -83,6 +83,7 @@ def migrate(client: SyncClient) -> Migration:
                 HighWater(connection, NODE_KEYS).raise_to_tables(client.schema)
         client._local_checked = False
         client._description = None
+        client._digests = None
         fetched = _fetch(client, plan)
         client._unserved.clear()
         return Migration(plan.created, plan.renamed, plan.added, fetched)

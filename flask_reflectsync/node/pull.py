@@ -66,7 +66,6 @@ def pull(
             message: dict[str, Any] = {
                 "protocol": PROTOCOL_VERSION,
                 "since": since,
-                "schema": _schema.description(client),
             }
             if cursor is not None:
                 message["cursor"] = cursor
@@ -76,7 +75,9 @@ def pull(
             if wanted:
                 message["keys"] = wanted
             try:
-                page = client._call("POST", "/pull", message=message)
+                page = _schema.sending(
+                    client, functools.partial(_ask_page, client, message)
+                )
             except GoneError as error:
                 if error.code == SHARE_CHANGED and first and nothing_queued(client):
                     # Served under another principal or other rules: the
@@ -122,6 +123,13 @@ def pull(
                 return PullResult(
                     version, count, conflicts, evicted=removed[0], unserved=unserved
                 )
+
+
+def _ask_page(
+    client: SyncClient, message: dict[str, Any], fields: dict[str, Any]
+) -> dict[str, Any]:
+    """One ``POST /pull`` of ``message`` with the schema ``fields``."""
+    return client._call("POST", "/pull", message={**message, **fields})
 
 
 #: How many pages answered "moving" one pull follows (the server's writes

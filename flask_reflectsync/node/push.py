@@ -70,6 +70,10 @@ def send_push(client: SyncClient) -> PushResult:
     assert state.push_id is not None
     if state.push_message is not None:
         message = json.loads(state.push_message)
+        # Stored by an earlier release with its schema: the identity is
+        # the node's as it is now, added at each send.
+        message.pop("schema", None)
+        message.pop("schema_digest", None)
     else:
         message = push_message(client, state)
         with client._begin() as connection:
@@ -78,7 +82,12 @@ def send_push(client: SyncClient) -> PushResult:
         acknowledge(client, state.push_versions)
         return PushResult(state.push_id, None, 0)
     try:
-        answer = client._call("POST", "/push", message=message)
+        answer = _schema.sending(
+            client,
+            lambda fields: client._call(
+                "POST", "/push", message={**message, **fields}
+            ),
+        )
     except PushRejectedError as error:
         with client._begin() as connection:
             send_whole(client, connection, error.conflicts)
@@ -288,7 +297,6 @@ def push_message(client: SyncClient, state: State) -> dict[str, Any]:
         "last_version": state.last_version,
         "operations": wire_ops,
         "payloads": payloads,
-        "schema": _schema.description(client),
     }
     if patches:
         message["patches"] = patches

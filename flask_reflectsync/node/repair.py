@@ -45,12 +45,11 @@ def repair(
         schema = client.schema
         aware = stores_time_zones(client.engine.dialect)
         total = 0
-        answer = client._send(
-            "GET",
-            "/repair",
-            stream=True,
-            accept=MEDIA_TYPE,
-            message={"schema": _schema.description(client)},
+        answer = _schema.sending(
+            client,
+            lambda fields: client._send(
+                "GET", "/repair", stream=True, accept=MEDIA_TYPE, message=fields
+            ),
         )
         try:
             media_type = answer.headers.get("content-type", "").split(";")[0]

@@ -1,6 +1,9 @@
 """The node's side of the schema handshake (see :doc:`/schema-changes`).
 
-- :func:`description` is what pushes and pulls carry as ``"schema"``;
+- :func:`description` is the node's schema identity, and :func:`sending`
+  sends a request with it: as one digest while the server has said nothing
+  else, then with the columns of the tables whose digests differ from the
+  server's (see :ref:`schema-digests`);
 - :func:`check_local` compares the node's models with its own database file
   before a pull, push or repair writes anything (new model code on an old
   file used to fail inside the merge with a raw database error);
@@ -14,13 +17,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from ..errors import SchemaMismatchError
-from ..wire.schema import Description, describe
+from ..errors import SchemaDescriptionNeededError, SchemaMismatchError
+from ..wire.messages import PROTOCOL_VERSION
+from ..wire.schema import Description, describe, digest_all, digest_table
 
 if TYPE_CHECKING:
     from ..tracking import TrackedTable
@@ -35,6 +40,113 @@ def description(client: SyncClient) -> Description:
     if found is None:
         found = client._description = describe(client.schema.tables.values())
     return found
+
+
+def identity(client: SyncClient) -> dict[str, Any]:
+    """What a request carries of the node's schema: ``schema_digest`` while
+    the server's digests are unknown or all the same as the node's, else
+    ``schema`` with the columns of the tables whose digests differ (or that
+    the server lacks) and the digests of the others."""
+    mine = description(client)
+    ours = client._digests
+    if ours is None:
+        ours = client._digests = {t: digest_table(c) for t, c in mine.items()}
+    theirs = client._server_digests
+    if theirs is None or theirs == ours:
+        return {"schema_digest": digest_all(ours)}
+    return {
+        "schema": {
+            table: digest if theirs.get(table) == digest else mine[table]
+            for table, digest in ours.items()
+        }
+    }
+
+
+T = TypeVar("T")
+
+
+def sending(client: SyncClient, send: Callable[[dict[str, Any]], T]) -> T:
+    """``send(fields)`` with the node's :func:`identity` as ``fields``;
+    when the server asks for the description (``schema.describe``: its
+    digests differ), at once again with the tables it named as differing,
+    and a third time with the whole description if the server changed in
+    between. The server's digests are kept for the next requests."""
+    try:
+        return send(identity(client))
+    except SchemaDescriptionNeededError as error:
+        client._server_digests = error.digests
+    try:
+        return send(identity(client))
+    except SchemaDescriptionNeededError as error:
+        client._server_digests = error.digests
+    return send({"schema": description(client)})
+
+
+@dataclass(frozen=True)
+class SchemaCheck:
+    """What :meth:`SyncClient.check_schema
+    <flask_reflectsync.client.SyncClient.check_schema>` found.
+
+    :param differences: what differs, one entry per table or column, as in
+        :class:`~flask_reflectsync.errors.SchemaMismatchError`: first the
+        node's models against its own database file (``problem``
+        ``not_in_database``), then the node's tracked tables against the
+        server's (``node_only_table``, ``node_only_column``,
+        ``server_only_column``, ``kind``; ``renamed_to`` for a probable
+        rename).
+    :param server_only_tables: tables the server synchronises and the node
+        does not track (left out of its pulls; perhaps on purpose).
+    """
+
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    server_only_tables: list[str] = field(default_factory=list)
+
+    @property
+    def same(self) -> bool:
+        """Whether the models, the node's file and the server all agree."""
+        return not self.differences and not self.server_only_tables
+
+    @property
+    def message(self) -> str:
+        """One line saying it."""
+        if self.same:
+            return "The node's tracked tables are the server's."
+        parts = [str(d.get("message", "")).rstrip(".") for d in self.differences]
+        if self.server_only_tables:
+            parts.append(
+                "the server also synchronises "
+                + ", ".join(self.server_only_tables)
+                + ", which this node does not track"
+            )
+        return "; ".join(parts) + "."
+
+
+def check_schema(client: SyncClient) -> SchemaCheck:
+    """What :meth:`SyncClient.check_schema` does."""
+    with client._lock:
+        client._registered()
+        local: list[dict[str, Any]] = []
+        try:
+            check_local(client)
+        except SchemaMismatchError as error:
+            if error.code != "node.schema_mismatch":
+                raise
+            local = [
+                {**d, "message": f"{d['message']} is not in the node's database"}
+                for d in error.differences
+            ]
+        answer = sending(
+            client,
+            lambda fields: client._call(
+                "POST",
+                "/schema-check",
+                message={"protocol": PROTOCOL_VERSION, **fields},
+            ),
+        )
+        return SchemaCheck(
+            local + list(answer.get("differences") or []),
+            [str(t) for t in answer.get("server_only_tables") or []],
+        )
 
 
 def check_local(client: SyncClient) -> None:

@@ -33,6 +33,7 @@ from ..errors import (
     ProtocolMismatchError,
     PushRejectedError,
     RegistrationRefusedError,
+    SchemaDescriptionNeededError,
     SchemaMismatchError,
     SchemaRefusedError,
     ScopeDeniedError,
@@ -351,6 +352,7 @@ ERROR_CLASSES: dict[str, type[SyncError]] = {
     "push.out_of_share": ScopeDeniedError,
     "schema.mismatch": SchemaMismatchError,
     "schema.refused": SchemaRefusedError,
+    "schema.describe": SchemaDescriptionNeededError,
     "pull.share_changed": GoneError,
     "invalid-key": InvalidKeyError,
     "server.busy": ServiceBusyError,
@@ -431,6 +433,14 @@ def _build(
         error = kind(message, list(body.get("conflicts") or []))
     elif issubclass(kind, SchemaMismatchError):
         error = kind(message, list(body.get("differences") or []))
+    elif issubclass(kind, SchemaDescriptionNeededError):
+        sent = body.get("digests")
+        error = kind(
+            message,
+            {str(t): str(d) for t, d in sent.items()}
+            if isinstance(sent, dict)
+            else {},
+        )
     elif issubclass(kind, SchemaRefusedError):
         error = kind(message, list(body.get("rows") or []))
     elif issubclass(kind, TooManyRequestsError):

@@ -419,6 +419,16 @@ def openapi_document(prefix: str) -> dict[str, Any]:
                     body="ChangesRequest",
                 )
             },
+            f"{base}/schema-check": {
+                "post": _operation(
+                    "Compare the node's schema identity with the server's "
+                    "tracked tables; nothing is applied or recorded. 409 "
+                    "schema.describe for a digest that is not the server's.",
+                    "SchemaCheckResponse",
+                    (400, *auth, 409),
+                    body="SchemaCheckRequest",
+                )
+            },
             f"{base}/repair": {
                 "get": _repair_operation(auth)
             },

@@ -31,15 +31,106 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import SchemaMismatchError, SchemaRefusedError
+from ..errors import (
+    SchemaDescriptionNeededError,
+    SchemaMismatchError,
+    SchemaRefusedError,
+    ValidationError,
+)
 from ..tracking import INSERT, TrackedTable
 from ..wire.codec import codec_for
-from ..wire.schema import Difference, compare, read_description, summary
+from ..wire.schema import (
+    Difference,
+    columns_of,
+    combined_digest,
+    compare,
+    digests,
+    summary,
+    table_digest,
+)
 from .schema import TrackedSchema
 
 #: The most refused rows listed in one answer (the node sets those aside and
 #: pushes again).
 MAX_REFUSED = 1000
+
+
+# -- the node's identity -----------------------------------------------------------
+
+
+#: A node's description as read: by table, its columns and kinds (read only:
+#: a table sent by digest is the server's own mapping).
+NodeDescription = dict[str, Mapping[str, str]]
+
+
+def node_schema(
+    message: Mapping[str, Any], schema: TrackedSchema
+) -> tuple[NodeDescription | None, bool]:
+    """The node's schema as its request gives it: ``(description, same)``.
+
+    ``same`` is true when its ``schema_digest`` is the server's own (the
+    same tables, columns and kinds: nothing to compare, the description is
+    then ``None``). Otherwise the description from ``schema``, with each
+    table sent as a digest replaced by the server's own columns; ``None``
+    for a node from before the handshake (it sent neither).
+
+    :raises SchemaDescriptionNeededError: (409 ``schema.describe``) a digest
+        that is not the server's, with no description to fall back on:
+        the node is told the server's digests and sends its columns.
+    """
+    digest = message.get("schema_digest")
+    sent = message.get("schema")
+    tables = schema.tables
+    if digest is not None and digest == combined_digest(tables.values()):
+        return None, True
+    if not isinstance(sent, dict):
+        if digest is None:
+            return None, False  # a node from before the handshake
+        raise _needed(tables, "the digest of its schema")
+    found: NodeDescription = {}
+    for table, columns in sent.items():
+        if isinstance(columns, dict):
+            found[str(table)] = {str(c): str(k) for c, k in columns.items()}
+            continue
+        info = tables.get(table)
+        if info is None or table_digest(info) != columns:
+            raise _needed(tables, f"a digest of {table}")
+        found[table] = columns_of(info)  # the server's own: compared as same
+    return found, False
+
+
+def _needed(
+    tables: Mapping[str, TrackedTable], what: str
+) -> SchemaDescriptionNeededError:
+    return SchemaDescriptionNeededError(
+        f"The node sent {what} and the server's differs: send the columns "
+        "of the tables whose digests differ from these (nothing was applied).",
+        digests(tables.values()),
+    )
+
+
+def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
+    """The answer of ``POST /schema-check``: whether the node's schema is
+    the server's, and what differs (nothing is applied or recorded).
+
+    :raises ValidationError: the message gives no schema.
+    :raises SchemaDescriptionNeededError: a digest that is not the server's.
+    """
+    node, same = node_schema(message, schema)
+    if same:
+        return {"same": True, "differences": [], "server_only_tables": []}
+    if node is None:
+        raise ValidationError(
+            "message: give the node's schema (schema or schema_digest) to "
+            "compare with the server's."
+        )
+    differences = [d.to_dict() for d in compare(node, schema.tables)]
+    server_only = [name for name in schema.tables if name not in node]
+    return {
+        "same": not differences and not server_only,
+        "differences": differences,
+        "server_only_tables": server_only,
+    }
 
 
 # -- pulls ---------------------------------------------------------------------------
@@ -56,9 +147,9 @@ def fit_page(
     :raises SchemaMismatchError: a row of the page cannot be stored by the
         node; nothing is recorded as pulled.
     """
-    node = read_description(message.get("schema"))
+    node, _ = node_schema(message, schema)
     if node is None:
-        return
+        return  # the same schema, or a node from before the handshake
     differences = compare(node, schema.tables)
     if not differences and len(node) == len(schema.tables):
         return  # the same tables and columns: the page fits as it is
@@ -173,7 +264,7 @@ def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
 
     :raises SchemaMismatchError: before anything is streamed.
     """
-    node = read_description(message.get("schema"))
+    node, _ = node_schema(message, schema)
     if node is None:
         return
     by_table: dict[str, list[Difference]] = {}
@@ -210,7 +301,9 @@ def check_push(request: MutableMapping[str, Any], schema: TrackedSchema) -> None
 
     :raises SchemaRefusedError: (422) listing each refused row.
     """
-    node = read_description(request.get("schema")) or {}
+    # Also before anything is written: a digest that is not the server's
+    # asks the node for its description.
+    node = node_schema(request, schema)[0] or {}
     refused: dict[tuple[str, str], dict[str, Any]] = {}
 
     def refuse(table: str, key: list[Any], column: str | None, reason: str) -> None:

@@ -13,6 +13,8 @@ column (or table), each with a sentence naming it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,17 +37,72 @@ _described: weakref.WeakKeyDictionary[TrackedTable, dict[str, str]] = (
 )
 
 
+#: Each tracked table's digest (:func:`digest_table` of its description).
+_digested: weakref.WeakKeyDictionary[TrackedTable, str] = weakref.WeakKeyDictionary()
+
+#: The combined digest of a set of tables, by their names and digests (the
+#: server serves a few sets: one per visible set of tables).
+_combined: dict[tuple[tuple[str, str], ...], str] = {}
+
+#: What the digests hash before the description: a change of the digests'
+#: rules changes every digest, and the server asks for the description.
+_DIGEST_RULES = b"reflectsync-schema-1\n"
+
+
+def digest_table(columns: Mapping[str, str]) -> str:
+    """A table's digest: 16 hex digits of the SHA-256 of its columns and
+    kinds, sorted by column name (the order of the columns in either side's
+    model does not matter, as it does not to :func:`compare`)."""
+    canonical = json.dumps(sorted(columns.items()), separators=(",", ":"))
+    return hashlib.sha256(_DIGEST_RULES + canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def digest_all(digests: Mapping[str, str]) -> str:
+    """The digest of a whole description, from its tables' digests (the
+    tables sorted by name): equal exactly when the same tables have the same
+    columns and kinds on both sides."""
+    text = "".join(f"{name}\0{digests[name]}\n" for name in sorted(digests))
+    return hashlib.sha256(_DIGEST_RULES + text.encode("utf-8")).hexdigest()[:16]
+
+
+def table_digest(info: TrackedTable) -> str:
+    """``info``'s digest (computed once per table)."""
+    digest = _digested.get(info)
+    if digest is None:
+        digest = _digested[info] = digest_table(columns_of(info))
+    return digest
+
+
+def digests(tables: Iterable[TrackedTable]) -> dict[str, str]:
+    """By table name, each table's digest."""
+    return {info.name: table_digest(info) for info in tables}
+
+
+def combined_digest(tables: Iterable[TrackedTable]) -> str:
+    """:func:`digest_all` of ``tables`` (computed once per set)."""
+    ident = tuple(digests(tables).items())
+    found = _combined.get(ident)
+    if found is None:
+        if len(_combined) >= 64:
+            _combined.clear()
+        found = _combined[ident] = digest_all(dict(ident))
+    return found
+
+
+def columns_of(info: TrackedTable) -> Mapping[str, str]:
+    """``info``'s synced columns and kinds, described once (not a copy:
+    read only)."""
+    columns = _described.get(info)
+    if columns is None:
+        columns = _described[info] = {
+            c.name: codec_for(c).kind for c in info.synced_columns
+        }
+    return columns
+
+
 def describe(tables: Iterable[TrackedTable]) -> Description:
     """The description of ``tables`` (their synced columns and kinds)."""
-    found: Description = {}
-    for info in tables:
-        columns = _described.get(info)
-        if columns is None:
-            columns = _described[info] = {
-                c.name: codec_for(c).kind for c in info.synced_columns
-            }
-        found[info.name] = dict(columns)
-    return found
+    return {info.name: dict(columns_of(info)) for info in tables}
 
 
 @dataclass(frozen=True)
@@ -94,9 +151,9 @@ def compare(
     and MariaDB it is the name anyway).
     """
     found: list[Difference] = []
-    theirs = describe(server.values())
     for table, columns in node.items():
-        kinds = theirs.get(table)
+        info = server.get(table)
+        kinds = None if info is None else columns_of(info)
         if kinds is None:
             found.append(
                 Difference(
@@ -108,6 +165,8 @@ def compare(
                 )
             )
             continue
+        if columns is kinds or columns == kinds:
+            continue  # the same columns and kinds (given by digest: the same)
         mine = dict(columns)
         gone = [c for c in mine if c not in kinds]
         came = [c for c in kinds if c not in mine]
@@ -159,15 +218,3 @@ def summary(differences: Iterable[Difference]) -> str:
     mark)."""
     text = "; ".join(d.message for d in differences)
     return text if text.endswith(("?", ".")) else text + "."
-
-
-def read_description(value: Any) -> Description | None:
-    """A description as sent (validated by the message schema), or ``None``
-    when the node sent none (a node from before handshakes)."""
-    if not isinstance(value, dict):
-        return None
-    return {
-        str(table): {str(c): str(k) for c, k in columns.items()}
-        for table, columns in value.items()
-        if isinstance(columns, dict)
-    }
