@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
 from flask_reflectsync import track
-from flask_reflectsync.tracking.registry import untrack
 from flask_reflectsync.errors import ConfigurationError
 from flask_reflectsync.tracking.numbering import number_versions
+from flask_reflectsync.tracking.registry import untrack
 
 from .conftest import AppEnv, AppFactory
 from .nodes import cluster
