@@ -341,8 +341,9 @@ def triggers_install_command() -> None:
         names = state.extension.capture_triggers("install")
     except ConfigurationError as error:
         raise click.ClickException(str(error)) from None
-    click.echo(f"Capture triggers installed on {len(names)} table(s): "
-               + ", ".join(names))
+    click.echo(
+        f"Capture triggers installed on {len(names)} table(s): " + ", ".join(names)
+    )
 
 
 @triggers_command.command("remove")

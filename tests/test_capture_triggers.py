@@ -47,13 +47,15 @@ def _log(env: AppEnv) -> list[tuple[Any, ...]]:
     with env.db.engine.connect() as connection:
         rows = connection.execute(
             sa.select(
-                ops.c.version_id, ops.c.table_name, ops.c.row_key, ops.c.command,
+                ops.c.version_id,
+                ops.c.table_name,
+                ops.c.row_key,
+                ops.c.command,
                 ops.c.changed_columns,
             ).order_by(ops.c.id)
         ).all()
     return [
-        tuple(row[1:])
-        for row in sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3]))
+        tuple(row[1:]) for row in sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3]))
     ]
 
 
@@ -163,29 +165,35 @@ def test_orm_writes_are_logged_once_with_triggers_on(
         s.execute(sa.update(City).where(City.id == 1).values(population=7))
         s.execute(sa.insert(City.__table__), [{"id": 2, "name": "Cusco"}])
         s.commit()
-        assert _log(trig)[len(expected):] == [
+        assert _log(trig)[len(expected) :] == [
             ("city", "[1]", "u", '["population"]'),
             ("city", "[2]", "i", None),
         ]
         trig.db.session.remove()
 
 
+def _city(connection: sa.Connection, key: int, name: str) -> None:
+    connection.exec_driver_sql(
+        f"INSERT INTO city (id, name, population) VALUES ({key}, '{name}', 0)"
+    )
+
+
 def test_a_rollback_leaves_nothing(trig: AppEnv) -> None:
     engine = trig.db.engine
     with engine.connect() as connection:
-        connection.exec_driver_sql("INSERT INTO city (id, name, population) VALUES (1, 'a', 0)")
+        _city(connection, 1, "a")
         connection.rollback()
-        connection.exec_driver_sql("INSERT INTO city (id, name, population) VALUES (2, 'b', 0)")
+        _city(connection, 2, "b")
         savepoint = connection.begin_nested()
-        connection.exec_driver_sql("INSERT INTO city (id, name, population) VALUES (3, 'c', 0)")
+        _city(connection, 3, "c")
         savepoint.rollback()
         connection.commit()
         # a savepoint that created the version row, rolled back, then more
         connection.exec_driver_sql("SELECT 1")
         savepoint = connection.begin_nested()
-        connection.exec_driver_sql("INSERT INTO city (id, name, population) VALUES (4, 'd', 0)")
+        _city(connection, 4, "d")
         savepoint.rollback()
-        connection.exec_driver_sql("INSERT INTO city (id, name, population) VALUES (5, 'e', 0)")
+        _city(connection, 5, "e")
         connection.commit()
     assert _log(trig) == [("city", "[2]", "i", None), ("city", "[5]", "i", None)]
     assert len(_versions(trig)) == 2
@@ -231,13 +239,13 @@ def test_install_status_remove_are_idempotent(trig: AppEnv) -> None:
     assert {t.state for t in sync.capture_triggers("status")} == {"installed"}
     sync.capture_triggers("install")  # again: an upgrade, nothing doubled
     with trig.db.engine.begin() as connection:
-        connection.exec_driver_sql("INSERT INTO city (id, name, population) VALUES (1, 'a', 0)")
+        _city(connection, 1, "a")
     assert _log(trig) == [("city", "[1]", "i", None)]
     sync.capture_triggers("remove")
     sync.capture_triggers("remove")
     assert {t.state for t in sync.capture_triggers("status")} == {"missing"}
     with trig.db.engine.begin() as connection:
-        connection.exec_driver_sql("INSERT INTO city (id, name, population) VALUES (2, 'b', 0)")
+        _city(connection, 2, "b")
     assert len(_log(trig)) == 1
     # without the triggers, the ORM path logs again
     trig.db.session.add(trig.models.City(id=3, name="c"))

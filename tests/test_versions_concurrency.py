@@ -93,8 +93,7 @@ def _check_concurrent_writers(env: AppEnv, *, raw: bool = False) -> None:
                 start.wait()
                 for i in range(TRANSACTIONS_PER_WRITER):
                     connection.exec_driver_sql(
-                        "INSERT INTO city (name, population) "
-                        f"VALUES ('raw{n}-{i}', 0)"
+                        f"INSERT INTO city (name, population) VALUES ('raw{n}-{i}', 0)"
                     )
                     time.sleep(rng.uniform(0, 0.004))
                     if i % 5 == 4:

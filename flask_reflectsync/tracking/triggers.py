@@ -57,7 +57,7 @@ def check_backend(dialect_name: str) -> None:
     if dialect_name != "postgresql":
         raise ConfigurationError(
             'REFLECTSYNC_CAPTURE = "triggers" is PostgreSQL-only for now; on '
-            f"{dialect_name} use the default \"orm\" (writes through "
+            f'{dialect_name} use the default "orm" (writes through '
             "db.session are logged; raw SQL and other programs are not)."
         )
 
@@ -135,8 +135,7 @@ def _changed_sql(connection: sa.Connection, info: TrackedTable) -> str | None:
         text = encode_columns([column.name])
         assert text is not None
         parts.append(
-            f"CASE WHEN {_distinct(connection, column)} "
-            f"THEN {_literal(text[1:-1])} END"
+            f"CASE WHEN {_distinct(connection, column)} THEN {_literal(text[1:-1])} END"
         )
     return f"'[' || nullif(concat_ws(',', {', '.join(parts)}), '') || ']'"
 
@@ -296,9 +295,7 @@ def install(
     return names
 
 
-def remove(
-    connection: sa.Connection, tracked: Iterable[TrackedTable]
-) -> list[str]:
+def remove(connection: sa.Connection, tracked: Iterable[TrackedTable]) -> list[str]:
     """Drop the capture triggers and functions of every tracked table (and
     of any other table that still has them). Idempotent."""
     check_backend(connection.dialect.name)
@@ -404,6 +401,4 @@ def forget(engine: sa.Engine) -> None:
 def stand_down(connection: sa.Connection) -> None:
     """Tell the triggers to log nothing for the rest of this transaction:
     the extension logs it itself (a push)."""
-    connection.exec_driver_sql(
-        "SELECT set_config('reflectsync.capture', 'off', true)"
-    )
+    connection.exec_driver_sql("SELECT set_config('reflectsync.capture', 'off', true)")
