@@ -158,12 +158,16 @@ def main() -> None:
         db.session.remove()
         sync.capture_triggers("remove")
         db.drop_all()
-    print(f"PostgreSQL, medians of {args.rounds} rounds ({operations} operations logged)")
+    print(
+        f"PostgreSQL, medians of {args.rounds} rounds ({operations} operations logged)"
+    )
     print(f"{'':28}{'untracked':>12}{'orm mode':>18}{'triggers mode':>18}")
     for name, base in baseline.items():
         orm, trig = results["orm"][name], results["triggers"][name]
         orm_text = (
-            "not logged" if name.startswith("raw") else f"{orm * 1000:.2f} {orm / base:.2f}x"
+            "not logged"
+            if name.startswith("raw")
+            else f"{orm * 1000:.2f} {orm / base:.2f}x"
         )
         print(
             f"{name:28}{base * 1000:10.2f}ms{orm_text:>18}"
