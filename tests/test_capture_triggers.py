@@ -234,6 +234,19 @@ def test_key_changes_and_excluded_columns(trig: AppEnv) -> None:
         db.metadata.remove(Account.__table__)
 
 
+def test_truncate_is_refused_unless_capture_is_off(trig: AppEnv) -> None:
+    with trig.db.engine.connect() as connection:
+        _city(connection, 1, "a")
+        connection.commit()
+        with pytest.raises(sa.exc.NotSupportedError, match="use DELETE"):
+            connection.exec_driver_sql("TRUNCATE city")
+        connection.rollback()
+        connection.exec_driver_sql("SET LOCAL reflectsync.capture = 'off'")
+        connection.exec_driver_sql("TRUNCATE city")
+        connection.commit()
+    assert _log(trig) == [("city", "[1]", "i", None)]
+
+
 def test_install_status_remove_are_idempotent(trig: AppEnv) -> None:
     sync = trig.sync
     assert {t.state for t in sync.capture_triggers("status")} == {"installed"}

@@ -68,9 +68,32 @@ def function_name(info: TrackedTable) -> str:
     return f"{PREFIX}_{digest}"
 
 
+#: ``TRUNCATE`` fires no row-level change a log could hold: refused.
+_TRUNCATE_TRIGGER = f"{PREFIX}_t"
+_TRUNCATE_FUNCTION = f"{PREFIX}_refuse_truncate"
+
+
 def trigger_names() -> list[str]:
     """The triggers installed on every tracked table."""
-    return [f"{PREFIX}_{letter}" for letter, _ in _EVENTS]
+    return [f"{PREFIX}_{letter}" for letter, _ in _EVENTS] + [_TRUNCATE_TRIGGER]
+
+
+def _truncate_function_sql() -> str:
+    return f"""
+CREATE OR REPLACE FUNCTION {_TRUNCATE_FUNCTION}() RETURNS trigger
+LANGUAGE plpgsql AS $body$
+BEGIN
+    IF current_setting('reflectsync.capture', true) = 'off' THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = 'feature_not_supported',
+        MESSAGE = 'TRUNCATE of the tracked table ' || TG_TABLE_NAME
+            || ' cannot be logged for sync (nodes would keep the rows): use'
+            || ' DELETE, or run SET LOCAL reflectsync.capture = ''off'' first'
+            || ' to truncate without logging';
+END
+$body$
+"""
 
 
 # -- SQL generation ------------------------------------------------------------
@@ -273,12 +296,13 @@ def install(
     transaction; returns the tables' names."""
     check_backend(connection.dialect.name)
     connection.exec_driver_sql(_escape_function_sql())
+    connection.exec_driver_sql(_truncate_function_sql())
     names = []
     for info in tracked:
         table = _table_sql(connection, info)
         function = function_name(info)
         connection.exec_driver_sql(function_sql(connection, info, tables))
-        for (letter, event), trigger in zip(_EVENTS, trigger_names(), strict=True):
+        for (letter, event), trigger in zip(_EVENTS, trigger_names()[:3], strict=True):
             referencing = {
                 "i": "NEW TABLE AS new_rows",
                 "u": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
@@ -290,6 +314,13 @@ def install(
                 f"REFERENCING {referencing} FOR EACH STATEMENT "
                 f"EXECUTE FUNCTION {function}()"
             )
+        connection.exec_driver_sql(
+            f"DROP TRIGGER IF EXISTS {_TRUNCATE_TRIGGER} ON {table}"
+        )
+        connection.exec_driver_sql(
+            f"CREATE TRIGGER {_TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {table} "
+            f"FOR EACH STATEMENT EXECUTE FUNCTION {_TRUNCATE_FUNCTION}()"
+        )
         names.append(info.name)
     forget(connection.engine)
     return names
@@ -338,7 +369,7 @@ def status(
     result = []
     for info in tracked:
         state = "missing"
-        if found.get(info.name, 0) == len(_EVENTS):
+        if found.get(info.name, 0) == len(trigger_names()):
             source = connection.exec_driver_sql(
                 "SELECT prosrc FROM pg_proc WHERE proname = %(n)s",
                 {"n": function_name(info)},
@@ -386,7 +417,7 @@ def captured_tables(connection: sa.Connection) -> frozenset[str]:
             found = frozenset()
         else:
             counts = _installed_on(connection)
-            found = frozenset(n for n, c in counts.items() if c == len(_EVENTS))
+            found = frozenset(n for n, c in counts.items() if c == len(trigger_names()))
         with _cache_lock:
             _captured[engine] = found
     return found
