@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 
+from .errors import ConfigurationError
 from .reflection.changes import (
     Change,
     SchemaCreated,
@@ -303,3 +304,55 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
         click.echo(
             "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip()
         )
+
+
+@cli.group("triggers")
+def triggers_command() -> None:
+    """PostgreSQL capture triggers (REFLECTSYNC_CAPTURE = "triggers"): raw SQL
+    and other programs' writes to tracked tables are logged too."""
+
+
+@triggers_command.command("status")
+@with_appcontext
+def triggers_status_command() -> None:
+    """Show, per tracked table, whether its capture triggers are installed."""
+    state = _state()
+    try:
+        found = state.extension.capture_triggers("status")
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
+    if state.config["REFLECTSYNC_CAPTURE"] != "triggers":
+        click.echo(
+            'REFLECTSYNC_CAPTURE is "orm": installed triggers log, and the '
+            "ORM path logs too, so writes are logged twice; remove them or "
+            'set REFLECTSYNC_CAPTURE = "triggers".'
+            if any(t.state != "missing" for t in found)
+            else 'REFLECTSYNC_CAPTURE is "orm": trigger capture is off.'
+        )
+    _table(("table", "triggers"), [(t.name, t.state) for t in found])
+
+
+@triggers_command.command("install")
+@with_appcontext
+def triggers_install_command() -> None:
+    """Install (or upgrade) the capture triggers of every tracked table."""
+    state = _state()
+    try:
+        names = state.extension.capture_triggers("install")
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(
+        f"Capture triggers installed on {len(names)} table(s): " + ", ".join(names)
+    )
+
+
+@triggers_command.command("remove")
+@with_appcontext
+def triggers_remove_command() -> None:
+    """Remove the capture triggers (idempotent)."""
+    state = _state()
+    try:
+        names = state.extension.capture_triggers("remove")
+    except ConfigurationError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"Capture triggers removed from {len(names)} table(s).")

@@ -35,6 +35,7 @@ from .tracking import (
     start_tracking,
     stop_tracking,
     track,
+    triggers,
 )
 from .tracking.capture import ObjectTagger, TagReader
 from .tracking.links import describe as describe_links
@@ -60,6 +61,8 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "REFLECTSYNC_BLUEPRINT_NAME": "reflectsync",
     "REFLECTSYNC_TRACK_CHANGES": True,
     "REFLECTSYNC_CLI_GROUP": "reflectsync",
+    # -- database-level capture (docs/tracking.rst, "Database-level capture") --
+    "REFLECTSYNC_CAPTURE": "orm",
     # -- reflection catalog routes (docs/reflection.rst, "Access") --
     "REFLECTSYNC_OPEN_CATALOG": False,
     # -- sync server (docs/protocol.rst) --
@@ -119,6 +122,21 @@ def warn_untracked_links(state: AppState, schema: TrackedSchema) -> None:
         return
     state.warned_links.add(message)
     warnings.warn(message, UntrackedLinkWarning, stacklevel=3)
+
+
+def _capture_mode(app: Flask, config: Mapping[str, Any]) -> str:
+    """The checked ``REFLECTSYNC_CAPTURE`` of ``app``."""
+    mode = config["REFLECTSYNC_CAPTURE"]
+    if mode not in triggers.CAPTURE_MODES:
+        raise ConfigurationError(
+            f"REFLECTSYNC_CAPTURE = {mode!r}: use \"orm\" (the default) or "
+            '"triggers".'
+        )
+    if mode == triggers.TRIGGERS:
+        uri = app.config.get("SQLALCHEMY_DATABASE_URI")
+        if uri:
+            triggers.check_backend(sa.engine.make_url(uri).get_backend_name())
+    return str(mode)
 
 
 def _log_of_current_app(session: Session) -> OperationLog | None:
@@ -244,6 +262,10 @@ class ReflectSync:
             app.config.setdefault(key, self.options.get(key, default))
         config = {key: app.config[key] for key in CONFIG_DEFAULTS}
 
+        capture = _capture_mode(app, config)
+        if capture == triggers.TRIGGERS:
+            self._check_trigger_scopes()
+            self._trigger_capture = True
         tables = define_server_log(db.metadata)
         define_key_reservations(db.metadata)
         define_push_rulings(db.metadata)
@@ -252,6 +274,7 @@ class ReflectSync:
             assign_versions=True,
             tags=self._share_tag_reader,
             object_tags=self._share_object_tagger,
+            database_capture=capture == triggers.TRIGGERS,
         )
         if config["REFLECTSYNC_TRACK_CHANGES"]:
             start_tracking(db.session, _log_of_current_app)
@@ -272,6 +295,47 @@ class ReflectSync:
             extension=self, db=db, tables=tables, log=log, config=config
         )
         warn_untracked_links(state, TrackedSchema.of(db.metadata))
+
+    #: Whether an app of this extension captures with triggers (see
+    #: :meth:`_check_trigger_scopes`).
+    _trigger_capture = False
+
+    def _check_trigger_scopes(self) -> None:
+        """Refuse share routing with trigger capture: the triggers do not
+        compute share tags (see :ref:`database-capture`)."""
+        routed = sorted(name for name, rule in self.scopes.rules.items() if rule.routed)
+        if routed:
+            raise ConfigurationError(
+                'REFLECTSYNC_CAPTURE = "triggers" cannot be combined with sync '
+                f"scopes that route rows to shares ({', '.join(routed)}): the "
+                "capture triggers do not compute share tags. Use the default "
+                'REFLECTSYNC_CAPTURE = "orm" with these scopes, or keep only '
+                "read_only / hidden rules."
+            )
+
+    def capture_triggers(self, action: str, app: Flask | None = None) -> Any:
+        """Install, remove or report the PostgreSQL capture triggers of every
+        tracked table of the app (see :ref:`database-capture`); what
+        ``flask reflectsync triggers install|remove|status`` runs.
+
+        :param action: ``"install"`` (idempotent; installing again
+            upgrades), ``"remove"`` (idempotent) or ``"status"``.
+        :return: the tables' names (install, remove) or their
+            :class:`~flask_reflectsync.tracking.triggers.TableStatus`.
+        :raises ConfigurationError: on another backend than PostgreSQL, or
+            with scopes that route rows (install).
+        """
+        state = self.get_state(app)
+        tracked = list(TrackedSchema.of(state.db.metadata).tables.values())
+        with state.db.engine.begin() as connection:
+            if action == "install":
+                self._check_trigger_scopes()
+                return triggers.install(connection, state.tables, tracked)
+            if action == "remove":
+                return triggers.remove(connection, tracked)
+            if action == "status":
+                return triggers.status(connection, state.tables, tracked)
+        raise ValueError(f"unknown action {action!r}")
 
     def get_state(self, app: Flask | None = None) -> AppState:
         """The per-app state of ``app`` (default: the current app).
@@ -464,17 +528,23 @@ class ReflectSync:
             node).
         :raises ConfigurationError: the arguments do not make one rule.
         """
-        self.scopes.declare(
-            table_scope(
-                model,
-                column,
-                equals=equals,
-                follows=follows,
-                read_only=read_only,
-                hidden=hidden,
-                moves=moves,
-            )
+        rule = table_scope(
+            model,
+            column,
+            equals=equals,
+            follows=follows,
+            read_only=read_only,
+            hidden=hidden,
+            moves=moves,
         )
+        if rule.routed and self._trigger_capture:
+            raise ConfigurationError(
+                f"sync.scope({rule.table}): an app of this extension uses "
+                'REFLECTSYNC_CAPTURE = "triggers", whose capture triggers do '
+                "not compute share tags; routing scopes (equals, follows) "
+                'need REFLECTSYNC_CAPTURE = "orm".'
+            )
+        self.scopes.declare(rule)
 
     def bind_node(
         self,

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 
+import pytest
 import sqlalchemy as sa
 
 from flask_reflectsync.sqlite import use_immediate_transactions
@@ -24,7 +25,24 @@ TRANSACTIONS_PER_WRITER = 15
 def test_concurrent_writers_never_expose_version_n_plus_1_before_n(
     make_app: AppFactory,
 ) -> None:
-    env: AppEnv = make_app()
+    _check_concurrent_writers(make_app())
+
+
+def test_raw_sql_and_orm_writers_with_capture_triggers(
+    make_app: AppFactory, backend: str
+) -> None:
+    """Half the writers write raw SQL on connections of their own (as psql
+    or another program would), logged by the capture triggers; the other
+    half through the ORM: versions stay gap-free and in commit order."""
+    if backend != "postgresql":
+        pytest.skip("trigger capture is PostgreSQL-only for now")
+    env = make_app(REFLECTSYNC_CAPTURE="triggers")
+    with env.app.app_context():
+        env.sync.capture_triggers("install")
+    _check_concurrent_writers(env, raw=True)
+
+
+def _check_concurrent_writers(env: AppEnv, *, raw: bool = False) -> None:
     app, db, City = env.app, env.db, env.models.City
     versions = db.metadata.tables["reflectsync_versions"]
     tables = define_tables(db.metadata)
@@ -37,6 +55,9 @@ def test_concurrent_writers_never_expose_version_n_plus_1_before_n(
     start = threading.Barrier(WRITERS + 1)
 
     def writer(n: int) -> None:
+        if raw and n % 2:
+            raw_writer(n)
+            return
         rng = random.Random(n)
         try:
             with app.app_context():
@@ -60,6 +81,33 @@ def test_concurrent_writers_never_expose_version_n_plus_1_before_n(
                 db.session.remove()
         except BaseException as error:  # noqa: B036 - reported by the test
             errors.append(error)
+
+    with app.app_context():
+        url = db.engine.url
+
+    def raw_writer(n: int) -> None:
+        rng = random.Random(n)
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as connection:
+                start.wait()
+                for i in range(TRANSACTIONS_PER_WRITER):
+                    connection.exec_driver_sql(
+                        f"INSERT INTO city (name, population) VALUES ('raw{n}-{i}', 0)"
+                    )
+                    time.sleep(rng.uniform(0, 0.004))
+                    if i % 5 == 4:
+                        connection.rollback()
+                        continue
+                    connection.commit()
+                    committed.append(1)
+                    if i % 3 == n % 3:
+                        number_versions(engine, tables)
+        except BaseException as error:  # noqa: B036 - reported by the test
+            errors.append(error)
+            start.abort()
+        finally:
+            engine.dispose()
 
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(WRITERS)]
     for thread in threads:

@@ -52,6 +52,9 @@ _KINDS = {
     "f": FOREIGN_TABLE,
 }
 _RELKINDS = "('r', 'p', 'v', 'm', 'f')"
+# The sync log's capture triggers (flask_reflectsync.tracking.triggers) are
+# the extension's own: a table that has them is not altered.
+_OWN_TRIGGERS = r"reflectsync\_capture\_%"
 _ACTIONS = {
     "a": None,  # NO ACTION, the default
     "r": "RESTRICT",
@@ -120,6 +123,7 @@ _TABLES_FINGERPRINT = sa.text(
             _versions(f"FROM pg_rewrite x WHERE x.ev_class IN ({_SCHEMA_RELATIONS})"),
             _versions(
                 "FROM pg_trigger x WHERE NOT x.tgisinternal"
+                f" AND x.tgname NOT LIKE '{_OWN_TRIGGERS}'"
                 f" AND x.tgrelid IN ({_SCHEMA_RELATIONS})"
             ),
             _versions(
@@ -194,6 +198,7 @@ CROSS JOIN LATERAL (
      WHERE c.relkind IN ('v', 'm') AND r.ev_class = c.oid
     UNION ALL SELECT tg.xmin FROM pg_trigger tg
      WHERE c.relhastriggers AND tg.tgrelid = c.oid AND NOT tg.tgisinternal
+       AND tg.tgname NOT LIKE '{_OWN_TRIGGERS}'
   ) AS x) AS own
 WHERE c.relnamespace = :schema AND c.relkind IN {_RELKINDS}
 """
@@ -289,7 +294,8 @@ SELECT c.oid::text AS oid, c.relname AS name, c.relkind AS relkind,
             'definition', pg_get_triggerdef(tg.oid, true))
           ORDER BY tg.tgname), '[]')::text
      FROM pg_trigger tg
-    WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) END AS triggers,
+    WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal
+      AND tg.tgname NOT LIKE '{_OWN_TRIGGERS}') END AS triggers,
   to_json({_PRIVILEGES})::text AS privileges
 """ + _RELATIONS.format(attributes=f"""
 CROSS JOIN LATERAL (

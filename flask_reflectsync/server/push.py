@@ -57,6 +57,7 @@ from ..tracking.capture import (
     ensure_version,
     has_logged_writes,
     lock_numbering,
+    logs_itself,
 )
 from ..tracking.numbering import number_versions
 from ..tracking.tables import TRIMMED_ROW, VERSION_ROW
@@ -246,6 +247,8 @@ def _push_once(
             "push_id": stored,
             "push_digest": digest,
         }
+        # Logged here, with its node: capture triggers stand down.
+        logs_itself(session)
         # What the database may change in the written rows: see push_echo.
         rewriting = rewriting_tables(session, changes)
         before = snapshot(session, changes, rewriting)

@@ -78,6 +78,7 @@ from .registry import (
     tracked_table_for,
 )
 from .tables import DELETE, INSERT, NO_ROW, UPDATE, VERSION_ROW, LogTables
+from .triggers import captured_tables, stand_down
 from .writer import insert_operations, insert_version
 
 #: Key in ``session.info`` under which a caller may put extra column values
@@ -133,6 +134,12 @@ class OperationLog:
     #: :data:`ObjectTagger`), so a flush tags its objects without reading
     #: them back; ``None``: every tag is read from the database.
     object_tags: Callable[[TrackedTable], ObjectTagger | None] | None = None
+    #: ``REFLECTSYNC_CAPTURE = "triggers"`` (PostgreSQL): the operations of
+    #: tables whose capture triggers are installed are left to them (see
+    #: :mod:`.triggers`), except in a transaction that logs itself (one
+    #: with :data:`VERSION_ROW_VALUES`: a push), where the triggers stand
+    #: down instead.
+    database_capture: bool = False
 
 
 #: Reads the share tags of rows by logged key text (the tags of rows not
@@ -687,6 +694,10 @@ def _equal(a: Any, b: Any) -> bool:
 def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
     tables = log.tables
     connection = session.connection(bind_arguments={"clause": tables.operations})
+    if log.database_capture and VERSION_ROW_VALUES not in session.info:
+        batch = _left_to_orm(batch, captured_tables(connection))
+        if not batch.keys:
+            return
     tx: _TransactionLog | None = session.info.get(_TX_KEY)
     checked = tx.checked_binds if tx is not None else set()
     _check_binds(session, connection, checked, batch.tables)
@@ -713,6 +724,43 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
         # Written by a flush that ran after before_commit (another listener
         # added objects): number it now, the commit follows.
         _assign_number(connection, log, tx)
+
+
+def _left_to_orm(batch: _Batch, captured: frozenset[str]) -> _Batch:
+    """``batch`` without the operations of tables whose capture triggers
+    log them already (so nothing is logged twice)."""
+    if not captured or not any(info.name in captured for info in batch.tables):
+        return batch
+    kept = _Batch()
+    changed = batch.changed
+    for n, name in enumerate(batch.names):
+        if name in captured:
+            continue
+        if n in changed:
+            kept.changed[len(kept.keys)] = changed[n]
+        if n in batch.tags_after:
+            kept.tags_after[len(kept.keys)] = batch.tags_after[n]
+        kept.names.append(name)
+        kept.keys.append(batch.keys[n])
+        kept.commands.append(batch.commands[n])
+    kept.tables = {info for info in batch.tables if info.name not in captured}
+    kept.tags_before = batch.tags_before
+    kept.originals = [o for o in batch.originals if o[0].name not in captured]
+    return kept
+
+
+def logs_itself(session: Session) -> None:
+    """The session's transaction is logged by the extension alone (a push,
+    which records its node with the version): capture triggers, where
+    installed, log nothing for it. Call before its first write."""
+    if isinstance(session, scoped_session):
+        session = session()
+    log = _log_for(session)
+    if log is None or not log.database_capture:
+        return
+    connection = session.connection(bind_arguments={"clause": log.tables.operations})
+    if connection.dialect.name == "postgresql":
+        stand_down(connection)
 
 
 def _share_tags(

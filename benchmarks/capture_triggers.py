@@ -1,0 +1,179 @@
+"""Cost of database-level capture (``REFLECTSYNC_CAPTURE = "triggers"``) next
+to ORM capture and no capture, on PostgreSQL, in the same run:
+
+* bulk: 10,000 inserts in one commit, through the ORM (``add_all``) and as
+  one raw SQL statement (``INSERT ... SELECT generate_series``);
+* single-row commit latency: one insert and its commit, through the ORM and
+  as raw SQL.
+
+Each is measured on an untracked table and on an identical tracked one,
+with the capture triggers installed ("triggers") and removed (the ORM path
+logs then, exactly as with ``REFLECTSYNC_CAPTURE = "orm"``; raw SQL is not
+logged at all in that mode, so its row is the untracked cost).
+
+    python benchmarks/capture_triggers.py --url postgresql+psycopg://postgres@127.0.0.1/bench
+
+Prints medians and ratios against untracked (targets: <= 1.5x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Mapped, mapped_column
+
+from flask_reflectsync import ReflectSync, track
+
+ROWS = 10_000
+
+
+def build(url: str) -> tuple[Flask, SQLAlchemy, ReflectSync, Any, Any]:
+    app = Flask("capture_triggers_benchmark")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["REFLECTSYNC_CAPTURE"] = "triggers"
+    db = SQLAlchemy(app)
+
+    @track
+    class Tracked(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "bench_trig_tracked"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+        count: Mapped[int]
+        score: Mapped[float]
+
+    class Untracked(db.Model):  # type: ignore[name-defined,misc]
+        __tablename__ = "bench_trig_untracked"
+        id: Mapped[int] = mapped_column(primary_key=True)
+        name: Mapped[str] = mapped_column(sa.String(50))
+        count: Mapped[int]
+        score: Mapped[float]
+
+    sync = ReflectSync(app, db)
+    return app, db, sync, Tracked, Untracked
+
+
+def orm_bulk(db: SQLAlchemy, model: Any) -> float:
+    objects = [model(name=f"row {i}", count=i, score=i / 3) for i in range(ROWS)]
+    start = time.perf_counter()
+    db.session.add_all(objects)
+    db.session.commit()
+    elapsed = time.perf_counter() - start
+    db.session.expunge_all()
+    return elapsed
+
+
+def raw_bulk(engine: sa.Engine, table: str) -> float:
+    with engine.connect() as connection:
+        start = time.perf_counter()
+        connection.exec_driver_sql(
+            f"INSERT INTO {table} (name, count, score) "
+            "SELECT 'row ' || g, g, g / 3.0 "
+            f"FROM generate_series(1, {ROWS}) AS g"
+        )
+        connection.commit()
+        return time.perf_counter() - start
+
+
+def orm_single(db: SQLAlchemy, model: Any, commits: int = 50) -> float:
+    times = []
+    for i in range(commits):
+        start = time.perf_counter()
+        db.session.add(model(name=f"one {i}", count=i, score=0.5))
+        db.session.commit()
+        times.append(time.perf_counter() - start)
+    db.session.expunge_all()
+    return statistics.median(times)
+
+
+def raw_single(engine: sa.Engine, table: str, commits: int = 50) -> float:
+    times = []
+    with engine.connect() as connection:
+        for i in range(commits):
+            start = time.perf_counter()
+            connection.exec_driver_sql(
+                f"INSERT INTO {table} (name, count, score) VALUES ('one', {i}, 0.5)"
+            )
+            connection.commit()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def median(rounds: int, run: Callable[[], float]) -> float:
+    return statistics.median(run() for _ in range(rounds))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", required=True, help="a PostgreSQL database URL")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    app, db, sync, Tracked, Untracked = build(args.url)
+    tracked, untracked = Tracked.__tablename__, Untracked.__tablename__
+    with app.app_context():
+        sync.capture_triggers("remove")
+        db.drop_all()
+        db.create_all()
+        engine = db.engine
+        results: dict[str, dict[str, float]] = {}
+        for mode in ("orm", "triggers"):
+            sync.capture_triggers("install" if mode == "triggers" else "remove")
+            results[mode] = {
+                "ORM 10,000 inserts": median(
+                    args.rounds, lambda: orm_bulk(db, Tracked)
+                ),
+                "raw SQL 10,000 inserts": median(
+                    args.rounds, lambda: raw_bulk(engine, tracked)
+                ),
+                "ORM single-row commit": median(
+                    args.rounds, lambda: orm_single(db, Tracked)
+                ),
+                "raw SQL single-row commit": median(
+                    args.rounds, lambda: raw_single(engine, tracked)
+                ),
+            }
+        # the baseline after both, and again interleaved: same tables, warm
+        baseline = {
+            "ORM 10,000 inserts": median(args.rounds, lambda: orm_bulk(db, Untracked)),
+            "raw SQL 10,000 inserts": median(
+                args.rounds, lambda: raw_bulk(engine, untracked)
+            ),
+            "ORM single-row commit": median(
+                args.rounds, lambda: orm_single(db, Untracked)
+            ),
+            "raw SQL single-row commit": median(
+                args.rounds, lambda: raw_single(engine, untracked)
+            ),
+        }
+        logged = sa.select(sa.func.count()).select_from(
+            db.metadata.tables["reflectsync_operations"]
+        )
+        operations = db.session.execute(logged).scalar()
+        db.session.remove()
+        sync.capture_triggers("remove")
+        db.drop_all()
+    print(
+        f"PostgreSQL, medians of {args.rounds} rounds ({operations} operations logged)"
+    )
+    print(f"{'':28}{'untracked':>12}{'orm mode':>18}{'triggers mode':>18}")
+    for name, base in baseline.items():
+        orm, trig = results["orm"][name], results["triggers"][name]
+        orm_text = (
+            "not logged"
+            if name.startswith("raw")
+            else f"{orm * 1000:.2f} {orm / base:.2f}x"
+        )
+        print(
+            f"{name:28}{base * 1000:10.2f}ms{orm_text:>18}"
+            f"{f'{trig * 1000:.2f} {trig / base:.2f}x':>18}"
+        )
+
+
+if __name__ == "__main__":
+    main()
