@@ -212,6 +212,10 @@ def _act(
 #: shared by REFLECTSYNC_CONVERGENCE_PARTS tests that pytest-xdist runs side
 #: by side (each draws its own random examples).
 EXAMPLES = int(os.environ.get("REFLECTSYNC_CONVERGENCE_EXAMPLES", "30"))
+#: CI draws the same examples on every run (REFLECTSYNC_HYPOTHESIS_DERANDOMIZE
+#: = 1, see .ci/run): a merge must not land or fail by the luck of a draw.
+#: Anywhere else each run explores new histories.
+DERANDOMIZE = os.environ.get("REFLECTSYNC_HYPOTHESIS_DERANDOMIZE") == "1"
 PARTS = max(1, int(os.environ.get("REFLECTSYNC_CONVERGENCE_PARTS", "1")))
 
 
@@ -219,6 +223,7 @@ PARTS = max(1, int(os.environ.get("REFLECTSYNC_CONVERGENCE_PARTS", "1")))
 @settings(
     max_examples=max(1, EXAMPLES // PARTS),
     deadline=None,
+    derandomize=DERANDOMIZE,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
