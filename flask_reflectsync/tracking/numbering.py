@@ -248,6 +248,11 @@ class _SoonNumberer:
 
     #: Seconds without a poke after which the thread ends.
     IDLE = 5.0
+    #: Seconds a poke waits for more: the commits of a burst (an app writing
+    #: row by row) share one numbering instead of one each, which competed
+    #: with the app's next commit (single-row commits 1.77x untracked with a
+    #: run per commit, 1.38x without the thread, back to back on PostgreSQL).
+    GATHER = 0.02
 
     def __init__(self, engine: sa.Engine, tables: LogTables) -> None:
         # Weakly: an engine nobody else holds is gone, and so is the thread.
@@ -284,6 +289,7 @@ class _SoonNumberer:
                     if not self._poked.is_set():
                         self._thread = None
                         return
+            time.sleep(self.GATHER)
             engine = self._engine()
             if engine is None:
                 return
@@ -293,12 +299,7 @@ class _SoonNumberer:
             self._poked.clear()
             try:
                 with engine.connect() as connection:
-                    try:
-                        _number_on(connection, self.tables, wait=True)
-                    finally:
-                        # Closed, not pooled: a thread that outlives the
-                        # engine's pool (a dispose) leaves nothing open.
-                        connection.invalidate()
+                    _number_on(connection, self.tables, wait=True)
             except Exception:
                 # The versions wait for the next numberer (any pull, push,
                 # feed or poke); nothing is lost.
