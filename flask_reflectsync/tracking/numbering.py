@@ -299,7 +299,12 @@ class _SoonNumberer:
             self._poked.clear()
             try:
                 with engine.connect() as connection:
-                    _number_on(connection, self.tables, wait=True)
+                    try:
+                        _number_on(connection, self.tables, wait=True)
+                    finally:
+                        # Closed, not pooled: a thread that outlives the
+                        # engine's pool (a dispose) leaves nothing open.
+                        connection.invalidate()
             except Exception:
                 # The versions wait for the next numberer (any pull, push,
                 # feed or poke); nothing is lost.
