@@ -172,7 +172,7 @@ def read_page(
         if not keyed:
             continue
         scoped = None if share is None else _ShareView(share, walk, name)
-        part = _table_changes(
+        part = table_changes(
             session, info, keyed, aware, patched.get(name, {}), scoped
         )
         if part is not None:
@@ -273,7 +273,7 @@ def _after(
     return sa.or_(number > after[0], sa.and_(number == after[0], op_id > after[1]))
 
 
-def _table_changes(
+def table_changes(
     session: Session,
     info: TrackedTable,
     commands: Mapping[str, str],
@@ -473,7 +473,7 @@ def _present_keys(
     integer: bool,
     positions: Sequence[int],
 ) -> set[Any]:
-    """The identities (as :func:`_table_changes` keeps them) of the rows
+    """The identities (as :func:`table_changes` keeps them) of the rows
     among ``keys`` that exist, in any share."""
     values = _current_rows(session, info, keys, key_only=True)
     if integer:

@@ -40,7 +40,7 @@ from ..tracking import INSERT, TrackedTable, decode_key
 from ..tracking.tables import current_version
 from ..wire.codec import key_codecs, key_from_log, stores_time_zones, synced_codecs
 from .nodes import nodes_table
-from .pull import _table_changes
+from .pull import table_changes
 from .pull_scopes import Share
 from .push_decode import KEY_BATCH
 from .schema import TrackedSchema
@@ -167,7 +167,7 @@ def _moved_table(
     part: dict[str, Any] | None = None
     if entering:
         commands = {info.encode_key(key): INSERT for key in entering}
-        part = _table_changes(session, info, commands, aware)
+        part = table_changes(session, info, commands, aware)
     if not leaving:
         return part
     if part is None:
