@@ -160,6 +160,34 @@ def test_the_node_hears_of_the_columns_others_changed_after_its_own_push(
     assert tuple(row) == ("Barranco", 31)
 
 
+def test_the_node_hears_of_an_update_between_its_insert_and_its_patch(
+    net: Cluster,
+) -> None:
+    """A inserts Arequipa and pushes it without pulling; the server's app
+    changes its population; A pushes a new name. The page's commands for
+    the row compress to an insert whose last writer is A, yet A lacks the
+    population: the page must still bring the row. (Found by the
+    convergence property: a city kept a country the server's app had
+    taken away.)"""
+    m = net.server.env.models
+    a = net.node()
+    _seed(net, a)
+    with a.Session() as session:
+        session.add(m.City(id=2, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    a.push()
+    _server_set(net, 2, population=31)
+    _set(a, 2, name="Arequipa (old town)")
+    a.push()
+    a.pull()
+    with a.engine.connect() as connection:
+        row = connection.execute(
+            sa.text("SELECT name, population FROM city WHERE id = 2")
+        ).one()
+    assert tuple(row) == ("Arequipa (old town)", 31)
+    net.assert_converged()
+
+
 # -- the same column: a conflict, decided per strategy ---------------------------------
 
 

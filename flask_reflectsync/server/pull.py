@@ -159,7 +159,9 @@ def read_page(
     walk: RowWalk | None = None
     if share is not None:
         walk = walk_rows(share, names, keys, logged, tags[0], tags[1])
-    leave_out_own_rows(commands, names, keys, writers, changed, node_id, patched)
+    leave_out_own_rows(
+        commands, names, keys, logged, writers, changed, node_id, patched
+    )
     if walk is not None:
         # A row the node itself moved out of its share still leaves it.
         for name, key in walk.out_last:

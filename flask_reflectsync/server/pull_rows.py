@@ -69,15 +69,21 @@ def leave_out_own_rows(
     commands: dict[str, dict[str, str]],
     names: Sequence[str],
     keys: Sequence[str],
+    logged: Sequence[str],
     writers: Sequence[int | None],
     changed: Sequence[str | None],
     node_id: int,
     patched: Mapping[str, Mapping[str, frozenset[str] | None]],
 ) -> None:
-    """Drop from ``commands`` the rows this node changed last: it has them
-    as they are. A row only updated is dropped when no column is left to
-    tell the node of (see :func:`patched_columns`), and kept otherwise,
-    even when the node wrote last.
+    """Drop from ``commands`` the rows this node has as they are. A row only
+    updated is dropped when no column is left to tell the node of (see
+    :func:`patched_columns`), and kept otherwise, even when the node wrote
+    last. Any other row is dropped when nothing of another writer's is left
+    after the node's own operations on it: the node inserted, deleted or
+    wrote the whole row after every other writer's change, or its updates
+    rewrote every column the others changed after that. A node whose insert
+    is followed by another writer's update and then by its own patch of
+    another column must still hear of the row (it lacks that update).
 
     The node's own versions are read with the others', not left out of the
     scan, so that a row's compressed command sees them: when the server
@@ -87,15 +93,31 @@ def leave_out_own_rows(
     """
     if node_id not in writers:
         return
-    last: dict[tuple[str, str], bool] = {}
-    for name, key, writer, text in zip(names, keys, writers, changed, strict=True):
+    # By row: the columns others changed that the node has not rewritten
+    # since (None: the whole row, or a row others inserted or deleted).
+    news: dict[tuple[str, str], frozenset[str] | None] = {}
+    for name, key, command, writer, text in zip(
+        names, keys, logged, writers, changed, strict=True
+    ):
+        ident = (name, key)
         # What the database changed in the node's own row is news to it.
-        last[(name, key)] = writer == node_id and not written_by_server(text)
-    for (name, key), own in last.items():
-        columns = patched.get(name, {}).get(key, False)
-        if columns is not False:
-            own = columns == frozenset()
-        if own and name in commands:
+        own = writer == node_id and not written_by_server(text)
+        columns = decode_columns(text) if command == UPDATE else None
+        if own:
+            seen = news.get(ident, frozenset())
+            if columns is None:
+                news[ident] = frozenset()
+            else:
+                news[ident] = None if seen is None else seen - columns
+        else:
+            news[ident] = None if columns is None else union(
+                news.get(ident, frozenset()), columns
+            )
+    for (name, key), lacking in news.items():
+        of_table = patched.get(name)
+        if of_table is not None and key in of_table:
+            lacking = of_table[key]
+        if lacking == frozenset() and name in commands:
             commands[name].pop(key, None)
             if not commands[name]:
                 del commands[name]
