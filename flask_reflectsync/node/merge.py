@@ -532,7 +532,11 @@ class _Merge:
             self.cascade_local_delete(table, key)
             conflict.resolution = SERVER
             return
-        conflict.new_key = self.rekey(table, key, incoming)
+        # Only the rows that meant the old row follow it: the node's other
+        # rows under the key pointed at it as the server's rows did, and the
+        # server's page (or its silence) says where they point now.
+        moving = {(child.name, child_key) for child, child_key in meant}
+        conflict.new_key = self.rekey(table, key, incoming, children=moving)
         conflict.resolution = NODE
 
     def reused_key(
@@ -570,11 +574,14 @@ class _Merge:
         incoming: set[Any],
         *,
         replaced: bool = False,
+        children: set[tuple[str, tuple[Any, ...]]] | None = None,
     ) -> tuple[Any, ...]:
         """Move the local row ``key`` to a free key, with the references to it.
 
         :param replaced: the node deleted the row the server knows under
             ``key`` before inserting this one: queue that delete.
+        :param children: the only referencing rows to move (by table and
+            key); all of them by default.
         """
         info = self.info(table)
         column = info.pk_columns[0]
@@ -622,11 +629,16 @@ class _Merge:
                 row_key(child, found)
                 for found in select_rows(self.connection, child, child_column == key[0])
             ]
+            if children is not None:
+                pointing = [k for k in pointing if (child.name, k) in children]
             if not pointing:
                 continue
+            moving = child_column == key[0]
+            if children is not None:
+                moving = sa.and_(moving, key_filter(child.pk_columns, pointing))
             self.connection.execute(
                 sa.update(child.table)
-                .where(child_column == key[0])
+                .where(moving)
                 .values({child_column.key: new_key[0]})
             )
             for child_key in pointing:
