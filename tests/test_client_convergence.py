@@ -354,6 +354,61 @@ PARTS = max(1, int(os.environ.get("REFLECTSYNC_CONVERGENCE_PARTS", "1")))
     loss=0.0,
     seed=0,
 )
+# Found by a 1,800-example run: node 0's new city points at a country the
+# server's app deletes (its cities lose it) and whose key it gives to a new
+# country. The old country comes back re-keyed for the new city alone; the
+# node's synced cities keep the app's edit, they do not follow it back.
+@example(
+    steps=[
+        (0, "add_country", 0),
+        (0, "add_city", 0),
+        (0, "sync", 0),
+        (0, "drop_city", 0),
+        (0, "add_city", 0),
+        (0, "pull", 0),
+        (0, "add_city", 0),
+        (0, "sync", 0),
+        (2, "sync", 0),
+        (3, "drop_country", 0),
+        (3, "add_country", 0),
+        (3, "add_country", 0),
+        (0, "add_city", 0),
+        (2, "sync", 0),
+    ],
+    loss=0.0,
+    seed=0,
+)
+# Found by the same run: node 2's insert is applied but its answer lost; the
+# server's app moves the city; node 2 pushes a patch of the population. Its
+# pull must still bring the country (the row's commands compress to node
+# 2's insert, and node 2 wrote last).
+@example(
+    steps=[
+        (0, "add_country", 1828),
+        (0, "add_country", 0),
+        (2, "add_city", 524287),
+        (0, "add_country", 4275),
+        (0, "add_country", 5780),
+        (0, "add_country", 1000000),
+        (0, "add_country", 10968),
+        (0, "sync", 445080),
+        (3, "grow_city", 1272),
+        (2, "sync", 7669),
+        (1, "sync", 5653),
+        (2, "grow_city", 194),
+        (2, "sync", 89),
+        (0, "add_city", 37511),
+        (3, "move_city", 598),
+        (0, "grow_city", 261),
+        (1, "drop_country", 139),
+        (3, "move_city", 3814),
+        (3, "rename_country", 233),
+        (2, "pull", 443),
+        (1, "add_country", 59791),
+    ],
+    loss=0.3,
+    seed=516,
+)
 def test_random_offline_histories_converge(
     busy_net: Cluster,
     part: int,
