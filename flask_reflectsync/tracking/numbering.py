@@ -101,10 +101,39 @@ def number_versions(
         and takes the lock itself later (a push).
     """
     engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            _number_left_on_sqlite(connection, tables)
+        return
     if not numbered_after_commit(engine.dialect):
         return
     with engine.connect() as connection:
         _number_on(connection, tables, wait=wait)
+
+
+def _number_left_on_sqlite(connection: sa.Connection, tables: LogTables) -> None:
+    """SQLite numbers a transaction's version at its commit; only versions
+    created by capture triggers (:mod:`.row_triggers`) in transactions
+    outside the ORM are left un-numbered. Numbered here under SQLite's
+    write lock, taken first: every version it then sees committed, and
+    none can commit meanwhile."""
+    versions = tables.versions
+    waiting = connection.execute(
+        sa.select(versions.c.id).where(versions.c.number.is_(None)).limit(1)
+    ).first()
+    connection.rollback()
+    if waiting is None:
+        return
+    counter = tables.counter
+    connection.execute(  # the write lock, before the reads
+        sa.update(counter)
+        .where(counter.c.id == VERSION_ROW)
+        .values(value=counter.c.value)
+    )
+    base = lock_counter(connection, tables)
+    assert base is not None
+    _number_locked(connection, tables, base)
+    connection.commit()
 
 
 def _number_on(connection: sa.Connection, tables: LogTables, *, wait: bool) -> None:
@@ -149,6 +178,11 @@ def lock_and_number(
     """
     base = lock_counter(connection, tables)
     assert base is not None
+    if connection.dialect.name == "sqlite":
+        # Versions of capture triggers outside the ORM (see
+        # _number_left_on_sqlite); the transaction writes, so it holds
+        # SQLite's write lock.
+        return _number_locked(connection, tables, base, own=own)
     if not numbered_after_commit(connection.dialect):
         return base
     return _number_locked(connection, tables, base, own=own)
