@@ -219,55 +219,65 @@ def _mysql_body(
     versions = preparer.format_table(tables.versions)
     name = _literal(connection, info.name)
     columns = "(version_id, table_name, row_key, command, changed_columns)"
+    Op = tuple[str, str, str]
 
-    def op(key: str, command: str, changed: str = "NULL") -> str:
+    def values(op: Op) -> str:
+        key, command, changed = op
         return (
             f"INSERT INTO {ops} {columns} VALUES "
             f"({_VERSION}, {name}, {key}, '{command}', {changed});"
         )
 
+    def write(logged: list[Op]) -> str:
+        # Stored-program statements cost tens of microseconds each: a row
+        # after the statement's first costs one, the INSERT ... SELECT that
+        # joins the version only if it is still un-numbered, under a shared
+        # lock that makes the numbering wait for this transaction.
+        first, *rest = logged
+        key, command, changed = first
+        return f"""IF {_AT} = NOW(6) THEN
+      INSERT INTO {ops} {columns}
+      SELECT id, {name}, {key}, '{command}', {changed} FROM {versions}
+       WHERE id = {_VERSION} AND number IS NULL LOCK IN SHARE MODE;
+      IF ROW_COUNT() > 0 THEN
+        {" ".join(values(op) for op in rest)}
+        LEAVE capture;
+      END IF;
+    END IF;
+    -- left un-numbered: numbered after commit (never here)
+    INSERT INTO {versions} (created_at) VALUES (UTC_TIMESTAMP());
+    SET {_VERSION} = LAST_INSERT_ID(), {_AT} = NOW(6);
+    {" ".join(values(op) for op in logged)}"""
+
     key_new = _key_sql(connection, info, "NEW")
     key_old = _key_sql(connection, info, "OLD")
+    moved_ops = [(key_old, "d", "NULL"), (key_new, "i", "NULL")]
     if letter == "i":
-        logged, write = "TRUE", op(key_new, "i")
+        logged, body = "TRUE", write([(key_new, "i", "NULL")])
     elif letter == "d":
-        logged, write = "TRUE", op(key_old, "d")
+        logged, body = "TRUE", write([(key_old, "d", "NULL")])
     else:
         changed = _changed_sql(connection, info)
         moved = _key_changed(connection, info)
         if changed is None:
-            logged = moved
-            write = op(key_old, "d") + " " + op(key_new, "i")
+            logged, body = moved, write(moved_ops)
         else:
             logged = f"({moved}) OR {changed} <> ''"
-            update = op(key_new, "u", "CONCAT('[', " + changed + ", ']')")
-            write = (
-                f"IF {moved} THEN {op(key_old, 'd')} {op(key_new, 'i')} "
-                f"ELSE {update} END IF;"
+            update = (key_new, "u", "CONCAT('[', " + changed + ", ']')")
+            body = (
+                f"IF {moved} THEN\n    {write(moved_ops)}\n  ELSE\n    "
+                f"{write([update])}\n  END IF;"
             )
-    return f"""BEGIN
+    return f"""capture: BEGIN
   DECLARE n INT DEFAULT 0;
-  IF {logged} THEN
-    IF {_OFF} IS NOT NULL THEN
-      SELECT count(*) INTO n FROM {versions}
-       WHERE id = {_OFF} AND number IS NULL;
-      IF n = 0 THEN SET {_OFF} = NULL; END IF;
-    END IF;
-    IF n = 0 THEN
-      IF {_AT} = NOW(6) THEN
-        -- this statement's version, or (a fixed clock) the previous one's,
-        -- locked: never numbered before this transaction ends
-        SELECT count(*) INTO n FROM {versions}
-         WHERE id = {_VERSION} AND number IS NULL FOR UPDATE;
-      END IF;
-      IF n = 0 THEN
-        -- left un-numbered: numbered after commit (never here)
-        INSERT INTO {versions} (created_at) VALUES (UTC_TIMESTAMP());
-        SET {_VERSION} = LAST_INSERT_ID(), {_AT} = NOW(6);
-      END IF;
-      {write}
-    END IF;
+  IF NOT ({logged}) THEN LEAVE capture; END IF;
+  IF {_OFF} IS NOT NULL THEN
+    SELECT count(*) INTO n FROM {versions}
+     WHERE id = {_OFF} AND number IS NULL;
+    IF n > 0 THEN LEAVE capture; END IF;  -- a push logs itself
+    SET {_OFF} = NULL;
   END IF;
+  {body}
 END"""
 
 
