@@ -128,10 +128,6 @@ def raw_single(engine: sa.Engine, table: str, commits: int = 50) -> float:
     return statistics.median(times)
 
 
-def median(rounds: int, run: Callable[[], float]) -> float:
-    return statistics.median(run() for _ in range(rounds))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -146,36 +142,29 @@ def main() -> None:
         db.drop_all()
         db.create_all()
         engine = db.engine
-        results: dict[str, dict[str, float]] = {}
-        for mode in ("orm", "triggers"):
-            sync.capture_triggers("install" if mode == "triggers" else "remove")
-            results[mode] = {
-                "ORM 10,000 inserts": median(
-                    args.rounds, lambda: orm_bulk(db, Tracked)
-                ),
-                "raw SQL 10,000 inserts": median(
-                    args.rounds, lambda: raw_bulk(engine, tracked)
-                ),
-                "ORM single-row commit": median(
-                    args.rounds, lambda: orm_single(db, Tracked)
-                ),
-                "raw SQL single-row commit": median(
-                    args.rounds, lambda: raw_single(engine, tracked)
-                ),
-            }
-        # the baseline after both, and again interleaved: same tables, warm
-        baseline = {
-            "ORM 10,000 inserts": median(args.rounds, lambda: orm_bulk(db, Untracked)),
-            "raw SQL 10,000 inserts": median(
-                args.rounds, lambda: raw_bulk(engine, untracked)
-            ),
-            "ORM single-row commit": median(
-                args.rounds, lambda: orm_single(db, Untracked)
-            ),
-            "raw SQL single-row commit": median(
-                args.rounds, lambda: raw_single(engine, untracked)
-            ),
+        runs: dict[str, Callable[[Any, str], float]] = {
+            "ORM 10,000 inserts": lambda model, _: orm_bulk(db, model),
+            "raw SQL 10,000 inserts": lambda _, table: raw_bulk(engine, table),
+            "ORM single-row commit": lambda model, _: orm_single(db, model),
+            "raw SQL single-row commit": lambda _, table: raw_single(engine, table),
         }
+        samples: dict[str, dict[str, list[float]]] = {
+            mode: {name: [] for name in runs}
+            for mode in ("untracked", "orm", "triggers")
+        }
+        # Interleaved round by round (the machine is shared: a slow spell
+        # then hits every column alike); untracked once in each mode.
+        for _ in range(args.rounds):
+            for mode in ("orm", "triggers"):
+                sync.capture_triggers("install" if mode == "triggers" else "remove")
+                for name, run in runs.items():
+                    samples["untracked"][name].append(run(Untracked, untracked))
+                    samples[mode][name].append(run(Tracked, tracked))
+        results = {
+            mode: {name: statistics.median(v) for name, v in found.items()}
+            for mode, found in samples.items()
+        }
+        baseline = results["untracked"]
         logged = sa.select(sa.func.count()).select_from(
             db.metadata.tables["reflectsync_operations"]
         )
@@ -187,7 +176,7 @@ def main() -> None:
         sa.make_url(args.url).get_backend_name(), "SQLite"
     )
     print(
-        f"{backend}, medians of {args.rounds} rounds "
+        f"{backend}, medians of {args.rounds} interleaved rounds "
         f"({operations} operations logged)"
     )
     print(f"{'':28}{'untracked':>12}{'orm mode':>18}{'triggers mode':>18}")
