@@ -132,8 +132,40 @@ def _number_left_on_sqlite(connection: sa.Connection, tables: LogTables) -> None
     )
     base = lock_counter(connection, tables)
     assert base is not None
-    _number_locked(connection, tables, base)
+    _number_on_sqlite(connection, tables, base)
     connection.commit()
+
+
+def _number_on_sqlite(
+    connection: sa.Connection, tables: LogTables, base: int, *, own: int | None = None
+) -> int:
+    """:func:`_number_locked` on SQLite (under its write lock) in one
+    statement where SQLite has ``UPDATE ... FROM`` (3.33): an ORM commit
+    in trigger mode runs it every time."""
+    if sqlite3_version() < (3, 33):
+        return _number_locked(connection, tables, base, own=own)
+    preparer = connection.dialect.identifier_preparer
+    v = preparer.format_table(tables.versions)
+    moved = connection.exec_driver_sql(
+        f"UPDATE {v} SET number = ? + w.n FROM (SELECT id, row_number() OVER "
+        f"(ORDER BY id) AS n FROM {v} WHERE number IS NULL AND id IS NOT ?) "
+        f"AS w WHERE {v}.id = w.id",
+        (base, own),
+    ).rowcount
+    if not moved:
+        return base
+    c = preparer.format_table(tables.counter)
+    connection.exec_driver_sql(
+        f"UPDATE {c} SET value = ? WHERE id = ?", (base + moved, VERSION_ROW)
+    )
+    return base + moved
+
+
+def sqlite3_version() -> tuple[int, ...]:
+    """The SQLite library's version."""
+    import sqlite3
+
+    return sqlite3.sqlite_version_info
 
 
 def _number_on(connection: sa.Connection, tables: LogTables, *, wait: bool) -> None:
@@ -182,7 +214,7 @@ def lock_and_number(
         # Versions of capture triggers outside the ORM (see
         # _number_left_on_sqlite); the transaction writes, so it holds
         # SQLite's write lock.
-        return _number_locked(connection, tables, base, own=own)
+        return _number_on_sqlite(connection, tables, base, own=own)
     if not numbered_after_commit(connection.dialect):
         return base
     return _number_locked(connection, tables, base, own=own)
