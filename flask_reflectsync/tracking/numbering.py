@@ -117,11 +117,16 @@ def _number_left_on_sqlite(connection: sa.Connection, tables: LogTables) -> None
     outside the ORM are left un-numbered. Numbered here under SQLite's
     write lock, taken first: every version it then sees committed, and
     none can commit meanwhile."""
-    versions = tables.versions
-    waiting = connection.execute(
-        sa.select(versions.c.id).where(versions.c.number.is_(None)).limit(1)
-    ).first()
-    connection.rollback()
+    # The look goes straight to the driver, outside any transaction: with
+    # use_immediate_transactions a transaction would take the write lock,
+    # and every pull would queue behind the app's writers for nothing.
+    v = connection.dialect.identifier_preparer.format_table(tables.versions)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(f"SELECT 1 FROM {v} WHERE number IS NULL LIMIT 1")
+        waiting = cursor.fetchone()
+    finally:
+        cursor.close()
     if waiting is None:
         return
     counter = tables.counter
