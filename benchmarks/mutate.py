@@ -50,9 +50,11 @@ class Mutation:
         when the anchor is not found: the same bug in another version of
         the code (before and after a refactoring).
     :param tests: pytest arguments (files or node ids) that should kill it.
-    :param backend: ``"sqlite"`` (the default), or ``"postgresql"`` for a
-        bug only PostgreSQL shows: run on the PostgreSQL database named by
-        ``REFLECTSYNC_TEST_DATABASE_URL``, and not run without one.
+    :param backend: ``"sqlite"`` (the default), or ``"postgresql"`` /
+        ``"mysql"`` for a bug only that backend shows: run on the database
+        named by ``REFLECTSYNC_TEST_DATABASE_URL`` (or
+        ``REFLECTSYNC_MUTATE_POSTGRESQL_URL`` / ``..._MYSQL_URL``), and not
+        run without one.
     """
 
     name: str
@@ -121,12 +123,20 @@ def _scratch_copy() -> Path:
     return scratch
 
 
-#: The PostgreSQL database for mutations that need one (``None``: not run).
-POSTGRESQL_URL = (
-    os.environ.get("REFLECTSYNC_TEST_DATABASE_URL", "").startswith("postgresql")
-    and os.environ["REFLECTSYNC_TEST_DATABASE_URL"]
-    or None
-)
+def _server_url(scheme: str) -> str | None:
+    """The database for mutations of one server backend (``None``: not
+    run): ``REFLECTSYNC_TEST_DATABASE_URL`` if it is of that backend, else
+    ``REFLECTSYNC_MUTATE_<BACKEND>_URL``."""
+    named = os.environ.get("REFLECTSYNC_TEST_DATABASE_URL", "")
+    if named.startswith(scheme):
+        return named
+    return os.environ.get(f"REFLECTSYNC_MUTATE_{scheme.upper()}_URL") or None
+
+
+#: The PostgreSQL and MariaDB / MySQL databases for mutations that need one.
+POSTGRESQL_URL = _server_url("postgresql")
+MYSQL_URL = _server_url("mysql")
+SERVER_URLS = {"postgresql": POSTGRESQL_URL, "mysql": MYSQL_URL}
 
 
 def _pytest(
@@ -136,8 +146,9 @@ def _pytest(
     time taken, and the first failing test."""
     environment = dict(os.environ)
     environment.pop("REFLECTSYNC_TEST_DATABASE_URL", None)  # SQLite
-    if backend == "postgresql" and POSTGRESQL_URL:
-        environment["REFLECTSYNC_TEST_DATABASE_URL"] = POSTGRESQL_URL
+    server = SERVER_URLS.get(backend)
+    if server:
+        environment["REFLECTSYNC_TEST_DATABASE_URL"] = server
     environment["PYTHONDONTWRITEBYTECODE"] = "1"  # a same-size rewrite in the
     # same second would otherwise be served from a stale .pyc
     command = [
@@ -244,10 +255,11 @@ def main(argv: list[str] | None = None) -> int:
         results = []
         runnable = []
         for m in chosen:
-            if m.backend == "postgresql" and not POSTGRESQL_URL:
-                results.append((m, "not applied", "needs PostgreSQL", 0.0))
-                print(f"{m.name:34} not run (needs a PostgreSQL "
-                      "REFLECTSYNC_TEST_DATABASE_URL)", flush=True)
+            if m.backend in SERVER_URLS and not SERVER_URLS[m.backend]:
+                results.append((m, "not applied", f"needs {m.backend}", 0.0))
+                print(f"{m.name:34} not run (needs a {m.backend} "
+                      "REFLECTSYNC_TEST_DATABASE_URL or REFLECTSYNC_MUTATE_"
+                      f"{m.backend.upper()}_URL)", flush=True)
             else:
                 runnable.append(m)
         chosen = runnable

@@ -308,8 +308,9 @@ def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
 
 @cli.group("triggers")
 def triggers_command() -> None:
-    """PostgreSQL capture triggers (REFLECTSYNC_CAPTURE = "triggers"): raw SQL
-    and other programs' writes to tracked tables are logged too."""
+    """Capture triggers (REFLECTSYNC_CAPTURE = "triggers"; PostgreSQL, MariaDB
+    / MySQL, SQLite): raw SQL and other programs' writes to tracked tables
+    are logged too."""
 
 
 @triggers_command.command("status")

@@ -314,7 +314,7 @@ class ReflectSync:
             )
 
     def capture_triggers(self, action: str, app: Flask | None = None) -> Any:
-        """Install, remove or report the PostgreSQL capture triggers of every
+        """Install, remove or report the capture triggers of every
         tracked table of the app (see :ref:`database-capture`); what
         ``flask reflectsync triggers install|remove|status`` runs.
 
@@ -322,8 +322,10 @@ class ReflectSync:
             upgrades), ``"remove"`` (idempotent) or ``"status"``.
         :return: the tables' names (install, remove) or their
             :class:`~flask_reflectsync.tracking.triggers.TableStatus`.
-        :raises ConfigurationError: on another backend than PostgreSQL, or
-            with scopes that route rows (install).
+        :raises ConfigurationError: on a backend without capture triggers
+            (any but PostgreSQL, MariaDB / MySQL and SQLite), for a key type
+            the triggers cannot encode, or with scopes that route rows
+            (install).
         """
         state = self.get_state(app)
         tracked = list(TrackedSchema.of(state.db.metadata).tables.values())

@@ -199,6 +199,10 @@ _TRIGGERS = (
     " ACTION_TIMING AS timing, EVENT_MANIPULATION AS event,"
     " ACTION_STATEMENT AS definition"
     " FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = :schema{one}"
+    # the sync log's capture triggers (flask_reflectsync.tracking
+    # .row_triggers) are the extension's own: a table that has them is
+    # not altered
+    r" AND TRIGGER_NAME NOT LIKE 'reflectsync\_capture\_%'"
     " ORDER BY EVENT_OBJECT_TABLE, TRIGGER_NAME"
 )
 

@@ -242,6 +242,9 @@ class SQLiteReader(UnversionedReader):
             connection,
             f"SELECT tbl_name AS tbl, type, name, sql FROM {schema_table}"
             f" WHERE type IN ('index', 'trigger') AND sql IS NOT NULL{one}"
+            # the sync log's capture triggers (flask_reflectsync.tracking
+            # .row_triggers) are the extension's own: not an alteration
+            r" AND name NOT LIKE 'reflectsync\_capture\_%' ESCAPE '\'"
             " ORDER BY tbl_name, name",
             params,
         )

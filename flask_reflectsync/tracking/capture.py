@@ -92,6 +92,9 @@ _TAGS_KEY = "reflectsync.tags_before"
 _COMMITTING_KEY = "reflectsync.committing"
 _LOCKED_KEY = "reflectsync.counter_locked"
 _LINKS_KEY = "reflectsync.links"
+#: Set when a flush left operations to capture triggers: on SQLite their
+#: version is numbered at commit (see _before_commit).
+_TRIGGERED_KEY = "reflectsync.triggered"
 #: Key in a connection's ``info``: a weak reference to the session whose
 #: flush runs on it (see :func:`_after_execute`).
 _FLUSHING_KEY = "reflectsync.flushing_session"
@@ -695,7 +698,10 @@ def _write(session: Session, log: OperationLog, batch: _Batch) -> None:
     tables = log.tables
     connection = session.connection(bind_arguments={"clause": tables.operations})
     if log.database_capture and VERSION_ROW_VALUES not in session.info:
-        batch = _left_to_orm(batch, captured_tables(connection))
+        kept = _left_to_orm(batch, captured_tables(connection))
+        if kept is not batch:
+            session.info[_TRIGGERED_KEY] = True
+        batch = kept
         if not batch.keys:
             return
     tx: _TransactionLog | None = session.info.get(_TX_KEY)
@@ -761,6 +767,10 @@ def logs_itself(session: Session) -> None:
     connection = session.connection(bind_arguments={"clause": log.tables.operations})
     if connection.dialect.name == "postgresql":
         stand_down(connection)
+    else:
+        # Row-level triggers recognise the push by its version row (see
+        # .row_triggers): it must exist before the first write.
+        stand_down(connection, _transaction_log(session, log, connection).version_id)
 
 
 def _share_tags(
@@ -1068,6 +1078,19 @@ def _before_commit(session: Session) -> None:
     session.flush()
     session.info[_COMMITTING_KEY] = True
     tx = session.info.get(_TX_KEY)
+    if session.info.pop(_TRIGGERED_KEY, False):
+        connection = session.connection(
+            bind_arguments={"clause": log.tables.operations}
+        )
+        if connection.dialect.name == "sqlite":
+            # The capture triggers' version of this transaction (never
+            # numbered by them): numbered now, under the write lock held
+            # through the commit, as the ORM path's own is.
+            lock_and_number(
+                connection,
+                log.tables,
+                own=tx.version_id if tx is not None else None,
+            )
     if tx is not None and tx.at_commit and not tx.numbered:
         connection = session.connection(
             bind_arguments={"clause": log.tables.operations}
@@ -1115,6 +1138,7 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
         session.info.pop(_TX_KEY, None)
         session.info.pop(_COMMITTING_KEY, None)
         session.info.pop(_LOCKED_KEY, None)
+        session.info.pop(_TRIGGERED_KEY, None)
 
 
 # -- bulk statements ---------------------------------------------------------------

@@ -101,10 +101,76 @@ def number_versions(
         and takes the lock itself later (a push).
     """
     engine = bind if isinstance(bind, sa.Engine) else bind.engine
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as connection:
+            _number_left_on_sqlite(connection, tables)
+        return
     if not numbered_after_commit(engine.dialect):
         return
     with engine.connect() as connection:
         _number_on(connection, tables, wait=wait)
+
+
+def _number_left_on_sqlite(connection: sa.Connection, tables: LogTables) -> None:
+    """SQLite numbers a transaction's version at its commit; only versions
+    created by capture triggers (:mod:`.row_triggers`) in transactions
+    outside the ORM are left un-numbered. Numbered here under SQLite's
+    write lock, taken first: every version it then sees committed, and
+    none can commit meanwhile."""
+    # The look goes straight to the driver, outside any transaction: with
+    # use_immediate_transactions a transaction would take the write lock,
+    # and every pull would queue behind the app's writers for nothing.
+    v = connection.dialect.identifier_preparer.format_table(tables.versions)
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(f"SELECT 1 FROM {v} WHERE number IS NULL LIMIT 1")
+        waiting = cursor.fetchone()
+    finally:
+        cursor.close()
+    if waiting is None:
+        return
+    counter = tables.counter
+    connection.execute(  # the write lock, before the reads
+        sa.update(counter)
+        .where(counter.c.id == VERSION_ROW)
+        .values(value=counter.c.value)
+    )
+    base = lock_counter(connection, tables)
+    assert base is not None
+    _number_on_sqlite(connection, tables, base)
+    connection.commit()
+
+
+def _number_on_sqlite(
+    connection: sa.Connection, tables: LogTables, base: int, *, own: int | None = None
+) -> int:
+    """:func:`_number_locked` on SQLite (under its write lock) in one
+    statement where SQLite has ``UPDATE ... FROM`` (3.33): an ORM commit
+    in trigger mode runs it every time."""
+    if sqlite3_version() < (3, 33):
+        return _number_locked(connection, tables, base, own=own)
+    preparer = connection.dialect.identifier_preparer
+    v = preparer.format_table(tables.versions)
+    moved = connection.exec_driver_sql(
+        f"UPDATE {v} SET number = ? + w.n FROM (SELECT id, row_number() OVER "
+        f"(ORDER BY id) AS n FROM {v} WHERE number IS NULL AND id IS NOT ?) "
+        f"AS w WHERE {v}.id = w.id",
+        (base, own),
+    ).rowcount
+    if not moved:
+        return base
+    c = preparer.format_table(tables.counter)
+    connection.exec_driver_sql(
+        f"UPDATE {c} SET value = ? WHERE id = ?", (base + moved, VERSION_ROW)
+    )
+    return base + moved
+
+
+def sqlite3_version() -> tuple[int, ...]:
+    """The SQLite library's version."""
+    import sqlite3
+
+    return sqlite3.sqlite_version_info
 
 
 def _number_on(connection: sa.Connection, tables: LogTables, *, wait: bool) -> None:
@@ -149,6 +215,11 @@ def lock_and_number(
     """
     base = lock_counter(connection, tables)
     assert base is not None
+    if connection.dialect.name == "sqlite":
+        # Versions of capture triggers outside the ORM (see
+        # _number_left_on_sqlite); the transaction writes, so it holds
+        # SQLite's write lock.
+        return _number_on_sqlite(connection, tables, base, own=own)
     if not numbered_after_commit(connection.dialect):
         return base
     return _number_locked(connection, tables, base, own=own)

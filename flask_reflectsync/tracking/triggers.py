@@ -1,4 +1,8 @@
-"""Database-level capture: PostgreSQL triggers that write the operations log.
+"""Database-level capture: triggers that write the operations log.
+
+This module is PostgreSQL's statement-level triggers, and the entry points
+for every backend; MariaDB / MySQL and SQLite have row-level triggers of
+their own (:mod:`.row_triggers`), with the same guarantees.
 
 With ``REFLECTSYNC_CAPTURE = "triggers"`` (see :ref:`database-capture`),
 every tracked table gets three statement-level ``AFTER`` triggers
@@ -37,6 +41,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from ..errors import ConfigurationError
+from . import row_triggers
 from .columns import encode_columns
 from .registry import TrackedTable
 from .tables import LogTables
@@ -52,14 +57,23 @@ _ESCAPE_FUNCTION = "reflectsync_capture_json_ascii"
 _EVENTS = (("i", "INSERT"), ("u", "UPDATE"), ("d", "DELETE"))
 
 
+#: The backends with capture triggers.
+BACKENDS = ("postgresql", "mysql", "sqlite")
+
+
 def check_backend(dialect_name: str) -> None:
-    """Refuse trigger capture on a backend it is not built for yet."""
-    if dialect_name != "postgresql":
+    """Refuse trigger capture on a backend it is not built for."""
+    if dialect_name not in BACKENDS:
         raise ConfigurationError(
-            'REFLECTSYNC_CAPTURE = "triggers" is PostgreSQL-only for now; on '
-            f'{dialect_name} use the default "orm" (writes through '
-            "db.session are logged; raw SQL and other programs are not)."
+            'REFLECTSYNC_CAPTURE = "triggers" works on PostgreSQL, MariaDB / '
+            f'MySQL and SQLite; on {dialect_name} use the default "orm" '
+            "(writes through db.session are logged; raw SQL and other "
+            "programs are not)."
         )
+
+
+def _row_level(connection: sa.Connection) -> bool:
+    return connection.dialect.name != "postgresql"
 
 
 def function_name(info: TrackedTable) -> str:
@@ -293,8 +307,13 @@ def install(
 ) -> list[str]:
     """Create (or replace) the capture function and triggers of every tracked
     table. Idempotent; installing again upgrades. Runs in the caller's
-    transaction; returns the tables' names."""
+    transaction (on MariaDB, each DDL statement commits); returns the
+    tables' names."""
     check_backend(connection.dialect.name)
+    if _row_level(connection):
+        names = row_triggers.install(connection, tables, tracked)
+        forget(connection.engine)
+        return names
     connection.exec_driver_sql(_escape_function_sql())
     connection.exec_driver_sql(_truncate_function_sql())
     names = []
@@ -330,6 +349,10 @@ def remove(connection: sa.Connection, tracked: Iterable[TrackedTable]) -> list[s
     """Drop the capture triggers and functions of every tracked table (and
     of any other table that still has them). Idempotent."""
     check_backend(connection.dialect.name)
+    if _row_level(connection):
+        names = row_triggers.remove(connection, tracked)
+        forget(connection.engine)
+        return names
     names = []
     leftover = connection.exec_driver_sql(
         "SELECT DISTINCT tgrelid::regclass::text FROM pg_trigger "
@@ -365,6 +388,14 @@ def status(
 ) -> list[TableStatus]:
     """The state of every tracked table's capture triggers."""
     check_backend(connection.dialect.name)
+    if _row_level(connection):
+        present = row_triggers.installed(connection)
+        return [
+            TableStatus(
+                info.name, row_triggers.state_of(connection, tables, info, present)
+            )
+            for info in tracked
+        ]
     found = _installed_on(connection)
     result = []
     for info in tracked:
@@ -413,8 +444,13 @@ def captured_tables(connection: sa.Connection) -> frozenset[str]:
     with _cache_lock:
         found = _captured.get(engine)
     if found is None:
-        if connection.dialect.name != "postgresql":
+        if connection.dialect.name not in BACKENDS:
             found = frozenset()
+        elif _row_level(connection):
+            counts = row_triggers.installed_on(connection)
+            found = frozenset(
+                n for n, c in counts.items() if c == row_triggers.event_count()
+            )
         else:
             counts = _installed_on(connection)
             found = frozenset(n for n, c in counts.items() if c == len(trigger_names()))
@@ -429,7 +465,12 @@ def forget(engine: sa.Engine) -> None:
         _captured.pop(engine, None)
 
 
-def stand_down(connection: sa.Connection) -> None:
+def stand_down(connection: sa.Connection, version_id: int | None = None) -> None:
     """Tell the triggers to log nothing for the rest of this transaction:
-    the extension logs it itself (a push)."""
+    the extension logs it itself (a push). On the row-level backends the
+    transaction's version row must exist already (``version_id``)."""
+    if _row_level(connection):
+        assert version_id is not None
+        row_triggers.stand_down(connection, version_id)
+        return
     connection.exec_driver_sql("SELECT set_config('reflectsync.capture', 'off', true)")
