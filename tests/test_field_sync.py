@@ -188,6 +188,31 @@ def test_the_node_hears_of_an_update_between_its_insert_and_its_patch(
     net.assert_converged()
 
 
+def test_a_pulled_insert_of_the_nodes_own_row_is_not_a_second_row(
+    net: Cluster,
+) -> None:
+    """A inserts Arequipa and pushes it without pulling; the server's app
+    changes its population; A renames it and pulls before pushing. The page
+    brings the row as A's insert with the app's update: the same row, not a
+    new one under A's key, so it is merged, not set beside A's row."""
+    m = net.server.env.models
+    a = net.node()
+    _seed(net, a)
+    with a.Session() as session:
+        session.add(m.City(id=2, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    a.push()
+    _server_set(net, 2, population=31)
+    _set(a, 2, name="Arequipa (old town)")
+    a.pull()
+    a.synchronize()
+    rows = net.assert_converged()
+    assert sorted(rows["city"]) == [
+        (1, "Lima", 10, 1),
+        (2, "Arequipa (old town)", 31, 1),
+    ]
+
+
 # -- the same column: a conflict, decided per strategy ---------------------------------
 
 

@@ -10,9 +10,9 @@ are walked: other writers' columns are added, the node's own taken away
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from ..tracking import UPDATE
+from ..tracking import INSERT, UPDATE
 from ..tracking.columns import decode_columns, union, written_by_server
 
 
@@ -73,7 +73,7 @@ def leave_out_own_rows(
     writers: Sequence[int | None],
     changed: Sequence[str | None],
     node_id: int,
-    patched: Mapping[str, Mapping[str, frozenset[str] | None]],
+    patched: dict[str, dict[str, frozenset[str] | None]],
 ) -> None:
     """Drop from ``commands`` the rows this node has as they are. A row only
     updated is dropped when no column is left to tell the node of (see
@@ -84,6 +84,12 @@ def leave_out_own_rows(
     rewrote every column the others changed after that. A node whose insert
     is followed by another writer's update and then by its own patch of
     another column must still hear of the row (it lacks that update).
+
+    Such a row, whose first operation in the page is the node's own insert,
+    is sent as an update of the columns the others changed (added to
+    ``patched``), not as an insert: the node has the row, and an insert
+    under the key of a row it holds with a queued update would read as a
+    new row under a reused key, set beside its own (a duplicate).
 
     The node's own versions are read with the others', not left out of the
     scan, so that a row's compressed command sees them: when the server
@@ -96,12 +102,16 @@ def leave_out_own_rows(
     # By row: the columns others changed that the node has not rewritten
     # since (None: the whole row, or a row others inserted or deleted).
     news: dict[tuple[str, str], frozenset[str] | None] = {}
+    # Rows whose first operation in the page is the node's own insert.
+    inserted: set[tuple[str, str]] = set()
     for name, key, command, writer, text in zip(
         names, keys, logged, writers, changed, strict=True
     ):
         ident = (name, key)
         # What the database changed in the node's own row is news to it.
         own = writer == node_id and not written_by_server(text)
+        if own and command == INSERT and ident not in news:
+            inserted.add(ident)
         columns = decode_columns(text) if command == UPDATE else None
         if own:
             seen = news.get(ident, frozenset())
@@ -121,3 +131,7 @@ def leave_out_own_rows(
             commands[name].pop(key, None)
             if not commands[name]:
                 del commands[name]
+        elif (name, key) in inserted and commands.get(name, {}).get(key) == INSERT:
+            commands[name][key] = UPDATE
+            if lacking is not None:
+                patched.setdefault(name, {})[key] = lacking
