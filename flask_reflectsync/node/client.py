@@ -40,6 +40,7 @@ from ..errors import (
     InvalidValueError,
     NotRegisteredError,
     PushRejectedError,
+    SchemaMismatchError,
     SchemaRefusedError,
     UniqueConstraintError,
 )
@@ -47,6 +48,7 @@ from ..sqlite import use_immediate_transactions
 from ..tracking import OperationLog, TrackedTable, start_tracking, tracked_tables
 from ..wire.messages import PROTOCOL_VERSION
 from . import bases as _bases
+from . import catch_up as _catch_up
 from . import migrate as _migrate
 from . import pull as _pull
 from . import push as _push
@@ -197,6 +199,9 @@ class SyncClient:
         self._server_digests: dict[str, str] | None = None
         self._local_checked = False
         self._unserved: dict[str, list[str]] = {}
+        #: Tracked tables the server answered it does not synchronise, when
+        #: asked for their rows (see catch_up.py): not asked again.
+        self._not_on_server: set[str] = set()
         self._lock = threading.RLock()
         self._prepared = False
         self._credentials: tuple[int, str] | None = None
@@ -614,6 +619,17 @@ class SyncClient:
             aside: list[SetAside] = []
             widened = False
             while True:
+                if state.push_id is None:
+                    # A table never synchronised gets the server's rows
+                    # before its rows are pushed: a local row under a key
+                    # the server has is re-keyed, not sent over it.
+                    try:
+                        _catch_up.catch_up(self, state)
+                    except SchemaMismatchError as error:
+                        # Rows the node cannot store: the pull says so; the
+                        # queue is not held up for it (the server refuses
+                        # a row under a key it has).
+                        _catch_up.postponed(error)
                 if state.push_id is None and not _push.start_push(self):
                     return PushResult(None, None, 0, set_aside=aside)
                 try:
