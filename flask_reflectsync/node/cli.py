@@ -345,18 +345,36 @@ def pull(node: _Node) -> None:
 
 
 @cli.command()
+@click.option(
+    "--rename",
+    "renames",
+    multiple=True,
+    metavar="TABLE.OLD=NEW",
+    help="Say that the file's column OLD became the models' NEW (repeatable; "
+    "TABLE.OLD= for not renamed), where it cannot be told.",
+)
 @click.pass_obj
-def migrate(node: _Node) -> None:
+def migrate(node: _Node, renames: tuple[str, ...]) -> None:
     """Bring the node's database file to its models (after new model code):
     create tables, rename or add columns, fetch what it could not store."""
+    given: dict[str, dict[str, str | None]] = {}
+    for text in renames:
+        named, equals, new = text.partition("=")
+        table, dot, old = named.rpartition(".")
+        if not (equals and dot and table and old):
+            raise click.BadParameter(
+                f"{text!r} is not TABLE.OLD=NEW (for example post.lang=lang_code).",
+                param_hint="--rename",
+            )
+        given.setdefault(table, {})[old] = new or None
     # Tables are created by the migration itself, which then fetches their
     # rows (created empty beforehand, they would never receive them).
     with node.client(create_tables=False) as client:
-        done = client.migrate()
+        done = client.migrate(given or None)
     for name in done.created:
         click.echo(f"Created table {name}.")
-    for name, renames in done.renamed.items():
-        for old, new in renames.items():
+    for name, renamed in done.renamed.items():
+        for old, new in renamed.items():
             click.echo(f"Renamed {name}.{old} to {new} (data and queue kept).")
     for name, columns in done.added.items():
         click.echo(f"Added {', '.join(f'{name}.{c}' for c in columns)}.")

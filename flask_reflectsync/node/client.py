@@ -830,24 +830,37 @@ class SyncClient:
 
     # -- migrate (see migrate.py) -----------------------------------------------------
 
-    def migrate(self) -> Migration:
+    def migrate(
+        self, renames: Mapping[str, Mapping[str, str | None]] | None = None
+    ) -> Migration:
         """Bring the node's database file to its models, after the app got
         new model code (see :doc:`/schema-changes`): create the tables the
-        file lacks, rename a column the models renamed (one per table,
-        recognised by shape: the only column gone beside the only one come,
-        holding the same kind of value), keeping its data and rewriting the
-        queued changes to the new name, add the other new columns, and fetch
-        from the server what the node could not store before (the new
-        columns' values, the new tables' rows). Run it before the first
-        sync with the new models; a push in flight is settled first.
+        file lacks, rename the columns the models renamed, keeping their
+        data and rewriting the queued changes to the new names, add the
+        other new columns, and fetch from the server what the node could not
+        store before (the new columns' values, the new tables' rows). Run it
+        before the first sync with the new models; a push in flight is
+        settled first.
 
+        A renamed column is told by what the server's catalog knows
+        (PostgreSQL servers: the column's identity survives the rename),
+        else by shape: the old column and the new one each the other's only
+        candidate by the kind of value, then by exact type. Where that does
+        not decide (two columns of one type renamed in one table), nothing
+        is changed and ``renames`` must say it.
+
+        :param renames: by table, each old column of the file and the
+            model's column it became (``None``: not renamed; the new column
+            is added and filled from the server), for example
+            ``{"post": {"lang": "lang_code"}}``.
         :return: what was created, renamed, added and fetched.
-        :raises ConfigurationError: a push is still unanswered, or a column
-            the models no longer name has queued changes and no new name
-            could be told.
+        :raises ConfigurationError: a push is still unanswered; which
+            columns were renamed cannot be told (the candidates named); a
+            column the models no longer name has queued changes and no new
+            name; or ``renames`` names what is not there.
         """
         with self._status.exchange(caught_up=False):
-            return _migrate.migrate(self)
+            return _migrate.migrate(self, renames)
 
     def check_schema(self) -> SchemaCheck:
         """Compare the node's models with its own database file and with the

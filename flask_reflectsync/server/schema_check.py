@@ -40,6 +40,7 @@ from ..errors import (
 from ..tracking import INSERT, TrackedTable
 from ..wire.codec import codec_for
 from ..wire.schema import (
+    ColumnHistory,
     Difference,
     columns_of,
     combined_digest,
@@ -109,10 +110,16 @@ def _needed(
     )
 
 
-def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
+def report(
+    message: Mapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
+) -> dict[str, Any]:
     """The answer of ``POST /schema-check``: whether the node's schema is
     the server's, and what differs (nothing is applied or recorded).
 
+    :param history: the earlier names of the server's columns
+        (:func:`.column_names.column_history`, PostgreSQL).
     :raises ValidationError: the message gives no schema.
     :raises SchemaDescriptionNeededError: a digest that is not the server's.
     """
@@ -124,7 +131,7 @@ def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
             "message: give the node's schema (schema or schema_digest) to "
             "compare with the server's."
         )
-    differences = [d.to_dict() for d in compare(node, schema.tables)]
+    differences = [d.to_dict() for d in compare(node, schema.tables, history)]
     server_only = [name for name in schema.tables if name not in node]
     return {
         "same": not differences and not server_only,
@@ -137,20 +144,25 @@ def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
 
 
 def fit_page(
-    page: dict[str, Any], message: Mapping[str, Any], schema: TrackedSchema
+    page: dict[str, Any],
+    message: Mapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
 ) -> None:
     """Cut ``page`` (from :func:`.pull.read_page`) to the node's schema, or
     refuse it.
 
     :param message: the pull request; without ``schema`` (a node from before
         the handshake) the page is left as it is.
+    :param history: the earlier names of the server's columns (PostgreSQL):
+        a column the catalog says was dropped blocks no row.
     :raises SchemaMismatchError: a row of the page cannot be stored by the
         node; nothing is recorded as pulled.
     """
     node, _ = node_schema(message, schema)
     if node is None:
         return  # the same schema, or a node from before the handshake
-    differences = compare(node, schema.tables)
+    differences = compare(node, schema.tables, history)
     if not differences and len(node) == len(schema.tables):
         return  # the same tables and columns: the page fits as it is
     by_table: dict[str, list[Difference]] = {}
@@ -204,7 +216,7 @@ def _unstorable(
     # name (renamed), and a whole row would lose it on the node.
     renamed = any(d.problem == "server_only_column" for d in problems)
     for difference in problems:
-        if difference.problem == "node_only_column":
+        if difference.problem == "node_only_column" and not difference.dropped:
             whole = any(marks is None or marks[n] is None for n in range(rows))
             if whole and renamed:
                 found.append(difference)
@@ -254,7 +266,11 @@ def _cut_to(part: dict[str, Any], mine: Mapping[str, str]) -> list[str]:
 # -- repairs -------------------------------------------------------------------------
 
 
-def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
+def check_repair(
+    message: Mapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
+) -> None:
     """Refuse a repair whose copy the node cannot store: a table where the
     node has a column the server lacks beside one the server has and the
     node lacks (renamed), or a column whose kind differs. Columns only the
@@ -268,7 +284,7 @@ def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
     if node is None:
         return
     by_table: dict[str, list[Difference]] = {}
-    for difference in compare(node, schema.tables):
+    for difference in compare(node, schema.tables, history):
         by_table.setdefault(difference.table, []).append(difference)
     blocked = []
     for problems in by_table.values():
@@ -276,7 +292,8 @@ def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
         blocked += [
             d
             for d in problems
-            if d.problem == "kind" or (d.problem == "node_only_column" and renamed)
+            if d.problem == "kind"
+            or (d.problem == "node_only_column" and renamed and not d.dropped)
         ]
     if blocked:
         raise SchemaMismatchError(
