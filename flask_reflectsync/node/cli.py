@@ -121,10 +121,11 @@ def _create_tables(
     engine: sa.Engine, classes: list[type], url: str, client: SyncClient
 ) -> None:
     """Create the synced tables that are missing (never alter one) in a
-    node that has not synchronised yet. A node that has cannot be given a
-    new table empty: the server's rows of it are behind the node's version
-    and would never reach it, so it is told to migrate (which creates the
-    table and fetches them)."""
+    node that has not synchronised yet. A node that has is told to migrate
+    instead, which creates the table and fetches the server's rows of it
+    (they are behind the node's version: a table created otherwise gets
+    them at its next push or pull, see catch_up.py) in one step that says
+    what it did."""
     tables: dict[sa.MetaData, list[sa.Table]] = {}
     for cls in classes:
         table: sa.Table = sa.inspect(cls).local_table
@@ -139,10 +140,10 @@ def _create_tables(
             if state.last_version or state.pull_cursor is not None:
                 raise click.ClickException(
                     f"The node's database has no table {', '.join(missing)} "
-                    "yet, and it has synchronised already: created empty, it "
-                    "would never receive the server's rows. Run "
+                    "yet, and it has synchronised already. Run "
                     "`reflectsync-node migrate` first (it creates the table "
-                    "and fetches them)."
+                    "and fetches the server's rows of it, which are behind "
+                    "the node's version)."
                 )
         for metadata, own in tables.items():
             metadata.create_all(engine, tables=own)
