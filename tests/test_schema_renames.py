@@ -322,6 +322,15 @@ def test_postgresql_says_a_rename_for_certain(
             match = "renamed on the server to one of lang_code, notes"
         with pytest.raises(errors.SchemaMismatchError, match=match):
             old.pull()
+        # The old node's insert carrying lang is set aside, with its reason.
+        write(old, {"id": 9, "title": "offline", "lang": "fr"})
+        (aside,) = old.push().set_aside
+        fate = (
+            "(renamed to lang_code on the server)"
+            if backend == "postgresql"
+            else "(renamed or dropped there, or added on the node first)"
+        )
+        assert f"post.lang is not a column on the server {fate}" in aside.reason
 
 
 CLI_MODELS = '''

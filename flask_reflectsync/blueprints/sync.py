@@ -348,6 +348,7 @@ def _push() -> Response:
             node_id,
             message,
             served.share,
+            _column_history(served),
         )
     except SyncError as error:
         if error.code == "schema.describe":

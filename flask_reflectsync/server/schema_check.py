@@ -308,7 +308,11 @@ def check_repair(
 # -- pushes --------------------------------------------------------------------------
 
 
-def check_push(request: MutableMapping[str, Any], schema: TrackedSchema) -> None:
+def check_push(
+    request: MutableMapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
+) -> None:
     """Refuse the rows of a push the server's schema cannot take, all at
     once; leave out nulls of columns the server lacks.
 
@@ -350,7 +354,8 @@ def check_push(request: MutableMapping[str, Any], schema: TrackedSchema) -> None
     for table, block in payloads.items():
         info = schema.get(table)
         if info is not None:
-            _check_block(info, block, node.get(table), refuse, None)
+            told = (history or {}).get(table)
+            _check_block(info, block, node.get(table), refuse, None, told)
             _check_required(info, block, inserted.get(table, set()), refuse)
     for table, blocks in (request.get("patches") or {}).items():
         info = schema.get(table)
@@ -358,7 +363,9 @@ def check_push(request: MutableMapping[str, Any], schema: TrackedSchema) -> None
             continue
         into = emptied.setdefault(table, set())
         for block in blocks:
-            _check_block(info, block, node.get(table), refuse, into)
+            _check_block(
+                info, block, node.get(table), refuse, into, (history or {}).get(table)
+            )
         width = len(info.pk_columns)
         request["patches"][table] = [b for b in blocks if len(b["columns"]) > width]
     if refused:
@@ -389,6 +396,7 @@ def _check_block(
     kinds: Mapping[str, str] | None,
     refuse: Any,
     emptied: set[str] | None,
+    told: ColumnHistory | None = None,
 ) -> None:
     """Check one block of rows (a table's payload or one of its patches)
     and drop its nulls of columns the server lacks."""
@@ -420,11 +428,10 @@ def _check_block(
             if value is None:
                 continue
             if column in missing:
-                reason = (
-                    f"{info.name}.{column} is not a column on the server "
-                    "(renamed or dropped there, or added on the node first); "
-                    "the value would be lost."
-                )
+                reason = f"{info.name}.{column} is not a column on the server " + (
+                    _fate(told, column)
+                    or "(renamed or dropped there, or added on the node first)"
+                ) + "; the value would be lost."
             else:
                 assert kinds is not None
                 reason = (
@@ -439,6 +446,17 @@ def _check_block(
         block["rows"] = [[values[n] for n in kept] for values in rows]
         if emptied is not None and len(kept) == len(pk):
             emptied.update(json.dumps([v[p] for p in positions]) for v in rows)
+
+
+def _fate(told: ColumnHistory | None, column: str) -> str | None:
+    """What the server's catalog knows became of ``column`` (PostgreSQL)."""
+    if told is None:
+        return None
+    if column in told.renamed:
+        return f"(renamed to {told.renamed[column]} on the server)"
+    if column in told.dropped:
+        return "(dropped on the server)"
+    return None
 
 
 def _check_required(
