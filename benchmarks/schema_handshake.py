@@ -24,7 +24,9 @@ median time of the whole request and of the handshake alone (validating the
 message and :func:`~flask_reflectsync.server.schema_check.fit_page` on the
 page), and the ratio to the baseline. Then the one-time cost of a differing
 node's first request: the digest, the 409 ``schema.describe`` answer, and
-the request again.
+the request again. On PostgreSQL, last, what column identities cost: a
+process's first read and record of its columns' names, and the cached
+lookup of every later request, against a pull with the digest.
 
 Run with ``PYTHONPATH`` naming a checkout from before digests, it measures
 that package's baselines alone (the same forms, its own code).
@@ -50,6 +52,18 @@ from flask_reflectsync.server.schema_check import fit_page
 from flask_reflectsync.wire.messages import PROTOCOL_VERSION, validate
 from flask_reflectsync.wire.schema import describe
 from flask_reflectsync.wire.signing import sign_request
+
+try:
+    from flask_reflectsync.server.column_names import (
+        column_history,
+        define_column_names,
+        forget,
+        record_columns,
+    )
+except ImportError:  # a package from before column identities
+    IDENTITIES = False
+else:
+    IDENTITIES = True
 
 try:
     from flask_reflectsync.wire.schema import digest_all, digest_table, digests
@@ -198,6 +212,8 @@ def run(app: Flask, args: argparse.Namespace) -> None:
         )
     if DIGESTS:
         first_contact(node, since, schema)
+    if IDENTITIES and app.extensions["sqlalchemy"].engine.dialect.name == "postgresql":
+        identity_cost(app, schema, median(whole["digest, same schema"]), args.rounds)
 
 
 def handshake(body: bytes, page: dict[str, Any], schema: TrackedSchema) -> float:
@@ -231,6 +247,42 @@ def first_contact(node: Node, since: int, schema: TrackedSchema) -> None:
         f"first request of a differing node: {len(first)} bytes, answered "
         f"409 schema.describe ({answered} bytes, {took * 1000:.3f} ms), then "
         f"{len(again)} bytes ({took_again * 1000:.3f} ms); once per client"
+    )
+
+
+def identity_cost(
+    app: Flask, schema: TrackedSchema, pull: float, rounds: int
+) -> None:
+    """PostgreSQL's column identities (see the schema-changes page, "Renames:
+    by column identity, or by shape"): a process's first read and record of
+    its tracked columns' names, and the cached lookup every later pull,
+    repair and schema check makes, against a pull with the digest."""
+    engine = app.extensions["sqlalchemy"].engine
+    table = define_column_names(sa.MetaData())
+    firsts = []
+    for _ in range(5):
+        forget()
+        with engine.begin() as connection:
+            connection.execute(sa.delete(table))
+        start = time.perf_counter()
+        column_history(engine, schema)
+        record_columns(engine, schema)
+        firsts.append(time.perf_counter() - start)
+    cached = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        column_history(engine, schema)
+        record_columns(engine, schema)
+        cached.append(time.perf_counter() - start)
+    with engine.connect() as connection:
+        names = connection.execute(sa.select(sa.func.count()).select_from(table))
+        count = names.scalar()
+    first, later = median(firsts), median(cached)
+    print(
+        f"column identities (PostgreSQL, {count} names): first of a process "
+        f"{first * 1000:.2f} ms ({first / pull:.2f}x a digest pull of "
+        f"{pull * 1000:.2f} ms), then {later * 1000:.4f} ms a request "
+        f"({later / pull:.4f}x)"
     )
 
 

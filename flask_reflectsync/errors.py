@@ -202,7 +202,8 @@ class SchemaMismatchError(SyncError):
     columns, or a node whose model code does not match its own database
     file. Nothing was applied and the node's version did not move; its
     queue is kept. Envelope: ``{"code": "schema.mismatch", "differences":
-    [{"table", "column", "problem", "message", "renamed_to"?}, ...]}``
+    [{"table", "column", "problem", "message", "renamed_to"?, "known"?,
+    "candidates"?}, ...]}``
     (``node.schema_mismatch`` when the node's own file differs from its
     models).
 

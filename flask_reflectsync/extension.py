@@ -18,6 +18,7 @@ from .errors import ConfigurationError, NotFoundError, UntrackedLinkWarning
 from .reflection import event_trigger
 from .reflection.models import define_catalog_tables
 from .server import fleet
+from .server.column_names import define_column_names
 from .server.fleet import NodeInfo
 from .server.key_blocks import define_key_reservations
 from .server.nodes import RegistrationCheck, bind_node, define_server_log
@@ -199,6 +200,7 @@ class ReflectSync:
             define_server_log(db.metadata)
             define_key_reservations(db.metadata)
             define_push_rulings(db.metadata)
+            define_column_names(db.metadata)
         if app is not None:
             self.init_app(app, db)
 
@@ -269,6 +271,7 @@ class ReflectSync:
         tables = define_server_log(db.metadata)
         define_key_reservations(db.metadata)
         define_push_rulings(db.metadata)
+        define_column_names(db.metadata)
         log = OperationLog(
             tables=tables,
             assign_versions=True,

@@ -299,8 +299,11 @@ def database_state(env: AppEnv) -> dict[str, list[tuple[Any, ...]]]:
 def without_nonces(state: dict[str, list[tuple[Any, ...]]]) -> dict[str, Any]:
     """A database state minus what authentication itself records (the nonce
     and the node's last_seen_at), which a well-signed request writes even
-    when its message is refused."""
-    kept = {k: v for k, v in state.items() if k != "reflectsync_nonces"}
+    when its message is refused, and the server's record of its own
+    columns' names (PostgreSQL, once per process: see
+    :mod:`flask_reflectsync.server.column_names`)."""
+    own = ("reflectsync_nonces", "reflectsync_column_names")
+    kept = {k: v for k, v in state.items() if k not in own}
     kept["reflectsync_nodes"] = [
         row[:4] + row[5:] for row in state["reflectsync_nodes"]
     ]

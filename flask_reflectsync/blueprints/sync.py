@@ -39,6 +39,7 @@ from ..errors import (
     ValidationError,
 )
 from ..server import fleet, nodes
+from ..server.column_names import column_history, record_columns
 from ..server.feed import FeedHub, read_changes_request, wait_for_news
 from ..server.openapi import openapi_document
 from ..server.pull import change_count, read_page, record_pulled
@@ -56,6 +57,7 @@ from ..tracking.registry import registry_state
 from ..tracking.tables import current_version
 from ..wire.messages import PROTOCOL_VERSION, decode_body, validate
 from ..wire.repair import MEDIA_TYPE as REPAIR_MEDIA_TYPE
+from ..wire.schema import ColumnHistory
 from .api import ok_response
 from .limits import AddressLimit
 
@@ -241,6 +243,13 @@ def _sweeps() -> nodes.NonceSweeps:
     return state.nonce_sweeps  # type: ignore[no-any-return]
 
 
+def _column_history(served: _Served) -> dict[str, ColumnHistory]:
+    """The earlier names of the served tables' columns (PostgreSQL; see
+    :mod:`~flask_reflectsync.server.column_names`: a pull, repair or
+    schema check served records the live ones, once per process)."""
+    return column_history(_state().db.engine, served.schema)
+
+
 def current_schema() -> TrackedSchema:
     """The tracked tables of the current app's metadata, derived again only
     when a class is tracked or untracked or a table is added to the
@@ -339,6 +348,7 @@ def _push() -> Response:
             node_id,
             message,
             served.share,
+            _column_history(served),
         )
     except SyncError as error:
         if error.code == "schema.describe":
@@ -379,6 +389,7 @@ def _pull() -> Response:
     # hide the versions numbered there).
     with _committed() as session:
         fleet.check_not_retired(session, state.tables, node_id)
+    history = _column_history(served)
     with _committed() as session:
         page = read_page(
             session,
@@ -391,8 +402,9 @@ def _pull() -> Response:
         )
         # Before anything is recorded: a page the node cannot store is
         # refused with its version unmoved.
-        fit_page(page, message, served.schema)
+        fit_page(page, message, served.schema, history)
         record_pulled(session, state.tables, served.schema, node_id, page, message)
+    record_columns(state.db.engine, served.schema)
     if served.stale:
         page = _moving_page(node_id, message, served, page)
     _notify(
@@ -428,7 +440,9 @@ def _moving_page(
         served.moved_from,
         served.share,
         served.scoped_as,
-        check=lambda moved: fit_page(moved, message, served.schema),
+        check=lambda moved: fit_page(
+            moved, message, served.schema, _column_history(served)
+        ),
     )
 
 
@@ -490,7 +504,12 @@ def _repair() -> Response:
     # The node's schema identity, when it sent one (nodes from before the
     # handshake send no body): compared before anything is streamed.
     if body:
-        check_repair(validate(_message(body), "RepairRequest"), served.schema)
+        check_repair(
+            validate(_message(body), "RepairRequest"),
+            served.schema,
+            _column_history(served),
+        )
+    record_columns(state.db.engine, served.schema)
     lines = repair_stream(
         state.db.engine,
         state.tables,
@@ -511,7 +530,9 @@ def _schema_check() -> Response:
     node_id = _authenticate(settings, body)
     message = validate(_message(body), "SchemaCheckRequest")
     served = _served(node_id)
-    return _answer(**report(message, served.schema))
+    answer = report(message, served.schema, _column_history(served))
+    record_columns(_state().db.engine, served.schema)
+    return _answer(**answer)
 
 
 def _query() -> Response:

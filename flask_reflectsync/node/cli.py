@@ -121,10 +121,11 @@ def _create_tables(
     engine: sa.Engine, classes: list[type], url: str, client: SyncClient
 ) -> None:
     """Create the synced tables that are missing (never alter one) in a
-    node that has not synchronised yet. A node that has cannot be given a
-    new table empty: the server's rows of it are behind the node's version
-    and would never reach it, so it is told to migrate (which creates the
-    table and fetches them)."""
+    node that has not synchronised yet. A node that has is told to migrate
+    instead, which creates the table and fetches the server's rows of it
+    (they are behind the node's version: a table created otherwise gets
+    them at its next push or pull, see catch_up.py) in one step that says
+    what it did."""
     tables: dict[sa.MetaData, list[sa.Table]] = {}
     for cls in classes:
         table: sa.Table = sa.inspect(cls).local_table
@@ -139,10 +140,10 @@ def _create_tables(
             if state.last_version or state.pull_cursor is not None:
                 raise click.ClickException(
                     f"The node's database has no table {', '.join(missing)} "
-                    "yet, and it has synchronised already: created empty, it "
-                    "would never receive the server's rows. Run "
+                    "yet, and it has synchronised already. Run "
                     "`reflectsync-node migrate` first (it creates the table "
-                    "and fetches them)."
+                    "and fetches the server's rows of it, which are behind "
+                    "the node's version)."
                 )
         for metadata, own in tables.items():
             metadata.create_all(engine, tables=own)
@@ -345,18 +346,36 @@ def pull(node: _Node) -> None:
 
 
 @cli.command()
+@click.option(
+    "--rename",
+    "renames",
+    multiple=True,
+    metavar="TABLE.OLD=NEW",
+    help="Say that the file's column OLD became the models' NEW (repeatable; "
+    "TABLE.OLD= for not renamed), where it cannot be told.",
+)
 @click.pass_obj
-def migrate(node: _Node) -> None:
+def migrate(node: _Node, renames: tuple[str, ...]) -> None:
     """Bring the node's database file to its models (after new model code):
     create tables, rename or add columns, fetch what it could not store."""
+    given: dict[str, dict[str, str | None]] = {}
+    for text in renames:
+        named, equals, new = text.partition("=")
+        table, dot, old = named.rpartition(".")
+        if not (equals and dot and table and old):
+            raise click.BadParameter(
+                f"{text!r} is not TABLE.OLD=NEW (for example post.lang=lang_code).",
+                param_hint="--rename",
+            )
+        given.setdefault(table, {})[old] = new or None
     # Tables are created by the migration itself, which then fetches their
     # rows (created empty beforehand, they would never receive them).
     with node.client(create_tables=False) as client:
-        done = client.migrate()
+        done = client.migrate(given or None)
     for name in done.created:
         click.echo(f"Created table {name}.")
-    for name, renames in done.renamed.items():
-        for old, new in renames.items():
+    for name, renamed in done.renamed.items():
+        for old, new in renamed.items():
             click.echo(f"Renamed {name}.{old} to {new} (data and queue kept).")
     for name, columns in done.added.items():
         click.echo(f"Added {', '.join(f'{name}.{c}' for c in columns)}.")

@@ -40,6 +40,7 @@ from ..errors import (
     InvalidValueError,
     NotRegisteredError,
     PushRejectedError,
+    SchemaMismatchError,
     SchemaRefusedError,
     UniqueConstraintError,
 )
@@ -47,6 +48,7 @@ from ..sqlite import use_immediate_transactions
 from ..tracking import OperationLog, TrackedTable, start_tracking, tracked_tables
 from ..wire.messages import PROTOCOL_VERSION
 from . import bases as _bases
+from . import catch_up as _catch_up
 from . import migrate as _migrate
 from . import pull as _pull
 from . import push as _push
@@ -197,6 +199,9 @@ class SyncClient:
         self._server_digests: dict[str, str] | None = None
         self._local_checked = False
         self._unserved: dict[str, list[str]] = {}
+        #: Tracked tables the server answered it does not synchronise, when
+        #: asked for their rows (see catch_up.py): not asked again.
+        self._not_on_server: set[str] = set()
         self._lock = threading.RLock()
         self._prepared = False
         self._credentials: tuple[int, str] | None = None
@@ -614,6 +619,17 @@ class SyncClient:
             aside: list[SetAside] = []
             widened = False
             while True:
+                if state.push_id is None:
+                    # A table never synchronised gets the server's rows
+                    # before its rows are pushed: a local row under a key
+                    # the server has is re-keyed, not sent over it.
+                    try:
+                        _catch_up.catch_up(self, state)
+                    except SchemaMismatchError as error:
+                        # Rows the node cannot store: the pull says so; the
+                        # queue is not held up for it (the server refuses
+                        # a row under a key it has).
+                        _catch_up.postponed(error)
                 if state.push_id is None and not _push.start_push(self):
                     return PushResult(None, None, 0, set_aside=aside)
                 try:
@@ -814,24 +830,37 @@ class SyncClient:
 
     # -- migrate (see migrate.py) -----------------------------------------------------
 
-    def migrate(self) -> Migration:
+    def migrate(
+        self, renames: Mapping[str, Mapping[str, str | None]] | None = None
+    ) -> Migration:
         """Bring the node's database file to its models, after the app got
         new model code (see :doc:`/schema-changes`): create the tables the
-        file lacks, rename a column the models renamed (one per table,
-        recognised by shape: the only column gone beside the only one come,
-        holding the same kind of value), keeping its data and rewriting the
-        queued changes to the new name, add the other new columns, and fetch
-        from the server what the node could not store before (the new
-        columns' values, the new tables' rows). Run it before the first
-        sync with the new models; a push in flight is settled first.
+        file lacks, rename the columns the models renamed, keeping their
+        data and rewriting the queued changes to the new names, add the
+        other new columns, and fetch from the server what the node could not
+        store before (the new columns' values, the new tables' rows). Run it
+        before the first sync with the new models; a push in flight is
+        settled first.
 
+        A renamed column is told by what the server's catalog knows
+        (PostgreSQL servers: the column's identity survives the rename),
+        else by shape: the old column and the new one each the other's only
+        candidate by the kind of value, then by exact type. Where that does
+        not decide (two columns of one type renamed in one table), nothing
+        is changed and ``renames`` must say it.
+
+        :param renames: by table, each old column of the file and the
+            model's column it became (``None``: not renamed; the new column
+            is added and filled from the server), for example
+            ``{"post": {"lang": "lang_code"}}``.
         :return: what was created, renamed, added and fetched.
-        :raises ConfigurationError: a push is still unanswered, or a column
-            the models no longer name has queued changes and no new name
-            could be told.
+        :raises ConfigurationError: a push is still unanswered; which
+            columns were renamed cannot be told (the candidates named); a
+            column the models no longer name has queued changes and no new
+            name; or ``renames`` names what is not there.
         """
         with self._status.exchange(caught_up=False):
-            return _migrate.migrate(self)
+            return _migrate.migrate(self, renames)
 
     def check_schema(self) -> SchemaCheck:
         """Compare the node's models with its own database file and with the

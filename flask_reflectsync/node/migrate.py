@@ -4,19 +4,23 @@ does after the node's app got the server's new model code.
 
 In one local transaction (SQLite's DDL is transactional): tables the models
 name and the file lacks are created; a column the models name and the file
-lacks is, when the same table has exactly one column the models no longer
-name and it holds the same kind of value, the old one renamed (``ALTER
-TABLE ... RENAME COLUMN``, keeping its data, and the queued operations, the
-kept bases and the set-aside rows rewritten to the new name), otherwise
-added. Then what the node could not store before is fetched from the
-server: the added columns' values of the rows it has, and the rows of the
-new tables. Columns the file has and the models no longer name are left in
-place (their data is kept; nothing syncs them).
+lacks is either an old column of the file renamed (``ALTER TABLE ... RENAME
+COLUMN``, keeping its data, and the queued operations, the kept bases and
+the set-aside rows rewritten to the new name) or added. Which old column
+became which is, in turn: what the app says (``renames``), what the
+server's catalog knows (asked with ``POST /schema-check`` when a table both
+lost and gained columns: a PostgreSQL server tells renames and drops by
+column identity), then the shape (each the other's only candidate by kind
+of value, then by exact type); what none of them decides is refused with
+the candidates named, nothing changed. Then what the node could not store
+before is fetched from the server: the added columns' values of the rows it
+has, and the rows of the new tables. Columns the file has and the models no
+longer name are left in place (their data is kept; nothing syncs them).
 """
-
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +30,12 @@ from ..errors import ConfigurationError
 from ..rows import read_rows, row_key, write_rows
 from ..tracking import TrackedTable
 from ..wire.codec import codec_for
+from ..wire.messages import PROTOCOL_VERSION
+from ..wire.schema import pair_by_kind
 from . import push as _push
 from .keys import HighWater
 from .query import server_rows
+from .state import record_synced
 from .tables import NODE_BASES, NODE_KEYS, NODE_LOG, NODE_SET_ASIDE
 
 if TYPE_CHECKING:
@@ -57,7 +64,12 @@ class Migration:
         return bool(self.created or self.renamed or self.added)
 
 
-def migrate(client: SyncClient) -> Migration:
+#: Renames the app gives :meth:`SyncClient.migrate`: by table, each old
+#: column's new name (``None``: not renamed, the new columns are added).
+Renames = Mapping[str, Mapping[str, "str | None"]]
+
+
+def migrate(client: SyncClient, renames: Renames | None = None) -> Migration:
     """What :meth:`SyncClient.migrate` does."""
     with client._lock:
         client._registered()
@@ -68,12 +80,13 @@ def migrate(client: SyncClient) -> Migration:
                 "A push of this node is still unanswered; push (or "
                 "synchronize) first, then migrate."
             )
+        told = _server_told(client)
         with client._begin() as connection:
-            plan = _plan(client, connection)
+            plan = _plan(client, connection, told, renames or {})
             for name in plan.created:
                 client.schema.tables[name].table.create(connection)
-            for name, renames in plan.renamed.items():
-                for old, new in renames.items():
+            for name, renamed in plan.renamed.items():
+                for old, new in renamed.items():
                     _rename(connection, client.schema.tables[name], old, new)
             for name, columns in plan.added.items():
                 info = client.schema.tables[name]
@@ -89,53 +102,204 @@ def migrate(client: SyncClient) -> Migration:
         return Migration(plan.created, plan.renamed, plan.added, fetched)
 
 
-def _plan(client: SyncClient, connection: sa.Connection) -> Migration:
+#: What the server's catalog told of a table's old columns: by table, each
+#: column's new name, or ``None`` for dropped.
+Told = dict[str, dict[str, "str | None"]]
+
+
+def _file_columns(
+    connection: sa.Connection, client: SyncClient
+) -> dict[str, tuple[dict[str, Any], list[sa.Column[Any]]]]:
+    """By tracked table on the file that has columns the models no longer
+    name *and* columns it lacks: the former (inspected) and the latter."""
+    inspector = sa.inspect(connection)
+    existing = set(inspector.get_table_names())
+    found = {}
+    for info in client._schema_on(connection).tables.values():
+        table = info.table
+        if table.name not in existing:
+            continue
+        on_file = {c["name"]: c for c in inspector.get_columns(table.name)}
+        unused = {n: c for n, c in on_file.items() if n not in table.c}
+        wanted = [c for c in table.columns if c.name not in on_file]
+        if unused and wanted:
+            found[info.name] = (unused, wanted)
+    return found
+
+
+def _server_told(client: SyncClient) -> Told:
+    """Ask the server (``POST /schema-check``, with no lock held) what its
+    catalog knows of the file's old columns, where a table both lost and
+    gained columns: renamed to which, or dropped (PostgreSQL servers; others
+    know nothing, and the shape decides)."""
+    with client.engine.connect() as connection:
+        tables = _file_columns(connection, client)
+    if not tables:
+        return {}
+    description = {}
+    for name, (unused, wanted) in tables.items():
+        # The table as the file has it: the server compares it as an old
+        # node's.
+        info = client.schema.tables[name]
+        lacking = {c.name for c in wanted}
+        kinds = {
+            c.name: codec_for(c).kind
+            for c in info.synced_columns
+            if c.name not in lacking
+        }
+        for column, found in unused.items():
+            kinds[column] = _kind(found)
+        description[name] = kinds
+    answer = client._call(
+        "POST",
+        "/schema-check",
+        message={"protocol": PROTOCOL_VERSION, "schema": description},
+    )
+    told: Told = {}
+    for difference in answer.get("differences") or []:
+        if not isinstance(difference, dict) or difference.get("known") is not True:
+            continue
+        table, column = str(difference.get("table")), str(difference.get("column"))
+        if difference.get("problem") != "node_only_column" or table not in tables:
+            continue
+        if column not in tables[table][0]:
+            continue
+        partner = difference.get("renamed_to")
+        told.setdefault(str(table), {})[str(column)] = (
+            str(partner) if isinstance(partner, str) else None
+        )
+    return told
+
+
+def _kind(inspected: Mapping[str, Any]) -> str:
+    return codec_for(sa.Column(inspected["name"], inspected["type"])).kind
+
+
+def _plan(
+    client: SyncClient, connection: sa.Connection, told: Told, renames: Renames
+) -> Migration:
     inspector = sa.inspect(connection)
     existing = set(inspector.get_table_names())
     plan = Migration()
-    for info in client._schema_on(connection).tables.values():
+    tables = client._schema_on(connection).tables
+    unknown = [t for t in renames if t not in tables]
+    if unknown:
+        raise ConfigurationError(
+            f"renames names {', '.join(unknown)}, which this node does not track."
+        )
+    for info in tables.values():
         table = info.table
         if table.name not in existing:
             plan.created.append(info.name)
             continue
         on_file = {c["name"]: c for c in inspector.get_columns(table.name)}
         wanted = [c for c in table.columns if c.name not in on_file]
-        if not wanted:
-            continue
-        unused = [n for n in on_file if n not in table.c]
-        if len(unused) == 1:
-            old = on_file[unused[0]]
-            partner = _renamed_to(connection, old, wanted)
-            if partner is not None:
-                plan.renamed[info.name] = {old["name"]: partner.name}
-                wanted = [c for c in wanted if c is not partner]
-        if wanted:
-            plan.added[info.name] = [c.name for c in wanted]
-        unused = [n for n in unused if n not in plan.renamed.get(info.name, {})]
-        if unused and _queued(connection, info.name):
+        unused = {n: c for n, c in on_file.items() if n not in table.c}
+        given = _given(info.name, renames.get(info.name, {}), unused, wanted)
+        # The app's word first, then the server's catalog, then the shape.
+        decided: dict[str, str | None] = {**told.get(info.name, {}), **given}
+        decided = {
+            old: new
+            for old, new in decided.items()
+            if old in unused and (new is None or new in table.c)
+        }
+        taken = {new for new in decided.values() if new is not None}
+        pairs, unclear = _pair_by_shape(
+            connection,
+            {n: c for n, c in unused.items() if n not in decided},
+            [c for c in wanted if c.name not in taken],
+        )
+        if unclear:
+            raise _ambiguous(info.name, unclear)
+        renamed = {
+            **{old: new for old, new in decided.items() if new is not None},
+            **pairs,
+        }
+        if renamed:
+            plan.renamed[info.name] = renamed
+        added = [c.name for c in wanted if c.name not in renamed.values()]
+        if added:
+            plan.added[info.name] = added
+        left = [n for n in unused if n not in renamed]
+        if left and wanted and _queued(connection, info.name):
             raise ConfigurationError(
-                f"The node's file has {', '.join(f'{info.name}.{n}' for n in unused)}"
+                f"The node's file has {', '.join(f'{info.name}.{n}' for n in left)}"
                 f", which the models no longer name, and changes of {info.name} "
                 "are queued: their values there could not be pushed under a new "
                 "name. Rename the column in the file yourself (ALTER TABLE ... "
-                "RENAME COLUMN), then migrate."
+                "RENAME COLUMN) or say which it became (migrate(renames=...), "
+                "reflectsync-node migrate --rename), then migrate."
             )
     return plan
 
 
-def _renamed_to(
-    connection: sa.Connection, old: Any, wanted: list[sa.Column[Any]]
-) -> sa.Column[Any] | None:
-    """The new column the file's only unused column was renamed to: the only
-    one holding the same kind of value, or among several, the only one of
-    exactly its type (``VARCHAR(8)`` beside a ``VARCHAR(200)``)."""
-    kind = codec_for(sa.Column(old["name"], old["type"])).kind
-    same = [c for c in wanted if codec_for(c).kind == kind]
-    if len(same) > 1:
-        dialect = connection.dialect
-        text = old["type"].compile(dialect=dialect)
-        same = [c for c in same if c.type.compile(dialect=dialect) == text]
-    return same[0] if len(same) == 1 else None
+def _given(
+    table: str,
+    given: Mapping[str, str | None],
+    unused: Mapping[str, Any],
+    wanted: list[sa.Column[Any]],
+) -> dict[str, str | None]:
+    """The app's renames of ``table``, checked against the file and the
+    models."""
+    names = {c.name for c in wanted}
+    for old, new in given.items():
+        if old not in unused:
+            raise ConfigurationError(
+                f"renames: {table}.{old} is not a column of the node's file "
+                "that the models no longer name."
+            )
+        if new is not None and new not in names:
+            raise ConfigurationError(
+                f"renames: {table}.{new} is not a column the models name and "
+                "the node's file lacks."
+            )
+    return dict(given)
+
+
+def _pair_by_shape(
+    connection: sa.Connection, old: Mapping[str, Any], wanted: list[sa.Column[Any]]
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Old columns of the file paired with new columns of the models: by
+    the kind of value they hold, each the other's only candidate (``a -> x``
+    and ``b -> y`` when one pair holds strings and the other integers);
+    where that does not decide, by exact type among the candidates
+    (``VARCHAR(8)`` beside a ``VARCHAR(200)``). Returns the pairs and, for
+    the old columns still undecided, their candidates."""
+    dialect = connection.dialect
+    pairs, unclear = pair_by_kind(
+        {n: _kind(c) for n, c in old.items()},
+        {c.name: codec_for(c).kind for c in wanted},
+    )
+    if not unclear:
+        return pairs, {}
+    by_name = {c.name: c for c in wanted}
+    among = {n for found in unclear.values() for n in found}
+    exact, still = pair_by_kind(
+        {n: old[n]["type"].compile(dialect=dialect) for n in unclear},
+        {n: by_name[n].type.compile(dialect=dialect) for n in sorted(among)},
+    )
+    pairs.update(exact)
+    return pairs, {n: unclear[n] for n in unclear if n not in exact}
+
+
+def _ambiguous(table: str, unclear: Mapping[str, list[str]]) -> ConfigurationError:
+    said = "; ".join(
+        f"{table}.{old} to {' or '.join(found)}" for old, found in unclear.items()
+    )
+    chosen: dict[str, str] = {}
+    for old, found in unclear.items():
+        free = [c for c in found if c not in chosen.values()]
+        chosen[old] = (free or found)[0]
+    example = ", ".join(f"{old!r}: {new!r}" for old, new in chosen.items())
+    return ConfigurationError(
+        f"Which columns of {table} were renamed cannot be told: the node's "
+        f"file could have renamed {said} (the same type of value; the server "
+        "does not know either). Nothing was changed. Say it: "
+        f"migrate(renames={{{table!r}: {{{example}}}}}) (None for a column "
+        f"that was not renamed), or reflectsync-node migrate --rename "
+        f"{table}.OLD=NEW, or rename the columns in the file yourself (ALTER "
+        "TABLE ... RENAME COLUMN), then migrate."
+    )
 
 
 def _queued(connection: sa.Connection, table: str) -> bool:
@@ -243,6 +407,11 @@ def _fetch(client: SyncClient, plan: Migration) -> int:
             fresh = [r for r in rows if row_key(info, r) not in have]
             write_rows(connection, info, fresh, [])
             fetched += len(fresh)
+        # The new tables hold the server's rows now (see catch_up.py; a
+        # file of an earlier release keeps no list yet: the catch-up finds
+        # them holding the server's rows).
+        if client._state(connection).synced_tables is not None:
+            record_synced(connection, inserts)
         for name, rows in filled.items():
             info = client.schema.tables[name]
             present = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import signals
@@ -17,6 +17,7 @@ from ..tracking import DELETE, UPDATE, TrackedTable
 from ..wire.codec import DECODE_ERRORS, stores_time_zones, synced_codecs
 from ..wire.messages import PROTOCOL_VERSION
 from ..wire.page import decode_columns
+from . import catch_up as _catch_up
 from . import keys as _keys
 from . import push as _push
 from . import query as _query
@@ -27,7 +28,7 @@ from .evict import decode_evictions, evict
 from .merge import MergeResult, PulledTable, merge_page, rekey_unseen
 from .queue import LocalQueue
 from .results import PullProgress, PullResult
-from .state import State
+from .state import State, record_synced
 from .tables import NODE_KEYS, NODE_LOG
 
 if TYPE_CHECKING:
@@ -50,11 +51,14 @@ def pull(
         client._registered()
         _schema.check_local(client)
         _push.settle_push(client)
+        # Tables the node never synchronised get the server's rows first:
+        # the pages below start past them.
+        conflicts: list[Conflict] = _catch_up.catch_up(client, client._state())
         state = client._state()
+        synced = [n for n in client.schema.tables if n not in client._not_on_server]
         since = state.last_version
         # A pull cut off inside a version resumes where it stopped.
         cursor = state.pull_cursor
-        conflicts: list[Conflict] = []
         count = done = 0
         total: int | None = None
         version = since
@@ -94,7 +98,13 @@ def pull(
             changes = decode_page(client, page)
             evictions = decode_evictions(client, page)
             result = merge(
-                client, changes, page["until"], page["cursor"], evictions, removed
+                client,
+                changes,
+                page["until"],
+                page["cursor"],
+                evictions,
+                removed,
+                synced=synced,
             )
             for conflict in result.conflicts:
                 signals.conflict_resolved.send(client, conflict=conflict)
@@ -175,6 +185,8 @@ def merge(
     cursor: str | None,
     evictions: Mapping[str, list[tuple[Any, ...]]] | None = None,
     removed: list[int] | None = None,
+    *,
+    synced: Collection[str] = (),
 ) -> MergeResult:
     """Merge one page in one local transaction, never holding the node's
     write lock while waiting for the server.
@@ -186,6 +198,9 @@ def merge(
     plan made without it. Each round fetches rows the earlier ones did
     not, so it ends; past ``_MERGE_ROUNDS`` the rows are fetched in the
     transaction, as a last resort.
+
+    :param synced: tables to record as synchronised with the page (see
+        :mod:`.catch_up`).
     """
     fetched: dict[str, dict[tuple[Any, ...], dict[str, Any] | None]] = {}
     resolutions = RememberedResolutions(client.resolutions)
@@ -205,6 +220,8 @@ def merge(
                     _keys.reserved_keys if client.key_blocks else None,
                 )
                 client._set_state(connection, last_version=until, pull_cursor=cursor)
+                if synced:
+                    record_synced(connection, synced)
             if removed is not None:
                 removed[0] += gone
             return result

@@ -21,6 +21,7 @@ from ..wire.repair import MEDIA_TYPE, RepairReader
 from . import push as _push
 from . import schema as _schema
 from .keys import HighWater
+from .state import record_synced
 from .tables import NODE_BASES, NODE_KEYS, NODE_LOG
 
 if TYPE_CHECKING:
@@ -119,6 +120,8 @@ def repair(
                     push_versions=None,
                     push_message=None,
                 )
+                # Every tracked table now holds the server's copy.
+                record_synced(connection, schema.tables)
         except httpx.TransportError as error:
             # The stream broke off: the local transaction rolled back.
             raise ServerUnreachableError(

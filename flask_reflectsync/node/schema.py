@@ -92,8 +92,9 @@ class SchemaCheck:
         node's models against its own database file (``problem``
         ``not_in_database``), then the node's tracked tables against the
         server's (``node_only_table``, ``node_only_column``,
-        ``server_only_column``, ``kind``; ``renamed_to`` for a probable
-        rename).
+        ``server_only_column``, ``kind``; ``renamed_to`` for a rename,
+        ``known`` when the server's catalog knows it, ``candidates`` when
+        several columns could be it).
     :param server_only_tables: tables the server synchronises and the node
         does not track (left out of its pulls; perhaps on purpose).
     """

@@ -5,7 +5,7 @@ flight) and its write transactions.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +28,14 @@ class State:
     push_id: str | None
     push_versions: list[int]
     push_message: str | None
+    #: The tracked tables synchronised so far (``None``: a file of an
+    #: earlier release, which did not keep them).
+    synced_tables: frozenset[str] | None = None
+
+    @property
+    def has_synced(self) -> bool:
+        """Whether the node has pulled (or begun to, or been repaired)."""
+        return self.last_version != 0 or self.pull_cursor is not None
 
 
 def read_state(connection: sa.Connection) -> State:
@@ -45,6 +53,11 @@ def read_state(connection: sa.Connection) -> State:
         push_id=row.push_id,
         push_versions=json.loads(row.push_versions or "[]"),
         push_message=row.push_message,
+        synced_tables=(
+            None
+            if row.synced_tables is None
+            else frozenset(json.loads(row.synced_tables))
+        ),
     )
 
 
@@ -53,6 +66,16 @@ def set_state(connection: sa.Connection, **values: Any) -> None:
     connection.execute(
         sa.update(NODE_STATE).where(NODE_STATE.c.id == STATE_ROW).values(**values)
     )
+
+
+def record_synced(connection: sa.Connection, names: Iterable[str]) -> None:
+    """Add ``names`` to the tables the node has synchronised, in
+    ``connection``'s transaction (with the write that synchronised them).
+    On a file that kept no list yet, ``names`` starts it: give them all."""
+    known = read_state(connection).synced_tables or frozenset()
+    merged = known | set(names)
+    if merged != known or not known:
+        set_state(connection, synced_tables=json.dumps(sorted(merged)))
 
 
 @contextmanager

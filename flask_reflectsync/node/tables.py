@@ -70,6 +70,11 @@ NODE_STATE = sa.Table(
     # The push message as first sent: a retry must send the same (the server
     # refuses a push id it applied with other content).
     sa.Column("push_message", sa.Text, nullable=True),
+    # The tracked tables the node has synchronised (JSON list): a tracked
+    # table it never has (created later by the app, on a file that has
+    # pulled already) gets the server's rows fetched before its next push or
+    # pull (see catch_up.py). NULL in files of earlier releases.
+    sa.Column("synced_tables", sa.Text, nullable=True),
 )
 
 #: Per tracked table with an integer key, the highest key the node has ever
@@ -107,7 +112,8 @@ KEY_BLOCK_LOW = 250
 
 def _add_missing_column(connection: sa.Connection, table: sa.Table, name: str) -> None:
     """Add a nullable text column that node files made by an older release
-    lack (``push_message`` of the state, ``changed_columns`` of the log)."""
+    lack (``push_message`` and ``synced_tables`` of the state,
+    ``changed_columns`` of the log)."""
     columns = sa.inspect(connection).get_columns(table.name)
     if name not in {column["name"] for column in columns}:
         connection.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {name} TEXT")
@@ -119,6 +125,7 @@ def create_node_tables(engine: sa.Engine) -> None:
     NODE_METADATA.create_all(engine, checkfirst=True)
     with engine.begin() as connection:
         _add_missing_column(connection, NODE_STATE, "push_message")
+        _add_missing_column(connection, NODE_STATE, "synced_tables")
         _add_missing_column(connection, NODE_LOG.operations, "changed_columns")
         found = connection.execute(
             sa.select(NODE_STATE.c.id).where(NODE_STATE.c.id == STATE_ROW)

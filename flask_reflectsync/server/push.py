@@ -63,6 +63,7 @@ from ..tracking.numbering import number_versions
 from ..tracking.tables import TRIMMED_ROW, VERSION_ROW
 from ..wire.codec import stores_time_zones
 from ..wire.messages import validate
+from ..wire.schema import ColumnHistory
 from .pull_scopes import Share
 from .push_apply import _ADVANCE_SEQUENCE as _ADVANCE_SEQUENCE
 from .push_apply import _advance_sequences, _apply, _find_restores
@@ -122,6 +123,7 @@ def push(
     node_id: int,
     message: Any,
     share: Share | None = None,
+    history: Mapping[str, ColumnHistory] | None = None,
 ) -> PushOutcome:
     """Apply one push atomically and exactly once.
 
@@ -148,12 +150,17 @@ def push(
     :param share: the node's share (see :mod:`.scopes`): a push writing
         outside it is refused whole
         (:class:`~flask_reflectsync.errors.ScopeDeniedError`).
+    :param history: the earlier names of the server's columns (PostgreSQL,
+        :func:`.column_names.column_history`): a refused row's reason says
+        the column was renamed (to which) or dropped.
     :raises ConfigurationError: if the session's transaction holds writes.
     """
     _check_no_writes(session)
     for attempt in range(1, BUSY_TRIES + 1):
         try:
-            return _push_once(session, tables, schema, node_id, message, share)
+            return _push_once(
+                session, tables, schema, node_id, message, share, history
+            )
         except ServiceBusyError:
             if attempt == BUSY_TRIES:
                 raise
@@ -181,6 +188,7 @@ def _push_once(
     node_id: int,
     message: Any,
     share: Share | None = None,
+    history: Mapping[str, ColumnHistory] | None = None,
 ) -> PushOutcome:
     """One try of :func:`push`.
 
@@ -220,7 +228,7 @@ def _push_once(
         return PushOutcome(answer, applied=False)
 
     try:
-        check_push(request, schema)
+        check_push(request, schema, history)
     except BaseException:
         session.rollback()
         raise

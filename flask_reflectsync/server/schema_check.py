@@ -40,6 +40,7 @@ from ..errors import (
 from ..tracking import INSERT, TrackedTable
 from ..wire.codec import codec_for
 from ..wire.schema import (
+    ColumnHistory,
     Difference,
     columns_of,
     combined_digest,
@@ -109,10 +110,16 @@ def _needed(
     )
 
 
-def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
+def report(
+    message: Mapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
+) -> dict[str, Any]:
     """The answer of ``POST /schema-check``: whether the node's schema is
     the server's, and what differs (nothing is applied or recorded).
 
+    :param history: the earlier names of the server's columns
+        (:func:`.column_names.column_history`, PostgreSQL).
     :raises ValidationError: the message gives no schema.
     :raises SchemaDescriptionNeededError: a digest that is not the server's.
     """
@@ -124,7 +131,7 @@ def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
             "message: give the node's schema (schema or schema_digest) to "
             "compare with the server's."
         )
-    differences = [d.to_dict() for d in compare(node, schema.tables)]
+    differences = [d.to_dict() for d in compare(node, schema.tables, history)]
     server_only = [name for name in schema.tables if name not in node]
     return {
         "same": not differences and not server_only,
@@ -137,20 +144,25 @@ def report(message: Mapping[str, Any], schema: TrackedSchema) -> dict[str, Any]:
 
 
 def fit_page(
-    page: dict[str, Any], message: Mapping[str, Any], schema: TrackedSchema
+    page: dict[str, Any],
+    message: Mapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
 ) -> None:
     """Cut ``page`` (from :func:`.pull.read_page`) to the node's schema, or
     refuse it.
 
     :param message: the pull request; without ``schema`` (a node from before
         the handshake) the page is left as it is.
+    :param history: the earlier names of the server's columns (PostgreSQL):
+        a column the catalog says was dropped blocks no row.
     :raises SchemaMismatchError: a row of the page cannot be stored by the
         node; nothing is recorded as pulled.
     """
     node, _ = node_schema(message, schema)
     if node is None:
         return  # the same schema, or a node from before the handshake
-    differences = compare(node, schema.tables)
+    differences = compare(node, schema.tables, history)
     if not differences and len(node) == len(schema.tables):
         return  # the same tables and columns: the page fits as it is
     by_table: dict[str, list[Difference]] = {}
@@ -204,7 +216,7 @@ def _unstorable(
     # name (renamed), and a whole row would lose it on the node.
     renamed = any(d.problem == "server_only_column" for d in problems)
     for difference in problems:
-        if difference.problem == "node_only_column":
+        if difference.problem == "node_only_column" and not difference.dropped:
             whole = any(marks is None or marks[n] is None for n in range(rows))
             if whole and renamed:
                 found.append(difference)
@@ -254,7 +266,11 @@ def _cut_to(part: dict[str, Any], mine: Mapping[str, str]) -> list[str]:
 # -- repairs -------------------------------------------------------------------------
 
 
-def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
+def check_repair(
+    message: Mapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
+) -> None:
     """Refuse a repair whose copy the node cannot store: a table where the
     node has a column the server lacks beside one the server has and the
     node lacks (renamed), or a column whose kind differs. Columns only the
@@ -268,7 +284,7 @@ def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
     if node is None:
         return
     by_table: dict[str, list[Difference]] = {}
-    for difference in compare(node, schema.tables):
+    for difference in compare(node, schema.tables, history):
         by_table.setdefault(difference.table, []).append(difference)
     blocked = []
     for problems in by_table.values():
@@ -276,7 +292,8 @@ def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
         blocked += [
             d
             for d in problems
-            if d.problem == "kind" or (d.problem == "node_only_column" and renamed)
+            if d.problem == "kind"
+            or (d.problem == "node_only_column" and renamed and not d.dropped)
         ]
     if blocked:
         raise SchemaMismatchError(
@@ -291,7 +308,11 @@ def check_repair(message: Mapping[str, Any], schema: TrackedSchema) -> None:
 # -- pushes --------------------------------------------------------------------------
 
 
-def check_push(request: MutableMapping[str, Any], schema: TrackedSchema) -> None:
+def check_push(
+    request: MutableMapping[str, Any],
+    schema: TrackedSchema,
+    history: Mapping[str, ColumnHistory] | None = None,
+) -> None:
     """Refuse the rows of a push the server's schema cannot take, all at
     once; leave out nulls of columns the server lacks.
 
@@ -333,7 +354,8 @@ def check_push(request: MutableMapping[str, Any], schema: TrackedSchema) -> None
     for table, block in payloads.items():
         info = schema.get(table)
         if info is not None:
-            _check_block(info, block, node.get(table), refuse, None)
+            told = (history or {}).get(table)
+            _check_block(info, block, node.get(table), refuse, None, told)
             _check_required(info, block, inserted.get(table, set()), refuse)
     for table, blocks in (request.get("patches") or {}).items():
         info = schema.get(table)
@@ -341,7 +363,9 @@ def check_push(request: MutableMapping[str, Any], schema: TrackedSchema) -> None
             continue
         into = emptied.setdefault(table, set())
         for block in blocks:
-            _check_block(info, block, node.get(table), refuse, into)
+            _check_block(
+                info, block, node.get(table), refuse, into, (history or {}).get(table)
+            )
         width = len(info.pk_columns)
         request["patches"][table] = [b for b in blocks if len(b["columns"]) > width]
     if refused:
@@ -372,6 +396,7 @@ def _check_block(
     kinds: Mapping[str, str] | None,
     refuse: Any,
     emptied: set[str] | None,
+    told: ColumnHistory | None = None,
 ) -> None:
     """Check one block of rows (a table's payload or one of its patches)
     and drop its nulls of columns the server lacks."""
@@ -403,11 +428,10 @@ def _check_block(
             if value is None:
                 continue
             if column in missing:
-                reason = (
-                    f"{info.name}.{column} is not a column on the server "
-                    "(renamed or dropped there, or added on the node first); "
-                    "the value would be lost."
-                )
+                reason = f"{info.name}.{column} is not a column on the server " + (
+                    _fate(told, column)
+                    or "(renamed or dropped there, or added on the node first)"
+                ) + "; the value would be lost."
             else:
                 assert kinds is not None
                 reason = (
@@ -422,6 +446,17 @@ def _check_block(
         block["rows"] = [[values[n] for n in kept] for values in rows]
         if emptied is not None and len(kept) == len(pk):
             emptied.update(json.dumps([v[p] for p in positions]) for v in rows)
+
+
+def _fate(told: ColumnHistory | None, column: str) -> str | None:
+    """What the server's catalog knows became of ``column`` (PostgreSQL)."""
+    if told is None:
+        return None
+    if column in told.renamed:
+        return f"(renamed to {told.renamed[column]} on the server)"
+    if column in told.dropped:
+        return "(dropped on the server)"
+    return None
 
 
 def _check_required(

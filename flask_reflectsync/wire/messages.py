@@ -390,6 +390,18 @@ SCHEMAS: dict[str, Schema] = {
                         "problem": {"type": "string"},
                         "message": {"type": "string"},
                         "renamed_to": {"type": "string"},
+                        "known": {
+                            "type": "boolean",
+                            "description": "The server's catalog knows it "
+                            "(PostgreSQL): renamed to renamed_to, or dropped "
+                            "without it; not a guess by shape.",
+                        },
+                        "candidates": {
+                            "type": "array",
+                            "items": {"type": "string"},
+                            "description": "The server's columns of the same "
+                            "kind it may have become, when several.",
+                        },
                     },
                 },
             },
@@ -602,7 +614,7 @@ SCHEMAS: dict[str, Schema] = {
                 "items": {"type": "object"},
                 "description": "schema.mismatch: what differs, one entry per "
                 "table or column (table, column, problem, message, "
-                "renamed_to).",
+                "renamed_to, known, candidates).",
             },
             "rows": {
                 "type": "array",

@@ -106,6 +106,21 @@ def describe(tables: Iterable[TrackedTable]) -> Description:
 
 
 @dataclass(frozen=True)
+class ColumnHistory:
+    """What the server's catalog tells of a tracked table's columns beyond
+    their names (PostgreSQL, see :mod:`flask_reflectsync.server.column_names`):
+    the names its columns had before.
+
+    :param renamed: by an earlier name, the column's name now (the same
+        column: its attnum in the table kept across ``RENAME COLUMN``).
+    :param dropped: earlier names of columns the table no longer has.
+    """
+
+    renamed: Mapping[str, str]
+    dropped: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
 class Difference:
     """One way a node's table differs from the server's.
 
@@ -118,7 +133,14 @@ class Difference:
         or ``kind`` (the column holds another kind of value on each side).
     :param message: a sentence saying it.
     :param renamed_to: for ``node_only_column``, the server's column it was
-        probably renamed to (one column went and one of the same kind came).
+        renamed to: known from the server's catalog (``known``), or guessed
+        by shape (one column went and one of the same kind came).
+    :param known: the server's catalog tells it (PostgreSQL): for
+        ``node_only_column``, renamed to ``renamed_to``, or dropped when
+        ``renamed_to`` is ``None``; not a guess.
+    :param candidates: for ``node_only_column`` told by shape alone, the
+        server's columns of the same kind it may have been renamed to, when
+        there are several (no rename is guessed then).
     """
 
     table: str
@@ -126,6 +148,8 @@ class Difference:
     problem: Problem
     message: str
     renamed_to: str | None = None
+    known: bool = False
+    candidates: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         found: dict[str, Any] = {
@@ -136,19 +160,56 @@ class Difference:
         }
         if self.renamed_to is not None:
             found["renamed_to"] = self.renamed_to
+        if self.known:
+            found["known"] = True
+        if self.candidates:
+            found["candidates"] = list(self.candidates)
         return found
+
+    @property
+    def dropped(self) -> bool:
+        """A node-only column the server's catalog says was dropped (not
+        renamed): its values live on nowhere on the server."""
+        return self.known and self.renamed_to is None
+
+
+def pair_by_kind(
+    gone: Mapping[str, str], came: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Pair columns that went with columns that came, by kind: ``gone`` and
+    ``came`` map names to kinds. A pair is one where each is the other's only
+    candidate (``a -> x`` and ``b -> y`` in one table when ``a`` and ``x``
+    hold strings, ``b`` and ``y`` integers). Returns the pairs and, for the
+    columns left with several candidates (or sharing their only one), those
+    candidates."""
+    options = {g: [c for c, k in came.items() if k == kind] for g, kind in gone.items()}
+    claimed: dict[str, int] = {}
+    for found in options.values():
+        for c in found:
+            claimed[c] = claimed.get(c, 0) + 1
+    pairs: dict[str, str] = {}
+    unclear: dict[str, list[str]] = {}
+    for g, found in options.items():
+        if len(found) == 1 and claimed[found[0]] == 1:
+            pairs[g] = found[0]
+        elif found:
+            unclear[g] = found
+    return pairs, unclear
 
 
 def compare(
-    node: Mapping[str, Mapping[str, str]], server: Mapping[str, TrackedTable]
+    node: Mapping[str, Mapping[str, str]],
+    server: Mapping[str, TrackedTable],
+    history: Mapping[str, ColumnHistory] | None = None,
 ) -> list[Difference]:
     """How the node's description differs from the server's tracked tables
     (``server``: by name, the tables the node may see).
 
-    A node-only column paired with a server-only one of the same kind, when
-    each is the only one of its side in the table, is said to be probably
-    renamed (the server's reflection identity is not consulted: on SQLite
-    and MariaDB it is the name anyway).
+    A node-only column is renamed or dropped as the server's catalog tells
+    (``history``, PostgreSQL); otherwise paired by shape with a server-only
+    one of the same kind when each is the other's only candidate
+    (:func:`pair_by_kind`), and said to be *probably* renamed. On SQLite
+    and MariaDB a column's identity is its name: there is no history.
     """
     found: list[Difference] = []
     for table, columns in node.items():
@@ -170,16 +231,55 @@ def compare(
         mine = dict(columns)
         gone = [c for c in mine if c not in kinds]
         came = [c for c in kinds if c not in mine]
+        told = (history or {}).get(table)
+        known: dict[str, str | None] = {}
+        if told is not None:
+            for column in gone:
+                if told.renamed.get(column) in came:
+                    known[column] = told.renamed[column]
+                elif column in told.dropped and column not in told.renamed:
+                    known[column] = None
+        pairs, unclear = pair_by_kind(
+            {c: mine[c] for c in gone if c not in known},
+            {
+                c: kinds[c]
+                for c in came
+                if c not in {v for v in known.values() if v is not None}
+            },
+        )
         for column in gone:
-            partner = None
-            if len(gone) == 1 and len(came) == 1 and kinds[came[0]] == mine[column]:
-                partner = came[0]
-            hint = (
-                f": renamed to {partner} on the server?"
-                if partner is not None
-                else " (renamed or dropped on the server, or added on the node "
-                "before the server)"
-            )
+            if column in known:
+                partner = known[column]
+                hint = (
+                    f": renamed to {partner} on the server"
+                    if partner is not None
+                    else ": dropped on the server"
+                )
+                found.append(
+                    Difference(
+                        table,
+                        column,
+                        "node_only_column",
+                        f"{table}.{column} is not a column on the server{hint}",
+                        renamed_to=partner,
+                        known=True,
+                    )
+                )
+                continue
+            partner = pairs.get(column)
+            options = tuple(unclear.get(column, ()))
+            if partner is not None:
+                hint = f": renamed to {partner} on the server?"
+            elif options:
+                hint = (
+                    f": renamed on the server to one of {', '.join(options)} "
+                    "(they hold the same kind of value)?"
+                )
+            else:
+                hint = (
+                    " (renamed or dropped on the server, or added on the node "
+                    "before the server)"
+                )
             found.append(
                 Difference(
                     table,
@@ -187,6 +287,7 @@ def compare(
                     "node_only_column",
                     f"{table}.{column} is not a column on the server{hint}",
                     renamed_to=partner,
+                    candidates=options,
                 )
             )
         for column in came:
