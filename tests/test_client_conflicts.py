@@ -346,6 +346,67 @@ def test_a_local_child_of_a_parent_replaced_under_its_key_keeps_the_old_parent(
     ]
 
 
+def test_a_nodes_own_row_replaced_under_its_key_before_it_pulled_stays_apart(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    # The node adds Arequipa (key 3) and pushes it without pulling; the
+    # server's app deletes it and gives key 3 to Tacna; the node renames
+    # Arequipa and pulls. The page's operations (the node's insert, the
+    # delete, Tacna's insert) are a replacement, not the node's own row:
+    # the rename must not land on Tacna.
+    m = net.server.env.models
+    a = net.node()
+    _seed(net, a)
+    with a.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    a.push()
+    env = net.server.env
+    with env.app.app_context():
+        env.db.session.delete(env.db.session.get(m.City, 3))
+        env.db.session.commit()
+        env.db.session.add(m.City(id=3, name="Tacna", population=2, country_id=1))
+        env.db.session.commit()
+    _set(a, m.City, 3, name="Arequipa (old town)")
+    a.pull()
+    net.settle()
+    rows = net.assert_converged()
+    names = sorted(name for _, name, _, _ in rows["city"])
+    assert names == ["Arequipa (old town)", "Cusco", "Lima", "Tacna"]
+    assert (3, "Tacna", 2, 1) in rows["city"]
+
+
+def test_a_child_deleted_with_a_replaced_parent_comes_back_to_the_old_one(
+    net: Cluster, resolved: list[Conflict]
+) -> None:
+    # The node edits Lima's population and adds Arequipa, both in Peru (key
+    # 1). The server's app deletes Lima and Peru and gives key 1 to Chile.
+    # Lima's edit restores it as the node had it: in Peru, which comes back
+    # beside Chile under a new key; Lima must not land in Chile.
+    m = net.server.env.models
+    a = net.node()
+    _seed(net, a)
+    _set(a, m.City, 1, population=11)
+    with a.Session() as session:
+        session.add(m.City(id=3, name="Arequipa", population=1, country_id=1))
+        session.commit()
+    env = net.server.env
+    with env.app.app_context():
+        env.db.session.delete(env.db.session.get(m.City, 1))
+        env.db.session.get(m.City, 2).country_id = None
+        env.db.session.delete(env.db.session.get(m.Country, 1))
+        env.db.session.commit()
+        env.db.session.add(m.Country(id=1, name="Chile"))
+        env.db.session.commit()
+    a.synchronize()
+    net.settle()
+    rows = net.assert_converged()
+    peru = [key for key, name in rows["country"] if name == "Peru"]
+    assert len(peru) == 1 and peru[0] != 1
+    assert (1, "Lima", 11, peru[0]) in rows["city"]
+    assert (3, "Arequipa", 1, peru[0]) in rows["city"]
+
+
 def test_a_local_child_of_a_replaced_parent_goes_with_server_wins(
     net: Cluster, resolved: list[Conflict]
 ) -> None:

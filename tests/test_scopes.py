@@ -345,6 +345,37 @@ def test_a_node_writes_inside_its_share(field: Field) -> None:
     assert (100, 1, "more") in _server_rows(field, field.Answer)
 
 
+def test_a_nodes_own_new_rows_pulled_back_are_not_second_rows(field: Field) -> None:
+    # North adds a survey and an answer and pushes them without pulling; the
+    # server's app retitles the survey; north edits the answer and pulls.
+    # The page's first operation of both rows is north's own insert: north
+    # has them, so the survey comes as an update and the answer is not sent
+    # as a child entering the share (north would keep both as two rows).
+    _seed(field)
+    north = field.node("north", region="north")
+    north.synchronize()
+    with north.Session() as session:
+        session.add(field.Survey(id=100, region="north", title="new"))
+        session.add(field.Answer(id=100, survey_id=100, text="first"))
+        session.commit()
+    north.push()
+    survey = field.db.session.get(field.Survey, 100)
+    survey.title = "retitled"
+    field.db.session.commit()
+    with north.Session() as session:
+        session.get(field.Answer, 100).text = "second"
+        session.commit()
+    north.pull()
+    north.synchronize()
+    assert [r for r in _rows(north, field.Survey) if r[0] >= 100] == [
+        (100, "north", "retitled")
+    ]
+    assert [r for r in _rows(north, field.Answer) if r[0] >= 100] == [
+        (100, 100, "second")
+    ]
+    assert (100, 100, "second") in _server_rows(field, field.Answer)
+
+
 def test_a_local_write_outside_the_share_is_set_aside_and_the_rest_syncs(
     field: Field,
 ) -> None:

@@ -158,7 +158,9 @@ def read_page(
     patched = patched_columns(names, keys, logged, changed, writers, node_id)
     walk: RowWalk | None = None
     if share is not None:
-        walk = walk_rows(share, names, keys, logged, tags[0], tags[1])
+        walk = walk_rows(
+            share, names, keys, logged, tags[0], tags[1], writers, node_id
+        )
     leave_out_own_rows(
         commands, names, keys, logged, writers, changed, node_id, patched
     )

@@ -123,13 +123,23 @@ def walk_rows(
     logged: Sequence[str],
     before: Sequence[str | None],
     after: Sequence[str | None],
+    writers: Sequence[int | None] | None = None,
+    node_id: int | None = None,
 ) -> RowWalk:
-    """Walk the page's operations of routed tables (see :class:`RowWalk`)."""
+    """Walk the page's operations of routed tables (see :class:`RowWalk`).
+
+    :param writers: the node of each operation (``None``: the server's
+        app), with ``node_id`` the pulling node's: a row whose first
+        operation is the node's own insert into its share is one it has
+        (sent as an insert again, a node holding it with a queued edit
+        would take it for a second row).
+    """
     walk = RowWalk()
     tags = share.tags
     routed: dict[str, bool] = {}
-    for name, key, command, was, now in zip(
-        names, keys, logged, before, after, strict=True
+    own = writers if writers is not None else [None] * len(names)
+    for name, key, command, was, now, writer in zip(
+        names, keys, logged, before, after, own, strict=True
     ):
         if name not in routed:
             routed[name] = share.routed(name)
@@ -137,7 +147,11 @@ def walk_rows(
             continue
         ident = (name, key)
         if ident not in walk.had:
-            walk.had[ident] = command != INSERT and was in tags
+            if command == INSERT:
+                mine = node_id is not None and writer == node_id
+                walk.had[ident] = mine and now in tags
+            else:
+                walk.had[ident] = was in tags
         outside = command != DELETE and now not in tags
         if outside:
             walk.left.add(ident)

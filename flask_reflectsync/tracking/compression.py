@@ -125,7 +125,8 @@ def compressed_commands(
     :param commands: the command of each operation.
     :param report_vanished: as for :func:`compress`.
     :param watch_replaced: tables in which a row deleted and inserted again
-        comes out as :data:`REPLACED` instead of an update.
+        comes out as :data:`REPLACED` instead of an update (or an insert,
+        when the page also holds the first row's insert).
     :return: by table name, then key text, each row's compressed command; rows
         whose changes cancel out are left out. Rows come in the order they
         were first touched.
@@ -150,8 +151,11 @@ def compressed_commands(
                 key: _outcome(first[key], c, report_vanished) for key, c in last.items()
             }
             if table_name in watch_replaced:
+                # Also a row inserted, deleted and inserted again: a node
+                # that had the first row (its own insert) must hear that
+                # the row under the key is another one.
                 for key in _replaced(texts, logged):
-                    if outcomes[key] == UPDATE:
+                    if outcomes[key] in (UPDATE, INSERT):
                         outcomes[key] = REPLACED
             last = {key: c for key, c in outcomes.items() if c is not None}
         if last:
