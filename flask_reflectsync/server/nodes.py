@@ -409,15 +409,30 @@ def _remember_nonce(
     seen: dict[str, Any] = {"last_seen_at": moment}
     if retire:
         seen["retired_at"] = moment
-    session.execute(
-        sa.update(nodes_table(tables))
-        .where(nodes_table(tables).c.id == node_id)
-        .values(**seen)
-    )
+    table = nodes_table(tables)
+    touch = sa.update(table).where(table.c.id == node_id).values(**seen)
     try:
-        session.execute(
-            sa.insert(nonces).values(node_id=node_id, nonce=nonce, created_at=moment)
-        )
+        if session.get_bind(clause=nonces).dialect.name == "postgresql":
+            # One round trip: the nonce is inserted from the UPDATE's
+            # RETURNING, so the node's row is still locked first.
+            locked = touch.returning(table.c.id).cte("seen")
+            session.execute(
+                sa.insert(nonces).from_select(
+                    ["node_id", "nonce", "created_at"],
+                    sa.select(
+                        locked.c.id,
+                        sa.literal(nonce, nonces.c.nonce.type),
+                        sa.literal(moment, nonces.c.created_at.type),
+                    ),
+                )
+            )
+        else:
+            session.execute(touch)
+            session.execute(
+                sa.insert(nonces).values(
+                    node_id=node_id, nonce=nonce, created_at=moment
+                )
+            )
     except sa.exc.IntegrityError:
         raise AuthenticationError(
             "This request was already received (replayed nonce); sign each "
