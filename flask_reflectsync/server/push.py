@@ -36,7 +36,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ from ..errors import (
     ServiceBusyError,
     ValidationError,
 )
+from ..rows import built_once
 from ..tracking import LogTables
 from ..tracking.capture import (
     VERSION_ROW_VALUES,
@@ -224,8 +225,8 @@ def _push_once(
         )
     # One statement: the push id's stored version (a retry), the counter
     # and, on PostgreSQL, which tracked tables have triggers (push_echo).
-    tracked = [info.table for info in schema.tables.values()]
-    first = _first_look(session, tables, stored, trigger_probe(dialect, tracked))
+    tracked = tuple(info.table for info in schema.tables.values())
+    first = _first_look(session, tables, stored, tracked)
     answer = _stored_answer(session, tables, first.stored, push_id, digest)
     if answer is not None:
         session.rollback()
@@ -262,7 +263,7 @@ def _push_once(
         # Logged here, with its node: capture triggers stand down.
         logs_itself(session)
         # What the database may change in the written rows: see push_echo.
-        triggered = None if first.row is None else probed_triggers(first.row, tracked)
+        triggered = probed_triggers(first.row, tracked)
         rewriting = rewriting_tables(session, changes, triggered)
         before = snapshot(session, changes, rewriting)
         # Before the rows are written: see _advance_sequences.
@@ -350,8 +351,8 @@ class _FirstLook:
         ``number``, ``push_digest``), or ``None``.
     :param current: the latest committed version.
     :param trimmed: the version the log is trimmed through.
-    :param row: the whole row, with the ``extra`` columns asked for
-        (``None`` when none were).
+    :param row: the whole row (with the trigger probe's columns on
+        PostgreSQL).
     """
 
     stored: Any
@@ -364,37 +365,48 @@ def _first_look(
     session: Session,
     tables: LogTables,
     stored: str,
-    extra: list[sa.ColumnElement[Any]] | None = None,
+    triggers_of: Sequence[sa.Table] = (),
 ) -> _FirstLook:
     """The push id's stored version row and the two counter rows, in one
     round trip (a left join from a one-row table, so the counters come back
-    whether or not the id is stored), with the ``extra`` columns."""
+    whether or not the id is stored), with, on PostgreSQL, which of
+    ``triggers_of`` have triggers (:func:`.push_echo.trigger_probe`; read
+    them from :attr:`_FirstLook.row`). The statement is built once per
+    process and set of tables."""
     versions, counter = tables.versions, tables.counter
+    connection = session.connection(bind_arguments={"clause": versions})
+    dialect = connection.dialect
+    probed = tuple(triggers_of)
 
-    def value(row: int) -> sa.ScalarSelect[Any]:
-        return sa.select(counter.c.value).where(counter.c.id == row).scalar_subquery()
+    def build() -> sa.Select[Any]:
+        def value(row: int) -> sa.ScalarSelect[Any]:
+            return (
+                sa.select(counter.c.value).where(counter.c.id == row).scalar_subquery()
+            )
 
-    found = (
-        sa.select(versions.c.id, versions.c.number, versions.c.push_digest)
-        .where(versions.c.push_id == stored)
-        .subquery()
-    )
-    one = sa.select(sa.literal(1).label("one")).subquery()
-    row = session.execute(
-        sa.select(
+        found = (
+            sa.select(versions.c.id, versions.c.number, versions.c.push_digest)
+            .where(versions.c.push_id == sa.bindparam("stored"))
+            .subquery()
+        )
+        one = sa.select(sa.literal(1).label("one")).subquery()
+        return sa.select(
             value(VERSION_ROW).label("current"),
             value(TRIMMED_ROW).label("trimmed"),
             found.c.id,
             found.c.number,
             found.c.push_digest,
-            *(extra or ()),
+            *(trigger_probe(dialect, probed) or ()),
         ).select_from(one.outerjoin(found, sa.true()))
-    ).one()
+
+    key = ("first look", counter, dialect.name, probed)
+    statement = built_once(versions, key, build)
+    row = connection.execute(statement, {"stored": stored}).one()
     return _FirstLook(
         stored=row if row.id is not None else None,
         current=int(row.current or 0),
         trimmed=int(row.trimmed or 0),
-        row=row if extra else None,
+        row=row,
     )
 
 

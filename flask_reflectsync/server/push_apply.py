@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import PushRejectedError
-from ..rows import batches, key_filter, unique_column_sets
+from ..rows import batches, built_once, key_filter, unique_column_sets
 from ..tracking import INSERT, UPDATE, TrackedTable
 from ..tracking.capture import record_operations
 from .push_decode import KEY_BATCH, PushedOperation, _TableChanges
@@ -295,31 +295,45 @@ def _insert_with_arrays(
     dialect = connection.dialect
     if dialect.name != "postgresql":
         return False
-    columns = [table.c[name] for name in target.columns]
-    sent = set(target.columns)
+    sql = built_once(
+        table,
+        ("unnest insert", tuple(target.columns)),
+        lambda: _unnest_insert(table, target.columns, dialect) or "",
+    )
+    if not sql:
+        return False
+    names = target.columns
+    arrays = tuple([row.get(name) for row in rows] for name in names)
+    connection.exec_driver_sql(sql, arrays)
+    record_operations(
+        session, target.info, [op.row_key for op in target.inserts], INSERT
+    )
+    return True
+
+
+def _unnest_insert(
+    table: sa.Table, sent: Sequence[str], dialect: sa.Dialect
+) -> str | None:
+    """The SQL of :func:`_insert_with_arrays` for the columns ``sent`` (one
+    array a column, in that order), or ``None`` where it does not apply."""
+    columns = [table.c[name] for name in sent]
     if any(c.default is not None for c in table.columns if c.name not in sent):
-        return False  # Python-side defaults are applied by SQLAlchemy's path
+        return None  # Python-side defaults are applied by SQLAlchemy's path
     for column in columns:
         kind = column.type
         if not isinstance(kind, _ARRAY_SAFE) or isinstance(kind, sa.Enum):
-            return False
+            return None
         if getattr(kind, "collation", None):
-            return False
+            return None
     preparer = dialect.identifier_preparer
     casts = ", ".join(
         f"%s::{column.type.compile(dialect=dialect)}[]" for column in columns
     )
     names = ", ".join(preparer.quote(column.name) for column in columns)
-    arrays = tuple([row.get(column.name) for row in rows] for column in columns)
-    connection.exec_driver_sql(
+    return (
         f"INSERT INTO {preparer.format_table(table)} ({names}) "
-        f"SELECT * FROM unnest({casts})",
-        arrays,
+        f"SELECT * FROM unnest({casts})"
     )
-    record_operations(
-        session, target.info, [op.row_key for op in target.inserts], INSERT
-    )
-    return True
 
 
 #: Raises a column's sequence (serial or identity) to ``:key``, where the
@@ -398,9 +412,8 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
         params = {"table": table, "column": info.pk_columns[0].name}
         bind = {"clause": info.table}
         key = max(op.row_key[0] for op in target.inserts)
-        refused = session.execute(
-            _ADVANCE_SEQUENCE, {**params, "key": key}, bind_arguments=bind
-        ).scalar()
+        connection = session.connection(bind_arguments=bind)
+        refused = connection.execute(_ADVANCE_SEQUENCE, {**params, "key": key}).scalar()
         if refused and table not in _refused_sequences:
             _refused_sequences.add(table)
             log.warning(

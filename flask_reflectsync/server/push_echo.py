@@ -92,9 +92,12 @@ def trigger_probe(
     return [found.label("triggers_found"), sa.func.current_schema().label("schema")]
 
 
-def probed_triggers(row: Any, tables: Sequence[sa.Table]) -> set[sa.Table]:
+def probed_triggers(row: Any, tables: Sequence[sa.Table]) -> set[sa.Table] | None:
     """The tables among ``tables`` with a trigger, from a row that carried
-    :func:`trigger_probe`'s columns."""
+    :func:`trigger_probe`'s columns (``None``: it carried none, and they
+    are to be looked up)."""
+    if "triggers_found" not in row._fields:
+        return None
     found = {(schema, name) for schema, name in row.triggers_found or ()}
     current = row.schema
     return {t for t in tables if (t.schema or current, t.name) in found}
