@@ -9,14 +9,38 @@ types (capture uses :func:`key_filter`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 if TYPE_CHECKING:
     from .tracking import TrackedTable
+
+
+_Built = TypeVar("_Built")
+
+#: Statements built once per process, by the table they are about, then key.
+_built: weakref.WeakKeyDictionary[sa.Table, dict[Hashable, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def built_once(table: sa.Table, key: Hashable, build: Callable[[], _Built]) -> _Built:
+    """``build()``, called once per process for ``table`` and ``key``: for a
+    statement of the hot paths (a small push sends ten), whose construction
+    costs more CPU than executing it once built (values go in bound
+    parameters). Kept while ``table`` lives; two threads racing build it
+    twice, harmlessly."""
+    per_table = _built.get(table)
+    if per_table is None:
+        per_table = _built.setdefault(table, {})
+    found = per_table.get(key)
+    if found is None:
+        found = per_table[key] = build()
+    return found  # type: ignore[no-any-return]
 
 
 def row_key(info: TrackedTable, row: Mapping[str, Any]) -> tuple[Any, ...]:

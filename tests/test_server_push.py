@@ -832,6 +832,47 @@ def test_sequences_are_advanced_only_where_allowed(
         engine.dispose()
 
 
+def test_advancing_a_sequence_waits_for_another_push_advancing_it(
+    database_url: str, backend: str
+) -> None:
+    """The check of a sequence's value and its ``setval`` are two steps, so
+    the statement that does both first takes the sequence's lock, held
+    until commit: a second push raising the same sequence meanwhile waits
+    (here: runs into a lock timeout) instead of moving it back."""
+    if backend != "postgresql":
+        pytest.skip("sequences: PostgreSQL")
+    from flask_reflectsync.server.push import _ADVANCE_SEQUENCE
+
+    engine = sa.create_engine(database_url)
+    params = {"table": "rs_seq_race", "column": "id"}
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_race")
+            connection.exec_driver_sql(
+                "CREATE TABLE rs_seq_race (id serial PRIMARY KEY)"
+            )
+        with engine.connect() as first, engine.connect() as second:
+            first.begin()
+            assert first.execute(_ADVANCE_SEQUENCE, {**params, "key": 100}).one()[
+                1
+            ] == 100
+            second.begin()
+            second.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
+            with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+                second.execute(_ADVANCE_SEQUENCE, {**params, "key": 50})
+            second.rollback()
+            first.commit()
+            second.begin()
+            assert second.execute(_ADVANCE_SEQUENCE, {**params, "key": 50}).one()[
+                1
+            ] is None  # already past it
+            second.commit()
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_race")
+        engine.dispose()
+
+
 # -- values the server's columns cannot store (issue 11 item 5) -----------------
 
 

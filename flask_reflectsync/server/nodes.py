@@ -29,6 +29,7 @@ from ..errors import (
     NodeRevokedError,
     RegistrationRefusedError,
 )
+from ..rows import built_once
 from ..tracking import LogTables, define_tables
 from ..tracking.tables import NODES
 from ..wire.messages import validate
@@ -351,15 +352,19 @@ def authenticate(
     row = None
     if node_id <= _NODE_ID_MAX:
         table = nodes_table(tables)
-        row = session.execute(
-            sa.select(
+        signer = built_once(
+            table,
+            "signer",
+            lambda: sa.select(
                 table.c.secret_digest,
                 table.c.revoked_at,
                 table.c.retired_at,
                 table.c.last_seen_at,
                 table.c.registered_at,
-            ).where(table.c.id == node_id)
-        ).first()
+            ).where(table.c.id == sa.bindparam("node_id")),
+        )
+        connection = session.connection(bind_arguments={"clause": table})
+        row = connection.execute(signer, {"node_id": node_id}).first()
     stored = row.secret_digest if row is not None else None
     key = settings.require_secret_key()
     scheme, _, salt = (stored or "").partition("$")
@@ -406,24 +411,57 @@ def _remember_nonce(
 ) -> None:
     # The node's row is locked first, so concurrent requests of one node
     # queue here instead of deadlocking on the nonce index.
-    seen: dict[str, Any] = {"last_seen_at": moment}
-    if retire:
-        seen["retired_at"] = moment
-    session.execute(
-        sa.update(nodes_table(tables))
-        .where(nodes_table(tables).c.id == node_id)
-        .values(**seen)
+    table = nodes_table(tables)
+    connection = session.connection(bind_arguments={"clause": nonces})
+    one_statement = connection.dialect.name == "postgresql"
+    statements = built_once(
+        nonces,
+        ("remember", table, retire, one_statement),
+        lambda: _nonce_statements(table, nonces, retire, one_statement),
     )
+    values = {"node_id": node_id, "nonce": nonce, "moment": moment}
     try:
-        session.execute(
-            sa.insert(nonces).values(node_id=node_id, nonce=nonce, created_at=moment)
-        )
+        for statement in statements:
+            connection.execute(statement, values)
     except sa.exc.IntegrityError:
         raise AuthenticationError(
             "This request was already received (replayed nonce); sign each "
             "request with a new nonce.",
             code="auth.replayed",
         ) from None
+
+
+def _nonce_statements(
+    table: sa.Table, nonces: sa.Table, retire: bool, one_statement: bool
+) -> tuple[sa.Executable, ...]:
+    """What :func:`_remember_nonce` sends: the node's row updated (and so
+    locked) first, then the nonce inserted; on PostgreSQL in one statement,
+    the insert selecting from the update's ``RETURNING``."""
+    moment = sa.bindparam("moment", type_=table.c.last_seen_at.type)
+    seen: dict[str, Any] = {"last_seen_at": moment}
+    if retire:
+        seen["retired_at"] = moment
+    touch = sa.update(table).where(table.c.id == sa.bindparam("node_id")).values(**seen)
+    if one_statement:
+        locked = touch.returning(table.c.id).cte("seen")
+        return (
+            sa.insert(nonces).from_select(
+                ["node_id", "nonce", "created_at"],
+                sa.select(
+                    locked.c.id,
+                    sa.bindparam("nonce", type_=nonces.c.nonce.type),
+                    sa.bindparam("moment", type_=nonces.c.created_at.type),
+                ),
+            ),
+        )
+    return (
+        touch,
+        sa.insert(nonces).values(
+            node_id=sa.bindparam("node_id"),
+            nonce=sa.bindparam("nonce"),
+            created_at=sa.bindparam("moment"),
+        ),
+    )
 
 
 class NonceSweeps:

@@ -36,7 +36,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +51,7 @@ from ..errors import (
     ServiceBusyError,
     ValidationError,
 )
+from ..rows import built_once
 from ..tracking import LogTables
 from ..tracking.capture import (
     VERSION_ROW_VALUES,
@@ -58,6 +59,7 @@ from ..tracking.capture import (
     has_logged_writes,
     lock_numbering,
     logs_itself,
+    number_now,
 )
 from ..tracking.numbering import number_versions
 from ..tracking.tables import TRIMMED_ROW, VERSION_ROW
@@ -76,7 +78,6 @@ from .push_conflicts import (
     _rule_stale_rows,
     broken_references,
     find_conflicts,
-    replaced_parents,
 )
 from .push_conflicts import unique_violations as unique_violations
 from .push_decode import KEY_BATCH as KEY_BATCH
@@ -85,7 +86,13 @@ from .push_decode import PushedOperation as PushedOperation
 from .push_decode import _decode, check_key_space
 from .push_decode import column_fits as column_fits
 from .push_decode import key_ceiling as key_ceiling
-from .push_echo import record_database_changes, rewriting_tables, snapshot
+from .push_echo import (
+    probed_triggers,
+    record_database_changes,
+    rewriting_tables,
+    snapshot,
+    trigger_probe,
+)
 from .schema import TrackedSchema
 from .schema_check import check_push
 from .stale import store_rulings, stored_rulings
@@ -207,11 +214,15 @@ def _push_once(
     stored = stored_push_id(node_id, push_id)
     digest = content_digest(request)
     bind = session.get_bind(clause=tables.versions)
-    # Versions the app committed so far get their numbers, for the rulings
-    # on stale rows to see them (see tracking.numbering); if a numberer is
-    # at work, _lock_counter numbers them later. Before this session takes
-    # its connection: the numbering takes one of its own from the pool.
-    number_versions(bind, tables, wait=False)
+    if request.get("resolutions"):
+        # Versions the app committed so far get their numbers, for the
+        # rulings on stale rows to see them (see tracking.numbering); if a
+        # numberer is at work, _lock_counter numbers them later. Before this
+        # session takes its connection: the numbering takes one of its own
+        # from the pool. A push without strategies has no rulings: the
+        # conflict scan, under the counter lock, sees every version
+        # numbered, and this statement is saved.
+        number_versions(bind, tables, wait=False)
     dialect = bind.dialect
     if dialect.name != "sqlite":
         # Later reads must see what other transactions committed meanwhile,
@@ -220,8 +231,10 @@ def _push_once(
             bind_arguments={"clause": tables.versions},
             execution_options={"isolation_level": "READ COMMITTED"},
         )
-    # One statement: the push id's stored version (a retry) and the counter.
-    first = _first_look(session, tables, stored)
+    # One statement: the push id's stored version (a retry), the counter
+    # and, on PostgreSQL, which tracked tables have triggers (push_echo).
+    tracked = tuple(info.table for info in schema.tables.values())
+    first = _first_look(session, tables, stored, tracked)
     answer = _stored_answer(session, tables, first.stored, push_id, digest)
     if answer is not None:
         session.rollback()
@@ -258,7 +271,8 @@ def _push_once(
         # Logged here, with its node: capture triggers stand down.
         logs_itself(session)
         # What the database may change in the written rows: see push_echo.
-        rewriting = rewriting_tables(session, changes)
+        triggered = probed_triggers(first.row, tracked)
+        rewriting = rewriting_tables(session, changes, triggered)
         before = snapshot(session, changes, rewriting)
         # Before the rows are written: see _advance_sequences.
         _advance_sequences(session, changes)
@@ -272,11 +286,9 @@ def _push_once(
         version_id = ensure_version(session)
         store_rulings(session, tables, version_id, resolved)
         _lock_counter(session, tables)
+        # One scan: the pushed rows, and the parents they point at.
         conflicts = find_conflicts(
-            session, tables, changes, node_id, last_version, ruled
-        )
-        conflicts += replaced_parents(
-            session, tables, schema, changes, node_id, last_version
+            session, tables, changes, node_id, last_version, ruled, schema
         )
         if conflicts:
             raise _conflict_error(conflicts)
@@ -289,6 +301,9 @@ def _push_once(
                 broken[:MAX_LISTED],
                 code="push.broken_reference",
             )
+        # Numbered under the counter lock, in the statement that counts the
+        # operations for the answer (PostgreSQL), rather than at commit.
+        number, count = number_now(session)
         session.commit()
     except (sa.exc.IntegrityError, StaleDataError) as error:
         session.rollback()
@@ -311,8 +326,13 @@ def _push_once(
     finally:
         session.info.pop(VERSION_ROW_VALUES, None)
 
-    answer = _applied_answer(session, tables, version_id, push_id, resolved)
-    session.rollback()
+    answer: dict[str, Any] = {
+        "push_id": push_id,
+        "version": number,
+        "operations": count,
+    }
+    if resolved:
+        answer["resolved"] = resolved
     return PushOutcome(answer, applied=True)
 
 
@@ -339,41 +359,62 @@ class _FirstLook:
         ``number``, ``push_digest``), or ``None``.
     :param current: the latest committed version.
     :param trimmed: the version the log is trimmed through.
+    :param row: the whole row (with the trigger probe's columns on
+        PostgreSQL).
     """
 
     stored: Any
     current: int
     trimmed: int
+    row: Any = None
 
 
-def _first_look(session: Session, tables: LogTables, stored: str) -> _FirstLook:
+def _first_look(
+    session: Session,
+    tables: LogTables,
+    stored: str,
+    triggers_of: Sequence[sa.Table] = (),
+) -> _FirstLook:
     """The push id's stored version row and the two counter rows, in one
     round trip (a left join from a one-row table, so the counters come back
-    whether or not the id is stored)."""
+    whether or not the id is stored), with, on PostgreSQL, which of
+    ``triggers_of`` have triggers (:func:`.push_echo.trigger_probe`; read
+    them from :attr:`_FirstLook.row`). The statement is built once per
+    process and set of tables."""
     versions, counter = tables.versions, tables.counter
+    connection = session.connection(bind_arguments={"clause": versions})
+    dialect = connection.dialect
+    probed = tuple(triggers_of)
 
-    def value(row: int) -> sa.ScalarSelect[Any]:
-        return sa.select(counter.c.value).where(counter.c.id == row).scalar_subquery()
+    def build() -> sa.Select[Any]:
+        def value(row: int) -> sa.ScalarSelect[Any]:
+            return (
+                sa.select(counter.c.value).where(counter.c.id == row).scalar_subquery()
+            )
 
-    found = (
-        sa.select(versions.c.id, versions.c.number, versions.c.push_digest)
-        .where(versions.c.push_id == stored)
-        .subquery()
-    )
-    one = sa.select(sa.literal(1).label("one")).subquery()
-    row = session.execute(
-        sa.select(
+        found = (
+            sa.select(versions.c.id, versions.c.number, versions.c.push_digest)
+            .where(versions.c.push_id == sa.bindparam("stored"))
+            .subquery()
+        )
+        one = sa.select(sa.literal(1).label("one")).subquery()
+        return sa.select(
             value(VERSION_ROW).label("current"),
             value(TRIMMED_ROW).label("trimmed"),
             found.c.id,
             found.c.number,
             found.c.push_digest,
+            *(trigger_probe(dialect, probed) or ()),
         ).select_from(one.outerjoin(found, sa.true()))
-    ).one()
+
+    key = ("first look", counter, dialect.name, probed)
+    statement = built_once(versions, key, build)
+    row = connection.execute(statement, {"stored": stored}).one()
     return _FirstLook(
         stored=row if row.id is not None else None,
         current=int(row.current or 0),
         trimmed=int(row.trimmed or 0),
+        row=row,
     )
 
 
@@ -428,36 +469,6 @@ def _stored_answer(
         "operations": count,
     }
     resolved = stored_rulings(session, tables, row.id)
-    if resolved:
-        answer["resolved"] = resolved
-    return answer
-
-
-def _applied_answer(
-    session: Session,
-    tables: LogTables,
-    version_id: int,
-    push_id: str,
-    resolved: list[dict[str, Any]],
-) -> dict[str, Any]:
-    """The answer of the push just committed as version row ``version_id``:
-    its number and operation count in one query, the rulings as they were
-    stored. A retry hears the same from :func:`_stored_answer`."""
-    versions, operations = tables.versions, tables.operations
-    count = (
-        sa.select(sa.func.count())
-        .select_from(operations)
-        .where(operations.c.version_id == versions.c.id)
-        .scalar_subquery()
-    )
-    row = session.execute(
-        sa.select(versions.c.number, count).where(versions.c.id == version_id)
-    ).one()
-    answer: dict[str, Any] = {
-        "push_id": push_id,
-        "version": row[0],
-        "operations": row[1],
-    }
     if resolved:
         answer["resolved"] = resolved
     return answer

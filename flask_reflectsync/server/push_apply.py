@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import PushRejectedError
-from ..rows import batches, key_filter, unique_column_sets
+from ..rows import batches, built_once, key_filter, unique_column_sets
 from ..tracking import INSERT, UPDATE, TrackedTable
 from ..tracking.capture import record_operations
 from .push_decode import KEY_BATCH, PushedOperation, _TableChanges
@@ -295,51 +295,76 @@ def _insert_with_arrays(
     dialect = connection.dialect
     if dialect.name != "postgresql":
         return False
-    columns = [table.c[name] for name in target.columns]
-    sent = set(target.columns)
-    if any(c.default is not None for c in table.columns if c.name not in sent):
-        return False  # Python-side defaults are applied by SQLAlchemy's path
-    for column in columns:
-        kind = column.type
-        if not isinstance(kind, _ARRAY_SAFE) or isinstance(kind, sa.Enum):
-            return False
-        if getattr(kind, "collation", None):
-            return False
-    preparer = dialect.identifier_preparer
-    casts = ", ".join(
-        f"%s::{column.type.compile(dialect=dialect)}[]" for column in columns
+    sql = built_once(
+        table,
+        ("unnest insert", tuple(target.columns)),
+        lambda: _unnest_insert(table, target.columns, dialect) or "",
     )
-    names = ", ".join(preparer.quote(column.name) for column in columns)
-    arrays = tuple([row.get(column.name) for row in rows] for column in columns)
-    connection.exec_driver_sql(
-        f"INSERT INTO {preparer.format_table(table)} ({names}) "
-        f"SELECT * FROM unnest({casts})",
-        arrays,
-    )
+    if not sql:
+        return False
+    names = target.columns
+    arrays = tuple([row.get(name) for row in rows] for name in names)
+    connection.exec_driver_sql(sql, arrays)
     record_operations(
         session, target.info, [op.row_key for op in target.inserts], INSERT
     )
     return True
 
 
+def _unnest_insert(
+    table: sa.Table, sent: Sequence[str], dialect: sa.Dialect
+) -> str | None:
+    """The SQL of :func:`_insert_with_arrays` for the columns ``sent`` (one
+    array a column, in that order), or ``None`` where it does not apply."""
+    columns = [table.c[name] for name in sent]
+    if any(c.default is not None for c in table.columns if c.name not in sent):
+        return None  # Python-side defaults are applied by SQLAlchemy's path
+    for column in columns:
+        kind = column.type
+        if not isinstance(kind, _ARRAY_SAFE) or isinstance(kind, sa.Enum):
+            return None
+        if getattr(kind, "collation", None):
+            return None
+    preparer = dialect.identifier_preparer
+    casts = ", ".join(
+        f"%s::{column.type.compile(dialect=dialect)}[]" for column in columns
+    )
+    names = ", ".join(preparer.quote(column.name) for column in columns)
+    return (
+        f"INSERT INTO {preparer.format_table(table)} ({names}) "
+        f"SELECT * FROM unnest({casts})"
+    )
+
+
 #: Raises a column's sequence (serial or identity) to ``:key``, where the
 #: role may (``UPDATE`` on the sequence), the key is within the sequence's
 #: bounds and the sequence is not already past it; nothing for a column
 #: without a sequence. Answers whether the role lacked the privilege.
+#:
+#: It first takes :data:`_LOCK_SEQUENCE`'s lock, in the same statement: the
+#: lock is in the target list of a subquery that ``OFFSET 0`` keeps from
+#: being merged into the outer query, whose row (and so the check of the
+#: sequence's value and the ``setval``) is computed only from that
+#: subquery's row, after the lock is granted. One round trip a table.
 _ADVANCE_SEQUENCE = sa.text(
     "SELECT NOT has_sequence_privilege(q.seq, 'UPDATE') AS refused, "
-    "CASE WHEN has_sequence_privilege(q.seq, 'UPDATE') "
+    "CASE WHEN q.locked IS NOT NULL "
+    "AND has_sequence_privilege(q.seq, 'UPDATE') "
     "AND :key BETWEEN s.seqmin AND s.seqmax "
     "AND COALESCE(pg_sequence_last_value(q.seq::regclass), 0) < :key "
     "THEN setval(q.seq, :key) END AS advanced "
-    "FROM (SELECT pg_get_serial_sequence(:table, :column) AS seq) AS q "
+    "FROM (SELECT p.seq, pg_advisory_xact_lock(1920295280, "
+    "p.seq::regclass::oid::int)::text AS locked "
+    "FROM (SELECT pg_get_serial_sequence(:table, :column) AS seq) AS p "
+    "OFFSET 0) AS q "
     "JOIN pg_sequence AS s ON s.seqrelid = q.seq::regclass"
 )
 
 #: Serialises the pushes that raise one sequence, until they commit: the
 #: check and the ``setval`` of :data:`_ADVANCE_SEQUENCE` are two steps, and
 #: two pushes between them could move the sequence back. (The first number
-#: names this lock's kind among the app's advisory locks.)
+#: names this lock's kind among the app's advisory locks.) Taken by
+#: :data:`_ADVANCE_SEQUENCE` itself; alone by the key blocks.
 _LOCK_SEQUENCE = sa.text(
     "SELECT pg_advisory_xact_lock(1920295280, "
     "pg_get_serial_sequence(:table, :column)::regclass::oid::int)"
@@ -373,7 +398,7 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
     back (tables in name order, so two pushes cannot wait on each other).
     ``setval`` is not undone by a rollback, which only leaves a gap. A role
     without ``UPDATE`` on the sequence is warned about once per table, and
-    the push goes on.
+    the push goes on. The lock and the advance are one statement.
     """
     for name in sorted(changes):
         target = changes[name]
@@ -386,11 +411,9 @@ def _advance_sequences(session: Session, changes: Mapping[str, _TableChanges]) -
         table = dialect.identifier_preparer.format_table(info.table)
         params = {"table": table, "column": info.pk_columns[0].name}
         bind = {"clause": info.table}
-        lock_sequence(session, params, bind)
         key = max(op.row_key[0] for op in target.inserts)
-        refused = session.execute(
-            _ADVANCE_SEQUENCE, {**params, "key": key}, bind_arguments=bind
-        ).scalar()
+        connection = session.connection(bind_arguments=bind)
+        refused = connection.execute(_ADVANCE_SEQUENCE, {**params, "key": key}).scalar()
         if refused and table not in _refused_sequences:
             _refused_sequences.add(table)
             log.warning(

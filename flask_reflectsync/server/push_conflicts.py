@@ -33,20 +33,62 @@ def find_conflicts(
     node_id: int,
     last_version: int,
     ruled: Mapping[tuple[str, tuple[Any, ...]], int] | None = None,
+    schema: TrackedSchema | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of the push that another writer changed after ``last_version``
     (see :func:`.stale.stale_rows`), but for those ``ruled`` on at the
-    version they still have.
+    version they still have; and, given the ``schema``, the parents the
+    push's rows point at that another writer replaced meanwhile (see
+    :func:`_replaced`). One scan of the log answers both.
 
     :param ruled: the stale rows the server decided itself (see
         :func:`_rule_stale_rows`), with the version each was decided at; a
         row changed again since is a conflict after all.
+    :param schema: the tracked tables, for the replaced parents; without
+        it only the pushed rows are looked at.
     """
     ruled = ruled or {}
-    return [
+    keys = _pushed_keys(changes)
+    parents = _referenced_parents(schema, changes) if schema is not None else {}
+    wanted = {name: dict(by_text) for name, by_text in keys.items()}
+    for name, by_text in parents.items():
+        wanted.setdefault(name, {}).update(by_text)
+    if not wanted:
+        return []
+    found = stale_rows(session, tables, wanted, node_id, last_version)
+    conflicts = [
         {"table": name, "key": changes[name].wire_key(key), "version": row.version}
-        for (name, key), row in _stale(session, tables, changes, node_id, last_version)
+        for (name, key), row in _touching(found, keys, changes)
         if ruled.get((name, key)) != row.version
+    ]
+    return conflicts + _replaced(found, parents)
+
+
+def _pushed_keys(
+    changes: Mapping[str, _TableChanges],
+) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """Per table, the keys of the push's operations by their log text."""
+    return {
+        name: {encode_key(op.row_key): op.row_key for op in target.operations}
+        for name, target in changes.items()
+        if target.operations
+    }
+
+
+def _touching(
+    found: Mapping[tuple[str, Any], StaleRow],
+    keys: Mapping[str, Mapping[str, tuple[Any, ...]]],
+    changes: Mapping[str, _TableChanges],
+) -> list[tuple[tuple[str, Any], StaleRow]]:
+    """The stale rows among the pushed ``keys`` that conflict: an update of
+    some columns meets only the changes of those columns, and another
+    writer's edit of other columns of the row is no conflict."""
+    pushed = {name: set(by_text.values()) for name, by_text in keys.items()}
+    return [
+        ((name, key), row)
+        for (name, key), row in found.items()
+        if key in pushed.get(name, ())
+        and row.touches(changes[name].pushed_columns(key))  # type: ignore[arg-type]
     ]
 
 
@@ -57,19 +99,9 @@ def _stale(
     node_id: int,
     last_version: int,
 ) -> list[tuple[tuple[str, Any], StaleRow]]:
-    keys = {
-        name: {encode_key(op.row_key): op.row_key for op in target.operations}
-        for name, target in changes.items()
-        if target.operations
-    }
+    keys = _pushed_keys(changes)
     found = stale_rows(session, tables, keys, node_id, last_version)
-    # An update of some columns meets only the changes of those columns:
-    # another writer's edit of other columns of the row is no conflict.
-    return [
-        ((name, key), row)
-        for (name, key), row in found.items()
-        if row.touches(changes[name].pushed_columns(key))  # type: ignore[arg-type]
-    ]
+    return _touching(found, keys, changes)
 
 
 def _rule_stale_rows(
@@ -151,21 +183,11 @@ def _server_rows(
     return found
 
 
-def replaced_parents(
-    session: Session,
-    tables: LogTables,
-    schema: TrackedSchema,
-    changes: Mapping[str, _TableChanges],
-    node_id: int,
-    last_version: int,
-) -> list[dict[str, Any]]:
-    """Parents that rows of the push point at, and that another writer gave
-    to a new row after ``last_version``: the key of a table with one integer
-    key column was deleted and inserted again (the server app's
-    ``max(id) + 1``), so the node, which has not seen the new row, meant the
-    old one. Accepted, its row would silently join the new parent; refused,
-    the node pulls, meets the replacement, and its merge decides (a
-    ``dependency`` conflict, see :doc:`/conflicts`)."""
+def _referenced_parents(
+    schema: TrackedSchema, changes: Mapping[str, _TableChanges]
+) -> dict[str, dict[str, tuple[Any, ...]]]:
+    """Per parent table with one integer key column, the keys that rows the
+    push writes point at, by their log text (see :func:`_replaced`)."""
     by_table = {info.table: info for info in schema.tables.values()}
     wanted: dict[str, dict[str, tuple[Any, ...]]] = {}
     for target in changes.values():
@@ -182,9 +204,21 @@ def replaced_parents(
                 value = row.get(column)
                 if type(value) is int:
                     wanted.setdefault(parent.name, {})[encode_key((value,))] = (value,)
-    if not wanted:
-        return []
-    found = stale_rows(session, tables, wanted, node_id, last_version)
+    return wanted
+
+
+def _replaced(
+    found: Mapping[tuple[str, Any], StaleRow],
+    parents: Mapping[str, Mapping[str, tuple[Any, ...]]],
+) -> list[dict[str, Any]]:
+    """Parents that rows of the push point at, and that another writer gave
+    to a new row after the node's last pull: the key of a table with one
+    integer key column was deleted and inserted again (the server app's
+    ``max(id) + 1``), so the node, which has not seen the new row, meant the
+    old one. Accepted, its row would silently join the new parent; refused,
+    the node pulls, meets the replacement, and its merge decides (a
+    ``dependency`` conflict, see :doc:`/conflicts`)."""
+    wanted = {name: set(by_text.values()) for name, by_text in parents.items()}
     return [
         {
             "table": name,
@@ -194,7 +228,7 @@ def replaced_parents(
             "replaced": True,
         }
         for (name, key), row in sorted(found.items(), key=lambda item: str(item[0]))
-        if row.inserted
+        if row.inserted and key in wanted.get(name, ())
     ]
 
 

@@ -15,7 +15,8 @@ change; nobody else is told twice, because the push's operations already
 cover those rows.
 
 Tables where nothing can change a written row cost nothing here but one
-catalog query per push for triggers.
+catalog query per push for triggers (on PostgreSQL a subquery of the push's
+first statement, :func:`trigger_probe`).
 """
 
 from __future__ import annotations
@@ -36,18 +37,70 @@ Snapshot = dict[str, dict[tuple[Any, ...], dict[str, Any]]]
 
 
 def rewriting_tables(
-    session: Session, changes: Mapping[str, _TableChanges]
+    session: Session,
+    changes: Mapping[str, _TableChanges],
+    triggered: set[sa.Table] | None = None,
 ) -> list[str]:
     """The pushed tables with written rows whose database may change them:
     a column with a server default, a server or Python ``onupdate``, a
-    computed value, or a trigger on the table."""
+    computed value, or a trigger on the table.
+
+    :param triggered: the tables with a trigger, when the caller read them
+        already (see :func:`trigger_probe`); otherwise they are looked up.
+    """
     written = [name for name, target in changes.items() if target.written]
     found = [name for name in written if _generates(changes[name].info.table)]
     others = [name for name in written if name not in found]
     if others:
-        triggered = _with_triggers(session, [changes[n].info.table for n in others])
+        if triggered is None:
+            triggered = _with_triggers(
+                session, [changes[n].info.table for n in others]
+            )
         found += [name for name in others if changes[name].info.table in triggered]
     return found
+
+
+#: Which of some tables have an enabled trigger, as JSON ``[[schema, name]]``
+#: (PostgreSQL): the catalog query of :func:`_with_triggers`, as a subquery.
+_PG_TRIGGERS = (
+    "SELECT coalesce(json_agg(json_build_array(n.nspname, c.relname)), '[]') "
+    "FROM pg_trigger AS t "
+    "JOIN pg_class AS c ON c.oid = t.tgrelid "
+    "JOIN pg_namespace AS n ON n.oid = c.relnamespace "
+    "WHERE NOT t.tgisinternal AND t.tgenabled <> 'D' "
+    "AND c.relname = ANY(:trigger_names) "
+    "AND (n.nspname = current_schema() OR n.nspname <> 'pg_catalog')"
+)
+
+
+def trigger_probe(
+    dialect: sa.Dialect, tables: Sequence[sa.Table]
+) -> list[sa.ColumnElement[Any]] | None:
+    """Columns that, added to a query the caller sends anyway, tell which
+    of ``tables`` have a trigger (PostgreSQL; ``None`` elsewhere): a push
+    reads them with its first statement instead of two round trips of its
+    own. Read the answer with :func:`probed_triggers`."""
+    if dialect.name != "postgresql" or not tables:
+        return None
+    names = sorted({table.name for table in tables})
+    found = (
+        sa.text(_PG_TRIGGERS)
+        .bindparams(trigger_names=names)
+        .columns(sa.column("found"))
+        .scalar_subquery()
+    )
+    return [found.label("triggers_found"), sa.func.current_schema().label("schema")]
+
+
+def probed_triggers(row: Any, tables: Sequence[sa.Table]) -> set[sa.Table] | None:
+    """The tables among ``tables`` with a trigger, from a row that carried
+    :func:`trigger_probe`'s columns (``None``: it carried none, and they
+    are to be looked up)."""
+    if "triggers_found" not in row._fields:
+        return None
+    found = {(schema, name) for schema, name in row.triggers_found or ()}
+    current = row.schema
+    return {t for t in tables if (t.schema or current, t.name) in found}
 
 
 def _generates(table: sa.Table) -> bool:

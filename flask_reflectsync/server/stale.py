@@ -40,6 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from ..errors import ConfigurationError
+from ..rows import built_once
 from ..tracking import DELETE, INSERT, UPDATE, LogTables
 from ..tracking.columns import ColumnSet, decode_columns, union
 from ..tracking.tables import PREFIX
@@ -116,30 +117,18 @@ def stale_rows(
         by_table: dict[str, list[str]] = {}
         for name, text in pairs[start : start + KEY_BATCH]:
             by_table.setdefault(name, []).append(text)
-        query = (
-            sa.select(
-                operations.c.table_name,
-                operations.c.row_key,
-                operations.c.command,
-                versions.c.number,
-                operations.c.changed_columns,
-            )
-            .join(versions, versions.c.id == operations.c.version_id)
-            .where(
-                versions.c.number > last_version,
-                sa.or_(versions.c.node_id.is_(None), versions.c.node_id != node_id),
-                sa.or_(
-                    *(
-                        sa.and_(
-                            operations.c.table_name == name,
-                            operations.c.row_key.in_(texts),
-                        )
-                        for name, texts in by_table.items()
-                    )
-                ),
-            )
+        names = tuple(by_table)
+        query = built_once(
+            operations,
+            ("stale rows", versions, names),
+            lambda names=names: _scan(tables, names),  # type: ignore[misc]
         )
-        for table_name, row_key, command, number, changed in session.execute(query):
+        values: dict[str, Any] = {"last_version": last_version, "node_id": node_id}
+        for n, texts in enumerate(by_table.values()):
+            values[f"keys_{n}"] = texts
+        connection = session.connection(bind_arguments={"clause": operations})
+        rows = connection.execute(query, values)
+        for table_name, row_key, command, number, changed in rows:
             key = keys[table_name].get(row_key)
             if key is None:
                 continue  # matched by a case-insensitive collation (MySQL)
@@ -154,6 +143,40 @@ def stale_rows(
                     union(seen.columns, columns),
                 )
     return found
+
+
+def _scan(tables: LogTables, names: tuple[str, ...]) -> sa.Select[Any]:
+    """The query of :func:`stale_rows` for pushed keys of the tables
+    ``names``, in order (the keys of the n-th in ``keys_<n>``)."""
+    versions, operations = tables.versions, tables.operations
+    return (
+        sa.select(
+            operations.c.table_name,
+            operations.c.row_key,
+            operations.c.command,
+            versions.c.number,
+            operations.c.changed_columns,
+        )
+        .join(versions, versions.c.id == operations.c.version_id)
+        .where(
+            versions.c.number > sa.bindparam("last_version"),
+            sa.or_(
+                versions.c.node_id.is_(None),
+                versions.c.node_id != sa.bindparam("node_id"),
+            ),
+            sa.or_(
+                *(
+                    sa.and_(
+                        operations.c.table_name == name,
+                        operations.c.row_key.in_(
+                            sa.bindparam(f"keys_{n}", expanding=True)
+                        ),
+                    )
+                    for n, name in enumerate(names)
+                )
+            ),
+        )
+    )
 
 
 @dataclass(frozen=True)

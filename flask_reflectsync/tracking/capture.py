@@ -65,6 +65,7 @@ from ..errors import ConfigurationError, TrackingError
 from ..rows import key_filter
 from .columns import encode_columns
 from .numbering import (
+    feed_channel,
     lock_and_number,
     notify_numbered,
     number_soon,
@@ -167,6 +168,10 @@ class _TransactionLog:
     # Numbered in before_commit (SQLite; or the transaction holds the
     # counter lock), rather than after commit (see .numbering).
     at_commit: bool = True
+    # Once numbered at commit: the number, and (when asked, number_now) how
+    # many operations the version holds.
+    number: int | None = None
+    operation_count: int | None = None
 
 
 @dataclass
@@ -1025,9 +1030,93 @@ def _bind_of(session: Session, info: TrackedTable) -> Any:
     return session.get_bind(clause=info.table)
 
 
+def number_now(session: Session) -> tuple[int, int]:
+    """Number the session's version now, and count its operations: for a
+    transaction that holds the counter lock (:func:`lock_numbering`) and
+    commits next, which needs its number before the commit (the sync
+    server's push answer). On PostgreSQL one statement moves the counter,
+    numbers the version, counts its operations and notifies the change
+    feed; the commit's own numbering is then skipped.
+
+    Pending objects are flushed first, so the count covers every operation
+    of the transaction; nothing may be written after this call.
+
+    :param session: a tracked session, or a scoped session (``db.session``).
+    :return: the version's number and how many operations it holds.
+    :raises ConfigurationError: if the transaction has no version row, or
+        does not hold the counter lock.
+    """
+    session, log = _tracked(session)
+    session.flush()
+    tx: _TransactionLog | None = session.info.get(_TX_KEY)
+    if tx is None or not tx.at_commit or not session.info.get(_LOCKED_KEY):
+        raise ConfigurationError(
+            "number_now() needs a transaction with a version row "
+            "(ensure_version) that holds the counter lock (lock_numbering)."
+        )
+    connection = session.connection(bind_arguments={"clause": log.tables.operations})
+    if not tx.numbered:
+        _assign_number(connection, log, tx, count=True)
+    if tx.number is None or tx.operation_count is None:
+        operations = log.tables.operations
+        tx.operation_count = connection.execute(
+            sa.select(sa.func.count())
+            .select_from(operations)
+            .where(operations.c.version_id == tx.version_id)
+        ).scalar_one()
+        if tx.number is None:
+            versions = log.tables.versions
+            tx.number = connection.execute(
+                sa.select(versions.c.number).where(versions.c.id == tx.version_id)
+            ).scalar_one()
+    return int(tx.number), int(tx.operation_count)
+
+
+#: One statement numbering a transaction's version on PostgreSQL, under the
+#: counter lock: the counter moved, the version numbered, the change feed
+#: notified, and (when asked) the version's operations counted.
+_NUMBER_PG = (
+    "WITH c AS (UPDATE {counter} SET value = value + 1 WHERE id = %(row)s "
+    "RETURNING value), "
+    "v AS (UPDATE {versions} SET number = (SELECT value FROM c) "
+    "WHERE id = %(id)s RETURNING number) "
+    "SELECT (SELECT number FROM v), pg_notify(%(channel)s, ''), {count}"
+)
+
+
 def _assign_number(
-    connection: sa.Connection, log: OperationLog, tx: _TransactionLog
+    connection: sa.Connection,
+    log: OperationLog,
+    tx: _TransactionLog,
+    *,
+    count: bool = False,
 ) -> None:
+    if connection.dialect.name == "postgresql":
+        prepare = connection.dialect.identifier_preparer
+        operations = prepare.format_table(log.tables.operations)
+        statement = _NUMBER_PG.format(
+            counter=prepare.format_table(log.tables.counter),
+            versions=prepare.format_table(log.tables.versions),
+            count=(
+                f"(SELECT count(*) FROM {operations} WHERE version_id = %(id)s)"
+                if count
+                else "NULL"
+            ),
+        )
+        found = connection.exec_driver_sql(
+            statement,
+            {
+                "row": VERSION_ROW,
+                "id": tx.version_id,
+                "channel": feed_channel(log.tables),
+            },
+        ).one()
+        if found[0] is not None:
+            tx.number, tx.operation_count = int(found[0]), found[2]
+            tx.numbered = True
+            return
+        # No counter row (a migration left it out): the general way below
+        # creates it (the NOTIFY was sent; a listener woken early re-reads).
     counter = log.tables.counter
     bump = (
         sa.update(counter)
@@ -1058,6 +1147,7 @@ def _assign_number(
     # Under the counter lock held through commit already (SQLite's write
     # lock, a push's counter lock): the feed's listeners hear of it.
     notify_numbered(connection, log.tables)
+    tx.number = int(number)
     tx.numbered = True
 
 

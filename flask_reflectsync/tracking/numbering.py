@@ -37,6 +37,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..rows import built_once
 from .tables import VERSION_ROW, LogTables
 
 #: Backends on which versions are numbered after commit.
@@ -235,10 +236,12 @@ def lock_counter(
         holds the lock.
     """
     counter = tables.counter
-    locked = (
-        sa.select(counter.c.value)
+    locked = built_once(
+        counter,
+        ("lock", skip_locked),
+        lambda: sa.select(counter.c.value)
         .where(counter.c.id == VERSION_ROW)
-        .with_for_update(skip_locked=skip_locked)
+        .with_for_update(skip_locked=skip_locked),
     )
     value = connection.execute(locked).scalar()
     if value is None and skip_locked:
