@@ -40,7 +40,7 @@ def built_once(table: sa.Table, key: Hashable, build: Callable[[], _Built]) -> _
     found = per_table.get(key)
     if found is None:
         found = per_table[key] = build()
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 def row_key(info: TrackedTable, row: Mapping[str, Any]) -> tuple[Any, ...]:

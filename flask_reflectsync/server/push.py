@@ -326,14 +326,14 @@ def _push_once(
     finally:
         session.info.pop(VERSION_ROW_VALUES, None)
 
-    answer: dict[str, Any] = {
+    applied: dict[str, Any] = {
         "push_id": push_id,
         "version": number,
         "operations": count,
     }
     if resolved:
-        answer["resolved"] = resolved
-    return PushOutcome(answer, applied=True)
+        applied["resolved"] = resolved
+    return PushOutcome(applied, applied=True)
 
 
 def content_digest(request: Mapping[str, Any]) -> str:

@@ -88,7 +88,7 @@ def _touching(
         ((name, key), row)
         for (name, key), row in found.items()
         if key in pushed.get(name, ())
-        and row.touches(changes[name].pushed_columns(key))  # type: ignore[arg-type]
+        and row.touches(changes[name].pushed_columns(key))
     ]
 
 
