@@ -179,21 +179,28 @@ def _key_changed(connection: sa.Connection, info: TrackedTable) -> str:
     return " OR ".join(f"({_differs(connection, c)})" for c in info.pk_columns)
 
 
-def _changed_sql(connection: sa.Connection, info: TrackedTable) -> str | None:
-    """SQL for the text between the brackets of ``changed_columns`` (``''``
-    when no synced non-key column changed), or ``None`` for a table without
-    synced non-key columns."""
+def compared_columns(info: TrackedTable) -> list[tuple[sa.Column[object], str]]:
+    """The synced non-key columns an update trigger compares, by name, each
+    with its name as it stands in ``changed_columns`` (without brackets)."""
     pk = {c.name for c in info.pk_columns}
     columns = sorted(
         (c for c in info.synced_columns if c.name not in pk), key=lambda c: c.name
     )
-    if not columns:
-        return None
-    names = []
+    found = []
     for column in columns:
         text = encode_columns([column.name])
         assert text is not None
-        names.append((column, text[1:-1]))
+        found.append((column, text[1:-1]))
+    return found
+
+
+def _changed_sql(connection: sa.Connection, info: TrackedTable) -> str | None:
+    """SQL for the text between the brackets of ``changed_columns`` (``''``
+    when no synced non-key column changed), or ``None`` for a table without
+    synced non-key columns."""
+    names = compared_columns(info)
+    if not names:
+        return None
     if _mysql(connection):
         parts = ", ".join(
             f"IF({_differs(connection, c)}, {_literal(connection, t)}, NULL)"

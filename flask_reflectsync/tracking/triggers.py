@@ -42,7 +42,6 @@ import sqlalchemy as sa
 
 from ..errors import ConfigurationError
 from . import row_triggers
-from .columns import encode_columns
 from .registry import TrackedTable
 from .tables import LogTables
 
@@ -161,19 +160,13 @@ def _changed_sql(connection: sa.Connection, info: TrackedTable) -> str | None:
     """SQL for the ``changed_columns`` text of an update row pair ``o``/``n``
     (NULL when nothing synced changed), or ``None`` for a table with no
     synced non-key column."""
-    pk = {c.name for c in info.pk_columns}
-    columns = sorted(
-        (c for c in info.synced_columns if c.name not in pk), key=lambda c: c.name
-    )
-    if not columns:
+    names = row_triggers.compared_columns(info)
+    if not names:
         return None
-    parts = []
-    for column in columns:
-        text = encode_columns([column.name])
-        assert text is not None
-        parts.append(
-            f"CASE WHEN {_distinct(connection, column)} THEN {_literal(text[1:-1])} END"
-        )
+    parts = [
+        f"CASE WHEN {_distinct(connection, column)} THEN {_literal(name)} END"
+        for column, name in names
+    ]
     return f"'[' || nullif(concat_ws(',', {', '.join(parts)}), '') || ']'"
 
 
