@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tomllib  # Python 3.11+: CI runs this with the main venv's python
+import tomllib  # Python 3.11+: CI runs this with the system python3
 
 PYPROJECT = Path(__file__).parent.parent / "pyproject.toml"
 REQUIREMENT = re.compile(
