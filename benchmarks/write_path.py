@@ -37,6 +37,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from flask_reflectsync import ReflectSync, track
 from flask_reflectsync.sqlite import use_immediate_transactions
+from flask_reflectsync.tracking.numbering import settle_numbering
 
 WRITERS = (1, 4, 8, 16)
 
@@ -184,10 +185,10 @@ def _bumped(params: Any) -> Any:
     return (next(_bumps), *params[1:])  # SET count = ? WHERE id = ?
 
 
-def _replay(raw: Any, statements: list[Statement]) -> float:
+def _replay(raw: Any, statements: list[Statement], sqlite: bool) -> float:
     start = time.perf_counter()
     cursor = raw.cursor()
-    if getattr(raw, "isolation_level", "") is None:
+    if sqlite and raw.isolation_level is None:
         # SQLite under use_immediate_transactions: the driver leaves the
         # transaction to us, as the engine's begin event does
         cursor.execute("BEGIN IMMEDIATE")
@@ -220,12 +221,13 @@ def floor(
     tracked = _statements_of(db, with_tracking)
     untracked = _statements_of(db, without)
     raw = db.engine.raw_connection()
+    sqlite = db.engine.dialect.name == "sqlite"
     try:
         timings: dict[str, list[float]] = {"tracked": [], "untracked": []}
         for round_ in range(commits):
             pair = [("untracked", untracked), ("tracked", tracked)]
             for label, statements in pair if round_ % 2 else pair[::-1]:
-                timings[label].append(_replay(raw, statements))
+                timings[label].append(_replay(raw, statements, sqlite))
     finally:
         raw.close()
     base = statistics.median(timings["untracked"])
@@ -335,6 +337,7 @@ def run_one(url: str, args: argparse.Namespace) -> None:
             throughput(app, db, tracked, untracked, writers, args.seconds, args.rounds)
         finally:
             db.session.remove()
+            settle_numbering(db.engine)  # its thread reads the tables dropped next
             db.drop_all()
             db.engine.dispose()
 
