@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from flask_reflectsync import errors, track
 from flask_reflectsync.client import SyncClient
+from flask_reflectsync.node.pull import decode_page
 from flask_reflectsync.node.push import push_message
 from flask_reflectsync.server.schema import TrackedSchema
 from flask_reflectsync.tracking.columns import decode_columns
@@ -568,6 +569,10 @@ def test_a_node_drops_excluded_columns_a_server_sends(served: Served) -> None:
     state.schema = (key, TrackedSchema({**schema.tables, "account": whole}))
     served_page = node._call("POST", "/pull", message=pull)
     assert "password_hash" in served_page["changes"]["account"]["columns"]
+    # The node's own defence, with the page as sent: its synchronize() below
+    # names its columns, and the server then cuts the page to them.
+    (part,) = [p for p in decode_page(node, served_page) if p.table == "account"]
+    assert "username" in part.columns and "password_hash" not in part.columns
 
     node.synchronize()
     assert _node_row(node, served.Account, 1)["password_hash"] == ""  # type: ignore[index]
