@@ -164,7 +164,7 @@ def _statements_of(db: SQLAlchemy, commit: Callable[[int], float]) -> list[State
     def record(
         conn: Any, cursor: Any, text: str, params: Any, context: Any, many: bool
     ) -> None:
-        if conn.connection.dbapi_connection is connection and text != "BEGIN IMMEDIATE":
+        if conn.connection.dbapi_connection is connection:
             sent.append((text, params, many))
 
     sa.event.listen(db.engine, "before_cursor_execute", record)

@@ -209,11 +209,11 @@ def check_page(
 ) -> None:
     """Refuse a pulled table part the node cannot store whole (see the
     module's docstring)."""
-    mine = {c.name for c in info.synced_columns}
+    # An excluded column is the node's own: a server that syncs it may send
+    # it, and the decoding leaves it out (never written).
+    mine = {c.name for c in info.synced_columns} | info.excluded
     problems = []
     for name, sent in zip(columns, values, strict=False):
-        if name in info.excluded:
-            continue  # the node's own (a server that syncs it): never written
         if name not in mine and any(v is not None for v in sent):
             problems.append(
                 f"{info.name}.{name} is a column this node does not have, and "
@@ -273,8 +273,10 @@ def _mismatch(table: str, problems: list[str]) -> SchemaMismatchError:
         f"This node cannot store what the server sends: {'; '.join(problems)}. "
         "Nothing was applied and the node's version did not move; migrate "
         "the node (or the server) so that the columns match.",
-        [{"table": table, "column": None, "problem": "node_check", "message": p}
-         for p in problems],
+        [
+            {"table": table, "column": None, "problem": "node_check", "message": p}
+            for p in problems
+        ],
     )
 
 
