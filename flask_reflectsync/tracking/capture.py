@@ -172,6 +172,9 @@ class _TransactionLog:
     # many operations the version holds.
     number: int | None = None
     operation_count: int | None = None
+    # Numbered after commit by this engine's numbering thread (PostgreSQL),
+    # which the commit pokes: found once, with the version row.
+    soon: tuple[sa.Engine, LogTables] | None = None
 
 
 @dataclass
@@ -964,15 +967,24 @@ def _transaction_log(
     )
     owner = session.get_nested_transaction() or session.get_transaction()
     assert owner is not None
-    at_commit = (
-        bool(session.info.get(_LOCKED_KEY))
-        or not numbered_after_commit(connection.dialect)
+    soon: tuple[sa.Engine, LogTables] | None = None
+    if session.info.get(_LOCKED_KEY) or not numbered_after_commit(connection.dialect):
+        at_commit = True
+    else:
         # A session joined into a caller's transaction (a test fixture's
         # outer transaction, never committed): numbered at commit, inside
         # it, as a numberer in a transaction of its own could not see it.
-        or isinstance(session.get_bind(clause=tables.operations), sa.Connection)
+        bind = session.get_bind(clause=tables.operations)
+        at_commit = isinstance(bind, sa.Connection)
+        if (
+            isinstance(bind, sa.Engine)
+            and bind.dialect.name == "postgresql"
+            and log.assign_versions
+        ):
+            soon = (bind, tables)
+    tx = _TransactionLog(
+        owner=owner, version_id=version_id, at_commit=at_commit, soon=soon
     )
-    tx = _TransactionLog(owner=owner, version_id=version_id, at_commit=at_commit)
     session.info[_TX_KEY] = tx
     return tx
 
@@ -1194,14 +1206,8 @@ def _after_commit(session: Session) -> None:
     wakes the change feed in every process at once (no SQL here: the
     numbering runs in a thread of its own)."""
     tx: _TransactionLog | None = session.info.get(_TX_KEY)
-    if tx is None or tx.at_commit:
-        return
-    log = _log_for(session)
-    if log is None or not log.assign_versions:
-        return
-    bind = session.get_bind(clause=log.tables.operations)
-    if isinstance(bind, sa.Engine) and bind.dialect.name == "postgresql":
-        number_soon(bind, log.tables)
+    if tx is not None and not tx.at_commit and tx.soon is not None:
+        number_soon(*tx.soon)
 
 
 def _after_soft_rollback(session: Session, previous: SessionTransaction) -> None:

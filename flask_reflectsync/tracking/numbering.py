@@ -444,6 +444,11 @@ def number_soon(engine: sa.Engine, tables: LogTables) -> None:
     with a ``NOTIFY`` to send: the commit itself must not notify (see
     :func:`notify_numbered`), the numberer's own short transaction may.
     """
+    per_engine = _numberers.get(engine)
+    numberer = None if per_engine is None else per_engine.get(tables.versions.name)
+    if numberer is not None:
+        numberer.poke()
+        return
     with _numberers_lock:
         per_engine = _numberers.setdefault(engine, {})
         numberer = per_engine.get(tables.versions.name)

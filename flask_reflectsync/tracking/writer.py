@@ -21,6 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..rows import built_once
+
 _CHANGED = "changed_columns"
 _SCOPE_BEFORE, _SCOPE_AFTER = "scope_before", "scope_after"
 
@@ -168,9 +170,6 @@ def insert_version(
     :param scopes: as for :func:`insert_operations`.
     """
     dialect = connection.dialect
-    preparer = dialect.identifier_preparer
-    target = preparer.format_table(versions)
-    names_sql = ", ".join(preparer.quote(versions.c[name].name) for name in values)
     params = list(values.values())
     if dialect.paramstyle not in ("pyformat", "format") or dialect.name not in (
         "postgresql",
@@ -183,42 +182,87 @@ def insert_version(
             connection, operations, version_id, names, keys, commands, changed, scopes
         )
         return int(version_id)
-    marks = ", ".join(["%s"] * len(params))
     if dialect.name == "postgresql":
-        if not keys:
-            return int(
-                connection.exec_driver_sql(
-                    f"INSERT INTO {target} ({names_sql}) VALUES ({marks}) RETURNING id",
-                    tuple(params),
-                ).scalar_one()
-            )
-        ops = preparer.format_table(operations)
-        arrays: list[Any] = [list(names), list(keys), list(commands)]
-        fields = ["table_name", "row_key", "command"]
+        columns: list[Sequence[str | None]] = [names, keys, commands]
+        fields: tuple[str, ...] = ("table_name", "row_key", "command")
         if changed is not None:
-            arrays.append(list(changed))
-            fields.append(_CHANGED)
+            columns.append(changed)
+            fields += (_CHANGED,)
         if scopes is not None:
-            arrays += [list(scopes[0]), list(scopes[1])]
-            fields += [_SCOPE_BEFORE, _SCOPE_AFTER]
-        columns = ", ".join(preparer.quote(name) for name in ("version_id", *fields))
-        letters = [f"c{n}" for n in range(len(arrays))]
-        return int(
-            connection.exec_driver_sql(
-                f"WITH v AS (INSERT INTO {target} ({names_sql}) VALUES ({marks}) "
-                f"RETURNING id), o AS (INSERT INTO {ops} ({columns}) "
-                f"SELECT v.id, {', '.join('t.' + x for x in letters)} FROM v, "
-                f"unnest({', '.join(['%s::text[]'] * len(arrays))}) "
-                f"AS t({', '.join(letters)})) "
-                "SELECT id FROM v",
-                (*params, *arrays),
-            ).scalar_one()
+            columns += [scopes[0], scopes[1]]
+            fields += (_SCOPE_BEFORE, _SCOPE_AFTER)
+        # The usual small transaction logs one operation: its values go as
+        # plain parameters, which costs the driver (and the server) less
+        # than dumping and unnesting one-element arrays.
+        shape = "none" if not keys else "one" if len(keys) == 1 else "many"
+        statement = built_once(
+            versions,
+            ("insert_version", dialect.name, tuple(values), fields, shape),
+            lambda: _postgresql_version_sql(
+                dialect, versions, operations, tuple(values), fields, shape
+            ),
         )
-    result = connection.exec_driver_sql(
-        f"INSERT INTO {target} ({names_sql}) VALUES ({marks})", tuple(params)
+        if shape == "one":
+            row: tuple[Any, ...] = tuple(column[0] for column in columns)
+        elif shape == "many":
+            row = tuple(list(column) for column in columns)
+        else:
+            row = ()
+        return int(
+            connection.exec_driver_sql(statement, (*params, *row)).scalar_one()
+        )
+    statement = built_once(
+        versions,
+        ("insert_version", dialect.name, tuple(values)),
+        lambda: _plain_version_sql(dialect, versions, tuple(values)),
     )
+    result = connection.exec_driver_sql(statement, tuple(params))
     version_id = int(result.lastrowid)
     insert_operations(
         connection, operations, version_id, names, keys, commands, changed, scopes
     )
     return version_id
+
+
+def _plain_version_sql(
+    dialect: sa.Dialect, versions: sa.Table, value_names: tuple[str, ...]
+) -> str:
+    """``INSERT`` of a version row with ``value_names``' columns, for the
+    driver (``%s`` parameters)."""
+    preparer = dialect.identifier_preparer
+    listed = ", ".join(preparer.quote(versions.c[name].name) for name in value_names)
+    marks = ", ".join(["%s"] * len(value_names))
+    return f"INSERT INTO {preparer.format_table(versions)} ({listed}) VALUES ({marks})"
+
+
+def _postgresql_version_sql(
+    dialect: sa.Dialect,
+    versions: sa.Table,
+    operations: sa.Table,
+    value_names: tuple[str, ...],
+    fields: tuple[str, ...],
+    shape: str,
+) -> str:
+    """The one PostgreSQL statement inserting a version row and its first
+    operations (``shape``: ``"none"``, ``"one"``, given as plain
+    parameters, or ``"many"``, as one text array per field), returning the
+    version row's id."""
+    version = _plain_version_sql(dialect, versions, value_names)
+    if shape == "none":
+        return f"{version} RETURNING id"
+    preparer = dialect.identifier_preparer
+    listed = ", ".join(preparer.quote(name) for name in ("version_id", *fields))
+    if shape == "one":
+        selected = "v.id, " + ", ".join(["%s"] * len(fields)) + " FROM v"
+    else:
+        letters = [f"c{n}" for n in range(len(fields))]
+        selected = (
+            f"v.id, {', '.join('t.' + x for x in letters)} FROM v, "
+            f"unnest({', '.join(['%s::text[]'] * len(fields))}) "
+            f"AS t({', '.join(letters)})"
+        )
+    return (
+        f"WITH v AS ({version} RETURNING id), "
+        f"o AS (INSERT INTO {preparer.format_table(operations)} ({listed}) "
+        f"SELECT {selected}) SELECT id FROM v"
+    )
