@@ -17,6 +17,10 @@ For each database, in the same run, against an identical untracked model:
 
 Every figure is printed beside its untracked baseline, as a ratio
 (targets: latency <= 1.3x, 16-writer throughput >= 0.7x).
+
+``--capture triggers`` measures the same with ``REFLECTSYNC_CAPTURE =
+"triggers"`` and the capture triggers installed (the database writes the
+log in the app's own statements; see :doc:`/tracking`).
 """
 
 from __future__ import annotations
@@ -42,9 +46,12 @@ from flask_reflectsync.tracking.numbering import settle_numbering
 WRITERS = (1, 4, 8, 16)
 
 
-def build(url: str) -> tuple[Flask, SQLAlchemy, Any, Any, Any]:
+def build(
+    url: str, capture: str
+) -> tuple[Flask, SQLAlchemy, ReflectSync, Any, Any, Any]:
     app = Flask("write_path_benchmark")
     app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["REFLECTSYNC_CAPTURE"] = capture
     if not url.startswith("sqlite"):
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
             "pool_size": max(WRITERS) + 4,
@@ -71,8 +78,8 @@ def build(url: str) -> tuple[Flask, SQLAlchemy, Any, Any, Any]:
         name: Mapped[str] = mapped_column(sa.String(50))
         count: Mapped[int]
 
-    ReflectSync(app, db)
-    return app, db, Tracked, Untracked, Other
+    sync = ReflectSync(app, db)
+    return app, db, sync, Tracked, Untracked, Other
 
 
 # -- single-row latency -----------------------------------------------------------
@@ -321,15 +328,20 @@ def throughput(
 
 
 def run_one(url: str, args: argparse.Namespace) -> None:
-    app, db, tracked, untracked, other = build(url)
+    app, db, sync, tracked, untracked, other = build(url, args.capture)
     with app.app_context():
         db.drop_all()
         db.create_all()
+        if args.capture == "triggers":
+            sync.capture_triggers("install")
         sqlite = db.engine.dialect.name == "sqlite"
         if sqlite:
             use_immediate_transactions(db.engine)
         dialect = db.engine.dialect
-        print(f"backend: {dialect.name} {dialect.server_version_info}")
+        print(
+            f"backend: {dialect.name} {dialect.server_version_info}, "
+            f"capture: {args.capture}"
+        )
         try:
             latency(db, tracked, untracked, other, args.commits, args.rounds)
             db.session.remove()
@@ -355,6 +367,12 @@ def main() -> None:
         "--seconds", type=float, default=2.0, help="per throughput round"
     )
     parser.add_argument("--writers", type=int, nargs="+", default=list(WRITERS))
+    parser.add_argument(
+        "--capture",
+        choices=("orm", "triggers"),
+        default="orm",
+        help="REFLECTSYNC_CAPTURE of the tracked model (default: orm)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         for url in args.url or [f"sqlite:///{Path(folder) / 'bench.db'}"]:

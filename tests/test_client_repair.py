@@ -61,6 +61,19 @@ def test_repair_replaces_local_data_with_the_servers_copy(net: Cluster) -> None:
     assert b.pull().operations == 1
     net.assert_converged()
 
+    # What the repair threw away stays away: the queue's operations went
+    # with their versions (the log has no foreign key to cascade, and
+    # SQLite hands a deleted row's id to the next version), so b's next
+    # change is pushed alone.
+    with b.Session() as session:
+        session.add(m.Country(id=5000, name="new"))
+        session.commit()
+    assert b.pending_operations() == 1
+    assert b.push().operations == 1
+    assert a.pull().operations == 1
+    countries = {row[0] for row in net.assert_converged()["country"]}
+    assert 5000 in countries and 9999 not in countries
+
 
 def test_repair_round_trips_every_column_type(net: Cluster) -> None:
     Sample = net.server.Sample

@@ -150,11 +150,12 @@ def _check_concurrent_writers(env: AppEnv, *, raw: bool = False) -> None:
     total = len(committed)
     assert total == WRITERS * (TRANSACTIONS_PER_WRITER - TRANSACTIONS_PER_WRITER // 5)
     assert reads > 1
+    operations = db.metadata.tables["reflectsync_operations"]
     with app.app_context(), db.engine.connect() as connection:
         rows = connection.execute(
             sa.select(versions.c.number, sa.func.count())
             .select_from(versions)
-            .join(db.metadata.tables["reflectsync_operations"])
+            .join(operations, operations.c.version_id == versions.c.id)
             .group_by(versions.c.number)
         ).all()
     if raw and sa.make_url(url).get_backend_name() == "sqlite":
