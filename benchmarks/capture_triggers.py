@@ -17,7 +17,12 @@ logged at all in that mode, so its row is the untracked cost).
     python benchmarks/capture_triggers.py --url mysql+pymysql://root@127.0.0.1/bench
     python benchmarks/capture_triggers.py --url sqlite:////tmp/bench.db
 
-Prints medians and ratios against untracked (targets: <= 1.5x). The
+Prints medians and ratios against untracked (targets: <= 1.5x). A last
+line measures the floor under the raw bulk figure: the same raw insert on
+the untracked table followed, in its transaction, by one ``INSERT ...
+SELECT`` of its 10,000 operation rows straight into the log table (no
+trigger, nothing computed): what one log row per changed row costs by
+itself, whoever writes it. The
 numbering of the versions after commit (PostgreSQL, MariaDB; SQLite's
 raw SQL versions at the next pull) is not in the figures: it runs outside
 the writer's transaction, as it does in an app.
@@ -104,6 +109,49 @@ def raw_bulk(engine: sa.Engine, table: str) -> float:
         return time.perf_counter() - start
 
 
+def _log_rows_sql(dialect: str, operations: str) -> str:
+    """The 10,000 operation rows of a raw bulk insert, as one statement
+    (``%s``/``?``: the version row's id)."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    columns = "(version_id, table_name, row_key, command)"
+    if dialect == "postgresql":
+        source, key = f"generate_series(1, {ROWS}) AS g", "'[' || g || ']'"
+    elif dialect == "mysql":
+        source, key = f"seq_1_to_{ROWS}", "CONCAT('[', seq, ']')"
+    else:
+        return (
+            f"WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g "
+            f"WHERE n < {ROWS}) INSERT INTO {operations} {columns} "
+            f"SELECT {mark}, 'bench_floor', '[' || n || ']', 'i' FROM g"
+        )
+    return (
+        f"INSERT INTO {operations} {columns} "
+        f"SELECT {mark}, 'bench_floor', {key}, 'i' FROM {source}"
+    )
+
+
+def raw_bulk_with_log_rows(engine: sa.Engine, table: str, tables: Any) -> float:
+    """:func:`raw_bulk` and its operation rows written straight into the
+    log, in one transaction (the rows are deleted again, untimed)."""
+    rows = _log_rows_sql(engine.dialect.name, tables.operations.name)
+    with engine.connect() as connection:
+        start = time.perf_counter()
+        connection.exec_driver_sql(_bulk_sql(engine.dialect.name, table))
+        version = connection.execute(
+            tables.versions.insert().values(created_at=sa.func.now())
+        ).inserted_primary_key[0]
+        connection.exec_driver_sql(rows, (version,))
+        connection.commit()
+        elapsed = time.perf_counter() - start
+        operations, versions = tables.operations, tables.versions
+        connection.execute(
+            operations.delete().where(operations.c.version_id == version)
+        )
+        connection.execute(versions.delete().where(versions.c.id == version))
+        connection.commit()
+    return elapsed
+
+
 def orm_single(db: SQLAlchemy, model: Any, commits: int = 50) -> float:
     times = []
     for i in range(commits):
@@ -152,9 +200,12 @@ def main() -> None:
             mode: {name: [] for name in runs}
             for mode in ("untracked", "orm", "triggers")
         }
+        floor: list[float] = []
+        log_tables = sync.get_state().tables
         # Interleaved round by round (the machine is shared: a slow spell
         # then hits every column alike); untracked once in each mode.
         for _ in range(args.rounds):
+            floor.append(raw_bulk_with_log_rows(engine, untracked, log_tables))
             for mode in ("orm", "triggers"):
                 sync.capture_triggers("install" if mode == "triggers" else "remove")
                 for name, run in runs.items():
@@ -191,6 +242,12 @@ def main() -> None:
             f"{name:28}{base * 1000:10.2f}ms{orm_text:>18}"
             f"{f'{trig * 1000:.2f} {trig / base:.2f}x':>18}"
         )
+    raw = baseline["raw SQL 10,000 inserts"]
+    low = statistics.median(floor)
+    print(
+        f"{'raw SQL 10,000 + log rows':28}{raw * 1000:10.2f}ms"
+        f"{'(no trigger)':>18}{f'{low * 1000:.2f} {low / raw:.2f}x':>18}"
+    )
 
 
 if __name__ == "__main__":

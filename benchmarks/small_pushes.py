@@ -63,17 +63,18 @@ def push_loop(
 ) -> None:
     """One node: register, wait for ``go``, then push ``rows``-row batches
     until ``pushes`` are done or ``seconds`` have passed; reports
-    ``(pushes, operations, client seconds of each push, error)`` on ``out``
-    (``error`` is ``None``, or why the node stopped)."""
+    ``(pushes, operations, client seconds of each push, CPU seconds of the
+    pushes, error)`` on ``out`` (``error`` is ``None``, or why the node
+    stopped)."""
     try:
         out.put((*_pushes(base, index, rows, pushes, seconds, go), None))
     except Exception as error:  # reported, not hung on
-        out.put((0, 0, [], repr(error)))
+        out.put((0, 0, [], 0.0, repr(error)))
 
 
 def _pushes(
     base: str, index: int, rows: int, pushes: int, seconds: float, go: Any
-) -> tuple[int, int, list[float]]:
+) -> tuple[int, int, list[float], float]:
     with httpx.Client(timeout=120) as client:
         node = client.post(
             base + "/register", json={"protocol": PROTOCOL_VERSION}
@@ -84,6 +85,7 @@ def _pushes(
         latencies: list[float] = []
         done = operations = 0
         go.wait()
+        cpu = time.process_time()
         end = time.monotonic() + seconds
         while done < pushes and time.monotonic() < end:
             keys = range(next_key, next_key + rows)
@@ -112,7 +114,8 @@ def _pushes(
             last_version = answer.json()["version"]
             done += 1
             operations += answer.json()["operations"]
-    return done, operations, latencies
+        cpu = time.process_time() - cpu
+    return done, operations, latencies, cpu
 
 
 def baseline_loop(base: str, requests: int) -> float:
@@ -194,10 +197,10 @@ def log_length(access_log: Path) -> int:
 
 def run(
     base: str, first: int, nodes: int, rows: int, pushes: int, seconds: float
-) -> tuple[int, int, float, list[float]]:
+) -> tuple[int, int, float, list[float], float]:
     """``nodes`` processes at once, numbered from ``first`` (each number
-    its own key range); returns pushes, operations, wall seconds and every
-    push's client time.
+    its own key range); returns pushes, operations, wall seconds, every
+    push's client time and the node processes' CPU seconds.
 
     :raises SystemExit: if a node stopped on an error.
     """
@@ -218,13 +221,13 @@ def run(
     elapsed = time.monotonic() - started
     for process in processes:
         process.join(30)
-    errors = [r[3] for r in results if r[3] is not None]
+    errors = [r[4] for r in results if r[4] is not None]
     if errors:
         raise SystemExit(f"{len(errors)} node(s) stopped: {errors[0]}")
     total = sum(r[0] for r in results)
     ops = sum(r[1] for r in results)
     latencies = [t for r in results for t in r[2]]
-    return total, ops, elapsed, latencies
+    return total, ops, elapsed, latencies, sum(r[3] for r in results)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         since = log_length(access)
         workers, backends = worker_pids(access), database_pids(args.database)
         cpu_before = cpu_seconds(workers), cpu_seconds(backends)
-        one_total, ops, _, latencies = run(base, 1, 1, args.rows, args.pushes, 600)
+        one_total, ops, _, latencies, node_cpu = run(
+            base, 1, 1, args.rows, args.pushes, 600
+        )
         cpu_after = cpu_seconds(workers), cpu_seconds(backends)
         time.sleep(1)  # gunicorn writes its access log after answering
         one_server = statistics.median(server_times(access, since))
@@ -257,11 +262,12 @@ def main(argv: list[str] | None = None) -> int:
         # registrations cost the server CPU too, not counted apart (small).
         worker_cpu = (cpu_after[0] - cpu_before[0]) / one_total
         database_cpu = (cpu_after[1] - cpu_before[1]) / one_total
+        node_cpu /= one_total
         many = []
         first = 2
         for count in args.nodes:
             since = log_length(access)
-            total, ops, elapsed, latencies = run(
+            total, ops, elapsed, latencies, _ = run(
                 base, first, count, args.rows, 10**9, args.seconds
             )
             first += count
@@ -278,7 +284,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"CPU a push: gunicorn worker {worker_cpu * 1000:.2f} ms, PostgreSQL "
-        f"backends {database_cpu * 1000:.2f} ms (0 on other databases)"
+        f"backends {database_cpu * 1000:.2f} ms (0 on other databases), "
+        f"the node process {node_cpu * 1000:.2f} ms"
+    )
+    # What the machine's cores allow at best, if every push cost only the
+    # CPU above and nothing waited: the ceiling the throughput target
+    # (3,000 ops/s) must fit under, node processes included.
+    cores = os.cpu_count() or 1
+    per_push = worker_cpu + database_cpu + node_cpu
+    print(
+        f"CPU ceiling on {cores} cores: {cores / per_push:.0f} pushes/s, "
+        f"{cores / per_push * args.rows:.0f} ops/s (all three sides), "
+        f"{cores / (worker_cpu + database_cpu) * args.rows:.0f} ops/s "
+        "(the server's side alone)"
     )
     print(
         f"{'nodes':>5} {'pushes':>7} {'ops/s':>8} {'pushes/s':>9} "

@@ -101,12 +101,11 @@ def define_tables(
             primary_key=True,
             autoincrement=True,
         ),
-        sa.Column(
-            "version_id",
-            sa.BigInteger,
-            sa.ForeignKey(versions.c.id, ondelete="CASCADE"),
-            nullable=False,
-        ),
+        # The version row's id. No foreign key: its check cost every logged
+        # row a lookup of the version row, and every path that deletes
+        # versions (a node's acknowledged pushes and repair, the server's
+        # trim) deletes their operations first, explicitly.
+        sa.Column("version_id", sa.BigInteger, nullable=False),
         sa.Column("table_name", sa.String(255), nullable=False),
         # The primary key as canonical JSON (see tracking.keys).
         sa.Column("row_key", sa.Text, nullable=False),
@@ -147,11 +146,21 @@ NO_ROW = ""
 def _scope_columns(*, server: bool) -> list[Any]:
     if not server:
         return []
+    # Pulls look the tags up with ``IN``, which never matches NULL: where
+    # the backend has partial indexes, the operations of tables without a
+    # scope rule (NULL tags, the app's usual write) add no index entries.
     return [
         sa.Column(SCOPE_BEFORE, sa.String(255), nullable=True),
         sa.Column(SCOPE_AFTER, sa.String(255), nullable=True),
-        sa.Index(PREFIX + "operations_scope_before", SCOPE_BEFORE),
-        sa.Index(PREFIX + "operations_scope_after", SCOPE_AFTER),
+        *(
+            sa.Index(
+                PREFIX + "operations_" + name,
+                name,
+                postgresql_where=sa.column(name).is_not(None),
+                sqlite_where=sa.column(name).is_not(None),
+            )
+            for name in (SCOPE_BEFORE, SCOPE_AFTER)
+        ),
     ]
 
 
