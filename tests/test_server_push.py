@@ -838,7 +838,8 @@ def test_advancing_a_sequence_waits_for_another_push_advancing_it(
     """The check of a sequence's value and its ``setval`` are two steps, so
     the statement that does both first takes the sequence's lock, held
     until commit: a second push raising the same sequence meanwhile waits
-    (here: runs into a lock timeout) instead of moving it back."""
+    (here: runs into a lock timeout) instead of moving it back. A push
+    whose keys the sequence is already past neither waits nor moves it."""
     if backend != "postgresql":
         pytest.skip("sequences: PostgreSQL")
     from flask_reflectsync.server.push import _ADVANCE_SEQUENCE
@@ -859,14 +860,27 @@ def test_advancing_a_sequence_waits_for_another_push_advancing_it(
             second.begin()
             second.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
             with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
-                second.execute(_ADVANCE_SEQUENCE, {**params, "key": 50})
+                second.execute(_ADVANCE_SEQUENCE, {**params, "key": 150})
             second.rollback()
-            first.commit()
+            # Below what the first push raised it to: no wait, no move
+            # (setval is not transactional: the first's 100 is visible).
             second.begin()
+            second.exec_driver_sql("SET LOCAL lock_timeout = '300ms'")
             assert second.execute(_ADVANCE_SEQUENCE, {**params, "key": 50}).one()[
                 1
-            ] is None  # already past it
+            ] is None
             second.commit()
+            first.commit()
+            second.begin()
+            assert second.execute(_ADVANCE_SEQUENCE, {**params, "key": 150}).one()[
+                1
+            ] == 150
+            second.commit()
+            with engine.connect() as connection:
+                # the app's next key is past every pushed one
+                assert connection.exec_driver_sql(
+                    "SELECT nextval(pg_get_serial_sequence('rs_seq_race', 'id'))"
+                ).scalar() == 151
     finally:
         with engine.begin() as connection:
             connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_race")
