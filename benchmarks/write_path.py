@@ -20,7 +20,7 @@ Every figure is printed beside its untracked baseline, as a ratio
 
 ``--capture triggers`` measures the same with ``REFLECTSYNC_CAPTURE =
 "triggers"`` and the capture triggers installed (the database writes the
-log in the app's own statements; see :doc:`/tracking`).
+log in the app's own statements; see docs/tracking.rst).
 """
 
 from __future__ import annotations
@@ -350,6 +350,8 @@ def run_one(url: str, args: argparse.Namespace) -> None:
         finally:
             db.session.remove()
             settle_numbering(db.engine)  # its thread reads the tables dropped next
+            if args.capture == "triggers":
+                sync.capture_triggers("remove")  # and their functions
             db.drop_all()
             db.engine.dispose()
 
