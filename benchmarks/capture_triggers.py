@@ -81,22 +81,46 @@ def orm_bulk(db: SQLAlchemy, model: Any) -> float:
     return elapsed
 
 
-def _bulk_sql(dialect: str, table: str) -> str:
+def _numbers(dialect: str) -> tuple[str, str, str]:
+    """1 to :data:`ROWS` on ``dialect``: what goes before the ``INSERT``
+    (SQLite's recursive CTE), the ``FROM`` source, and the number."""
     if dialect == "postgresql":
-        return (
-            f"INSERT INTO {table} (name, count, score) "
-            "SELECT 'row ' || g, g, g / 3.0 "
-            f"FROM generate_series(1, {ROWS}) AS g"
-        )
+        return "", f"generate_series(1, {ROWS}) AS g", "g"
     if dialect == "mysql":
-        return (
-            f"INSERT INTO {table} (name, count, score) "
-            f"SELECT CONCAT('row ', seq), seq, seq / 3.0 FROM seq_1_to_{ROWS}"
-        )
+        return "", f"seq_1_to_{ROWS}", "seq"
+    recursive = (
+        "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g "
+        f"WHERE n < {ROWS}) "
+    )
+    return recursive, "g", "n"
+
+
+def _text(dialect: str, *parts: str) -> str:
+    """The concatenation of SQL strings ``parts`` on ``dialect``."""
+    if dialect == "mysql":
+        return f"CONCAT({', '.join(parts)})"
+    return " || ".join(parts)
+
+
+def _bulk_sql(dialect: str, table: str) -> str:
+    before, source, n = _numbers(dialect)
+    name = _text(dialect, "'row '", n)
     return (
-        f"WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g "
-        f"WHERE n < {ROWS}) INSERT INTO {table} (name, count, score) "
-        "SELECT 'row ' || n, n, n / 3.0 FROM g"
+        f"{before}INSERT INTO {table} (name, count, score) "
+        f"SELECT {name}, {n}, {n} / 3.0 FROM {source}"
+    )
+
+
+def _log_rows_sql(dialect: str, operations: str) -> str:
+    """The 10,000 operation rows of a raw bulk insert, as one statement
+    (``%s``/``?``: the version row's id)."""
+    mark = "?" if dialect == "sqlite" else "%s"
+    before, source, n = _numbers(dialect)
+    key = _text(dialect, "'['", n, "']'")
+    return (
+        f"{before}INSERT INTO {operations} "
+        "(version_id, table_name, row_key, command) "
+        f"SELECT {mark}, 'bench_floor', {key}, 'i' FROM {source}"
     )
 
 
@@ -109,41 +133,20 @@ def raw_bulk(engine: sa.Engine, table: str) -> float:
         return time.perf_counter() - start
 
 
-def _log_rows_sql(dialect: str, operations: str) -> str:
-    """The 10,000 operation rows of a raw bulk insert, as one statement
-    (``%s``/``?``: the version row's id)."""
-    mark = "?" if dialect == "sqlite" else "%s"
-    columns = "(version_id, table_name, row_key, command)"
-    if dialect == "postgresql":
-        source, key = f"generate_series(1, {ROWS}) AS g", "'[' || g || ']'"
-    elif dialect == "mysql":
-        source, key = f"seq_1_to_{ROWS}", "CONCAT('[', seq, ']')"
-    else:
-        return (
-            f"WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g "
-            f"WHERE n < {ROWS}) INSERT INTO {operations} {columns} "
-            f"SELECT {mark}, 'bench_floor', '[' || n || ']', 'i' FROM g"
-        )
-    return (
-        f"INSERT INTO {operations} {columns} "
-        f"SELECT {mark}, 'bench_floor', {key}, 'i' FROM {source}"
-    )
-
-
 def raw_bulk_with_log_rows(engine: sa.Engine, table: str, tables: Any) -> float:
     """:func:`raw_bulk` and its operation rows written straight into the
     log, in one transaction (the rows are deleted again, untimed)."""
-    rows = _log_rows_sql(engine.dialect.name, tables.operations.name)
+    operations, versions = tables.operations, tables.versions
+    rows = _log_rows_sql(engine.dialect.name, operations.name)
     with engine.connect() as connection:
         start = time.perf_counter()
         connection.exec_driver_sql(_bulk_sql(engine.dialect.name, table))
         version = connection.execute(
-            tables.versions.insert().values(created_at=sa.func.now())
+            versions.insert().values(created_at=sa.func.now())
         ).inserted_primary_key[0]
         connection.exec_driver_sql(rows, (version,))
         connection.commit()
         elapsed = time.perf_counter() - start
-        operations, versions = tables.operations, tables.versions
         connection.execute(
             operations.delete().where(operations.c.version_id == version)
         )
