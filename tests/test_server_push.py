@@ -887,6 +887,64 @@ def test_advancing_a_sequence_waits_for_another_push_advancing_it(
         engine.dispose()
 
 
+def test_a_push_waiting_for_the_sequence_lock_checks_the_sequence_again(
+    database_url: str, backend: str
+) -> None:
+    """Two pushes both find the sequence below their keys; the second
+    waits for the first's lock, and once it is granted finds the sequence
+    past its own keys: it leaves it there rather than moving it back."""
+    if backend != "postgresql":
+        pytest.skip("sequences: PostgreSQL")
+    import threading
+
+    from flask_reflectsync.server.push import _ADVANCE_SEQUENCE
+
+    engine = sa.create_engine(database_url)
+    params = {"table": "rs_seq_recheck", "column": "id"}
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_recheck")
+            connection.exec_driver_sql(
+                "CREATE TABLE rs_seq_recheck (id serial PRIMARY KEY)"
+            )
+        answers: list[Any] = []
+        with engine.connect() as first, engine.connect() as second:
+            first.begin()
+            # The first takes the lock (the sequence was never used) and
+            # holds it; it raises the sequence only after the second waits.
+            first.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(1920295280, "
+                "pg_get_serial_sequence('rs_seq_recheck', 'id')::regclass"
+                "::oid::int)"
+            )
+            second.begin()
+
+            def waiting() -> None:
+                answers.append(
+                    second.execute(_ADVANCE_SEQUENCE, {**params, "key": 120}).one()
+                )
+                second.commit()
+
+            thread = threading.Thread(target=waiting)
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive()  # waiting for the lock
+            first.exec_driver_sql(
+                "SELECT setval(pg_get_serial_sequence('rs_seq_recheck', 'id'), 150)"
+            )
+            first.commit()
+            thread.join(10)
+        assert answers and answers[0][1] is None  # not moved back to 120
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql(
+                "SELECT nextval(pg_get_serial_sequence('rs_seq_recheck', 'id'))"
+            ).scalar() == 151
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("DROP TABLE IF EXISTS rs_seq_recheck")
+        engine.dispose()
+
+
 # -- values the server's columns cannot store (issue 11 item 5) -----------------
 
 
