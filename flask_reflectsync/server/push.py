@@ -261,7 +261,7 @@ def _push_once(
             share.check_push(session, changes, written=False)
         _find_restores(session, changes)
         ruled, resolved = _rule_stale_rows(
-            session, tables, changes, node_id, last_version, strategies
+            session, tables, changes, node_id, last_version, strategies, first.current
         )
         session.info[VERSION_ROW_VALUES] = {
             "node_id": node_id,
@@ -285,10 +285,10 @@ def _push_once(
         # with the same rulings.
         version_id = ensure_version(session)
         store_rulings(session, tables, version_id, resolved)
-        _lock_counter(session, tables)
+        newest = _lock_counter(session, tables)
         # One scan: the pushed rows, and the parents they point at.
         conflicts = find_conflicts(
-            session, tables, changes, node_id, last_version, ruled, schema
+            session, tables, changes, node_id, last_version, ruled, schema, newest
         )
         if conflicts:
             raise _conflict_error(conflicts)
@@ -488,6 +488,7 @@ def _check_version(
         )
 
 
-def _lock_counter(session: Session, tables: LogTables) -> None:
-    # Numbers what committed meanwhile, so the conflict check sees it all.
-    lock_numbering(session)
+def _lock_counter(session: Session, tables: LogTables) -> int:
+    # Numbers what committed meanwhile, so the conflict check sees it all;
+    # returns the newest number.
+    return lock_numbering(session)

@@ -34,6 +34,7 @@ def find_conflicts(
     last_version: int,
     ruled: Mapping[tuple[str, tuple[Any, ...]], int] | None = None,
     schema: TrackedSchema | None = None,
+    upto: int | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of the push that another writer changed after ``last_version``
     (see :func:`.stale.stale_rows`), but for those ``ruled`` on at the
@@ -46,6 +47,8 @@ def find_conflicts(
         row changed again since is a conflict after all.
     :param schema: the tracked tables, for the replaced parents; without
         it only the pushed rows are looked at.
+    :param upto: the newest version number, when known (under the counter
+        lock): see :func:`.stale.stale_rows`.
     """
     ruled = ruled or {}
     keys = _pushed_keys(changes)
@@ -55,7 +58,7 @@ def find_conflicts(
         wanted.setdefault(name, {}).update(by_text)
     if not wanted:
         return []
-    found = stale_rows(session, tables, wanted, node_id, last_version)
+    found = stale_rows(session, tables, wanted, node_id, last_version, upto)
     conflicts = [
         {"table": name, "key": changes[name].wire_key(key), "version": row.version}
         for (name, key), row in _touching(found, keys, changes)
@@ -98,9 +101,10 @@ def _stale(
     changes: Mapping[str, _TableChanges],
     node_id: int,
     last_version: int,
+    upto: int,
 ) -> list[tuple[tuple[str, Any], StaleRow]]:
     keys = _pushed_keys(changes)
-    found = stale_rows(session, tables, keys, node_id, last_version)
+    found = stale_rows(session, tables, keys, node_id, last_version, upto)
     return _touching(found, keys, changes)
 
 
@@ -111,10 +115,15 @@ def _rule_stale_rows(
     node_id: int,
     last_version: int,
     strategies: Mapping[str, str],
+    upto: int,
 ) -> tuple[dict[tuple[str, tuple[Any, ...]], int], list[dict[str, Any]]]:
     """Decide the direct conflicts of a stale push by the node's strategies
     (see :mod:`.stale`), before writing: operations the server's side wins
     are taken out of ``changes``.
+
+    ``upto`` is the counter's value the push read first: a row changed in a
+    version numbered after it is not ruled on here, and the scan under the
+    counter lock (:func:`find_conflicts`) refuses it as a conflict.
 
     :return: the rows ruled on, with the version each was decided at, and
         the answer's ``resolved`` entries.
@@ -125,7 +134,9 @@ def _rule_stale_rows(
         return ruled, entries
     candidates = [
         (name, key, row)
-        for (name, key), row in _stale(session, tables, changes, node_id, last_version)
+        for (name, key), row in _stale(
+            session, tables, changes, node_id, last_version, upto
+        )
         if name in strategies
     ]
     by_table: dict[str, list[tuple[tuple[Any, ...], StaleRow]]] = {}

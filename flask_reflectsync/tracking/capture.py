@@ -989,9 +989,10 @@ def _transaction_log(
     return tx
 
 
-def lock_numbering(session: Session) -> None:
+def lock_numbering(session: Session) -> int:
     """Lock the version counter for the rest of the session's transaction,
-    and number every version committed so far.
+    and number every version committed so far; return the newest number
+    (no version is numbered above it until the transaction ends).
 
     For the sync server's push: after it, the log holds a number for every
     committed version (so a conflict check sees them all), and no version
@@ -1004,12 +1005,13 @@ def lock_numbering(session: Session) -> None:
     session, log = _tracked(session)
     connection = session.connection(bind_arguments={"clause": log.tables.operations})
     tx: _TransactionLog | None = session.info.get(_TX_KEY)
-    lock_and_number(
+    newest = lock_and_number(
         connection, log.tables, own=None if tx is None else tx.version_id
     )
     session.info[_LOCKED_KEY] = True
     if tx is not None:
         tx.at_commit = True
+    return newest
 
 
 def _check_binds(
