@@ -349,6 +349,9 @@ def _push() -> Response:
             message,
             served.share,
             _column_history(served),
+            # A large push's message is freed as it is decoded; a retry
+            # after a busy database parses the body again.
+            parse_again=lambda: _message(body),
         )
     except SyncError as error:
         if error.code == "schema.describe":

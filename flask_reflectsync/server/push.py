@@ -36,7 +36,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +131,8 @@ def push(
     message: Any,
     share: Share | None = None,
     history: Mapping[str, ColumnHistory] | None = None,
+    *,
+    parse_again: Callable[[], Any] | None = None,
 ) -> PushOutcome:
     """Apply one push atomically and exactly once.
 
@@ -160,18 +162,25 @@ def push(
     :param history: the earlier names of the server's columns (PostgreSQL,
         :func:`.column_names.column_history`): a refused row's reason says
         the column was renamed (to which) or dropped.
+    :param parse_again: how to parse the request body again. Given, the
+        message is this call's to take apart: its rows and operations are
+        dropped as they are decoded, so a large push is not held in memory
+        twice, and a try after a busy database parses the body again.
     :raises ConfigurationError: if the session's transaction holds writes.
     """
     _check_no_writes(session)
+    consume = parse_again is not None
     for attempt in range(1, BUSY_TRIES + 1):
         try:
             return _push_once(
-                session, tables, schema, node_id, message, share, history
+                session, tables, schema, node_id, message, share, history, consume
             )
         except ServiceBusyError:
             if attempt == BUSY_TRIES:
                 raise
             time.sleep(random.uniform(0.01, 0.05) * attempt)
+            if parse_again is not None:
+                message = parse_again()
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -196,6 +205,7 @@ def _push_once(
     message: Any,
     share: Share | None = None,
     history: Mapping[str, ColumnHistory] | None = None,
+    consume: bool = False,
 ) -> PushOutcome:
     """One try of :func:`push`.
 
@@ -245,7 +255,9 @@ def _push_once(
     except BaseException:
         session.rollback()
         raise
-    changes = _decode(request, schema, aware=stores_time_zones(dialect))
+    changes = _decode(
+        request, schema, aware=stores_time_zones(dialect), consume=consume
+    )
     check_key_space(changes)
     last_version: int = request["last_version"]
     strategies: Mapping[str, str] = request.get("resolutions") or {}
@@ -339,16 +351,63 @@ def _push_once(
 def content_digest(request: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of a push's operations, payloads and patches in canonical JSON
     (sorted keys, no spaces): what a retry of the push id must repeat. The
-    protocol version, push id and ``last_version`` are left out."""
-    content = [request["operations"], request.get("payloads") or {}]
+    protocol version, push id and ``last_version`` are left out.
+
+    The canonical text is hashed in pieces (:func:`_canonical_pieces`)
+    rather than built whole: for a large push it would be a second copy of
+    the body in memory. The digest is the same, so pushes stored by earlier
+    releases are still recognised."""
+    content: list[Any] = [request["operations"], request.get("payloads") or {}]
     if request.get("patches"):
         content.append(request["patches"])
-    canonical = json.dumps(
-        content,
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+    digest = hashlib.sha256()
+    for piece in _canonical_pieces(content):
+        digest.update(piece.encode("ascii"))
+    return digest.hexdigest()
+
+
+#: The most list items :func:`_canonical_pieces` encodes in one piece.
+_DIGEST_CHUNK = 2000
+#: Lists of at most this many items are encoded item by item.
+_FEW = 16
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _canonical_pieces(value: Any) -> Iterator[str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"))`` in
+    pieces whose concatenation is exactly that text: long lists a slice at a
+    time, objects and lists of a few items item by item, the rest whole (at
+    C speed)."""
+    if isinstance(value, list) and len(value) > _DIGEST_CHUNK:
+        yield "["
+        for start in range(0, len(value), _DIGEST_CHUNK):
+            if start:
+                yield ","
+            # A slice's text without its brackets: its items, comma-separated.
+            yield _canonical(value[start : start + _DIGEST_CHUNK])[1:-1]
+        yield "]"
+    elif isinstance(value, list) and len(value) <= _FEW:
+        # A few large items (the content, a table's blocks of patches).
+        yield "["
+        for index, item in enumerate(value):
+            if index:
+                yield ","
+            yield from _canonical_pieces(item)
+        yield "]"
+    elif isinstance(value, dict):
+        yield "{"
+        for index, name in enumerate(sorted(value)):
+            if index:
+                yield ","
+            yield _canonical(name)
+            yield ":"
+            yield from _canonical_pieces(value[name])
+        yield "}"
+    else:
+        yield _canonical(value)
 
 
 @dataclass(frozen=True)

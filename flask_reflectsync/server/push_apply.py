@@ -239,11 +239,17 @@ def _givers(session: Session, target: _TableChanges) -> set[tuple[Any, ...]]:
     return givers
 
 
+#: Rows a statement of a large push's inserts carries: the driver's copy of
+#: its parameters stays this small, whatever the push's size.
+INSERT_BATCH = 10_000
+
+
 def _insert(session: Session, target: _TableChanges) -> None:
     table = target.info.table
-    rows = [target.rows[op.row_key] for op in target.inserts]
-    if not _insert_with_arrays(session, target, rows):
-        session.execute(sa.insert(table), _by_column_key(table, rows))
+    for inserts in batches(target.inserts, INSERT_BATCH):
+        rows = [target.rows[op.row_key] for op in inserts]
+        if not _insert_with_arrays(session, target, inserts, rows):
+            session.execute(sa.insert(table), _by_column_key(table, rows))
 
 
 def _by_column_key(table: sa.Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -281,7 +287,10 @@ _ARRAY_SAFE = (
 
 
 def _insert_with_arrays(
-    session: Session, target: _TableChanges, rows: list[dict[str, Any]]
+    session: Session,
+    target: _TableChanges,
+    inserts: Sequence[PushedOperation],
+    rows: list[dict[str, Any]],
 ) -> bool:
     """Insert ``rows`` with one ``INSERT ... SELECT FROM unnest(arrays)`` on
     PostgreSQL: a single statement instead of one per row, several times
@@ -305,9 +314,7 @@ def _insert_with_arrays(
     names = target.columns
     arrays = tuple([row.get(name) for row in rows] for name in names)
     connection.exec_driver_sql(sql, arrays)
-    record_operations(
-        session, target.info, [op.row_key for op in target.inserts], INSERT
-    )
+    record_operations(session, target.info, [op.row_key for op in inserts], INSERT)
     return True
 
 

@@ -90,9 +90,25 @@ class _TableChanges:
         return [self.codecs[c.name].to_json(v) for c, v in zip(pk, key, strict=True)]
 
 
+#: Rows and operations decoded at a time: what is decoded of a large push
+#: beside its message at any moment.
+DECODE_CHUNK = 5000
+
+
 def _decode(
-    request: Mapping[str, Any], schema: TrackedSchema, *, aware: bool
+    request: Mapping[str, Any],
+    schema: TrackedSchema,
+    *,
+    aware: bool,
+    consume: bool = False,
 ) -> dict[str, _TableChanges]:
+    """Decode and check a validated push message, by table.
+
+    :param consume: take the message apart while decoding it (its rows and
+        operations are replaced by ``None`` once decoded), so that a large
+        push is not held twice, as JSON and decoded; for a message nobody
+        reads again.
+    """
     changes: dict[str, _TableChanges] = {}
 
     def table_changes(name: str, where: str) -> _TableChanges:
@@ -110,21 +126,26 @@ def _decode(
 
     for name, payload in (request.get("payloads") or {}).items():
         target = table_changes(name, f"payloads.{name}")
-        target.columns = _decode_rows(target, f"payloads.{name}", payload)
+        target.columns = _decode_rows(target, f"payloads.{name}", payload, consume)
     for name, blocks in (request.get("patches") or {}).items():
         target = table_changes(name, f"patches.{name}")
         for number, block in enumerate(blocks):
             where = f"patches.{name}[{number}]"
             before = set(target.rows)
-            _decode_rows(target, where, block)
+            _decode_rows(target, where, block, consume)
             target.patched |= set(target.rows) - before
 
     operations: list[PushedOperation] = []
-    for index, item in enumerate(request["operations"]):
+    sent: list[Any] = request["operations"]
+    for index, item in enumerate(sent):
         where = f"operations[{index}]"
         target = table_changes(item["table"], where)
         key = _decode_key(target, item["key"], where)
         operations.append(PushedOperation(item["table"], key, item["command"]))
+        if consume and index % DECODE_CHUNK == DECODE_CHUNK - 1:
+            _forget(sent, index + 1 - DECODE_CHUNK, index + 1)
+    if consume:
+        sent.clear()
 
     for op in compress(operations):
         target = changes[op.table_name]
@@ -157,10 +178,11 @@ def _decode(
 
 
 def _decode_rows(
-    target: _TableChanges, where: str, payload: Mapping[str, Any]
+    target: _TableChanges, where: str, payload: Mapping[str, Any], consume: bool
 ) -> list[str]:
     """Decode one block of rows (``payloads.<table>`` or one of
-    ``patches.<table>``) into ``target.rows``; return its columns."""
+    ``patches.<table>``) into ``target.rows``, :data:`DECODE_CHUNK` rows at
+    a time; return its columns. ``consume``: see :func:`_decode`."""
     name = target.info.name
     columns: list[str] = payload["columns"]
     for column in columns:
@@ -179,12 +201,39 @@ def _decode_rows(
             "must be sent."
         )
     codecs = [target.codecs[c] for c in columns]
+    rows: list[list[Any]] = payload["rows"]
+    for start in range(0, len(rows), DECODE_CHUNK):
+        end = start + DECODE_CHUNK
+        _decode_row_chunk(target, where, columns, codecs, rows[start:end], start)
+        if consume:
+            _forget(rows, start, end)
+    if consume:
+        rows.clear()
+    return columns
+
+
+def _forget(items: list[Any], start: int, end: int) -> None:
+    """Free ``items[start:end]`` (decoded), keeping the list's length."""
+    end = min(end, len(items))
+    items[start:end] = [None] * (end - start)
+
+
+def _decode_row_chunk(
+    target: _TableChanges,
+    where: str,
+    columns: Sequence[str],
+    codecs: Sequence[ColumnCodec],
+    rows: Sequence[Sequence[Any]],
+    offset: int,
+) -> None:
+    """Decode and check ``rows`` (``payload["rows"][offset:...]``) into
+    ``target.rows``."""
+    name = target.info.name
     decoders = [codec.decode for codec in codecs]
     positions = [columns.index(c.name) for c in target.info.pk_columns]
     width = len(columns)
-    rows: list[list[Any]] = payload["rows"]
     decoded_rows: list[list[Any]] = []
-    for number, values in enumerate(rows):
+    for number, values in enumerate(rows, offset):
         if len(values) != width:
             raise ValidationError(
                 f"{where}.rows[{number}] has {len(values)} values for "
@@ -197,17 +246,17 @@ def _decode_rows(
             ]
         except DECODE_ERRORS:
             # Again, slowly, for a message naming the value and the column.
-            where = f"{name} {_wire_key(values, positions)}"
+            at = f"{name} {_wire_key(values, positions)}"
             for codec, value in zip(codecs, values, strict=True):
                 try:
-                    codec.to_db(value, where)
+                    codec.to_db(value, at)
                 except ValidationError as error:
                     invalid = _invalid(error.message, target, values, positions, codec)
                     raise invalid from None
             raise
         decoded_rows.append(decoded)
     _check_storable(target, codecs, rows, decoded_rows, positions)
-    for number, decoded in enumerate(decoded_rows):
+    for number, decoded in enumerate(decoded_rows, offset):
         row_key = tuple([decoded[p] for p in positions])
         if row_key in target.rows:
             raise ValidationError(
@@ -215,7 +264,6 @@ def _decode_rows(
                 f"{encode_key(row_key)}."
             )
         target.rows[row_key] = dict(zip(columns, decoded, strict=True))
-    return columns
 
 
 def _check_storable(

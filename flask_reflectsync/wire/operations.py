@@ -16,7 +16,7 @@ from ..tracking.columns import ColumnSet
 K = TypeVar("K")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Operation(Generic[K]):
     """An insert, update or delete (``"i"``, ``"u"``, ``"d"``) of one row.
 
