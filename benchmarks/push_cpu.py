@@ -39,11 +39,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_bench"
-COLUMNS = ["id", "code", "title"]
 
 
 def measure(database: str, pushes: int, rows: int, profile: int) -> dict[str, Any]:
     """Medians of ``pushes`` pushes in this process (see the module)."""
+    from small_pushes import survey_push
     from soak import reset_database
     from soak_app import create_app
 
@@ -58,24 +58,10 @@ def measure(database: str, pushes: int, rows: int, profile: int) -> dict[str, An
     state = {"key": 1, "last": 0, "n": 0}
 
     def one_push() -> float:
-        keys = range(state["key"], state["key"] + rows)
+        first = state["key"]
         state["key"] += rows
         state["n"] += 1
-        message = {
-            "protocol": PROTOCOL_VERSION,
-            "push_id": f"p{state['n']}",
-            "last_version": state["last"],
-            "operations": [
-                {"table": "soak_survey", "key": [k], "command": "i"} for k in keys
-            ],
-            "payloads": {
-                "soak_survey": {
-                    "columns": COLUMNS,
-                    "rows": [[k, f"b{k}", f"bench {k}"] for k in keys],
-                }
-            },
-        }
-        body = json.dumps(message, separators=(",", ":")).encode()
+        body = survey_push(first, rows, state["last"], f"p{state['n']}")
         headers = sign_request(
             node["id"], node["secret"], "POST", "/sync/push", "", body
         )

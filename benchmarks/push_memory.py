@@ -20,11 +20,9 @@ is that 100,000 rows grow the worker by no more than 10,000 rows do
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -33,31 +31,10 @@ from flask_reflectsync.wire.messages import PROTOCOL_VERSION
 from flask_reflectsync.wire.signing import sign_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from small_pushes import worker_pids  # noqa: E402  (next to this script)
+from small_pushes import survey_push, worker_pids  # noqa: E402  (next to this script)
 from soak import gunicorn, reset_database  # noqa: E402
 
 DEFAULT_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_bench"
-COLUMNS = ["id", "code", "title"]
-
-
-def push_body(first: int, rows: int, last_version: int) -> bytes:
-    """A push inserting ``rows`` surveys with keys from ``first`` on."""
-    keys = range(first, first + rows)
-    message = {
-        "protocol": PROTOCOL_VERSION,
-        "push_id": uuid.uuid4().hex,
-        "last_version": last_version,
-        "operations": [
-            {"table": "soak_survey", "key": [k], "command": "i"} for k in keys
-        ],
-        "payloads": {
-            "soak_survey": {
-                "columns": COLUMNS,
-                "rows": [[k, f"m{k}", f"memory {k}"] for k in keys],
-            }
-        },
-    }
-    return json.dumps(message, separators=(",", ":")).encode()
 
 
 def peak_kib(pid: int) -> int:
@@ -87,14 +64,14 @@ def measure(database: str, rows: int) -> tuple[int, int, float, int]:
         node = client.post(
             base + "/register", json={"protocol": PROTOCOL_VERSION}
         ).json()["node"]
-        warm = send(client, base, node, push_body(1, 100, 0))
+        warm = send(client, base, node, survey_push(1, 100, 0))
         [worker] = [
             pid
             for pid in worker_pids(directory / "access.log")
             if _parent(pid) in worker_pids(directory / "access.log")
         ]
         before = peak_kib(worker)
-        body = push_body(1_000, rows, warm["version"])
+        body = survey_push(1_000, rows, warm["version"])
         start = time.perf_counter()
         answer = send(client, base, node, body)
         seconds = time.perf_counter() - start

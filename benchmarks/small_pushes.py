@@ -58,6 +58,29 @@ KEY_RANGE = 10_000_000
 COLUMNS = ["id", "code", "title"]
 
 
+def survey_push(
+    first: int, rows: int, last_version: int, push_id: str | None = None
+) -> bytes:
+    """The body of a push inserting ``rows`` new surveys with keys from
+    ``first`` on (every push benchmark sends these)."""
+    keys = range(first, first + rows)
+    message = {
+        "protocol": PROTOCOL_VERSION,
+        "push_id": push_id or uuid.uuid4().hex,
+        "last_version": last_version,
+        "operations": [
+            {"table": "soak_survey", "key": [k], "command": "i"} for k in keys
+        ],
+        "payloads": {
+            "soak_survey": {
+                "columns": COLUMNS,
+                "rows": [[k, f"b{k}", f"bench {k}"] for k in keys],
+            }
+        },
+    }
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
 def push_loop(
     base: str, index: int, rows: int, pushes: int, seconds: float, go: Any, out: Any
 ) -> None:
@@ -88,23 +111,8 @@ def _pushes(
         cpu = time.process_time()
         end = time.monotonic() + seconds
         while done < pushes and time.monotonic() < end:
-            keys = range(next_key, next_key + rows)
+            body = survey_push(next_key, rows, last_version)
             next_key += rows
-            message = {
-                "protocol": PROTOCOL_VERSION,
-                "push_id": uuid.uuid4().hex,
-                "last_version": last_version,
-                "operations": [
-                    {"table": "soak_survey", "key": [k], "command": "i"} for k in keys
-                ],
-                "payloads": {
-                    "soak_survey": {
-                        "columns": COLUMNS,
-                        "rows": [[k, f"b{k}", f"bench {k}"] for k in keys],
-                    }
-                },
-            }
-            body = json.dumps(message, separators=(",", ":")).encode()
             headers = sign_request(node["id"], node["secret"], "POST", path, "", body)
             headers["Content-Type"] = "application/json"
             start = time.perf_counter()
