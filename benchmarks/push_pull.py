@@ -50,13 +50,13 @@ DEFAULT_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/reflectsync_srv"
 COLUMNS = ["id", "name", "count", "score"]
 
 
-def build(url: str) -> tuple[Flask, SQLAlchemy, list[Any]]:
+def build(url: str, page_size: int = 20_000) -> tuple[Flask, SQLAlchemy, list[Any]]:
     app = Flask("push_benchmark")
     app.config.update(
         SQLALCHEMY_DATABASE_URI=url,
         SECRET_KEY="benchmark",
         REFLECTSYNC_OPEN_REGISTRATION=True,
-        REFLECTSYNC_PULL_PAGE_SIZE=20_000,
+        REFLECTSYNC_PULL_PAGE_SIZE=page_size,
     )
     db = SQLAlchemy(app)
 

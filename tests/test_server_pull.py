@@ -578,3 +578,73 @@ def test_rows_with_uuid_and_composite_keys_gone_since_are_deletes(
     assert changes["tag"]["deleted"] == [[gone]]
     assert changes["translation"]["values"] == [[5], ["fr"], ["Lima"]]
     assert changes["translation"]["deleted"] == [[5], ["es"]]
+
+
+# -- pages counted in rows ------------------------------------------------------------
+
+
+def _rename(node: TestNode, times: int) -> None:
+    """``times`` pushes, each an update of city 1."""
+    for n in range(times):
+        answer = node.push(
+            [{"table": "city", "key": [1], "command": "u"}],
+            {"city": {"columns": ["id", "name"], "rows": [[1, f"name {n}"]]}},
+            last_version=node.last_version,
+        )
+        assert answer.status_code == 200, answer.text
+        node.last_version = answer.json()["version"]
+
+
+def test_many_updates_of_few_rows_travel_in_one_page(make_app: AppFactory) -> None:
+    """A page holds at most its size of *rows*: city 1 updated ten times
+    after three inserts is 13 operations of 3 rows, one page of 3."""
+    with server_env(make_app, REFLECTSYNC_PULL_PAGE_SIZE=3) as server:
+        writer, reader = server.node(), server.node()
+        _cities(writer, 1, 2, 3, country=False)
+        writer.last_version = 1
+        _rename(writer, 10)
+        answers = reader.pull_all()
+        assert len(answers) == 1
+        city = answers[0]["changes"]["city"]
+        assert sorted(city["values"][0]) == [1, 2, 3]
+        assert answers[0]["operations"] == 13
+        assert answers[0]["total"] == 13
+        assert "name 9" in city["values"][1]
+
+
+def test_a_page_never_holds_more_rows_than_its_size(make_app: AppFactory) -> None:
+    with server_env(make_app, REFLECTSYNC_PULL_PAGE_SIZE=3) as server:
+        writer, reader = server.node(), server.node()
+        _cities(writer, 1, 2, country=False)
+        writer.last_version = 1
+        _rename(writer, 4)
+        _cities(writer, 4, 5, country=False)
+        answers = reader.pull_all()
+        rows = [len(a["changes"]["city"]["commands"]) for a in answers]
+        # cities 1 and 2 with 1's four updates, then city 4: 3 rows; then 5.
+        assert rows == [3, 1]
+        assert [a["operations"] for a in answers] == [7, 1]
+        assert sorted(i for a in answers for i in a["changes"]["city"]["values"][0]) == [
+            1,
+            2,
+            4,
+            5,
+        ]
+
+
+def test_a_page_reads_a_bounded_part_of_the_log(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However few rows the log's operations touch, a page reads at most
+    SCAN_FACTOR times its size of them; the rest comes on the next page."""
+    from flask_reflectsync.server import pull as pull_module
+
+    monkeypatch.setattr(pull_module, "SCAN_FACTOR", 2)
+    with server_env(make_app, REFLECTSYNC_PULL_PAGE_SIZE=3) as server:
+        writer, reader = server.node(), server.node()
+        _cities(writer, 1, country=False)
+        writer.last_version = 1
+        _rename(writer, 9)  # 10 operations of one row
+        answers = reader.pull_all()
+        assert [a["operations"] for a in answers] == [6, 4]
+        assert answers[-1]["changes"]["city"]["values"][1] == ["name 8"]

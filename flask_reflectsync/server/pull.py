@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -114,32 +114,30 @@ def read_page(
     ]
     if share is not None:
         selected += [operations.c.scope_before, operations.c.scope_after]
-    served = (
-        sa.select(*selected)
-        .join(versions, versions.c.id == operations.c.version_id)
-        .where(
-            _after(versions.c.number, operations.c.id, since, after),
-            versions.c.number <= current,
+
+    def served(position: tuple[int, int] | None) -> sa.Select[Any]:
+        query = (
+            sa.select(*selected)
+            .join(versions, versions.c.id == operations.c.version_id)
+            .where(
+                _after(versions.c.number, operations.c.id, since, position),
+                versions.c.number <= current,
+            )
         )
-    )
-    if share is not None:
-        served = served.where(share.log_filter(operations))
-    query = served.order_by(versions.c.number, operations.c.id).limit(limit + 1)
-    numbers, op_ids, names, keys, logged, writers, changed, *tags = _columns(
-        session, query, ("number", "id")
-    )
-    more = len(numbers) > limit
+        if share is not None:
+            query = query.where(share.log_filter(operations))
+        return query
+
+    order = (versions.c.number, operations.c.id)
+    window, more = _window(session, served, order, after, limit)
+    numbers, op_ids, names, keys, logged, writers, changed, *tags = window
     # A progress total for the node, counted on a pull's first page only:
     # counting what is left on every page would cost the square of a pull.
     total: int | None = None
     if after is None:
-        total = len(numbers) if not more else _count(session, served)
+        total = len(numbers) if not more else _count(session, served(None))
     if more:
-        last_number, last_id = numbers[limit - 1], op_ids[limit - 1]
-        del names[limit:], keys[limit:], logged[limit:], writers[limit:]
-        del changed[limit:]
-        for column in tags:
-            del column[limit:]
+        last_number, last_id = numbers[-1], op_ids[-1]
         # The last version may continue on the next page.
         until = max(since, last_number - 1)
         cursor: str | None = f"{last_number}:{last_id}"
@@ -197,7 +195,7 @@ def read_page(
         "until": until,
         "version": current,
         "cursor": cursor,
-        "operations": min(len(numbers), limit),
+        "operations": len(numbers),
     }
     if total is not None:
         page["total"] = total
@@ -236,6 +234,64 @@ def record_pulled(
     blocks = reserve_key_blocks(session, schema, message.get("keys") or ())
     if blocks:
         page["keys"] = blocks
+
+
+#: A page reads at most this many times its size of logged operations.
+SCAN_FACTOR = 10
+
+
+def _window(
+    session: Session,
+    served: Callable[[tuple[int, int] | None], sa.Select[Any]],
+    order: Sequence[sa.ColumnElement[Any]],
+    after: tuple[int, int] | None,
+    limit: int,
+) -> tuple[list[list[Any]], bool]:
+    """The operations of one page, column by column, and whether more
+    follow.
+
+    A page holds the operations of at most ``limit`` rows: the log is read
+    ``limit`` operations at a time, after ``after``, until the next
+    operation would bring a row more, or ``limit`` x :data:`SCAN_FACTOR`
+    operations are read. Many changes of the same rows (a row updated again
+    and again) thus travel in one page, as one change each, instead of
+    being sent again page after page; where every operation is a row of its
+    own, a page is the ``limit`` operations it always was.
+
+    :param served: the query of the operations after a position (``None``:
+        after the pull's ``since``).
+    :param order: the log's order (version number, operation id).
+    """
+    window: list[list[Any]] | None = None
+    seen: set[tuple[str, str]] = set()
+    position = after
+    read = 0
+    while True:
+        query = served(position).order_by(*order).limit(limit + 1)
+        chunk = _columns(session, query, ("number", "id"))
+        numbers, op_ids, names, keys = chunk[:4]
+        fetched = min(len(numbers), limit)
+        end, cut = fetched, False
+        for index in range(fetched):
+            row = (names[index], keys[index])
+            if row not in seen:
+                if len(seen) == limit:
+                    end, cut = index, True
+                    break
+                seen.add(row)
+        if window is None:
+            window = [column[:end] for column in chunk]
+        else:
+            for column, part in zip(window, chunk, strict=True):
+                column.extend(part[:end])
+        read += end
+        if cut:
+            return window, True
+        if len(numbers) <= limit:
+            return window, False
+        if read >= limit * SCAN_FACTOR:
+            return window, True
+        position = (numbers[end - 1], op_ids[end - 1])
 
 
 def _count(session: Session, query: sa.Select[Any]) -> int:
