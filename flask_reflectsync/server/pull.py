@@ -1,8 +1,9 @@
 """Serving changes to nodes: paged pulls (the streamed full repair is in
 :mod:`.repair`, re-exported here).
 
-A pull page holds at most ``limit`` logged operations after the node's
-version, compressed to one per row, with the rows' *current* payloads read
+A pull page holds the logged operations after the node's version of at
+most ``limit`` rows (and at most :data:`SCAN_FACTOR` times ``limit``
+operations), compressed to one per row, with the rows' *current* payloads read
 from the live tables. Per table, the page carries those rows column-wise
 (column names once, one array of values per column and one command letter
 per row) and the keys of the deleted rows: a row's key travels once. Pages
@@ -77,8 +78,8 @@ def read_page(
         :mod:`.pull_scopes`): only its rows are served, and rows that left
         it are listed as ``evicted``.
 
-    :param page_size: the most operations a page may hold; a request's
-        ``limit`` can only lower it.
+    :param page_size: the most rows a page may hold (see :func:`_window`);
+        a request's ``limit`` can only lower it.
     :return: ``{"changes", "until", "version", "cursor", "operations"}`` and,
         on the first page of a pull, ``"total"``; ``changes`` holds, by table
         name, ``{"columns", "values", "commands", "deleted"}`` (see

@@ -38,7 +38,8 @@ class ServerSettings:
     :param open_registration: anyone may register (explicit opt-in).
     :param signature_max_age: seconds a signed request stays valid.
     :param max_body_size: largest request body accepted, in bytes.
-    :param pull_page_size: most operations in one pull page.
+    :param pull_page_size: most rows in one pull page (which reads at most
+        ten times as many logged operations).
     :param query_page_size: most rows in one query page.
     :param repair_chunk_rows: rows read per database round trip by repair.
     :param node_inactive_days: a node not seen for longer no longer pins
